@@ -1,0 +1,50 @@
+"""Array backends: the one place that knows whether NumPy or CuPy does the work.
+
+    get_backend("cpu" | "numpy" | "gpu" | "cupy" | "strict" | "auto") -> Backend
+"""
+from xpnet.errors import BackendError
+
+from .base import Backend
+from .random import CounterRandom
+
+ALIASES = {"cpu": "numpy", "numpy": "numpy", "gpu": "cupy", "cupy": "cupy", "cuda": "cupy",
+           "strict": "strict", "auto": "auto"}
+_cache = {}
+
+
+def get_backend(name="cpu"):
+    """Return the backend for ``name`` (a Backend instance is returned unchanged)."""
+    if isinstance(name, Backend):
+        return name
+    if name is None:
+        name = "cpu"
+    if not isinstance(name, str) or name.lower() not in ALIASES:
+        raise BackendError(f"unknown backend {name!r}; expected one of: "
+                           + ", ".join(sorted(ALIASES)))
+    key = ALIASES[name.lower()]
+    if key == "auto":
+        from .cupy_backend import gpu_available
+        key = "cupy" if gpu_available() else "numpy"
+    if key not in _cache:
+        if key == "numpy":
+            from .numpy_backend import NumpyBackend
+            _cache[key] = NumpyBackend()
+        elif key == "strict":
+            from .strict_backend import StrictBackend
+            _cache[key] = StrictBackend()
+        else:
+            from .cupy_backend import CupyBackend
+            _cache[key] = CupyBackend()
+    return _cache[key]
+
+
+def available():
+    """Names of the backends that work on this machine."""
+    from .cupy_backend import gpu_available
+    names = ["numpy", "strict"]
+    if gpu_available():
+        names.append("cupy")
+    return names
+
+
+__all__ = ["Backend", "BackendError", "CounterRandom", "available", "get_backend"]

@@ -1,0 +1,105 @@
+"""A counter-based random generator written against ``xp``.
+
+The same seed gives bit-identical numbers on NumPy, CuPy and the strict backend, because every
+number is a pure function (splitmix64) of (seed, stream, position). Nothing is copied between host
+and device: the counter is a Python int that advances by the number of values drawn.
+"""
+import math
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z):
+    """splitmix64 finalizer on a Python int (used only to derive keys)."""
+    z = (z + _GOLDEN) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+class CounterRandom:
+    """Seeded generator producing arrays of the ``xp`` module it is given."""
+
+    def __init__(self, xp, seed=0, stream=0):
+        self.xp = xp
+        self.seed = int(seed)
+        self.stream = int(stream)
+        self.counter = 0
+        self._key = _mix64(_mix64(self.seed & _MASK64) ^ (self.stream * _GOLDEN & _MASK64))
+
+    # -- state, for checkpoints -------------------------------------------------------------
+    def get_state(self):
+        return {"seed": self.seed, "stream": self.stream, "counter": self.counter}
+
+    def set_state(self, state):
+        self.__init__(self.xp, state["seed"], state["stream"])
+        self.counter = int(state["counter"])
+
+    def spawn(self, stream):
+        """An independent generator for a sub-task (a layer, the shuffler, the augmenter)."""
+        return CounterRandom(self.xp, self.seed, _mix64(self._key ^ (int(stream) & _MASK64)))
+
+    # -- raw bits ---------------------------------------------------------------------------
+    def _bits(self, n):
+        xp = self.xp
+        u64 = xp.uint64
+        z = xp.arange(n, dtype=u64)
+        z += u64((self.counter + self._key) & _MASK64)
+        self.counter += n
+        z *= u64(_GOLDEN)
+        z ^= z >> u64(30)
+        z *= u64(0xBF58476D1CE4E5B9)
+        z ^= z >> u64(27)
+        z *= u64(0x94D049BB133111EB)
+        z ^= z >> u64(31)
+        return z
+
+    # -- distributions ----------------------------------------------------------------------
+    def random(self, shape, dtype="float32"):
+        """Uniform in [0, 1)."""
+        xp = self.xp
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        n = math.prod(shape)
+        bits = self._bits(n)
+        if xp.dtype(dtype) == xp.float64:
+            out = (bits >> xp.uint64(11)).astype(xp.float64) * (1.0 / (1 << 53))
+        else:
+            out = (bits >> xp.uint64(40)).astype(xp.float32) * xp.float32(1.0 / (1 << 24))
+            out = out.astype(dtype, copy=False)
+        return out.reshape(shape)
+
+    def uniform(self, low=0.0, high=1.0, shape=(), dtype="float32"):
+        u = self.random(shape, dtype)
+        return u * (high - low) + low if (low, high) != (0.0, 1.0) else u
+
+    def normal(self, mean=0.0, std=1.0, shape=(), dtype="float32"):
+        """Gaussian by Box-Muller; float64 arithmetic inside for accuracy."""
+        xp = self.xp
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        n = math.prod(shape)
+        m = (n + 1) // 2
+        u1 = self.random((m,), "float64")
+        u2 = self.random((m,), "float64")
+        r = xp.sqrt(-2.0 * xp.log1p(-u1))
+        t = 2.0 * math.pi * u2
+        z = xp.concatenate([r * xp.cos(t), r * xp.sin(t)])[:n]
+        return (z * std + mean).astype(dtype).reshape(shape)
+
+    def integers(self, low, high, shape=()):
+        """Integers in [low, high) as int64."""
+        xp = self.xp
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        span = int(high) - int(low)
+        if span <= 0:
+            raise ValueError(f"integers: need high > low, got low={low}, high={high}")
+        bits = self._bits(math.prod(shape))
+        return ((bits % xp.uint64(span)).astype(xp.int64) + int(low)).reshape(shape)
+
+    def permutation(self, n):
+        """A random permutation of range(n), computed on the device (argsort of random keys)."""
+        return self.xp.argsort(self._bits(int(n)))
+
+    def bernoulli(self, p, shape, dtype="float32"):
+        """1 with probability p, else 0."""
+        return (self.random(shape, "float32") < p).astype(dtype)

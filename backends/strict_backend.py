@@ -1,0 +1,253 @@
+"""A CPU backend that is as strict as CuPy, so CI proves array-agnosticism without a GPU.
+
+Its arrays wrap NumPy arrays but refuse to be turned into NumPy arrays implicitly, exactly where
+CuPy raises ``TypeError: Implicit conversion to a NumPy array is not allowed``: ``numpy.asarray(a)``,
+``numpy.mean(a)``, mixing with a plain NumPy array in arithmetic, or indexing with one. Reductions
+return 0-d arrays (as CuPy does), not NumPy scalars. Every host sync (``float(a)``, ``bool(a)``,
+``a.item()``, ``a.get()``) and every host-to-device transfer is counted in ``COUNTERS`` so tests
+can assert that nothing syncs per batch.
+"""
+import operator
+import types
+
+import numpy
+
+from .base import Backend
+
+MESSAGE = ("Implicit conversion to a NumPy array is not allowed. "
+           "Please use `.get()` to construct a NumPy array explicitly.")
+COUNTERS = {"syncs": 0, "h2d": 0}
+
+
+def _unwrap(x):
+    if type(x) is StrictArray:
+        return x._a
+    if isinstance(x, numpy.ndarray) and x.ndim > 0:
+        raise TypeError(f"Unsupported type {type(x)} (a NumPy array mixed with a device array; "
+                        "move it with backend.asarray first)")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_unwrap(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _unwrap(v) for k, v in x.items()}
+    return x
+
+
+def _wrap(r):
+    if isinstance(r, numpy.ndarray):
+        return StrictArray(r)
+    if isinstance(r, numpy.generic) and not isinstance(r, (numpy.dtype,)):
+        return StrictArray(numpy.asarray(r))
+    if isinstance(r, tuple):
+        return tuple(_wrap(v) for v in r)
+    if isinstance(r, list):
+        return [_wrap(v) for v in r]
+    return r
+
+
+def _call(fn, args, kwargs):
+    return _wrap(fn(*_unwrap(args), **_unwrap(kwargs)))
+
+
+def _sync():
+    COUNTERS["syncs"] += 1
+
+
+class StrictArray:
+    """A NumPy array in a CuPy-like coat."""
+
+    __slots__ = ("_a",)
+    __array_ufunc__ = None  # numpy ufuncs refuse us; numpy binary operators defer to our reflected ones
+
+    def __init__(self, a):
+        self._a = a
+
+    # -- refusals ---------------------------------------------------------------------------------
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(MESSAGE)
+
+    def __array_function__(self, func, types, args, kwargs):
+        raise TypeError(MESSAGE)
+
+    # -- explicit host access (each one a sync on a GPU) ------------------------------------------
+    def get(self):
+        _sync()
+        return self._a.copy()
+
+    def item(self):
+        _sync()
+        return self._a.item()
+
+    def tolist(self):
+        _sync()
+        return self._a.tolist()
+
+    def tobytes(self):
+        _sync()
+        return self._a.tobytes()
+
+    def __float__(self):
+        _sync()
+        return float(self._a)
+
+    def __int__(self):
+        _sync()
+        return int(self._a)
+
+    def __bool__(self):
+        _sync()
+        return bool(self._a)
+
+    def __repr__(self):
+        return "strict" + repr(self._a)
+
+    __str__ = __repr__
+
+    # -- plain attributes -------------------------------------------------------------------------
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    strides = property(lambda self: self._a.strides)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    flags = property(lambda self: self._a.flags)
+    T = property(lambda self: StrictArray(self._a.T))
+    real = property(lambda self: StrictArray(self._a.real))
+    imag = property(lambda self: StrictArray(self._a.imag))
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        for i in range(len(self._a)):
+            yield _wrap(self._a[i])
+
+    def __getitem__(self, index):
+        return _wrap(self._a[_unwrap(index)])
+
+    def __setitem__(self, index, value):
+        self._a[_unwrap(index)] = _unwrap(value)
+
+    def __copy__(self):
+        return StrictArray(self._a.copy())
+
+    def __deepcopy__(self, memo):
+        return StrictArray(self._a.copy())
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        attr = getattr(self._a, name)
+        if callable(attr):
+            return lambda *args, **kwargs: _call(attr, args, kwargs)
+        return _wrap(attr)
+
+
+def _binary(op):
+    def forward(self, other):
+        return _wrap(op(self._a, _unwrap(other)))
+
+    def reflected(self, other):
+        return _wrap(op(_unwrap(other), self._a))
+
+    return forward, reflected
+
+
+def _inplace(op):
+    def method(self, other):
+        self._a = op(self._a, _unwrap(other))
+        return self
+
+    return method
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul",
+              "and", "or", "xor", "lshift", "rshift"):
+    _op = getattr(operator, _name + "_" if _name in ("and", "or") else _name)
+    _f, _r = _binary(_op)
+    setattr(StrictArray, f"__{_name}__", _f)
+    setattr(StrictArray, f"__r{_name}__", _r)
+    setattr(StrictArray, f"__i{_name}__", _inplace(getattr(operator, f"i{_name}")))
+for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
+    setattr(StrictArray, f"__{_name}__", _binary(getattr(operator, _name))[0])
+for _name in ("neg", "pos", "abs", "invert"):
+    setattr(StrictArray, f"__{_name}__", (lambda op: lambda self: _wrap(op(self._a)))(getattr(operator, _name)))
+StrictArray.__hash__ = None
+
+
+class _StrictUfunc:
+    def __init__(self, ufunc):
+        self._u = ufunc
+
+    def __call__(self, *args, **kwargs):
+        return _call(self._u, args, kwargs)
+
+    def __getattr__(self, name):
+        attr = getattr(self._u, name)
+        if callable(attr):
+            return lambda *args, **kwargs: _call(attr, args, kwargs)
+        return attr
+
+
+class StrictNamespace:
+    """Looks like the ``numpy`` module (and its submodules) but speaks StrictArray."""
+
+    ndarray = StrictArray
+
+    def __init__(self, module):
+        self._mod = module
+        self.__name__ = "xpnet.strict." + module.__name__
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        attr = getattr(self._mod, name)
+        if isinstance(attr, types.ModuleType):
+            value = StrictNamespace(attr)
+        elif isinstance(attr, numpy.ufunc):
+            value = _StrictUfunc(attr)
+        elif isinstance(attr, type) or not callable(attr):
+            value = attr
+        else:
+            value = (lambda fn: lambda *args, **kwargs: _call(fn, args, kwargs))(attr)
+        setattr(self, name, value)
+        return value
+
+    # explicit transfers, as in CuPy
+    def asarray(self, a, dtype=None, order=None):
+        if type(a) is StrictArray:
+            return StrictArray(numpy.asarray(a._a, dtype=dtype, order=order))
+        COUNTERS["h2d"] += 1
+        return StrictArray(numpy.array(a, dtype=dtype, order=order, copy=True))
+
+    def array(self, a, dtype=None, copy=True, order="K", ndmin=0):
+        if type(a) is StrictArray:
+            return StrictArray(numpy.array(a._a, dtype=dtype, copy=copy, order=order, ndmin=ndmin))
+        COUNTERS["h2d"] += 1
+        return StrictArray(numpy.array(a, dtype=dtype, copy=True, order=order, ndmin=ndmin))
+
+    def asnumpy(self, a):
+        return a.get() if type(a) is StrictArray else numpy.asarray(a)
+
+
+strict_xp = StrictNamespace(numpy)
+
+
+class StrictBackend(Backend):
+    name = "strict"
+
+    def __init__(self):
+        super().__init__(strict_xp)
+
+    @property
+    def syncs(self):
+        return COUNTERS["syncs"]
+
+    @property
+    def transfers(self):
+        return COUNTERS["h2d"]
+
+    def to_numpy(self, array):
+        if type(array) is StrictArray:
+            return array.get()
+        return numpy.asarray(array)

@@ -1,0 +1,21 @@
+"""xpnet: a from-scratch neural-network library written against an ``xp`` array module.
+
+The same code trains with NumPy on the CPU and with CuPy on a CUDA GPU.
+"""
+import os as _os
+
+# In a source checkout that is not installed, ``backends/`` sits beside ``xpnet/``; make it
+# importable as ``xpnet.backends`` (an installed package maps it there through pyproject.toml).
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "backends")) and \
+        _os.path.isfile(_os.path.join(_root, "backends", "strict_backend.py")):
+    __path__.append(_root)  # noqa: F821  (the package's own search path)
+
+from .errors import BackendError, ConfigError, DataError, ShapeError, TrainingError, XpnetError  # noqa: E402
+from .backends import available as available_backends, get_backend  # noqa: E402
+from .model import Sequential  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = ["Sequential", "get_backend", "available_backends", "XpnetError", "ShapeError",
+           "BackendError", "ConfigError", "DataError", "TrainingError", "__version__"]

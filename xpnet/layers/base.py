@@ -1,0 +1,87 @@
+"""The Layer contract: lazy shape inference, forward, backward, params/grads dicts."""
+import zlib
+
+from ..errors import ShapeError
+
+
+class BuildContext:
+    """What a model hands each layer when it builds: the backend, its xp, dtype and seed."""
+
+    def __init__(self, backend, dtype, seed):
+        self.backend = backend
+        self.xp = backend.xp
+        self.dtype = dtype
+        self.seed = int(seed)
+
+    def rng(self, name, purpose=0):
+        """A generator owned by one layer, the same on every backend for the same seed."""
+        return self.backend.rng(self.seed, zlib.crc32(name.encode()) * 4 + purpose)
+
+
+class Layer:
+    """Base class. Shapes exclude the batch axis: (features,) or (C, H, W) in NCHW."""
+
+    has_params = False
+
+    def __init__(self, name=None):
+        self.name = name
+        self.params = {}
+        self.grads = {}
+        self.buffers = {}  # non-trainable state that is saved (e.g. BatchNorm running statistics)
+        self.input_shape = None
+        self.output_shape = None
+        self.built = False
+        self.need_input_grad = True  # the model turns this off for the first layer when training
+
+    # -- construction -------------------------------------------------------------------------
+    def build(self, input_shape, ctx):
+        """Infer shapes, create parameters; returns the output shape."""
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.ctx = ctx
+        self.xp = ctx.xp
+        self.dtype = ctx.dtype
+        self.output_shape = tuple(int(d) for d in self.compute_output_shape(self.input_shape))
+        self.create_params(ctx)
+        self.built = True
+        return self.output_shape
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def create_params(self, ctx):
+        """Create ``self.params`` (and ``self.buffers``); nothing for parameter-free layers."""
+
+    # -- computation --------------------------------------------------------------------------
+    def forward(self, x, training=False):
+        raise NotImplementedError
+
+    def backward(self, grad):
+        raise NotImplementedError
+
+    def __call__(self, x, training=False):
+        self.check_input(x)
+        return self.forward(x, training)
+
+    def check_input(self, x):
+        """Raise ShapeError naming this layer when x does not fit its input shape."""
+        shape = tuple(getattr(x, "shape", ()))
+        expected = ("batch",) + tuple(self.input_shape)
+        if len(shape) != len(expected) or shape[1:] != tuple(self.input_shape):
+            raise ShapeError(f"layer {self.name!r} ({type(self).__name__}) expected input of shape "
+                             f"{expected} (rank {len(expected)}), got {shape} (rank {len(shape)})")
+
+    # -- description ----------------------------------------------------------------------------
+    def count_params(self):
+        return sum(int(p.size) for p in self.params.values())
+
+    def get_config(self):
+        """Constructor arguments as JSON-able values; ``type(self)(**config)`` rebuilds the layer."""
+        return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,50 @@
+"""Fully connected layer: y = x @ W + b with W of shape (in, out)."""
+from .. import initializers
+from ..errors import ShapeError
+from .base import Layer
+
+
+class Dense(Layer):
+    has_params = True
+
+    def __init__(self, units, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", name=None):
+        super().__init__(name)
+        if int(units) <= 0:
+            raise ShapeError(f"Dense: units must be a positive integer, got {units!r}")
+        self.units = int(units)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ShapeError(f"layer {self.name!r} (Dense) expects flat inputs (batch, features), "
+                             f"got per-sample shape {input_shape}; put a Flatten layer before it")
+        return (self.units,)
+
+    def create_params(self, ctx):
+        rng = ctx.rng(self.name)
+        shape = (self.input_shape[0], self.units)
+        self.params["W"] = initializers.get(self.kernel_initializer)(rng, shape, self.dtype)
+        if self.use_bias:
+            self.params["b"] = initializers.get(self.bias_initializer)(rng, (self.units,), self.dtype)
+
+    def forward(self, x, training=False):
+        self.x = x
+        y = x @ self.params["W"]
+        if self.use_bias:
+            y += self.params["b"]
+        return y
+
+    def backward(self, grad):
+        self.grads["W"] = self.x.T @ grad
+        if self.use_bias:
+            self.grads["b"] = grad.sum(axis=0)
+        return grad @ self.params["W"].T if self.need_input_grad else None
+
+    def get_config(self):
+        init = lambda v: v if isinstance(v, str) else getattr(v, "__name__", str(v))  # noqa: E731
+        return {"name": self.name, "units": self.units, "use_bias": self.use_bias,
+                "kernel_initializer": init(self.kernel_initializer),
+                "bias_initializer": init(self.bias_initializer)}
