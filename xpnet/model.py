@@ -117,6 +117,14 @@ class Sequential:
     def buffers(self):
         return {f"{l.name}.{k}": v for l in self.layers for k, v in l.buffers.items()}
 
+    def regularization_loss(self):
+        """Sum of every layer's L1/L2 weight penalty (0.0 when none is configured)."""
+        return sum((layer.regularization_loss() for layer in self.layers), 0.0)
+
+    def add_regularization_grads(self):
+        for layer in self.layers:
+            layer.add_regularization_grads()
+
     def count_params(self):
         return sum(layer.count_params() for layer in self.layers)
 

@@ -32,6 +32,7 @@ class Layer:
         self.output_shape = None
         self.built = False
         self.need_input_grad = True  # the model turns this off for the first layer when training
+        self.regularizers = {}  # param name -> regularizer (xpnet.regularizers), e.g. {"W": L2(1e-4)}
 
     # -- construction -------------------------------------------------------------------------
     def build(self, input_shape, ctx):
@@ -69,6 +70,19 @@ class Layer:
         if len(shape) != len(expected) or shape[1:] != tuple(self.input_shape):
             raise ShapeError(f"layer {self.name!r} ({type(self).__name__}) expected input of shape "
                              f"{expected} (rank {len(expected)}), got {shape} (rank {len(shape)})")
+
+    # -- weight penalties (L1/L2) -------------------------------------------------------------
+    def regularization_loss(self):
+        """Sum of this layer's weight penalties as a 0-d array (or 0.0 when it has none)."""
+        total = 0.0
+        for name, reg in self.regularizers.items():
+            total = total + reg(self.xp, self.params[name])
+        return total
+
+    def add_regularization_grads(self):
+        """Add each penalty's gradient to ``self.grads`` (call after backward)."""
+        for name, reg in self.regularizers.items():
+            self.grads[name] = self.grads[name] + reg.grad(self.xp, self.params[name])
 
     # -- description ----------------------------------------------------------------------------
     def count_params(self):

@@ -8,7 +8,7 @@ class Dense(Layer):
     has_params = True
 
     def __init__(self, units, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", name=None):
+                 bias_initializer="zeros", kernel_regularizer=None, name=None):
         super().__init__(name)
         if int(units) <= 0:
             raise ShapeError(f"Dense: units must be a positive integer, got {units!r}")
@@ -16,6 +16,9 @@ class Dense(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
+        if kernel_regularizer is not None:
+            from ..regularizers import get as get_regularizer
+            self.regularizers["W"] = get_regularizer(kernel_regularizer)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 1:
@@ -47,4 +50,5 @@ class Dense(Layer):
         init = lambda v: v if isinstance(v, str) else getattr(v, "__name__", str(v))  # noqa: E731
         return {"name": self.name, "units": self.units, "use_bias": self.use_bias,
                 "kernel_initializer": init(self.kernel_initializer),
-                "bias_initializer": init(self.bias_initializer)}
+                "bias_initializer": init(self.bias_initializer),
+                "kernel_regularizer": self.regularizers["W"].get_config() if "W" in self.regularizers else None}
