@@ -149,3 +149,9 @@ class Sequential:
         if print_fn:
             print_fn(text)
         return text
+
+    # -- files ------------------------------------------------------------------------------------
+    def save(self, path, include_optimizer=True):
+        """Write this model (architecture, weights, optionally optimizer state) to one .npz file."""
+        from .io import save_model
+        return save_model(self, path, include_optimizer=include_optimizer)
