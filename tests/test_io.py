@@ -1,0 +1,227 @@
+"""Model files: round trips across backends and dtypes, and every refusal of a bad file."""
+import io
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+import xpnet
+from xpnet import layers as xlayers
+from xpnet.errors import ConfigError, DataError
+from xpnet.io import load_model, save_model
+from xpnet.layers import Dense, ReLU
+from xpnet.layers.base import Layer
+from xpnet.serialization import load_npz
+
+
+def small_model(device="cpu", dtype="float64", seed=3):
+    return xpnet.Sequential([Dense(6), ReLU(), Dense(3)], input_shape=(4,), device=device,
+                            dtype=dtype, seed=seed, name="tiny")
+
+
+def outputs(model, x):
+    return model.backend.to_numpy(model.forward(model.backend.asarray(x)))
+
+
+def write_npz(path, arrays, meta):
+    """Write an .npz exactly as given (object arrays allowed), bypassing every safety check."""
+    payload = dict(arrays)
+    if meta is not None:
+        payload["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **payload)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = small_model()
+    path = tmp_path / "model.npz"
+    model.save(path)
+    arrays, meta = load_npz(path)
+    return model, path, arrays, meta
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("first,second", [("numpy", "strict"), ("strict", "numpy")])
+def test_round_trip_across_backends(tmp_path, dtype, first, second):
+    x = np.random.default_rng(0).standard_normal((5, 4))
+    model = small_model(first, dtype)
+    # change the weights so the test cannot pass by rebuilding from the same seed
+    w = model.layers[0].params["W"]
+    w[...] = w * 2 + 0.25
+    model.save(tmp_path / "a.npz")
+    loaded = load_model(tmp_path / "a.npz", device=second)
+    assert loaded.backend.name == second
+    assert loaded.dtype.name == dtype and loaded.input_shape == (4,) and loaded.name == "tiny"
+    assert [type(l).__name__ for l in loaded.layers] == ["Dense", "ReLU", "Dense"]
+    assert [l.name for l in loaded.layers] == [l.name for l in model.layers]
+    np.testing.assert_array_equal(outputs(loaded, x), outputs(model, x))
+    loaded.save(tmp_path / "b.npz")
+    again = xpnet.load(tmp_path / "b.npz", device=first)
+    np.testing.assert_array_equal(outputs(again, x), outputs(model, x))
+    for k, v in model.parameters.items():
+        np.testing.assert_array_equal(again.backend.to_numpy(again.parameters[k]),
+                                      model.backend.to_numpy(v))
+
+
+def test_header_describes_the_model(saved):
+    model, path, arrays, meta = saved
+    assert meta["format"] == "xpnet.model" and meta["version"] == 1
+    m = meta["model"]
+    assert m["class"] == "Sequential" and m["input_shape"] == [4] and m["dtype"] == "float64"
+    assert m["seed"] == 3
+    assert m["layers"][0] == {"type": "Dense", "config": model.layers[0].get_config()}
+    assert sorted(arrays) == ["param/dense.W", "param/dense.b", "param/dense_1.W", "param/dense_1.b"]
+    assert meta["arrays"]["param/dense.W"] == {"shape": [4, 6], "dtype": "float64"}
+
+
+class Counter(Layer):
+    """A test layer with a saved buffer: counts the samples it has seen while training."""
+
+    def create_params(self, ctx):
+        self.buffers["seen"] = self.xp.zeros((1,), dtype="int64")
+        self.buffers["mean"] = self.xp.zeros(self.input_shape, dtype=self.dtype)
+
+    def forward(self, x, training=False):
+        if training:
+            self.buffers["seen"] += x.shape[0]
+            self.buffers["mean"][...] = x.mean(axis=0)
+        return x - self.buffers["mean"]
+
+
+@pytest.mark.parametrize("first,second", [("numpy", "strict"), ("strict", "numpy")])
+def test_buffers_round_trip(tmp_path, monkeypatch, first, second):
+    monkeypatch.setitem(xlayers.LAYERS, "Counter", Counter)
+    model = xpnet.Sequential([Counter(), Dense(2)], input_shape=(3,), device=first)
+    x = np.random.default_rng(1).standard_normal((7, 3)).astype("float32")
+    model.forward(model.backend.asarray(x), training=True)
+    model.save(tmp_path / "c.npz")
+    loaded = load_model(tmp_path / "c.npz", device=second)
+    assert int(loaded.backend.to_numpy(loaded.buffers["counter.seen"])[0]) == 7
+    np.testing.assert_array_equal(outputs(loaded, x), outputs(model, x))
+
+
+def test_unbuilt_model_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="not built"):
+        save_model(xpnet.Sequential([Dense(2)]), tmp_path / "x.npz")
+
+
+# -- refusals ----------------------------------------------------------------------------------
+def test_pickled_object_array_inside_npz(saved, tmp_path):
+    _, _, arrays, meta = saved
+    arrays = dict(arrays, **{"param/dense.W": np.array([print, "payload"], dtype=object)})
+    bad = write_npz(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(DataError, match="pickled"):
+        load_model(bad)
+
+
+def test_plain_pickle_file(tmp_path):
+    bad = tmp_path / "model.npz"
+    bad.write_bytes(pickle.dumps({"W": [1, 2, 3]}))
+    with pytest.raises(DataError, match="pickle"):
+        load_model(bad)
+
+
+def test_unknown_layer_type(saved, tmp_path):
+    _, _, arrays, meta = saved
+    meta["model"]["layers"][1] = {"type": "os.system", "config": {"command": "echo hi"}}
+    bad = write_npz(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(DataError, match=r"unknown type 'os\.system'.*Dense"):
+        load_model(bad)
+
+
+def test_invalid_layer_config(saved, tmp_path):
+    _, _, arrays, meta = saved
+    meta["model"]["layers"][0]["config"]["units"] = -1
+    bad = write_npz(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(DataError, match=r"layer 0 \(Dense\) has an invalid config"):
+        load_model(bad)
+    meta["model"]["layers"][0]["config"] = {"units": 6, "evil": "x"}
+    write_npz(bad, arrays, meta)
+    with pytest.raises(DataError, match="evil"):
+        load_model(bad)
+
+
+def test_wrong_shape(saved, tmp_path):
+    _, _, arrays, meta = saved
+    arrays["param/dense.W"] = np.zeros((6, 4))
+    bad = write_npz(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(DataError, match=r"param/dense\.W has shape \(6, 4\).*expects shape \(4, 6\)"):
+        load_model(bad)
+
+
+def test_wrong_dtype(saved, tmp_path):
+    _, _, arrays, meta = saved
+    arrays["param/dense.b"] = arrays["param/dense.b"].astype("float32")
+    bad = write_npz(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(DataError, match="dtype float32.*dtype float64"):
+        load_model(bad)
+
+
+def test_missing_and_extra_arrays(saved, tmp_path):
+    _, _, arrays, meta = saved
+    missing = {k: v for k, v in arrays.items() if k != "param/dense_1.b"}
+    bad = write_npz(tmp_path / "bad.npz", missing, meta)
+    with pytest.raises(DataError, match=r"missing arrays for param/dense_1\.b"):
+        load_model(bad)
+    write_npz(bad, dict(arrays, **{"param/dense.gamma": np.ones(6)}), meta)
+    with pytest.raises(DataError, match=r"unexpected arrays param/dense\.gamma"):
+        load_model(bad)
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None])
+def test_unknown_format_version(saved, tmp_path, version):
+    _, _, arrays, meta = saved
+    meta["version"] = version
+    bad = write_npz(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(DataError, match="unsupported model format version"):
+        load_model(bad)
+
+
+def test_npz_without_header(saved, tmp_path):
+    _, _, arrays, _ = saved
+    bad = write_npz(tmp_path / "bad.npz", arrays, None)
+    with pytest.raises(DataError, match="not an xpnet model file"):
+        load_model(bad)
+
+
+def test_unknown_model_class_and_bad_dtype(saved, tmp_path):
+    _, _, arrays, meta = saved
+    meta["model"]["class"] = "subprocess.Popen"
+    bad = write_npz(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(DataError, match="unknown model class 'subprocess.Popen'"):
+        load_model(bad)
+    meta["model"]["class"] = "Sequential"
+    meta["model"]["dtype"] = "object"
+    write_npz(bad, arrays, meta)
+    with pytest.raises(DataError, match="dtype must be"):
+        load_model(bad)
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.3, 0.7, 0.99])
+def test_truncated_file(saved, tmp_path, keep):
+    _, path, _, _ = saved
+    data = path.read_bytes()
+    bad = tmp_path / "cut.npz"
+    bad.write_bytes(data[:int(len(data) * keep)])
+    with pytest.raises(DataError, match="truncated|corrupt|not an xpnet"):
+        load_model(bad)
+
+
+def test_corrupted_bytes(saved, tmp_path):
+    _, path, _, _ = saved
+    data = bytearray(path.read_bytes())
+    start = data.find(b"\x93NUMPY", data.find(b"param/dense.W"))  # inside the first weight array
+    data[start + 140] ^= 0xFF
+    bad = tmp_path / "flip.npz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="corrupt"):
+        load_model(bad)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="no such model file"):
+        load_model(tmp_path / "nope.npz")
