@@ -1,0 +1,333 @@
+"""The ``xpnet`` command: train, evaluate, predict, summary, info, models.
+
+User errors (bad arguments, missing or corrupt files, unknown names) print one line and exit
+with status 2; they never show a traceback.
+"""
+import argparse
+import os
+import platform
+import sys
+
+import numpy as np
+
+from .errors import XpnetError
+
+DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10")
+DEVICE_CHOICES = ("cpu", "gpu", "auto", "strict")
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def seed_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {value}")
+    return value
+
+
+def add_train_arguments(parser, dataset=True):
+    """The options shared by ``xpnet train`` and examples/train_mnist.py."""
+    parser.add_argument("--model", default=None,
+                        help="model name from the zoo (see `xpnet models`); default: the "
+                             "seed-001 32-64-96-128 TensorFlow model, or a small one with --quick")
+    if dataset:
+        parser.add_argument("--dataset", default="mnist", choices=DATASET_CHOICES)
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                        help="cpu (NumPy), gpu (CuPy), auto (gpu when usable), strict (CPU, CuPy-like checks)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="override the recipe's epochs")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="override the recipe's batch size")
+    parser.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    parser.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small model on a subset: about a minute on a CPU (used by CI)")
+    parser.add_argument("--seed", type=seed_int, default=0)
+    parser.add_argument("--plot", action="store_true",
+                        help="also draw the confusion matrix and the misclassified test images")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch output")
+
+
+def train_from_args(args, command):
+    """Run training from parsed ``add_train_arguments`` options; returns the run folder."""
+    from .runner import run_training
+    result = run_training(args.model, dataset=getattr(args, "dataset", "mnist"), device=args.device,
+                          epochs=args.epochs, batch_size=args.batch_size, data_dir=args.data_dir,
+                          out_dir=args.out, quick=args.quick, seed=args.seed,
+                          verbose=0 if args.quiet else 1, plot=args.plot, dtype=args.dtype,
+                          command=command)
+    print(f"test error {result['test_error_percent']:.2f}% ({result['mistakes']} mistakes of "
+          f"{result['test_samples']}), run folder: {result['run_dir']}")
+    return result
+
+
+# -- subcommands -------------------------------------------------------------------------------
+def cmd_train(args):
+    train_from_args(args, ["xpnet"] + list(args.argv))
+    return 0
+
+
+def cmd_evaluate(args):
+    from . import datasets
+    from .io import load_model
+    model = load_model(args.model_file, device=args.device, compile=False)
+    (_, _), (x, y) = datasets.load(args.dataset, data_dir=args.data_dir)
+    _check_images_fit(model, x, f"the {args.dataset} test images")
+    probs = predict_probs(model, x, args.batch_size)
+    pred = probs.argmax(axis=1)
+    mistakes = int((pred != y).sum())
+    print(f"{args.model_file} on the {args.dataset} test set ({len(y)} images): "
+          f"error {100.0 * mistakes / len(y):.2f}% ({mistakes} mistakes), "
+          f"accuracy {100.0 * (1 - mistakes / len(y)):.2f}%")
+    return 0
+
+
+def cmd_predict(args):
+    from .io import load_model
+    model = load_model(args.model_file, device=args.device, compile=False)
+    images = read_images(args.image_file, model.input_shape, invert=args.invert)
+    probs = predict_probs(model, images, 256)
+    names = _class_names(args.dataset, probs.shape[1])
+    for i, p in enumerate(probs):
+        order = np.argsort(-p)[:args.top]
+        best = ", ".join(f"{names[k]}: {p[k]:.4f}" for k in order)
+        print(f"image {i}: class {names[order[0]]} (p={p[order[0]]:.4f})  top {len(order)}: {best}")
+    return 0
+
+
+def cmd_summary(args):
+    target = args.target
+    if target.endswith(".npz") or os.path.isfile(target):
+        from .io import load_model
+        model = load_model(target, device="cpu", compile=False)
+    else:
+        from . import models
+        entry = models.get(target)
+        info = _dataset_info(args.dataset)
+        model = entry.build(info["image_shape"], len(info["class_names"]), "cpu", 0, "float32")
+        print(f"{entry.name}: {entry.description}")
+        recipe = ", ".join(f"{k}={v!r}" for k, v in dict(entry.recipe).items())
+        print(f"recipe: {recipe}")
+    model.summary()
+    return 0
+
+
+def cmd_info(args):
+    from . import __version__
+    from .backends import available, get_backend
+    print(f"xpnet {__version__}")
+    print(f"Python {platform.python_version()} ({sys.executable})")
+    print(f"NumPy {np.__version__}")
+    names = available()
+    print(f"backends: {', '.join(names)}")
+    if "cupy" in names:
+        mem = get_backend("gpu").memory_info()
+        runtime = mem.get("cuda_runtime")
+        runtime = f"{runtime // 1000}.{(runtime % 1000) // 10}" if isinstance(runtime, int) else runtime
+        print(f"GPU: {mem.get('gpu')}, CUDA runtime {runtime}, CuPy {mem.get('cupy')}, "
+              f"memory {mem.get('free_bytes', 0) / 2**30:.1f} GiB free of "
+              f"{mem.get('total_bytes', 0) / 2**30:.1f} GiB")
+    else:
+        from .backends.cupy_backend import INSTALL_HINT
+        print(f"GPU: none usable (CuPy missing or no CUDA device); to use one, {INSTALL_HINT}")
+    return 0
+
+
+def cmd_models(args):
+    from . import models
+    default = getattr(models, "DEFAULT", None)
+    for name in models.names():
+        entry = models.get(name)
+        mark = " (default)" if name == default else ""
+        print(f"{name}{mark}: {entry.description}")
+    return 0
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _dataset_info(name):
+    from .datasets.sources import ALIASES, DATASETS
+    from .errors import ConfigError
+    key = ALIASES.get(str(name).lower())
+    if key is None:
+        raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_CHOICES)}")
+    return DATASETS[key]
+
+
+def _class_names(dataset, n):
+    names = _dataset_info(dataset)["class_names"] if dataset else []
+    return names if len(names) == n else [str(i) for i in range(n)]
+
+
+def _check_images_fit(model, x, what):
+    from .errors import ShapeError
+    if tuple(x.shape[1:]) != tuple(model.input_shape):
+        raise ShapeError(f"{what} have shape {tuple(x.shape[1:])} per image, but the model "
+                         f"expects {tuple(model.input_shape)}")
+
+
+def predict_probs(model, x, batch_size=256):
+    """Softmax probabilities (host float64) for host images (uint8 0..255 or float 0..1)."""
+    backend = model.backend
+    out = []
+    for start in range(0, len(x), batch_size):
+        chunk = np.asarray(x[start:start + batch_size])
+        if chunk.dtype == np.uint8:
+            chunk = chunk.astype(model.dtype.name) / 255
+        logits = backend.to_numpy(model.forward(backend.asarray(chunk.astype(model.dtype.name))))
+        out.append(np.asarray(logits, dtype=np.float64))
+    logits = np.concatenate(out)
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def read_images(path, input_shape, invert=False):
+    """A PNG (any size, gray or colour) or an IDX images file -> float (N, C, H, W) in [0, 1]."""
+    from .errors import DataError, ShapeError
+    if not os.path.isfile(path):
+        raise DataError(f"no such image file: {path}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"\x89PNG"):
+        images = _read_png(path, input_shape)
+    elif head[:2] in (b"\x00\x00", b"\x1f\x8b"):
+        from .datasets.idx import IMAGES_MAGIC, read_idx
+        raw = read_idx(path, magic=IMAGES_MAGIC)
+        images = raw.astype(np.float64)[:, None] / 255
+        if images.shape[1:] != tuple(input_shape):
+            raise ShapeError(f"{path}: IDX images are {raw.shape[1:]}, but the model expects "
+                             f"input {tuple(input_shape)}")
+    else:
+        raise DataError(f"{path}: not a PNG or IDX images file")
+    return 1.0 - images if invert else images
+
+
+def _read_png(path, input_shape):
+    from .errors import DataError, ShapeError
+    try:
+        import matplotlib.image as mpimg
+    except ImportError as exc:
+        raise DataError("reading PNG files needs matplotlib: pip install 'xpnet[plot]'") from exc
+    try:
+        img = np.asarray(mpimg.imread(path), dtype=np.float64)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{path}: cannot read this PNG: {exc}") from exc
+    if img.max() > 1.0:  # 16-bit or integer PNGs
+        img = img / img.max()
+    if img.ndim == 3:
+        if img.shape[2] == 4:  # composite on white, the way a viewer shows it
+            img = img[..., :3] * img[..., 3:] + (1 - img[..., 3:])
+        img = img[..., :3]
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3):
+        raise ShapeError(f"the model takes input {tuple(input_shape)}, not images (C, H, W)")
+    channels, h, w = input_shape
+    if channels == 1:
+        if img.ndim == 3:
+            img = img @ np.array([0.299, 0.587, 0.114])
+        img = img[None]
+    else:
+        img = np.stack([img] * 3) if img.ndim == 2 else img.transpose(2, 0, 1)
+    return resize(img, h, w)[None]
+
+
+def resize(img, h, w):
+    """Bilinear resize of a (C, H, W) float image (area-averaged first when shrinking a lot)."""
+    c, h0, w0 = img.shape
+    if (h0, w0) == (h, w):
+        return img
+    fy, fx = max(1, h0 // h), max(1, w0 // w)
+    if fy > 1 or fx > 1:
+        img = img[:, :h0 // fy * fy, :w0 // fx * fx].reshape(c, h0 // fy, fy, w0 // fx, fx).mean(axis=(2, 4))
+        c, h0, w0 = img.shape
+    ys = np.clip((np.arange(h) + 0.5) * h0 / h - 0.5, 0, h0 - 1)
+    xs = np.clip((np.arange(w) + 0.5) * w0 / w - 0.5, 0, w0 - 1)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, h0 - 1), np.minimum(x0 + 1, w0 - 1)
+    wy, wx = (ys - y0)[:, None], (xs - x0)[None, :]
+    top = img[:, y0][:, :, x0] * (1 - wx) + img[:, y0][:, :, x1] * wx
+    bottom = img[:, y1][:, :, x0] * (1 - wx) + img[:, y1][:, :, x1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+# -- the parser and entry point ----------------------------------------------------------------
+def build_parser():
+    parser = argparse.ArgumentParser(prog="xpnet", description="Train and use xpnet models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("train", help="train a zoo model and write a run folder")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test-set error of a saved model")
+    p.add_argument("model_file", metavar="MODEL.npz")
+    p.add_argument("--dataset", default="mnist", choices=DATASET_CHOICES)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
+    p.add_argument("--batch-size", type=positive_int, default=500)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify a PNG image or an IDX images file")
+    p.add_argument("model_file", metavar="MODEL.npz")
+    p.add_argument("image_file", metavar="FILE")
+    p.add_argument("--dataset", default=None, choices=DATASET_CHOICES,
+                   help="print this dataset's class names")
+    p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
+    p.add_argument("--top", type=positive_int, default=3, help="how many classes to list per image")
+    p.add_argument("--invert", action="store_true",
+                   help="invert the image (for dark digits on a light background)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("summary", help="layers and parameter counts of a zoo model or a model file")
+    p.add_argument("target", metavar="NAME_or_MODEL.npz")
+    p.add_argument("--dataset", default="mnist", choices=DATASET_CHOICES,
+                   help="input shape for a zoo model")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("info", help="versions, backends and GPU")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("models", help="list the model zoo")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def is_out_of_memory(exc):
+    """True for CuPy's OutOfMemoryError (matched by class name, so CuPy need not be imported)."""
+    return any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    try:
+        return args.func(args)
+    except XpnetError as exc:
+        print(f"xpnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"xpnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        print(f"xpnet {args.command}: error: the GPU ran out of memory ({exc}); try a smaller "
+              "--batch-size, or --device cpu", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
