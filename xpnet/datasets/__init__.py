@@ -1,0 +1,188 @@
+"""Datasets as host NumPy arrays: MNIST, Fashion-MNIST and CIFAR-10 (binary release).
+
+    (x_train, y_train), (x_test, y_test) = xpnet.datasets.load("mnist")
+
+Images are uint8 NCHW, labels int64. Files are looked for, in order, in: the ``data_dir``
+argument (the folder itself, then ``data_dir/<name>/``), ``$XPNET_DATA/<name>/``, the
+repository's ``data/<name>/``, ``~/.cache/xpnet/<name>/`` and ``/usr/share/datasets/<name>/``.
+If none holds them and ``download`` is true they are downloaded into ``~/.cache/xpnet/<name>/``
+and checked against the md5 of the published file.
+
+Local files are always checked for structure (IDX header against payload size, record sizes,
+label range, image sizes, matching counts). Their md5 is checked only with ``verify=True``,
+against the md5 of the UNCOMPRESSED content, so re-gzipped copies (such as Debian's
+dataset-fashion-mnist) are accepted. A CIFAR-10 tar is verified by its own md5; an extracted
+``cifar-10-batches-bin/`` folder only by structure.
+"""
+import os
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from . import cifar
+from .download import fetch_from_mirrors, md5_file
+from .idx import IMAGES_MAGIC, LABELS_MAGIC, read_idx
+from .sources import ALIASES, DATASETS
+from .utils import one_hot, to_float, train_val_split
+
+REPO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "data")
+SYSTEM_DATA = "/usr/share/datasets"
+
+
+def _canonical(name):
+    key = ALIASES.get(str(name).lower())
+    if key is None:
+        raise ConfigError(f"unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}")
+    return key
+
+
+def info(name):
+    """Facts about a dataset: classes, class names, image shape, split sizes, files, licence."""
+    key = _canonical(name)
+    spec = DATASETS[key]
+    return {"name": key, "classes": len(spec["class_names"]),
+            "class_names": list(spec["class_names"]), "image_shape": spec["image_shape"],
+            "train_size": spec["sizes"][0], "test_size": spec["sizes"][1],
+            "files": list(spec["files"]), "license": spec["license"]}
+
+
+def cache_dir(name):
+    return os.path.join(os.path.expanduser("~"), ".cache", "xpnet", name)
+
+
+def search_places(name, data_dir=None):
+    """[(label, folder or None)] in search order; None marks a place that does not apply."""
+    key = _canonical(name)
+    env = os.environ.get("XPNET_DATA")
+    places = []
+    if data_dir is not None:
+        data_dir = os.fspath(data_dir)
+        places += [("data_dir", data_dir), ("data_dir", os.path.join(data_dir, key))]
+    else:
+        places.append(("data_dir (not given)", None))
+    places.append((f"$XPNET_DATA/{key}", os.path.join(env, key) if env else None))
+    places += [("repository data/", os.path.join(REPO_DATA, key)),
+               ("cache", cache_dir(key)),
+               ("system", os.path.join(SYSTEM_DATA, key))]
+    return places
+
+
+def _idx_path(folder, filename):
+    for cand in (filename, filename[:-3]):
+        path = os.path.join(folder, cand)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _locate(key, folder):
+    """The dataset's paths inside ``folder`` (dict), or None if anything is missing."""
+    if folder is None or not os.path.isdir(folder):
+        return None
+    if DATASETS[key]["format"] == "cifar":
+        found = cifar.find(folder)
+        return {"cifar": found} if found else None
+    paths = {f: _idx_path(folder, f) for f in DATASETS[key]["files"]}
+    return None if None in paths.values() else paths
+
+
+def _not_found(key, places, download, failure=None):
+    files = DATASETS[key]["files"]
+    if DATASETS[key]["format"] == "cifar":
+        wanted = (f"{files[0]} or a {cifar.CIFAR_FOLDER}/ folder with "
+                  + ", ".join(cifar.CIFAR_TRAIN + cifar.CIFAR_TEST))
+    else:
+        wanted = ", ".join(files) + " (gzip, or uncompressed without .gz)"
+    lines = [f"{key}: dataset files not found. Expected {wanted} in one of:"]
+    for label, folder in places:
+        if folder is None:
+            lines.append(f"  {label}: " + ("XPNET_DATA not set" if "XPNET" in label else "-"))
+        else:
+            state = "incomplete" if os.path.isdir(folder) else "no such folder"
+            lines.append(f"  {label}: {folder} ({state})")
+    if failure is not None:
+        lines.append(f"Download into {cache_dir(key)} failed: {failure}")
+    elif not download:
+        lines.append("Downloading is off (download=False); put the files in one of these "
+                     "folders or set XPNET_DATA.")
+    return DataError("\n".join(lines))
+
+
+def _download(key):
+    spec = DATASETS[key]
+    folder = cache_dir(key)
+    for filename in spec["files"]:
+        dest = os.path.join(folder, filename)
+        if not os.path.isfile(dest):
+            fetch_from_mirrors(spec["mirrors"], filename, dest, spec["md5"][filename])
+    return _locate(key, folder)
+
+
+def find(name, data_dir=None, download=True):
+    """Where the dataset's files are: a dict of paths (downloading them if allowed)."""
+    key = _canonical(name)
+    places = search_places(key, data_dir)
+    for _, folder in places:
+        paths = _locate(key, folder)
+        if paths:
+            return paths
+    if not download:
+        raise _not_found(key, places, download)
+    try:
+        paths = _download(key)
+    except DataError as exc:
+        raise _not_found(key, places, download, failure=exc) from exc
+    if not paths:
+        raise _not_found(key, places, download, failure="files missing after download")
+    return paths
+
+
+def _verify(key, paths):
+    spec = DATASETS[key]
+    for filename, path in paths.items():
+        if filename == "cifar":
+            if os.path.isdir(path):
+                continue  # no published md5 for the extracted batches: structure only
+            expected, actual = spec["md5"][cifar.CIFAR_TAR], md5_file(path)
+        else:
+            expected, actual = spec["raw_md5"][filename], md5_file(path, uncompressed=True)
+        if actual != expected:
+            raise DataError(f"{path}: md5 of the content is {actual}, expected {expected} "
+                            f"for {key} {filename}")
+
+
+def _read_idx_pair(key, images_path, labels_path):
+    images = read_idx(images_path, IMAGES_MAGIC)
+    labels = read_idx(labels_path, LABELS_MAGIC)
+    if len(images) != len(labels):
+        raise DataError(f"{key}: {images_path} holds {len(images)} images but {labels_path} "
+                        f"holds {len(labels)} labels")
+    c, h, w = DATASETS[key]["image_shape"]
+    if images.shape[1:] != (h, w):
+        raise DataError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, "
+                        f"expected {h}x{w} for {key}")
+    return images.reshape(len(images), c, h, w), labels.astype(np.int64)
+
+
+def load(name, data_dir=None, download=True, verify=False):
+    """((x_train, y_train), (x_test, y_test)) as host arrays: uint8 NCHW images, int64 labels."""
+    key = _canonical(name)
+    paths = find(key, data_dir, download)
+    if verify:
+        _verify(key, paths)
+    if DATASETS[key]["format"] == "cifar":
+        train, test = cifar.read(paths["cifar"])
+    else:
+        p = paths
+        train = _read_idx_pair(key, p["train-images-idx3-ubyte.gz"], p["train-labels-idx1-ubyte.gz"])
+        test = _read_idx_pair(key, p["t10k-images-idx3-ubyte.gz"], p["t10k-labels-idx1-ubyte.gz"])
+    classes = len(DATASETS[key]["class_names"])
+    for part, (_, y) in zip(("train", "test"), (train, test)):
+        if len(y) and y.max() >= classes:
+            raise DataError(f"{key} {part}: label {int(y.max())} out of range 0..{classes - 1}")
+    return train, test
+
+
+__all__ = ["load", "info", "find", "search_places", "cache_dir", "train_val_split", "one_hot",
+           "to_float", "read_idx", "DATASETS"]
