@@ -15,8 +15,9 @@ from .errors import BackendError, ConfigError, DataError, ShapeError, TrainingEr
 from .backends import available as available_backends, get_backend  # noqa: E402
 from .model import Sequential  # noqa: E402
 from .io import load_model as load, save_model  # noqa: E402
+from . import datasets  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Sequential", "load", "save_model", "get_backend", "available_backends", "XpnetError", "ShapeError",
+__all__ = ["Sequential", "datasets", "load", "save_model", "get_backend", "available_backends", "XpnetError", "ShapeError",
            "BackendError", "ConfigError", "DataError", "TrainingError", "__version__"]
