@@ -115,7 +115,7 @@ def cmd_summary(args):
         from . import models
         entry = models.get(target)
         info = _dataset_info(args.dataset)
-        model = entry.build(info["image_shape"], len(info["class_names"]), "cpu", 0, "float32")
+        model = entry.build(tuple(info["image_shape"]), info["classes"], "cpu", 0, "float32")
         print(f"{entry.name}: {entry.description}")
         recipe = ", ".join(f"{k}={v!r}" for k, v in dict(entry.recipe).items())
         print(f"recipe: {recipe}")
@@ -156,12 +156,8 @@ def cmd_models(args):
 
 # -- helpers -----------------------------------------------------------------------------------
 def _dataset_info(name):
-    from .datasets.sources import ALIASES, DATASETS
-    from .errors import ConfigError
-    key = ALIASES.get(str(name).lower())
-    if key is None:
-        raise ConfigError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_CHOICES)}")
-    return DATASETS[key]
+    from . import datasets
+    return datasets.info(name)
 
 
 def _class_names(dataset, n):
@@ -308,25 +304,29 @@ def is_out_of_memory(exc):
     return any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__)
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = argv
+def guarded(label, func):
+    """Run ``func()``; user errors and GPU out-of-memory become one line on stderr and a status."""
     try:
-        return args.func(args)
+        return func()
     except XpnetError as exc:
-        print(f"xpnet {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{label}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"xpnet {args.command}: interrupted", file=sys.stderr)
+        print(f"{label}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        print(f"xpnet {args.command}: error: the GPU ran out of memory ({exc}); try a smaller "
-              "--batch-size, or --device cpu", file=sys.stderr)
+        print(f"{label}: error: the GPU ran out of memory ({exc}); try a smaller --batch-size, "
+              "or --device cpu", file=sys.stderr)
         return 1
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    return guarded(f"xpnet {args.command}", lambda: args.func(args))
 
 
 if __name__ == "__main__":
