@@ -1,0 +1,182 @@
+"""The ``xpnet`` command, called through ``main([...])`` (and once as ``python -m xpnet``)."""
+import gzip
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import xpnet
+from xpnet import cli
+from xpnet import layers as xlayers
+from xpnet.layers import Dense
+from xpnet.layers.base import Layer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class FlatFeatures(Layer):
+    """(C, H, W) -> (C*H*W,): a test-only stand-in so these tests need no other layer."""
+
+    def compute_output_shape(self, input_shape):
+        n = 1
+        for d in input_shape:
+            n *= d
+        return (n,)
+
+    def forward(self, x, training=False):
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad):
+        return grad.reshape((grad.shape[0],) + self.input_shape)
+
+
+@pytest.fixture
+def image_model(tmp_path, monkeypatch):
+    """A saved (1, 28, 28) -> 10 model whose first logit is 5 x the mean of the top image rows."""
+    monkeypatch.setitem(xlayers.LAYERS, "FlatFeatures", FlatFeatures)
+    model = xpnet.Sequential([FlatFeatures(), Dense(10)], input_shape=(1, 28, 28), seed=1)
+    W = np.zeros((784, 10), dtype="float32")
+    W[:392, 0] = 5.0 / 392  # top half bright -> class 0
+    W[392:, 1] = 5.0 / 392  # bottom half bright -> class 1
+    model.layers[1].params["W"][...] = W
+    path = tmp_path / "m.npz"
+    model.save(path)
+    return model, str(path)
+
+
+def write_idx_images(path, images):
+    header = struct.pack(">IIII", 0x00000803, *images.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + images.astype(np.uint8).tobytes())
+
+
+def test_info_lists_versions_and_backends(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"xpnet {xpnet.__version__}" in out
+    assert f"NumPy {np.__version__}" in out
+    assert "backends: numpy, strict" in out
+    assert "GPU:" in out
+
+
+def test_python_dash_m_xpnet_info():
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "xpnet", "info"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"xpnet {xpnet.__version__}\n")
+    assert "Python " in proc.stdout and "NumPy " in proc.stdout
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["frobnicate"], ["train", "--epochs", "0"], ["train", "--batch-size", "-3"],
+    ["train", "--epochs", "two"], ["train", "--dataset", "imagenet"], ["train", "--device", "tpu"],
+    ["train", "--seed", "-1"], ["evaluate"], ["predict", "m.npz"], ["summary"],
+])
+def test_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "error:" in err
+
+
+def test_user_errors_are_one_line_not_a_traceback(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path / "missing.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "xpnet evaluate: error: no such model file" in err and "Traceback" not in err
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    assert cli.main(["summary", str(bad)]) == 2
+    assert "not an xpnet model file" in capsys.readouterr().err
+
+
+def test_gpu_out_of_memory_gets_a_clear_message(monkeypatch, capsys):
+    class OutOfMemoryError(MemoryError):  # the class name is what main() recognises
+        pass
+
+    def boom(args):
+        raise OutOfMemoryError("Out of memory allocating 1,073,741,824 bytes")
+
+    monkeypatch.setattr(cli, "cmd_info", boom)
+    assert cli.main(["info"]) == 1
+    err = capsys.readouterr().err
+    assert "ran out of memory" in err and "--batch-size" in err
+    monkeypatch.setattr(cli, "cmd_info", lambda args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # real bugs are not hidden
+        cli.main(["info"])
+
+
+def test_summary_of_a_model_file(image_model, capsys):
+    model, path = image_model
+    assert cli.main(["summary", path]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 7,850" in out and "flat_features (FlatFeatures)" in out
+
+
+def test_predict_png_gray_and_colour(image_model, tmp_path, capsys):
+    import matplotlib.image as mpimg
+    _, path = image_model
+    top = np.zeros((56, 56))
+    top[:28] = 1.0  # bright top half, twice the model's size: resized to 28 x 28
+    mpimg.imsave(tmp_path / "top.png", top, cmap="gray", vmin=0, vmax=1)
+    assert cli.main(["predict", path, str(tmp_path / "top.png")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("image 0: class 0 ")
+    bottom = np.zeros((20, 20, 3))
+    bottom[10:] = [1.0, 1.0, 1.0]  # white bottom half on black, RGB, smaller than 28 x 28
+    mpimg.imsave(tmp_path / "bottom.png", bottom)
+    assert cli.main(["predict", path, str(tmp_path / "bottom.png"), "--top", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("image 0: class 1 ") and "top 2: 1: " in line and line.count(", ") == 1
+    assert cli.main(["predict", path, str(tmp_path / "bottom.png"), "--invert"]) == 0
+    assert capsys.readouterr().out.startswith("image 0: class 0 ")
+
+
+def test_predict_idx_file_and_probabilities(image_model, tmp_path, capsys):
+    model, path = image_model
+    images = np.zeros((3, 28, 28), dtype=np.uint8)
+    images[0, :14] = 255
+    images[1, 14:] = 255
+    write_idx_images(tmp_path / "imgs-idx3-ubyte.gz", images)
+    assert cli.main(["predict", path, str(tmp_path / "imgs-idx3-ubyte.gz"), "--dataset", "mnist"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [l.split()[3] for l in lines] == ["0", "1", "0"]  # the blank image: all logits 0 -> class 0
+    logits = np.zeros(10)
+    logits[0] = 5.0
+    p0 = np.exp(5) / (np.exp(5) + 9)
+    assert f"(p={p0:.4f})" in lines[0]
+    assert "(p=0.1000)" in lines[2]
+    probs = cli.predict_probs(model, images[:, None])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+
+
+def test_predict_refuses_wrong_sizes_and_formats(image_model, tmp_path, capsys):
+    _, path = image_model
+    write_idx_images(tmp_path / "small.gz", np.zeros((2, 20, 20)))
+    assert cli.main(["predict", path, str(tmp_path / "small.gz")]) == 2
+    assert "IDX images are (20, 20), but the model expects input (1, 28, 28)" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("hello")
+    assert cli.main(["predict", path, str(tmp_path / "notes.txt")]) == 2
+    assert "not a PNG or IDX images file" in capsys.readouterr().err
+
+
+def test_evaluate_counts_mistakes_on_the_test_set(image_model, capsys):
+    model, path = image_model
+    assert cli.main(["evaluate", path, "--dataset", "mnist", "--data-dir", os.path.join(ROOT, "data")]) == 0
+    out = capsys.readouterr().out
+    (_, _), (x, y) = xpnet.datasets.load("mnist", data_dir=os.path.join(ROOT, "data"))
+    expected = int((cli.predict_probs(model, x).argmax(axis=1) != y).sum())
+    assert f"({expected} mistakes)" in out and "10000 images" in out
+    assert 8000 < expected < 10000  # a two-class toy model gets most digits wrong
+
+
+def test_resize_bilinear_and_area():
+    img = np.arange(16, dtype=float).reshape(1, 4, 4)
+    np.testing.assert_allclose(cli.resize(img, 2, 2)[0], [[2.5, 4.5], [10.5, 12.5]])
+    up = cli.resize(np.array([[[0.0, 1.0]]]), 1, 4)
+    np.testing.assert_allclose(up[0, 0], [0.0, 0.25, 0.75, 1.0])
+    assert cli.resize(img, 4, 4) is img
