@@ -1,78 +1,123 @@
-"""Weight initializers. Each takes a CounterRandom, so the same seed gives the same weights on
-every backend. Fans follow the public layouts: Dense W (in, out), Conv2D W (F, C, kh, kw)."""
+"""Weight initializers ``f(rng, shape, dtype)``. Each draws from a CounterRandom, so the same seed
+gives the same weights on every backend.
+
+Fans follow the public layouts: Dense W (in, out) has fan_in = in, fan_out = out; a convolution
+W (F, C, kh, kw) (or (F, C, k) / (F, C, kd, kh, kw)) has fan_in = C * kh * kw and
+fan_out = F * kh * kw; a vector of n entries has fan_in = fan_out = n.
+
+    uniform          U(-0.5, 0.5)                          (the first seed report)
+    glorot_uniform   U(-a, a), a = sqrt(6 / (fan_in + fan_out))     (alias xavier_uniform)
+    glorot_normal    N(0, 2 / (fan_in + fan_out))                    (alias xavier_normal)
+    he_uniform       U(-a, a), a = sqrt(6 / fan_in)                  (alias kaiming_uniform)
+    he_normal        N(0, 2 / fan_in)                                (alias kaiming_normal)
+    lecun_uniform    U(-a, a), a = sqrt(3 / fan_in)
+    lecun_normal     N(0, 1 / fan_in)
+    zeros, ones
+
+The normal ones are untruncated, as torch.nn.init's xavier_normal_ and kaiming_normal_.
+"""
 import math
 
 from .errors import ConfigError
 
 
+def _shape(shape):
+    shape = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise ConfigError(f"initializer: shape must not have negative sizes, got {shape}")
+    return shape
+
+
 def fans(shape):
-    """(fan_in, fan_out) for a weight of the given public layout."""
+    """(fan_in, fan_out) of a weight in the public layout (see the module docstring)."""
+    shape = _shape(shape)
     if len(shape) == 2:
         return shape[0], shape[1]
-    if len(shape) == 4:
-        receptive = shape[2] * shape[3]
+    if len(shape) >= 3:
+        receptive = math.prod(shape[2:])
         return shape[1] * receptive, shape[0] * receptive
     n = math.prod(shape)
     return n, n
 
 
+def _fans(name, shape):
+    fan_in, fan_out = fans(shape)
+    if fan_in <= 0 or fan_out <= 0:
+        raise ConfigError(f"{name}: cannot compute fans of an empty weight of shape {tuple(shape)}")
+    return fan_in, fan_out
+
+
 def zeros(rng, shape, dtype):
-    return rng.xp.zeros(shape, dtype=dtype)
+    """All zeros."""
+    return rng.xp.zeros(_shape(shape), dtype=dtype)
 
 
 def ones(rng, shape, dtype):
-    return rng.xp.ones(shape, dtype=dtype)
+    """All ones."""
+    return rng.xp.ones(_shape(shape), dtype=dtype)
 
 
 def uniform(rng, shape, dtype):
-    """Uniform in [-0.5, 0.5], as in the first seed report."""
-    return rng.uniform(-0.5, 0.5, shape, dtype)
+    """Uniform in [-0.5, 0.5)."""
+    return rng.uniform(-0.5, 0.5, _shape(shape), dtype)
 
 
 def glorot_uniform(rng, shape, dtype):
-    fan_in, fan_out = fans(shape)
+    """U(-a, a) with a = sqrt(6 / (fan_in + fan_out))."""
+    fan_in, fan_out = _fans("glorot_uniform", shape)
     limit = math.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, shape, dtype)
+    return rng.uniform(-limit, limit, _shape(shape), dtype)
 
 
 def glorot_normal(rng, shape, dtype):
-    fan_in, fan_out = fans(shape)
-    return rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), shape, dtype)
+    """N(0, std**2) with std = sqrt(2 / (fan_in + fan_out))."""
+    fan_in, fan_out = _fans("glorot_normal", shape)
+    return rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), _shape(shape), dtype)
 
 
 def he_normal(rng, shape, dtype):
-    fan_in, _ = fans(shape)
-    return rng.normal(0.0, math.sqrt(2.0 / fan_in), shape, dtype)
+    """N(0, std**2) with std = sqrt(2 / fan_in)."""
+    fan_in, _ = _fans("he_normal", shape)
+    return rng.normal(0.0, math.sqrt(2.0 / fan_in), _shape(shape), dtype)
 
 
 def he_uniform(rng, shape, dtype):
-    fan_in, _ = fans(shape)
+    """U(-a, a) with a = sqrt(6 / fan_in)."""
+    fan_in, _ = _fans("he_uniform", shape)
     limit = math.sqrt(6.0 / fan_in)
-    return rng.uniform(-limit, limit, shape, dtype)
+    return rng.uniform(-limit, limit, _shape(shape), dtype)
 
 
 def lecun_normal(rng, shape, dtype):
-    fan_in, _ = fans(shape)
-    return rng.normal(0.0, math.sqrt(1.0 / fan_in), shape, dtype)
+    """N(0, std**2) with std = sqrt(1 / fan_in)."""
+    fan_in, _ = _fans("lecun_normal", shape)
+    return rng.normal(0.0, math.sqrt(1.0 / fan_in), _shape(shape), dtype)
 
 
 def lecun_uniform(rng, shape, dtype):
-    fan_in, _ = fans(shape)
+    """U(-a, a) with a = sqrt(3 / fan_in)."""
+    fan_in, _ = _fans("lecun_uniform", shape)
     limit = math.sqrt(3.0 / fan_in)
-    return rng.uniform(-limit, limit, shape, dtype)
+    return rng.uniform(-limit, limit, _shape(shape), dtype)
 
 
 INITIALIZERS = {f.__name__: f for f in (zeros, ones, uniform, glorot_uniform, glorot_normal,
                                         he_normal, he_uniform, lecun_normal, lecun_uniform)}
-INITIALIZERS.update(xavier_uniform=glorot_uniform, xavier_normal=glorot_normal)
+INITIALIZERS.update(xavier_uniform=glorot_uniform, xavier_normal=glorot_normal,
+                    kaiming_uniform=he_uniform, kaiming_normal=he_normal)
 
 
 def get(name):
-    """An initializer by name (or a callable ``f(rng, shape, dtype)`` returned unchanged)."""
+    """An initializer by name (case-insensitive), or a callable ``f(rng, shape, dtype)`` returned
+    unchanged."""
     if callable(name):
         return name
+    key = name.lower() if isinstance(name, str) else name
     try:
-        return INITIALIZERS[name]
+        return INITIALIZERS[key]
     except (KeyError, TypeError):
         raise ConfigError(f"unknown initializer {name!r}; expected one of: "
                           + ", ".join(sorted(INITIALIZERS))) from None
+
+
+__all__ = ["fans", "get", "INITIALIZERS"] + sorted(INITIALIZERS)

@@ -1,0 +1,353 @@
+"""Optimizers (SGD, Adam, AdamW, RMSprop) with torch.optim's update rules, plus gradient clipping.
+
+``step(params, grads)`` updates the parameter arrays IN PLACE. Both dicts are keyed by parameter
+name ("dense.W"); the optimizer's state (moment buffers, per-parameter step counts) is keyed by the
+same names. A parameter with no gradient (missing or None) is left alone. ``step`` never syncs
+with the host: learning rates and bias corrections are Python floats, clipping is computed on the
+device.
+
+Learning rate: ``lr`` is the base rate (schedules and callbacks may set it between steps). Each
+step uses the inverse-time decay of the seed reports,
+
+    current_lr() = lr / (1 + decay * iterations)
+
+where ``iterations`` counts the steps already taken (so the first step uses ``lr``). With
+``decay=0`` this is ``lr``. It equals torch's LambdaLR(lambda t: 1 / (1 + decay * t)) stepped once
+per optimizer step.
+
+Clipping, applied to the gradients before anything else (as torch users clip before ``step``):
+``clipvalue`` clamps each entry to [-clipvalue, clipvalue]; then ``clipnorm`` rescales all
+gradients together so that their global L2 norm is at most ``clipnorm``
+(torch.nn.utils.clip_grad_norm_).
+"""
+import math
+
+from .arrays import array_module
+from .errors import ConfigError, ShapeError, TrainingError
+
+
+# -- gradient clipping ---------------------------------------------------------------------------
+def clip_by_value(grads, value):
+    """New dict with every gradient clamped to [-value, value] (torch's clip_grad_value_)."""
+    value = _number("clip_by_value", "value", value, low=0.0, open_low=True)
+    return {k: None if g is None else g.clip(-value, value) for k, g in grads.items()}
+
+
+def global_norm(grads, xp):
+    """sqrt(sum of squares of every gradient) as a 0-d device array (no host sync)."""
+    total = None
+    for g in grads.values():
+        if g is not None:
+            s = (g * g).sum()
+            total = s if total is None else total + s
+    return xp.sqrt(xp.asarray(0.0) if total is None else total)
+
+
+def clip_by_global_norm(grads, max_norm, xp):
+    """New dict with all gradients scaled by min(1, max_norm / (norm + 1e-6)), norm being their
+    global L2 norm, as torch.nn.utils.clip_grad_norm_. The scale stays on the device: no sync."""
+    max_norm = _number("clip_by_global_norm", "max_norm", max_norm, low=0.0, open_low=True)
+    scale = xp.minimum(1.0, max_norm / (global_norm(grads, xp) + 1e-6))
+    out = {}
+    for k, g in grads.items():
+        if g is not None:
+            g = g * (scale if scale.dtype == g.dtype else scale.astype(g.dtype))
+        out[k] = g
+    return out
+
+
+def _number(owner, name, value, low=None, high=None, open_low=False, open_high=False):
+    """``value`` as a finite float within the bounds, else ConfigError naming both."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{owner}: {name} must be a number, got {value!r}") from None
+    bad = not math.isfinite(v)
+    if low is not None:
+        bad = bad or v < low or (open_low and v == low)
+    if high is not None:
+        bad = bad or v > high or (open_high and v == high)
+    if bad:
+        lo = "" if low is None else ("(" if open_low else "[") + f"{low:g}"
+        hi = "" if high is None else f"{high:g}" + (")" if open_high else "]")
+        want = f"in {lo}, {hi}" if low is not None and high is not None else \
+            (f"{'>' if open_low else '>='} {low:g}" if low is not None else f"<= {high:g}")
+        raise ConfigError(f"{owner}: {name} must be a finite number {want}, got {value!r}")
+    return v
+
+
+# -- optimizers ----------------------------------------------------------------------------------
+class Optimizer:
+    """Base class. Subclasses name their moment buffers in ``slots`` and implement ``_update``."""
+
+    slots = ()
+
+    def __init__(self, lr, decay=0.0, clipnorm=None, clipvalue=None):
+        self.lr = lr
+        self.decay = _number(self._name, "decay", decay, low=0.0)
+        self.clipnorm = None if clipnorm is None else \
+            _number(self._name, "clipnorm", clipnorm, low=0.0, open_low=True)
+        self.clipvalue = None if clipvalue is None else \
+            _number(self._name, "clipvalue", clipvalue, low=0.0, open_low=True)
+        self.iterations = 0
+        self.state = {slot: {} for slot in self.slots}  # slot -> {param name: device array}
+        self.steps = {}  # param name -> number of updates it has received
+        self._pending = {}  # loaded buffers waiting for the first step to learn the device
+        self.xp = None
+
+    @property
+    def _name(self):
+        return type(self).__name__
+
+    @property
+    def lr(self):
+        """The base learning rate (before inverse-time decay)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _number(type(self).__name__, "lr", value, low=0.0)
+
+    def current_lr(self):
+        """lr / (1 + decay * iterations): the rate the next step will use."""
+        return self._lr / (1.0 + self.decay * self.iterations)
+
+    # -- the update -------------------------------------------------------------------------
+    def step(self, params, grads):
+        """Update ``params`` in place from ``grads`` (both {name: array}); no host sync."""
+        for k in grads:
+            if k not in params:
+                raise ConfigError(f"{self._name}: gradient for unknown parameter {k!r}; "
+                                  f"parameters are: {', '.join(params)}")
+        names = [k for k, p in params.items() if grads.get(k) is not None]
+        for k in names:
+            if tuple(grads[k].shape) != tuple(params[k].shape):
+                raise ShapeError(f"{self._name}: gradient of {k!r} has shape {tuple(grads[k].shape)} "
+                                 f"but the parameter has shape {tuple(params[k].shape)}")
+        if names and self.xp is None:
+            self.xp = array_module(params[names[0]])
+        grads = {k: grads[k] for k in names}
+        if self.clipvalue is not None:
+            grads = clip_by_value(grads, self.clipvalue)
+        if self.clipnorm is not None and grads:
+            grads = clip_by_global_norm(grads, self.clipnorm, self.xp)
+        lr = self.current_lr()
+        for k in names:
+            p = params[k]
+            self._ensure_state(k, p)
+            self.steps[k] = self.steps.get(k, 0) + 1
+            self._update(k, p, grads[k], lr)
+        self.iterations += 1
+
+    def _update(self, name, p, g, lr):
+        raise NotImplementedError
+
+    def _ensure_state(self, name, p):
+        for slot in self.slots:
+            buffers = self.state[slot]
+            if name in buffers:
+                continue
+            key = f"{slot}:{name}"
+            if key in self._pending:
+                buf = self.xp.array(self._pending.pop(key), dtype=p.dtype)  # a copy
+                if tuple(buf.shape) != tuple(p.shape):
+                    raise TrainingError(f"{self._name}: saved state {key!r} has shape "
+                                        f"{tuple(buf.shape)} but the parameter has shape "
+                                        f"{tuple(p.shape)}; was it saved for another model?")
+            else:
+                buf = self.xp.zeros_like(p)
+            buffers[name] = buf
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self):
+        """{"iterations": int, "lr": float, "step:<param>": int, "<slot>:<param>": array}. Arrays
+        are device copies; convert with backend.to_numpy to save them."""
+        out = {"iterations": self.iterations, "lr": self.lr}
+        out.update({f"step:{k}": n for k, n in self.steps.items()})
+        for slot, buffers in self.state.items():
+            out.update({f"{slot}:{k}": v.copy() for k, v in buffers.items()})
+        out.update({k: v for k, v in self._pending.items() if k.split(":", 1)[0] in self.slots})
+        return out
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict`` returned (host or device arrays)."""
+        if "iterations" not in state:
+            raise ConfigError(f"{self._name}.load_state_dict: missing 'iterations'; keys are "
+                              f"{sorted(state)}")
+        steps, buffers = {}, {}
+        for key, value in state.items():
+            if key in ("iterations", "lr"):
+                continue
+            slot, sep, name = key.partition(":")
+            if not sep or not name or (slot != "step" and slot not in self.slots):
+                raise ConfigError(f"{self._name}.load_state_dict: unexpected entry {key!r}; this "
+                                  f"optimizer keeps {', '.join(self.slots) or 'no buffers'}")
+            if slot == "step":
+                steps[name] = int(value)
+            else:
+                buffers[key] = value
+        self.iterations = int(state["iterations"])
+        if "lr" in state:
+            self.lr = float(state["lr"])
+        self.steps = steps
+        self.state = {slot: {} for slot in self.slots}
+        self._pending = buffers  # moved to the device, in the parameter's dtype, at first use
+
+    # -- description ------------------------------------------------------------------------
+    def get_config(self):
+        return {"type": self._name, "lr": self.lr, **self._hyper(), "decay": self.decay,
+                "clipnorm": self.clipnorm, "clipvalue": self.clipvalue}
+
+    def _hyper(self):
+        return {}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "type")
+        return f"{self._name}({args})"
+
+
+class SGD(Optimizer):
+    """torch.optim.SGD (dampening 0): g += weight_decay * p; buf = momentum * buf + g;
+    p -= lr * (g + momentum * buf if nesterov else buf)."""
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, **kw):
+        self.momentum = _number("SGD", "momentum", momentum, low=0.0, high=1.0, open_high=True)
+        self.nesterov = bool(nesterov)
+        self.weight_decay = _number("SGD", "weight_decay", weight_decay, low=0.0)
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("SGD: nesterov=True needs momentum > 0")
+        self.slots = ("momentum",) if self.momentum else ()
+        super().__init__(lr, **kw)
+
+    def _update(self, name, p, g, lr):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            buf = self.state["momentum"][name]
+            buf *= self.momentum
+            buf += g
+            g = g + self.momentum * buf if self.nesterov else buf
+        p -= lr * g
+
+    def _hyper(self):
+        return {"momentum": self.momentum, "nesterov": self.nesterov, "weight_decay": self.weight_decay}
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam: L2 ``weight_decay`` is added to the gradient; m, v are the moment
+    estimates and t the parameter's step count:
+    p -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)."""
+
+    slots = ("m", "v")
+    _decoupled = False
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, **kw):
+        name = type(self).__name__
+        self.beta1 = _number(name, "beta1", beta1, low=0.0, high=1.0, open_high=True)
+        self.beta2 = _number(name, "beta2", beta2, low=0.0, high=1.0, open_high=True)
+        self.eps = _number(name, "eps", eps, low=0.0)
+        self.weight_decay = _number(name, "weight_decay", weight_decay, low=0.0)
+        super().__init__(lr, **kw)
+
+    def _update(self, name, p, g, lr):
+        if self.weight_decay:
+            if self._decoupled:
+                p *= 1.0 - lr * self.weight_decay
+            else:
+                g = g + self.weight_decay * p
+        m, v = self.state["m"][name], self.state["v"][name]
+        m *= self.beta1
+        m += (1.0 - self.beta1) * g
+        v *= self.beta2
+        v += (1.0 - self.beta2) * (g * g)
+        t = self.steps[name]
+        denom = self.xp.sqrt(v)
+        denom /= math.sqrt(1.0 - self.beta2 ** t)
+        denom += self.eps
+        p -= (lr / (1.0 - self.beta1 ** t)) * (m / denom)
+
+    def _hyper(self):
+        return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
+                "weight_decay": self.weight_decay}
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW: Adam with decoupled weight decay, p *= 1 - lr * weight_decay before
+    the Adam update (the decay does not pass through the moments)."""
+
+    _decoupled = True
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, **kw):
+        super().__init__(lr, beta1, beta2, eps, weight_decay, **kw)
+
+
+class RMSprop(Optimizer):
+    """torch.optim.RMSprop: s = alpha * s + (1 - alpha) * g**2; centered subtracts the squared
+    running mean of g; d = g / (sqrt(s [- mean**2]) + eps); with momentum buf = momentum * buf + d
+    and p -= lr * buf, else p -= lr * d."""
+
+    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, momentum=0.0, centered=False,
+                 weight_decay=0.0, **kw):
+        self.alpha = _number("RMSprop", "alpha", alpha, low=0.0, high=1.0, open_high=True)
+        self.eps = _number("RMSprop", "eps", eps, low=0.0)
+        self.momentum = _number("RMSprop", "momentum", momentum, low=0.0, high=1.0, open_high=True)
+        self.centered = bool(centered)
+        self.weight_decay = _number("RMSprop", "weight_decay", weight_decay, low=0.0)
+        self.slots = ("square_avg",) + (("grad_avg",) if self.centered else ()) + \
+            (("momentum",) if self.momentum else ())
+        super().__init__(lr, **kw)
+
+    def _update(self, name, p, g, lr):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        sq = self.state["square_avg"][name]
+        sq *= self.alpha
+        sq += (1.0 - self.alpha) * (g * g)
+        if self.centered:
+            ga = self.state["grad_avg"][name]
+            ga *= self.alpha
+            ga += (1.0 - self.alpha) * g
+            avg = self.xp.sqrt(sq - ga * ga)
+        else:
+            avg = self.xp.sqrt(sq)
+        avg += self.eps
+        if self.momentum:
+            buf = self.state["momentum"][name]
+            buf *= self.momentum
+            buf += g / avg
+            p -= lr * buf
+        else:
+            p -= lr * (g / avg)
+
+    def _hyper(self):
+        return {"alpha": self.alpha, "eps": self.eps, "momentum": self.momentum,
+                "centered": self.centered, "weight_decay": self.weight_decay}
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
+
+
+def get(name_or_obj, **kw):
+    """An optimizer from an object (returned unchanged), a name ("sgd", "adam", "adamw",
+    "rmsprop") with constructor arguments ``kw``, or a ``get_config()`` dict."""
+    if isinstance(name_or_obj, Optimizer):
+        if kw:
+            raise ConfigError(f"optim.get: got an optimizer object and extra arguments {sorted(kw)}")
+        return name_or_obj
+    if isinstance(name_or_obj, dict):
+        kw = {**{k: v for k, v in name_or_obj.items() if k != "type"}, **kw}
+        name = name_or_obj.get("type")
+    else:
+        name = name_or_obj
+    cls = OPTIMIZERS.get(name.lower()) if isinstance(name, str) else None
+    if cls is None:
+        raise ConfigError(f"unknown optimizer {name!r}; expected an Optimizer object or one of: "
+                          + ", ".join(sorted(OPTIMIZERS)))
+    try:
+        return cls(**kw)
+    except TypeError as exc:
+        raise ConfigError(f"bad arguments for optimizer {cls.__name__}: {exc}") from None
+
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "OPTIMIZERS", "get",
+           "clip_by_value", "clip_by_global_norm", "global_norm"]
