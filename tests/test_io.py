@@ -225,3 +225,64 @@ def test_corrupted_bytes(saved, tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="no such model file"):
         load_model(tmp_path / "nope.npz")
+
+
+# -- optimizer state ---------------------------------------------------------------------------
+def adam_steps(model, x, n, opt):
+    for _ in range(n):
+        out = model.forward(model.backend.asarray(x), training=True)
+        model.backward(out - 1.0)
+        opt.step(model.parameters, model.gradients)
+
+
+@pytest.mark.parametrize("first,second", [("numpy", "strict"), ("strict", "numpy")])
+def test_optimizer_state_round_trip(tmp_path, first, second):
+    from xpnet import optim
+    x = np.random.default_rng(2).standard_normal((8, 4))
+    model = small_model(first)
+    opt = optim.Adam(lr=0.01, beta1=0.8, clipnorm=5.0)
+    adam_steps(model, x, 3, opt)
+    save_model(model, tmp_path / "o.npz", optimizer=opt)
+    loaded = load_model(tmp_path / "o.npz", device=second)
+    new = loaded.optimizer
+    assert type(new) is optim.Adam and new.get_config() == opt.get_config()
+    assert new.iterations == 3
+    adam_steps(model, x, 2, opt)  # two more identical steps on both: same weights
+    adam_steps(loaded, x, 2, new)
+    for k, v in model.parameters.items():
+        np.testing.assert_array_equal(loaded.backend.to_numpy(loaded.parameters[k]),
+                                      model.backend.to_numpy(v))
+    _, meta = load_npz(tmp_path / "o.npz")
+    assert meta["optimizer"]["class"] == "Adam"
+    assert load_model(tmp_path / "o.npz", compile=False).__dict__.get("optimizer") is None
+
+
+def test_model_save_without_optimizer(tmp_path):
+    from xpnet import optim
+    model = small_model()
+    model.optimizer = optim.SGD(lr=0.1, momentum=0.9)
+    model.save(tmp_path / "with.npz")
+    model.save(tmp_path / "without.npz", include_optimizer=False)
+    assert load_npz(tmp_path / "with.npz")[1]["optimizer"]["class"] == "SGD"
+    assert load_npz(tmp_path / "without.npz")[1]["optimizer"] is None
+
+
+def test_optimizer_state_refusals(tmp_path):
+    from xpnet import optim
+    model = small_model()
+    opt = optim.Adam()
+    adam_steps(model, np.ones((2, 4)), 1, opt)
+    save_model(model, tmp_path / "o.npz", optimizer=opt)
+    arrays, meta = load_npz(tmp_path / "o.npz")
+    bad = dict(meta, optimizer=dict(meta["optimizer"], **{"class": "os.system"},
+                                    config=dict(meta["optimizer"]["config"], type="os.system")))
+    write_npz(tmp_path / "bad.npz", arrays, bad)
+    with pytest.raises(DataError, match="unknown optimizer 'os.system'"):
+        load_model(tmp_path / "bad.npz")
+    dropped = {k: v for k, v in arrays.items() if k != "optimizer/0"}
+    write_npz(tmp_path / "bad.npz", dropped, meta)
+    with pytest.raises(DataError, match="missing array 'optimizer/0'"):
+        load_model(tmp_path / "bad.npz")
+    write_npz(tmp_path / "bad.npz", dict(arrays, **{"optimizer/99": np.zeros(2)}), meta)
+    with pytest.raises(DataError, match=r"unexpected arrays optimizer/99"):
+        load_model(tmp_path / "bad.npz")

@@ -190,10 +190,13 @@ def _rebuild(path, config, device):
                                      dtype=dtype, seed=seed, name=name)
         _check_graph_layer_types(path, config.get("config"))
         return classes[cls_name].from_config(config["config"], device=device, dtype=dtype, seed=seed)
-    except (ShapeError, ConfigError, TypeError, ValueError, KeyError) as exc:
+    except (ShapeError, ConfigError, TypeError, ValueError, KeyError, OverflowError) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{path}: the saved architecture does not rebuild: {exc}") from exc
+    except MemoryError as exc:
+        raise DataError(f"{path}: the saved architecture asks for more memory than this machine "
+                        f"has (corrupt or hostile sizes in the header?): {exc}") from exc
 
 
 def _make_layer(path, index, spec):
@@ -206,7 +209,7 @@ def _make_layer(path, index, spec):
                         f"only name registered layers: {', '.join(sorted(registry))}")
     try:
         return registry[type_name].from_config(dict(spec["config"]))
-    except (XpnetError, TypeError, ValueError) as exc:
+    except (XpnetError, TypeError, ValueError, OverflowError) as exc:
         raise DataError(f"{path}: layer {index} ({type_name}) has an invalid config "
                         f"{spec['config']!r}: {exc}") from exc
 
@@ -253,6 +256,10 @@ def _check_arrays(path, arrays, expected, optimizer_keys, meta):
 def _restore_training(path, model, meta, arrays):
     """Recreate the optimizer (with its state) and compile the model when both are known."""
     opt_meta, info = meta.get("optimizer"), meta.get("compile")
+    for key, value in (("optimizer", opt_meta), ("compile", info)):
+        if value is not None and not isinstance(value, dict):
+            raise DataError(f"{path}: the header's {key!r} section must be an object or null, "
+                            f"got {type(value).__name__}")
     optimizer = _rebuild_optimizer(path, opt_meta, arrays, model.backend) if opt_meta else None
     if info and hasattr(model, "compile"):
         kwargs = {"loss": info.get("loss")}
@@ -274,10 +281,6 @@ def _rebuild_optimizer(path, opt_meta, arrays, backend):
     except ImportError as exc:
         raise DataError(f"{path}: the file holds optimizer state but xpnet.optim is not "
                         "available; load with compile=False") from exc
-    cls = getattr(optim, "OPTIMIZERS", {}).get(opt_meta.get("class")) or \
-        getattr(optim, str(opt_meta.get("class")), None)
-    if not isinstance(cls, type) or not hasattr(cls, "load_state_dict"):
-        raise DataError(f"{path}: unknown optimizer {opt_meta.get('class')!r}")
     used = set()
 
     def unpack(node):
@@ -298,7 +301,12 @@ def _rebuild_optimizer(path, opt_meta, arrays, backend):
         raise DataError(f"{path}: malformed optimizer state entry {node!r}")
 
     try:
-        optimizer = cls(**(opt_meta.get("config") or {}))
+        config = dict(opt_meta.get("config") or {})
+        if config.get("type", opt_meta.get("class")) != opt_meta.get("class"):
+            raise DataError(f"{path}: optimizer class {opt_meta.get('class')!r} does not match its "
+                            f"config type {config.get('type')!r}")
+        config["type"] = opt_meta.get("class")
+        optimizer = optim.get(config)
         state = unpack(opt_meta.get("state"))
         optimizer.load_state_dict(state)
     except DataError:
