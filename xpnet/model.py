@@ -2,6 +2,7 @@
 from .backends import get_backend
 from .errors import ConfigError, ShapeError
 from .layers.base import BuildContext, Layer
+from .training import TrainingMixin
 
 
 def _snake(name):
@@ -9,7 +10,7 @@ def _snake(name):
     return out.replace("2_d", "2d").replace("_re_l_u", "_relu").replace("re_l_u", "relu")
 
 
-class Sequential:
+class Sequential(TrainingMixin):
     """Layers applied in order. ``input_shape`` excludes the batch axis, e.g. (1, 28, 28)."""
 
     def __init__(self, layers, input_shape=None, device="cpu", dtype="float32", seed=0, name=None):

@@ -1,0 +1,403 @@
+"""Callbacks for fit(), in the style of Keras.
+
+Each callback sees ``on_train_begin/end(logs)``, ``on_epoch_begin(epoch, logs)`` and
+``on_epoch_end(epoch, logs)`` with epochs counted from 0 and ``logs`` a dict of host floats (loss,
+accuracy, val_loss, val_accuracy, lr, seconds). ``on_batch_end(batch, logs)`` gets only host-side
+information (batch size), never device values, so callbacks cannot add per-batch syncs. Setting
+``model.stop_training = True`` ends training after the current epoch.
+
+Callbacks that carry state across epochs implement ``get_state() -> (json_dict, host_arrays)`` and
+``set_state(json_dict, arrays)`` so that checkpoints can resume them exactly.
+"""
+import csv
+import io
+import json
+import math
+import os
+import warnings
+
+from .errors import ConfigError
+from .serialization import atomic_write_bytes
+
+
+class Callback:
+    def __init__(self):
+        self.model = None
+        self.params = {}
+
+    def set_model(self, model):
+        self.model = model
+
+    def set_params(self, params):
+        self.params = dict(params)
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
+    def get_state(self):
+        return {}, {}
+
+    def set_state(self, state, arrays):
+        pass
+
+
+class History(Callback):
+    """Per-epoch logs: ``history`` {key: [value per epoch]}, ``epoch`` [epoch numbers], ``params``."""
+
+    def __init__(self):
+        super().__init__()
+        self.history = {}
+        self.epoch = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(int(epoch))
+        known = len(self.epoch) - 1
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, [None] * known).append(value)
+        for key, values in self.history.items():
+            if len(values) < len(self.epoch):
+                values.append(None)
+
+    def rows(self):
+        """One dict per epoch: {"epoch": e, key: value, ...}."""
+        return [dict({"epoch": e}, **{k: v[i] for k, v in self.history.items()})
+                for i, e in enumerate(self.epoch)]
+
+    def get_state(self):
+        return {"history": {k: list(v) for k, v in self.history.items()}, "epoch": list(self.epoch)}, {}
+
+    def set_state(self, state, arrays):
+        self.history = {k: list(vs) for k, vs in state["history"].items()}
+        self.epoch = [int(e) for e in state["epoch"]]
+
+    def __repr__(self):
+        return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
+
+
+def _mode(mode, monitor):
+    if mode not in ("auto", "min", "max"):
+        raise ConfigError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "auto":
+        return "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
+    return mode
+
+
+class _Monitor(Callback):
+    """Shared logic: is ``current`` better than ``best`` by the configured margins?"""
+
+    def __init__(self, monitor, mode, min_delta=0.0, min_delta_rel=0.0):
+        super().__init__()
+        self.monitor = monitor
+        self.mode = _mode(mode, monitor)
+        if min_delta < 0 or min_delta_rel < 0:
+            raise ConfigError(f"min_delta and min_delta_rel must be >= 0, got {min_delta}, {min_delta_rel}")
+        self.min_delta = float(min_delta)
+        self.min_delta_rel = float(min_delta_rel)
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def improved(self, current):
+        if current is None or not math.isfinite(current):
+            return False
+        if not math.isfinite(self.best):
+            return True
+        margin = max(self.min_delta, self.min_delta_rel * abs(self.best))
+        if self.mode == "min":
+            return self.best - current > margin
+        return current - self.best > margin
+
+    def current(self, logs):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            warnings.warn(f"{type(self).__name__}: metric {self.monitor!r} is not in the logs "
+                          f"(available: {', '.join(sorted(logs or {}))})", stacklevel=3)
+        return value
+
+
+class EarlyStopping(_Monitor):
+    """Stop when ``monitor`` has not improved for ``patience`` epochs.
+
+    An improvement must beat the best value by more than ``min_delta`` (absolute) and by more than
+    ``min_delta_rel * |best|`` (relative, the "min delta rel" of seed 001). Epochs before
+    ``start_from_epoch`` are not monitored. With ``restore_best_weights`` the parameters and buffers
+    of the best epoch are put back at the end of training (whether or not it stopped early).
+    """
+
+    def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, min_delta_rel=0.0, mode="auto",
+                 restore_best_weights=False, start_from_epoch=0, verbose=0):
+        super().__init__(monitor, mode, min_delta, min_delta_rel)
+        if int(patience) != patience or patience < 0:
+            raise ConfigError(f"patience must be an integer >= 0, got {patience!r}")
+        self.patience = int(patience)
+        self.restore_best_weights = bool(restore_best_weights)
+        self.start_from_epoch = int(start_from_epoch)
+        self.verbose = verbose
+        self.wait = 0
+        self.best_epoch = None
+        self.stopped_epoch = None
+        self.best_weights = None  # {name: device copy}
+
+    def on_train_begin(self, logs=None):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait, self.best_epoch, self.stopped_epoch, self.best_weights = 0, None, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch < self.start_from_epoch:
+            return
+        current = self.current(logs)
+        if current is None:
+            return
+        if self.improved(current):
+            self.best, self.best_epoch, self.wait = float(current), int(epoch), 0
+            if self.restore_best_weights:
+                self.best_weights = {k: v.copy() for k, v in _state_arrays(self.model).items()}
+            return
+        self.wait += 1
+        if self.wait > self.patience:
+            self.stopped_epoch = int(epoch)
+            self.model.stop_training = True
+            if self.verbose:
+                print(f"EarlyStopping: {self.monitor} has not improved for {self.wait} epochs "
+                      f"(best {self.best:.6g} at epoch {self.best_epoch + 1}); stopping after epoch "
+                      f"{epoch + 1}")
+
+    def on_train_end(self, logs=None):
+        if self.restore_best_weights and self.best_weights is not None:
+            for name, arr in _state_arrays(self.model).items():
+                arr[...] = self.best_weights[name]
+            if self.verbose:
+                print(f"EarlyStopping: restored the weights of epoch {self.best_epoch + 1}")
+
+    def get_state(self):
+        state = {"best": self.best, "wait": self.wait, "best_epoch": self.best_epoch,
+                 "stopped_epoch": self.stopped_epoch}
+        arrays = {}
+        if self.best_weights is not None:
+            backend = self.model.backend
+            arrays = {k: backend.to_numpy(v) for k, v in self.best_weights.items()}
+        return state, arrays
+
+    def set_state(self, state, arrays):
+        self.best = float(state["best"])
+        self.wait = int(state["wait"])
+        self.best_epoch = state["best_epoch"]
+        self.stopped_epoch = state["stopped_epoch"]
+        if arrays:
+            self.best_weights = {k: self.model.backend.asarray(v) for k, v in arrays.items()}
+
+
+def _state_arrays(model):
+    """Every parameter and buffer of the model, by name (the live arrays)."""
+    out = {"param/" + k: v for k, v in model.parameters.items()}
+    out.update({"buffer/" + k: v for k, v in model.buffers.items()})
+    return out
+
+
+class LearningRateScheduler(Callback):
+    """Set ``model.optimizer.lr = schedule(epoch)`` at the start of each epoch.
+
+    ``schedule`` is an xpnet.schedules object, a config dict/name for ``schedules.get``, or a
+    callable ``epoch -> lr``.
+    """
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        from . import schedules
+        self.schedule = schedules.get(schedule)
+        self.verbose = verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr = float(self.schedule(epoch))
+        if not math.isfinite(lr) or lr < 0:
+            raise ConfigError(f"the schedule gave an invalid learning rate {lr!r} for epoch {epoch}")
+        self.model.optimizer.lr = lr
+        if self.verbose:
+            print(f"LearningRateScheduler: epoch {epoch + 1}: lr = {lr:.6g}")
+
+
+class ReduceLROnPlateau(_Monitor):
+    """Multiply the optimizer's lr by ``factor`` when ``monitor`` stalls for ``patience`` epochs."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_delta=1e-4, cooldown=0,
+                 min_lr=0.0, mode="auto", min_delta_rel=0.0, verbose=0):
+        super().__init__(monitor, mode, min_delta, min_delta_rel)
+        if not 0 < factor < 1:
+            raise ConfigError(f"factor must be in (0, 1), got {factor!r}")
+        self.factor = float(factor)
+        self.patience = int(patience)
+        self.cooldown = int(cooldown)
+        self.min_lr = float(min_lr)
+        self.verbose = verbose
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def on_train_begin(self, logs=None):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait = self.cooldown_counter = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = self.current(logs)
+        if current is None:
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self.improved(current):
+            self.best, self.wait = float(current), 0
+            return
+        if self.cooldown_counter > 0:
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            opt = self.model.optimizer
+            old = float(opt.lr)
+            new = max(old * self.factor, self.min_lr)
+            if new < old:
+                opt.lr = new
+                if self.verbose:
+                    print(f"ReduceLROnPlateau: epoch {epoch + 1}: lr {old:.6g} -> {new:.6g}")
+            self.cooldown_counter = self.cooldown
+            self.wait = 0
+
+    def get_state(self):
+        return {"best": self.best, "wait": self.wait,
+                "cooldown_counter": self.cooldown_counter}, {}
+
+    def set_state(self, state, arrays):
+        self.best = float(state["best"])
+        self.wait = int(state["wait"])
+        self.cooldown_counter = int(state["cooldown_counter"])
+
+
+class ModelCheckpoint(_Monitor):
+    """Save the model after each epoch to ``path_pattern.format(epoch=epoch + 1, **logs)``.
+
+    Uses ``model.save(path)`` (architecture + weights + optimizer) when the model has it; otherwise
+    a weights-only .npz of every parameter and buffer. With ``save_best_only`` a file is written only
+    when ``monitor`` improves.
+    """
+
+    def __init__(self, path_pattern, monitor="val_loss", save_best_only=False, mode="auto",
+                 verbose=0):
+        super().__init__(monitor, mode)
+        self.path_pattern = os.fspath(path_pattern)
+        self.save_best_only = bool(save_best_only)
+        self.verbose = verbose
+        self.saved = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.save_best_only:
+            current = self.current(logs)
+            if not self.improved(current):
+                return
+            self.best = float(current)
+        try:
+            path = self.path_pattern.format(epoch=epoch + 1, **logs)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(f"ModelCheckpoint: cannot fill in {self.path_pattern!r} "
+                              f"(available keys: epoch, {', '.join(sorted(logs))}): {exc}") from exc
+        save_weights(self.model, path)
+        self.saved.append(path)
+        if self.verbose:
+            print(f"ModelCheckpoint: saved {path}")
+
+    def get_state(self):
+        return {"best": self.best, "saved": list(self.saved)}, {}
+
+    def set_state(self, state, arrays):
+        self.best = float(state["best"])
+        self.saved = list(state["saved"])
+
+
+def save_weights(model, path):
+    """``model.save(path)`` when available, else a weights-only .npz (params and buffers)."""
+    if hasattr(model, "save"):
+        model.save(path)
+        return
+    from .serialization import save_npz_atomic
+    backend = model.backend
+    save_npz_atomic(path, {k: backend.to_numpy(v) for k, v in _state_arrays(model).items()},
+                    {"format": "xpnet-weights", "version": 1})
+
+
+class _FileLogger(Callback):
+    """Rewrites the whole log atomically after every epoch from ``model.history`` (which a resumed
+    fit restores), so the file always matches the run, including epochs before a resume."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = os.fspath(path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        atomic_write_bytes(self.path, self.render(self.model.history.rows()))
+
+
+class CSVLogger(_FileLogger):
+    """One row per epoch: epoch (1-based), then loss, accuracy, val_*, lr, seconds."""
+
+    def render(self, rows):
+        keys = []
+        for row in rows:
+            keys += [k for k in row if k not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(dict(row, epoch=row["epoch"] + 1))
+        return buf.getvalue().encode("utf-8")
+
+
+class JSONLogger(_FileLogger):
+    """{"epochs": [{"epoch": 1, "loss": ..., ...}, ...]}; NaN/inf are written as null."""
+
+    def render(self, rows):
+        clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                  for k, v in dict(row, epoch=row["epoch"] + 1).items()} for row in rows]
+        return (json.dumps({"epochs": clean}, indent=1, allow_nan=False) + "\n").encode("utf-8")
+
+
+class TerminateOnNaN(Callback):
+    """Stop training (instead of raising TrainingError) when the epoch loss is NaN or infinite."""
+
+    def __init__(self):
+        super().__init__()
+        self.stopped_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.stopped_epoch = int(epoch)
+            self.model.stop_training = True
+            print(f"TerminateOnNaN: epoch {epoch + 1}: loss is {loss}; stopping training")
+
+
+class CallbackList:
+    """Calls each callback in order."""
+
+    def __init__(self, callbacks, model, params):
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise ConfigError(f"callbacks must be xpnet.callbacks.Callback objects, got "
+                                  f"{type(cb).__name__}")
+            cb.set_model(model)
+            cb.set_params(params)
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def call(self, hook, *args):
+        for cb in self.callbacks:
+            getattr(cb, hook)(*args)

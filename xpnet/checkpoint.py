@@ -1,0 +1,137 @@
+"""Training checkpoints: everything fit() needs to continue a run exactly.
+
+One .npz (written atomically through xpnet.serialization) holds host copies of every parameter and
+buffer, the optimizer's state_dict, each stateful callback's arrays (e.g. EarlyStopping's best
+weights), and a JSON header with the completed epoch, the history, the random-generator states
+(shuffler, augmenter, every layer's generator such as Dropout's) and the callbacks' scalar state.
+Array names: ``param/<name>``, ``buffer/<name>``, ``optim/<n>``, ``callback/<i>/<name>``.
+"""
+import os
+
+from .backends import CounterRandom
+from .errors import DataError, TrainingError
+from .serialization import load_npz, save_npz_atomic
+
+FORMAT, VERSION = "xpnet-checkpoint", 1
+FILENAME = "last.npz"
+
+
+def checkpoint_path(folder):
+    return os.path.join(os.fspath(folder), FILENAME)
+
+
+def layer_rngs(model):
+    """{"<layer>.<attr>": CounterRandom} for every generator a layer owns (Dropout masks, ...)."""
+    found = {}
+    for layer in model.layers:
+        for attr, value in sorted(vars(layer).items()):
+            if isinstance(value, CounterRandom):
+                found[f"{layer.name}.{attr}"] = value
+    return found
+
+
+def _pack(value, backend, arrays, prefix):
+    """Nested dicts/lists of scalars and arrays -> JSON, arrays moved to ``arrays``."""
+    if isinstance(value, dict):
+        return {"dict": [[k, _pack(v, backend, arrays, prefix)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return {"list": [_pack(v, backend, arrays, prefix) for v in value]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"value": value}
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        key = f"{prefix}{sum(k.startswith(prefix) for k in arrays)}"
+        arrays[key] = backend.to_numpy(value)
+        return {"array": key}
+    raise TrainingError(f"cannot checkpoint a value of type {type(value).__name__}")
+
+
+def _unpack(node, backend, arrays, path):
+    if not isinstance(node, dict) or len(node) != 1:
+        raise DataError(f"{path}: malformed state entry {node!r}")
+    kind, value = next(iter(node.items()))
+    if kind == "value":
+        return value
+    if kind == "list":
+        return [_unpack(v, backend, arrays, path) for v in value]
+    if kind == "dict":
+        return {k: _unpack(v, backend, arrays, path) for k, v in value}
+    if kind == "array":
+        if value not in arrays:
+            raise DataError(f"{path}: the checkpoint refers to a missing array {value!r}")
+        return backend.asarray(arrays[value])
+    raise DataError(f"{path}: malformed state entry {node!r}")
+
+
+def save_checkpoint(path, model, epoch, rngs, callbacks, stopped=False):
+    """Write the state after the completed ``epoch`` (0-based) to ``path`` atomically."""
+    backend = model.backend
+    arrays = {"param/" + k: backend.to_numpy(v) for k, v in model.parameters.items()}
+    arrays.update({"buffer/" + k: backend.to_numpy(v) for k, v in model.buffers.items()})
+    opt = model.optimizer
+    optim_state = _pack(opt.state_dict(), backend, arrays, "optim/")
+    cb_meta = []
+    for i, cb in enumerate(callbacks):
+        state, cb_arrays = cb.get_state()
+        for k, v in cb_arrays.items():
+            arrays[f"callback/{i}/{k}"] = v
+        cb_meta.append({"class": type(cb).__name__, "state": state, "arrays": sorted(cb_arrays)})
+    meta = {
+        "format": FORMAT, "version": VERSION, "epoch": int(epoch), "stopped": bool(stopped),
+        "model": {"seed": model.seed, "dtype": str(model.dtype),
+                  "params": {k: list(v.shape) for k, v in model.parameters.items()}},
+        "optimizer": {"class": type(opt).__name__, "state": optim_state},
+        "rngs": {name: r.get_state() for name, r in rngs.items()},
+        "layer_rngs": {name: r.get_state() for name, r in layer_rngs(model).items()},
+        "callbacks": cb_meta,
+    }
+    save_npz_atomic(path, arrays, meta)
+
+
+def load_checkpoint(path, model, rngs, callbacks):
+    """Restore what :func:`save_checkpoint` wrote into ``model``, its optimizer, ``rngs`` and
+    ``callbacks``; returns the JSON header (``meta["epoch"]`` is the last completed epoch)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise TrainingError(f"resume=True but there is no checkpoint at {path}; run fit(..., "
+                            f"checkpoint=DIR) first or pass resume=False to start afresh")
+    arrays, meta = load_npz(path)  # DataError naming the path when truncated or corrupt
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DataError(f"{path}: not an xpnet training checkpoint (format {meta and meta.get('format')!r})")
+    if meta.get("version") != VERSION:
+        raise DataError(f"{path}: checkpoint version {meta.get('version')!r} is not supported "
+                        f"(expected {VERSION})")
+    backend = model.backend
+    expected = {"param/" + k: v for k, v in model.parameters.items()}
+    expected.update({"buffer/" + k: v for k, v in model.buffers.items()})
+    missing = sorted(k for k in expected if k not in arrays)
+    if missing:
+        raise TrainingError(f"{path}: the checkpoint does not match this model: missing "
+                            f"{', '.join(missing)}")
+    for name, target in expected.items():
+        saved = arrays[name]
+        if tuple(saved.shape) != tuple(target.shape):
+            raise TrainingError(f"{path}: {name} has shape {tuple(saved.shape)} in the checkpoint but "
+                                f"{tuple(target.shape)} in the model")
+    extra = sorted(k for k in arrays if k.split("/")[0] in ("param", "buffer") and k not in expected)
+    if extra:
+        raise TrainingError(f"{path}: the checkpoint has arrays this model lacks: {', '.join(extra)}")
+    opt = model.optimizer
+    saved_opt = meta["optimizer"]["class"]
+    if saved_opt != type(opt).__name__:
+        raise TrainingError(f"{path}: the checkpoint was made with optimizer {saved_opt} but the model "
+                            f"is compiled with {type(opt).__name__}")
+    for name, target in expected.items():
+        target[...] = backend.asarray(arrays[name]).astype(target.dtype)
+    opt.load_state_dict(_unpack(meta["optimizer"]["state"], backend, arrays, path))
+    for name, r in rngs.items():
+        if name in meta["rngs"]:
+            r.set_state(meta["rngs"][name])
+    for name, r in layer_rngs(model).items():
+        if name in meta["layer_rngs"]:
+            r.set_state(meta["layer_rngs"][name])
+    saved_cbs = meta.get("callbacks", [])
+    for i, cb in enumerate(callbacks):
+        if i < len(saved_cbs) and saved_cbs[i]["class"] == type(cb).__name__:
+            entry = saved_cbs[i]
+            cb.set_state(entry["state"], {k: arrays[f"callback/{i}/{k}"] for k in entry["arrays"]})
+    return meta

@@ -1,0 +1,411 @@
+"""compile / fit / evaluate / predict for any model with the Sequential surface (a mixin).
+
+Data: ``x`` may be host NumPy or backend arrays. uint8 images are scaled to [0, 1] in the model's
+dtype (x / 255); other dtypes are cast. Labels are integer class ids (N,) or target rows (N, K)
+(one-hot, probabilities or regression targets). fit() moves the data to the device once; every
+batch is then taken, augmented, trained and measured on the device. Loss and correct counts are
+accumulated as device arrays and read with ONE host sync per epoch (validation included); the
+progress bar adds at most a few bounded refreshes (see xpnet.progress). evaluate() and predict()
+move host data batch by batch, so their memory does not grow with the input.
+
+``validation_split`` holds out the LAST fraction of x/y (before any shuffling), as Keras does.
+The reported training ``loss`` is the objective (data loss + regularization penalty); ``val_loss``
+and ``evaluate()`` report the data loss alone.
+"""
+import math
+import os
+import sys
+import time
+import zlib
+
+from . import callbacks as cbs
+from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .errors import ConfigError, DataError, ShapeError, TrainingError
+from .progress import Progress
+
+METRICS = {"accuracy": "accuracy", "acc": "accuracy"}
+STREAMS = {"shuffle": zlib.crc32(b"xpnet.fit.shuffle"), "augment": zlib.crc32(b"xpnet.fit.augment")}
+History = cbs.History
+
+
+# -- data helpers ---------------------------------------------------------------------------------
+def _is_device(backend, a):
+    return isinstance(a, backend.xp.ndarray)
+
+
+def _inputs_to_device(backend, x, dtype):
+    """Host or device array -> device array of ``dtype`` (uint8 scaled by 1/255)."""
+    kind = getattr(getattr(x, "dtype", None), "kind", None)
+    if kind is None:
+        raise DataError(f"x must be an array with a dtype (NumPy or backend array), got {type(x).__name__}")
+    a = x if _is_device(backend, x) else backend.asarray(x)
+    if kind == "u" and a.dtype.itemsize == 1:
+        return a.astype(dtype) * dtype.type(1.0 / 255.0)
+    if kind not in "fiub":
+        raise DataError(f"x has dtype {a.dtype}; expected uint8 images or floating-point data")
+    return a if a.dtype == dtype else a.astype(dtype)
+
+
+def _targets_to_device(backend, y, dtype):
+    kind = getattr(getattr(y, "dtype", None), "kind", None)
+    if kind is None:
+        raise DataError(f"y must be an array with a dtype (NumPy or backend array), got {type(y).__name__}")
+    a = y if _is_device(backend, y) else backend.asarray(y)
+    if kind in "iu":
+        if a.ndim != 1:
+            raise ShapeError(f"integer labels must have shape (N,), got {tuple(a.shape)}")
+        return a if a.dtype == backend.xp.int64 else a.astype(backend.xp.int64)
+    if kind == "f":
+        if a.ndim < 2:
+            raise ShapeError(f"floating-point targets must be rows (N, K) such as one-hot vectors, got "
+                             f"shape {tuple(a.shape)}; pass class ids as integers (y.astype('int64'))")
+        return a if a.dtype == dtype else a.astype(dtype)
+    raise DataError(f"y has dtype {a.dtype}; expected integer class ids or floating-point targets")
+
+
+def _length(name, a):
+    shape = getattr(a, "shape", None)
+    if not shape:
+        raise ShapeError(f"{name} must be an array with a batch axis, got shape {shape}")
+    return int(shape[0])
+
+
+class TrainingMixin:
+    """compile/fit/evaluate/predict on top of forward/backward/parameters/gradients/buffers."""
+
+    # -- configuration --------------------------------------------------------------------------
+    def compile(self, loss="cross_entropy", optimizer="adam", metrics=("accuracy",)):
+        """Choose the loss (name or Loss), the optimizer (name or Optimizer) and the metrics."""
+        from . import losses, optim
+        self.loss = losses.get(loss)
+        self.optimizer = optim.get(optimizer) if isinstance(optimizer, str) else optimizer
+        if not hasattr(self.optimizer, "step"):
+            raise ConfigError(f"optimizer must be a name or an Optimizer, got {type(optimizer).__name__}")
+        names = [metrics] if isinstance(metrics, str) else list(metrics or [])
+        unknown = [m for m in names if m not in METRICS]
+        if unknown:
+            raise ConfigError(f"unknown metric(s) {unknown}; available: {sorted(set(METRICS))}")
+        self.metrics = [METRICS[m] for m in names]
+        return self
+
+    def _require_compiled(self):
+        if getattr(self, "optimizer", None) is None or getattr(self, "loss", None) is None:
+            raise ConfigError("the model is not compiled: call model.compile(loss=..., optimizer=...) "
+                              "before fit() or evaluate()")
+
+    def _ensure_built(self, x):
+        if self.input_shape is None:
+            if not hasattr(self, "build"):
+                raise ConfigError("the model is not built")
+            self.build(tuple(x.shape[1:]))
+
+    def _classes(self):
+        shape = getattr(self, "output_shape", None) or getattr(self.layers[-1], "output_shape", None)
+        return int(shape[-1]) if shape and len(shape) == 1 else None
+
+    def _training_rngs(self):
+        if getattr(self, "_fit_rngs", None) is None:
+            self._fit_rngs = {k: self.backend.rng(self.seed, s) for k, s in STREAMS.items()}
+        return self._fit_rngs
+
+    # -- one pass without training -------------------------------------------------------------
+    def _batches(self, x, y, batch_size):
+        """Yield device (xb, yb) of consecutive slices; host data is moved one batch at a time."""
+        n = _length("x", x)
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            xb = _inputs_to_device(self.backend, x[start:stop], self.dtype)
+            yb = None if y is None else _targets_to_device(self.backend, y[start:stop], self.dtype)
+            yield xb, yb
+
+    def _measure(self, x, y, batch_size):
+        """Device sums (loss_sum, correct) over x/y in eval mode; no host sync."""
+        xp = self.xp
+        loss_sum = xp.zeros((), dtype=xp.float64)
+        correct = xp.zeros((), dtype=xp.int64)
+        for xb, yb in self._batches(x, y, batch_size):
+            out = self.forward(xb, training=False)
+            loss_sum = loss_sum + self.loss.forward(out, yb).astype(xp.float64) * xb.shape[0]
+            if self.metrics:
+                correct = correct + self._correct(out, yb)
+        return loss_sum, correct
+
+    def _correct(self, out, yb):
+        xp = self.xp
+        truth = yb if yb.ndim == 1 else xp.argmax(yb, axis=1)
+        return (xp.argmax(out, axis=1) == truth).sum().astype(xp.int64)
+
+    def evaluate(self, x, y, batch_size=256, verbose=0):
+        """{"loss": mean data loss, "accuracy": fraction correct} over x/y (eval mode, batched)."""
+        self._require_compiled()
+        self._ensure_built(x)
+        batch_size = _check_batch_size(batch_size)
+        n = _length("x", x)
+        if n == 0:
+            raise DataError(f"evaluate: the dataset is empty (x has shape {tuple(x.shape)})")
+        if _length("y", y) != n:
+            raise DataError(f"evaluate: x has {n} samples but y has {_length('y', y)}; they must match")
+        y_dev = _targets_to_device(self.backend, y, self.dtype)
+        self.check_input(_inputs_to_device(self.backend, x[:1], self.dtype))
+        self._check_values([("evaluate", None, y_dev)])
+        loss_sum, correct = self._measure(x, y_dev, batch_size)
+        host = self.backend.to_numpy(self.xp.stack([loss_sum, correct.astype(self.xp.float64)]))
+        result = {"loss": float(host[0]) / n}
+        if self.metrics:
+            result["accuracy"] = float(host[1]) / n
+        if verbose:
+            print(" - ".join(f"{k} {v:.4f}" for k, v in result.items()), file=sys.stderr)
+        return result
+
+    def _check_values(self, triples):
+        """Finiteness of float data and the label range, for (name, x or None, y) on the device:
+        one host sync for all of them."""
+        xp = self.xp
+        classes = self._classes()
+        probes, labels = [], []
+        for name, x, y in triples:
+            if x is not None:
+                probes.append((f"{name}: x contains NaN or infinite values", (~xp.isfinite(x)).sum()))
+            if y.dtype.kind == "f":
+                if classes is not None and y.ndim == 2 and y.shape[1] != classes:
+                    raise ShapeError(f"{name}: targets have {y.shape[1]} columns but the model outputs "
+                                     f"{classes} values per sample")
+                probes.append((f"{name}: y contains NaN or infinite values", (~xp.isfinite(y)).sum()))
+            elif classes is not None:
+                labels.append((name, y.min(), y.max()))
+        values = [v.astype(xp.float64) for _, v in probes]
+        for _, lo, hi in labels:
+            values += [lo.astype(xp.float64), hi.astype(xp.float64)]
+        if not values:
+            return
+        host = self.backend.to_numpy(xp.stack(values))
+        for i, (message, _) in enumerate(probes):
+            if host[i] > 0:
+                raise DataError(f"{message} ({int(host[i])} entries); clean or drop them first")
+        for j, (name, _, _) in enumerate(labels):
+            lo, hi = host[len(probes) + 2 * j], host[len(probes) + 2 * j + 1]
+            if lo < 0 or hi >= classes:
+                raise DataError(f"{name}: labels must be in [0, {classes}) for a model with {classes} "
+                                f"outputs, found values from {int(lo)} to {int(hi)}")
+
+    def predict(self, x, batch_size=256):
+        """Model outputs for x as a host NumPy array, computed batch by batch in eval mode."""
+        self._ensure_built(x)
+        batch_size = _check_batch_size(batch_size)
+        n = _length("x", x)
+        if n == 0:
+            raise DataError(f"predict: the input is empty (x has shape {tuple(x.shape)})")
+        out = None
+        start = 0
+        for xb, _ in self._batches(x, None, batch_size):
+            yb = self.forward(xb, training=False)
+            if out is None:
+                out = self.xp.empty((n,) + tuple(yb.shape[1:]), dtype=yb.dtype)
+            out[start:start + xb.shape[0]] = yb
+            start += xb.shape[0]
+        return self.backend.to_numpy(out)
+
+    # -- training -------------------------------------------------------------------------------
+    def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
+            validation_split=0.0, callbacks=None, verbose="auto", augment=None, initial_epoch=0,
+            checkpoint=None, resume=False, steps_per_epoch=None):
+        """Train for epochs ``initial_epoch .. epochs-1``; returns a History.
+
+        checkpoint=DIR writes DIR/last.npz after every epoch; resume=True continues from it.
+        augment: a callable ``aug(x_batch, rng) -> x_batch`` (e.g. xpnet.augment.RandomAffine).
+        steps_per_epoch: batches per epoch (full batches; the data is re-shuffled when it runs out).
+        """
+        self._require_compiled()
+        self._ensure_built(x)
+        batch_size = _check_batch_size(batch_size)
+        if int(epochs) != epochs or epochs < 0:
+            raise ConfigError(f"epochs must be an integer >= 0, got {epochs!r}")
+        if not 0.0 <= float(validation_split) < 1.0:
+            raise ConfigError(f"validation_split must be in [0, 1), got {validation_split!r}")
+        if validation_split and validation_data is not None:
+            raise ConfigError("pass either validation_data or validation_split, not both")
+        if steps_per_epoch is not None and (int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1):
+            raise ConfigError(f"steps_per_epoch must be a positive integer or None, got {steps_per_epoch!r}")
+        if resume and checkpoint is None:
+            raise ConfigError("resume=True needs checkpoint=DIR (the folder holding last.npz)")
+        if augment is not None and not callable(augment):
+            raise ConfigError(f"augment must be callable aug(x, rng), got {type(augment).__name__}")
+        epochs = int(epochs)
+
+        n_total = _length("x", x)
+        if _length("y", y) != n_total:
+            raise DataError(f"fit: x has {n_total} samples but y has {_length('y', y)}; they must match")
+        x_val = y_val = None
+        if validation_split:
+            split = int(n_total * (1.0 - float(validation_split)))
+            if split == n_total or split == 0:
+                raise DataError(f"validation_split={validation_split} of {n_total} samples leaves "
+                                f"{n_total - split} for validation and {split} for training")
+            x, y, x_val, y_val = x[:split], y[:split], x[split:], y[split:]
+        elif validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ConfigError("validation_data must be a pair (x_val, y_val)")
+            x_val, y_val = validation_data
+
+        # Move everything to the device once, then validate values with one sync.
+        backend, xp = self.backend, self.xp
+        float_x = getattr(x.dtype, "kind", "") == "f"
+        xd = _inputs_to_device(backend, x, self.dtype)
+        yd = _targets_to_device(backend, y, self.dtype)
+        n = _length("x", xd)
+        if n == 0:
+            raise DataError(f"fit: the dataset is empty (x has shape {tuple(x.shape)})")
+        self.check_input(xd[:1])
+        triples = [("fit", xd if float_x else None, yd)]
+        if x_val is not None:
+            float_v = getattr(x_val.dtype, "kind", "") == "f"
+            xv = _inputs_to_device(backend, x_val, self.dtype)
+            yv = _targets_to_device(backend, y_val, self.dtype)
+            if _length("x_val", xv) == 0:
+                raise DataError("validation data is empty")
+            if _length("y_val", yv) != _length("x_val", xv):
+                raise DataError(f"validation: x has {len(xv)} samples but y has {len(yv)}; they must match")
+            self.check_input(xv[:1])
+            triples.append(("validation", xv if float_v else None, yv))
+        else:
+            xv = yv = None
+        self._check_values(triples)
+
+        steps = math.ceil(n / batch_size) if steps_per_epoch is None else int(steps_per_epoch)
+        total = n if steps_per_epoch is None else steps * batch_size
+        history = History()
+        self.history = history
+        self.stop_training = False
+        callback_list = [history] + list(callbacks or [])
+        params = {"epochs": epochs, "batch_size": batch_size, "steps": steps, "samples": n,
+                  "validation_samples": 0 if xv is None else len(xv), "initial_epoch": int(initial_epoch)}
+        cb = cbs.CallbackList(callback_list, self, params)
+        history.params = params
+        rngs = self._training_rngs()
+        folder = None if checkpoint is None else os.fspath(checkpoint)
+        ck_path = None if folder is None else checkpoint_path(folder)
+        terminate_on_nan = any(isinstance(c, cbs.TerminateOnNaN) for c in cb)
+
+        first = self.layers[0] if self.layers else None
+        saved_flag = getattr(first, "need_input_grad", None)
+        progress = Progress(verbose, epochs, steps)
+        saved_epoch = None
+        epoch = int(initial_epoch)
+        try:
+            if first is not None:
+                first.need_input_grad = False
+            cb.call("on_train_begin", {})
+            if resume:
+                meta = load_checkpoint(ck_path, self, rngs, callback_list)
+                saved_epoch = meta["epoch"]
+                epoch = saved_epoch + 1
+                self.stop_training = bool(meta.get("stopped"))
+                progress.message(f"resumed from {ck_path} after epoch {saved_epoch + 1}")
+            while epoch < epochs and not self.stop_training:
+                cb.call("on_epoch_begin", epoch, {})
+                logs, bad_batch = self._run_epoch(epoch, xd, yd, xv, yv, batch_size, steps, total,
+                                                  shuffle, augment, rngs, progress, cb)
+                cb.call("on_epoch_end", epoch, logs)
+                progress.epoch_end(epoch, logs)
+                if not math.isfinite(logs["loss"]):
+                    if not terminate_on_nan:
+                        raise TrainingError(self._nan_message(epoch, logs, bad_batch, ck_path, saved_epoch))
+                    break
+                if folder is not None:
+                    save_checkpoint(ck_path, self, epoch, rngs, callback_list, self.stop_training)
+                    saved_epoch = epoch
+                epoch += 1
+            cb.call("on_train_end", {})
+        except KeyboardInterrupt:
+            progress.close()
+            if saved_epoch is not None:
+                where = (f"the last complete epoch ({saved_epoch + 1}) is saved in {ck_path}; continue "
+                         f"with fit(..., checkpoint={folder!r}, resume=True)")
+            elif folder is not None:
+                where = f"no epoch had completed, so {folder} holds no checkpoint yet"
+            else:
+                where = "no checkpoint was kept (pass checkpoint=DIR to keep one)"
+            print(f"\nfit interrupted during epoch {epoch + 1}: {where}", file=sys.stderr, flush=True)
+            raise
+        finally:
+            progress.close()
+            if first is not None:
+                first.need_input_grad = saved_flag
+        return history
+
+    def _nan_message(self, epoch, logs, batch, ck_path, saved_epoch):
+        at = f" (first non-finite at batch {batch + 1})" if batch is not None else ""
+        last = (f"the last good checkpoint is {ck_path} (epoch {saved_epoch + 1})" if saved_epoch is not None
+                else "no checkpoint was written (pass checkpoint=DIR to keep one)")
+        return (f"the training loss became {logs['loss']} in epoch {epoch + 1}{at}; the weights are no "
+                f"longer usable; {last}. Lower the learning rate or clip gradients "
+                f"(optimizer clipnorm=...), or add callbacks.TerminateOnNaN() to stop quietly")
+
+    def _epoch_order(self, n, total, shuffle, rng):
+        """Sample indices of one epoch (device); ``total`` > n chains several permutations."""
+        xp = self.xp
+        reps = math.ceil(total / n)
+        parts = [rng.permutation(n) if shuffle else xp.arange(n) for _ in range(reps)]
+        order = parts[0] if reps == 1 else xp.concatenate(parts)
+        return order
+
+    def _run_epoch(self, epoch, xd, yd, xv, yv, batch_size, steps, total, shuffle, augment, rngs,
+                   progress, cb):
+        """Train one epoch; returns (logs of host floats, first batch with a non-finite loss or None)."""
+        xp = self.xp
+        opt, loss = self.optimizer, self.loss
+        start_time = time.perf_counter()
+        progress.epoch_begin(epoch)
+        n = _length("x", xd)
+        order = self._epoch_order(n, total, shuffle, rngs["shuffle"])
+        loss_sum = xp.zeros((), dtype=xp.float64)
+        correct = xp.zeros((), dtype=xp.int64)
+        first_bad = xp.full((), -1, dtype=xp.int64)
+        seen = 0
+        for b in range(steps):
+            idx = order[b * batch_size:min((b + 1) * batch_size, total)]
+            xb, yb = xd[idx], yd[idx]
+            if augment is not None:
+                xb = augment(xb, rngs["augment"])
+            out = self.forward(xb, training=True)
+            value = loss.forward(out, yb) + self.regularization_loss()
+            self.backward(loss.backward())
+            self.add_regularization_grads()
+            opt.step(self.parameters, self.gradients)
+            nb = int(idx.shape[0])
+            seen += nb
+            value = value.astype(xp.float64)
+            loss_sum = loss_sum + value * nb
+            first_bad = xp.where((first_bad < 0) & ~xp.isfinite(value), b, first_bad)
+            if self.metrics:
+                correct = correct + self._correct(out, yb)
+            running = None
+            if progress.wants_refresh(b):
+                host = self.backend.to_numpy(xp.stack([loss_sum, correct.astype(xp.float64)]))
+                running = {"loss": float(host[0]) / seen}
+                if self.metrics:
+                    running["accuracy"] = float(host[1]) / seen
+            progress.batch_end(b, nb, running)
+            cb.call("on_batch_end", b, {"size": nb})
+        sums = [loss_sum, correct.astype(xp.float64), first_bad.astype(xp.float64)]
+        if xv is not None:
+            v_loss, v_correct = self._measure(xv, yv, max(batch_size, 256))
+            sums += [v_loss, v_correct.astype(xp.float64)]
+        host = self.backend.to_numpy(xp.stack(sums))  # the epoch's one host sync
+        logs = {"loss": float(host[0]) / seen}
+        if self.metrics:
+            logs["accuracy"] = float(host[1]) / seen
+        if xv is not None:
+            nv = _length("x_val", xv)
+            logs["val_loss"] = float(host[3]) / nv
+            if self.metrics:
+                logs["val_accuracy"] = float(host[4]) / nv
+        logs["lr"] = float(opt.current_lr() if hasattr(opt, "current_lr") else opt.lr)
+        logs["seconds"] = time.perf_counter() - start_time
+        return logs, (int(host[2]) if host[2] >= 0 else None)
+
+
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size <= 0:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
