@@ -1,0 +1,92 @@
+"""Batch normalization over axis 1: per feature after Dense (input (F,)), per channel after
+Conv2D (input (C, H, W)); statistics are taken over the batch and every other axis.
+
+Training normalizes with the batch mean and the biased batch variance, then updates the running
+statistics the Keras way, ``r = momentum * r + (1 - momentum) * batch_stat`` (PyTorch's momentum
+is ``1 - momentum`` here). The running variance takes the UNBIASED batch variance (n / (n - 1)
+times the biased one), as PyTorch does, so both libraries keep the same running statistics.
+Evaluation normalizes with the running statistics.
+"""
+import numbers
+
+from .. import initializers
+from ..errors import ConfigError, ShapeError
+from .base import Layer
+
+
+class BatchNorm(Layer):
+    has_params = True
+
+    def __init__(self, momentum=0.99, epsilon=1e-3, gamma_initializer="ones", beta_initializer="zeros",
+                 name=None):
+        super().__init__(name)
+        for arg, value, low in (("momentum", momentum, 0.0), ("epsilon", epsilon, 0.0)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= low:
+                raise ConfigError(f"BatchNorm: {arg} must be a number >= {low}, got {value!r}")
+        if momentum > 1.0:
+            raise ConfigError(f"BatchNorm: momentum must be in [0, 1], got {momentum!r}")
+        if epsilon <= 0.0:
+            raise ConfigError(f"BatchNorm: epsilon must be > 0, got {epsilon!r}")
+        self.momentum = float(momentum)
+        self.epsilon = float(epsilon)
+        self.gamma_initializer = gamma_initializer
+        self.beta_initializer = beta_initializer
+        initializers.get(gamma_initializer)
+        initializers.get(beta_initializer)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) < 1:
+            raise ShapeError(f"layer {self.name!r} (BatchNorm) needs at least one axis besides the batch, "
+                             f"got per-sample shape {tuple(input_shape)}")
+        self.axes = (0,) + tuple(range(2, len(input_shape) + 1))
+        self.stat_shape = (1, input_shape[0]) + (1,) * (len(input_shape) - 1)
+        return input_shape
+
+    def create_params(self, ctx):
+        rng = ctx.rng(self.name)
+        n = self.input_shape[0]
+        self.params["gamma"] = initializers.get(self.gamma_initializer)(rng, (n,), self.dtype)
+        self.params["beta"] = initializers.get(self.beta_initializer)(rng, (n,), self.dtype)
+        self.buffers["running_mean"] = self.xp.zeros((n,), dtype=self.dtype)
+        self.buffers["running_var"] = self.xp.ones((n,), dtype=self.dtype)
+
+    def forward(self, x, training=False):
+        count = x.size // x.shape[1]
+        if training:
+            if count < 2:
+                raise ShapeError(f"layer {self.name!r} (BatchNorm) needs more than one value per channel "
+                                 f"in training, got input of shape {tuple(x.shape)}")
+            mean = x.mean(axis=self.axes)
+            centered = x - mean.reshape(self.stat_shape)
+            var = (centered * centered).mean(axis=self.axes)
+            m = self.momentum
+            rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+            rm[...] = m * rm + (1.0 - m) * mean
+            rv[...] = m * rv + (1.0 - m) * (count / (count - 1)) * var
+        else:
+            var = self.buffers["running_var"]
+            centered = x - self.buffers["running_mean"].reshape(self.stat_shape)
+        inv_std = 1.0 / self.xp.sqrt(var + self.epsilon)
+        xhat = centered * inv_std.reshape(self.stat_shape)
+        self.cache = (xhat, inv_std, training)
+        return xhat * self.params["gamma"].reshape(self.stat_shape) + self.params["beta"].reshape(self.stat_shape)
+
+    def backward(self, grad):
+        xhat, inv_std, training = self.cache
+        self.grads["gamma"] = (grad * xhat).sum(axis=self.axes)
+        self.grads["beta"] = grad.sum(axis=self.axes)
+        if not self.need_input_grad:
+            return None
+        scale = (self.params["gamma"] * inv_std).reshape(self.stat_shape)
+        if not training:
+            return grad * scale
+        count = grad.size // grad.shape[1]
+        g_mean = (self.grads["beta"] / count).reshape(self.stat_shape)
+        gx_mean = (self.grads["gamma"] / count).reshape(self.stat_shape)
+        return scale * (grad - g_mean - xhat * gx_mean)
+
+    def get_config(self):
+        init = lambda v: v if isinstance(v, str) else getattr(v, "__name__", str(v))  # noqa: E731
+        return {"name": self.name, "momentum": self.momentum, "epsilon": self.epsilon,
+                "gamma_initializer": init(self.gamma_initializer),
+                "beta_initializer": init(self.beta_initializer)}

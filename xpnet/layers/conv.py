@@ -1,0 +1,126 @@
+"""2-D convolution on NCHW inputs: W (filters, channels, kh, kw), b (filters,)."""
+import math
+import numbers
+
+from .. import initializers, ops
+from ..errors import ConfigError, ShapeError
+from .base import Layer
+
+
+def pair(value, what, owner, minimum=1):
+    """An int or a pair of ints -> (a, b), each >= minimum; ConfigError otherwise."""
+    items = (value, value) if isinstance(value, numbers.Integral) else value
+    try:
+        a, b = (int(v) for v in items)
+        ok = all(int(v) == v and not isinstance(v, bool) for v in items)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or a < minimum or b < minimum:
+        raise ConfigError(f"{owner}: {what} must be an int >= {minimum} or a pair of them, got {value!r}")
+    return a, b
+
+
+def same_padding(size, k, s):
+    """TensorFlow's "same": out = ceil(size / s); any odd extra row/column goes bottom/right."""
+    out = math.ceil(size / s)
+    total = max((out - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def padding_spec(padding, owner):
+    """"valid", "same" or an explicit (ph, pw) pair (an int means the same on both axes)."""
+    if isinstance(padding, str):
+        if padding.lower() not in ("valid", "same"):
+            raise ConfigError(f"{owner}: padding must be 'valid', 'same', an int or (ph, pw), got {padding!r}")
+        return padding.lower()
+    return pair(padding, "padding", owner, minimum=0)
+
+
+def resolve_padding(spec, hw, kernel, stride):
+    """(top, bottom, left, right) for an input of spatial size hw."""
+    if spec == "valid":
+        return (0, 0, 0, 0)
+    if spec == "same":
+        return same_padding(hw[0], kernel[0], stride[0]) + same_padding(hw[1], kernel[1], stride[1])
+    return (spec[0], spec[0], spec[1], spec[1])
+
+
+def spatial_input(layer, input_shape):
+    """Check that a per-sample shape is (C, H, W); ShapeError naming the layer otherwise."""
+    if len(input_shape) != 3:
+        raise ShapeError(f"layer {layer.name!r} ({type(layer).__name__}) expects images (batch, C, H, W), "
+                         f"got per-sample shape {tuple(input_shape)} (rank {len(input_shape)}); "
+                         f"use Reshape((C, H, W)) first")
+    return input_shape
+
+
+def output_hw(layer, input_shape, kernel, stride, padding):
+    """Spatial output size, or a ShapeError when the window does not fit the padded input."""
+    _, h, w = input_shape
+    top, bottom, left, right = padding
+    hp, wp = h + top + bottom, w + left + right
+    if hp < kernel[0] or wp < kernel[1]:
+        raise ShapeError(f"layer {layer.name!r} ({type(layer).__name__}): window {kernel} is larger than "
+                         f"the padded input {(hp, wp)} (input {tuple(input_shape)}, padding {padding})")
+    return (hp - kernel[0]) // stride[0] + 1, (wp - kernel[1]) // stride[1] + 1
+
+
+def _config_value(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+class Conv2D(Layer):
+    """y = conv(x, W) + b with stride and "valid" / "same" / explicit zero padding."""
+
+    has_params = True
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel_regularizer=None,
+                 name=None):
+        super().__init__(name)
+        if isinstance(filters, bool) or not isinstance(filters, int) or filters <= 0:
+            raise ConfigError(f"Conv2D: filters must be a positive integer, got {filters!r}")
+        self.filters = filters
+        self.kernel_size = pair(kernel_size, "kernel_size", "Conv2D")
+        self.strides = pair(strides, "strides", "Conv2D")
+        self.padding = padding_spec(padding, "Conv2D")
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+        initializers.get(kernel_initializer)
+        initializers.get(bias_initializer)
+        if kernel_regularizer is not None:
+            from ..regularizers import get as get_regularizer
+            self.regularizers["W"] = get_regularizer(kernel_regularizer)
+
+    def compute_output_shape(self, input_shape):
+        spatial_input(self, input_shape)
+        self.pads = resolve_padding(self.padding, input_shape[1:], self.kernel_size, self.strides)
+        return (self.filters,) + output_hw(self, input_shape, self.kernel_size, self.strides, self.pads)
+
+    def create_params(self, ctx):
+        rng = ctx.rng(self.name)
+        shape = (self.filters, self.input_shape[0]) + self.kernel_size
+        self.params["W"] = initializers.get(self.kernel_initializer)(rng, shape, self.dtype)
+        if self.use_bias:
+            self.params["b"] = initializers.get(self.bias_initializer)(rng, (self.filters,), self.dtype)
+
+    def forward(self, x, training=False):
+        y, self.cache = ops.conv2d_forward(self.xp, x, self.params["W"], self.params.get("b"),
+                                           self.strides, self.pads)
+        return y
+
+    def backward(self, grad):
+        dx, dW, db = ops.conv2d_backward(self.xp, grad, self.cache, need_dx=self.need_input_grad)
+        self.grads["W"] = dW
+        if self.use_bias:
+            self.grads["b"] = db
+        return dx if self.need_input_grad else None
+
+    def get_config(self):
+        init = lambda v: v if isinstance(v, str) else getattr(v, "__name__", str(v))  # noqa: E731
+        return {"name": self.name, "filters": self.filters, "kernel_size": list(self.kernel_size),
+                "strides": list(self.strides), "padding": _config_value(self.padding),
+                "use_bias": self.use_bias, "kernel_initializer": init(self.kernel_initializer),
+                "bias_initializer": init(self.bias_initializer),
+                "kernel_regularizer": self.regularizers["W"].get_config() if "W" in self.regularizers else None}

@@ -1,0 +1,33 @@
+"""Inverted dropout: in training, zero each unit with probability ``rate`` and scale the kept ones
+by 1 / (1 - rate); in evaluation the layer is the identity."""
+import numbers
+
+from ..errors import ConfigError
+from .base import Layer
+
+
+class Dropout(Layer):
+    def __init__(self, rate, name=None):
+        super().__init__(name)
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
+            raise ConfigError(f"Dropout: rate must be a number in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+
+    def create_params(self, ctx):
+        self.rng = ctx.rng(self.name, purpose=1)
+
+    def forward(self, x, training=False):
+        self.mask = None
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        self.mask = self.rng.bernoulli(keep, x.shape, x.dtype) * (1.0 / keep)
+        return x * self.mask
+
+    def backward(self, grad):
+        if not self.need_input_grad:
+            return None
+        return grad if self.mask is None else grad * self.mask
+
+    def get_config(self):
+        return {"name": self.name, "rate": self.rate}
