@@ -45,18 +45,54 @@ def save_npz_atomic(path, arrays, meta=None):
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _check_members(path):
+    """Compare each .npy member's declared shape and dtype with its stored size before reading it,
+    so a forged header cannot make the reader allocate memory that the file does not back."""
+    fmt = np.lib.format
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as f:
+                try:
+                    version = fmt.read_magic(f)
+                    read_header = fmt.read_array_header_1_0 if version == (1, 0) else \
+                        fmt.read_array_header_2_0
+                    shape, _, dtype = read_header(f)
+                except ValueError as exc:
+                    raise DataError(f"{path}: member {info.filename} has a malformed .npy header: "
+                                    f"{exc}") from exc
+                header_size = f.tell()
+            if dtype.hasobject:
+                raise DataError(f"{path}: refusing to load: member {info.filename} holds pickled "
+                                "objects (dtype object)")
+            count = 1
+            for d in shape:
+                count *= int(d)
+            declared = count * dtype.itemsize
+            if header_size + declared != info.file_size:
+                raise DataError(f"{path}: member {info.filename} declares shape {tuple(shape)} of "
+                                f"{dtype} ({declared} bytes) but stores {info.file_size - header_size}"
+                                " bytes: the file is corrupt or forged")
+
+
 def load_npz(path):
     """Read a file written by :func:`save_npz_atomic`: returns (arrays, meta). Never unpickles."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"no such file: {path}")
     try:
+        _check_members(path)
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
+    except DataError:
+        raise
     except ValueError as exc:
         raise DataError(f"{path}: refusing to load: it holds pickled objects ({exc})") from exc
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz file (truncated or corrupt?): {exc}") from exc
+    except MemoryError as exc:
+        raise DataError(f"{path}: an array in it is larger than this machine's memory: {exc}") from exc
     meta = None
     if "__meta__" in arrays:
         raw = arrays.pop("__meta__")

@@ -1,0 +1,208 @@
+"""Untrusted files: forged .npz members, hostile model headers, random corruption of model and
+dataset files. Every one is refused with an XpnetError or (for harmless bytes) loads unchanged.
+
+tests/test_io.py and tests/test_datasets.py already cover pickles, unknown layer types, wrong
+shapes/dtypes, truncation, wrong magic and absurd IDX dimensions; this file adds the rest.
+"""
+import gzip
+import io
+import json
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import xpnet
+from xpnet.datasets import idx
+from xpnet.errors import DataError, XpnetError
+from xpnet.layers import Dense, ReLU
+from xpnet.serialization import load_npz, save_npz_atomic
+
+FUZZ = settings(max_examples=30, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.npz"
+    model = xpnet.Sequential([Dense(4), ReLU(), Dense(3)], input_shape=(5,), dtype="float64", seed=3)
+    model.save(path)
+    arrays, meta = load_npz(path)
+    params = {k: model.backend.to_numpy(v) for k, v in model.parameters.items()}
+    return path, arrays, meta, params
+
+
+def npy_member(shape, descr="<f8", payload=b""):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False,
+                                               "shape": shape})
+    return buf.getvalue() + payload
+
+
+def write_zip(path, members):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+# -- forged .npz members ----------------------------------------------------------------------
+def test_forged_shape_is_refused_before_allocation(tmp_path):
+    """A header claiming 8 TB backed by 64 bytes: refused from the header, nothing allocated."""
+    path = write_zip(tmp_path / "bomb.npz", {"param/dense.W.npy": npy_member((10 ** 12,), payload=bytes(64))})
+    with pytest.raises(DataError, match=r"declares shape \(1000000000000,\).*stores 64 bytes"):
+        xpnet.load(path)
+
+
+@pytest.mark.parametrize("shape, nbytes", [((3, 4), 80), ((3, 4), 200), ((0,), 8)])
+def test_npy_header_payload_mismatch(tmp_path, shape, nbytes):
+    path = write_zip(tmp_path / "lie.npz", {"param/dense.W.npy": npy_member(shape, payload=bytes(nbytes))})
+    with pytest.raises(DataError, match="corrupt or forged"):
+        load_npz(path)
+
+
+def test_malformed_npy_header(tmp_path):
+    bad = b"\x93NUMPY\x01\x00" + struct.pack("<H", 16) + b"{'descr': os.sy}"
+    path = write_zip(tmp_path / "bad.npz", {"param/dense.W.npy": bad})
+    with pytest.raises(DataError, match="malformed .npy header"):
+        load_npz(path)
+
+
+def test_object_dtype_member_is_refused_unread(tmp_path):
+    path = write_zip(tmp_path / "obj.npz", {"param/x.npy": npy_member((2,), descr="|O", payload=bytes(16))})
+    with pytest.raises(DataError, match="pickled objects"):
+        load_npz(path)
+
+
+# -- hostile model headers --------------------------------------------------------------------
+def _layer0(key, value):
+    return lambda m: m["model"]["layers"][0]["config"].__setitem__(key, value)
+
+
+HOSTILE = {
+    "units=inf": _layer0("units", float("inf")),
+    "units=10**12": _layer0("units", 10 ** 12),
+    "units=-3": _layer0("units", -3),
+    "units=string": _layer0("units", "__import__('os').system('true')"),
+    "initializer=os.system": _layer0("kernel_initializer", "os.system"),
+    "regularizer=eval": _layer0("kernel_regularizer", {"type": "eval", "l": 1}),
+    "input_shape=10**12": lambda m: m["model"].__setitem__("input_shape", [10 ** 12]),
+    "input_shape=nested": lambda m: m["model"].__setitem__("input_shape", [[5]]),
+    "input_shape=null": lambda m: m["model"].__setitem__("input_shape", None),
+    "seed=string": lambda m: m["model"].__setitem__("seed", "zero"),
+    "type=Layer": lambda m: m["model"]["layers"][0].__setitem__("type", "Layer"),
+    "type=builtins.eval": lambda m: m["model"]["layers"][0].__setitem__("type", "builtins.eval"),
+    "type=xpnet.layers.Dense": lambda m: m["model"]["layers"][0].__setitem__("type", "xpnet.layers.Dense"),
+    "type=list": lambda m: m["model"]["layers"][0].__setitem__("type", ["Dense"]),
+    "layers=string": lambda m: m["model"].__setitem__("layers", "Dense"),
+    "layer names clash": _layer0("name", "dense_1"),
+    "optimizer=string": lambda m: m.__setitem__("optimizer", "adam"),
+    "optimizer=os.system": lambda m: m.__setitem__("optimizer", {"class": "os.system", "config": {}}),
+    "compile=list": lambda m: m.__setitem__("compile", ["cross_entropy"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_header_is_refused(model_file, tmp_path, name):
+    _, arrays, meta, _ = model_file
+    meta = json.loads(json.dumps(meta))
+    HOSTILE[name](meta)
+    path = tmp_path / "hostile.npz"
+    save_npz_atomic(path, arrays, meta)
+    with pytest.raises(DataError) as info:
+        xpnet.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_hostile_compile_section(model_file, tmp_path):
+    """A loss name that is not a registered loss is refused (when training support is present)."""
+    _, arrays, meta, _ = model_file
+    if not hasattr(xpnet.Sequential, "compile"):
+        pytest.skip("Sequential.compile is not available yet")
+    meta = json.loads(json.dumps(meta))
+    meta["compile"] = {"loss": "os.system", "metrics": ["accuracy"]}
+    path = tmp_path / "hostile.npz"
+    save_npz_atomic(path, arrays, meta)
+    with pytest.raises(DataError, match="os.system"):
+        xpnet.load(path)
+
+
+# -- random corruption --------------------------------------------------------------------------
+@FUZZ
+@given(data=st.data())
+def test_corrupted_model_file_is_refused_or_unchanged(model_file, tmp_path, data):
+    """Flip bytes or cut the file anywhere: load raises an XpnetError or gives the same weights."""
+    path, _, _, params = model_file
+    raw = bytearray(path.read_bytes())
+    if data.draw(st.booleans(), label="truncate"):
+        raw = raw[:data.draw(st.integers(0, len(raw) - 1), label="cut at")]
+    else:
+        for pos in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=4), label="flip"):
+            raw[pos] ^= data.draw(st.integers(1, 255), label="mask")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(bytes(raw))
+    try:
+        model = xpnet.load(bad)
+    except XpnetError:
+        return
+    for key, value in model.parameters.items():
+        np.testing.assert_array_equal(model.backend.to_numpy(value), params[key])
+
+
+def _idx(array):
+    array = np.asarray(array, dtype=np.uint8)
+    return struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+IMAGES = np.arange(3 * 6 * 5, dtype=np.uint8).reshape(3, 6, 5)
+
+
+@FUZZ
+@given(data=st.data())
+def test_corrupted_gzip_idx_is_refused_or_unchanged(tmp_path, data):
+    """gzip's CRC guards the payload: any flip or cut is refused or leaves the images intact."""
+    raw = bytearray(gzip.compress(_idx(IMAGES), mtime=0))
+    if data.draw(st.booleans(), label="truncate"):
+        raw = raw[:data.draw(st.integers(0, len(raw) - 1), label="cut at")]
+    else:
+        pos = data.draw(st.integers(0, len(raw) - 1), label="flip")
+        raw[pos] ^= data.draw(st.integers(1, 255), label="mask")
+    path = tmp_path / "images.gz"
+    path.write_bytes(bytes(raw))
+    try:
+        out = idx.read_idx(path, idx.IMAGES_MAGIC)
+    except DataError:
+        return
+    np.testing.assert_array_equal(out, IMAGES)
+
+
+@FUZZ
+@given(header=st.binary(min_size=0, max_size=24), tail=st.binary(max_size=64))
+def test_random_idx_headers_never_crash(tmp_path, header, tail):
+    """Arbitrary bytes as an uncompressed IDX file: an array or a DataError, never anything else."""
+    path = tmp_path / "random.idx"
+    path.write_bytes(header + tail)
+    try:
+        out = idx.read_idx(path)
+    except DataError as exc:
+        assert str(path) in str(exc)
+        return
+    assert out.dtype == np.uint8 and out.size == len(header + tail) - 4 - 4 * out.ndim
+
+
+@pytest.mark.parametrize("content", [b"", b"\x1f\x8b", b"\x00\x00\x0d\x01" + struct.pack(">I", 4) + bytes(16),
+                                     b"\x00\x00\x08\xff" + bytes(8)])
+def test_idx_odd_files(tmp_path, content):
+    """Empty file, a bare gzip magic, float-typed IDX, 255 declared dimensions."""
+    path = tmp_path / "odd.idx"
+    path.write_bytes(content)
+    with pytest.raises(DataError):
+        idx.read_idx(path)
+
+
+def test_idx_path_is_a_folder(tmp_path):
+    with pytest.raises(DataError, match=str(tmp_path)):
+        idx.read_idx(tmp_path)
