@@ -60,6 +60,10 @@ class Layer:
         raise NotImplementedError
 
     def __call__(self, x, training=False):
+        if getattr(x, "_xpnet_symbolic", False) or (isinstance(x, (list, tuple)) and x and
+                                                    getattr(x[0], "_xpnet_symbolic", False)):
+            from ..graph import call_symbolic  # functional API: record a node, compute nothing
+            return call_symbolic(self, x)
         self.check_input(x)
         return self.forward(x, training)
 
