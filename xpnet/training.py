@@ -335,8 +335,12 @@ class TrainingMixin:
 
     def _nan_message(self, epoch, logs, batch, ck_path, saved_epoch):
         at = f" (first non-finite at batch {batch + 1})" if batch is not None else ""
-        last = (f"the last good checkpoint is {ck_path} (epoch {saved_epoch + 1})" if saved_epoch is not None
-                else "no checkpoint was written (pass checkpoint=DIR to keep one)")
+        if saved_epoch is not None:
+            last = f"the last good checkpoint is {ck_path} (epoch {saved_epoch + 1})"
+        elif ck_path is not None:
+            last = "no epoch had completed, so no checkpoint was written"
+        else:
+            last = "no checkpoint was kept (pass checkpoint=DIR to keep one)"
         return (f"the training loss became {logs['loss']} in epoch {epoch + 1}{at}; the weights are no "
                 f"longer usable; {last}. Lower the learning rate or clip gradients "
                 f"(optimizer clipnorm=...), or add callbacks.TerminateOnNaN() to stop quietly")
