@@ -14,11 +14,12 @@ if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "backends")) and
 from .errors import BackendError, ConfigError, DataError, ShapeError, TrainingError, XpnetError  # noqa: E402
 from .backends import available as available_backends, get_backend  # noqa: E402
 from .model import Sequential  # noqa: E402
+from .graph import Input, Model  # noqa: E402
 from .io import load_model as load, save_model  # noqa: E402
 from . import datasets  # noqa: E402
 from . import initializers, losses, optim, regularizers  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "load", "save_model", "get_backend", "available_backends", "XpnetError", "ShapeError",
+__all__ = ["Input", "Model", "initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "load", "save_model", "get_backend", "available_backends", "XpnetError", "ShapeError",
            "BackendError", "ConfigError", "DataError", "TrainingError", "__version__"]
