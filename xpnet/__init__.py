@@ -17,9 +17,11 @@ from .model import Sequential  # noqa: E402
 from .graph import Input, Model  # noqa: E402
 from .io import load_model as load, save_model  # noqa: E402
 from . import datasets  # noqa: E402
+from . import augment  # noqa: E402
+from .augment import ElasticDistortion, RandomAffine  # noqa: E402
 from . import initializers, losses, optim, regularizers  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Input", "Model", "initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "load", "save_model", "get_backend", "available_backends", "XpnetError", "ShapeError",
+__all__ = ["Input", "Model", "initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "augment", "RandomAffine", "ElasticDistortion", "load", "save_model", "get_backend", "available_backends", "XpnetError", "ShapeError",
            "BackendError", "ConfigError", "DataError", "TrainingError", "__version__"]

@@ -1,0 +1,191 @@
+"""On-device augmentation: exact identities, rot90/roll references, torch parity, seeds, no syncs."""
+import json
+
+import numpy as np
+import pytest
+
+from backends.strict_backend import COUNTERS
+from xpnet.augment import (AUGMENTERS, ElasticDistortion, RandomAffine, affine_matrices, affine_warp,
+                           gaussian_matrix)
+from xpnet.backends import get_backend
+from xpnet.errors import ConfigError, ShapeError
+
+
+def batch(backend, n=6, c=2, h=9, w=9, seed=0, dtype="float32", low=0.0, high=1.0):
+    host = np.random.default_rng(seed).uniform(low, high, (n, c, h, w)).astype(dtype)
+    return host, backend.asarray(host)
+
+
+def mats(backend, rows):
+    return backend.asarray(np.array(rows, dtype=np.float64))
+
+
+def test_identity_parameters_return_input_exactly(backend):
+    host, x = batch(backend, h=28, w=28)
+    aug = RandomAffine(rotation=0, scale=None, zoom=0, shift=(0, 0), probability=1.0)
+    np.testing.assert_array_equal(backend.to_numpy(aug(x, backend.rng(1))), host)
+    eye = mats(backend, [[[1, 0, 0], [0, 1, 0]]] * len(host))
+    np.testing.assert_array_equal(backend.to_numpy(affine_warp(backend.xp, x, eye)), host)
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (9, 9)])
+def test_rotation_by_90_degrees_matches_rot90(backend, hw):
+    host, x = batch(backend, h=hw[0], w=hw[1], dtype="float64")
+    # positive angles turn the picture counter-clockwise as displayed, as np.rot90 does
+    exact = mats(backend, [[[0, -1, 0], [1, 0, 0]]] * len(host))
+    np.testing.assert_array_equal(backend.to_numpy(affine_warp(backend.xp, x, exact)),
+                                  np.rot90(host, 1, axes=(2, 3)))
+    xp = backend.xp
+    for angle, k in ((90.0, 1), (-90.0, -1), (180.0, 2)):
+        m = affine_matrices(xp, angle=xp.full((len(host),), angle))
+        out = backend.to_numpy(affine_warp(xp, x, m))
+        np.testing.assert_allclose(out, np.rot90(host, k, axes=(2, 3)), rtol=0, atol=1e-12)
+
+
+def test_integer_shift_equals_roll_with_fill(backend):
+    host, x = batch(backend, h=10, w=12)
+    xp = backend.xp
+    m = affine_matrices(xp, shift_x=xp.full((len(host),), 3.0), shift_y=-2.0)
+    out = backend.to_numpy(affine_warp(xp, x, m, fill=-1.0))
+    expected = np.roll(host, (-2, 3), axis=(2, 3))
+    expected[:, :, -2:, :] = -1.0
+    expected[:, :, :, :3] = -1.0
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_scale_and_zoom_about_the_centre(backend):
+    host, x = batch(backend, h=9, w=9, dtype="float64")
+    xp = backend.xp
+    # shrinking by 1/2 samples the input at twice the centred coordinates
+    m = affine_matrices(xp, scale_x=xp.full((len(host),), 0.5), scale_y=0.5)
+    out = backend.to_numpy(affine_warp(xp, x, m))
+    np.testing.assert_array_equal(out[:, :, 2:7, 2:7], host[:, :, ::2, ::2])
+    assert np.all(out[:, :, 0, :] == 0) and np.all(out[:, :, :, 8] == 0)
+
+
+def test_bilinear_matches_torch_grid_sample():
+    torch = pytest.importorskip("torch")
+    backend = get_backend("numpy")
+    host, x = batch(backend, n=5, c=3, h=11, w=13, dtype="float64")
+    aug = RandomAffine(rotation=40, scale=(0.3, 0.1), zoom=0.2, shift=(0.2, 0.3), probability=1.0)
+    m = aug.matrices(backend.xp, backend.rng(5), 5, 11, 13)
+    ours = affine_warp(backend.xp, x, m)
+    u = np.arange(13) - 6.0
+    v = np.arange(11) - 5.0
+    xs = m[:, 0, 0, None, None] * u[None, None] + m[:, 0, 1, None, None] * v[None, :, None] + m[:, 0, 2, None, None] + 6
+    ys = m[:, 1, 0, None, None] * u[None, None] + m[:, 1, 1, None, None] * v[None, :, None] + m[:, 1, 2, None, None] + 5
+    grid = torch.from_numpy(np.stack([xs / 12 * 2 - 1, ys / 10 * 2 - 1], axis=-1))
+    ref = torch.nn.functional.grid_sample(torch.from_numpy(host), grid, mode="bilinear",
+                                          padding_mode="zeros", align_corners=True).numpy()
+    assert np.abs(ref).max() > 0.1
+    err = np.abs(ours - ref).max() / np.abs(ref).max()
+    assert err < 1e-6, err
+
+
+@pytest.mark.parametrize("make", [lambda: RandomAffine(probability=1.0, fill=0.5),
+                                  lambda: ElasticDistortion(alpha=34, sigma=4, probability=1.0, fill=0.5)])
+def test_outputs_stay_within_input_range(backend, make):
+    host, x = batch(backend, n=16, h=28, w=28, low=0.2, high=0.9)
+    out = backend.to_numpy(make()(x, backend.rng(3)))
+    assert out.min() >= 0.2 - 1e-6 and out.max() <= 0.9 + 1e-6
+    assert not np.array_equal(out, host)
+
+
+@pytest.mark.parametrize("make", [lambda: RandomAffine(probability=0.5),
+                                  lambda: ElasticDistortion(probability=0.5)])
+def test_same_seed_same_batch_on_numpy_and_strict(make):
+    results = []
+    for name in ("numpy", "strict"):
+        b = get_backend(name)
+        _, x = batch(b, n=32, c=1, h=28, w=28)
+        results.append(b.to_numpy(make()(x, b.rng(42, 7))))
+    np.testing.assert_array_equal(results[0], results[1])
+    b = get_backend("numpy")
+    _, x = batch(b, n=32, c=1, h=28, w=28)
+    again = make()(x, b.rng(42, 7))
+    other = make()(x, b.rng(43, 7))
+    np.testing.assert_array_equal(again, results[0])
+    assert not np.array_equal(other, results[0])
+
+
+@pytest.mark.parametrize("cls", [RandomAffine, ElasticDistortion])
+def test_probability_zero_one_and_half(backend, cls):
+    host, x = batch(backend, n=40, c=1, h=12, w=12)
+    same = backend.to_numpy(cls(probability=0.0)(x, backend.rng(0)))
+    np.testing.assert_array_equal(same, host)
+    changed = backend.to_numpy(cls(probability=1.0)(x, backend.rng(0)))
+    assert all(not np.array_equal(changed[i], host[i]) for i in range(len(host)))
+    half = backend.to_numpy(cls(probability=0.5)(x, backend.rng(0)))
+    untouched = [np.array_equal(half[i], host[i]) for i in range(len(host))]
+    assert 8 <= sum(untouched) <= 32  # about half, each either exactly kept or warped
+
+
+def test_elastic_alpha_zero_is_identity(backend):
+    host, x = batch(backend, h=28, w=28)
+    out = ElasticDistortion(alpha=0.0, sigma=4.0, probability=1.0)(x, backend.rng(9))
+    np.testing.assert_array_equal(backend.to_numpy(out), host)
+
+
+def test_elastic_field_is_smooth_and_scaled():
+    b = get_backend("numpy")
+    aug = ElasticDistortion(alpha=34, sigma=4, probability=1.0)
+    dx, dy = aug.displacements(b.xp, b.rng(0), 64, 28, 28, "float64")
+    raw = b.rng(0).random((64, 2, 28, 28), "float64") * 2 - 1
+    g = gaussian_matrix(b.xp, 28, 4.0)
+    np.testing.assert_allclose(dx, 34 * g @ raw[:, 0] @ g.T, rtol=0, atol=1e-12)
+    torch = pytest.importorskip("torch")
+    k1 = torch.from_numpy(np.exp(-np.arange(-16, 17) ** 2 / 32.0))
+    k1 = k1 / k1.sum()
+    ref = torch.nn.functional.conv2d(torch.from_numpy(raw[:, 1:]), (k1[:, None] * k1[None, :])[None, None],
+                                     padding=16).numpy()[:, 0]
+    np.testing.assert_allclose(dy, 34 * ref, rtol=0, atol=1e-12)
+    # neighbours move together: smoothed fields correlate strongly, raw noise does not
+    corr = np.corrcoef(dx[:, :, :-1].ravel(), dx[:, :, 1:].ravel())[0, 1]
+    assert corr > 0.9 and 0.5 < np.abs(dy).mean() < 10
+    k = np.arange(-16, 17)
+    kernel = np.exp(-k ** 2 / 32.0) / np.exp(-k ** 2 / 32.0).sum()
+    np.testing.assert_allclose(g[14, 14 - 13:14 + 14], kernel[16 - 13:16 + 14], rtol=1e-12)
+    np.testing.assert_allclose(g, g.T)
+
+
+@pytest.mark.parametrize("make", [lambda: RandomAffine(probability=0.7),
+                                  lambda: ElasticDistortion(probability=0.7)])
+def test_no_host_syncs_on_strict(make):
+    b = get_backend("strict")
+    _, x = batch(b, n=8, c=1, h=28, w=28)
+    aug, rng = make(), b.rng(1)
+    before = dict(COUNTERS)
+    out = aug(x, rng)
+    assert COUNTERS == before, f"augmentation synced or copied: {before} -> {COUNTERS}"
+    assert out.shape == (8, 1, 28, 28) and out.dtype == np.float32
+
+
+def test_config_round_trip():
+    b = get_backend("numpy")
+    _, x = batch(b, n=8, c=1, h=16, w=16)
+    for aug in (RandomAffine(rotation=10, scale=None, zoom=0.1, shift=(0.1, 0.05), probability=0.9,
+                             fill=0.25), ElasticDistortion(alpha=20, sigma=3, probability=0.8)):
+        config = json.loads(json.dumps(aug.get_config()))
+        clone = AUGMENTERS[type(aug).__name__].from_config(config)
+        assert clone.get_config() == aug.get_config()
+        np.testing.assert_array_equal(clone(x, b.rng(2)), aug(x, b.rng(2)))
+    assert RandomAffine().get_config() == {"rotation": 25.0, "scale": [0.2, 0.2], "zoom": 0.2,
+                                           "shift": [0.2, 0.2], "probability": 0.5, "fill": 0.0}
+
+
+def test_bad_arguments():
+    with pytest.raises(ConfigError, match=r"probability must be in \[0, 1\], got 1.5"):
+        RandomAffine(probability=1.5)
+    with pytest.raises(ConfigError, match=r"zoom must be a fraction in \[0, 1\), got 1.0"):
+        RandomAffine(zoom=1.0)
+    with pytest.raises(ConfigError, match="scale must be a number or an"):
+        RandomAffine(scale=(0.1, 0.1, 0.1))
+    with pytest.raises(ConfigError, match="sigma must be > 0"):
+        ElasticDistortion(sigma=0)
+    b = get_backend("numpy")
+    with pytest.raises(ShapeError, match=r"expected a float batch \(N, C, H, W\), got shape \(4, 28, 28\)"):
+        RandomAffine()(np.zeros((4, 28, 28), np.float32), b.rng())
+    with pytest.raises(ShapeError, match="expected float images, got uint8"):
+        ElasticDistortion()(np.zeros((4, 1, 28, 28), np.uint8), b.rng())
+    with pytest.raises(ShapeError, match=r"matrices must have shape \(4, 2, 3\)"):
+        affine_warp(np, np.zeros((4, 1, 5, 5)), np.zeros((4, 3, 3)))

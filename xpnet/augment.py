@@ -1,0 +1,251 @@
+"""Batched image augmentation on the device: random affine warps and elastic distortions.
+
+Everything is written against ``xp`` and works on a whole (N, C, H, W) float batch at once; the
+random numbers come from a CounterRandom, so one seed gives the same batch on every backend.
+
+Coordinates: x is the column (to the right), y the row (downwards), in pixels, measured from the
+image centre ((W - 1) / 2, (H - 1) / 2). A positive rotation turns the picture counter-clockwise
+as displayed (row 0 at the top), like ``numpy.rot90``; a positive shift moves it right / down.
+"""
+import math
+
+from .errors import ConfigError, ShapeError
+
+
+def _check_images(x, who):
+    if getattr(x, "ndim", None) != 4:
+        raise ShapeError(f"{who}: expected a float batch (N, C, H, W), got shape "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    if x.dtype.kind != "f":
+        raise ShapeError(f"{who}: expected float images, got {x.dtype}; "
+                         "convert uint8 data first (xpnet.datasets.to_float or x / 255)")
+
+
+def bilinear_sample(xp, x, xs, ys, fill=0.0):
+    """Sample each image of ``x`` (N, C, H, W) at columns ``xs`` and rows ``ys`` (N, H', W').
+
+    Bilinear interpolation; neighbours outside the image read as ``fill``. Integer coordinates
+    return the pixels exactly.
+    """
+    n, c, h, w = x.shape
+    out_shape = (n, c) + tuple(xs.shape[1:])
+    x0 = xp.floor(xs)
+    y0 = xp.floor(ys)
+    fx = (xs - x0).reshape(n, 1, -1)
+    fy = (ys - y0).reshape(n, 1, -1)
+    x0 = x0.astype(xp.int64).reshape(n, 1, -1)
+    y0 = y0.astype(xp.int64).reshape(n, 1, -1)
+    flat = x.reshape(-1)
+    base = (xp.arange(n * c, dtype=xp.int64) * (h * w)).reshape(n, c, 1)
+
+    def corner(dy, dx):
+        xi, yi = x0 + dx, y0 + dy
+        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        pix = xp.clip(yi, 0, h - 1) * w + xp.clip(xi, 0, w - 1)
+        return xp.where(inside, flat[base + pix], fill)
+
+    top = corner(0, 0)
+    top = top + fx * (corner(0, 1) - top)
+    bottom = corner(1, 0)
+    bottom = bottom + fx * (corner(1, 1) - bottom)
+    return (top + fy * (bottom - top)).astype(x.dtype, copy=False).reshape(out_shape)
+
+
+def affine_warp(xp, x, matrices, fill=0.0):
+    """Warp each image of ``x`` (N, C, H, W) by its inverse map ``matrices`` (N, 2, 3).
+
+    Output pixel (x, y), in centred coordinates, samples the input at
+    ``(m[0,0] x + m[0,1] y + m[0,2], m[1,0] x + m[1,1] y + m[1,2])``; [[1,0,0],[0,1,0]] is the
+    identity. Out-of-range samples read as ``fill``.
+    """
+    _check_images(x, "affine_warp")
+    n, _, h, w = x.shape
+    if tuple(matrices.shape) != (n, 2, 3):
+        raise ShapeError(f"affine_warp: matrices must have shape ({n}, 2, 3) for a batch of {n}, "
+                         f"got {tuple(matrices.shape)}")
+    m = matrices.astype(x.dtype)
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    u = (xp.arange(w, dtype=x.dtype) - cx)[None, None, :]
+    v = (xp.arange(h, dtype=x.dtype) - cy)[None, :, None]
+
+    def row(k, centre):
+        return (m[:, k, 0, None, None] * u + m[:, k, 1, None, None] * v
+                + (m[:, k, 2] + centre)[:, None, None])
+
+    return bilinear_sample(xp, x, row(0, cx), row(1, cy), fill)
+
+
+def affine_matrices(xp, angle=0.0, scale_x=1.0, scale_y=1.0, shift_x=0.0, shift_y=0.0):
+    """Inverse maps (N, 2, 3) for: scale by (scale_x, scale_y), rotate by ``angle`` degrees
+    (counter-clockwise as displayed), then shift by (shift_x, shift_y) pixels.
+
+    Each argument is an array of shape (N,) (at least one must be); scalars broadcast.
+    """
+    args = [angle, scale_x, scale_y, shift_x, shift_y]
+    arrays = [a for a in args if getattr(a, "ndim", 0) == 1]
+    if not arrays:
+        raise ShapeError("affine_matrices: give at least one parameter as an (N,) array")
+    n, dtype = arrays[0].shape[0], arrays[0].dtype
+    angle, sx, sy, tx, ty = (a if getattr(a, "ndim", 0) == 1 else xp.full((n,), a, dtype=dtype)
+                             for a in args)
+    theta = angle * (math.pi / 180.0)
+    cos, sin = xp.cos(theta), xp.sin(theta)
+    a00, a01 = cos / sx, -sin / sx
+    a10, a11 = sin / sy, cos / sy
+    b0 = -(a00 * tx + a01 * ty)
+    b1 = -(a10 * tx + a11 * ty)
+    return xp.stack([xp.stack([a00, a01, b0], axis=-1), xp.stack([a10, a11, b1], axis=-1)], axis=-2)
+
+
+def _probability(p, who):
+    if not 0.0 <= float(p) <= 1.0:
+        raise ConfigError(f"{who}: probability must be in [0, 1], got {p}")
+    return float(p)
+
+
+def _fraction(value, who, name):
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{who}: {name} must be a fraction in [0, 1), got {value}")
+    return value
+
+
+def _pair(value, who, name):
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        value = (value, value)
+    if len(value) != 2:
+        raise ConfigError(f"{who}: {name} must be a number or an (x, y) pair, got {value!r}")
+    return tuple(_fraction(v, who, name) for v in value)
+
+
+def _blend(xp, rng, x, warped_fn, probability):
+    """Apply ``warped_fn`` to the batch and keep it for a random ``probability`` share of images."""
+    if probability <= 0.0:
+        return x
+    keep = rng.random((x.shape[0],), "float64") < probability
+    return xp.where(keep[:, None, None, None], warped_fn(), x)
+
+
+class RandomAffine:
+    """Random rotation, per-axis scale, zoom and shift, each image with ``probability``.
+
+    rotation: max |angle| in degrees. scale: (x, y) per-axis +-fraction, or None. zoom: isotropic
+    +-fraction. shift: (x, y) +-fraction of the width and height. Images not picked are returned
+    unchanged; the others are resampled bilinearly about the centre, with ``fill`` outside.
+    """
+
+    def __init__(self, rotation=25.0, scale=(0.2, 0.2), zoom=0.2, shift=(0.2, 0.2),
+                 probability=0.5, fill=0.0):
+        who = "RandomAffine"
+        self.rotation = float(rotation or 0.0)
+        if self.rotation < 0:
+            raise ConfigError(f"{who}: rotation is a max |angle| in degrees, got {rotation}")
+        self.scale = _pair(scale, who, "scale")
+        self.zoom = _fraction(zoom or 0.0, who, "zoom")
+        self.shift = _pair(shift, who, "shift") or (0.0, 0.0)
+        if any(s > 0.5 for s in self.shift):
+            raise ConfigError(f"{who}: shift fractions above 0.5 move the image out of view, "
+                              f"got {shift}")
+        self.probability = _probability(probability, who)
+        self.fill = float(fill)
+
+    def matrices(self, xp, rng, n, h, w):
+        """The (N, 2, 3) inverse maps for a batch of n images of h x w pixels (draws 6 x n)."""
+        r = rng.random((6, n), "float64") * 2.0 - 1.0  # each row uniform in [-1, 1)
+        sx, sy = self.scale or (0.0, 0.0)
+        zoom = 1.0 + self.zoom * r[3]
+        return affine_matrices(xp, angle=self.rotation * r[0],
+                               scale_x=(1.0 + sx * r[1]) * zoom, scale_y=(1.0 + sy * r[2]) * zoom,
+                               shift_x=self.shift[0] * w * r[4], shift_y=self.shift[1] * h * r[5])
+
+    def __call__(self, x, rng):
+        _check_images(x, "RandomAffine")
+        xp = rng.xp
+        n, _, h, w = x.shape
+        return _blend(xp, rng, x, lambda: affine_warp(xp, x, self.matrices(xp, rng, n, h, w),
+                                                      self.fill), self.probability)
+
+    def get_config(self):
+        return {"rotation": self.rotation, "scale": list(self.scale) if self.scale else None,
+                "zoom": self.zoom, "shift": list(self.shift), "probability": self.probability,
+                "fill": self.fill}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return "RandomAffine(" + ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()) + ")"
+
+
+def gaussian_matrix(xp, size, sigma, dtype="float64"):
+    """(size, size) matrix that smooths a signal with a Gaussian of std ``sigma`` pixels.
+
+    The kernel is cut at 4 sigma and normalised over its full width; samples beyond the border
+    count as zero (scipy's mode="constant").
+    """
+    radius = int(math.ceil(4.0 * sigma))
+    norm = sum(math.exp(-k * k / (2.0 * sigma * sigma)) for k in range(-radius, radius + 1))
+    d = (xp.arange(size)[:, None] - xp.arange(size)[None, :]).astype(dtype)
+    g = xp.exp(-(d * d) / (2.0 * sigma * sigma)) * (xp.abs(d) <= radius)
+    return (g / norm).astype(dtype)
+
+
+class ElasticDistortion:
+    """Elastic distortion (Simard, Steinkraus and Platt, 2003), each image with ``probability``.
+
+    A random displacement field, uniform in [-1, 1] per pixel and axis, is smoothed by a
+    Gaussian of std ``sigma`` (separable: one matrix product per axis), scaled by ``alpha``
+    pixels and used to resample the image bilinearly (``fill`` outside).
+    """
+
+    def __init__(self, alpha=34.0, sigma=4.0, probability=0.5, fill=0.0):
+        who = "ElasticDistortion"
+        self.alpha = float(alpha)
+        self.sigma = float(sigma)
+        if self.alpha < 0:
+            raise ConfigError(f"{who}: alpha must be >= 0, got {alpha}")
+        if self.sigma <= 0:
+            raise ConfigError(f"{who}: sigma must be > 0 pixels, got {sigma}")
+        self.probability = _probability(probability, who)
+        self.fill = float(fill)
+
+    def displacements(self, xp, rng, n, h, w, dtype):
+        """Smoothed, scaled displacement fields (dx, dy), each (N, H, W)."""
+        field = rng.random((n, 2, h, w), dtype) * 2.0 - 1.0
+        smooth = gaussian_matrix(xp, h, self.sigma, dtype) @ field @ gaussian_matrix(xp, w, self.sigma, dtype).T
+        smooth = smooth * self.alpha
+        return smooth[:, 0], smooth[:, 1]
+
+    def warp(self, x, rng):
+        """Distort every image of the batch."""
+        _check_images(x, "ElasticDistortion")
+        xp = rng.xp
+        n, _, h, w = x.shape
+        dx, dy = self.displacements(xp, rng, n, h, w, x.dtype.name)
+        cols = xp.arange(w, dtype=x.dtype)[None, None, :]
+        rows = xp.arange(h, dtype=x.dtype)[None, :, None]
+        return bilinear_sample(xp, x, cols + dx, rows + dy, self.fill)
+
+    def __call__(self, x, rng):
+        _check_images(x, "ElasticDistortion")
+        return _blend(rng.xp, rng, x, lambda: self.warp(x, rng), self.probability)
+
+    def get_config(self):
+        return {"alpha": self.alpha, "sigma": self.sigma, "probability": self.probability,
+                "fill": self.fill}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return "ElasticDistortion(" + ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()) + ")"
+
+
+AUGMENTERS = {"RandomAffine": RandomAffine, "ElasticDistortion": ElasticDistortion}
+
+__all__ = ["RandomAffine", "ElasticDistortion", "affine_warp", "affine_matrices", "bilinear_sample",
+           "gaussian_matrix", "AUGMENTERS"]
