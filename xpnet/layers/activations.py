@@ -65,7 +65,7 @@ class _AxisLayer(Layer):
 
     def compute_output_shape(self, input_shape):
         rank = len(input_shape) + 1
-        if not (-rank < self.axis < rank):
+        if not -rank <= self.axis < rank:
             raise ShapeError(f"layer {self.name!r} ({type(self).__name__}): axis {self.axis} does not exist "
                              f"for inputs of shape {('batch',) + tuple(input_shape)}")
         if self.axis % rank == 0:
