@@ -1,0 +1,249 @@
+"""Callbacks: early stopping, LR scheduling and plateaus, checkpoints, CSV/JSON logs, NaN stop."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+import xpnet
+from xpnet import callbacks, optim, schedules
+from xpnet.errors import ConfigError
+from xpnet.layers import Dense, ReLU
+
+
+def data(n=64, seed=0):
+    r = np.random.default_rng(seed)
+    x = r.standard_normal((n, 5)).astype(np.float32)
+    return x, (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0.5)
+
+
+def model(backend="cpu", lr=0.01, seed=2):
+    m = xpnet.Sequential([Dense(8), ReLU(), Dense(3)], input_shape=(5,), device=backend, seed=seed)
+    return m.compile(optimizer=optim.Adam(lr))
+
+
+class Inject(callbacks.Callback):
+    """Puts a scripted value into the logs, so monitors see a known sequence."""
+
+    def __init__(self, key, values):
+        super().__init__()
+        self.key, self.values = key, values
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs[self.key] = self.values[epoch]
+
+
+class Snapshots(callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append({k: self.model.backend.to_numpy(v).copy()
+                             for k, v in self.model.parameters.items()})
+
+
+def fit(m, cbs, epochs=10, **kw):
+    x, y = data()
+    return m.fit(x, y, epochs=epochs, batch_size=16, callbacks=cbs, verbose=0, **kw)
+
+
+def test_early_stopping_patience():
+    es = callbacks.EarlyStopping(monitor="score", patience=2)
+    h = fit(model(), [Inject("score", [5, 4, 4.5, 3, 3.5, 3.2, 3.1, 2, 1, 0]), es])
+    # best 3 at epoch 3; epochs 4 and 5 do not improve (wait 1, 2); epoch 6 makes wait 3 > 2: stop
+    assert h.epoch == [0, 1, 2, 3, 4, 5, 6]
+    assert es.best == 3 and es.best_epoch == 3 and es.stopped_epoch == 6
+
+
+def test_early_stopping_patience_zero_and_mode_max():
+    es = callbacks.EarlyStopping(monitor="val_accuracy_fake", patience=0, mode="max")
+    h = fit(model(), [Inject("val_accuracy_fake", [0.1, 0.5, 0.4, 0.9]), es])
+    assert h.epoch == [0, 1, 2] and es.best == 0.5
+    assert callbacks.EarlyStopping(monitor="val_accuracy").mode == "max"
+    assert callbacks.EarlyStopping(monitor="val_loss").mode == "min"
+
+
+def test_early_stopping_min_delta_rel():
+    """Seed 001's rule: a decrease counts only when it is more than min_delta_rel of the best."""
+    es = callbacks.EarlyStopping(monitor="score", patience=1, min_delta_rel=0.005)
+    # 1.0 -> 0.996 is a 0.4 % drop (no), 0.994 is 0.6 % below 1.0 (yes), 0.99 is 0.4 % (no), 0.985 (no)
+    h = fit(model(), [Inject("score", [1.0, 0.996, 0.994, 0.99, 0.9895, 0.5]), es])
+    assert es.best == 0.994 and es.best_epoch == 2
+    assert h.epoch == [0, 1, 2, 3, 4]
+
+
+def test_early_stopping_min_delta_absolute():
+    es = callbacks.EarlyStopping(monitor="score", patience=0, min_delta=0.1)
+    scores = [1.0, 0.85, 0.8, 0.5] + [0.1] * 6
+    h = fit(model(), [Inject("score", scores)])
+    assert len(h.epoch) == 10  # without the callback nothing stops
+    h = fit(model(), [Inject("score", scores), es])
+    assert h.epoch == [0, 1, 2] and es.best == 0.85
+
+
+def test_early_stopping_start_from_epoch():
+    es = callbacks.EarlyStopping(monitor="score", patience=0, start_from_epoch=3)
+    h = fit(model(), [Inject("score", [1, 2, 3, 4, 3, 5, 6, 7, 8, 9]), es])
+    assert h.epoch == [0, 1, 2, 3, 4, 5] and es.best == 3
+
+
+def test_restore_best_weights_actually_restores(backend):
+    snaps = Snapshots()
+    es = callbacks.EarlyStopping(monitor="score", patience=2, restore_best_weights=True)
+    m = model(backend)
+    fit(m, [Inject("score", [3, 2, 1, 1.5, 2, 2.5, 3, 3, 3, 3]), snaps, es])
+    final = {k: backend.to_numpy(v) for k, v in m.parameters.items()}
+    assert es.best_epoch == 2 and es.stopped_epoch == 5 and len(snaps.weights) == 6
+    for k, v in final.items():
+        assert np.array_equal(v, snaps.weights[2][k])
+        assert not np.array_equal(v, snaps.weights[-1][k])
+
+
+def test_without_restore_the_last_weights_stay():
+    snaps = Snapshots()
+    es = callbacks.EarlyStopping(monitor="score", patience=0)
+    m = model()
+    fit(m, [Inject("score", [3, 2, 2.5] + [9] * 7), snaps, es])
+    for k, v in m.parameters.items():
+        assert np.array_equal(v, snaps.weights[-1][k])
+
+
+def test_early_stopping_warns_when_metric_missing():
+    with pytest.warns(UserWarning, match="'nope' is not in the logs"):
+        fit(model(), [callbacks.EarlyStopping(monitor="nope")], epochs=1)
+
+
+def test_learning_rate_scheduler_sets_rates():
+    s = schedules.WarmupHalving(1e-3, k=2)
+    h = fit(model(), [callbacks.LearningRateScheduler(s)], epochs=6)
+    assert h.history["lr"] == pytest.approx(s.values(6))
+    h = fit(model(), [callbacks.LearningRateScheduler(lambda e: 0.1 / (e + 1))], epochs=3)
+    assert h.history["lr"] == pytest.approx([0.1, 0.05, 0.1 / 3])
+    h = fit(model(), [callbacks.LearningRateScheduler({"type": "StepDecay", "lr": 1.0, "every": 1})],
+            epochs=3)
+    assert h.history["lr"] == [1.0, 0.5, 0.25]
+
+
+def test_reduce_lr_on_plateau():
+    rl = callbacks.ReduceLROnPlateau(monitor="score", factor=0.5, patience=2, min_delta=0, cooldown=1,
+                                     min_lr=0.002)
+    m = model(lr=0.01)
+    h = fit(m, [Inject("score", [5, 4, 4, 4, 4, 4, 4, 4, 4, 4]), rl])
+    # lr logged is the rate used in that epoch. Waits: e2 1, e3 2 -> halve; e4 is the cooldown epoch
+    # (as in Keras it still counts one wait), e5 2 -> halve; e6 cooldown, e7 -> halve to min_lr
+    assert h.history["lr"] == pytest.approx([0.01] * 4 + [0.005] * 2 + [0.0025] * 2 + [0.002] * 2)
+    assert m.optimizer.lr == pytest.approx(0.002)  # clipped at min_lr
+
+
+def test_model_checkpoint_files(tmp_path):
+    pattern = str(tmp_path / "m-{epoch:02d}-{score:.1f}.npz")
+    ck = callbacks.ModelCheckpoint(pattern, monitor="score", save_best_only=True)
+    m = model()
+    fit(m, [Inject("score", [3, 2, 2.5, 1, 4]), ck], epochs=5)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["m-01-3.0.npz", "m-02-2.0.npz", "m-04-1.0.npz"]
+    every = callbacks.ModelCheckpoint(str(tmp_path / "all-{epoch}.npz"))
+    fit(model(), [every], epochs=2)
+    assert (tmp_path / "all-1.npz").exists() and (tmp_path / "all-2.npz").exists()
+    loaded = xpnet.load(tmp_path / "all-2.npz")
+    x, _ = data()
+    assert loaded.predict(x).shape == (64, 3)
+
+
+def test_model_checkpoint_bad_pattern(tmp_path):
+    ck = callbacks.ModelCheckpoint(str(tmp_path / "m-{nothing}.npz"))
+    with pytest.raises(ConfigError, match="cannot fill in"):
+        fit(model(), [ck], epochs=1)
+
+
+def test_csv_and_json_logs(tmp_path):
+    csv_path, json_path = tmp_path / "log.csv", tmp_path / "log.json"
+    x, y = data()
+    m = model()
+    h = m.fit(x, y, epochs=3, batch_size=16, validation_split=0.25, verbose=0,
+              callbacks=[callbacks.CSVLogger(csv_path), callbacks.JSONLogger(json_path)])
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert list(rows[0]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+    assert [float(r["val_loss"]) for r in rows] == h.history["val_loss"]
+    logged = json.loads(json_path.read_text())["epochs"]
+    assert [e["epoch"] for e in logged] == [1, 2, 3]
+    assert [e["loss"] for e in logged] == h.history["loss"]
+    assert [e["accuracy"] for e in logged] == h.history["accuracy"]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_json_logger_writes_nan_as_null(tmp_path):
+    m = model()
+    m.compile(loss="mse", optimizer=optim.SGD(1e30))
+    x, y = data()
+    m.fit(x * 1e25, np.eye(3, dtype=np.float32)[y], epochs=3, batch_size=16, verbose=0,
+          callbacks=[callbacks.TerminateOnNaN(), callbacks.JSONLogger(tmp_path / "l.json")])
+    logged = json.loads((tmp_path / "l.json").read_text())["epochs"]
+    assert len(logged) == 1 and logged[0]["loss"] is None
+
+
+def test_history_rows_and_state():
+    h = callbacks.History()
+    h.on_epoch_end(0, {"loss": 1.0})
+    h.on_epoch_end(1, {"loss": 0.5, "val_loss": 0.7})
+    assert h.history == {"loss": [1.0, 0.5], "val_loss": [None, 0.7]}
+    assert h.rows() == [{"epoch": 0, "loss": 1.0, "val_loss": None},
+                        {"epoch": 1, "loss": 0.5, "val_loss": 0.7}]
+    again = callbacks.History()
+    again.set_state(*h.get_state())
+    assert again.history == h.history and again.epoch == [0, 1]
+
+
+def test_stop_training_flag_from_any_callback():
+    class StopAt(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.stop_training = True
+
+    h = fit(model(), [StopAt()])
+    assert h.epoch == [0, 1]
+
+
+def test_callback_hooks_order():
+    events = []
+
+    class Log(callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            events.append("train_begin")
+
+        def on_epoch_begin(self, epoch, logs=None):
+            events.append(f"epoch_begin {epoch}")
+
+        def on_batch_end(self, batch, logs=None):
+            events.append(f"batch {batch} {logs['size']}")
+
+        def on_epoch_end(self, epoch, logs=None):
+            events.append(f"epoch_end {epoch} {sorted(logs)}")
+
+        def on_train_end(self, logs=None):
+            events.append("train_end")
+
+    x, y = data(n=20)
+    model().fit(x, y, epochs=1, batch_size=16, callbacks=[Log()], verbose=0)
+    assert events == ["train_begin", "epoch_begin 0", "batch 0 16", "batch 1 4",
+                      "epoch_end 0 ['accuracy', 'loss', 'lr', 'seconds']", "train_end"]
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: callbacks.EarlyStopping(patience=-1), "patience"),
+    (lambda: callbacks.EarlyStopping(mode="up"), "mode must be"),
+    (lambda: callbacks.EarlyStopping(min_delta_rel=-0.1), "min_delta"),
+    (lambda: callbacks.ReduceLROnPlateau(factor=1.5), "factor"),
+    (lambda: callbacks.LearningRateScheduler("nope"), "unknown schedule"),
+])
+def test_bad_configs(make, match):
+    with pytest.raises(ConfigError, match=match):
+        make()
+
+
+def test_scheduler_refuses_bad_rates():
+    with pytest.raises(ConfigError, match="invalid learning rate"):
+        fit(model(), [callbacks.LearningRateScheduler(lambda e: math.nan)], epochs=1)
