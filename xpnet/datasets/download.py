@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import http.client
 import os
+import sys
 import urllib.error
 import urllib.request
 
@@ -61,6 +62,7 @@ def fetch_from_mirrors(mirrors, filename, dest, md5, timeout=TIMEOUT):
     failures = []
     for mirror in mirrors:
         url = mirror + filename
+        print(f"xpnet: downloading {url} -> {dest}", file=sys.stderr)
         try:
             return fetch(url, dest, md5, timeout)
         except DataError as exc:

@@ -21,9 +21,12 @@ _CHUNK = 1 << 20
 
 
 def _open(path):
+    """(file object, size in bytes for a raw file or None for gzip)."""
     with open(path, "rb") as f:
         head = f.read(2)
-    return gzip.open(path, "rb") if head == b"\x1f\x8b" else open(path, "rb")
+    if head == b"\x1f\x8b":
+        return gzip.open(path, "rb"), None
+    return open(path, "rb"), os.path.getsize(path)
 
 
 def _read_exact(f, n, path, what):
@@ -40,16 +43,17 @@ def read_idx(path, magic=None):
     """
     path = os.fspath(path)
     try:
-        with _open(path) as f:
-            return _parse(f, path, magic)
+        f, size = _open(path)
+        with f:
+            return _parse(f, path, magic, size)
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise DataError(f"{path}: corrupt or truncated gzip stream ({exc}); "
-                        "delete the file and fetch it again") from exc
+        raise DataError(f"{path}: corrupt or truncated gzip stream ({exc}) where an IDX "
+                        "header was expected; delete the file and fetch it again") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc}") from exc
 
 
-def _parse(f, path, magic):
+def _parse(f, path, magic, size):
     head = _read_exact(f, 4, path, "IDX header")
     found = struct.unpack(">I", head)[0]
     if magic is not None and found != magic:
@@ -68,14 +72,21 @@ def _parse(f, path, magic):
     if nbytes > MAX_BYTES:
         raise DataError(f"{path}: IDX dimensions {dims} declare {nbytes} bytes, more than the "
                         f"{MAX_BYTES}-byte limit: the header is corrupt")
+    if size is not None and size - 4 - 4 * ndim < nbytes:
+        raise DataError(f"{path}: truncated payload: header dimensions {dims} need {nbytes} "
+                        f"bytes, the file holds {size - 4 - 4 * ndim}")
     out = np.empty(nbytes, dtype=np.uint8)
     view = memoryview(out)
     got = 0
-    while got < nbytes:
-        n = f.readinto(view[got:got + _CHUNK])
-        if not n:
-            break
-        got += n
+    try:
+        while got < nbytes:
+            n = f.readinto(view[got:got + _CHUNK])
+            if not n:
+                break
+            got += n
+    except (EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: gzip stream breaks off ({exc}): header dimensions {dims} "
+                        f"need {nbytes} bytes; delete the file and fetch it again") from exc
     if got != nbytes:
         raise DataError(f"{path}: truncated payload: header dimensions {dims} need {nbytes} "
                         f"bytes, the file holds {got}")
