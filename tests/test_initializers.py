@@ -1,0 +1,81 @@
+"""Initializers: statistics against their formulas, fans, cross-backend determinism."""
+import math
+
+import numpy as np
+import pytest
+
+from xpnet import initializers as init
+from xpnet.backends import get_backend
+from xpnet.errors import ConfigError
+
+DENSE = (300, 200)  # (in, out): fan_in 300, fan_out 200
+CONV = (64, 32, 3, 3)  # (F, C, kh, kw): fan_in 288, fan_out 576
+
+# name -> (kind, scale(fan_in, fan_out)): the bound of a uniform or the std of a normal
+FORMULAS = {
+    "uniform": ("uniform", lambda fi, fo: 0.5),
+    "glorot_uniform": ("uniform", lambda fi, fo: math.sqrt(6 / (fi + fo))),
+    "glorot_normal": ("normal", lambda fi, fo: math.sqrt(2 / (fi + fo))),
+    "he_uniform": ("uniform", lambda fi, fo: math.sqrt(6 / fi)),
+    "he_normal": ("normal", lambda fi, fo: math.sqrt(2 / fi)),
+    "lecun_uniform": ("uniform", lambda fi, fo: math.sqrt(3 / fi)),
+    "lecun_normal": ("normal", lambda fi, fo: math.sqrt(1 / fi)),
+}
+
+
+def test_fans():
+    assert init.fans(DENSE) == (300, 200)
+    assert init.fans(CONV) == (288, 576)
+    assert init.fans((8, 3, 5)) == (15, 40)
+    assert init.fans((7,)) == (7, 7) and init.fans(7) == (7, 7)
+
+
+@pytest.mark.parametrize("shape", [DENSE, CONV], ids=["dense", "conv"])
+@pytest.mark.parametrize("name", sorted(FORMULAS))
+def test_statistics_follow_the_formulas(backend, name, shape):
+    kind, scale = FORMULAS[name]
+    s = scale(*init.fans(shape))
+    w = backend.to_numpy(init.get(name)(backend.rng(7, 1), shape, "float64"))
+    assert w.shape == shape and w.dtype == np.float64
+    n = w.size
+    std = s / math.sqrt(3) if kind == "uniform" else s
+    assert abs(w.mean()) < 4 * std / math.sqrt(n)
+    assert w.std() == pytest.approx(std, rel=0.03)
+    if kind == "uniform":
+        assert w.min() >= -s and w.max() < s
+        assert w.min() < -0.99 * s and w.max() > 0.99 * s  # the whole range is used
+    else:
+        assert abs(w.max()) > 3 * s  # tails exist: not truncated
+        frac = np.mean(np.abs(w) < s)
+        assert frac == pytest.approx(0.6827, abs=0.02)  # about 68% within one std
+
+
+def test_zeros_and_ones(backend):
+    z = init.zeros(backend.rng(0), (3, 4), "float32")
+    o = init.ones(backend.rng(0), 5, "float64")
+    assert z.dtype == np.float32 and not backend.to_numpy(z).any()
+    assert o.shape == (5,) and (backend.to_numpy(o) == 1).all()
+
+
+@pytest.mark.parametrize("name", sorted(init.INITIALIZERS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_same_seed_same_weights_on_every_backend(name, dtype):
+    numpy_b, strict_b = get_backend("numpy"), get_backend("strict")
+    a = numpy_b.to_numpy(init.get(name)(numpy_b.rng(3, 9), CONV, dtype))
+    b = strict_b.to_numpy(init.get(name)(strict_b.rng(3, 9), CONV, dtype))
+    assert a.dtype == np.dtype(dtype) and b.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(a, b)
+    if name not in ("zeros", "ones"):
+        c = numpy_b.to_numpy(init.get(name)(numpy_b.rng(4, 9), CONV, dtype))
+        assert not np.array_equal(a, c)  # another seed, other weights
+
+
+def test_get_aliases_and_errors():
+    assert init.get("xavier_uniform") is init.glorot_uniform
+    assert init.get("Kaiming_Normal") is init.he_normal
+    custom = lambda rng, shape, dtype: rng.xp.full(shape, 0.1, dtype=dtype)  # noqa: E731
+    assert init.get(custom) is custom
+    with pytest.raises(ConfigError, match="unknown initializer 'orthogonal'.*glorot_uniform"):
+        init.get("orthogonal")
+    with pytest.raises(ConfigError, match="empty weight"):
+        init.he_normal(get_backend("numpy").rng(0), (0, 5), "float32")
