@@ -6,7 +6,7 @@ import pytest
 
 from backends.strict_backend import COUNTERS
 from xpnet.augment import (AUGMENTERS, ElasticDistortion, RandomAffine, affine_matrices, affine_warp,
-                           gaussian_matrix)
+                           from_config, gaussian_matrix, to_config)
 from xpnet.backends import get_backend
 from xpnet.errors import ConfigError, ShapeError
 
@@ -169,6 +169,13 @@ def test_config_round_trip():
         clone = AUGMENTERS[type(aug).__name__].from_config(config)
         assert clone.get_config() == aug.get_config()
         np.testing.assert_array_equal(clone(x, b.rng(2)), aug(x, b.rng(2)))
+        rebuilt = from_config(json.loads(json.dumps(to_config(aug))))
+        assert type(rebuilt) is type(aug) and rebuilt.get_config() == aug.get_config()
+    assert from_config(None) is None and from_config(aug) is aug
+    with pytest.raises(ConfigError, match="type\" one of RandomAffine, ElasticDistortion"):
+        from_config({"type": "Blur"})
+    with pytest.raises(ConfigError, match="bad arguments for RandomAffine"):
+        from_config({"type": "RandomAffine", "angle": 3})
     assert RandomAffine().get_config() == {"rotation": 25.0, "scale": [0.2, 0.2], "zoom": 0.2,
                                            "shift": [0.2, 0.2], "probability": 0.5, "fill": 0.0}
 

@@ -247,5 +247,25 @@ class ElasticDistortion:
 
 AUGMENTERS = {"RandomAffine": RandomAffine, "ElasticDistortion": ElasticDistortion}
 
+
+def to_config(augmenter):
+    """{"type": class name, **constructor arguments}: a JSON-able description of an augmenter."""
+    return {"type": type(augmenter).__name__, **augmenter.get_config()}
+
+
+def from_config(spec):
+    """An augmenter from ``to_config``'s dict; None and callables are returned unchanged."""
+    if spec is None or callable(spec):
+        return spec
+    if not isinstance(spec, dict) or spec.get("type") not in AUGMENTERS:
+        raise ConfigError(f"augmentation spec must be a dict with \"type\" one of "
+                          f"{', '.join(AUGMENTERS)}, got {spec!r}")
+    args = {k: v for k, v in spec.items() if k != "type"}
+    try:
+        return AUGMENTERS[spec["type"]](**args)
+    except TypeError as exc:
+        raise ConfigError(f"bad arguments for {spec['type']}: {exc}") from exc
+
+
 __all__ = ["RandomAffine", "ElasticDistortion", "affine_warp", "affine_matrices", "bilinear_sample",
-           "gaussian_matrix", "AUGMENTERS"]
+           "gaussian_matrix", "AUGMENTERS", "to_config", "from_config"]
