@@ -70,10 +70,9 @@ def test_bilinear_matches_torch_grid_sample():
     aug = RandomAffine(rotation=40, scale=(0.3, 0.1), zoom=0.2, shift=(0.2, 0.3), probability=1.0)
     m = aug.matrices(backend.xp, backend.rng(5), 5, 11, 13)
     ours = affine_warp(backend.xp, x, m)
-    u = np.arange(13) - 6.0
-    v = np.arange(11) - 5.0
-    xs = m[:, 0, 0, None, None] * u[None, None] + m[:, 0, 1, None, None] * v[None, :, None] + m[:, 0, 2, None, None] + 6
-    ys = m[:, 1, 0, None, None] * u[None, None] + m[:, 1, 1, None, None] * v[None, :, None] + m[:, 1, 2, None, None] + 5
+    v, u = np.meshgrid(np.arange(11) - 5.0, np.arange(13) - 6.0, indexing="ij")
+    xs = np.einsum("nk,khw->nhw", m[:, 0], np.stack([u, v, np.ones_like(u)])) + 6
+    ys = np.einsum("nk,khw->nhw", m[:, 1], np.stack([u, v, np.ones_like(u)])) + 5
     grid = torch.from_numpy(np.stack([xs / 12 * 2 - 1, ys / 10 * 2 - 1], axis=-1))
     ref = torch.nn.functional.grid_sample(torch.from_numpy(host), grid, mode="bilinear",
                                           padding_mode="zeros", align_corners=True).numpy()

@@ -177,7 +177,8 @@ class RandomAffine:
         return cls(**config)
 
     def __repr__(self):
-        return "RandomAffine(" + ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()) + ")"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"RandomAffine({args})"
 
 
 def gaussian_matrix(xp, size, sigma, dtype="float64"):
@@ -215,8 +216,9 @@ class ElasticDistortion:
     def displacements(self, xp, rng, n, h, w, dtype):
         """Smoothed, scaled displacement fields (dx, dy), each (N, H, W)."""
         field = rng.random((n, 2, h, w), dtype) * 2.0 - 1.0
-        smooth = gaussian_matrix(xp, h, self.sigma, dtype) @ field @ gaussian_matrix(xp, w, self.sigma, dtype).T
-        smooth = smooth * self.alpha
+        rows = gaussian_matrix(xp, h, self.sigma, dtype)
+        cols = gaussian_matrix(xp, w, self.sigma, dtype)
+        smooth = (rows @ field @ cols.T) * self.alpha
         return smooth[:, 0], smooth[:, 1]
 
     def warp(self, x, rng):
@@ -242,7 +244,8 @@ class ElasticDistortion:
         return cls(**config)
 
     def __repr__(self):
-        return "ElasticDistortion(" + ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()) + ")"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"ElasticDistortion({args})"
 
 
 AUGMENTERS = {"RandomAffine": RandomAffine, "ElasticDistortion": ElasticDistortion}

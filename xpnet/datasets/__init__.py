@@ -174,9 +174,9 @@ def load(name, data_dir=None, download=True, verify=False):
     if DATASETS[key]["format"] == "cifar":
         train, test = cifar.read(paths["cifar"])
     else:
-        p = paths
-        train = _read_idx_pair(key, p["train-images-idx3-ubyte.gz"], p["train-labels-idx1-ubyte.gz"])
-        test = _read_idx_pair(key, p["t10k-images-idx3-ubyte.gz"], p["t10k-labels-idx1-ubyte.gz"])
+        train, test = (_read_idx_pair(key, paths[f"{part}-images-idx3-ubyte.gz"],
+                                      paths[f"{part}-labels-idx1-ubyte.gz"])
+                       for part in ("train", "t10k"))
     classes = len(DATASETS[key]["class_names"])
     for part, (_, y) in zip(("train", "test"), (train, test)):
         if len(y) and y.max() >= classes:
