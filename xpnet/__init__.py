@@ -20,8 +20,10 @@ from . import datasets  # noqa: E402
 from . import augment  # noqa: E402
 from .augment import ElasticDistortion, RandomAffine  # noqa: E402
 from . import initializers, losses, optim, regularizers  # noqa: E402
+from . import callbacks, schedules  # noqa: E402
+from .callbacks import History  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["Input", "Model", "initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "augment", "RandomAffine", "ElasticDistortion", "load", "save_model", "get_backend", "available_backends", "XpnetError", "ShapeError",
+__all__ = ["callbacks", "schedules", "History", "Input", "Model", "initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "augment", "RandomAffine", "ElasticDistortion", "load", "save_model", "get_backend", "available_backends", "XpnetError", "ShapeError",
            "BackendError", "ConfigError", "DataError", "TrainingError", "__version__"]
