@@ -15,6 +15,7 @@ from .errors import BackendError, ConfigError, DataError, ShapeError, TrainingEr
 from .backends import available as available_backends, get_backend  # noqa: E402
 from .model import Sequential  # noqa: E402
 from .graph import Input, Model  # noqa: E402
+from . import models  # noqa: E402
 from .io import load_model as load, save_model  # noqa: E402
 from . import datasets  # noqa: E402
 from . import augment  # noqa: E402
