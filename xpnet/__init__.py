@@ -26,5 +26,5 @@ from .callbacks import History  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["callbacks", "schedules", "History", "Input", "Model", "initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "augment", "RandomAffine", "ElasticDistortion", "load", "save_model", "get_backend", "available_backends", "XpnetError", "ShapeError",
+__all__ = ["callbacks", "schedules", "History", "Input", "Model", "models", "initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "augment", "RandomAffine", "ElasticDistortion", "load", "save_model", "get_backend", "available_backends", "XpnetError", "ShapeError",
            "BackendError", "ConfigError", "DataError", "TrainingError", "__version__"]
