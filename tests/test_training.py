@@ -252,6 +252,7 @@ def test_terminate_on_nan_stops_instead(capsys):
     (lambda m, x, y: m.fit(x, y, verbose=7), ConfigError, "verbose"),
     (lambda m, x, y: m.fit(x, y, resume=True, verbose=0), ConfigError, "resume=True needs checkpoint"),
     (lambda m, x, y: m.fit(x, y, augment="flip", verbose=0), ConfigError, "augment must be callable"),
+    (lambda m, x, y: m.fit(x, y, augment={"type": "Flip"}, verbose=0), ConfigError, "augmentation spec"),
     (lambda m, x, y: m.fit(x, y, callbacks=[print], verbose=0), ConfigError, "Callback objects"),
     (lambda m, x, y: m.evaluate(x, y + 3), DataError, r"evaluate: labels must be in \[0, 3\)"),
     (lambda m, x, y: m.predict(x[:0]), DataError, "empty"),
@@ -268,3 +269,21 @@ def test_fit_needs_compile():
     x, y = data()
     with pytest.raises(ConfigError, match="not compiled"):
         m.fit(x, y)
+
+
+def test_augment_config_dict_and_fit_seed(backend):
+    from xpnet.layers import Flatten
+    r = np.random.default_rng(0)
+    x = r.integers(0, 256, size=(24, 1, 8, 8), dtype=np.uint8)
+    y = r.integers(0, 3, size=24).astype(np.int64)
+    spec = {"type": "RandomAffine", "rotation": 20, "probability": 1.0}
+
+    def train(seed):
+        m = xpnet.Sequential([Flatten(), Dense(3)], input_shape=(1, 8, 8), device=backend, seed=1)
+        m.compile(optimizer=optim.SGD(0.1))
+        m.fit(x, y, epochs=1, batch_size=8, augment=spec, seed=seed, verbose=0)
+        return weights(m)
+
+    a, b, c = train(5), train(5), train(6)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], c[k]) for k in a)

@@ -103,9 +103,11 @@ class TrainingMixin:
         shape = getattr(self, "output_shape", None) or getattr(self.layers[-1], "output_shape", None)
         return int(shape[-1]) if shape and len(shape) == 1 else None
 
-    def _training_rngs(self):
-        if getattr(self, "_fit_rngs", None) is None:
-            self._fit_rngs = {k: self.backend.rng(self.seed, s) for k, s in STREAMS.items()}
+    def _training_rngs(self, seed=None):
+        """The shuffler's and augmenter's generators (kept on the model; saved in checkpoints)."""
+        if getattr(self, "_fit_rngs", None) is None or seed is not None:
+            seed = self.seed if seed is None else int(seed)
+            self._fit_rngs = {k: self.backend.rng(seed, s) for k, s in STREAMS.items()}
         return self._fit_rngs
 
     # -- one pass without training -------------------------------------------------------------
@@ -208,12 +210,15 @@ class TrainingMixin:
     # -- training -------------------------------------------------------------------------------
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             validation_split=0.0, callbacks=None, verbose="auto", augment=None, initial_epoch=0,
-            checkpoint=None, resume=False, steps_per_epoch=None):
+            checkpoint=None, resume=False, steps_per_epoch=None, seed=None):
         """Train for epochs ``initial_epoch .. epochs-1``; returns a History.
 
         checkpoint=DIR writes DIR/last.npz after every epoch; resume=True continues from it.
-        augment: a callable ``aug(x_batch, rng) -> x_batch`` (e.g. xpnet.augment.RandomAffine).
+        augment: a callable ``aug(x_batch, rng) -> x_batch`` (e.g. xpnet.augment.RandomAffine) or
+        its config dict ({"type": "RandomAffine", ...}).
         steps_per_epoch: batches per epoch (full batches; the data is re-shuffled when it runs out).
+        seed: restart the shuffling and augmentation generators from this seed (default: they
+        derive from model.seed once and continue across fit() calls).
         """
         self._require_compiled()
         self._ensure_built(x)
@@ -228,8 +233,12 @@ class TrainingMixin:
             raise ConfigError(f"steps_per_epoch must be a positive integer or None, got {steps_per_epoch!r}")
         if resume and checkpoint is None:
             raise ConfigError("resume=True needs checkpoint=DIR (the folder holding last.npz)")
+        if isinstance(augment, dict):
+            from .augment import from_config
+            augment = from_config(augment)
         if augment is not None and not callable(augment):
-            raise ConfigError(f"augment must be callable aug(x, rng), got {type(augment).__name__}")
+            raise ConfigError(f"augment must be callable aug(x, rng) or an augmenter config dict, got "
+                              f"{type(augment).__name__} {augment!r}")
         epochs = int(epochs)
 
         n_total = _length("x", x)
@@ -281,7 +290,7 @@ class TrainingMixin:
                   "validation_samples": 0 if xv is None else len(xv), "initial_epoch": int(initial_epoch)}
         cb = cbs.CallbackList(callback_list, self, params)
         history.params = params
-        rngs = self._training_rngs()
+        rngs = self._training_rngs(seed)
         folder = None if checkpoint is None else os.fspath(checkpoint)
         ck_path = None if folder is None else checkpoint_path(folder)
         terminate_on_nan = any(isinstance(c, cbs.TerminateOnNaN) for c in cb)
