@@ -1,0 +1,149 @@
+"""Crash and resume: SIGKILL a real training run at random moments (also inside checkpoint writes),
+restart it with resume=True, and check that every checkpoint left behind loads, training goes on
+after the last complete epoch, and the final weights equal an uninterrupted run's bit for bit.
+Also SIGINT: fit stops, keeps the last epoch's checkpoint and says where it is.
+
+The run is tests/reliability_child.py (Dense + Dropout + Adam on synthetic data, numpy backend).
+XPNET_KILL_TRIALS sets the number of kills (default 6; the slow test does 40).
+"""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xpnet.serialization import load_npz
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = ROOT / "tests" / "reliability_child.py"
+EPOCHS = 6
+SLOW = 0.02  # seconds per batch and per write step in the child: ~0.2 s per epoch
+
+
+def start(folder, out, resume, slow=SLOW, epochs=EPOCHS):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(CHILD), str(folder), str(out), "--epochs", str(epochs), "--slow", str(slow)]
+    if resume:
+        cmd.append("--resume")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def weights(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """reference(epochs): final weights of an uninterrupted run."""
+    cache = {}
+
+    def run(epochs):
+        if epochs not in cache:
+            folder = tmp_path_factory.mktemp("reference")
+            proc = start(folder / "ck", folder / "final.npz", resume=False, slow=0.0, epochs=epochs)
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            cache[epochs] = weights(folder / "final.npz")
+        return cache[epochs]
+
+    return run
+
+
+def checkpoint_epoch(folder):
+    """The completed epoch (1-based) recorded in folder/last.npz, 0 when there is none yet."""
+    path = folder / "last.npz"
+    if not path.exists():
+        return 0
+    _, meta = load_npz(path)  # raises DataError if a kill left it unreadable
+    assert meta["format"] == "xpnet-checkpoint"
+    return meta["epoch"] + 1
+
+
+def crash_until_done(tmp_path, trials, seed, epochs=EPOCHS, max_delay=0.5):
+    """Kill the run ``trials`` times at random moments, then let it finish. Returns statistics."""
+    rnd = random.Random(seed)
+    folder, out = tmp_path / "ck", tmp_path / "final.npz"
+    stats = {"kills": 0, "in_write": 0, "before_first_epoch": 0, "resumes": 0}
+    last_epoch = 0
+    for trial in range(trials + 1):
+        before = checkpoint_epoch(folder)
+        proc = start(folder, out, resume=before > 0, epochs=epochs)
+        stats["resumes"] += before > 0
+        first = proc.stdout.readline().strip()  # "epoch K": the run is past imports and resume
+        if before == epochs:  # killed after the last checkpoint but before saving the result
+            assert first == "done", first
+        elif first:
+            assert first == f"epoch {before + 1}", (first, before)  # continues after the last one
+        if trial < trials and first.startswith("epoch"):
+            time.sleep(rnd.uniform(0.0, max_delay))  # 0.2 s is one epoch, write windows included
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=60)
+            if proc.returncode == 0:
+                break  # finished before the kill landed
+            assert proc.returncode == -signal.SIGKILL
+            stats["kills"] += 1
+            stats["in_write"] += any(p.suffix == ".tmp" for p in folder.glob("*"))
+            for p in folder.glob("*.tmp"):  # a kill inside a write leaves its temporary file
+                p.unlink()
+            epoch = checkpoint_epoch(folder)  # every checkpoint left behind must load
+            assert epoch >= last_epoch, "a checkpoint went backwards"
+            stats["before_first_epoch"] += epoch == 0
+            last_epoch = epoch
+        else:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            break
+    assert out.exists(), "the run never finished"
+    assert checkpoint_epoch(folder) == epochs
+    return stats
+
+
+def kill_trials(default):
+    return int(os.environ.get("XPNET_KILL_TRIALS", default))
+
+
+def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
+    stats = crash_until_done(tmp_path, kill_trials(6), seed=1)
+    assert stats["kills"] >= 1
+    final, reference = weights(tmp_path / "final.npz"), reference(EPOCHS)
+    assert sorted(final) == sorted(reference)
+    for key in reference:
+        np.testing.assert_array_equal(final[key], reference[key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_sigkill_many_trials(tmp_path, reference):
+    stats = crash_until_done(tmp_path, kill_trials(40), seed=2, epochs=30, max_delay=0.3)
+    print(stats)
+    assert stats["kills"] >= 20 and stats["in_write"] >= 1, stats
+    final, reference = weights(tmp_path / "final.npz"), reference(30)
+    for key in reference:
+        np.testing.assert_array_equal(final[key], reference[key], err_msg=key)
+
+
+def test_sigint_keeps_last_epoch_and_says_where(tmp_path):
+    folder, out = tmp_path / "ck", tmp_path / "final.npz"
+    proc = start(folder, out, resume=False, slow=0.05)
+    for _ in range(3):  # epoch 3 has begun: epochs 1 and 2 are checkpointed
+        line = proc.stdout.readline()
+    assert line.strip() == "epoch 3"
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    path = folder / "last.npz"
+    assert f"the last complete epoch (2) is saved in {path}" in err, err
+    assert "resume=True" in err
+    assert checkpoint_epoch(folder) == 2
+    assert not list(folder.glob("*.tmp"))
+    # and the run goes on from there
+    proc = start(folder, out, resume=True, slow=0.0)
+    stdout, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert stdout.splitlines()[0] == "epoch 3"
