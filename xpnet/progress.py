@@ -108,7 +108,7 @@ class Progress:
         rate = self.images / max(seconds, 1e-9)
         text = f"{seconds:.1f}s - {rate:,.0f} img/s - {format_logs(logs)}"
         if self.bar is not None:
-            self.bar.set_postfix_str(format_logs(logs), refresh=True)
+            self.bar.set_postfix_str(f"{rate:,.0f} img/s - {format_logs(logs)}", refresh=True)
             self.bar.close()
             self.bar = None
         else:
