@@ -247,6 +247,22 @@ def test_need_input_grad_off_skips_dx(backend, rng):
         np.testing.assert_allclose(to_np(backend, v), reference[k], rtol=1e-12)
 
 
+def test_layers_call_the_ops_dispatcher_at_call_time(backend, rng, monkeypatch):
+    from xpnet import ops
+    calls = []
+
+    def spy(name):
+        real = getattr(ops, name)
+        return lambda *a, **k: calls.append(name) or real(*a, **k)
+
+    model = build([Conv2D(2, 3), MaxPool2D(), AvgPool2D(1)], IMG, backend)
+    for name in ops.NAMES:
+        monkeypatch.setattr(ops, name, spy(name))
+    y = model.forward(backend.asarray(x_img(rng)), training=True)
+    model.backward(backend.xp.ones_like(y))
+    assert sorted(calls) == sorted(ops.NAMES)
+
+
 # -- errors -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("make", [
     lambda: Conv2D(0, 3), lambda: Conv2D(2.5, 3), lambda: Conv2D(4, 0), lambda: Conv2D(4, (3,)),

@@ -78,9 +78,9 @@ class Conv2D(Layer):
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel_regularizer=None,
                  name=None):
         super().__init__(name)
-        if isinstance(filters, bool) or not isinstance(filters, int) or filters <= 0:
+        if isinstance(filters, bool) or not isinstance(filters, numbers.Integral) or filters <= 0:
             raise ConfigError(f"Conv2D: filters must be a positive integer, got {filters!r}")
-        self.filters = filters
+        self.filters = int(filters)
         self.kernel_size = pair(kernel_size, "kernel_size", "Conv2D")
         self.strides = pair(strides, "strides", "Conv2D")
         self.padding = padding_spec(padding, "Conv2D")
