@@ -287,3 +287,28 @@ def test_augment_config_dict_and_fit_seed(backend):
     a, b, c = train(5), train(5), train(6)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_progress_without_tqdm_prints_plain_lines(monkeypatch, capsys):
+    import io
+    import sys
+    from xpnet.progress import resolve_verbose
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    stream = io.StringIO()
+    p = Progress(verbose=1, epochs=2, steps=4, stream=stream, max_refreshes=2, min_interval=0.0)
+    assert p._tqdm is None
+    p.epoch_begin(0)
+    for b in range(4):
+        p.batch_end(b, 8, {"loss": 0.5} if p.wants_refresh(b) else None)
+    p.epoch_end(0, {"loss": 0.25, "seconds": 0.5})
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("epoch 1/2 batch 2/4") and "loss 0.5000" in lines[0]
+    assert lines[-1].startswith("epoch 1/2 - 0.5s - 64 img/s - loss 0.2500")
+    assert len(lines) == 3
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert resolve_verbose("auto", Tty()) == 1 and resolve_verbose("auto", io.StringIO()) == 2
