@@ -16,6 +16,7 @@ from .backends import available as available_backends, get_backend  # noqa: E402
 from .model import Sequential  # noqa: E402
 from .graph import Input, Model  # noqa: E402
 from . import models  # noqa: E402
+from . import viz  # noqa: E402  (matplotlib is imported only when a plot is drawn)
 from .io import load_model as load, save_model  # noqa: E402
 from . import datasets  # noqa: E402
 from . import augment  # noqa: E402
@@ -26,5 +27,5 @@ from .callbacks import History  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["callbacks", "schedules", "History", "Input", "Model", "models", "initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "augment", "RandomAffine", "ElasticDistortion", "load", "save_model", "get_backend", "available_backends", "XpnetError", "ShapeError",
+__all__ = ["callbacks", "schedules", "History", "Input", "Model", "models", "viz", "initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "augment", "RandomAffine", "ElasticDistortion", "load", "save_model", "get_backend", "available_backends", "XpnetError", "ShapeError",
            "BackendError", "ConfigError", "DataError", "TrainingError", "__version__"]

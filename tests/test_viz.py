@@ -1,0 +1,85 @@
+"""Plots are written headless as PNG files of the documented pixel size."""
+import numpy as np
+import pytest
+
+from xpnet import viz
+from xpnet.errors import ConfigError, ShapeError
+
+mpimg = pytest.importorskip("matplotlib.image")
+
+
+def read_png(path, kind):
+    """Read a written plot back; check it is a PNG of SIZES[kind] x DPI pixels, not blank."""
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    img = mpimg.imread(path)
+    w, h = viz.SIZES[kind]
+    assert img.shape[:2] == (round(h * viz.DPI), round(w * viz.DPI))
+    assert img[..., :3].std() > 0.01  # something was drawn
+    return img
+
+
+def test_history_from_dict_and_history_object(tmp_path):
+    from xpnet.callbacks import History
+    logs = {"loss": [1.0, 0.5, 0.3], "val_loss": [1.1, 0.7, None], "accuracy": [0.5, 0.8, 0.9]}
+    out = viz.plot_history(logs, tmp_path / "a" / "curves.png")
+    assert out == str(tmp_path / "a" / "curves.png")
+    read_png(out, "history")
+    h = History()
+    for e, v in enumerate(logs["loss"]):
+        h.on_epoch_end(e, {"loss": v, "accuracy": 0.5 + e / 10})
+    read_png(viz.plot_history(h, tmp_path / "h.png"), "history")
+    with pytest.raises(ConfigError, match="History"):
+        viz.plot_history({}, tmp_path / "x.png")
+
+
+def test_confusion_matrix(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 200)
+    pred = np.where(rng.random(200) < 0.8, y, rng.integers(0, 10, 200))
+    img = read_png(viz.plot_confusion_matrix(y, pred, tmp_path / "c.png",
+                                             class_names=[f"c{i}" for i in range(10)]), "confusion")
+    one_hot = np.eye(10)[pred]  # rows are accepted too
+    other = read_png(viz.plot_confusion_matrix(y, one_hot, tmp_path / "c2.png",
+                                               class_names=[f"c{i}" for i in range(10)]), "confusion")
+    np.testing.assert_array_equal(img, other)
+    with pytest.raises(ShapeError, match="200 labels but y_pred has 3"):
+        viz.plot_confusion_matrix(y, pred[:3], tmp_path / "bad.png")
+    with pytest.raises(ShapeError, match="integer class ids"):
+        viz.plot_confusion_matrix(y.astype(float), pred, tmp_path / "bad.png")
+
+
+def test_misclassified_grid_gray_rgb_and_none(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (40, 1, 28, 28)).astype(np.uint8)
+    y = rng.integers(0, 10, 40)
+    pred = (y + (rng.random(40) < 0.5)) % 10
+    read_png(viz.plot_misclassified(x, y, pred, tmp_path / "m.png", n=25), "grid")
+    rgb = rng.random((6, 3, 32, 32))
+    read_png(viz.plot_mistakes(rgb, y[:6], (y[:6] + 1) % 10, tmp_path / "rgb.png",
+                               class_names=list("abcdefghij")), "grid")
+    read_png(viz.plot_misclassified(x, y, y, tmp_path / "none.png"), "grid")
+    with pytest.raises(ShapeError, match="must match"):
+        viz.plot_misclassified(x[:5], y, pred, tmp_path / "bad.png")
+
+
+def test_conv_filters_from_model_and_array(tmp_path):
+    from xpnet import models
+    model = models.get("seed001-m9").build()
+    read_png(viz.plot_conv_filters(model, tmp_path / "f.png"), "grid")
+    read_png(viz.plot_conv_filters(np.random.default_rng(2).normal(size=(16, 3, 5, 5)),
+                                   tmp_path / "rgb.png"), "grid")
+    with pytest.raises(ConfigError, match="no layer with a 4-D weight"):
+        viz.plot_conv_filters(models.get("seed002-logreg-none").build(), tmp_path / "x.png")
+    with pytest.raises(ShapeError, match="4-D"):
+        viz.plot_conv_filters(np.ones((3, 3)), tmp_path / "x.png")
+
+
+def test_class_weights_logreg_and_mlp_last_layer(tmp_path, backend):
+    from xpnet import models
+    logreg = models.get("seed002-logreg-l2").build(device=backend)
+    read_png(viz.plot_class_weights(logreg, tmp_path / "w.png"), "weights")
+    mlp = models.get("seed002-mlp-l1").build(device=backend)  # last layer: 784 hidden -> 10
+    read_png(viz.plot_class_weights(mlp.layers[-1].params["W"], tmp_path / "w2.png"), "weights")
+    with pytest.raises(ShapeError, match="do not form an image"):
+        viz.plot_class_weights(np.ones((100, 10)), tmp_path / "x.png")
