@@ -178,3 +178,15 @@ def test_initial_epoch_without_resume():
     m = build("numpy")
     h = m.fit(x, y, epochs=5, initial_epoch=3, batch_size=16, verbose=0)
     assert h.epoch == [3, 4] and m.optimizer.iterations == 10
+
+
+def test_resume_auto(tmp_path):
+    ck = tmp_path / "ck"
+    first, h = run("numpy", tmp_path, "a", 2, checkpoint=ck, resume="auto", cbs=[])  # nothing yet
+    assert h.epoch == [0, 1]
+    resumed, h = run("numpy", tmp_path, "a", 3, checkpoint=ck, resume="auto", cbs=[])
+    full, _ = run("numpy", tmp_path, "b", 3, cbs=[])
+    assert h.epoch == [0, 1, 2]
+    assert_same(full, resumed)
+    with pytest.raises(xpnet.ConfigError, match="resume must be"):
+        run("numpy", tmp_path, "a", 3, checkpoint=ck, resume="yes", cbs=[])

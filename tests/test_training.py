@@ -312,3 +312,20 @@ def test_progress_without_tqdm_prints_plain_lines(monkeypatch, capsys):
             return True
 
     assert resolve_verbose("auto", Tty()) == 1 and resolve_verbose("auto", io.StringIO()) == 2
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_nan_seen_at_a_progress_refresh_ends_the_epoch_early(monkeypatch):
+    import xpnet.training as training
+
+    class EagerProgress(Progress):
+        def __init__(self, verbose, epochs, steps):
+            super().__init__(1, epochs, steps, max_refreshes=4, min_interval=0.0)
+
+    monkeypatch.setattr(training, "Progress", EagerProgress)
+    x, y = data(n=96)
+    m = mlp("cpu")
+    m.compile(loss="mse", optimizer=optim.SGD(1e30))
+    with pytest.raises(TrainingError, match="in epoch 1 \\(first non-finite at batch 1\\)"):
+        m.fit(x * 1e25, np.eye(3, dtype=np.float32)[y], epochs=2, batch_size=4, verbose=1)
+    assert m.optimizer.iterations == 6  # 24 batches, refreshes every 6: stopped at the first one

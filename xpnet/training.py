@@ -10,7 +10,9 @@ move host data batch by batch, so their memory does not grow with the input.
 
 ``validation_split`` holds out the LAST fraction of x/y (before any shuffling), as Keras does.
 The reported training ``loss`` is the objective (data loss + regularization penalty); ``val_loss``
-and ``evaluate()`` report the data loss alone.
+and ``evaluate()`` report the data loss alone. ``accuracy`` compares the argmax of the outputs with
+the label (or the argmax of a target row). ``lr`` is ``optimizer.current_lr()`` at the end of the
+epoch (the base rate set by schedules, after any inverse-time decay).
 """
 import math
 import os
@@ -213,7 +215,8 @@ class TrainingMixin:
             checkpoint=None, resume=False, steps_per_epoch=None, seed=None):
         """Train for epochs ``initial_epoch .. epochs-1``; returns a History.
 
-        checkpoint=DIR writes DIR/last.npz after every epoch; resume=True continues from it.
+        checkpoint=DIR writes DIR/last.npz after every epoch; resume=True continues from it (an error
+        when it is missing), resume="auto" continues when it exists and starts afresh otherwise.
         augment: a callable ``aug(x_batch, rng) -> x_batch`` (e.g. xpnet.augment.RandomAffine) or
         its config dict ({"type": "RandomAffine", ...}).
         steps_per_epoch: batches per epoch (full batches; the data is re-shuffled when it runs out).
@@ -231,8 +234,10 @@ class TrainingMixin:
             raise ConfigError("pass either validation_data or validation_split, not both")
         if steps_per_epoch is not None and (int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1):
             raise ConfigError(f"steps_per_epoch must be a positive integer or None, got {steps_per_epoch!r}")
+        if resume not in (False, True, "auto"):
+            raise ConfigError(f"resume must be False, True or 'auto', got {resume!r}")
         if resume and checkpoint is None:
-            raise ConfigError("resume=True needs checkpoint=DIR (the folder holding last.npz)")
+            raise ConfigError(f"resume={resume!r} needs checkpoint=DIR (the folder holding last.npz)")
         if isinstance(augment, dict):
             from .augment import from_config
             augment = from_config(augment)
@@ -304,12 +309,14 @@ class TrainingMixin:
             if first is not None:
                 first.need_input_grad = False
             cb.call("on_train_begin", {})
-            if resume:
+            if resume is True or (resume == "auto" and os.path.isfile(ck_path)):
                 meta = load_checkpoint(ck_path, self, rngs, callback_list)
                 saved_epoch = meta["epoch"]
                 epoch = saved_epoch + 1
                 self.stop_training = bool(meta.get("stopped"))
-                progress.message(f"resumed from {ck_path} after epoch {saved_epoch + 1}")
+                progress.message(f"resumed from {ck_path} after epoch {saved_epoch + 1}"
+                                 + (" (that run had stopped early: nothing left to do)"
+                                    if self.stop_training else ""))
             while epoch < epochs and not self.stop_training:
                 cb.call("on_epoch_begin", epoch, {})
                 logs, bad_batch = self._run_epoch(epoch, xd, yd, xv, yv, batch_size, steps, total,
@@ -400,6 +407,8 @@ class TrainingMixin:
                     running["accuracy"] = float(host[1]) / seen
             progress.batch_end(b, nb, running)
             cb.call("on_batch_end", b, {"size": nb})
+            if running is not None and not math.isfinite(running["loss"]):
+                break  # no use finishing the epoch: fit() reports it at the epoch sync
         sums = [loss_sum, correct.astype(xp.float64), first_bad.astype(xp.float64)]
         if xv is not None:
             v_loss, v_correct = self._measure(xv, yv, max(batch_size, 256))
