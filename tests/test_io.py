@@ -286,3 +286,47 @@ def test_optimizer_state_refusals(tmp_path):
     write_npz(tmp_path / "bad.npz", dict(arrays, **{"optimizer/99": np.zeros(2)}), meta)
     with pytest.raises(DataError, match=r"unexpected arrays optimizer/99"):
         load_model(tmp_path / "bad.npz")
+
+
+# -- functional models and compiled models ----------------------------------------------------
+def functional_model(device="cpu"):
+    from xpnet.graph import Concatenate, Input, Model
+    x = Input((4,), name="pixels")
+    a = ReLU()(Dense(5)(x))
+    h = Concatenate(axis=1)([x, a])
+    return Model(x, Dense(3)(h), device=device, dtype="float64", seed=5, name="skip")
+
+
+@pytest.mark.parametrize("first,second", [("numpy", "strict"), ("strict", "numpy")])
+def test_functional_model_round_trip(tmp_path, first, second):
+    x = np.random.default_rng(3).standard_normal((6, 4))
+    model = functional_model(first)
+    for v in model.parameters.values():
+        v[...] = v + 0.125
+    model.save(tmp_path / "g.npz")
+    loaded = xpnet.load(tmp_path / "g.npz", device=second)
+    assert type(loaded).__name__ == "Model" and loaded.name == "skip"
+    np.testing.assert_array_equal(outputs(loaded, x), outputs(model, x))
+    arrays, meta = load_npz(tmp_path / "g.npz")
+    assert meta["model"]["class"] == "Model" and meta["model"]["input_shape"] == [4]
+    meta["model"]["config"]["layers"][0]["type"] = "os.system"
+    write_npz(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(DataError, match="unknown layer type 'os.system'"):
+        xpnet.load(tmp_path / "bad.npz")
+
+
+def test_compiled_model_keeps_training_where_it_stopped(tmp_path):
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((32, 4)), rng.integers(0, 3, 32)
+    model = small_model()
+    model.compile(loss="cross_entropy", optimizer=xpnet.optim.Adam(lr=0.01), metrics=["accuracy"])
+    model.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+    model.save(tmp_path / "t.npz")
+    loaded = load_model(tmp_path / "t.npz", device="strict")
+    assert loaded.loss.get_config() == model.loss.get_config() and loaded.metrics == ["accuracy"]
+    assert loaded.optimizer.iterations == 8
+    assert loaded.evaluate(x, y) == pytest.approx(model.evaluate(x, y), rel=1e-12)
+    model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    loaded.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    for k, v in model.parameters.items():
+        np.testing.assert_allclose(loaded.backend.to_numpy(loaded.parameters[k]), v, rtol=0, atol=1e-14)

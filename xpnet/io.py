@@ -24,7 +24,7 @@ PARAM, BUFFER, OPTIM = "param/", "buffer/", "optimizer/"
 # -- saving ------------------------------------------------------------------------------------
 def save_model(model, path, optimizer=None, include_optimizer=True):
     """Write ``model`` (built) to ``path``; the optimizer defaults to the compiled one."""
-    if not getattr(model, "built", False):
+    if not getattr(model, "built", True):  # a functional Model is built when it is made
         raise ConfigError("cannot save a model that is not built: give it an input_shape first")
     backend = model.backend
     arrays = {PARAM + k: backend.to_numpy(v) for k, v in model.parameters.items()}
@@ -47,9 +47,12 @@ def _version():
 
 
 def _model_config(model):
+    shape = getattr(model, "input_shape", None)
+    if shape is None and hasattr(model, "inputs"):
+        shape = [tuple(t.shape) for t in model.inputs]
     config = {"class": type(model).__name__, "name": model.name,
-              "input_shape": _input_shape_json(model.input_shape),
-              "dtype": model.dtype.name, "seed": int(model.seed)}
+              "input_shape": _input_shape_json(shape), "dtype": model.dtype.name,
+              "seed": int(model.seed)}
     if type(model).__name__ == "Sequential":
         config["layers"] = [{"type": type(l).__name__, "config": l.get_config()} for l in model.layers]
     elif hasattr(model, "get_config"):
@@ -69,7 +72,8 @@ def _compile_info(model):
     loss = getattr(model, "loss", None)
     if loss is None:
         return None
-    name = loss if isinstance(loss, str) else getattr(loss, "name", None) or type(loss).__name__
+    name = loss if isinstance(loss, str) else loss.get_config() if hasattr(loss, "get_config") \
+        else type(loss).__name__
     metrics = [m if isinstance(m, str) else getattr(m, "name", type(m).__name__)
                for m in (getattr(model, "metrics", None) or [])]
     return {"loss": name, "metrics": metrics}
