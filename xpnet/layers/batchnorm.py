@@ -69,7 +69,8 @@ class BatchNorm(Layer):
         inv_std = 1.0 / self.xp.sqrt(var + self.epsilon)
         xhat = centered * inv_std.reshape(self.stat_shape)
         self.cache = (xhat, inv_std, training)
-        return xhat * self.params["gamma"].reshape(self.stat_shape) + self.params["beta"].reshape(self.stat_shape)
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        return xhat * gamma.reshape(self.stat_shape) + beta.reshape(self.stat_shape)
 
     def backward(self, grad):
         xhat, inv_std, training = self.cache

@@ -31,7 +31,8 @@ def padding_spec(padding, owner):
     """"valid", "same" or an explicit (ph, pw) pair (an int means the same on both axes)."""
     if isinstance(padding, str):
         if padding.lower() not in ("valid", "same"):
-            raise ConfigError(f"{owner}: padding must be 'valid', 'same', an int or (ph, pw), got {padding!r}")
+            raise ConfigError(f"{owner}: padding must be 'valid', 'same', an int or (ph, pw), "
+                              f"got {padding!r}")
         return padding.lower()
     return pair(padding, "padding", owner, minimum=0)
 
@@ -123,4 +124,5 @@ class Conv2D(Layer):
                 "strides": list(self.strides), "padding": _config_value(self.padding),
                 "use_bias": self.use_bias, "kernel_initializer": init(self.kernel_initializer),
                 "bias_initializer": init(self.bias_initializer),
-                "kernel_regularizer": self.regularizers["W"].get_config() if "W" in self.regularizers else None}
+                "kernel_regularizer": (self.regularizers["W"].get_config()
+                                       if "W" in self.regularizers else None)}

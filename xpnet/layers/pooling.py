@@ -52,7 +52,8 @@ class _Pool2D(Layer):
         if self.kind == "max":
             dx = ops.maxpool2d_backward(self.xp, grad, self.cache)
         else:
-            dx = ops.avgpool2d_backward(self.xp, grad if self.share is None else grad / self.share, self.cache)
+            g = grad if self.share is None else grad / self.share
+            dx = ops.avgpool2d_backward(self.xp, g, self.cache)
         if any(self.pads):
             top, _, left, _ = self.pads
             h, w = self.input_shape[1:]

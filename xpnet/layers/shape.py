@@ -42,8 +42,8 @@ class Reshape(Layer):
         if -1 in self.target_shape:
             if size % known:
                 raise ShapeError(f"layer {self.name!r} (Reshape): cannot reshape per-sample shape "
-                                 f"{tuple(input_shape)} ({size} values) to {self.target_shape}: {size} is not "
-                                 f"a multiple of {known}")
+                                 f"{tuple(input_shape)} ({size} values) to {self.target_shape}: "
+                                 f"{size} is not a multiple of {known}")
             return tuple(size // known if d == -1 else d for d in self.target_shape)
         if known != size:
             raise ShapeError(f"layer {self.name!r} (Reshape): cannot reshape per-sample shape "

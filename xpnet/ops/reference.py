@@ -17,7 +17,8 @@ def _out_size(size, k, s):
 
 def _at(i, j, ho, wo, sh, sw):
     """Index of the (N, C, Ho, Wo) block that kernel offset (i, j) sees."""
-    return (slice(None), slice(None), slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw))
+    rows, cols = slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw)
+    return (slice(None), slice(None), rows, cols)
 
 
 def _pad(xp, x, padding):
