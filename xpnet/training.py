@@ -246,45 +246,8 @@ class TrainingMixin:
                               f"{type(augment).__name__} {augment!r}")
         epochs = int(epochs)
 
-        n_total = _length("x", x)
-        if _length("y", y) != n_total:
-            raise DataError(f"fit: x has {n_total} samples but y has {_length('y', y)}; they must match")
-        x_val = y_val = None
-        if validation_split:
-            split = int(n_total * (1.0 - float(validation_split)))
-            if split == n_total or split == 0:
-                raise DataError(f"validation_split={validation_split} of {n_total} samples leaves "
-                                f"{n_total - split} for validation and {split} for training")
-            x, y, x_val, y_val = x[:split], y[:split], x[split:], y[split:]
-        elif validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ConfigError("validation_data must be a pair (x_val, y_val)")
-            x_val, y_val = validation_data
-
-        # Move everything to the device once, then validate values with one sync.
-        backend, xp = self.backend, self.xp
-        float_x = getattr(x.dtype, "kind", "") == "f"
-        xd = _inputs_to_device(backend, x, self.dtype)
-        yd = _targets_to_device(backend, y, self.dtype)
+        xd, yd, xv, yv = self._fit_data(x, y, validation_data, validation_split)
         n = _length("x", xd)
-        if n == 0:
-            raise DataError(f"fit: the dataset is empty (x has shape {tuple(x.shape)})")
-        self.check_input(xd[:1])
-        triples = [("fit", xd if float_x else None, yd)]
-        if x_val is not None:
-            float_v = getattr(x_val.dtype, "kind", "") == "f"
-            xv = _inputs_to_device(backend, x_val, self.dtype)
-            yv = _targets_to_device(backend, y_val, self.dtype)
-            if _length("x_val", xv) == 0:
-                raise DataError("validation data is empty")
-            if _length("y_val", yv) != _length("x_val", xv):
-                raise DataError(f"validation: x has {len(xv)} samples but y has {len(yv)}; they must match")
-            self.check_input(xv[:1])
-            triples.append(("validation", xv if float_v else None, yv))
-        else:
-            xv = yv = None
-        self._check_values(triples)
-
         steps = math.ceil(n / batch_size) if steps_per_epoch is None else int(steps_per_epoch)
         total = n if steps_per_epoch is None else steps * batch_size
         history = History()
@@ -348,6 +311,47 @@ class TrainingMixin:
             if first is not None:
                 first.need_input_grad = saved_flag
         return history
+
+    def _fit_data(self, x, y, validation_data, validation_split):
+        """Split off validation data, move everything to the device once, validate with one sync."""
+        n_total = _length("x", x)
+        if _length("y", y) != n_total:
+            raise DataError(f"fit: x has {n_total} samples but y has {_length('y', y)}; they must match")
+        x_val = y_val = None
+        if validation_split:
+            split = int(n_total * (1.0 - float(validation_split)))
+            if split == n_total or split == 0:
+                raise DataError(f"validation_split={validation_split} of {n_total} samples leaves "
+                                f"{n_total - split} for validation and {split} for training")
+            x, y, x_val, y_val = x[:split], y[:split], x[split:], y[split:]
+        elif validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ConfigError("validation_data must be a pair (x_val, y_val)")
+            x_val, y_val = validation_data
+
+        backend = self.backend
+        float_x = getattr(x.dtype, "kind", "") == "f"
+        xd = _inputs_to_device(backend, x, self.dtype)
+        yd = _targets_to_device(backend, y, self.dtype)
+        if _length("x", xd) == 0:
+            raise DataError(f"fit: the dataset is empty (x has shape {tuple(x.shape)})")
+        self.check_input(xd[:1])
+        triples = [("fit", xd if float_x else None, yd)]
+        if x_val is not None:
+            float_v = getattr(x_val.dtype, "kind", "") == "f"
+            xv = _inputs_to_device(backend, x_val, self.dtype)
+            yv = _targets_to_device(backend, y_val, self.dtype)
+            if _length("x_val", xv) == 0:
+                raise DataError("validation data is empty")
+            if _length("y_val", yv) != _length("x_val", xv):
+                raise DataError(f"validation: x has {len(xv)} samples but y has {len(yv)}; they must match")
+            self.check_input(xv[:1])
+            triples.append(("validation", xv if float_v else None, yv))
+        else:
+            xv = yv = None
+        self._check_values(triples)
+        return xd, yd, xv, yv
+
 
     def _nan_message(self, epoch, logs, batch, ck_path, saved_epoch):
         at = f" (first non-finite at batch {batch + 1})" if batch is not None else ""
