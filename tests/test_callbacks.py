@@ -52,9 +52,9 @@ def fit(m, cbs, epochs=10, **kw):
 def test_early_stopping_patience():
     es = callbacks.EarlyStopping(monitor="score", patience=2)
     h = fit(model(), [Inject("score", [5, 4, 4.5, 3, 3.5, 3.2, 3.1, 2, 1, 0]), es])
-    # best 3 at epoch 3; epochs 4 and 5 do not improve (wait 1, 2); epoch 6 makes wait 3 > 2: stop
-    assert h.epoch == [0, 1, 2, 3, 4, 5, 6]
-    assert es.best == 3 and es.best_epoch == 3 and es.stopped_epoch == 6
+    # best 3 at epoch 3; epochs 4 and 5 do not improve (wait 1, 2): stop after epoch 5, as Keras does
+    assert h.epoch == [0, 1, 2, 3, 4, 5]
+    assert es.best == 3 and es.best_epoch == 3 and es.stopped_epoch == 5
 
 
 def test_early_stopping_patience_zero_and_mode_max():
@@ -67,8 +67,9 @@ def test_early_stopping_patience_zero_and_mode_max():
 
 def test_early_stopping_min_delta_rel():
     """Seed 001's rule: a decrease counts only when it is more than min_delta_rel of the best."""
-    es = callbacks.EarlyStopping(monitor="score", patience=1, min_delta_rel=0.005)
-    # 1.0 -> 0.996 is a 0.4 % drop (no), 0.994 is 0.6 % below 1.0 (yes), 0.99 is 0.4 % (no), 0.985 (no)
+    es = callbacks.EarlyStopping(monitor="score", patience=2, min_delta_rel=0.005)
+    # 1.0 -> 0.996 is a 0.4 % drop (no), 0.994 is 0.6 % below 1.0 (yes), then 0.99 and 0.9895 are
+    # 0.40 % and 0.45 % below 0.994 (no, no): stop after epoch 4
     h = fit(model(), [Inject("score", [1.0, 0.996, 0.994, 0.99, 0.9895, 0.5]), es])
     assert es.best == 0.994 and es.best_epoch == 2
     assert h.epoch == [0, 1, 2, 3, 4]
@@ -95,7 +96,7 @@ def test_restore_best_weights_actually_restores(backend):
     m = model(backend)
     fit(m, [Inject("score", [3, 2, 1, 1.5, 2, 2.5, 3, 3, 3, 3]), snaps, es])
     final = {k: backend.to_numpy(v) for k, v in m.parameters.items()}
-    assert es.best_epoch == 2 and es.stopped_epoch == 5 and len(snaps.weights) == 6
+    assert es.best_epoch == 2 and es.stopped_epoch == 4 and len(snaps.weights) == 5
     for k, v in final.items():
         assert np.array_equal(v, snaps.weights[2][k])
         assert not np.array_equal(v, snaps.weights[-1][k])

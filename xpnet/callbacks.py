@@ -126,7 +126,8 @@ class _Monitor(Callback):
 
 
 class EarlyStopping(_Monitor):
-    """Stop when ``monitor`` has not improved for ``patience`` epochs.
+    """Stop when ``monitor`` has not improved for ``patience`` epochs in a row (as in Keras: training
+    stops at the end of the ``patience``-th epoch without improvement; patience 0 acts like 1).
 
     An improvement must beat the best value by more than ``min_delta`` (absolute) and by more than
     ``min_delta_rel * |best|`` (relative, the "min delta rel" of seed 001). Epochs before
@@ -164,7 +165,7 @@ class EarlyStopping(_Monitor):
                 self.best_weights = {k: v.copy() for k, v in _state_arrays(self.model).items()}
             return
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience:
             self.stopped_epoch = int(epoch)
             self.model.stop_training = True
             if self.verbose:
