@@ -15,6 +15,7 @@ the label (or the argmax of a target row). ``lr`` is ``optimizer.current_lr()`` 
 epoch (the base rate set by schedules, after any inverse-time decay).
 """
 import math
+import numbers
 import os
 import sys
 import time
@@ -226,13 +227,13 @@ class TrainingMixin:
         self._require_compiled()
         self._ensure_built(x)
         batch_size = _check_batch_size(batch_size)
-        if int(epochs) != epochs or epochs < 0:
+        if not _is_whole(epochs, 0):
             raise ConfigError(f"epochs must be an integer >= 0, got {epochs!r}")
-        if not 0.0 <= float(validation_split) < 1.0:
+        if not _is_real(validation_split) or not 0.0 <= float(validation_split) < 1.0:
             raise ConfigError(f"validation_split must be in [0, 1), got {validation_split!r}")
         if validation_split and validation_data is not None:
             raise ConfigError("pass either validation_data or validation_split, not both")
-        if steps_per_epoch is not None and (int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1):
+        if steps_per_epoch is not None and not _is_whole(steps_per_epoch, 1):
             raise ConfigError(f"steps_per_epoch must be a positive integer or None, got {steps_per_epoch!r}")
         if resume not in (False, True, "auto"):
             raise ConfigError(f"resume must be False, True or 'auto', got {resume!r}")
@@ -431,7 +432,16 @@ class TrainingMixin:
         return logs, (int(host[2]) if host[2] >= 0 else None)
 
 
+def _is_real(value):
+    """A finite real number (not a bool, a string or None)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_whole(value, minimum):
+    return _is_real(value) and int(value) == value and value >= minimum
+
+
 def _check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size <= 0:
+    if not _is_whole(batch_size, 1):
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     return int(batch_size)
