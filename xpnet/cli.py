@@ -42,7 +42,8 @@ def add_train_arguments(parser, dataset=True):
                         help="model name from the zoo (see `xpnet models`); default: the "
                              "seed-001 32-64-96-128 TensorFlow model, or a small one with --quick")
     if dataset:
-        parser.add_argument("--dataset", default="mnist", choices=DATASET_CHOICES)
+        parser.add_argument("--dataset", default=None, choices=DATASET_CHOICES,
+                            help="default: the dataset of the model's recipe (mostly mnist)")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
                         help="cpu (NumPy), gpu (CuPy), auto (gpu when usable), strict (CPU, CuPy-like checks)")
     parser.add_argument("--epochs", type=positive_int, default=None, help="override the recipe's epochs")
@@ -62,10 +63,11 @@ def add_train_arguments(parser, dataset=True):
 def train_from_args(args, command):
     """Run training from parsed ``add_train_arguments`` options; returns the run folder."""
     from .runner import run_training
-    result = run_training(args.model, dataset=getattr(args, "dataset", "mnist"), device=args.device,
+    dataset = getattr(args, "dataset", "mnist")  # train_mnist.py has no --dataset option
+    result = run_training(args.model, dataset=dataset, device=args.device,
                           epochs=args.epochs, batch_size=args.batch_size, data_dir=args.data_dir,
                           out_dir=args.out, quick=args.quick, seed=args.seed,
-                          verbose=0 if args.quiet else 1, plot=args.plot, dtype=args.dtype,
+                          verbose=0 if args.quiet else "auto", plot=args.plot, dtype=args.dtype,
                           command=command)
     print(f"test error {result['test_error_percent']:.2f}% ({result['mistakes']} mistakes of "
           f"{result['test_samples']}), run folder: {result['run_dir']}")

@@ -1,0 +1,258 @@
+"""Train a named zoo model on a dataset and write a run folder (used by the CLI and the examples).
+
+    result = run_training("seed001-tf", dataset="mnist", device="auto", out_dir="runs")
+
+The run folder ``<out_dir>/<timestamp>-<model>-<dataset>/`` holds config.json (the exact
+configuration and command), log.csv and log.json (one row per epoch), curves.png (loss and
+accuracy), result.json (test error, mistakes, best epoch, timings, device, versions),
+model.npz (the trained model, see xpnet.io) and last.npz (fit's resumable checkpoint). The validation set is split off the training images; the test set is used once, at
+the end, and never for early stopping or tuning.
+"""
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "seed001-tf"
+QUICK_MODEL = "quick-mlp"
+QUICK_TRAIN_IMAGES = 20000  # --quick: the first 20,000 training images (the test set stays whole)
+QUICK_EPOCHS = 3            # --quick: at most this many epochs
+
+
+def default_model(quick=False):
+    """The zoo's default model name (its quick one with ``quick``)."""
+    from . import models
+    if quick:
+        return getattr(models, "QUICK", QUICK_MODEL)
+    return getattr(models, "DEFAULT", DEFAULT_MODEL)
+
+
+def make_recipe(entry, quick=False, epochs=None, batch_size=None, overrides=None):
+    """The zoo entry's recipe with the quick settings and then the caller's overrides applied."""
+    from .models import RECIPE_KEYS
+    recipe = dict(entry.recipe)
+    if quick:
+        recipe["epochs"] = min(int(recipe.get("epochs") or QUICK_EPOCHS), QUICK_EPOCHS)
+    for key, value in (overrides or {}).items():
+        if key not in RECIPE_KEYS:
+            raise ConfigError(f"unknown recipe override {key!r}; expected one of {', '.join(RECIPE_KEYS)}")
+        recipe[key] = value
+    if epochs is not None:
+        recipe["epochs"] = epochs
+    if batch_size is not None:
+        recipe["batch_size"] = batch_size
+    for key in ("epochs", "batch_size"):
+        value = recipe.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    split = recipe.get("validation_split") or 0.0
+    if not 0.0 <= split < 1.0:
+        raise ConfigError(f"validation_split must be in [0, 1), got {split!r}")
+    return recipe
+
+
+def run_folder(out_dir, model_name, dataset):
+    """A new, empty folder ``<out_dir>/<YYYYmmdd-HHMMSS>-<model>-<dataset>[-N]``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(os.fspath(out_dir), f"{stamp}-{model_name}-{dataset}")
+    path, n = base, 1
+    while True:
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            n += 1
+            path = f"{base}-{n}"
+
+
+def versions(backend):
+    out = {"xpnet": _xpnet_version(), "python": platform.python_version(),
+           "numpy": importlib.metadata.version("numpy")}
+    if backend.is_gpu:
+        info = backend.memory_info()
+        out["cupy"] = info.get("cupy")
+        out["cuda_runtime"] = info.get("cuda_runtime")
+    return out
+
+
+def _xpnet_version():
+    from . import __version__
+    return __version__
+
+
+def device_description(backend):
+    if backend.is_gpu:
+        info = backend.memory_info()
+        return {"backend": backend.name, "gpu": info.get("gpu"),
+                "memory_total_bytes": info.get("total_bytes")}
+    return {"backend": backend.name, "cpu": _cpu_name(), "cpu_count": os.cpu_count()}
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_json(path, data):
+    from .serialization import atomic_write_bytes
+    atomic_write_bytes(path, (json.dumps(_clean(data), indent=1, allow_nan=False) + "\n").encode())
+
+
+def _clean(value):
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "get_config"):
+        return _clean(value.get_config())
+    return str(value)
+
+
+def run_training(model_name=None, dataset=None, device="auto", epochs=None, batch_size=None,
+                 data_dir=None, out_dir="runs", quick=False, seed=0, verbose="auto", plot=False,
+                 dtype="float32", command=None, **overrides):
+    """Train, evaluate on the test set, write the run folder; returns the result dict.
+
+    ``dataset`` defaults to the recipe's; ``overrides`` replace recipe entries (lr=..., ...).
+    """
+    from . import datasets, models
+    from .backends import get_backend
+    from .io import save_model
+    t_start = time.perf_counter()
+    entry = models.get(model_name or default_model(quick))
+    recipe = make_recipe(entry, quick, epochs, batch_size, overrides)
+    backend = get_backend(device)
+    info = datasets.info(dataset or recipe.get("dataset") or "mnist")
+    (x_train, y_train), (x_test, y_test) = datasets.load(info["name"], data_dir=data_dir)
+    if quick:
+        x_train, y_train = x_train[:QUICK_TRAIN_IMAGES], y_train[:QUICK_TRAIN_IMAGES]
+    validation = None
+    if recipe.get("validation_split"):  # held out of the training images, never the test set
+        (x_train, y_train), validation = datasets.train_val_split(
+            x_train, y_train, recipe["validation_split"], seed=seed)
+
+    folder = run_folder(out_dir, entry.name, info["name"])
+    config = {"model": entry.name, "description": entry.description, "dataset": info["name"],
+              "device": backend.name, "dtype": str(dtype), "seed": int(seed), "quick": bool(quick),
+              "recipe": recipe, "train_images": len(y_train),
+              "validation_images": 0 if validation is None else len(validation[1]),
+              "test_images": len(y_test), "data_dir": data_dir,
+              "command": list(command) if command else [sys.executable] + sys.argv}
+    write_json(os.path.join(folder, "config.json"), config)
+
+    model = entry.build(tuple(info["image_shape"]), info["classes"], backend, seed, dtype)
+    if verbose:
+        model.summary()
+        print(f"training {entry.name} on {len(y_train)} {info['name']} images "
+              f"({config['validation_images']} held out for validation) with {backend.name}, "
+              f"{recipe['epochs']} epochs of batch {recipe['batch_size']}; run folder {folder}")
+    if recipe.get("targets") == "one_hot":
+        y_train = datasets.one_hot(y_train, info["classes"], dtype)
+        if validation is not None:
+            validation = (validation[0], datasets.one_hot(validation[1], info["classes"], dtype))
+    callbacks = _callbacks(recipe, folder)
+    model.compile(loss=recipe.get("loss") or "cross_entropy", optimizer=_optimizer(recipe),
+                  metrics=["accuracy"])
+    t_fit = time.perf_counter()
+    history = model.fit(x_train, y_train, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
+                        validation_data=validation, callbacks=callbacks,
+                        augment=recipe.get("augment"), seed=seed, verbose=verbose,
+                        checkpoint=folder)
+    backend.synchronize()
+    fit_seconds = time.perf_counter() - t_fit
+
+    predicted = model.predict(x_test, batch_size=max(recipe["batch_size"], 500)).argmax(axis=1)
+    mistakes = int((predicted != y_test).sum())
+    epochs_run = len(history.epoch)
+    result = {"model": entry.name, "dataset": info["name"], "test_samples": len(y_test),
+              "mistakes": mistakes, "test_error_percent": 100.0 * mistakes / len(y_test),
+              "test_accuracy": 1.0 - mistakes / len(y_test),
+              "reported_error_percent": recipe.get("reported_error"),
+              "best_epoch": _best_epoch(history, callbacks), "epochs_run": epochs_run,
+              "final_logs": dict(history.rows()[-1], epoch=history.epoch[-1] + 1) if epochs_run else None,
+              "seconds_fit": fit_seconds, "seconds_per_epoch": fit_seconds / max(1, epochs_run),
+              "device": device_description(backend), "versions": versions(backend),
+              "run_dir": folder}
+    save_model(model, os.path.join(folder, "model.npz"))
+    result["plots"] = _plots(history, folder, plot, model, x_test, y_test, predicted, info)
+    result["seconds_total"] = time.perf_counter() - t_start
+    write_json(os.path.join(folder, "result.json"), result)
+    return result
+
+
+def _optimizer(recipe):
+    from . import optim
+    name = recipe.get("optimizer") or "adam"
+    kwargs = {}
+    for key in ("lr", "decay", "clipvalue"):
+        if recipe.get(key) is not None:
+            kwargs[key] = recipe[key]
+    if recipe.get("momentum"):
+        kwargs["momentum"] = recipe["momentum"]
+    return optim.get(name, **kwargs)
+
+
+def _callbacks(recipe, folder):
+    from . import callbacks as cb
+    out = [cb.CSVLogger(os.path.join(folder, "log.csv")), cb.JSONLogger(os.path.join(folder, "log.json"))]
+    if recipe.get("schedule") is not None:
+        out.append(cb.LearningRateScheduler(recipe["schedule"]))
+    if recipe.get("early_stopping"):
+        options = dict(recipe["early_stopping"])
+        if options.get("monitor", "val_loss").startswith("val_") and not recipe.get("validation_split"):
+            raise ConfigError(f"early stopping monitors {options.get('monitor', 'val_loss')!r} but the "
+                              "recipe holds out no validation images (validation_split is 0); the "
+                              "test set is never used for early stopping")
+        out.append(cb.EarlyStopping(**options))
+    return out
+
+
+def _best_epoch(history, callbacks):
+    """1-based epoch that early stopping kept, else the one with the lowest val_loss (or loss)."""
+    for c in callbacks:
+        if type(c).__name__ == "EarlyStopping" and c.best_epoch is not None:
+            return int(c.best_epoch) + 1
+    values = history.history.get("val_loss") or history.history.get("loss") or []
+    finite = [(v, i) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    return history.epoch[min(finite)[1]] + 1 if finite else None
+
+
+def _plots(history, folder, plot, model, x_test, y_test, predicted, info):
+    """curves.png always (when matplotlib is installed); with ``plot`` also the confusion matrix,
+    the misclassified test images and, for convolutional models, the first layer's filters."""
+    from . import viz
+    from .errors import XpnetError
+    written = []
+    try:
+        written.append(os.path.basename(viz.plot_history(history, os.path.join(folder, "curves.png"))))
+        if plot:
+            names = info["class_names"]
+            written.append(os.path.basename(viz.plot_confusion_matrix(
+                y_test, predicted, os.path.join(folder, "confusion.png"), class_names=names)))
+            if int((predicted != y_test).sum()):
+                written.append(os.path.basename(viz.plot_misclassified(
+                    x_test, y_test, predicted, os.path.join(folder, "misclassified.png"),
+                    class_names=names)))
+            try:
+                written.append(os.path.basename(viz.plot_conv_filters(
+                    model, os.path.join(folder, "filters.png"))))
+            except XpnetError:
+                pass  # no convolution in this model
+    except ImportError as exc:
+        print(f"note: no plots written ({exc})", file=sys.stderr)
+    return written
