@@ -53,6 +53,11 @@ def make_recipe(entry, quick=False, epochs=None, batch_size=None, overrides=None
     split = recipe.get("validation_split") or 0.0
     if not 0.0 <= split < 1.0:
         raise ConfigError(f"validation_split must be in [0, 1), got {split!r}")
+    monitor = (recipe.get("early_stopping") or {}).get("monitor", "val_loss")
+    if recipe.get("early_stopping") and monitor.startswith("val_") and not split:
+        raise ConfigError(f"early stopping monitors {monitor!r} but the recipe holds out no "
+                          "validation images (validation_split is 0); the test set is never used "
+                          "for early stopping")
     return recipe
 
 
@@ -213,12 +218,7 @@ def _callbacks(recipe, folder):
     if recipe.get("schedule") is not None:
         out.append(cb.LearningRateScheduler(recipe["schedule"]))
     if recipe.get("early_stopping"):
-        options = dict(recipe["early_stopping"])
-        if options.get("monitor", "val_loss").startswith("val_") and not recipe.get("validation_split"):
-            raise ConfigError(f"early stopping monitors {options.get('monitor', 'val_loss')!r} but the "
-                              "recipe holds out no validation images (validation_split is 0); the "
-                              "test set is never used for early stopping")
-        out.append(cb.EarlyStopping(**options))
+        out.append(cb.EarlyStopping(**recipe["early_stopping"]))
     return out
 
 

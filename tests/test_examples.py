@@ -1,0 +1,146 @@
+"""The main job: examples/train_mnist.py --quick end to end, and the runner behind it."""
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import xpnet
+from xpnet import cli, runner
+from xpnet.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_FILES = {"config.json", "log.csv", "log.json", "curves.png", "result.json", "model.npz", "last.npz"}
+
+
+def only_run_folder(out):
+    folders = [os.path.join(out, d) for d in os.listdir(out)]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+def read_json(folder, name):
+    with open(os.path.join(folder, name)) as f:
+        return json.load(f)
+
+
+def test_train_mnist_quick_writes_a_complete_run_folder(tmp_path):
+    argv = ["--quick", "--device", "cpu", "--out", str(tmp_path), "--seed", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "examples/train_mnist.py"] + argv, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = only_run_folder(tmp_path)
+    assert os.path.basename(folder).endswith("-quick-mlp-mnist")
+    assert RUN_FILES <= set(os.listdir(folder))
+
+    config = read_json(folder, "config.json")
+    assert config["command"] == ["python", "examples/train_mnist.py"] + argv
+    assert config["model"] == "quick-mlp" and config["dataset"] == "mnist" and config["quick"]
+    assert config["seed"] == 1 and config["device"] == "numpy"
+    assert config["train_images"] == runner.QUICK_TRAIN_IMAGES and config["test_images"] == 10000
+    assert config["recipe"]["epochs"] == 3
+
+    result = read_json(folder, "result.json")
+    assert result["test_error_percent"] < 10.0, result  # it learns
+    assert result["mistakes"] == round(result["test_error_percent"] * 100)
+    assert result["epochs_run"] == 3 and 1 <= result["best_epoch"] <= 3
+    assert result["device"]["backend"] == "numpy" and result["versions"]["xpnet"] == xpnet.__version__
+    assert 0 < result["seconds_fit"] <= result["seconds_total"] < seconds
+    assert f"test error {result['test_error_percent']:.2f}%" in proc.stdout
+
+    with open(os.path.join(folder, "log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    losses = [float(r["loss"]) for r in rows]
+    assert losses[2] < losses[0]
+    assert [e["epoch"] for e in read_json(folder, "log.json")["epochs"]] == [1, 2, 3]
+    with open(os.path.join(folder, "curves.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # the saved model reproduces the reported mistakes exactly
+    model = xpnet.load(os.path.join(folder, "model.npz"))
+    (_, _), (x, y) = xpnet.datasets.load("mnist")
+    assert int((cli.predict_probs(model, x).argmax(axis=1) != y).sum()) == result["mistakes"]
+    assert seconds < 90, f"--quick took {seconds:.0f} s; it should take about a minute at most"
+
+
+def test_runner_validation_comes_from_training_images(tmp_path):
+    result = runner.run_training(None, quick=True, device="strict", out_dir=tmp_path, verbose=0,
+                                 epochs=2, validation_split=0.1,
+                                 early_stopping={"monitor": "val_loss", "patience": 5,
+                                                 "restore_best_weights": True})
+    folder = result["run_dir"]
+    config = read_json(folder, "config.json")
+    assert config["validation_images"] == runner.QUICK_TRAIN_IMAGES // 10
+    assert config["train_images"] == runner.QUICK_TRAIN_IMAGES - config["validation_images"]
+    assert config["test_images"] == 10000 and config["device"] == "strict"
+    epochs = read_json(folder, "log.json")["epochs"]
+    assert len(epochs) == 2 and all("val_loss" in e and "val_accuracy" in e for e in epochs)
+    best = min(range(2), key=lambda i: epochs[i]["val_loss"]) + 1
+    assert result["best_epoch"] == best
+    assert result["test_error_percent"] < 15.0
+
+
+def test_cli_train_and_models_and_summary(tmp_path, capsys):
+    assert cli.main(["train", "--quick", "--epochs", "1", "--quiet", "--out", str(tmp_path),
+                     "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    folder = only_run_folder(tmp_path)
+    assert f"run folder: {folder}" in out
+    assert read_json(folder, "config.json")["command"][:2] == ["xpnet", "train"]
+    assert cli.main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "seed001-tf (default):" in listing and "quick-mlp:" in listing
+    assert cli.main(["summary", "seed001-tf"]) == 0
+    summary = capsys.readouterr().out
+    assert "Total params: 575,980" in summary and "recipe:" in summary
+    assert cli.main(["summary", os.path.join(folder, "model.npz")]) == 0
+    assert "Total params: 101,770" in capsys.readouterr().out
+
+
+def test_unknown_model_is_a_clean_error(tmp_path, capsys):
+    assert cli.main(["train", "--model", "resnet-9000", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'resnet-9000'" in err and "Traceback" not in err
+    assert not os.listdir(tmp_path)
+
+
+def test_recipe_overrides_are_checked():
+    entry = xpnet.models.get("quick-mlp")
+    assert runner.make_recipe(entry, quick=True)["epochs"] == 3
+    recipe = runner.make_recipe(entry, epochs=7, batch_size=32, overrides={"lr": 0.5})
+    assert (recipe["epochs"], recipe["batch_size"], recipe["lr"]) == (7, 32, 0.5)
+    with pytest.raises(ConfigError, match="unknown recipe override 'lrate'"):
+        runner.make_recipe(entry, overrides={"lrate": 0.1})
+    with pytest.raises(ConfigError, match="epochs must be a positive integer"):
+        runner.make_recipe(entry, epochs=0)
+    with pytest.raises(ConfigError, match="validation_split"):
+        runner.make_recipe(entry, overrides={"validation_split": 1.5})
+
+
+def test_val_early_stopping_without_validation_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="test set is never used for early stopping"):
+        runner.run_training("quick-mlp", quick=True, device="cpu", out_dir=tmp_path, verbose=0,
+                            early_stopping={"monitor": "val_accuracy", "patience": 1})
+    assert not os.listdir(tmp_path)  # refused before any run folder is made
+
+
+def test_run_folders_do_not_collide(tmp_path):
+    a = runner.run_folder(tmp_path, "m", "mnist")
+    b = runner.run_folder(tmp_path, "m", "mnist")
+    assert a != b and os.path.isdir(a) and os.path.isdir(b)
+
+
+def test_summary_of_a_model_file_is_the_same_model(tmp_path):
+    model = xpnet.models.get("quick-mlp").build((1, 28, 28), 10, "cpu", 0, "float32")
+    model.save(tmp_path / "q.npz")
+    again = xpnet.load(tmp_path / "q.npz")
+    x = np.random.default_rng(0).random((3, 1, 28, 28)).astype("float32")
+    np.testing.assert_array_equal(again.predict(x), model.predict(x))
