@@ -180,3 +180,20 @@ def test_resize_bilinear_and_area():
     up = cli.resize(np.array([[[0.0, 1.0]]]), 1, 4)
     np.testing.assert_allclose(up[0, 0], [0.0, 0.25, 0.75, 1.0])
     assert cli.resize(img, 4, 4) is img
+
+
+def test_info_reports_the_gpu_when_cupy_works(monkeypatch, capsys):
+    import xpnet.backends as xb
+
+    class FakeGpu:
+        def memory_info(self):
+            return {"gpu": "NVIDIA H100 80GB HBM3", "free_bytes": 80 * 2**30, "total_bytes": 85 * 2**30,
+                    "cuda_runtime": 12060, "cupy": "14.0.1"}
+
+    monkeypatch.setattr(xb, "available", lambda: ["numpy", "strict", "cupy"])
+    monkeypatch.setattr(xb, "get_backend", lambda name: FakeGpu())
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "backends: numpy, strict, cupy" in out
+    assert ("GPU: NVIDIA H100 80GB HBM3, CUDA runtime 12.6, CuPy 14.0.1, memory 80.0 GiB free of "
+            "85.0 GiB") in out

@@ -144,3 +144,14 @@ def test_summary_of_a_model_file_is_the_same_model(tmp_path):
     again = xpnet.load(tmp_path / "q.npz")
     x = np.random.default_rng(0).random((3, 1, 28, 28)).astype("float32")
     np.testing.assert_array_equal(again.predict(x), model.predict(x))
+
+
+def test_image_limits_for_smoke_runs(tmp_path):
+    result = runner.run_training("quick-mlp", device="cpu", out_dir=tmp_path, verbose=0, epochs=1,
+                                 train_images=500, test_images=300, plot=True)
+    config = read_json(result["run_dir"], "config.json")
+    assert (config["train_images"], config["test_images"], result["test_samples"]) == (500, 300, 300)
+    assert {"curves.png", "confusion.png"} <= set(result["plots"])
+    assert set(result["plots"]) <= set(os.listdir(result["run_dir"]))
+    with pytest.raises(ConfigError, match="train_images must be a positive integer"):
+        runner.run_training("quick-mlp", out_dir=tmp_path, verbose=0, train_images=0)

@@ -53,6 +53,10 @@ def add_train_arguments(parser, dataset=True):
     parser.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
     parser.add_argument("--quick", action="store_true",
                         help="a small model on a subset: about a minute on a CPU (used by CI)")
+    parser.add_argument("--train-images", type=positive_int, default=None, metavar="N",
+                        help="train on the first N training images only (smoke tests)")
+    parser.add_argument("--test-images", type=positive_int, default=None, metavar="N",
+                        help="evaluate on the first N test images only (smoke tests)")
     parser.add_argument("--seed", type=seed_int, default=0)
     parser.add_argument("--plot", action="store_true",
                         help="also draw the confusion matrix and the misclassified test images")
@@ -68,7 +72,8 @@ def train_from_args(args, command):
                           epochs=args.epochs, batch_size=args.batch_size, data_dir=args.data_dir,
                           out_dir=args.out, quick=args.quick, seed=args.seed,
                           verbose=0 if args.quiet else "auto", plot=args.plot, dtype=args.dtype,
-                          command=command)
+                          command=command, train_images=args.train_images,
+                          test_images=args.test_images)
     print(f"test error {result['test_error_percent']:.2f}% ({result['mistakes']} mistakes of "
           f"{result['test_samples']}), run folder: {result['run_dir']}")
     return result

@@ -130,10 +130,12 @@ def _clean(value):
 
 def run_training(model_name=None, dataset=None, device="auto", epochs=None, batch_size=None,
                  data_dir=None, out_dir="runs", quick=False, seed=0, verbose="auto", plot=False,
-                 dtype="float32", command=None, **overrides):
+                 dtype="float32", command=None, train_images=None, test_images=None, **overrides):
     """Train, evaluate on the test set, write the run folder; returns the result dict.
 
     ``dataset`` defaults to the recipe's; ``overrides`` replace recipe entries (lr=..., ...).
+    ``train_images`` / ``test_images`` keep only the first N images of each split (smoke tests;
+    both are recorded in config.json).
     """
     from . import datasets, models
     from .backends import get_backend
@@ -144,8 +146,15 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
     backend = get_backend(device)
     info = datasets.info(dataset or recipe.get("dataset") or "mnist")
     (x_train, y_train), (x_test, y_test) = datasets.load(info["name"], data_dir=data_dir)
-    if quick:
-        x_train, y_train = x_train[:QUICK_TRAIN_IMAGES], y_train[:QUICK_TRAIN_IMAGES]
+    if quick and train_images is None:
+        train_images = QUICK_TRAIN_IMAGES
+    for name, value in (("train_images", train_images), ("test_images", test_images)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+    if train_images is not None:
+        x_train, y_train = x_train[:train_images], y_train[:train_images]
+    if test_images is not None:
+        x_test, y_test = x_test[:test_images], y_test[:test_images]
     validation = None
     if recipe.get("validation_split"):  # held out of the training images, never the test set
         (x_train, y_train), validation = datasets.train_val_split(
