@@ -1,0 +1,56 @@
+"""Reproducibility: the same seed gives bit-identical weights in two separate CPU processes and on
+the numpy and strict backends; another seed gives different ones."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import xpnet
+from xpnet.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = ROOT / "tests" / "reliability_child.py"
+
+
+def child_run(folder):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), PYTHONHASHSEED="random")
+    subprocess.run([sys.executable, str(CHILD), str(folder / "ck"), str(folder / "w.npz"), "--epochs", "3"],
+                   check=True, capture_output=True, env=env, timeout=120)
+    with np.load(folder / "w.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_two_processes_give_identical_weights(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = child_run(tmp_path / "a"), child_run(tmp_path / "b")
+    assert sorted(a) == sorted(b) and a
+    for key in a:
+        assert a[key].tobytes() == b[key].tobytes(), key
+
+
+def train_cnn(device, seed):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (96, 1, 10, 10), dtype=np.uint8)
+    y = rng.integers(0, 4, 96)
+    model = xpnet.Sequential([Conv2D(3, 3, padding="same"), ReLU(), MaxPool2D(2), Flatten(), Dropout(0.3),
+                              Dense(8), BatchNorm(), ReLU(), Dense(4)],
+                             input_shape=(1, 10, 10), device=device, seed=seed)
+    model.compile(loss="cross_entropy", optimizer="adam")
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, validation_split=0.25)
+    state = dict(model.parameters, **model.buffers)
+    return {k: model.backend.to_numpy(v) for k, v in state.items()}
+
+
+def test_same_seed_same_weights_across_backends_and_runs():
+    first, again, strict = train_cnn("cpu", 3), train_cnn("cpu", 3), train_cnn("strict", 3)
+    for key in first:
+        assert first[key].tobytes() == again[key].tobytes(), key
+        assert first[key].tobytes() == strict[key].tobytes(), f"{key}: numpy and strict differ"
+
+
+def test_another_seed_changes_the_weights():
+    a, b = train_cnn("cpu", 3), train_cnn("cpu", 4)
+    assert any(not np.array_equal(a[k], b[k]) for k in a)

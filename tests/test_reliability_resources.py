@@ -1,0 +1,78 @@
+"""Resource behaviour: predict/evaluate on a large host input stay within a few batches of extra
+memory, and resident memory does not grow over 20 epochs of training (with checkpoints and
+validation) or over repeated fit() calls. Numbers are printed (-s) for docs/reliability.md."""
+import os
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import xpnet
+from xpnet import callbacks
+from xpnet.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+
+MB = 2 ** 20
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB
+
+
+class RecordRSS(callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.values = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.values.append(rss_mb())
+
+
+def cnn():
+    model = xpnet.Sequential([Conv2D(4, 3), ReLU(), MaxPool2D(2), Flatten(), Dropout(0.2), Dense(16),
+                              BatchNorm(), ReLU(), Dense(10)], input_shape=(1, 12, 12), seed=0)
+    return model.compile(loss="cross_entropy", optimizer="adam")
+
+
+def data(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 1, 12, 12), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc for RSS")
+def test_rss_is_flat_over_twenty_epochs(tmp_path):
+    x, y = data(512)
+    model = cnn()
+    rss = RecordRSS()
+    model.fit(x, y, epochs=20, batch_size=32, verbose=0, callbacks=[rss], checkpoint=tmp_path,
+              validation_split=0.1)
+    refits = []
+    for _ in range(8):
+        model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+        refits.append(rss_mb())
+    growth = rss.values[-1] - rss.values[2]
+    print(f"RSS epochs 3..20: {rss.values[2]:.1f} -> {rss.values[-1]:.1f} MB; "
+          f"8 more fit() calls: {refits[0]:.1f} -> {refits[-1]:.1f} MB")
+    assert growth < 4.0, rss.values
+    assert refits[-1] - refits[0] < 4.0, refits
+
+
+@pytest.mark.parametrize("what", ["predict", "evaluate"])
+def test_large_input_in_bounded_memory(what):
+    model = cnn()
+    x = np.random.default_rng(1).standard_normal((30000, 1, 12, 12)).astype(np.float32)  # 16.5 MB
+    y = np.arange(len(x)) % 10
+    tracemalloc.start()
+    try:
+        if what == "predict":
+            out = model.predict(x, batch_size=256)
+            assert out.shape == (len(x), 10)
+        else:
+            result = model.evaluate(x, y, batch_size=256)
+            assert 0.0 <= result["accuracy"] <= 1.0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    output = len(x) * 10 * 4 if what == "predict" else 0
+    print(f"{what}: input {x.nbytes / MB:.1f} MB, peak extra {peak / MB:.1f} MB (output {output / MB:.1f} MB)")
+    assert peak < output + 4 * MB, f"{what} held {peak / MB:.1f} MB for a {x.nbytes / MB:.1f} MB input"
