@@ -330,3 +330,28 @@ def test_compiled_model_keeps_training_where_it_stopped(tmp_path):
     loaded.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
     for k, v in model.parameters.items():
         np.testing.assert_allclose(loaded.backend.to_numpy(loaded.parameters[k]), v, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("first,second", [("numpy", "strict"), ("strict", "numpy")])
+def test_every_zoo_layer_kind_round_trips(tmp_path, first, second):
+    """Conv2D, BatchNorm (running statistics are buffers), pooling, dropout, reshape, activations."""
+    from xpnet.layers import (AvgPool2D, BatchNorm, Conv2D, Dropout, Flatten, LeakyReLU, MaxPool2D,
+                              Reshape, Sigmoid, Tanh)
+    layers = [Conv2D(3, 3, padding="same", kernel_regularizer="l2:1e-3"),
+              BatchNorm(), LeakyReLU(0.1), MaxPool2D(2), Conv2D(4, 2, strides=2), Tanh(),
+              AvgPool2D(1), Dropout(0.3), Flatten(), Dense(8), Sigmoid(), Reshape((2, 4)),
+              Flatten(), Dense(3)]
+    model = xpnet.Sequential(layers, input_shape=(2, 8, 8), device=first, dtype="float64", seed=9)
+    model.compile(optimizer="adam")
+    rng = np.random.default_rng(5)
+    x, y = rng.random((16, 2, 8, 8)), rng.integers(0, 3, 16)
+    model.fit(x, y, epochs=2, batch_size=4, verbose=0)  # moves BatchNorm's running statistics
+    running_mean = model.backend.to_numpy(model.buffers["batch_norm.running_mean"])
+    assert np.abs(running_mean).min() > 0  # no longer the initial zeros
+    model.save(tmp_path / "cnn.npz")
+    loaded = xpnet.load(tmp_path / "cnn.npz", device=second)
+    assert [type(l).__name__ for l in loaded.layers] == [type(l).__name__ for l in layers]
+    assert [l.get_config() for l in loaded.layers] == [l.get_config() for l in model.layers]
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    for k, v in model.buffers.items():
+        np.testing.assert_array_equal(loaded.backend.to_numpy(loaded.buffers[k]), model.backend.to_numpy(v))
