@@ -206,3 +206,25 @@ def test_idx_odd_files(tmp_path, content):
 def test_idx_path_is_a_folder(tmp_path):
     with pytest.raises(DataError, match=str(tmp_path)):
         idx.read_idx(tmp_path)
+
+
+# -- what the writer leaves behind ---------------------------------------------------------------
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    """Model files, checkpoints and logs are as readable as open() would make them (umask
+    respected), not owner-only like the temporary file they are written through; a container's
+    results on a mounted folder must stay readable by the host user."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        model = xpnet.Sequential([Dense(2)], input_shape=(3,))
+        model.save(tmp_path / "model.npz")
+        os.umask(0o077)
+        model.save(tmp_path / "private.npz")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model.npz").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.npz").stat().st_mode & 0o777 == 0o600
+    assert not list(tmp_path.glob("*.tmp"))
