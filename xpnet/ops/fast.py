@@ -292,45 +292,54 @@ def _untile(xp, d, x_shape):
 
 
 def maxpool2d_forward(xp, x, pool, stride):
-    """Max over each (ph, pw) window; cache keeps the window index of the (first) maximum."""
+    """Max over each (ph, pw) window: ``maximum`` of one strided view per window offset.
+
+    ``maximum`` propagates NaN, so a window holding a NaN yields NaN. No argmax is stored: the
+    backward pass finds the first maximum again from (x, y).
+    """
     pool, stride = tuple(int(p) for p in pool), tuple(int(s) for s in stride)
     _check_pool(x, pool, stride, "maxpool2d")
     (ph, pw), (sh, sw) = pool, stride
-    t = _tiled(x, pool, stride)
-    if t is not None:
-        n, c, ho, _, wo, _ = t.shape
-        wins = t.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, ho, wo, ph * pw)
-        arg = wins.argmax(axis=4)
-        y = xp.take_along_axis(wins, arg[..., None], axis=4)[..., 0]
-        return y, ("tiled", arg, tuple(x.shape), pool, stride)
     ho, wo = _out(x.shape[2], ph, sh), _out(x.shape[3], pw, sw)
     y = x[_window(0, 0, ho, wo, sh, sw)].copy()
-    arg = xp.zeros(y.shape, dtype="int64")
     for i in range(ph):
         for j in range(pw):
             if i or j:
-                v = x[_window(i, j, ho, wo, sh, sw)]
-                take = (v > y) | ((v != v) & (y == y))     # strictly larger, or the first NaN
-                y = xp.where(take, v, y)
-                arg = xp.where(take, i * pw + j, arg)
-    return y, ("strided", arg, tuple(x.shape), pool, stride)
+                xp.maximum(y, x[_window(i, j, ho, wo, sh, sw)], out=y)
+    return y, (x, y, pool, stride)
 
 
 def maxpool2d_backward(xp, dy, cache):
-    """dx: each window's gradient goes to its recorded maximum."""
-    kind, arg, x_shape, (ph, pw), (sh, sw) = cache
-    if tuple(dy.shape) != tuple(arg.shape):
-        raise ShapeError(f"maxpool2d_backward: dy has shape {tuple(dy.shape)}, expected {tuple(arg.shape)}")
-    if kind == "tiled":
-        hit = arg[..., None] == xp.arange(ph * pw)                       # (N, C, Ho, Wo, ph*pw)
-        d = hit * dy[..., None]
-        n, c, ho, wo, _ = d.shape
-        return _untile(xp, d.reshape(n, c, ho, wo, ph, pw).transpose(0, 1, 2, 4, 3, 5), x_shape)
+    """dx: each window's gradient goes to its first maximum in row-major window order."""
+    x, y, (ph, pw), (sh, sw) = cache
+    if tuple(dy.shape) != tuple(y.shape):
+        raise ShapeError(f"maxpool2d_backward: dy has shape {tuple(dy.shape)}, expected {tuple(y.shape)}")
     ho, wo = dy.shape[2], dy.shape[3]
-    dx = xp.zeros(x_shape, dtype=dy.dtype)
+    zero = xp.zeros((), dtype=dy.dtype)
+    tiles = (ph, pw) == (sh, sw)
+    if tiles and (ho * ph, wo * pw) == tuple(x.shape[2:]):
+        dx = xp.empty(x.shape, dtype=dy.dtype)   # every cell is assigned once below
+    else:
+        dx = xp.zeros(x.shape, dtype=dy.dtype)
+    free = None                                  # windows whose maximum is not found yet
+    last = (ph - 1, pw - 1)
     for i in range(ph):
         for j in range(pw):
-            dx[_window(i, j, ho, wo, sh, sw)] += dy * (arg == i * pw + j)
+            win = _window(i, j, ho, wo, sh, sw)
+            v = x[win]
+            hit = v == y
+            hit |= v != v                        # a NaN input is the window's (NaN) maximum
+            if free is None:
+                free = ~hit
+            else:
+                hit &= free
+                if (i, j) != last:
+                    free &= ~hit
+            g = xp.where(hit, dy, zero)
+            if tiles:
+                dx[win] = g
+            else:
+                dx[win] += g
     return dx
 
 

@@ -1,0 +1,304 @@
+"""Race xpnet against PyTorch on full training steps of the same networks, in one process.
+
+    python benchmarks/run.py --device cpu --models big,medium,lenet5 --batch-size 128 \
+        --repeats 15 --warmup 3 --threads 2 --out benchmarks/results/
+
+Each model is built in xpnet (Sequential of xpnet layers) and in torch.nn with the same weights.
+One step = forward (training mode, dropout on), softmax cross-entropy, backward, Adam update.
+Steps alternate (xpnet, torch, xpnet, torch, ...) so both see the same machine load; the medians
+are reported with images/s, the ratio xpnet/torch, each framework's peak resident memory during
+its own steps, and the nominal FLOPs of a step (direct convolution and dense products, forward
+and backward) with the GFLOP/s this implies. The JSON result records the machine, versions,
+thread counts and the load average before and after.
+
+Threads: both frameworks get ``--threads`` (default: all cores). PyTorch through
+``torch.set_num_threads``; NumPy's BLAS through OMP/OPENBLAS/MKL_NUM_THREADS, which this script
+sets before NumPy is imported (threadpoolctl is used instead when it is installed).
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ("big", "medium", "lenet5")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--models", default=",".join(MODELS), help="comma list of " + ", ".join(MODELS))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=15, help="timed steps per framework and model")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per framework first")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for both (default: all cores)")
+    p.add_argument("--ops", choices=("fast", "reference"), default="fast", help="xpnet conv/pool ops")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"),
+                   help="folder for the JSON result ('' to skip writing)")
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in args.models:
+        if m not in MODELS:
+            p.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
+    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
+        p.error("--batch-size and --repeats must be >= 1, --warmup >= 0")
+    return args
+
+
+def set_threads_env(threads):
+    """Before NumPy is imported: fix the BLAS/OpenMP thread count of this process."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+# -- models ------------------------------------------------------------------------------------------
+def architecture(name):
+    """(input shape, list of layer specs); each spec is a tuple the two builders understand."""
+    if name in ("big", "medium"):
+        widths = (32, 64, 96, 128) if name == "big" else (16, 32, 48, 64)
+        layers = []
+        for i, f in enumerate(widths):
+            layers += [("conv", f, 5, 2), ("relu",)]
+            if i % 2 == 1:
+                layers.append(("maxpool", 2))
+            layers.append(("dropout", 0.2))
+        return (1, 28, 28), layers + [("flatten",), ("dense", 10)]
+    if name == "lenet5":
+        return (1, 28, 28), [("conv", 6, 5, 2), ("relu",), ("maxpool", 2), ("conv", 16, 5, 0), ("relu",),
+                             ("maxpool", 2), ("flatten",), ("dense", 120), ("relu",), ("dense", 84),
+                             ("relu",), ("dense", 10)]
+    raise ValueError(name)
+
+
+def build_xpnet(xpnet, specs, input_shape, device, dtype, seed):
+    from xpnet.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+    make = {"conv": lambda f, k, p: Conv2D(f, k, padding=p, kernel_initializer="he_normal"),
+            "relu": ReLU, "maxpool": MaxPool2D, "dropout": Dropout, "flatten": Flatten,
+            "dense": lambda u: Dense(u, kernel_initializer="he_normal")}
+    layers = [make[s[0]](*s[1:]) for s in specs]
+    model = xpnet.Sequential(layers, input_shape=input_shape, device=device, dtype=dtype, seed=seed)
+    model.layers[0].need_input_grad = False  # as in training: no gradient for the images
+    return model
+
+
+def build_torch(torch, specs, input_shape, model):
+    """The same network in torch.nn, with xpnet's weights copied in."""
+    nn = torch.nn
+    mods, shape = [], input_shape
+    for spec, layer in zip(specs, model.layers):
+        kind = spec[0]
+        if kind == "conv":
+            m = nn.Conv2d(shape[0], spec[1], spec[2], padding=spec[3])
+            m.weight.data.copy_(torch.from_numpy(model.backend.to_numpy(layer.params["W"])))
+            m.bias.data.copy_(torch.from_numpy(model.backend.to_numpy(layer.params["b"])))
+        elif kind == "dense":
+            m = nn.Linear(layer.params["W"].shape[0], spec[1])
+            m.weight.data.copy_(torch.from_numpy(model.backend.to_numpy(layer.params["W"]).T.copy()))
+            m.bias.data.copy_(torch.from_numpy(model.backend.to_numpy(layer.params["b"])))
+        else:
+            m = {"relu": nn.ReLU, "maxpool": nn.MaxPool2d, "dropout": nn.Dropout,
+                 "flatten": nn.Flatten}[kind](*spec[1:])
+        mods.append(m)
+        shape = layer.output_shape
+    return nn.Sequential(*mods)
+
+
+def step_flops(model, batch):
+    """Nominal FLOPs of one step: 2 per multiply-add of each conv/dense product, forward, weight
+    gradient, and input gradient where one is computed. Pooling, activations and Adam excluded."""
+    total = 0
+    for i, layer in enumerate(model.layers):
+        name = type(layer).__name__
+        if name == "Conv2D":
+            f, c, kh, kw = layer.params["W"].shape
+            macs = batch * layer.output_shape[1] * layer.output_shape[2] * f * c * kh * kw
+        elif name == "Dense":
+            macs = batch * layer.params["W"].shape[0] * layer.params["W"].shape[1]
+        else:
+            continue
+        total += 2 * macs * (3 if layer.need_input_grad else 2)
+    return total
+
+
+# -- measuring ----------------------------------------------------------------------------------------
+def _status_kb(field):
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss():
+    """Reset the kernel's peak-RSS mark (Linux); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb():
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        import resource
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024.0
+
+
+def machine_info(args, torch, np, backend):
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(),
+            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "numpy": np.__version__, "torch": torch.__version__,
+            "threads": {"requested": args.threads, "torch": torch.get_num_threads(),
+                        **{v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                          "MKL_NUM_THREADS")}}}
+    if args.device == "gpu":
+        import cupy
+        info.update(gpu=torch.cuda.get_device_name(0), cupy=cupy.__version__,
+                    tf32={"torch_matmul": torch.backends.cuda.matmul.allow_tf32,
+                          "torch_cudnn": torch.backends.cudnn.allow_tf32,
+                          "CUPY_TF32": os.environ.get("CUPY_TF32")})
+    return info
+
+
+def race(name, args, xpnet, torch, np):
+    input_shape, specs = architecture(name)
+    device = "gpu" if args.device == "gpu" else "cpu"
+    model = build_xpnet(xpnet, specs, input_shape, device, args.dtype, args.seed)
+    backend = model.backend
+    tdev = torch.device("cuda" if args.device == "gpu" else "cpu")
+    tdtype = getattr(torch, args.dtype)
+    net = build_torch(torch, specs, input_shape, model).to(device=tdev, dtype=tdtype)
+    net.train()
+
+    rng = np.random.default_rng(args.seed)
+    images = rng.random((args.batch_size,) + input_shape).astype(args.dtype)
+    labels = rng.integers(0, 10, args.batch_size)
+    x, y = backend.asarray(images), backend.asarray(labels)
+    xt, yt = torch.from_numpy(images).to(tdev), torch.from_numpy(labels).to(tdev)
+
+    from xpnet.losses import CrossEntropy
+    from xpnet.optim import Adam
+    loss_fn, opt = CrossEntropy(), Adam(lr=1e-3)
+    topt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    sync_t = torch.cuda.synchronize if args.device == "gpu" else (lambda: None)
+
+    def xpnet_step():
+        out = model.forward(x, training=True)
+        loss_fn.forward(out, y)
+        model.backward(loss_fn.backward())
+        opt.step(model.parameters, model.gradients)
+        backend.synchronize()
+
+    def torch_step():
+        topt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(xt), yt)
+        loss.backward()
+        topt.step()
+        sync_t()
+
+    times = {"xpnet": [], "torch": []}
+    peaks = {"xpnet": 0.0, "torch": 0.0}
+    steps = (("xpnet", xpnet_step), ("torch", torch_step))
+    for i in range(args.warmup + args.repeats):
+        for who, fn in steps:
+            reset_peak_rss()
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            peaks[who] = max(peaks[who], peak_rss_mb())
+            if i >= args.warmup:
+                times[who].append(dt)
+
+    flops = step_flops(model, args.batch_size)
+    result = {"model": name, "layers": [type(l).__name__ for l in model.layers],
+              "params": model.count_params(), "batch_size": args.batch_size, "dtype": args.dtype,
+              "flops_per_step": flops}
+    for who in ("xpnet", "torch"):
+        med = statistics.median(times[who])
+        result[who] = {"median_s": med, "min_s": min(times[who]), "max_s": max(times[who]),
+                       "images_per_s": args.batch_size / med, "gflops": flops / med / 1e9,
+                       "peak_rss_mb": round(peaks[who], 1), "times_s": times[who]}
+    result["ratio"] = result["xpnet"]["median_s"] / result["torch"]["median_s"]
+    ratios = [a / b for a, b in zip(times["xpnet"], times["torch"])]
+    result["ratio_of_pairs_median"] = statistics.median(ratios)
+    from xpnet.ops import fast
+    result["conv_methods"] = [fast.choose((args.batch_size,) + tuple(l.input_shape), tuple(l.params["W"].shape),
+                                          l.strides, l.pads)
+                              for l in model.layers if type(l).__name__ == "Conv2D"]
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads is None:
+        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    set_threads_env(args.threads)
+    os.environ["XPNET_OPS"] = args.ops
+    if args.device == "gpu":
+        os.environ.setdefault("CUPY_TF32", "1")
+    sys.path.insert(0, ROOT)
+    import numpy as np
+    import torch
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(args.threads)
+    except ImportError:
+        pass
+    torch.set_num_threads(args.threads)
+    if args.device == "gpu":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    import xpnet
+    from xpnet import ops
+
+    load_before = os.getloadavg()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    results = []
+    for name in args.models:
+        r = race(name, args, xpnet, torch, np)
+        results.append(r)
+        print(f"{name:>7}: xpnet {r['xpnet']['median_s'] * 1e3:8.1f} ms  torch {r['torch']['median_s'] * 1e3:8.1f} ms"
+              f"  ratio {r['ratio']:.3f}  ({r['xpnet']['images_per_s']:.0f} vs {r['torch']['images_per_s']:.0f} img/s,"
+              f" {r['xpnet']['gflops']:.1f} vs {r['torch']['gflops']:.1f} GFLOP/s, peak RSS"
+              f" {r['xpnet']['peak_rss_mb']:.0f} / {r['torch']['peak_rss_mb']:.0f} MB)", flush=True)
+    report = {"date": started.isoformat(timespec="seconds"), "device": args.device,
+              "command": " ".join([os.path.basename(sys.executable), "benchmarks/run.py"] + sys.argv[1:]),
+              "settings": {k: v for k, v in vars(args).items() if k != "out"},
+              "xpnet_ops": ops.current(), "machine": machine_info(args, torch, np, None),
+              "load_average_before": load_before, "load_average_after": os.getloadavg(),
+              "seconds": round(time.time() - started.timestamp(), 1), "results": results}
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, f"{started:%Y-%m-%d}-{args.device}-{socket.gethostname()}.json")
+        with open(path, "w") as fh:
+            json.dump(report, fh, indent=1)
+        print("wrote", os.path.relpath(path))
+    return report
+
+
+if __name__ == "__main__":
+    main()
