@@ -103,6 +103,7 @@ def test_float16_inputs_are_cast(backend):
     assert results[0][1].dtype == np.float32
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_float16_overflow_is_reported():
     x = np.array([[1.0, 70000.0, 0.0, 0.0]] * 4, dtype=np.float32).astype(np.float16)  # 70000 -> inf
     model = xpnet.Sequential([Dense(2)], input_shape=(4,)).compile(loss="cross_entropy", optimizer="sgd")
