@@ -73,19 +73,18 @@ def test_train_mnist_quick_writes_a_complete_run_folder(tmp_path):
 
 def test_runner_validation_comes_from_training_images(tmp_path):
     result = runner.run_training(None, quick=True, device="strict", out_dir=tmp_path, verbose=0,
-                                 epochs=2, validation_split=0.1,
+                                 epochs=2, validation_split=0.1, train_images=4000,
                                  early_stopping={"monitor": "val_loss", "patience": 5,
                                                  "restore_best_weights": True})
     folder = result["run_dir"]
     config = read_json(folder, "config.json")
-    assert config["validation_images"] == runner.QUICK_TRAIN_IMAGES // 10
-    assert config["train_images"] == runner.QUICK_TRAIN_IMAGES - config["validation_images"]
+    assert (config["train_images"], config["validation_images"]) == (3600, 400)
     assert config["test_images"] == 10000 and config["device"] == "strict"
     epochs = read_json(folder, "log.json")["epochs"]
     assert len(epochs) == 2 and all("val_loss" in e and "val_accuracy" in e for e in epochs)
     best = min(range(2), key=lambda i: epochs[i]["val_loss"]) + 1
     assert result["best_epoch"] == best
-    assert result["test_error_percent"] < 15.0
+    assert result["test_error_percent"] < 20.0
 
 
 def test_cli_train_and_models_and_summary(tmp_path, capsys):
@@ -155,3 +154,49 @@ def test_image_limits_for_smoke_runs(tmp_path):
     assert set(result["plots"]) <= set(os.listdir(result["run_dir"]))
     with pytest.raises(ConfigError, match="train_images must be a positive integer"):
         runner.run_training("quick-mlp", out_dir=tmp_path, verbose=0, train_images=0)
+
+
+FAMILIES = {"seed000_one_conv.py": ("seed000-", "seed000-final"),
+            "seed001_step_by_step.py": ("seed001-", "seed001-m12"),
+            "seed002_regularization.py": ("seed002-", "seed002-cnn"),
+            "seed003_lenet5.py": ("seed003-", "seed003-lenet5"),
+            "seed004_keras_models.py": ("seed004-", "seed004-cnn")}
+
+
+@pytest.mark.parametrize("script", sorted(FAMILIES))
+def test_family_scripts_list_their_models(script):
+    prefix, default = FAMILIES[script]
+    proc = subprocess.run([sys.executable, os.path.join("examples", script), "--list"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    names = [line.split(":")[0].replace(" (default)", "") for line in proc.stdout.splitlines()]
+    assert names == [n for n in xpnet.models.names() if n.startswith(prefix)]
+    assert f"{default} (default):" in proc.stdout
+
+
+def test_family_all_trains_each_model_and_refuses_others(tmp_path, capsys):
+    argv = ["--all", "--train-images", "100", "--test-images", "50", "--epochs", "1", "--quiet",
+            "--device", "cpu", "--out", str(tmp_path)]
+    assert cli.family_main("seed002-logreg", "seed002-logreg-l2", "logistic regression", argv) == 0
+    out = capsys.readouterr().out
+    folders = os.listdir(tmp_path)
+    for name in ("seed002-logreg-none", "seed002-logreg-l1", "seed002-logreg-l2"):
+        assert sum(f"-{name}-mnist" in f for f in folders) == 1, folders
+    assert len(folders) == 3
+    assert "seed002-logreg-l2" in out and "9.13%" in out  # the report's figure beside ours
+    with pytest.raises(SystemExit) as exc:
+        cli.family_main("seed002-", "seed002-cnn", "x", ["--model", "seed001-tf"])
+    assert exc.value.code == 2
+    assert "--model must be one of this report's models" in capsys.readouterr().err
+
+
+def test_custom_model_example(tmp_path):
+    proc = subprocess.run([sys.executable, "examples/custom_model.py", "--device", "strict",
+                           "--epochs", "1", "--out", str(tmp_path)], cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    error = float(proc.stdout.split("test error ")[1].split("%")[0])
+    assert error < 30.0
+    assert (tmp_path / "custom_cnn.npz").is_file()
+    assert "reloaded copy predicts" in proc.stdout

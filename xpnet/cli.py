@@ -79,6 +79,41 @@ def train_from_args(args, command):
     return result
 
 
+def family_main(prefix, default, description, argv=None):
+    """Entry point of the per-report example scripts: train one model of a zoo family (``--model``,
+    default ``default``), every one in turn (``--all``), or list them (``--list``)."""
+    from . import models
+    argv = list(sys.argv[1:] if argv is None else argv)
+    family = [n for n in models.names() if n.startswith(prefix)]
+    parser = argparse.ArgumentParser(prog=os.path.basename(sys.argv[0]), description=description)
+    add_train_arguments(parser)
+    parser.set_defaults(model=default)
+    parser.add_argument("--all", action="store_true", help="train every model of this report in turn")
+    parser.add_argument("--list", action="store_true", help="list this report's models and exit")
+    args = parser.parse_args(argv)
+    if args.model not in family:
+        parser.error(f"--model must be one of this report's models: {', '.join(family)}")
+
+    def run():
+        if args.list:
+            for name in family:
+                print(f"{name}{' (default)' if name == default else ''}: {models.get(name).description}")
+            return 0
+        results = []
+        for name in (family if args.all else [args.model]):
+            args.model = name
+            results.append(train_from_args(args, [parser.prog] + argv))
+        if len(results) > 1:
+            print(f"{'model':<28} {'test error':>10} {'reported':>9}  run folder")
+            for r in results:
+                reported = r.get("reported_error_percent")
+                print(f"{r['model']:<28} {r['test_error_percent']:>9.2f}% "
+                      f"{'-' if reported is None else f'{reported:.2f}%':>9}  {r['run_dir']}")
+        return 0
+
+    return guarded(parser.prog, run)
+
+
 # -- subcommands -------------------------------------------------------------------------------
 def cmd_train(args):
     train_from_args(args, ["xpnet"] + list(args.argv))
