@@ -134,6 +134,11 @@ def test_predict_png_gray_and_colour(image_model, tmp_path, capsys):
     assert line.startswith("image 0: class 1 ") and "top 2: 1: " in line and line.count(", ") == 1
     assert cli.main(["predict", path, str(tmp_path / "bottom.png"), "--invert"]) == 0
     assert capsys.readouterr().out.startswith("image 0: class 0 ")
+    white = np.ones((28, 28))
+    white[5:20, 12:15] = 0.0  # a dark stroke on white paper
+    mpimg.imsave(tmp_path / "paper.png", white, cmap="gray", vmin=0, vmax=1)
+    assert cli.main(["predict", path, str(tmp_path / "paper.png")]) == 0
+    assert "try --invert" in capsys.readouterr().err
 
 
 def test_predict_idx_file_and_probabilities(image_model, tmp_path, capsys):

@@ -139,6 +139,9 @@ def cmd_predict(args):
     from .io import load_model
     model = load_model(args.model_file, device=args.device, compile=False)
     images = read_images(args.image_file, model.input_shape, invert=args.invert)
+    if not args.invert and images.mean() > 0.5:
+        print("note: the image is mostly bright; MNIST-style models expect light strokes on a dark "
+              "background (try --invert)", file=sys.stderr)
     probs = predict_probs(model, images, 256)
     names = _class_names(args.dataset, probs.shape[1])
     for i, p in enumerate(probs):
