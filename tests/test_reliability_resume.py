@@ -110,6 +110,7 @@ def kill_trials(default):
 
 def test_sigkill_at_random_moments_then_resume(tmp_path, reference):
     stats = crash_until_done(tmp_path, kill_trials(6), seed=1)
+    print(stats)
     assert stats["kills"] >= 1
     final, reference = weights(tmp_path / "final.npz"), reference(EPOCHS)
     assert sorted(final) == sorted(reference)
