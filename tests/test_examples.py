@@ -200,3 +200,44 @@ def test_custom_model_example(tmp_path):
     assert error < 30.0
     assert (tmp_path / "custom_cnn.npz").is_file()
     assert "reloaded copy predicts" in proc.stdout
+
+
+def test_resume_continues_an_interrupted_run_exactly(tmp_path, capsys):
+    common = dict(device="cpu", verbose=0, train_images=2000, test_images=500, seed=3,
+                  validation_split=0.1,
+                  early_stopping={"monitor": "val_loss", "patience": 9, "restore_best_weights": True})
+    whole = runner.run_training("quick-mlp", out_dir=tmp_path / "a", epochs=3, **common)
+    # an interrupted run: one epoch done (with its checkpoint), no result yet
+    cut = runner.run_training("quick-mlp", out_dir=tmp_path / "b", epochs=1, **common)
+    folder = cut["run_dir"]
+    os.remove(os.path.join(folder, "result.json"))
+    config = read_json(folder, "config.json")
+    config["recipe"]["epochs"] = 3
+    runner.write_json(os.path.join(folder, "config.json"), config)
+
+    assert cli.main(["train", "--resume", folder, "--quiet"]) == 0
+    assert f"run folder: {folder}" in capsys.readouterr().out
+    resumed = read_json(folder, "result.json")
+    assert resumed["resumed"] and resumed["epochs_run"] == 3
+    assert resumed["mistakes"] == whole["mistakes"] and resumed["best_epoch"] == whole["best_epoch"]
+    assert [e["epoch"] for e in read_json(folder, "log.json")["epochs"]] == [1, 2, 3]
+    a = xpnet.load(os.path.join(whole["run_dir"], "model.npz"))
+    b = xpnet.load(os.path.join(folder, "model.npz"))
+    for k, v in a.parameters.items():
+        np.testing.assert_array_equal(b.parameters[k], v)
+    assert read_json(folder, "config.json")["resumed"][0]["command"][:3] == ["xpnet", "train", "--resume"]
+
+
+def test_resume_refusals(tmp_path, capsys):
+    done = runner.run_training("quick-mlp", device="cpu", out_dir=tmp_path, verbose=0, epochs=1,
+                               train_images=200, test_images=100)
+    assert cli.main(["train", "--resume", done["run_dir"]]) == 2
+    assert "has finished" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", done["run_dir"], "--epochs", "5", "--seed", "2"]) == 2
+    assert "drop --epochs, --seed" in capsys.readouterr().err
+    os.remove(os.path.join(done["run_dir"], "result.json"))
+    os.remove(os.path.join(done["run_dir"], "last.npz"))
+    assert cli.main(["train", "--resume", done["run_dir"]]) == 2
+    assert "has no checkpoint" in capsys.readouterr().err

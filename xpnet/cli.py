@@ -44,8 +44,9 @@ def add_train_arguments(parser, dataset=True):
     if dataset:
         parser.add_argument("--dataset", default=None, choices=DATASET_CHOICES,
                             help="default: the dataset of the model's recipe (mostly mnist)")
-    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
-                        help="cpu (NumPy), gpu (CuPy), auto (gpu when usable), strict (CPU, CuPy-like checks)")
+    parser.add_argument("--device", default=None, choices=DEVICE_CHOICES,
+                        help="cpu (NumPy), gpu (CuPy), auto (gpu when usable; the default), strict "
+                             "(CPU, CuPy-like checks)")
     parser.add_argument("--epochs", type=positive_int, default=None, help="override the recipe's epochs")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="override the recipe's batch size")
@@ -57,23 +58,41 @@ def add_train_arguments(parser, dataset=True):
                         help="train on the first N training images only (smoke tests)")
     parser.add_argument("--test-images", type=positive_int, default=None, metavar="N",
                         help="evaluate on the first N test images only (smoke tests)")
-    parser.add_argument("--seed", type=seed_int, default=0)
+    parser.add_argument("--seed", type=seed_int, default=None, help="default 0")
     parser.add_argument("--plot", action="store_true",
                         help="also draw the confusion matrix and the misclassified test images")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--dtype", default=None, choices=("float32", "float64"),
+                        help="default float32")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch output")
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                        help="continue an interrupted run from its folder (its config.json sets "
+                             "everything but --device, --plot and --quiet)")
 
 
 def train_from_args(args, command):
-    """Run training from parsed ``add_train_arguments`` options; returns the run folder."""
-    from .runner import run_training
-    dataset = getattr(args, "dataset", "mnist")  # train_mnist.py has no --dataset option
-    result = run_training(args.model, dataset=dataset, device=args.device,
-                          epochs=args.epochs, batch_size=args.batch_size, data_dir=args.data_dir,
-                          out_dir=args.out, quick=args.quick, seed=args.seed,
-                          verbose=0 if args.quiet else "auto", plot=args.plot, dtype=args.dtype,
-                          command=command, train_images=args.train_images,
-                          test_images=args.test_images)
+    """Run (or with --resume continue) training from ``add_train_arguments`` options."""
+    from .errors import ConfigError
+    from .runner import resume_training, run_training
+    verbose = 0 if args.quiet else "auto"
+    if args.resume:
+        given = [opt for opt, value in (
+            ("--model", args.model), ("--dataset", getattr(args, "dataset", None)),
+            ("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--data-dir", args.data_dir),
+            ("--quick", args.quick), ("--train-images", args.train_images),
+            ("--test-images", args.test_images), ("--seed", args.seed), ("--dtype", args.dtype))
+            if value not in (None, False)]
+        if given:
+            raise ConfigError(f"--resume takes the run's settings from {args.resume}/config.json; "
+                              f"drop {', '.join(given)}")
+        result = resume_training(args.resume, device=args.device, verbose=verbose, plot=args.plot,
+                                 command=command)
+    else:
+        result = run_training(args.model, dataset=getattr(args, "dataset", "mnist"),
+                              device=args.device or "auto", epochs=args.epochs,
+                              batch_size=args.batch_size, data_dir=args.data_dir, out_dir=args.out,
+                              quick=args.quick, seed=args.seed or 0, verbose=verbose, plot=args.plot,
+                              dtype=args.dtype or "float32", command=command,
+                              train_images=args.train_images, test_images=args.test_images)
     print(f"test error {result['test_error_percent']:.2f}% ({result['mistakes']} mistakes of "
           f"{result['test_samples']}), run folder: {result['run_dir']}")
     return result
@@ -93,6 +112,12 @@ def family_main(prefix, default, description, argv=None):
     args = parser.parse_args(argv)
     if args.model not in family:
         parser.error(f"--model must be one of this report's models: {', '.join(family)}")
+    if args.resume and args.all:
+        parser.error("--resume continues one run; it cannot be combined with --all")
+    if args.resume:
+        if args.model != default:
+            parser.error("--resume takes the model from the run's config.json; drop --model")
+        args.model = None
 
     def run():
         if args.list:

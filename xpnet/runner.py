@@ -5,7 +5,8 @@
 The run folder ``<out_dir>/<timestamp>-<model>-<dataset>/`` holds config.json (the exact
 configuration and command), log.csv and log.json (one row per epoch), curves.png (loss and
 accuracy), result.json (test error, mistakes, best epoch, timings, device, versions),
-model.npz (the trained model, see xpnet.io) and last.npz (fit's resumable checkpoint). The validation set is split off the training images; the test set is used once, at
+model.npz (the trained model, see xpnet.io) and last.npz (fit's checkpoint, from which
+``resume_training(folder)`` continues an interrupted run). The validation set is split off the training images; the test set is used once, at
 the end, and never for early stopping or tuning.
 """
 import importlib.metadata
@@ -139,41 +140,91 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
     """
     from . import datasets, models
     from .backends import get_backend
-    from .io import save_model
     t_start = time.perf_counter()
     entry = models.get(model_name or default_model(quick))
     recipe = make_recipe(entry, quick, epochs, batch_size, overrides)
-    backend = get_backend(device)
-    info = datasets.info(dataset or recipe.get("dataset") or "mnist")
-    (x_train, y_train), (x_test, y_test) = datasets.load(info["name"], data_dir=data_dir)
     if quick and train_images is None:
         train_images = QUICK_TRAIN_IMAGES
     for name, value in (("train_images", train_images), ("test_images", test_images)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
-    if train_images is not None:
-        x_train, y_train = x_train[:train_images], y_train[:train_images]
-    if test_images is not None:
-        x_test, y_test = x_test[:test_images], y_test[:test_images]
-    validation = None
-    if recipe.get("validation_split"):  # held out of the training images, never the test set
-        (x_train, y_train), validation = datasets.train_val_split(
-            x_train, y_train, recipe["validation_split"], seed=seed)
-
-    folder = run_folder(out_dir, entry.name, info["name"])
-    config = {"model": entry.name, "description": entry.description, "dataset": info["name"],
+    backend = get_backend(device)
+    config = {"model": entry.name, "description": entry.description,
+              "dataset": datasets.info(dataset or recipe.get("dataset") or "mnist")["name"],
               "device": backend.name, "dtype": str(dtype), "seed": int(seed), "quick": bool(quick),
-              "recipe": recipe, "train_images": len(y_train),
-              "validation_images": 0 if validation is None else len(validation[1]),
-              "test_images": len(y_test), "data_dir": data_dir,
+              "recipe": recipe, "limits": {"train_images": train_images, "test_images": test_images},
+              "data_dir": None if data_dir is None else os.fspath(data_dir),
               "command": list(command) if command else [sys.executable] + sys.argv}
+    data = _load_data(config)  # before the run folder exists, so a missing dataset leaves nothing
+    folder = run_folder(out_dir, entry.name, config["dataset"])
+    return _execute(config, folder, backend, data, verbose, plot, False, t_start)
+
+
+def resume_training(run_dir, device=None, verbose="auto", plot=False, command=None):
+    """Continue an interrupted run from its folder (config.json + fit's last.npz checkpoint)."""
+    from .backends import get_backend
+    from .checkpoint import checkpoint_path
+    from .errors import DataError
+    t_start = time.perf_counter()
+    run_dir = os.fspath(run_dir)
+    path = os.path.join(run_dir, "config.json")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{run_dir} is not a run folder: it has no config.json") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read it: {exc}") from None
+    needed = ("model", "dataset", "device", "dtype", "seed", "recipe", "limits", "data_dir")
+    if not isinstance(config, dict) or any(k not in config for k in needed):
+        raise DataError(f"{path}: not a run configuration written by xpnet (it needs the keys "
+                        f"{', '.join(needed)})")
+    if os.path.isfile(os.path.join(run_dir, "result.json")):
+        raise ConfigError(f"{run_dir} has finished (it has result.json); start a new run instead")
+    if not os.path.isfile(checkpoint_path(run_dir)):
+        raise DataError(f"{run_dir} has no checkpoint ({os.path.basename(checkpoint_path(run_dir))}): "
+                        "no epoch had completed, so start the run again")
+    backend = get_backend(device or config["device"])
+    config.setdefault("resumed", []).append(
+        {"command": list(command) if command else [sys.executable] + sys.argv,
+         "device": backend.name, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+    data = _load_data(config)
+    return _execute(config, run_dir, backend, data, verbose, plot, True, t_start)
+
+
+def _load_data(config):
+    """(train, validation or None, test, dataset info) as host arrays, as ``config`` says."""
+    from . import datasets
+    info = datasets.info(config["dataset"])
+    (x_train, y_train), (x_test, y_test) = datasets.load(info["name"], data_dir=config["data_dir"])
+    limits = config["limits"]
+    if limits.get("train_images"):
+        x_train, y_train = x_train[:limits["train_images"]], y_train[:limits["train_images"]]
+    if limits.get("test_images"):
+        x_test, y_test = x_test[:limits["test_images"]], y_test[:limits["test_images"]]
+    validation = None
+    split = config["recipe"].get("validation_split")
+    if split:  # held out of the training images, never the test set
+        (x_train, y_train), validation = datasets.train_val_split(x_train, y_train, split,
+                                                                  seed=config["seed"])
+    return (x_train, y_train), validation, (x_test, y_test), info
+
+
+def _execute(config, folder, backend, data, verbose, plot, resume, t_start):
+    from . import datasets, models
+    from .io import save_model
+    (x_train, y_train), validation, (x_test, y_test), info = data
+    recipe, seed, dtype = config["recipe"], config["seed"], config["dtype"]
+    config.update(train_images=len(y_train), test_images=len(y_test),
+                  validation_images=0 if validation is None else len(validation[1]))
     write_json(os.path.join(folder, "config.json"), config)
 
+    entry = models.get(config["model"])
     model = entry.build(tuple(info["image_shape"]), info["classes"], backend, seed, dtype)
     if verbose:
         model.summary()
-        print(f"training {entry.name} on {len(y_train)} {info['name']} images "
-              f"({config['validation_images']} held out for validation) with {backend.name}, "
+        print(f"{'resuming' if resume else 'training'} {entry.name} on {len(y_train)} {info['name']} "
+              f"images ({config['validation_images']} held out for validation) with {backend.name}, "
               f"{recipe['epochs']} epochs of batch {recipe['batch_size']}; run folder {folder}")
     if recipe.get("targets") == "one_hot":
         y_train = datasets.one_hot(y_train, info["classes"], dtype)
@@ -186,20 +237,23 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
     history = model.fit(x_train, y_train, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
                         validation_data=validation, callbacks=callbacks,
                         augment=recipe.get("augment"), seed=seed, verbose=verbose,
-                        checkpoint=folder)
+                        checkpoint=folder, resume=resume)
     backend.synchronize()
     fit_seconds = time.perf_counter() - t_fit
 
     predicted = model.predict(x_test, batch_size=max(recipe["batch_size"], 500)).argmax(axis=1)
     mistakes = int((predicted != y_test).sum())
     epochs_run = len(history.epoch)
+    epoch_seconds = [v for v in history.history.get("seconds", []) if v is not None]
     result = {"model": entry.name, "dataset": info["name"], "test_samples": len(y_test),
               "mistakes": mistakes, "test_error_percent": 100.0 * mistakes / len(y_test),
               "test_accuracy": 1.0 - mistakes / len(y_test),
               "reported_error_percent": recipe.get("reported_error"),
               "best_epoch": _best_epoch(history, callbacks), "epochs_run": epochs_run,
               "final_logs": dict(history.rows()[-1], epoch=history.epoch[-1] + 1) if epochs_run else None,
-              "seconds_fit": fit_seconds, "seconds_per_epoch": fit_seconds / max(1, epochs_run),
+              "seconds_fit": fit_seconds,
+              "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
+              "resumed": bool(config.get("resumed")),
               "device": device_description(backend), "versions": versions(backend),
               "run_dir": folder}
     save_model(model, os.path.join(folder, "model.npz"))
