@@ -105,6 +105,11 @@ def test_gpu_out_of_memory_gets_a_clear_message(monkeypatch, capsys):
     assert cli.main(["info"]) == 1
     err = capsys.readouterr().err
     assert "ran out of memory" in err and "--batch-size" in err
+    cublas = type("CUBLASError", (RuntimeError,), {"__module__": "cupy_backends.cuda.libs.cublas"})
+    monkeypatch.setattr(cli, "cmd_info", lambda args: (_ for _ in ()).throw(
+        cublas("CUBLAS_STATUS_ALLOC_FAILED")))
+    assert cli.main(["info"]) == 1
+    assert "--batch-size" in capsys.readouterr().err
     monkeypatch.setattr(cli, "cmd_info", lambda args: 1 / 0)
     with pytest.raises(ZeroDivisionError):  # real bugs are not hidden
         cli.main(["info"])

@@ -370,8 +370,12 @@ def build_parser():
 
 
 def is_out_of_memory(exc):
-    """True for CuPy's OutOfMemoryError (matched by class name, so CuPy need not be imported)."""
-    return any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__)
+    """True for CuPy's OutOfMemoryError, or a CUDA/cuBLAS error from CuPy that reports an
+    allocation failure (matched by name, so CuPy need not be imported)."""
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
+        return True
+    module = type(exc).__module__ or ""
+    return module.startswith("cupy") and any(s in str(exc) for s in ("OUT_OF_MEMORY", "ALLOC_FAILED"))
 
 
 def guarded(label, func):
