@@ -207,3 +207,20 @@ def test_info_reports_the_gpu_when_cupy_works(monkeypatch, capsys):
     assert "backends: numpy, strict, cupy" in out
     assert ("GPU: NVIDIA H100 80GB HBM3, CUDA runtime 12.6, CuPy 14.0.1, memory 80.0 GiB free of "
             "85.0 GiB") in out
+
+
+def test_evaluate_and_predict_take_the_dataset_from_the_run_folder(image_model, tmp_path, capsys):
+    import json
+    import shutil
+    _, path = image_model
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(path, run / "model.npz")
+    (run / "config.json").write_text(json.dumps({"dataset": "fashion-mnist"}))
+    images = np.zeros((1, 28, 28), dtype=np.uint8)
+    images[0, :14] = 255
+    write_idx_images(tmp_path / "one.gz", images)
+    assert cli.main(["predict", str(run / "model.npz"), str(tmp_path / "one.gz")]) == 0
+    assert capsys.readouterr().out.startswith("image 0: class T-shirt/top ")
+    assert cli._run_dataset(str(run / "model.npz")) == "fashion-mnist"
+    assert cli._run_dataset(path) is None

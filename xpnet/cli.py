@@ -149,12 +149,13 @@ def cmd_evaluate(args):
     from . import datasets
     from .io import load_model
     model = load_model(args.model_file, device=args.device, compile=False)
-    (_, _), (x, y) = datasets.load(args.dataset, data_dir=args.data_dir)
-    _check_images_fit(model, x, f"the {args.dataset} test images")
+    dataset = args.dataset or _run_dataset(args.model_file) or "mnist"
+    (_, _), (x, y) = datasets.load(dataset, data_dir=args.data_dir)
+    _check_images_fit(model, x, f"the {dataset} test images")
     probs = predict_probs(model, x, args.batch_size)
     pred = probs.argmax(axis=1)
     mistakes = int((pred != y).sum())
-    print(f"{args.model_file} on the {args.dataset} test set ({len(y)} images): "
+    print(f"{args.model_file} on the {dataset} test set ({len(y)} images): "
           f"error {100.0 * mistakes / len(y):.2f}% ({mistakes} mistakes), "
           f"accuracy {100.0 * (1 - mistakes / len(y)):.2f}%")
     return 0
@@ -168,7 +169,7 @@ def cmd_predict(args):
         print("note: the image is mostly bright; MNIST-style models expect light strokes on a dark "
               "background (try --invert)", file=sys.stderr)
     probs = predict_probs(model, images, 256)
-    names = _class_names(args.dataset, probs.shape[1])
+    names = _class_names(args.dataset or _run_dataset(args.model_file), probs.shape[1])
     for i, p in enumerate(probs):
         order = np.argsort(-p)[:args.top]
         best = ", ".join(f"{names[k]}: {p[k]:.4f}" for k in order)
@@ -228,6 +229,18 @@ def cmd_models(args):
 def _dataset_info(name):
     from . import datasets
     return datasets.info(name)
+
+
+def _run_dataset(model_file):
+    """The dataset named by the config.json beside a model file in a run folder, else None."""
+    import json
+    path = os.path.join(os.path.dirname(os.path.abspath(model_file)), "config.json")
+    try:
+        with open(path) as f:
+            dataset = json.load(f).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dataset if dataset in DATASET_CHOICES else None
 
 
 def _class_names(dataset, n):
@@ -338,7 +351,8 @@ def build_parser():
 
     p = sub.add_parser("evaluate", help="test-set error of a saved model")
     p.add_argument("model_file", metavar="MODEL.npz")
-    p.add_argument("--dataset", default="mnist", choices=DATASET_CHOICES)
+    p.add_argument("--dataset", default=None, choices=DATASET_CHOICES,
+                   help="default: the dataset of the run folder holding MODEL.npz, else mnist")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
     p.add_argument("--batch-size", type=positive_int, default=500)
@@ -348,7 +362,7 @@ def build_parser():
     p.add_argument("model_file", metavar="MODEL.npz")
     p.add_argument("image_file", metavar="FILE")
     p.add_argument("--dataset", default=None, choices=DATASET_CHOICES,
-                   help="print this dataset's class names")
+                   help="print this dataset's class names (default: the run folder's dataset)")
     p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
     p.add_argument("--top", type=positive_int, default=3, help="how many classes to list per image")
     p.add_argument("--invert", action="store_true",
