@@ -6,8 +6,8 @@ The run folder ``<out_dir>/<timestamp>-<model>-<dataset>/`` holds config.json (t
 configuration and command), log.csv and log.json (one row per epoch), curves.png (loss and
 accuracy), result.json (test error, mistakes, best epoch, timings, device, versions),
 model.npz (the trained model, see xpnet.io) and last.npz (fit's checkpoint, from which
-``resume_training(folder)`` continues an interrupted run). The validation set is split off the training images; the test set is used once, at
-the end, and never for early stopping or tuning.
+``resume_training(folder)`` continues an interrupted run). The validation set is split off the
+training images; the test set is used once, at the end, and never for early stopping or tuning.
 """
 import importlib.metadata
 import json
@@ -124,6 +124,8 @@ def _clean(value):
         return None
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a NumPy scalar
+        return _clean(value.item())
     if hasattr(value, "get_config"):
         return _clean(value.get_config())
     return str(value)
