@@ -185,7 +185,7 @@ def cmd_summary(args):
     else:
         from . import models
         entry = models.get(target)
-        info = _dataset_info(args.dataset)
+        info = _dataset_info(args.dataset or entry.recipe.get("dataset") or "mnist")
         model = entry.build(tuple(info["image_shape"]), info["classes"], "cpu", 0, "float32")
         print(f"{entry.name}: {entry.description}")
         recipe = ", ".join(f"{k}={v!r}" for k, v in dict(entry.recipe).items())
@@ -371,8 +371,8 @@ def build_parser():
 
     p = sub.add_parser("summary", help="layers and parameter counts of a zoo model or a model file")
     p.add_argument("target", metavar="NAME_or_MODEL.npz")
-    p.add_argument("--dataset", default="mnist", choices=DATASET_CHOICES,
-                   help="input shape for a zoo model")
+    p.add_argument("--dataset", default=None, choices=DATASET_CHOICES,
+                   help="input shape for a zoo model (default: its recipe's dataset)")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("info", help="versions, backends and GPU")
