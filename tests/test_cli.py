@@ -224,3 +224,14 @@ def test_evaluate_and_predict_take_the_dataset_from_the_run_folder(image_model, 
     assert capsys.readouterr().out.startswith("image 0: class T-shirt/top ")
     assert cli._run_dataset(str(run / "model.npz")) == "fashion-mnist"
     assert cli._run_dataset(path) is None
+
+
+def test_closed_stdout_is_not_a_traceback():
+    """`xpnet models | head -1`: the reader goes away early; no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "xpnet", "summary", "seed001-tf"], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) in (0, 1)
+    assert "Traceback" not in err and "BrokenPipe" not in err
