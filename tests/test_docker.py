@@ -161,7 +161,8 @@ def test_dockerfile_settings(dockerfile):
     users = [a for k, a in instrs if k == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), f"{dockerfile} runs as root"
     assert any(k == "WORKDIR" for k, _ in instrs)
-    assert any(k == "RUN" and "docker/install.sh" in a for k, a in instrs)
+    installs = [a for k, a in instrs if k == "RUN" and "docker/install.sh" in a]
+    assert installs and "--editable" in installs[0], "the image must install the checkout in /app editable"
 
 
 def test_default_commands():
@@ -245,18 +246,31 @@ def test_pyproject_lists_every_package():
 
 
 @pytest.mark.slow
-def test_install_cpu_into_throwaway_venv(tmp_path):
-    """Really install into a fresh venv (needs the package index) and import from outside the checkout."""
+@pytest.mark.parametrize("mode", ["regular", "editable"])
+def test_install_cpu_into_throwaway_venv(tmp_path, mode):
+    """Really install into a fresh venv (needs the package index) and use it from outside the
+    checkout. The images install --editable: then the package is the checkout and finds data/."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    proc = run_install("cpu", env={"PYTHON": str(python), "XPNET_EXTRAS": ""}, check=False)
+    args = ["--editable", "cpu"] if mode == "editable" else ["cpu"]
+    proc = run_install(*args, env={"PYTHON": str(python), "XPNET_EXTRAS": ""}, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "installed; backends here: numpy, strict" in proc.stdout
-    code = ("import pkgutil, xpnet; print(xpnet.__file__); "
+    code = ("import pkgutil, xpnet, xpnet.backends, xpnet.datasets; print(xpnet.__file__); "
+            "print(xpnet.datasets.REPO_DATA); "
             "print(sorted(m.name for m in pkgutil.iter_modules(xpnet.__path__)))")
     out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path,
                          check=True, timeout=60).stdout
-    assert str(venv) in out.splitlines()[0], out
-    for module in ("backends", "layers", "model", "ops"):
-        assert f"'{module}'" in out, out
+    where, data_dir = out.splitlines()[:2]
+    if mode == "editable":
+        assert where == str(ROOT / "xpnet" / "__init__.py") and data_dir == str(ROOT / "data"), out
+    else:
+        assert str(venv) in where, out
+        checkout = {p.stem for p in (ROOT / "xpnet").glob("*.py")} | {"backends"} | \
+            {p.parent.name for p in (ROOT / "xpnet").glob("*/__init__.py")}
+        for module in sorted(checkout - {"__init__"}):
+            assert f"'{module}'" in out, f"the installed xpnet lacks {module}: {out}"
+    info = subprocess.run([str(venv / "bin" / "xpnet"), "info"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert info.returncode == 0 and "numpy" in info.stdout.lower(), info.stdout + info.stderr
