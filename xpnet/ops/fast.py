@@ -316,13 +316,10 @@ def maxpool2d_backward(xp, dy, cache):
         raise ShapeError(f"maxpool2d_backward: dy has shape {tuple(dy.shape)}, expected {tuple(y.shape)}")
     ho, wo = dy.shape[2], dy.shape[3]
     zero = xp.zeros((), dtype=dy.dtype)
-    tiles = (ph, pw) == (sh, sw)
-    if tiles and (ho * ph, wo * pw) == tuple(x.shape[2:]):
-        dx = xp.empty(x.shape, dtype=dy.dtype)   # every cell is assigned once below
-    else:
-        dx = xp.zeros(x.shape, dtype=dy.dtype)
+    if (ph, pw) == (sh, sw):
+        return _maxpool_tiled_backward(xp, x, y, dy, ph, pw)
+    dx = xp.zeros(x.shape, dtype=dy.dtype)       # overlapping or gapped windows: accumulate
     free = None                                  # windows whose maximum is not found yet
-    last = (ph - 1, pw - 1)
     for i in range(ph):
         for j in range(pw):
             win = _window(i, j, ho, wo, sh, sw)
@@ -333,14 +330,30 @@ def maxpool2d_backward(xp, dy, cache):
                 free = ~hit
             else:
                 hit &= free
-                if (i, j) != last:
-                    free &= ~hit
-            g = xp.where(hit, dy, zero)
-            if tiles:
-                dx[win] = g
-            else:
-                dx[win] += g
+                free &= ~hit
+            dx[win] += xp.where(hit, dy, zero)
     return dx
+
+
+def _maxpool_tiled_backward(xp, x, y, dy, ph, pw):
+    """Backward when stride == pool: rows of windows as (N, C, Ho, ph, Wo*pw) views, with y and dy
+    repeated along W so that every whole-array pass runs over long contiguous rows."""
+    n, c, ho, wo = y.shape
+    rows = x[:, :, :ho * ph, :wo * pw].reshape(n, c, ho, ph, wo * pw)
+    hit = rows == xp.repeat(y, pw, axis=3)[:, :, :, None, :]
+    hit |= rows != rows                          # a NaN input is the window's (NaN) maximum
+    seen = None                                  # first maximum wins: clear later hits
+    for i in range(ph):
+        for j in range(pw):
+            h = hit[:, :, :, i, j::pw]
+            if seen is None:
+                seen = h.copy()
+            else:
+                h &= ~seen
+                if (i, j) != (ph - 1, pw - 1):
+                    seen |= h
+    d = hit * xp.repeat(dy, pw, axis=3)[:, :, :, None, :]
+    return _untile(xp, d.reshape(n, c, ho, ph, wo, pw), x.shape)
 
 
 def avgpool2d_forward(xp, x, pool, stride):
