@@ -235,3 +235,13 @@ def test_closed_stdout_is_not_a_traceback():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) in (0, 1)
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_gpu_without_cupy_is_a_clean_error(tmp_path, capsys):
+    from xpnet.backends.cupy_backend import gpu_available
+    if gpu_available():
+        pytest.skip("a GPU works here")
+    assert cli.main(["train", "--quick", "--device", "gpu", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xpnet train: error:") and "xpnet[cuda12]" in err
+    assert not os.listdir(tmp_path)
