@@ -152,6 +152,9 @@ def test_dockerfile_settings(dockerfile):
     assert tag and tag != "latest", f"{dockerfile}: base image {image!r} is not pinned to a tag"
     if dockerfile.endswith("gpu"):
         assert name == "nvidia/cuda" and "runtime" in tag, image
+        # CuPy (CUDA >= 12.2) compiles kernels against the runtime headers, absent from runtime images
+        assert any(k == "RUN" and "cuda-cudart-dev-" in a for k, a in instrs), \
+            "the GPU image must install the CUDA runtime headers (cuda-cudart-dev-X-Y)"
     else:
         assert name == "python" and tag.startswith("3.12-slim"), image
     env = " ".join(a for k, a in instrs if k == "ENV")
