@@ -228,6 +228,9 @@ def _execute(config, folder, backend, data, verbose, plot, resume, t_start):
         print(f"{'resuming' if resume else 'training'} {entry.name} on {len(y_train)} {info['name']} "
               f"images ({config['validation_images']} held out for validation) with {backend.name}, "
               f"{recipe['epochs']} epochs of batch {recipe['batch_size']}; run folder {folder}")
+        if not backend.is_gpu and model.count_params() > 200_000 and len(y_train) > 20_000:
+            print("note: a model this size trains slowly on a CPU; --device gpu runs the full recipe, "
+                  "--quick checks the setup in seconds, and --resume continues an interrupted run")
     if recipe.get("targets") == "one_hot":
         y_train = datasets.one_hot(y_train, info["classes"], dtype)
         if validation is not None:
