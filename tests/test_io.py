@@ -355,3 +355,47 @@ def test_every_zoo_layer_kind_round_trips(tmp_path, first, second):
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
     for k, v in model.buffers.items():
         np.testing.assert_array_equal(loaded.backend.to_numpy(loaded.buffers[k]), model.backend.to_numpy(v))
+
+
+HOSTILE = [None, 7, -1, 1e308, "x", [], [1, [2]], {}, {"type": "os.system"}, True]
+
+
+def test_hostile_header_values_are_data_errors(tmp_path):
+    """Every header field replaced by values of the wrong type or range: a DataError, never a raw
+    exception (the file may come from anyone)."""
+    from xpnet import optim
+    model = small_model()
+    model.compile(optimizer=optim.Adam(), metrics=["accuracy"])
+    model.fit(np.ones((4, 4)), np.zeros(4, dtype=np.int64), epochs=1, batch_size=2, verbose=0)
+    model.save(tmp_path / "ok.npz")
+    arrays, meta = load_npz(tmp_path / "ok.npz")
+    fields = [("model", "class"), ("model", "input_shape"), ("model", "dtype"), ("model", "seed"),
+              ("model", "name"), ("model", "layers"), ("optimizer", "class"), ("optimizer", "config"),
+              ("optimizer", "state"), ("compile", "loss"), ("compile", "metrics")]
+    bad = tmp_path / "bad.npz"
+    checked = 0
+    for section, key in fields:
+        for value in HOSTILE:
+            header = json.loads(json.dumps(meta))
+            header[section][key] = value
+            write_npz(bad, arrays, header)
+            try:
+                loaded = load_model(bad)
+            except DataError:
+                checked += 1
+                continue
+            # a value that is acceptable after all (any name, say) gives a working model
+            assert outputs(loaded, np.ones((2, 4))).shape == (2, 3), (section, key, value)
+    for section in ("model", "optimizer", "compile"):
+        for value in [v for v in HOSTILE if v is not None and not isinstance(v, dict)]:
+            header = json.loads(json.dumps(meta))
+            header[section] = value
+            write_npz(bad, arrays, header)
+            with pytest.raises(DataError):
+                load_model(bad)
+    header = json.loads(json.dumps(meta))
+    header["model"]["layers"][0] = {"type": ["Dense"], "config": {}}
+    write_npz(bad, arrays, header)
+    with pytest.raises(DataError, match="unknown type"):
+        load_model(bad)
+    assert checked > 60

@@ -72,11 +72,13 @@ def _compile_info(model):
     loss = getattr(model, "loss", None)
     if loss is None:
         return None
-    name = loss if isinstance(loss, str) else loss.get_config() if hasattr(loss, "get_config") \
-        else type(loss).__name__
+    if hasattr(loss, "get_config"):
+        loss = loss.get_config()  # {"type": "CrossEntropy", ...}: rebuilt by losses.get
+    elif not isinstance(loss, str):
+        loss = type(loss).__name__
     metrics = [m if isinstance(m, str) else getattr(m, "name", type(m).__name__)
                for m in (getattr(model, "metrics", None) or [])]
-    return {"loss": name, "metrics": metrics}
+    return {"loss": loss, "metrics": metrics}
 
 
 def _optimizer_meta(opt, backend, arrays):
@@ -176,7 +178,7 @@ def _model_classes():
 def _rebuild(path, config, device):
     cls_name = config.get("class")
     classes = _model_classes()
-    if cls_name not in classes:
+    if not isinstance(cls_name, str) or cls_name not in classes:
         raise DataError(f"{path}: unknown model class {cls_name!r}; expected one of {sorted(classes)}")
     try:
         dtype, seed, name = config["dtype"], config["seed"], config.get("name")
@@ -208,7 +210,7 @@ def _make_layer(path, index, spec):
     if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
         raise DataError(f"{path}: layer {index} in the header is malformed: {spec!r}")
     type_name = spec.get("type")
-    if type_name not in registry:
+    if not isinstance(type_name, str) or type_name not in registry:
         raise DataError(f"{path}: layer {index} has unknown type {type_name!r}; model files may "
                         f"only name registered layers: {', '.join(sorted(registry))}")
     try:
@@ -267,11 +269,11 @@ def _restore_training(path, model, meta, arrays):
     optimizer = _rebuild_optimizer(path, opt_meta, arrays, model.backend) if opt_meta else None
     if info and hasattr(model, "compile"):
         kwargs = {"loss": info.get("loss")}
-        if info.get("metrics"):
-            kwargs["metrics"] = list(info["metrics"])
         if optimizer is not None:
             kwargs["optimizer"] = optimizer
         try:
+            if info.get("metrics"):
+                kwargs["metrics"] = list(info["metrics"])
             model.compile(**kwargs)
         except (XpnetError, TypeError, ValueError) as exc:
             raise DataError(f"{path}: cannot recompile the model with {info!r}: {exc}") from exc
