@@ -3,7 +3,8 @@ restart it with resume=True, and check that every checkpoint left behind loads, 
 after the last complete epoch, and the final weights equal an uninterrupted run's bit for bit.
 Also SIGINT: fit stops, keeps the last epoch's checkpoint and says where it is.
 
-The run is tests/reliability_child.py (Dense + Dropout + Adam on synthetic data, numpy backend).
+The run is tests/reliability_child.py (Dense + Dropout + Adam on synthetic data, numpy backend);
+one more test kills the main job (examples/train_mnist.py --quick) and continues it with --resume.
 XPNET_KILL_TRIALS sets the number of kills (default 6; the slow test does 40).
 """
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import xpnet
 from xpnet.serialization import load_npz
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,3 +150,38 @@ def test_sigint_keeps_last_epoch_and_says_where(tmp_path):
     stdout, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert stdout.splitlines()[0] == "epoch 3"
+
+
+def test_main_job_killed_and_resumed(tmp_path):
+    """examples/train_mnist.py --quick (real MNIST subset), SIGKILLed after its second epoch and
+    continued with --resume RUN_DIR, ends with the same model as an uninterrupted run."""
+    script = ROOT / "examples" / "train_mnist.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    args = [sys.executable, str(script), "--quick", "--device", "cpu", "--epochs", "4", "--quiet"]
+
+    def run_folder(out):
+        folders = list(out.iterdir())
+        assert len(folders) == 1, folders
+        return folders[0]
+
+    subprocess.run(args + ["--out", str(tmp_path / "whole")], env=env, check=True, capture_output=True,
+                   timeout=300)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(args[:-1] + ["--out", str(out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # verbose lines: "epoch 2/4 - ..." once the second epoch is done
+        if line.startswith("epoch 2/4"):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    folder = run_folder(out)
+    assert checkpoint_epoch(folder) in (1, 2) and not (folder / "model.npz").exists()
+    resumed = subprocess.run([sys.executable, str(script), "--resume", str(folder)], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    whole = xpnet.load(run_folder(tmp_path / "whole") / "model.npz")
+    again = xpnet.load(folder / "model.npz")
+    for key, value in whole.parameters.items():
+        np.testing.assert_array_equal(again.backend.to_numpy(again.parameters[key]),
+                                      whole.backend.to_numpy(value), err_msg=key)
