@@ -117,6 +117,14 @@ def test_seed001_tf_layout_and_schedule():
     assert rates[21] == pytest.approx(3.125e-4) and rates[24] == pytest.approx(1.5625e-4)
 
 
+def test_seed002_penalties_sit_on_the_last_weights():
+    assert models.get("seed002-mlp-none").build().regularization_loss() == 0.0
+    for name, kind in (("seed002-logreg-l1", "L1"), ("seed002-mlp-l2", "L2")):
+        layers = models.get(name).build().layers
+        assert [type(r).__name__ for r in layers[-1].regularizers.values()] == [kind]
+        assert all(not l.regularizers for l in layers[:-1])
+
+
 def test_lenet_pads_mnist_and_takes_cifar_shape():
     spec = models.get("seed003-lenet5")
     mnist = spec.build()
