@@ -13,7 +13,7 @@ object may appear only once in a graph (it keeps the inputs of its last forward 
 from .backends import get_backend
 from .errors import ConfigError, ShapeError
 from .layers.base import BuildContext, Layer
-from .model import Sequential, _snake
+from .model import Sequential
 
 try:
     from .training import TrainingMixin
@@ -199,6 +199,8 @@ def _as_list(x, what):
 class Model(TrainingMixin):
     """A graph of layers from ``inputs`` to ``outputs`` (symbolic tensors, or lists of them)."""
 
+    built = True  # every layer is built when the Model is made
+
     def __init__(self, inputs, outputs, device="cpu", dtype="float32", seed=0, name=None):
         self.backend = get_backend(device)
         self.xp = self.backend.xp
@@ -289,8 +291,6 @@ class Model(TrainingMixin):
         self.input_shape = shapes if self._multi_in else shapes[0]
         outs = [t.shape for t in self.outputs]
         self.output_shape = outs if self._multi_out else outs[0]
-
-    built = True
 
     # -- computation ------------------------------------------------------------------------------
     def check_input(self, x):
