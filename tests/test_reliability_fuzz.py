@@ -1,10 +1,13 @@
 """Input fuzzing: random layer stacks, shapes, strides, paddings and batch sizes either build and
 pass a float64 finite-difference check with the right output shape, or raise an XpnetError with a
 message. Also random arguments to fit/predict/evaluate, datasets.load, xpnet.load and the CLI.
-Never a raw NumPy (or other) exception.
+Never a raw NumPy (or other) exception. Every accepted stack also survives save/load unchanged.
 
 Default: a few derandomized examples per test; ``-m slow`` runs a larger profile.
 """
+import os
+import tempfile
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -129,6 +132,12 @@ def check_stack(backend, specs, input_shape, batch):
     except XpnetError as exc:  # e.g. BatchNorm refuses one value per channel in training
         assert str(exc)
         return "refused in training"
+    with tempfile.TemporaryDirectory() as folder:  # every accepted stack survives save/load
+        path = os.path.join(folder, "m.npz")
+        model.save(path)
+        again = xpnet.load(path, device=backend)
+    xd = backend.asarray(x)
+    assert backend.to_numpy(again(xd)).tobytes() == backend.to_numpy(model(xd)).tobytes()
     return "checked"
 
 
