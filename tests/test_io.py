@@ -399,3 +399,21 @@ def test_hostile_header_values_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="unknown type"):
         load_model(bad)
     assert checked > 60
+
+
+def test_functional_model_with_regularized_layer_round_trips(tmp_path):
+    """A nested {"type": "L2"} regularizer config is not mistaken for a layer type."""
+    import numpy as np
+
+    import xpnet
+    from xpnet.layers import Dense
+
+    inp = xpnet.Input((4,))
+    out = Dense(3, kernel_regularizer="l2:1e-3")(inp)
+    model = xpnet.Model(inp, out, seed=3)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    again = xpnet.load(path)
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype("float32")
+    np.testing.assert_array_equal(model.forward(x), again.forward(x))
+    assert again.layers[-1].regularizers["W"].get_config() == {"type": "L2", "l": 1e-3}

@@ -221,26 +221,25 @@ def _make_layer(path, index, spec):
 
 
 def _check_graph_layer_types(path, config):
-    """Every ``{"type": ...}`` entry in a functional model's config must be a known layer."""
+    """Every layer entry of a functional model's config must name a registered layer type.
+
+    Only ``config["layers"][i]["type"]`` names a layer; nested configs (a regularizer's
+    ``{"type": "L2"}``, say) are checked by the layer that owns them when it is rebuilt.
+    """
     registry = _layer_registry()
     try:
         from . import graph
         registry.update(getattr(graph, "NODES", None) or getattr(graph, "LAYERS", None) or {})
     except ImportError:
         pass
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "type" in node and isinstance(node["type"], str) and node["type"] not in registry:
-                raise DataError(f"{path}: unknown layer type {node['type']!r}; model files may only "
-                                f"name registered layers: {', '.join(sorted(registry))}")
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(config)
+    layers = config.get("layers") if isinstance(config, dict) else None
+    if not isinstance(layers, list):
+        raise DataError(f"{path}: the functional model's header has no list of layers")
+    for index, spec in enumerate(layers):
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if not isinstance(kind, str) or kind not in registry:
+            raise DataError(f"{path}: unknown layer type {kind!r} (layer {index}); model files may only "
+                            f"name registered layers: {', '.join(sorted(registry))}")
 
 
 def _check_arrays(path, arrays, expected, optimizer_keys, meta):
