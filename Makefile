@@ -5,11 +5,14 @@ TORCH ?= torch==2.13.0
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[plot,progress]'
+	touch $@
+
+$(VENV)/.test: $(VENV)/.installed
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-$(VENV)/.torch: $(VENV)/.installed
+$(VENV)/.torch: $(VENV)/.test
 	$(VENV)/bin/pip install -q $(TORCH)
 	touch $@
 
