@@ -13,7 +13,7 @@ object may appear only once in a graph (it keeps the inputs of its last forward 
 from .backends import get_backend
 from .errors import ConfigError, ShapeError
 from .layers.base import BuildContext, Layer
-from .model import Sequential
+from .model import LayerStack, Sequential
 
 try:
     from .training import TrainingMixin
@@ -196,7 +196,7 @@ def _as_list(x, what):
     return items
 
 
-class Model(TrainingMixin):
+class Model(LayerStack, TrainingMixin):
     """A graph of layers from ``inputs`` to ``outputs`` (symbolic tensors, or lists of them)."""
 
     built = True  # every layer is built when the Model is made
@@ -361,29 +361,6 @@ class Model(TrainingMixin):
                 add(parent, pg)
         result = [None if id(t) in missing else acc.get(id(t)) for t in self.inputs]
         return result if self._multi_in else result[0]
-
-    # -- parameters (the same naming as Sequential) ------------------------------------------------
-    @property
-    def parameters(self):
-        return {f"{l.name}.{k}": v for l in self.layers for k, v in l.params.items()}
-
-    @property
-    def gradients(self):
-        return {f"{l.name}.{k}": v for l in self.layers for k, v in l.grads.items()}
-
-    @property
-    def buffers(self):
-        return {f"{l.name}.{k}": v for l in self.layers for k, v in l.buffers.items()}
-
-    def regularization_loss(self):
-        return sum((layer.regularization_loss() for layer in self.layers), 0.0)
-
-    def add_regularization_grads(self):
-        for layer in self.layers:
-            layer.add_regularization_grads()
-
-    def count_params(self):
-        return sum(layer.count_params() for layer in self.layers)
 
     def _source(self, t):
         return t.name if t.is_input else t.layer.name

@@ -10,7 +10,37 @@ def _snake(name):
     return out.replace("2_d", "2d").replace("_re_l_u", "_relu").replace("re_l_u", "relu")
 
 
-class Sequential(TrainingMixin):
+class LayerStack:
+    """What every model offers over its ``self.layers``: named parameters, gradients, buffers,
+    weight penalties and counts. Shared by Sequential and the functional Model."""
+
+    # -- parameters -----------------------------------------------------------------------------
+    @property
+    def parameters(self):
+        """{"layer.param": array}; the arrays are the layers' own, updated in place by optimizers."""
+        return {f"{l.name}.{k}": v for l in self.layers for k, v in l.params.items()}
+
+    @property
+    def gradients(self):
+        return {f"{l.name}.{k}": v for l in self.layers for k, v in l.grads.items()}
+
+    @property
+    def buffers(self):
+        return {f"{l.name}.{k}": v for l in self.layers for k, v in l.buffers.items()}
+
+    def regularization_loss(self):
+        """Sum of every layer's L1/L2 weight penalty (0.0 when none is configured)."""
+        return sum((layer.regularization_loss() for layer in self.layers), 0.0)
+
+    def add_regularization_grads(self):
+        for layer in self.layers:
+            layer.add_regularization_grads()
+
+    def count_params(self):
+        return sum(layer.count_params() for layer in self.layers)
+
+
+class Sequential(LayerStack, TrainingMixin):
     """Layers applied in order. ``input_shape`` excludes the batch axis, e.g. (1, 28, 28)."""
 
     def __init__(self, layers, input_shape=None, device="cpu", dtype="float32", seed=0, name=None):
@@ -103,31 +133,6 @@ class Sequential(TrainingMixin):
         for layer in reversed(self.layers):
             grad = layer.backward(grad)
         return grad
-
-    # -- parameters -----------------------------------------------------------------------------
-    @property
-    def parameters(self):
-        """{"layer.param": array}; the arrays are the layers' own, updated in place by optimizers."""
-        return {f"{l.name}.{k}": v for l in self.layers for k, v in l.params.items()}
-
-    @property
-    def gradients(self):
-        return {f"{l.name}.{k}": v for l in self.layers for k, v in l.grads.items()}
-
-    @property
-    def buffers(self):
-        return {f"{l.name}.{k}": v for l in self.layers for k, v in l.buffers.items()}
-
-    def regularization_loss(self):
-        """Sum of every layer's L1/L2 weight penalty (0.0 when none is configured)."""
-        return sum((layer.regularization_loss() for layer in self.layers), 0.0)
-
-    def add_regularization_grads(self):
-        for layer in self.layers:
-            layer.add_regularization_grads()
-
-    def count_params(self):
-        return sum(layer.count_params() for layer in self.layers)
 
     def summary(self, print_fn=print):
         """Print (and return) a table: layer, output shape, parameter count, total."""
