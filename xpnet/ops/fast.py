@@ -111,21 +111,17 @@ def _cache(method, x, W, b, stride, padding, y_shape, **extra):
 
 
 # -- spectral route ----------------------------------------------------------------------------------
-TRANSPOSE_BLOCK = 32   # spatial positions per block in the layout changes below
+TRANSPOSE_BLOCK = 64   # spatial positions per block when going back to NCHW
 
 
 def _to_planes(xp, x):
-    """(N, C, H, W) -> (H, W, C, N): swap N and C (contiguous rows), then a blocked 2-D transpose."""
-    n, c, h, w = x.shape
-    rows = xp.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(c * n, h * w)
-    out = xp.empty((h * w, c * n), dtype=x.dtype)
-    for s in range(0, h * w, TRANSPOSE_BLOCK):
-        out[s:s + TRANSPOSE_BLOCK] = rows[:, s:s + TRANSPOSE_BLOCK].T
-    return out.reshape(h, w, c, n)
+    """(N, C, H, W) -> (H, W, C, N), the layout of the transforms (one strided copy)."""
+    return xp.ascontiguousarray(x.transpose(2, 3, 1, 0))
 
 
 def _from_planes(xp, a):
-    """(H, W, C, N) -> (N, C, H, W), the inverse of ``_to_planes``."""
+    """(H, W, C, N) -> (N, C, H, W): a blocked 2-D transpose to (C, N, H*W), then swap C and N
+    (whole contiguous rows); several times faster on the CPU than one 4-D strided copy."""
     h, w, c, n = a.shape
     cols = a.reshape(h * w, c * n)
     out = xp.empty((c * n, h * w), dtype=a.dtype)
