@@ -96,12 +96,10 @@ def conv2d_backward(xp, dy, cache, need_dx=True):
     if tuple(dy.shape) != cache["y_shape"]:
         raise ShapeError(f"conv2d_backward: dy has shape {tuple(dy.shape)}, expected {cache['y_shape']}")
     dy = dy if dy.dtype == cache["dtype"] else dy.astype(cache["dtype"])
-    db = dy.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
     if cache["method"] == "spectral":
-        dx, dW = _spectral_backward(xp, dy, cache, need_dx)
-    else:
-        dx, dW = _columns_backward(xp, dy, cache, need_dx)
-    return dx, dW, db
+        return _spectral_backward(xp, dy, cache, need_dx)
+    dx, dW = _columns_backward(xp, dy, cache, need_dx)
+    return dx, dW, dy.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
 
 
 def _cache(method, x, W, b, stride, padding, y_shape, **extra):
@@ -169,6 +167,8 @@ def _spectral_backward(xp, dy, cache, need_dx):
     planes = _to_planes(xp, dy)                                                  # (Ho, Wo, F, N)
     DY = dft.spectrum(xp, planes, dft.forward_h(xp, dt, ho, 0, sh, hp),
                       dft.forward_w(xp, dt, wo, 0, sw, wp), hp, wp).reshape(bins, 2 * f, n)
+    # db: the zero-frequency bin of DY is the sum of dy over positions
+    db = DY[0, :f].sum(axis=1) if cache["has_bias"] else None
     # dW: G = sum_n conj(DY) * X, then the inverse transform on the kernel window
     P = xp.matmul(DY, cache["X"].transpose(0, 2, 1))                             # (bins, 2F, 2C)
     G = xp.empty((2, bins, f, c), dtype=dt)
@@ -177,11 +177,11 @@ def _spectral_backward(xp, dy, cache, need_dx):
     g = dft.kernel_inverse(xp, dt, kh, kw, hp, wp) @ G.reshape(2 * bins, f * c)  # (kh*kw, F*C)
     dW = xp.ascontiguousarray(g.T.reshape(f, c, kh, kw))
     if not need_dx:
-        return None, dW
+        return None, dW, db
     DX = xp.matmul(cache["M"].transpose(0, 2, 1), DY)                            # (bins, 2C, N)
     out = dft.image(xp, DX.reshape(khalf, wp, 2, c, n), dft.inverse_w(xp, dt, w, left, 1, wp),
                     dft.inverse_h(xp, dt, h, top, 1, hp, wp), h, w)              # (H, W, C, N)
-    return _from_planes(xp, out), dW
+    return _from_planes(xp, out), dW, db
 
 
 # -- column (im2col) route ---------------------------------------------------------------------------
