@@ -15,8 +15,8 @@ Convolution picks one of two exact methods per call from a FLOP estimate:
   channels, 1x1 kernels, large strides). Backward adds the column gradients back with one slice
   per kernel offset (no scatter).
 
-Pooling with stride == pool (the usual case) reshapes the windows instead of gathering them.
-Max-pool ties send the gradient to the first maximum in row-major window order, as the
+Max pooling is an elementwise maximum over one strided view per window offset; its backward, and
+average pooling, work on reshaped windows when stride == pool (the usual case). Max-pool ties send the gradient to the first maximum in row-major window order, as the
 reference and PyTorch do; a NaN counts as the maximum. Arrays keep the input dtype throughout.
 """
 from ..errors import ShapeError
@@ -24,6 +24,7 @@ from . import dft
 
 COLUMN_BYTES = 32 * 2 ** 20    # largest im2col buffer per batch chunk
 SPECTRAL_ADVANTAGE = 1.25      # the spectral route must need this many times fewer FLOPs
+SPECTRAL_BYTES = 512 * 2 ** 20  # ... and its per-bin kernel matrices and spectra must fit in this
 
 
 def _out(size, k, s):
@@ -65,13 +66,16 @@ def _spectral_flops(n, c, f, h, w, ho, wo, hp, wp, need_dx=True):
     return total
 
 
-def choose(x_shape, w_shape, stride, padding):
-    """"spectral" or "columns" for this convolution, from the FLOP estimate."""
+def choose(x_shape, w_shape, stride, padding, itemsize=4):
+    """"spectral" or "columns" for this convolution, from FLOP and memory estimates."""
     n, c, h, w = x_shape
     f, _, kh, kw = w_shape
     top, bottom, left, right = padding
     hp, wp = h + top + bottom, w + left + right
     ho, wo = _out(hp, kh, stride[0]), _out(wp, kw, stride[1])
+    bins = (hp // 2 + 1) * wp
+    if itemsize * bins * (4 * f * c + 2 * c * n + 2 * f * n) > SPECTRAL_BYTES:
+        return "columns"
     direct = 3 * 2 * n * ho * wo * f * c * kh * kw
     return "spectral" if SPECTRAL_ADVANTAGE * _spectral_flops(n, c, f, h, w, ho, wo, hp, wp) < direct \
         else "columns"
@@ -83,7 +87,7 @@ def conv2d_forward(xp, x, W, b, stride, padding):
     stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
     _check_conv(x, W, b, stride, padding)
     W = W if W.dtype == x.dtype else W.astype(x.dtype)
-    if choose(tuple(x.shape), tuple(W.shape), stride, padding) == "spectral":
+    if choose(tuple(x.shape), tuple(W.shape), stride, padding, x.itemsize) == "spectral":
         return _spectral_forward(xp, x, W, b, stride, padding)
     return _columns_forward(xp, x, W, b, stride, padding)
 
@@ -310,10 +314,10 @@ def maxpool2d_backward(xp, dy, cache):
     x, y, (ph, pw), (sh, sw) = cache
     if tuple(dy.shape) != tuple(y.shape):
         raise ShapeError(f"maxpool2d_backward: dy has shape {tuple(dy.shape)}, expected {tuple(y.shape)}")
-    ho, wo = dy.shape[2], dy.shape[3]
-    zero = xp.zeros((), dtype=dy.dtype)
     if (ph, pw) == (sh, sw):
         return _maxpool_tiled_backward(xp, x, y, dy, ph, pw)
+    ho, wo = dy.shape[2], dy.shape[3]
+    zero = xp.zeros((), dtype=dy.dtype)
     dx = xp.zeros(x.shape, dtype=dy.dtype)       # overlapping or gapped windows: accumulate
     free = None                                  # windows whose maximum is not found yet
     for i in range(ph):
