@@ -227,12 +227,12 @@ def _columns_forward(xp, x, W, b, stride, padding):
     y = xp.empty((n, f, ho, wo), dtype=x.dtype)
     step = _chunk(n, c * kh * kw * ho * wo * x.itemsize)
     for s in range(0, n, step):
-        part = _pad(xp, x[s:s + step], padding)
-        out = wm @ _columns(xp, part, kh, kw, ho, wo, sh, sw)                  # (F, n*Ho*Wo)
-        y[s:s + step] = out.reshape(f, -1, ho, wo).transpose(1, 0, 2, 3)
+        cols = _columns(xp, _pad(xp, x[s:s + step], padding), kh, kw, ho, wo, sh, sw)
+        y[s:s + step] = (wm @ cols).reshape(f, -1, ho, wo).transpose(1, 0, 2, 3)
     if b is not None:
         y += b.astype(x.dtype).reshape(1, f, 1, 1)
-    return y, _cache("columns", x, W, b, stride, padding, y.shape, inputs=x, weights=W)
+    kept = cols if step >= n else None   # one chunk: backward reuses its columns
+    return y, _cache("columns", x, W, b, stride, padding, y.shape, inputs=x, weights=W, columns=kept)
 
 
 def _columns_backward(xp, dy, cache, need_dx):
@@ -249,7 +249,9 @@ def _columns_backward(xp, dy, cache, need_dx):
         part = _pad(xp, x[s:s + step], cache["padding"])
         m = part.shape[0]
         g = dy[s:s + step].transpose(1, 0, 2, 3).reshape(f, m * ho * wo)
-        dW += g @ _columns(xp, part, kh, kw, ho, wo, sh, sw).T
+        cols = cache["columns"] if step >= n and cache["columns"] is not None \
+            else _columns(xp, part, kh, kw, ho, wo, sh, sw)
+        dW += g @ cols.T
         if need_dx:
             dcols = (wm.T @ g).reshape(c, kh, kw, m, ho, wo)
             dpad = xp.zeros(part.shape, dtype=dy.dtype)
