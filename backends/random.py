@@ -55,17 +55,22 @@ class CounterRandom:
         z ^= z >> u64(31)
         return z
 
+    def _bits32(self, n):
+        """n uniform 32-bit words: each 64-bit hash gives two (little-endian halves on every backend)."""
+        return self._bits((n + 1) // 2).view(self.xp.uint32)[:n]
+
     # -- distributions ----------------------------------------------------------------------
     def random(self, shape, dtype="float32"):
         """Uniform in [0, 1)."""
         xp = self.xp
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         n = math.prod(shape)
-        bits = self._bits(n)
         if xp.dtype(dtype) == xp.float64:
+            bits = self._bits(n)
             out = (bits >> xp.uint64(11)).astype(xp.float64) * (1.0 / (1 << 53))
         else:
-            out = (bits >> xp.uint64(40)).astype(xp.float32) * xp.float32(1.0 / (1 << 24))
+            bits = self._bits32(n)
+            out = (bits >> xp.uint32(8)).astype(xp.float32) * xp.float32(1.0 / (1 << 24))
             out = out.astype(dtype, copy=False)
         return out.reshape(shape)
 
@@ -100,6 +105,23 @@ class CounterRandom:
         """A random permutation of range(n), computed on the device (argsort of random keys)."""
         return self.xp.argsort(self._bits(int(n)))
 
-    def bernoulli(self, p, shape, dtype="float32"):
-        """1 with probability p, else 0."""
-        return (self.random(shape, "float32") < p).astype(dtype)
+    def bernoulli_mask(self, p, shape):
+        """A boolean array, True with probability p rounded to a multiple of 2**-16.
+
+        Each 64-bit hash gives four 16-bit words compared with the threshold directly (no floats):
+        dropout masks are the largest random draws of a training step, and this keeps them cheap.
+        """
+        xp = self.xp
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        n = math.prod(shape)
+        words = self._bits((n + 3) // 4).view(xp.uint16)[:n]
+        if p >= 1.0:
+            return xp.ones(shape, dtype=bool)
+        threshold = min(max(int(round(float(p) * 65536.0)), 0), 65535)
+        return (words < xp.uint16(threshold)).reshape(shape)
+
+    def bernoulli(self, p, shape, dtype="float32", value=1.0):
+        """``value`` with probability p, else 0, as an array of ``dtype``."""
+        xp = self.xp
+        kind = xp.dtype(dtype).type
+        return xp.where(self.bernoulli_mask(p, shape), kind(value), kind(0))

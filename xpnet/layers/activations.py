@@ -7,8 +7,9 @@ from .base import Layer
 
 class ReLU(Layer):
     def forward(self, x, training=False):
-        self.mask = x > 0
-        return x * self.mask
+        y = self.xp.maximum(x, 0)  # one pass; NaN stays NaN
+        self.mask = y > 0
+        return y
 
     def backward(self, grad):
         return grad * self.mask if self.need_input_grad else None

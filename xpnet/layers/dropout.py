@@ -21,7 +21,7 @@ class Dropout(Layer):
         if not training or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
-        self.mask = self.rng.bernoulli(keep, x.shape, x.dtype) * (1.0 / keep)
+        self.mask = self.rng.bernoulli(keep, x.shape, x.dtype, value=1.0 / keep)
         return x * self.mask
 
     def backward(self, grad):
