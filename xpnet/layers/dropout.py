@@ -15,19 +15,27 @@ class Dropout(Layer):
 
     def create_params(self, ctx):
         self.rng = ctx.rng(self.name, purpose=1)
+        self._multiply = ctx.backend.kernel("multiply")  # a backend's fast kernels, or None
+        self._dropout = ctx.backend.kernel("dropout_forward")
+
+    def _apply(self, a):
+        return self._multiply(a, self.mask) if self._multiply is not None else a * self.mask
 
     def forward(self, x, training=False):
         self.mask = None
         if not training or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
+        if self._dropout is not None:
+            y, self.mask = self._dropout(x, self.rng.bernoulli_mask(keep, x.shape), 1.0 / keep)
+            return y
         self.mask = self.rng.bernoulli(keep, x.shape, x.dtype, value=1.0 / keep)
-        return x * self.mask
+        return self._apply(x)
 
     def backward(self, grad):
         if not self.need_input_grad:
             return None
-        return grad if self.mask is None else grad * self.mask
+        return grad if self.mask is None else self._apply(grad)
 
     def get_config(self):
         return {"name": self.name, "rate": self.rate}

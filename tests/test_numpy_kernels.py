@@ -1,0 +1,59 @@
+"""The NumPy backend's threaded element-wise kernels equal the one-pass expressions bit for bit."""
+import numpy as np
+import pytest
+
+from xpnet.backends import get_backend
+from xpnet.backends.numpy_kernels import MIN_ELEMENTS, ElementwiseKernels
+from xpnet.layers import Dropout, ReLU
+
+from .helpers import build
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_threaded_kernels_match_plain_numpy(threads, dtype):
+    rng = np.random.default_rng(threads)
+    k = ElementwiseKernels(threads)
+    x = rng.standard_normal((7, 3, 100, 100)).astype(dtype)   # above MIN_ELEMENTS, uneven split
+    assert x.size > MIN_ELEMENTS
+    x[0, 0, 0, :3] = [np.nan, -0.0, 0.0]
+    y, mask = k.relu_forward(x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    np.testing.assert_array_equal(mask, np.maximum(x, 0) > 0)
+    assert y.dtype == x.dtype and mask.dtype == bool
+    g = rng.standard_normal(x.shape).astype(dtype)
+    np.testing.assert_array_equal(k.multiply(g, mask), g * mask)
+    m = rng.random(x.shape).astype(dtype)
+    out = k.multiply(g, m)
+    np.testing.assert_array_equal(out, g * m)
+    assert out.dtype == np.dtype(dtype)
+    keep = rng.random(x.shape) < 0.7
+    y2, m2 = k.dropout_forward(x, keep, 1 / 0.7)
+    ref_mask = np.where(keep, x.dtype.type(1 / 0.7), x.dtype.type(0))
+    np.testing.assert_array_equal(m2, ref_mask)
+    np.testing.assert_array_equal(y2, x * ref_mask)
+    assert m2.dtype == y2.dtype == x.dtype
+    small = x[:1, :1, :2]
+    np.testing.assert_array_equal(k.multiply(small, small), small * small)
+    np.testing.assert_array_equal(k.multiply(g[0], g[0, 0]), g[0] * g[0, 0])  # broadcasting falls back
+
+
+def test_backend_offers_only_known_kernels():
+    backend = get_backend("numpy")
+    for name in ("relu_forward", "multiply", "dropout_forward"):
+        assert callable(backend.kernel(name))
+    assert backend.kernel("conv2d") is None
+    assert get_backend("strict").kernel("multiply") is None  # strict keeps the pure-xp path
+
+
+def test_layers_give_the_same_results_with_and_without_kernels():
+    x = np.random.default_rng(0).standard_normal((8, 4, 64, 64)).astype("float32")
+    outs = []
+    for name in ("numpy", "strict"):
+        backend = get_backend(name)
+        model = build([ReLU(), Dropout(0.3)], (4, 64, 64), backend, dtype="float32", seed=5)
+        y = model.forward(backend.asarray(x), training=True)
+        g = model.backward(backend.asarray(x))
+        outs.append((backend.to_numpy(y), backend.to_numpy(g)))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
