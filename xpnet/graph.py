@@ -10,7 +10,6 @@ layers, summary, get_config/from_config, compile/fit/evaluate/predict), so train
 files work the same. Where a tensor feeds several layers, backward sums their gradients. A layer
 object may appear only once in a graph (it keeps the inputs of its last forward pass).
 """
-from .backends import get_backend
 from .errors import ConfigError, ShapeError
 from .layers.base import BuildContext, Layer
 from .model import LayerStack, Sequential
@@ -202,13 +201,7 @@ class Model(LayerStack, TrainingMixin):
     built = True  # every layer is built when the Model is made
 
     def __init__(self, inputs, outputs, device="cpu", dtype="float32", seed=0, name=None):
-        self.backend = get_backend(device)
-        self.xp = self.backend.xp
-        if str(dtype) not in ("float32", "float64"):
-            raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        self.dtype = self.xp.dtype(str(dtype))
-        self.seed = int(seed)
-        self.name = name or "model"
+        self._setup(device, dtype, seed, name or "model")
         self._multi_in = isinstance(inputs, (list, tuple))
         self._multi_out = isinstance(outputs, (list, tuple))
         self.inputs = _as_list(inputs, "inputs")

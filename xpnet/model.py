@@ -14,6 +14,16 @@ class LayerStack:
     """What every model offers over its ``self.layers``: named parameters, gradients, buffers,
     weight penalties and counts. Shared by Sequential and the functional Model."""
 
+    def _setup(self, device, dtype, seed, name):
+        """Backend, dtype (float32 or float64), seed and name: how every model starts."""
+        self.backend = get_backend(device)
+        self.xp = self.backend.xp
+        if str(dtype) not in ("float32", "float64"):
+            raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.dtype = self.xp.dtype(str(dtype))
+        self.seed = int(seed)
+        self.name = name
+
     # -- parameters -----------------------------------------------------------------------------
     @property
     def parameters(self):
@@ -44,13 +54,7 @@ class Sequential(LayerStack, TrainingMixin):
     """Layers applied in order. ``input_shape`` excludes the batch axis, e.g. (1, 28, 28)."""
 
     def __init__(self, layers, input_shape=None, device="cpu", dtype="float32", seed=0, name=None):
-        self.backend = get_backend(device)
-        self.xp = self.backend.xp
-        if str(dtype) not in ("float32", "float64"):
-            raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        self.dtype = self.xp.dtype(str(dtype))
-        self.seed = int(seed)
-        self.name = name or "sequential"
+        self._setup(device, dtype, seed, name or "sequential")
         self.layers = list(layers)
         for layer in self.layers:
             if not isinstance(layer, Layer):
