@@ -128,7 +128,19 @@ def _blend(xp, rng, x, warped_fn, probability):
     return xp.where(keep[:, None, None, None], warped_fn(), x)
 
 
-class RandomAffine:
+class Augmenter:
+    """Shared by the augmenters: rebuild from get_config(), and print as the constructor call."""
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class RandomAffine(Augmenter):
     """Random rotation, per-axis scale, zoom and shift, each image with ``probability``.
 
     rotation: max |angle| in degrees. scale: (x, y) per-axis +-fraction, or None. zoom: isotropic
@@ -172,13 +184,6 @@ class RandomAffine:
                 "zoom": self.zoom, "shift": list(self.shift), "probability": self.probability,
                 "fill": self.fill}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"RandomAffine({args})"
 
 
 def gaussian_matrix(xp, size, sigma, dtype="float64"):
@@ -194,7 +199,7 @@ def gaussian_matrix(xp, size, sigma, dtype="float64"):
     return (g / norm).astype(dtype)
 
 
-class ElasticDistortion:
+class ElasticDistortion(Augmenter):
     """Elastic distortion (Simard, Steinkraus and Platt, 2003), each image with ``probability``.
 
     A random displacement field, uniform in [-1, 1] per pixel and axis, is smoothed by a
@@ -239,13 +244,6 @@ class ElasticDistortion:
         return {"alpha": self.alpha, "sigma": self.sigma, "probability": self.probability,
                 "fill": self.fill}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"ElasticDistortion({args})"
 
 
 AUGMENTERS = {"RandomAffine": RandomAffine, "ElasticDistortion": ElasticDistortion}

@@ -367,18 +367,8 @@ class Model(LayerStack, TrainingMixin):
             rows.append((f"{t.layer.name} ({type(t.layer).__name__})", str(("batch",) + t.shape),
                          f"{t.layer.count_params():,}", ", ".join(self._source(p) for p in t.inputs)))
         rows = [tuple(c.replace("'", "") for c in r) for r in rows]
-        w = [max(len(r[i]) for r in rows) for i in range(4)]
-        line = "-" * (sum(w) + 9)
-        out = [f"Model: {self.name}  ({self.dtype.name}, backend {self.backend.name})", line]
-        for i, r in enumerate(rows):
-            out.append(f"{r[0]:<{w[0]}}   {r[1]:<{w[1]}}   {r[2]:>{w[2]}}   {r[3]}".rstrip())
-            if i == 0:
-                out.append(line)
-        out += [line, f"Total params: {self.count_params():,}"]
-        text = "\n".join(out)
-        if print_fn:
-            print_fn(text)
-        return text
+        return self._table(f"Model: {self.name}  ({self.dtype.name}, backend {self.backend.name})",
+                           rows, print_fn)
 
     # -- files ------------------------------------------------------------------------------------
     def get_config(self):

@@ -49,6 +49,22 @@ class LayerStack:
     def count_params(self):
         return sum(layer.count_params() for layer in self.layers)
 
+    def _table(self, title, rows, print_fn):
+        """The summary table: a header row, one row per layer (3rd column right-aligned), the total."""
+        w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        line = "-" * (sum(w) + 3 * (len(w) - 1))
+        out = [title, line]
+        for i, r in enumerate(rows):
+            cells = [f"{c:>{w[k]}}" if k == 2 else f"{c:<{w[k]}}" for k, c in enumerate(r)]
+            out.append("   ".join(cells).rstrip())
+            if i == 0:
+                out.append(line)
+        out += [line, f"Total params: {self.count_params():,}"]
+        text = "\n".join(out)
+        if print_fn:
+            print_fn(text)
+        return text
+
 
 class Sequential(LayerStack, TrainingMixin):
     """Layers applied in order. ``input_shape`` excludes the batch axis, e.g. (1, 28, 28)."""
@@ -146,19 +162,9 @@ class Sequential(LayerStack, TrainingMixin):
             rows.append((f"{layer.name} ({type(layer).__name__})",
                          str(("batch",) + tuple(layer.output_shape)).replace("'", ""),
                          f"{layer.count_params():,}"))
-        w = [max(len(r[i]) for r in rows) for i in range(3)]
-        line = "-" * (w[0] + w[1] + w[2] + 6)
-        out = [f"Model: {self.name}  (input {('batch',) + self.input_shape}, "
-               f"{self.dtype.name}, backend {self.backend.name})".replace("'", ""), line]
-        for i, r in enumerate(rows):
-            out.append(f"{r[0]:<{w[0]}}   {r[1]:<{w[1]}}   {r[2]:>{w[2]}}")
-            if i == 0:
-                out.append(line)
-        out += [line, f"Total params: {self.count_params():,}"]
-        text = "\n".join(out)
-        if print_fn:
-            print_fn(text)
-        return text
+        title = (f"Model: {self.name}  (input {('batch',) + self.input_shape}, "
+                 f"{self.dtype.name}, backend {self.backend.name})").replace("'", "")
+        return self._table(title, rows, print_fn)
 
     # -- files ------------------------------------------------------------------------------------
     def save(self, path, include_optimizer=True):
