@@ -5,6 +5,8 @@ buffer, the optimizer's state_dict, each stateful callback's arrays (e.g. EarlyS
 weights), and a JSON header with the completed epoch, the history, the random-generator states
 (shuffler, augmenter, every layer's generator such as Dropout's) and the callbacks' scalar state.
 Array names: ``param/<name>``, ``buffer/<name>``, ``optim/<n>``, ``callback/<i>/<name>``.
+Resuming needs the same stateful callbacks (History, EarlyStopping, ReduceLROnPlateau, ...) in the
+same order; stateless ones (loggers, TerminateOnNaN) may differ.
 """
 import os
 
@@ -120,6 +122,7 @@ def load_checkpoint(path, model, rngs, callbacks):
     if saved_opt != type(opt).__name__:
         raise TrainingError(f"{path}: the checkpoint was made with optimizer {saved_opt} but the model "
                             f"is compiled with {type(opt).__name__}")
+    pairs = _callback_pairs(path, meta, callbacks)
     for name, target in expected.items():
         target[...] = backend.asarray(arrays[name]).astype(target.dtype)
     opt.load_state_dict(_unpack(meta["optimizer"]["state"], backend, arrays, path))
@@ -129,9 +132,20 @@ def load_checkpoint(path, model, rngs, callbacks):
     for name, r in layer_rngs(model).items():
         if name in meta["layer_rngs"]:
             r.set_state(meta["layer_rngs"][name])
-    saved_cbs = meta.get("callbacks", [])
-    for i, cb in enumerate(callbacks):
-        if i < len(saved_cbs) and saved_cbs[i]["class"] == type(cb).__name__:
-            entry = saved_cbs[i]
-            cb.set_state(entry["state"], {k: arrays[f"callback/{i}/{k}"] for k in entry["arrays"]})
+    for (i, entry), cb in pairs:
+        cb.set_state(entry["state"], {k: arrays[f"callback/{i}/{k}"] for k in entry["arrays"]})
     return meta
+
+
+def _callback_pairs(path, meta, callbacks):
+    """[((index in the checkpoint, saved entry), callback)] for the callbacks that carry state.
+    Stateless callbacks (loggers, TerminateOnNaN) may come and go between runs; the stateful ones
+    must be the same classes in the same order, or the resumed run would not be the same run."""
+    saved = [(i, c) for i, c in enumerate(meta.get("callbacks", [])) if c["state"] or c["arrays"]]
+    current = [cb for cb in callbacks if any(cb.get_state())]
+    was, now = [c["class"] for _, c in saved], [type(cb).__name__ for cb in current]
+    if was != now:
+        raise TrainingError(f"{path}: the checkpoint holds the state of callbacks {', '.join(was)} but "
+                            f"this fit() has {', '.join(now)}; pass the same stateful callbacks, in "
+                            f"the same order, to continue the run (or resume=False to start afresh)")
+    return list(zip(saved, current))

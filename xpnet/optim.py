@@ -166,11 +166,11 @@ class Optimizer:
         out.update({f"step:{k}": n for k, n in self.steps.items()})
         for slot, buffers in self.state.items():
             out.update({f"{slot}:{k}": v.copy() for k, v in buffers.items()})
-        out.update({k: v for k, v in self._pending.items() if k.split(":", 1)[0] in self.slots})
+        out.update({k: v.copy() for k, v in self._pending.items() if k.split(":", 1)[0] in self.slots})
         return out
 
     def load_state_dict(self, state):
-        """Restore what ``state_dict`` returned (host or device arrays)."""
+        """Restore what ``state_dict`` returned (host or device arrays, copied)."""
         if "iterations" not in state:
             raise ConfigError(f"{self._name}.load_state_dict: missing 'iterations'; keys are "
                               f"{sorted(state)}")
@@ -185,7 +185,7 @@ class Optimizer:
             if slot == "step":
                 steps[name] = int(value)
             else:
-                buffers[key] = value
+                buffers[key] = value.copy() if hasattr(value, "copy") else value  # later edits of state: not ours
         self.iterations = int(state["iterations"])
         if "lr" in state:
             self.lr = float(state["lr"])

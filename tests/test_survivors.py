@@ -1,0 +1,330 @@
+"""Tests for the mutants that survived the whole suite (issue 16, point 9).
+
+Each test names the behaviour it holds down. They use the public surface (fit, evaluate, predict,
+checkpoints, optimizer state dicts, the backends' counters, the ops facade), so a refactor that
+keeps the behaviour keeps them green. tools/mutate.py reruns the mutation check.
+"""
+import importlib
+
+import numpy as np
+import pytest
+
+import xpnet
+from xpnet import callbacks, optim
+from xpnet.backends import get_backend
+from xpnet.checkpoint import checkpoint_path
+from xpnet.errors import DataError, TrainingError
+from xpnet.layers import BatchNorm, Dense, Dropout, ReLU
+from xpnet.ops import reference
+
+
+def data(n=90, seed=0):
+    r = np.random.default_rng(seed)
+    x = r.standard_normal((n, 6)).astype(np.float32)
+    return x, ((x[:, 0] + x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 0.8))
+
+
+def noisy_model(backend, input_shape=(6,), seed=5):
+    """Dropout AND BatchNorm: eval mode must differ from training mode in both."""
+    m = xpnet.Sequential([Dense(12), BatchNorm(momentum=0.5), ReLU(), Dropout(0.5), Dense(3)],
+                         input_shape=input_shape, device=backend, seed=seed)
+    return m.compile(optimizer=optim.Adam(0.01))
+
+
+def state(m):
+    out = {"param/" + k: m.backend.to_numpy(v).copy() for k, v in m.parameters.items()}
+    out.update({"buffer/" + k: m.backend.to_numpy(v).copy() for k, v in m.buffers.items()})
+    return out
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+# -- evaluate() and validation run in eval mode ---------------------------------------------------
+def test_evaluate_is_deterministic_and_touches_no_state(backend):
+    x, y = data()
+    m = noisy_model(backend)
+    m.fit(x, y, epochs=1, batch_size=30, verbose=0)   # running statistics away from their start
+    before = state(m)
+    assert any(k.startswith("buffer/") for k in before)
+    first = m.evaluate(x, y, batch_size=32)
+    second = m.evaluate(x, y, batch_size=32)
+    assert first == second
+    assert_same_state(before, state(m))
+    # the same numbers as the eval-mode outputs of predict()
+    logits = m.predict(x).astype(np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    assert first["loss"] == pytest.approx(float(-logp[np.arange(len(y)), y].mean()), rel=1e-5)
+    assert first["accuracy"] == pytest.approx(float((logits.argmax(axis=1) == y).mean()))
+
+
+def test_validation_during_fit_touches_no_state(backend):
+    x, y = data()
+    xv, yv = data(40, seed=1)
+    plain, checked = noisy_model(backend), noisy_model(backend)
+    plain.fit(x, y, epochs=2, batch_size=30, verbose=0)
+    h = checked.fit(x, y, epochs=2, batch_size=30, validation_data=(xv, yv), verbose=0)
+    # validation changed neither the weights, the running statistics nor Dropout's generator
+    assert_same_state(state(plain), state(checked))
+    assert h.history["val_loss"][-1] == pytest.approx(checked.evaluate(xv, yv)["loss"], rel=1e-12)
+    assert h.history["val_accuracy"][-1] == checked.evaluate(xv, yv)["accuracy"]
+
+
+# -- building on the first fit ----------------------------------------------------------------------
+def test_model_without_input_shape_is_built_by_fit(backend):
+    x, y = data()
+    late = noisy_model(backend, input_shape=None)
+    assert late.input_shape is None
+    late.fit(x, y, epochs=2, batch_size=30, verbose=0)
+    assert late.input_shape == (6,) and late.output_shape == (3,)
+    early = noisy_model(backend)
+    early.fit(x, y, epochs=2, batch_size=30, verbose=0)
+    assert_same_state(state(early), state(late))   # same seed, same weights, same run
+
+
+def test_evaluate_and_predict_build_an_unbuilt_model():
+    x, y = data()
+    a, b = noisy_model("numpy", input_shape=None), noisy_model("numpy", input_shape=None)
+    assert a.predict(x).shape == (len(x), 3)
+    assert set(b.evaluate(x, y)) == {"loss", "accuracy"}
+    assert_same_state(state(a), state(noisy_model("numpy")))
+
+
+# -- the strict backend counts every sync and every transfer ---------------------------------------
+SYNCS = {
+    "item": lambda a: a[0].item(),
+    "tolist": lambda a: a.tolist(),
+    "get": lambda a: a.get(),
+    "tobytes": lambda a: a.tobytes(),
+    "float": lambda a: float(a[0]),
+    "int": lambda a: int(a[0]),
+    "bool": lambda a: bool(a[0]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SYNCS))
+def test_strict_counts_one_sync_per_host_read(name):
+    strict = get_backend("strict")
+    a = strict.asarray(np.arange(1.0, 4.0))
+    before, transfers = strict.syncs, strict.transfers
+    SYNCS[name](a)
+    assert strict.syncs == before + 1
+    assert strict.transfers == transfers
+
+
+def test_strict_to_numpy_counts_a_sync():
+    strict = get_backend("strict")
+    a = strict.asarray(np.arange(3.0))
+    before = strict.syncs
+    host = strict.to_numpy(a)
+    assert strict.syncs == before + 1 and np.array_equal(host, [0.0, 1.0, 2.0])
+
+
+UPLOADS = {
+    "backend.asarray": lambda s, h: s.asarray(h),
+    "xp.asarray": lambda s, h: s.xp.asarray(h),
+    "xp.asarray dtype": lambda s, h: s.xp.asarray(h, dtype=np.float64),
+    "xp.array": lambda s, h: s.xp.array(h),
+    "xp.array copy=False": lambda s, h: s.xp.array(h, copy=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UPLOADS))
+def test_strict_upload_copies_and_counts_one_transfer(name):
+    """CuPy never shares memory between host and device: neither may the strict backend."""
+    strict = get_backend("strict")
+    host = np.arange(4.0)
+    before, syncs = strict.transfers, strict.syncs
+    dev = UPLOADS[name](strict, host)
+    assert strict.transfers == before + 1 and strict.syncs == syncs
+    host[0] = 99.0
+    assert strict.to_numpy(dev)[0] == 0.0
+    dev[1] = -5.0
+    assert host[1] == 1.0
+
+
+def test_strict_device_to_device_is_no_transfer():
+    strict = get_backend("strict")
+    dev = strict.asarray(np.arange(4.0))
+    before = strict.transfers
+    strict.xp.asarray(dev)
+    strict.xp.array(dev)
+    assert strict.transfers == before
+
+
+# -- im2col in several batch chunks -----------------------------------------------------------------
+def _columns_module():
+    """The ops module that holds the im2col route and its chunk limit."""
+    for name in ("xpnet.ops.columns", "xpnet.ops.fast"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "COLUMN_BYTES"):
+            return module
+    raise AssertionError("no ops module defines COLUMN_BYTES")
+
+
+def _force_columns(monkeypatch):
+    import xpnet.ops.fast as fast
+    for module in {fast, _columns_module()}:
+        if hasattr(module, "choose"):
+            monkeypatch.setattr(module, "choose", lambda *a, **k: "columns")
+
+
+@pytest.mark.parametrize("stride,padding,need_dx", [((1, 1), (1, 1, 1, 1), True),
+                                                    ((2, 1), (0, 2, 1, 0), True),
+                                                    ((1, 2), (2, 0, 0, 1), False)])
+def test_columns_in_several_chunks_match_the_reference(backend, monkeypatch, stride, padding, need_dx):
+    from xpnet import ops
+    ops.use("fast")
+    columns = _columns_module()
+    _force_columns(monkeypatch)
+    rng = np.random.default_rng(7)
+    x, W, b = rng.standard_normal((5, 3, 7, 6)), rng.standard_normal((4, 3, 3, 2)), rng.standard_normal(4)
+    ho = (7 + padding[0] + padding[1] - 3) // stride[0] + 1
+    wo = (6 + padding[2] + padding[3] - 2) // stride[1] + 1
+    per_image = 3 * 3 * 2 * ho * wo * x.itemsize   # column bytes of one image
+    monkeypatch.setattr(columns, "COLUMN_BYTES", 2 * per_image)   # chunks of 2, 2 and 1 images
+    built = []
+    real = columns._columns
+    monkeypatch.setattr(columns, "_columns", lambda *a: built.append(a[1].shape[0]) or real(*a))
+    xp = backend.xp
+    xd, Wd, bd = backend.asarray(x), backend.asarray(W), backend.asarray(b)
+    y, cache = ops.conv2d_forward(xp, xd, Wd, bd, stride, padding)
+    assert built == [2, 2, 1]                         # really in chunks
+    dy = backend.asarray(rng.standard_normal(tuple(y.shape)))
+    dx, dW, db = ops.conv2d_backward(xp, dy, cache, need_dx=need_dx)
+    assert built == [2, 2, 1] * 2                     # backward rebuilt every chunk's columns
+    y_r, cache_r = reference.conv2d_forward(xp, xd, Wd, bd, stride, padding)
+    dx_r, dW_r, db_r = reference.conv2d_backward(xp, dy, cache_r)
+    host = backend.to_numpy
+    np.testing.assert_allclose(host(y), host(y_r), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(host(dW), host(dW_r), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(host(db), host(db_r), rtol=1e-12, atol=1e-12)
+    if need_dx:
+        np.testing.assert_allclose(host(dx), host(dx_r), rtol=1e-12, atol=1e-12)
+    else:
+        assert dx is None
+
+
+# -- optimizer state straight after load_state_dict ------------------------------------------------
+OPTIMIZERS = {
+    "sgd": lambda: optim.SGD(0.1, momentum=0.9),
+    "adam": lambda: optim.Adam(0.1),
+    "rmsprop": lambda: optim.RMSprop(0.01, centered=True, momentum=0.5),
+}
+
+
+def _stepped(make, backend):
+    r = np.random.default_rng(0)
+    params = {k: backend.asarray(r.standard_normal(s)) for k, s in (("a", (3,)), ("b", (2, 2)))}
+    opt = make()
+    for _ in range(2):
+        opt.step(params, {k: backend.asarray(r.standard_normal(v.shape)) for k, v in params.items()})
+    return opt, params
+
+
+def _host_state(backend, sd):
+    return {k: backend.to_numpy(v).copy() if hasattr(v, "shape") else v for k, v in sd.items()}
+
+
+def _assert_same_dict(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_state_dict_after_load_keeps_moments_of_unstepped_parameters(backend, name):
+    old, params = _stepped(OPTIMIZERS[name], backend)
+    saved = _host_state(backend, old.state_dict())
+    new = OPTIMIZERS[name]()
+    loaded = {k: v.copy() if hasattr(v, "shape") else v for k, v in saved.items()}
+    new.load_state_dict(loaded)
+    _assert_same_dict(_host_state(backend, new.state_dict()), saved)      # nothing stepped yet
+    for v in loaded.values():        # the optimizer keeps its own copy of what it was given
+        if hasattr(v, "shape"):
+            v[...] = 7.0
+    out = new.state_dict()
+    for v in out.values():           # and hands out copies
+        if hasattr(v, "shape"):
+            v[...] = 9.0
+    _assert_same_dict(_host_state(backend, new.state_dict()), saved)
+    # one step in which "b" gets no gradient: "b" keeps the loaded moments, and the state equals
+    # that of the optimizer which was never saved and loaded
+    twin = {k: backend.asarray(backend.to_numpy(v)) for k, v in params.items()}
+    new.step(params, {"a": backend.asarray(np.ones(3))})
+    old.step(twin, {"a": backend.asarray(np.ones(3))})
+    after = _host_state(backend, new.state_dict())
+    _assert_same_dict(after, _host_state(backend, old.state_dict()))
+    assert all(np.array_equal(after[k], saved[k]) for k in saved if k.endswith(":b"))
+    assert after["iterations"] == saved["iterations"] + 1
+
+
+def test_resume_then_save_before_any_step_keeps_the_optimizer_state(tmp_path):
+    x, y = data()
+    first = noisy_model("numpy")
+    first.fit(x, y, epochs=1, batch_size=30, checkpoint=tmp_path / "ck", verbose=0)
+    expected = _host_state(first.backend, first.optimizer.state_dict())
+    again = noisy_model("numpy")
+    h = again.fit(x, y, epochs=1, batch_size=30, checkpoint=tmp_path / "ck", resume=True, verbose=0)
+    assert h.epoch == [0]                   # nothing left to train: no step after the load
+    _assert_same_dict(_host_state(again.backend, again.optimizer.state_dict()), expected)
+    again.save(tmp_path / "model.npz")
+    back = xpnet.load(tmp_path / "model.npz")
+    _assert_same_dict(_host_state(back.backend, back.optimizer.state_dict()), expected)
+
+
+# -- checkpoints that do not fit the run --------------------------------------------------------------
+def _checkpoint(tmp_path, layers, cbs=()):
+    x, y = data()
+    m = xpnet.Sequential(layers, input_shape=(6,), seed=1).compile()
+    m.fit(x, y, epochs=1, batch_size=30, checkpoint=tmp_path, callbacks=list(cbs), verbose=0)
+    return x, y
+
+
+def test_resume_into_a_smaller_model_names_the_extra_arrays(tmp_path):
+    x, y = _checkpoint(tmp_path, [Dense(3), BatchNorm(), Dense(3)])
+    small = xpnet.Sequential([Dense(3)], input_shape=(6,), seed=1).compile()
+    before = state(small)
+    with pytest.raises(TrainingError, match=r"arrays this model lacks: buffer/batch_norm\.running_mean.*"
+                                            r"param/batch_norm\.gamma.*param/dense_1\.W"):
+        small.fit(x, y, epochs=2, checkpoint=tmp_path, resume=True, verbose=0)
+    assert_same_state(before, state(small))
+
+
+def test_resume_from_a_model_file_is_refused(tmp_path):
+    x, y = data()
+    m = xpnet.Sequential([Dense(3)], input_shape=(6,), seed=1).compile()
+    m.fit(x, y, epochs=1, verbose=0)
+    m.save(checkpoint_path(tmp_path))     # a model file where the checkpoint should be
+    other = xpnet.Sequential([Dense(3)], input_shape=(6,), seed=2).compile()
+    before = state(other)
+    with pytest.raises(DataError, match=r"last\.npz: not an xpnet training checkpoint"):
+        other.fit(x, y, epochs=2, checkpoint=tmp_path, resume=True, verbose=0)
+    assert_same_state(before, state(other))
+
+
+def test_resume_with_other_stateful_callbacks_is_refused(tmp_path):
+    stop = callbacks.EarlyStopping(monitor="loss", patience=5)
+    x, y = _checkpoint(tmp_path, [Dense(3)], [stop, callbacks.TerminateOnNaN()])
+    for cbs, now in (([callbacks.ReduceLROnPlateau(monitor="loss")], "History, ReduceLROnPlateau"),
+                     ([], "History"),
+                     ([callbacks.EarlyStopping(monitor="loss"), callbacks.ReduceLROnPlateau()],
+                      "History, EarlyStopping, ReduceLROnPlateau")):
+        m = xpnet.Sequential([Dense(3)], input_shape=(6,), seed=1).compile()
+        before = state(m)
+        with pytest.raises(TrainingError, match=rf"callbacks History, EarlyStopping but this fit\(\) "
+                                                rf"has {now}"):
+            m.fit(x, y, epochs=3, checkpoint=tmp_path, resume=True, callbacks=cbs, verbose=0)
+        assert_same_state(before, state(m))
+    # the same stateful callbacks resume (stateless ones may come and go); their state comes back
+    again = callbacks.EarlyStopping(monitor="loss", patience=5)
+    m = xpnet.Sequential([Dense(3)], input_shape=(6,), seed=1).compile()
+    m.fit(x, y, epochs=1, checkpoint=tmp_path, resume=True, callbacks=[again], verbose=0)
+    assert again.best == stop.best and again.best_epoch == stop.best_epoch == 0
