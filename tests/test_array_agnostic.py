@@ -3,8 +3,8 @@ import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "xpnet"
-# Host-side modules that legitimately use NumPy: file formats, plotting, the CLI.
-HOST_SIDE = {"datasets", "io", "viz", "cli", "serialization", "data"}
+# Host-side modules that legitimately use NumPy: file formats, plotting, the CLI, `xpnet serve`.
+HOST_SIDE = {"datasets", "io", "viz", "cli", "serialization", "data", "serve"}
 
 
 def _imports(path):

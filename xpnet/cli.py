@@ -1,4 +1,4 @@
-"""The ``xpnet`` command: train, evaluate, predict, summary, info, models.
+"""The ``xpnet`` command: train, evaluate, predict, summary, info, models, serve.
 
 User errors (bad arguments, missing or corrupt files, unknown names) print one line and exit
 with status 2; they never show a traceback.
@@ -23,6 +23,16 @@ def positive_int(text):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def port_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {value}")
     return value
 
 
@@ -215,6 +225,11 @@ def cmd_info(args):
     return 0
 
 
+def cmd_serve(args):
+    from .serve import serve
+    return serve(args.target, host=args.host, port=args.port, device=args.device)
+
+
 def cmd_models(args):
     from . import models
     default = getattr(models, "DEFAULT", None)
@@ -380,6 +395,14 @@ def build_parser():
 
     p = sub.add_parser("models", help="list the model zoo")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("serve", help="a local page to draw a digit and see the model's prediction")
+    p.add_argument("target", metavar="RUN_DIR_or_MODEL.npz")
+    p.add_argument("--port", type=port_int, default=8000, help="default 8000; 0 picks a free port")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

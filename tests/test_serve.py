@@ -1,0 +1,337 @@
+"""`xpnet serve`: the MNIST preprocessing, and every request the server answers or refuses."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+
+import xpnet
+from xpnet import cli
+from xpnet.cli import predict_probs, resize
+from xpnet.errors import ConfigError, DataError, ShapeError
+from xpnet.serve import BOX, MAX_BODY, RUN_FILES, App, make_server, preprocess
+
+from .serve_support import ROOT, RUN_DIR, on_canvas, request, running_server
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_server() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def mnist_test():
+    (_, _), (x, y) = xpnet.datasets.load("mnist", data_dir=os.path.join(ROOT, "data"))
+    return x[:200, 0].astype(np.float64) / 255, y[:200]
+
+
+def post(server, payload, headers=None):
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return request(server, "POST", "/api/predict", body,
+                   {"Content-Type": "application/json", **(headers or {})})
+
+
+# -- preprocessing -----------------------------------------------------------------------------
+def test_preprocess_block_scaled_mnist_digits_come_back_as_they_were(mnist_test):
+    x, _ = mnist_test
+    exact = 0
+    for i, image in enumerate(x):
+        out = preprocess(on_canvas(image, scale=8, top=3 + i % 50, left=53 - i % 50))
+        assert out.shape == (28, 28) and out.min() >= 0 and out.max() <= 1
+        assert np.abs(out - image).mean() < 1e-3, i
+        exact += np.allclose(out, image, atol=1e-9)
+    assert exact >= 0.8 * len(x)  # the rest sit one pixel over where MNIST's rounding was a tie
+
+
+def test_preprocess_resized_mnist_digits_are_close_and_classified_the_same(mnist_test):
+    x, y = mnist_test
+    app = App(RUN_DIR)
+    out = []
+    for i, image in enumerate(x):
+        big = resize(image[None], 173, 173)[0]  # bilinear, not a whole multiple
+        canvas = np.zeros((300, 260))
+        top, left = 100 - i % 90, 5 + i % 80
+        canvas[top:top + 173, left:left + 173] = big * 200  # fainter ink is scaled back up
+        out.append(preprocess(canvas))
+    out = np.array(out)
+    assert np.abs(out - x).mean() < 0.05
+    before = predict_probs(app.model, x[:, None]).argmax(axis=1)
+    after = predict_probs(app.model, out[:, None]).argmax(axis=1)
+    assert (before == after).mean() >= 0.97
+    assert (after == y).mean() >= 0.95
+
+
+def test_preprocess_fits_the_bounding_box_to_20_and_centres_the_mass():
+    ink = np.zeros((280, 280))
+    ink[30:230, 200:250] = 255  # a tall bar in a corner
+    out = preprocess(ink)
+    rows, cols = np.nonzero(out.any(axis=1))[0], np.nonzero(out.any(axis=0))[0]
+    assert rows[-1] - rows[0] + 1 == BOX and cols[-1] - cols[0] + 1 == 5
+    ys, xs = np.mgrid[:28, :28]
+    assert abs((out * ys).sum() / out.sum() - 14) <= 0.5
+    assert abs((out * xs).sum() / out.sum() - 14) <= 0.5
+    dot = np.zeros((100, 100))
+    dot[50, 50] = 9
+    assert preprocess(dot).max() == 1 and (preprocess(dot) > 0).sum() == BOX * BOX
+    assert preprocess(np.zeros((280, 280))) is None
+    with pytest.raises(ShapeError):
+        preprocess(np.zeros((2, 28, 28)))
+
+
+# -- good requests -----------------------------------------------------------------------------
+def test_page_and_its_files(server):
+    status, headers, body, _ = request(server, "GET", "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b'<canvas id="pad"' in body and b'id="clear"' in body and b"/serve.js" in body
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    for path, kind in (("/serve.js", "text/javascript"), ("/serve.css", "text/css")):
+        status, headers, body, _ = request(server, "GET", path)
+        assert status == 200 and headers["Content-Type"].startswith(kind) and len(body) > 100
+    status, headers, body, _ = request(server, "HEAD", "/")
+    assert status == 200 and body == b"" and int(headers["Content-Length"]) > 100
+
+
+def test_info_names_the_model_and_the_run(server):
+    status, _, _, info = request(server, "GET", "/api/info")
+    assert status == 200
+    assert info["classes"] == [str(k) for k in range(10)] and info["input_shape"] == [1, 28, 28]
+    assert info["dataset"] == "mnist" and info["device"] == "numpy"
+    assert info["run"]["folder"] == "seed001-m9"
+    assert info["run"]["config"]["model"] == "seed001-m9"
+    assert info["run"]["result"]["mistakes"] == 83
+    assert set(info["run"]["files"]) == set(RUN_FILES)
+
+
+@pytest.mark.parametrize("name", sorted(RUN_FILES))
+def test_run_files_are_served_from_the_run_folder(server, name):
+    status, headers, body, _ = request(server, "GET", f"/run/{name}")
+    assert status == 200 and headers["Content-Type"] == RUN_FILES[name]
+    with open(os.path.join(RUN_DIR, name), "rb") as f:
+        assert body == f.read()
+
+
+def test_a_drawn_mnist_digit_is_predicted(server, mnist_test):
+    x, y = mnist_test
+    for i in range(5):
+        status, _, _, out = post(server, {"pixels": on_canvas(x[i]).astype(int).tolist()})
+        assert status == 200, out
+        assert out["class"] == y[i] and out["label"] == str(y[i])
+        assert len(out["probabilities"]) == 10 and abs(sum(out["probabilities"]) - 1) < 1e-6
+        assert np.abs(np.array(out["image"]) - x[i] * 255).max() <= 1  # what the model saw
+
+
+def test_predictions_from_many_threads_at_once_agree(server, mnist_test):
+    x, y = mnist_test
+    bodies = [{"pixels": on_canvas(x[i]).astype(int).tolist()} for i in range(6)]
+    results = [None] * 12
+
+    def work(k):
+        results[k] = post(server, bodies[k % 6])[3]["probabilities"]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for k in range(6):
+        assert results[k] == results[k + 6]
+        assert int(np.argmax(results[k])) == y[k]
+
+
+def test_a_model_file_works_without_a_run_folder(tmp_path, mnist_test):
+    shutil.copy(os.path.join(RUN_DIR, "model.npz"), tmp_path / "m.npz")
+    with running_server(str(tmp_path / "m.npz")) as s:
+        _, _, _, info = request(s, "GET", "/api/info")
+        assert info["run"] is None and info["model_file"] == "m.npz"
+        assert request(s, "GET", "/run/config.json")[0] == 404
+        x, y = mnist_test
+        assert post(s, {"pixels": on_canvas(x[0]).tolist()})[3]["class"] == y[0]
+
+
+# -- bad requests ------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/nothing", "/api", "/run/model.npz", "/run/log.csv",
+                                  "/run/../model.npz", "/run/%2e%2e/model.npz", "/../../etc/passwd",
+                                  "/run/", "/run//etc/passwd", "/static/serve.html", "serve.js"])
+def test_unknown_paths_get_404(server, path):
+    status, headers, _, out = request(server, "GET", path)
+    assert status == 404 and headers["Content-Type"] == "application/json"
+    assert "no such page" in out["error"]
+
+
+@pytest.mark.parametrize("method,path,allow", [
+    ("GET", "/api/predict", "POST"), ("PUT", "/api/predict", "POST"), ("POST", "/", "GET, HEAD"),
+    ("DELETE", "/api/info", "GET, HEAD"), ("PATCH", "/run/config.json", "GET, HEAD"),
+    ("OPTIONS", "/serve.js", "GET, HEAD")])
+def test_wrong_methods_get_405(server, method, path, allow):
+    status, headers, _, out = request(server, method, path, b"{}" if method != "GET" else None)
+    assert status == 405 and headers["Allow"] == allow
+    assert method in out["error"] and out["status"] == 405
+
+
+def test_an_oversize_body_gets_413_before_it_is_read(server):
+    host, port = server.server_address[:2]
+    import http.client
+    conn = http.client.HTTPConnection(host, port, timeout=10)  # the server would wait 30 s to read
+    conn.putrequest("POST", "/api/predict")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(MAX_BODY + 1))
+    conn.endheaders()
+    conn.send(b'{"pixels": [')  # and never the rest
+    response = conn.getresponse()
+    out = json.loads(response.read())
+    conn.close()
+    assert response.status == 413 and str(MAX_BODY) in out["error"]
+
+
+def test_an_oversize_body_announced_with_expect_100_continue_gets_413_not_100(server):
+    import socket
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        sock.sendall(f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {MAX_BODY + 1}\r\nExpect: 100-continue\r\n\r\n".encode())
+        answer = b""
+        while b"}" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert str(MAX_BODY).encode() in answer and b"Connection: close" in answer
+
+
+def test_content_length_and_type_are_required(server):
+    host, port = server.server_address[:2]
+    import http.client
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.putrequest("POST", "/api/predict")
+    conn.putheader("Content-Type", "application/json")
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 411 and "Content-Length" in json.loads(response.read())["error"]
+    conn.close()
+    status, _, _, out = request(server, "POST", "/api/predict", b"{}", {"Content-Length": "lots",
+                                                                       "Content-Type": "application/json"})
+    assert status == 400 and "Content-Length" in out["error"]
+    status, _, _, out = request(server, "POST", "/api/predict", b'{"pixels": []}',
+                                {"Content-Type": "text/plain"})
+    assert status == 415 and "application/json" in out["error"]
+
+
+@pytest.mark.parametrize("body,words", [
+    (b"{not json", "bad JSON"), (b"\xff\xfe\x00", "bad JSON"), (b"", "bad JSON"),
+    (b"[" * 200000, "bad JSON"), (b"[1, 2]", "expected a JSON object"),
+    (b'{"image": []}', "expected a JSON object"), (b'{"pixels": "digit.png"}', "not an image"),
+    (b'{"pixels": [[1, 2], [3]]}', "not an image"), (b'{"pixels": [[{"a": 1}]]}', "not an image"),
+    (b'{"pixels": [[true, false]]}', "not an image"), (b'{"pixels": 7}', "not an image"),
+    (b'{"pixels": [[[0, 0]]]}', "not an image")])
+def test_malformed_bodies_get_400(server, body, words):
+    status, _, _, out = post(server, body)
+    assert status == 400 and words in out["error"], out
+
+
+@pytest.mark.parametrize("shape", [(27, 28), (28, 27), (561, 100), (100, 561), (1, 784), (784, 1)])
+def test_wrong_sizes_get_400(server, shape):
+    status, _, _, out = post(server, {"pixels": np.ones(shape, dtype=int).tolist()})
+    assert status == 400 and "wrong size" in out["error"] and f"{shape[0]} x {shape[1]}" in out["error"]
+
+
+@pytest.mark.parametrize("bad", [256, -1, 1e300, float("nan"), float("inf")])
+def test_grey_values_out_of_range_get_400(server, bad):
+    pixels = np.zeros((28, 28)).tolist()
+    pixels[3][4] = bad
+    status, _, _, out = post(server, {"pixels": pixels})
+    assert status == 400 and "0 to 255" in out["error"]
+
+
+def test_a_blank_canvas_gets_400(server):
+    status, _, _, out = post(server, {"pixels": np.zeros((280, 280), dtype=int).tolist()})
+    assert status == 400 and "blank" in out["error"]
+
+
+def test_the_server_still_answers_after_the_bad_requests(server, mnist_test):
+    x, y = mnist_test
+    assert post(server, {"pixels": on_canvas(x[1]).tolist()})[3]["class"] == y[1]
+
+
+# -- what it loads and where it listens --------------------------------------------------------
+def test_a_link_out_of_the_run_folder_is_not_served(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(os.path.join(RUN_DIR, "model.npz"), run / "model.npz")
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"password": 1}')
+    os.symlink(secret, run / "config.json")
+    with running_server(str(run)) as s:
+        assert request(s, "GET", "/run/config.json")[0] == 404
+        info = request(s, "GET", "/api/info")[3]
+        assert info["run"]["config"] is None and info["run"]["files"] == {}
+
+
+def test_bad_targets_are_refused_with_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="no such run folder or model file"):
+        make_server(str(tmp_path / "missing"), port=0)
+    with pytest.raises(DataError, match="has no model.npz"):
+        make_server(str(tmp_path), port=0)
+    pickled = tmp_path / "pickled.npz"  # an object array: loading it would unpickle
+    np.savez(pickled, __meta__=np.array([{"format": "xpnet.model"}], dtype=object))
+    with pytest.raises(DataError, match="pickle|object"):
+        make_server(str(pickled), port=0)
+    colour = xpnet.Sequential([xpnet.layers.Flatten(), xpnet.layers.Dense(10)], input_shape=(3, 32, 32))
+    colour.save(tmp_path / "colour.npz")
+    with pytest.raises(ShapeError, match=r"expected \(1, 28, 28\)"):
+        make_server(str(tmp_path / "colour.npz"), port=0)
+
+
+def test_it_binds_to_127_0_0_1_by_default_and_reports_a_busy_port():
+    server = make_server(RUN_DIR, port=0, quiet=True)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+        with pytest.raises(ConfigError, match="cannot listen on 127.0.0.1"):
+            make_server(RUN_DIR, port=server.server_address[1])
+    finally:
+        server.server_close()
+
+
+def test_cli_serve_runs_until_interrupted():
+    proc = subprocess.Popen([sys.executable, "-m", "xpnet", "serve", RUN_DIR, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving ") and "http://127.0.0.1:" in line, line + proc.stderr.read()
+        url = line.split(" on ")[1].split()[0]
+        with urllib.request.urlopen(url + "api/info", timeout=20) as r:
+            assert json.loads(r.read())["run"]["folder"] == "seed001-m9"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and "stopped" in out, err
+        assert '"GET /api/info HTTP/1.1" 200' in err  # one access-log line per request
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_serve_errors_are_one_line(tmp_path, capsys):
+    assert cli.main(["serve", str(tmp_path / "missing.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xpnet serve: error: no such run folder") and err.count("\n") == 1
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["serve", RUN_DIR, "--port", "70000"])
+    assert exc.value.code == 2
+
+
+def test_the_page_is_installed_as_package_data():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        globs = tomllib.load(f)["tool"]["setuptools"]["package-data"]["xpnet"]
+    import fnmatch
+    static = os.listdir(os.path.join(ROOT, "xpnet", "static"))
+    assert {"serve.html", "serve.js", "serve.css"} <= set(static)
+    for name in static:
+        assert any(fnmatch.fnmatch(f"static/{name}", g) for g in globs), name

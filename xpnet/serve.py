@@ -1,0 +1,363 @@
+"""``xpnet serve``: a local page to draw a digit and see what a trained model makes of it.
+
+    server = make_server("runs/20261122-054009-seed001-m9-mnist", port=8000)
+    server.serve_forever()
+
+The server is the standard library's ``ThreadingHTTPServer``; it binds to 127.0.0.1 unless told
+otherwise, loads the model with xpnet's own loader (``.npz``, never a pickle) and runs every
+prediction in xpnet on the chosen device. Routes:
+
+- ``GET /`` (and ``/serve.js``, ``/serve.css``): the page, shipped in ``xpnet/static/``.
+- ``GET /api/info``: the model's name, classes and input shape, and for a run folder its config
+  and result.
+- ``POST /api/predict`` with ``Content-Type: application/json`` and a body
+  ``{"pixels": [[...], ...]}``: a 2-D list of ink values 0..255 (0 = blank, 255 = full ink, the way
+  MNIST stores digits), from 28 to 560 pixels on each side (the page sends its 280 x 280 canvas).
+  The answer is ``{"class": k, "label": name, "probabilities": [...], "image": 28 x 28 ints}``,
+  ``image`` being what the model saw after the MNIST preprocessing (:func:`preprocess`).
+- ``GET /run/<file>`` for a run folder: only ``curves.png``, ``confusion.png``,
+  ``misclassified.png``, ``config.json`` and ``result.json``.
+
+Bad requests get a 4xx status and ``{"error": message}``: 400 (bad JSON, not an image, wrong size,
+blank), 404 (unknown path), 405 (wrong method), 411 (no Content-Length), 413 (body over
+``MAX_BODY`` bytes, refused before it is read), 415 (not JSON).
+"""
+import json
+import os
+import socket
+import sys
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+
+import numpy as np
+
+from .errors import ConfigError, DataError, ShapeError
+
+SIDE = 28          # MNIST images are 28 x 28 ...
+BOX = 20           # ... with the digit's bounding box scaled to fit 20 x 20 (aspect kept) ...
+CENTRE = 14.0      # ... and its centre of mass moved to pixel (14, 14) by a whole-pixel shift
+MIN_SIDE, MAX_SIDE = 28, 560
+MAX_BODY = 2 * 1024 * 1024  # bytes: a 560 x 560 image of "255," fits
+STATIC = {"/": ("serve.html", "text/html; charset=utf-8"),
+          "/serve.js": ("serve.js", "text/javascript; charset=utf-8"),
+          "/serve.css": ("serve.css", "text/css; charset=utf-8")}
+RUN_FILES = {"curves.png": "image/png", "confusion.png": "image/png",
+             "misclassified.png": "image/png", "config.json": "application/json",
+             "result.json": "application/json"}
+
+
+class RequestError(Exception):
+    """A request the server refuses: an HTTP status and a message for the client."""
+
+    def __init__(self, status, message, headers=None):
+        super().__init__(message)
+        self.status, self.message, self.headers = int(status), message, headers or {}
+
+
+# -- MNIST preprocessing -----------------------------------------------------------------------
+def preprocess(ink):
+    """A drawn digit (2-D ink values >= 0, 0 = blank, any scale and size) -> a 28 x 28 float image
+    in [0, 1] made the way MNIST was: ink scaled so its darkest pixel is 1, the bounding box of the
+    ink scaled (keeping its aspect ratio, with area averaging) so its longer side is 20 pixels,
+    then placed in 28 x 28 with its centre of mass on pixel (14, 14) (rounded to a whole pixel).
+    Returns None for a blank image."""
+    ink = np.asarray(ink, dtype=np.float64)
+    if ink.ndim != 2:
+        raise ShapeError(f"preprocess expects a 2-D image, got shape {ink.shape}")
+    peak = ink.max() if ink.size else 0.0
+    if not peak > 0:
+        return None
+    ink = ink / peak  # darkest pixel -> 1, as in MNIST (each digit peaks at 254-255)
+    rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
+    crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    scale = BOX / max(crop.shape)
+    small = _area_matrix(crop.shape[0], scale) @ crop @ _area_matrix(crop.shape[1], scale).T
+    mass = small.sum()
+    cy = small.sum(axis=1) @ np.arange(small.shape[0]) / mass
+    cx = small.sum(axis=0) @ np.arange(small.shape[1]) / mass
+    top, left = int(np.floor(CENTRE - cy + 0.5)), int(np.floor(CENTRE - cx + 0.5))
+    out = np.zeros((SIDE, SIDE))
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + small.shape[0], SIDE), min(left + small.shape[1], SIDE)
+    out[y0:y1, x0:x1] = small[y0 - top:y1 - top, x0 - left:x1 - left]
+    return np.clip(out, 0.0, 1.0)
+
+
+def _area_matrix(n, scale):
+    """(m, n) weights resampling n pixels to m = round(n * scale): each output pixel is the mean
+    of the input it covers (partial pixels weighted by their overlap)."""
+    m = max(1, int(round(n * scale)))
+    lo = np.arange(m)[:, None] / scale           # output pixel j covers input [lo, hi)
+    hi = lo + 1 / scale
+    i = np.arange(n)[None, :]
+    overlap = np.clip(np.minimum(hi, i + 1) - np.maximum(lo, i), 0.0, None)
+    return overlap * scale
+
+
+# -- the application (model and run folder) ------------------------------------------------------
+class App:
+    """The model behind the page, its class names and, for a run folder, the run's files."""
+
+    def __init__(self, target, device="cpu"):
+        from .cli import _class_names, _run_dataset
+        from .io import load_model
+        target = os.fspath(target)
+        if os.path.isdir(target):
+            self.run_dir = os.path.realpath(target)
+            model_file = os.path.join(target, "model.npz")
+            if not os.path.isfile(model_file):
+                raise DataError(f"{target} has no model.npz: give a run folder of `xpnet train` "
+                                f"or a model file")
+        elif os.path.isfile(target):
+            self.run_dir, model_file = None, target
+        else:
+            raise DataError(f"no such run folder or model file: {target}")
+        self.model_file = model_file
+        self.model = load_model(model_file, device=device, compile=False)
+        shape = getattr(self.model, "input_shape", None)
+        if not shape or isinstance(shape[0], (tuple, list)) or int(np.prod(shape)) != SIDE * SIDE:
+            raise ShapeError(f"{model_file}: xpnet serve draws 28 x 28 grey digits, but this model "
+                             f"takes input {shape}; expected (1, 28, 28) (or 784 values)")
+        self.input_shape = tuple(shape)
+        self.lock = threading.Lock()  # layers keep per-call state: one forward pass at a time
+        self.dataset = _run_dataset(model_file)
+        self.classes = list(_class_names(self.dataset, self._output_size()))
+
+    def _output_size(self):
+        probs = self.probabilities(np.zeros((SIDE, SIDE)))
+        return len(probs)
+
+    def probabilities(self, image):
+        from .cli import predict_probs
+        x = np.asarray(image, dtype=np.float64).reshape((1,) + self.input_shape)
+        with self.lock:
+            return predict_probs(self.model, x)[0]
+
+    def predict(self, pixels):
+        image = preprocess(pixels)
+        if image is None:
+            raise RequestError(400, "the image is blank (no ink): draw a digit first")
+        probs = self.probabilities(image)
+        k = int(probs.argmax())
+        return {"class": k, "label": self.classes[k], "probabilities": [float(p) for p in probs],
+                "image": np.rint(image * 255).astype(int).tolist()}
+
+    def info(self):
+        run = None
+        if self.run_dir:
+            run = {"folder": os.path.basename(self.run_dir),
+                   "files": {name: f"/run/{name}" for name in RUN_FILES if self.run_file(name)},
+                   "config": self._read_json("config.json"), "result": self._read_json("result.json")}
+        return {"model": getattr(self.model, "name", None), "model_file": os.path.basename(self.model_file),
+                "dataset": self.dataset, "classes": self.classes, "input_shape": list(self.input_shape),
+                "device": self.model.backend.name, "run": run,
+                "request": {"min_side": MIN_SIDE, "max_side": MAX_SIDE, "max_body": MAX_BODY}}
+
+    def run_file(self, name):
+        """The path of a known run file that exists inside the run folder, else None."""
+        if not self.run_dir or name not in RUN_FILES:
+            return None
+        path = os.path.realpath(os.path.join(self.run_dir, name))
+        if os.path.dirname(path) != self.run_dir or not os.path.isfile(path):
+            return None  # missing, or a link leading out of the run folder
+        return path
+
+    def _read_json(self, name):
+        path = self.run_file(name)
+        if path is None:
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+
+def parse_pixels(body):
+    """The request body (bytes) -> a 2-D float array of ink 0..255, or RequestError(400)."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise RequestError(400, f"bad JSON: {exc}") from None
+    if not isinstance(data, dict) or "pixels" not in data:
+        raise RequestError(400, 'expected a JSON object {"pixels": [[0..255, ...], ...]}')
+    try:
+        pixels = np.asarray(data["pixels"])
+    except (ValueError, TypeError, RecursionError):
+        raise RequestError(400, "not an image: pixels must be a 2-D list of rows of equal "
+                                "length") from None
+    if pixels.dtype.kind not in "iuf":
+        raise RequestError(400, f"not an image: pixels must be numbers 0..255, got "
+                                f"{'strings' if pixels.dtype.kind in 'US' else pixels.dtype.name}")
+    if pixels.ndim != 2:
+        raise RequestError(400, f"not an image: pixels must be a 2-D list (rows of grey values), "
+                                f"got {pixels.ndim} dimension(s)")
+    h, w = pixels.shape
+    if not (MIN_SIDE <= h <= MAX_SIDE and MIN_SIDE <= w <= MAX_SIDE):
+        raise RequestError(400, f"wrong size: the image is {h} x {w} pixels; each side must be "
+                                f"{MIN_SIDE} to {MAX_SIDE} (the page sends 280 x 280)")
+    pixels = pixels.astype(np.float64)
+    if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
+        raise RequestError(400, "not an image: grey values must be finite numbers from 0 to 255")
+    return pixels
+
+
+# -- HTTP ----------------------------------------------------------------------------------------
+class Handler(BaseHTTPRequestHandler):
+    server_version = "xpnet-serve"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"  # keep-alive for the page; every answer has a Content-Length
+    timeout = 30  # seconds a client may take to send its request
+
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_HEAD(self):
+        self._dispatch("HEAD")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def do_PUT(self):
+        self._dispatch("PUT")
+
+    def do_DELETE(self):
+        self._dispatch("DELETE")
+
+    def do_PATCH(self):
+        self._dispatch("PATCH")
+
+    def do_OPTIONS(self):
+        self._dispatch("OPTIONS")
+
+    def _dispatch(self, method):
+        app = self.server.app
+        path = self.path.partition("?")[0]
+        try:
+            if path == "/api/predict":
+                allowed = ("POST",)
+            elif path in STATIC or path == "/api/info" or (
+                    path.startswith("/run/") and app.run_file(path[len("/run/"):])):
+                allowed = ("GET", "HEAD")
+            else:
+                raise RequestError(404, f"no such page: {path}")
+            if method not in allowed:
+                raise RequestError(405, f"{method} is not allowed on {path}; use {' or '.join(allowed)}",
+                                   {"Allow": ", ".join(allowed)})
+            if method == "POST":
+                self._send_json(200, app.predict(parse_pixels(self._read_body())))
+            elif path in STATIC:
+                name, ctype = STATIC[path]
+                self._send(200, resources.files("xpnet").joinpath("static", name).read_bytes(), ctype)
+            elif path == "/api/info":
+                self._send_json(200, app.info())
+            else:
+                name = path[len("/run/"):]
+                with open(app.run_file(name), "rb") as f:
+                    self._send(200, f.read(), RUN_FILES[name])
+        except RequestError as exc:
+            self._send_json(exc.status, {"error": exc.message, "status": exc.status}, exc.headers)
+
+    def handle_expect_100(self):
+        """``Expect: 100-continue`` (curl sends it for big bodies): refuse an oversize body before
+        the client sends it."""
+        length = self.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > MAX_BODY:
+            self.close_connection = True
+            self._send_json(413, {"error": f"the body is {length} bytes; at most {MAX_BODY} are "
+                                           f"accepted", "status": 413})
+            return False
+        return super().handle_expect_100()
+
+    def _read_body(self):
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            raise RequestError(411, "send the body with a Content-Length, not chunked")
+        ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise RequestError(411, "a Content-Length header is required")
+        try:
+            length = int(length)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise RequestError(400, f"bad Content-Length: {length!r}") from None
+        if length > MAX_BODY:
+            self.close_connection = True  # the body is never read
+            raise RequestError(413, f"the body is {length} bytes; at most {MAX_BODY} are accepted")
+        if ctype != "application/json":
+            self.close_connection = True
+            raise RequestError(415, f"send Content-Type: application/json, not {ctype or 'nothing'}")
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self.close_connection = True
+            raise RequestError(400, f"the body ended after {len(body)} of {length} bytes")
+        return body
+
+    def _send_json(self, status, data, headers=None):
+        self._send(status, json.dumps(data).encode("utf-8"), "application/json", headers)
+
+    def _send(self, status, body, ctype, headers=None):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data:")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    @property
+    def url(self):
+        host, port = self.server_address[:2]
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}/"
+
+
+class Server6(Server):
+    address_family = socket.AF_INET6
+
+
+def make_server(target, host="127.0.0.1", port=8000, device="cpu", quiet=False):
+    """Load the model of ``target`` (a run folder or a model file) and bind a server to
+    ``host:port`` (port 0: any free port; see ``server.url``). Call ``serve_forever()`` on it."""
+    app = App(target, device=device)
+    try:
+        server = (Server6 if ":" in host else Server)((host, port), Handler)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                          f"(try another --port)") from None
+    server.app, server.quiet = app, quiet
+    return server
+
+
+def serve(target, host="127.0.0.1", port=8000, device="cpu", quiet=False, stream=sys.stdout):
+    """Run ``xpnet serve`` until Ctrl-C."""
+    server = make_server(target, host, port, device, quiet)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {host}: other machines can reach this page", file=sys.stderr)
+    print(f"serving {server.app.model_file} on {server.url}  (Ctrl-C to stop)", file=stream, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", file=stream)
+    finally:
+        server.server_close()
+    return 0
