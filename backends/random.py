@@ -36,6 +36,23 @@ class CounterRandom:
         self.__init__(self.xp, state["seed"], state["stream"])
         self.counter = int(state["counter"])
 
+    def rows(self, lo, hi, total):
+        """A view that draws rows ``lo:hi`` of what a draw for ``total`` rows would give.
+
+        Data-parallel training: a rank holding samples lo..hi-1 of a global batch of ``total``
+        gets exactly the numbers a single process would use for them (Dropout masks), and the
+        counter advances as if the whole batch had been drawn, so every rank stays in step.
+        """
+        return RowSlice(self, lo, hi, total)
+
+    def _span(self, start, stop, total):
+        """The hashes at positions start..stop-1 of a draw of ``total``; advances by ``total``."""
+        base = self.counter
+        self.counter = base + start
+        z = self._bits(stop - start)
+        self.counter = base + total
+        return z
+
     def spawn(self, stream):
         """An independent generator for a sub-task (a layer, the shuffler, the augmenter)."""
         return CounterRandom(self.xp, self.seed, _mix64(self._key ^ (int(stream) & _MASK64)))
@@ -111,17 +128,85 @@ class CounterRandom:
         Each 64-bit hash gives four 16-bit words compared with the threshold directly (no floats):
         dropout masks are the largest random draws of a training step, and this keeps them cheap.
         """
-        xp = self.xp
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         n = math.prod(shape)
-        words = self._bits((n + 3) // 4).view(xp.uint16)[:n]
-        if p >= 1.0:
-            return xp.ones(shape, dtype=bool)
-        threshold = min(max(int(round(float(p) * 65536.0)), 0), 65535)
-        return (words < xp.uint16(threshold)).reshape(shape)
+        return _mask(self.xp, self._bits((n + 3) // 4).view(self.xp.uint16)[:n], p, shape)
 
     def bernoulli(self, p, shape, dtype="float32", value=1.0):
         """``value`` with probability p, else 0, as an array of ``dtype``."""
         xp = self.xp
         kind = xp.dtype(dtype).type
         return xp.where(self.bernoulli_mask(p, shape), kind(value), kind(0))
+
+
+def _mask(xp, words, p, shape):
+    """uint16 words -> a boolean mask, True with probability p (see bernoulli_mask)."""
+    if p >= 1.0:
+        return xp.ones(shape, dtype=bool)
+    threshold = min(max(int(round(float(p) * 65536.0)), 0), 65535)
+    return (words < xp.uint16(threshold)).reshape(shape)
+
+
+class RowSlice:
+    """Rows lo:hi of a CounterRandom's draws whose first axis is a batch of ``total`` rows.
+
+    Each draw takes a shape whose first axis is hi - lo and returns those rows of the draw of
+    (total, ...) the parent would make, advancing the parent's counter by the whole draw.
+    bernoulli_mask and random hash only the rows asked for; the other draws make the whole
+    batch and slice it.
+    """
+
+    def __init__(self, rng, lo, hi, total):
+        if not 0 <= lo <= hi <= total:
+            raise ValueError(f"rows: need 0 <= lo <= hi <= total, got {lo}, {hi}, {total}")
+        self.rng, self.xp = rng, rng.xp
+        self.lo, self.hi, self.total = int(lo), int(hi), int(total)
+
+    def _rows(self, shape):
+        """(global shape, values per row) for a local ``shape`` whose first axis is hi - lo."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if not shape or shape[0] != self.hi - self.lo:
+            raise ValueError(f"a draw for rows {self.lo}:{self.hi} must have {self.hi - self.lo} rows "
+                             f"on its first axis, got shape {shape}")
+        return shape, (self.total,) + shape[1:], math.prod(shape[1:])
+
+    def _elements(self, per_word, shape):
+        """The uint words holding this slice's elements of a draw packing ``per_word`` per hash."""
+        shape, full, m = self._rows(shape)
+        a, b = self.lo * m, self.hi * m
+        w0, w1 = a // per_word, -(-b // per_word)
+        total_words = -(-math.prod(full) // per_word)
+        bits = self.rng._span(w0, w1, total_words)
+        return shape, bits, a - w0 * per_word, b - a
+
+    def bernoulli_mask(self, p, shape):
+        shape, bits, skip, n = self._elements(4, shape)
+        return _mask(self.xp, bits.view(self.xp.uint16)[skip:skip + n], p, shape)
+
+    def bernoulli(self, p, shape, dtype="float32", value=1.0):
+        kind = self.xp.dtype(dtype).type
+        return self.xp.where(self.bernoulli_mask(p, shape), kind(value), kind(0))
+
+    def random(self, shape, dtype="float32"):
+        xp = self.xp
+        if xp.dtype(dtype) == xp.float64:
+            shape, bits, skip, n = self._elements(1, shape)
+            out = (bits[skip:skip + n] >> xp.uint64(11)).astype(xp.float64) * (1.0 / (1 << 53))
+        else:
+            shape, bits, skip, n = self._elements(2, shape)
+            words = bits.view(xp.uint32)[skip:skip + n]
+            out = (words >> xp.uint32(8)).astype(xp.float32) * xp.float32(1.0 / (1 << 24))
+            out = out.astype(dtype, copy=False)
+        return out.reshape(shape)
+
+    def uniform(self, low=0.0, high=1.0, shape=(), dtype="float32"):
+        u = self.random(shape, dtype)
+        return u * (high - low) + low if (low, high) != (0.0, 1.0) else u
+
+    def normal(self, mean=0.0, std=1.0, shape=(), dtype="float32"):
+        _, full, _ = self._rows(shape)
+        return self.rng.normal(mean, std, full, dtype)[self.lo:self.hi]
+
+    def integers(self, low, high, shape=()):
+        _, full, _ = self._rows(shape)
+        return self.rng.integers(low, high, full)[self.lo:self.hi]

@@ -23,7 +23,33 @@ def test_core_does_not_import_array_libraries():
         if rel.parts[0].removesuffix(".py") in HOST_SIDE:
             continue
         bad = {m for m in _imports(path) if m in ("numpy", "cupy")}
+        if rel.as_posix() == "distributed/nccl.py" and set(_full_imports(path)) & {"cupy", "numpy"} == set():
+            bad.discard("cupy")  # only `from cupy.cuda import nccl`: the NCCL communicator's library
         if bad:
             offenders.append(f"{rel}: {sorted(bad)}")
     assert not offenders, "compute modules must use backend.xp, not: " + "; ".join(offenders)
     assert any(ROOT.rglob("*.py"))
+
+
+def _full_imports(path):
+    """Every imported module by its full dotted name (``from a.b import c`` gives a.b and a.b.c)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+            yield from (f"{node.module}.{a.name}" for a in node.names)
+
+
+def test_only_distributed_imports_mpi_and_nccl():
+    """mpi4py and NCCL are xpnet.distributed's business alone (the backends included)."""
+    offenders, found = [], set()
+    for path in list(ROOT.rglob("*.py")) + list((ROOT.parent / "backends").rglob("*.py")):
+        names = {m for m in _full_imports(path) if m.split(".")[0] == "mpi4py" or
+                 m.startswith("cupy.cuda.nccl") or m.startswith("cupyx.distributed")}
+        if path.parent.name == "distributed" and path.parent.parent == ROOT:
+            found |= names
+        elif names:
+            offenders.append(f"{path}: {sorted(names)}")
+    assert not offenders, "only xpnet/distributed/ may import mpi4py or NCCL: " + "; ".join(offenders)
+    assert {"mpi4py", "cupy.cuda.nccl"} <= found  # the check sees the imports where they are

@@ -8,6 +8,10 @@ information (batch size), never device values, so callbacks cannot add per-batch
 
 Callbacks that carry state across epochs implement ``get_state() -> (json_dict, host_arrays)`` and
 ``set_state(json_dict, arrays)`` so that checkpoints can resume them exactly.
+
+Callbacks that write files set ``rank_zero_only = True``: in data-parallel training
+(fit(..., distributed=comm)) only rank 0 calls them; the others (early stopping, schedules) run on
+every rank, on the same globally reduced logs, so every rank takes the same decisions.
 """
 import csv
 import io
@@ -21,6 +25,8 @@ from .serialization import atomic_write_bytes
 
 
 class Callback:
+    rank_zero_only = False  # True for callbacks that write files: only rank 0 runs them
+
     def __init__(self):
         self.model = None
         self.params = {}
@@ -284,10 +290,12 @@ class ReduceLROnPlateau(_Monitor):
 class ModelCheckpoint(_Monitor):
     """Save the model after each epoch to ``path_pattern.format(epoch=epoch + 1, **logs)``.
 
-    Uses ``model.save(path)`` (architecture + weights + optimizer) when the model has it; otherwise
+    rank_zero_only: in data-parallel training only rank 0 saves. Uses ``model.save(path)`` (architecture + weights + optimizer) when the model has it; otherwise
     a weights-only .npz of every parameter and buffer. With ``save_best_only`` a file is written only
     when ``monitor`` improves.
     """
+
+    rank_zero_only = True
 
     def __init__(self, path_pattern, monitor="val_loss", save_best_only=False, mode="auto",
                  verbose=0):
@@ -336,6 +344,8 @@ def save_weights(model, path):
 class _FileLogger(Callback):
     """Rewrites the whole log atomically after every epoch from ``model.history`` (which a resumed
     fit restores), so the file always matches the run, including epochs before a resume."""
+
+    rank_zero_only = True
 
     def __init__(self, path):
         super().__init__()
@@ -387,8 +397,9 @@ class TerminateOnNaN(Callback):
 class CallbackList:
     """Calls each callback in order."""
 
-    def __init__(self, callbacks, model, params):
+    def __init__(self, callbacks, model, params, rank=0):
         self.callbacks = list(callbacks)
+        self.rank = int(rank)  # data-parallel rank: rank_zero_only callbacks run on rank 0 only
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise ConfigError(f"callbacks must be xpnet.callbacks.Callback objects, got "
@@ -401,4 +412,5 @@ class CallbackList:
 
     def call(self, hook, *args):
         for cb in self.callbacks:
-            getattr(cb, hook)(*args)
+            if self.rank == 0 or not cb.rank_zero_only:
+                getattr(cb, hook)(*args)

@@ -213,7 +213,8 @@ class TrainingMixin:
     # -- training -------------------------------------------------------------------------------
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             validation_split=0.0, callbacks=None, verbose="auto", augment=None, initial_epoch=0,
-            checkpoint=None, resume=False, steps_per_epoch=None, seed=None):
+            checkpoint=None, resume=False, steps_per_epoch=None, seed=None, distributed=None,
+            sync_batchnorm=True):
         """Train for epochs ``initial_epoch .. epochs-1``; returns a History.
 
         checkpoint=DIR writes DIR/last.npz after every epoch; resume=True continues from it (an error
@@ -223,6 +224,12 @@ class TrainingMixin:
         steps_per_epoch: batches per epoch (full batches; the data is re-shuffled when it runs out).
         seed: restart the shuffling and augmentation generators from this seed (default: they
         derive from model.seed once and continue across fit() calls).
+        distributed: a communicator from xpnet.distributed.init() for data-parallel training under
+        mpirun; batch_size is then the GLOBAL batch, each rank trains on its share of it, and only
+        rank 0 shows progress and writes checkpoints and log files (docs/scaling.md).
+        sync_batchnorm: with ``distributed``, BatchNorm uses the statistics of the global batch
+        (True, as PyTorch's SyncBatchNorm) or each rank's own, averaging the running statistics
+        over the ranks at the end of each epoch (False).
         """
         self._require_compiled()
         self._ensure_built(x)
@@ -249,6 +256,11 @@ class TrainingMixin:
 
         xd, yd, xv, yv = self._fit_data(x, y, validation_data, validation_split)
         n = _length("x", xd)
+        dp = None
+        if distributed is not None:
+            from .distributed.data_parallel import DataParallel
+            dp = DataParallel(self, distributed, batch_size, n, steps_per_epoch, sync_batchnorm)
+        rank = 0 if dp is None else distributed.rank
         steps = math.ceil(n / batch_size) if steps_per_epoch is None else int(steps_per_epoch)
         total = n if steps_per_epoch is None else steps * batch_size
         history = History()
@@ -257,7 +269,7 @@ class TrainingMixin:
         callback_list = [history] + list(callbacks or [])
         params = {"epochs": epochs, "batch_size": batch_size, "steps": steps, "samples": n,
                   "validation_samples": 0 if xv is None else len(xv), "initial_epoch": int(initial_epoch)}
-        cb = cbs.CallbackList(callback_list, self, params)
+        cb = cbs.CallbackList(callback_list, self, params, rank)
         history.params = params
         rngs = self._training_rngs(seed)
         folder = None if checkpoint is None else os.fspath(checkpoint)
@@ -266,7 +278,7 @@ class TrainingMixin:
 
         first = self.layers[0] if self.layers else None
         saved_flag = getattr(first, "need_input_grad", None)
-        progress = Progress(verbose, epochs, steps)
+        progress = Progress(verbose if rank == 0 else 0, epochs, steps)
         saved_epoch = None
         epoch = int(initial_epoch)
         try:
@@ -281,10 +293,15 @@ class TrainingMixin:
                 progress.message(f"resumed from {ck_path} after epoch {saved_epoch + 1}"
                                  + (" (that run had stopped early: nothing left to do)"
                                     if self.stop_training else ""))
+            if dp is not None:  # the same checkpoint on every rank, then rank 0's weights everywhere
+                dp.agree(-1 if saved_epoch is None else saved_epoch, "the checkpoint epoch to resume from")
+                dp.broadcast_weights()
+                dp.broadcast_rngs(rngs)
+                dp.attach()
             while epoch < epochs and not self.stop_training:
                 cb.call("on_epoch_begin", epoch, {})
                 logs, bad_batch = self._run_epoch(epoch, xd, yd, xv, yv, batch_size, steps, total,
-                                                  shuffle, augment, rngs, progress, cb)
+                                                  shuffle, augment, rngs, progress, cb, dp)
                 cb.call("on_epoch_end", epoch, logs)
                 progress.epoch_end(epoch, logs)
                 if not math.isfinite(logs["loss"]):
@@ -292,7 +309,8 @@ class TrainingMixin:
                         raise TrainingError(self._nan_message(epoch, logs, bad_batch, ck_path, saved_epoch))
                     break
                 if folder is not None:
-                    save_checkpoint(ck_path, self, epoch, rngs, callback_list, self.stop_training)
+                    if rank == 0:
+                        save_checkpoint(ck_path, self, epoch, rngs, callback_list, self.stop_training)
                     saved_epoch = epoch
                 epoch += 1
             cb.call("on_train_end", {})
@@ -311,6 +329,8 @@ class TrainingMixin:
             progress.close()
             if first is not None:
                 first.need_input_grad = saved_flag
+            if dp is not None:
+                dp.detach()
         return history
 
     def _fit_data(self, x, y, validation_data, validation_split):
@@ -375,8 +395,11 @@ class TrainingMixin:
         return order
 
     def _run_epoch(self, epoch, xd, yd, xv, yv, batch_size, steps, total, shuffle, augment, rngs,
-                   progress, cb):
-        """Train one epoch; returns (logs of host floats, first batch with a non-finite loss or None)."""
+                   progress, cb, dp=None):
+        """Train one epoch; returns (logs of host floats, first batch with a non-finite loss or None).
+
+        With ``dp`` (data-parallel) this rank trains on its rows of each global batch and the
+        epoch's sums (validation on this rank's share included) are all-reduced once."""
         xp = self.xp
         opt, loss = self.optimizer, self.loss
         start_time = time.perf_counter()
@@ -386,18 +409,28 @@ class TrainingMixin:
         loss_sum = xp.zeros((), dtype=xp.float64)
         correct = xp.zeros((), dtype=xp.int64)
         first_bad = xp.full((), -1, dtype=xp.int64)
-        seen = 0
+        seen = seen_all = 0
         for b in range(steps):
             idx = order[b * batch_size:min((b + 1) * batch_size, total)]
-            xb, yb = xd[idx], yd[idx]
-            if augment is not None:
-                xb = augment(xb, rngs["augment"])
+            seen_all += int(idx.shape[0])
+            if dp is None:
+                xb, yb = xd[idx], yd[idx]
+                if augment is not None:
+                    xb = augment(xb, rngs["augment"])
+            else:  # this rank's rows; augmentations drawn for the global batch (same as 1 process)
+                lo, hi = dp.begin_batch(int(idx.shape[0]))
+                xb, yb = (xd[idx[lo:hi]] if augment is None
+                          else augment(xd[idx], rngs["augment"])[lo:hi]), yd[idx[lo:hi]]
             out = self.forward(xb, training=True)
             value = loss.forward(out, yb) + self.regularization_loss()
-            self.backward(loss.backward())
+            if dp is None:
+                self.backward(loss.backward())
+            else:  # gradient of the global batch's mean loss after the all-reduce
+                self.backward(loss.backward() * dp.scale)
+                dp.reduce_gradients()
             self.add_regularization_grads()
             opt.step(self.parameters, self.gradients)
-            nb = int(idx.shape[0])
+            nb = int(xb.shape[0])
             seen += nb
             value = value.astype(xp.float64)
             loss_sum = loss_sum + value * nb
@@ -416,9 +449,17 @@ class TrainingMixin:
                 break  # no use finishing the epoch: fit() reports it at the epoch sync
         sums = [loss_sum, correct.astype(xp.float64), first_bad.astype(xp.float64)]
         if xv is not None:
-            v_loss, v_correct = self._measure(xv, yv, max(batch_size, 256))
+            if dp is None:
+                v_loss, v_correct = self._measure(xv, yv, max(batch_size, 256))
+            else:  # each rank measures its share of the validation data
+                dp.average_buffers()
+                v_loss, v_correct = self._measure(dp.rows(xv), dp.rows(yv), max(batch_size, 256))
             sums += [v_loss, v_correct.astype(xp.float64)]
-        host = self.backend.to_numpy(xp.stack(sums))  # the epoch's one host sync
+        if dp is None:
+            host = self.backend.to_numpy(xp.stack(sums))  # the epoch's one host sync
+        else:  # one all-reduce of the epoch's sums over the ranks, then the host sync
+            host = dp.reduce_epoch(xp.stack(sums), bad_index=2)
+            seen = seen_all
         logs = {"loss": float(host[0]) / seen}
         if self.metrics:
             logs["accuracy"] = float(host[1]) / seen

@@ -22,6 +22,7 @@ class Layer:
     """Base class. Shapes exclude the batch axis: (features,) or (C, H, W) in NCHW."""
 
     has_params = False
+    distributed = None  # while fit(distributed=...) trains: this rank's BatchShard (xpnet.distributed)
 
     def __init__(self, name=None):
         self.name = name

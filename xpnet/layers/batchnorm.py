@@ -6,6 +6,11 @@ statistics the Keras way, ``r = momentum * r + (1 - momentum) * batch_stat`` (Py
 is ``1 - momentum`` here). The running variance takes the UNBIASED batch variance (n / (n - 1)
 times the biased one), as PyTorch does, so both libraries keep the same running statistics.
 Evaluation normalizes with the running statistics.
+
+Data-parallel training (fit(..., distributed=comm)) synchronises the statistics over the ranks
+as PyTorch's SyncBatchNorm does: one all-reduce of the per-channel sums in forward and one of the
+gradient sums in backward (``self.distributed``, see xpnet.distributed.data_parallel), unless fit
+is asked for per-rank statistics.
 """
 import numbers
 
@@ -52,13 +57,20 @@ class BatchNorm(Layer):
 
     def forward(self, x, training=False):
         count = x.size // x.shape[1]
+        sync = training and self.distributed is not None and self.distributed.sync_batchnorm
+        if sync:
+            count = self.distributed.global_count(x)
         if training:
             if count < 2:
                 raise ShapeError(f"layer {self.name!r} (BatchNorm) needs more than one value per channel "
                                  f"in training, got input of shape {tuple(x.shape)}")
-            mean = x.mean(axis=self.axes)
-            centered = x - mean.reshape(self.stat_shape)
-            var = (centered * centered).mean(axis=self.axes)
+            if sync:  # statistics of the global batch: one all-reduce
+                mean, var = self.distributed.batch_moments(x, self.axes, self.buffers["running_mean"])
+                centered = x - mean.reshape(self.stat_shape)
+            else:
+                mean = x.mean(axis=self.axes)
+                centered = x - mean.reshape(self.stat_shape)
+                var = (centered * centered).mean(axis=self.axes)
             m = self.momentum
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
             rm[...] = m * rm + (1.0 - m) * mean
@@ -68,12 +80,12 @@ class BatchNorm(Layer):
             centered = x - self.buffers["running_mean"].reshape(self.stat_shape)
         inv_std = 1.0 / self.xp.sqrt(var + self.epsilon)
         xhat = centered * inv_std.reshape(self.stat_shape)
-        self.cache = (xhat, inv_std, training)
+        self.cache = (xhat, inv_std, training, count, sync)
         gamma, beta = self.params["gamma"], self.params["beta"]
         return xhat * gamma.reshape(self.stat_shape) + beta.reshape(self.stat_shape)
 
     def backward(self, grad):
-        xhat, inv_std, training = self.cache
+        xhat, inv_std, training, count, sync = self.cache
         self.grads["gamma"] = (grad * xhat).sum(axis=self.axes)
         self.grads["beta"] = grad.sum(axis=self.axes)
         if not self.need_input_grad:
@@ -81,9 +93,11 @@ class BatchNorm(Layer):
         scale = (self.params["gamma"] * inv_std).reshape(self.stat_shape)
         if not training:
             return grad * scale
-        count = grad.size // grad.shape[1]
-        g_mean = (self.grads["beta"] / count).reshape(self.stat_shape)
-        gx_mean = (self.grads["gamma"] / count).reshape(self.stat_shape)
+        g_sum, gx_sum = self.grads["beta"], self.grads["gamma"]
+        if sync:  # sums over the global batch: one all-reduce (the param grads stay this rank's)
+            g_sum, gx_sum = self.distributed.sum_pair(g_sum, gx_sum)
+        g_mean = (g_sum / count).reshape(self.stat_shape)
+        gx_mean = (gx_sum / count).reshape(self.stat_shape)
         return scale * (grad - g_mean - xhat * gx_mean)
 
     def get_config(self):

@@ -26,10 +26,12 @@ class Dropout(Layer):
         if not training or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
+        # data-parallel: this rank's rows of the global batch's mask (the same masks as one process)
+        rng = self.rng if self.distributed is None else self.distributed.rows(self.rng)
         if self._dropout is not None:
-            y, self.mask = self._dropout(x, self.rng.bernoulli_mask(keep, x.shape), 1.0 / keep)
+            y, self.mask = self._dropout(x, rng.bernoulli_mask(keep, x.shape), 1.0 / keep)
             return y
-        self.mask = self.rng.bernoulli(keep, x.shape, x.dtype, value=1.0 / keep)
+        self.mask = rng.bernoulli(keep, x.shape, x.dtype, value=1.0 / keep)
         return self._apply(x)
 
     def backward(self, grad):

@@ -1,0 +1,388 @@
+"""xpnet.distributed piece by piece, in this process: the RNG row views, flat buffers, epoch
+reduction, the deadline and the watchdog, the MPI communicator on one rank, and the NCCL
+communicator's GPU-only logic (device selection, buffer pointers, NCCL types and ops, the unique
+id, the event watchdog) through a fake ``cupy.cuda.nccl`` and a fake CuPy backend: no GPU here,
+so the NCCL path has not run on real hardware."""
+import ctypes
+import types
+
+import numpy as np
+import pytest
+
+from xpnet import distributed
+from xpnet.backends import get_backend
+from xpnet.distributed import base
+from xpnet.distributed.data_parallel import DataParallel, FlatBuffer, shard_bounds
+from xpnet.distributed.nccl import NCCLCommunicator, decode_id, encode_id, select_device
+from xpnet.errors import BackendError, ConfigError
+
+
+# -- generators: rows of a global batch -------------------------------------------------------
+@pytest.mark.parametrize("draw", ["bernoulli_mask", "random64", "random32", "normal", "integers"])
+@pytest.mark.parametrize("shape", [(7, 3, 5), (5,), (6, 1)])
+def test_row_views_give_the_rows_of_the_whole_draw(backend, draw, shape):
+    def make(gen, s):
+        return {"bernoulli_mask": lambda: gen.bernoulli_mask(0.7, s),
+                "random64": lambda: gen.random(s, "float64"),
+                "random32": lambda: gen.random(s, "float32"),
+                "normal": lambda: gen.normal(0.0, 1.0, s),
+                "integers": lambda: gen.integers(0, 10, s)}[draw]()
+
+    whole_rng = backend.rng(3, 5)
+    whole_rng.counter = 13
+    whole = backend.to_numpy(make(whole_rng, shape))
+    n = shape[0]
+    for cuts in ([0, n], [0, n // 2, n], list(range(n + 1))):
+        parts = []
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            r = backend.rng(3, 5)
+            r.counter = 13
+            parts.append(backend.to_numpy(make(r.rows(lo, hi, n), (hi - lo,) + shape[1:])))
+            assert r.counter == whole_rng.counter  # advanced past the whole draw: ranks stay in step
+        assert np.array_equal(np.concatenate(parts), whole)
+
+
+def test_row_view_refuses_a_draw_without_the_batch_rows():
+    view = get_backend("numpy").rng(0).rows(2, 5, 8)
+    with pytest.raises(ValueError, match="3 rows"):
+        view.random((6, 3))
+    with pytest.raises(ValueError):
+        get_backend("numpy").rng(0).rows(5, 2, 8)
+
+
+def test_shards_cover_the_batch():
+    for n in (1, 2, 7, 15, 16):
+        for size in (1, 2, 3, 4):
+            bounds = [shard_bounds(n, r, size) for r in range(size)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            assert max(hi - lo for lo, hi in bounds) - min(hi - lo for lo, hi in bounds) <= 1
+
+
+def test_flat_buffer_packs_and_gives_views(backend):
+    xp = backend.xp
+    arrays = [xp.arange(6, dtype=xp.float64).reshape(2, 3), xp.ones((4,), dtype=xp.float64)]
+    buf = FlatBuffer(xp, arrays, xp.float64)
+    flat = buf.pack(arrays)
+    assert flat.shape == (10,)
+    flat *= 2.0
+    views = buf.views()
+    assert [tuple(v.shape) for v in views] == [(2, 3), (4,)]
+    assert np.array_equal(backend.to_numpy(views[0]), 2 * np.arange(6.0).reshape(2, 3))
+
+
+# -- a fake 2-rank communicator: what the other rank contributes is given ----------------------
+class PeerComm:
+    """Rank ``rank`` of 2; the other rank's buffer is ``peer`` (host values) in every all-reduce."""
+
+    def __init__(self, backend, rank, peer):
+        self.backend, self.rank, self.size, self.peer = backend, rank, 2, peer
+        self.calls = []
+
+    def allreduce(self, buf, op="sum"):
+        self.calls.append(("allreduce", int(buf.shape[0])))
+        buf[...] = buf + self.backend.asarray(np.asarray(self.peer(int(buf.shape[0]))))
+        return buf
+
+    def broadcast(self, buf, root=0):
+        self.calls.append(("broadcast", int(buf.shape[0])))
+        return buf
+
+
+def _model(backend):
+    import xpnet
+    from xpnet.layers import Dense
+    m = xpnet.Sequential([Dense(3)], input_shape=(4,), device=backend, dtype="float64")
+    return m.compile(optimizer="sgd")
+
+
+def test_epoch_sums_are_reduced_once_and_first_bad_batch_is_the_earliest(backend):
+    xp = backend.xp
+    # rank 1's sums: loss 5, correct 2, no bad batch (slot 0), val 1 and 1; its slot says batch 3 went bad
+    comm = PeerComm(backend, 0, lambda k: [5.0, 2.0, 0.0, 1.0, 1.0, 0.0, 4.0])
+    dp = DataParallel(_model(backend), comm, batch_size=4, n=8, steps_per_epoch=None)
+    host = dp.reduce_epoch(xp.asarray([1.0, 3.0, 6.0, 2.0, 0.0]), bad_index=2)
+    assert comm.calls == [("allreduce", 7)]
+    assert list(host) == [6.0, 5.0, 3.0, 3.0, 1.0]  # batch 3 of rank 1 comes before batch 6 of rank 0
+    comm = PeerComm(backend, 0, lambda k: [0.0] * k)
+    dp = DataParallel(_model(backend), comm, batch_size=4, n=8, steps_per_epoch=None)
+    assert dp.reduce_epoch(xp.asarray([1.0, 3.0, -1.0]), bad_index=2)[2] == -1.0
+
+
+def test_gradients_go_in_one_allreduce(backend):
+    model = _model(backend)
+    xp = backend.xp
+    model.layers[0].grads = {"W": xp.ones((4, 3), dtype=xp.float64), "b": xp.ones((3,), dtype=xp.float64)}
+    comm = PeerComm(backend, 1, lambda k: np.arange(k, dtype=np.float64))
+    dp = DataParallel(model, comm, batch_size=4, n=8, steps_per_epoch=None)
+    dp.reduce_gradients()
+    assert comm.calls == [("allreduce", 15)]
+    grads = {k: backend.to_numpy(v) for k, v in model.gradients.items()}
+    assert np.array_equal(grads["dense.W"], 1 + np.arange(12.0).reshape(4, 3))
+    assert np.array_equal(grads["dense.b"], 1 + np.arange(12.0, 15.0))
+
+
+def test_data_parallel_refuses_what_cannot_be_sharded():
+    model = _model(get_backend("numpy"))
+    comm = PeerComm(get_backend("numpy"), 0, None)
+    with pytest.raises(ConfigError, match="at least 2"):
+        DataParallel(model, comm, batch_size=1, n=8, steps_per_epoch=None)
+    with pytest.raises(ConfigError, match="last batch"):
+        DataParallel(model, comm, batch_size=4, n=9, steps_per_epoch=None)
+    DataParallel(model, comm, batch_size=4, n=9, steps_per_epoch=2)  # full batches only: fine
+    with pytest.raises(ConfigError, match="device=comm.backend"):
+        DataParallel(model, PeerComm(get_backend("strict"), 0, None), 4, 8, None)
+    with pytest.raises(ConfigError, match="communicator"):
+        DataParallel(model, object(), 4, 8, None)
+
+
+# -- deadlines ---------------------------------------------------------------------------------
+def test_wait_gives_up_at_the_deadline():
+    import time
+    start = time.monotonic()
+    with pytest.raises(base.DistributedError, match="gave up"):
+        base.wait(lambda: False, time.monotonic() + 0.2,
+                  lambda: base.DistributedError("gave up"))
+    assert 0.2 <= time.monotonic() - start < 2.0
+    calls = iter([False, False, True])
+    base.wait(lambda: next(calls), time.monotonic() + 5, lambda: AssertionError("not reached"))
+
+
+def test_timeout_setting(monkeypatch):
+    monkeypatch.delenv(base.TIMEOUT_ENV, raising=False)
+    assert base.resolve_timeout(None) == base.DEFAULT_TIMEOUT
+    monkeypatch.setenv(base.TIMEOUT_ENV, "12.5")
+    assert base.resolve_timeout(None) == 12.5
+    assert base.resolve_timeout(3) == 3.0
+    for bad in (0, -1, "soon", float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="timeout"):
+            base.resolve_timeout(bad)
+
+
+def test_watchdog_fires_only_for_an_overdue_collective():
+    now = [0.0]
+    fired = []
+    dog = base.Watchdog(10.0, fired.append, clock=lambda: now[0])
+    finished = [False]
+    dog._thread = object()  # drive it by hand: no thread
+    dog.watch(lambda: finished[0], "allreduce #1")
+    now[0] = 9.0
+    assert dog.check() is None
+    finished[0] = True
+    now[0] = 50.0
+    assert dog.check() is None and dog.pending() == 0
+    dog.watch(lambda: False, "allreduce #2")
+    now[0] = 61.0
+    assert dog.check() == "allreduce #2"
+
+
+def test_watchdog_thread_calls_on_timeout():
+    import threading
+    fired = threading.Event()
+    messages = []
+    dog = base.Watchdog(0.1, lambda what: (messages.append(what), fired.set()), poll=0.02)
+    dog.watch(lambda: False, "broadcast #7")
+    assert fired.wait(5.0)
+    assert messages == ["broadcast #7"]
+    dog.close()
+
+
+def test_unhandled_error_aborts_the_job(monkeypatch):
+    import sys
+    aborted, shown = [], []
+    monkeypatch.setattr(sys, "excepthook", lambda *a: shown.append(a[0]))
+    guard = base.AbortOnError(aborted.append)
+    guard.install()
+    try:
+        sys.excepthook(RuntimeError, RuntimeError("boom"), None)
+    finally:
+        guard.uninstall()
+    assert shown == [RuntimeError] and aborted == [1]
+
+
+# -- the MPI communicator on one rank (this process) --------------------------------------------
+@pytest.fixture(scope="module")
+def mpi_comm():
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install -e '.[mpi]')")
+    return distributed.init("cpu", timeout=30)
+
+
+def test_mpi_communicator_on_one_rank(mpi_comm, backend):
+    comm = mpi_comm
+    assert (comm.rank, comm.size, comm.local_rank) == (0, 1, 0) and comm.kind == "MPI"
+    comm.backend = backend
+    try:
+        xp = backend.xp
+        buf = xp.asarray([1.0, 2.0, 4.0])
+        assert comm.allreduce(buf) is buf
+        assert comm.allreduce(buf, "mean") is buf
+        assert np.array_equal(backend.to_numpy(buf), [1.0, 2.0, 4.0])
+        assert comm.broadcast(buf) is buf
+        comm.barrier()
+        assert comm.broadcast_text("runs/20261130-x") == "runs/20261130-x"
+        assert comm.broadcast_text("") == ""
+        with pytest.raises(ConfigError, match="flat"):
+            comm.allreduce(xp.ones((2, 2)))
+        with pytest.raises(ConfigError, match="'sum' or 'mean'"):
+            comm.allreduce(buf, "max")
+        with pytest.raises(ConfigError, match="backend"):
+            other = get_backend("strict").xp.ones((2,)) if backend.name == "numpy" else np.ones(2)
+            comm.allreduce(other)
+        assert comm.operations >= 4
+    finally:
+        comm.backend = get_backend("cpu")
+
+
+def test_init_rejects_unknown_devices():
+    with pytest.raises(BackendError, match="unknown device"):
+        distributed.init("tpu")
+
+
+# -- NCCL through fakes --------------------------------------------------------------------------
+class FakeArray:
+    """A device array as NCCLCommunicator sees it: .data.ptr, .size, .dtype, in-place division."""
+
+    def __init__(self, a):
+        self.a = a
+        self.data = types.SimpleNamespace(ptr=a.ctypes.data)
+        self.size, self.dtype, self.ndim, self.shape = a.size, a.dtype, a.ndim, a.shape
+
+    def __itruediv__(self, k):
+        self.a /= k
+        return self
+
+
+class FakeEvent:
+    def __init__(self, **kwargs):
+        self.kwargs, self.stream, self.done = kwargs, None, True
+
+    def record(self, stream):
+        self.stream = stream
+
+
+STREAM = types.SimpleNamespace(ptr=4242)
+FAKE_CUPY = types.SimpleNamespace(ndarray=FakeArray, cuda=types.SimpleNamespace(
+    get_current_stream=lambda: STREAM, Event=FakeEvent))
+
+
+class FakeGPUBackend:
+    name, is_gpu, xp = "cupy", True, FAKE_CUPY
+
+    def __init__(self):
+        self.syncs = 0
+
+    def synchronize(self):
+        self.syncs += 1
+
+
+class FakeNccl:
+    """cupy.cuda.nccl's surface; the communicator adds a second rank's values (``peer``)."""
+    NCCL_SUM, NCCL_INT32, NCCL_INT64, NCCL_FLOAT32, NCCL_FLOAT64 = 0, 2, 4, 7, 8
+    UID = bytes(range(128))
+
+    def __init__(self, peer):
+        fake = self
+
+        class NcclCommunicator:
+            def __init__(self, ndev, uid, rank):
+                fake.created = (ndev, uid, rank)
+                self.calls, self.aborted, self.destroyed = [], False, False
+
+            def allReduce(self, send, recv, count, dtype, op, stream):
+                self.calls.append(("allReduce", send, recv, count, dtype, op, stream))
+                ctype = {7: ctypes.c_float, 8: ctypes.c_double}[dtype]
+                np.ctypeslib.as_array((ctype * count).from_address(recv))[:] += peer[:count]
+
+            def bcast(self, buff, count, dtype, root, stream):
+                self.calls.append(("bcast", buff, count, dtype, root, stream))
+
+            def check_async_error(self):
+                pass
+
+            def abort(self):
+                self.aborted = True
+
+            def destroy(self):
+                self.destroyed = True
+
+        self.NcclCommunicator = NcclCommunicator
+
+    def get_unique_id(self):
+        return self.UID
+
+
+class FakeControl:
+    """The MPI communicator an NCCL one is made through (rank 1 of 2 here)."""
+
+    def __init__(self, rank=1):
+        self.rank, self.size, self.local_rank, self.local_size, self.timeout = rank, 2, 0, 2, 30.0
+        self.texts, self.aborted, self.barriers, self.closed = [], [], 0, False
+
+    def broadcast_text(self, text, root=0):
+        self.texts.append(text)
+        return encode_id(FakeNccl.UID)  # what rank 0 sent
+
+    def barrier(self):
+        self.barriers += 1
+
+    def abort(self, code=1):
+        self.aborted.append(code)
+
+    def close(self):
+        self.closed = True
+
+
+def test_nccl_communicator_passes_device_pointers_types_and_the_stream():
+    nccl = FakeNccl(peer=np.array([10.0, 20.0, 30.0]))
+    control = FakeControl()
+    comm = distributed.communicator_for(FakeGPUBackend(), control, nccl=nccl)
+    assert isinstance(comm, NCCLCommunicator) and comm.kind == "NCCL"
+    assert nccl.created == (2, FakeNccl.UID, 1)  # rank 0's id, received over MPI
+    assert control.texts == [""]  # rank 1 sends nothing
+    host = np.array([1.0, 2.0, 3.0])
+    buf = FakeArray(host)
+    assert comm.allreduce(buf, "mean") is buf
+    call = comm.comm.calls[-1]
+    assert call == ("allReduce", host.ctypes.data, host.ctypes.data, 3, 8, 0, 4242)  # in place
+    assert np.array_equal(host, [5.5, 11.0, 16.5])
+    f32 = FakeArray(np.ones(2, dtype=np.float32))
+    comm.allreduce(f32)
+    assert comm.comm.calls[-1][4] == 7 and np.array_equal(f32.a, [11.0, 21.0])
+    comm.broadcast(buf, root=0)
+    assert comm.comm.calls[-1] == ("bcast", host.ctypes.data, 3, 8, 0, 4242)
+    with pytest.raises(BackendError, match="float16"):
+        comm.allreduce(FakeArray(np.ones(2, dtype=np.float16)))
+    comm.barrier()
+    assert control.barriers == 1 and comm.backend.syncs == 1
+    comm.close()
+    assert comm.comm.destroyed and control.closed
+
+
+def test_nccl_watchdog_aborts_nccl_then_mpi():
+    comm = distributed.communicator_for(FakeGPUBackend(), FakeControl(),
+                                        nccl=FakeNccl(peer=np.zeros(3)))
+    comm._on_timeout("allreduce of 3 values (collective #5)")
+    assert comm.comm.aborted and comm.mpi.aborted == [1]
+    comm.watchdog.close()
+
+
+def test_rank_zero_creates_the_unique_id():
+    control = FakeControl(rank=0)
+    comm = NCCLCommunicator(control, FakeGPUBackend(), nccl=FakeNccl(peer=np.zeros(1)))
+    assert decode_id(control.texts[0]) == FakeNccl.UID
+    assert decode_id(encode_id((1, -2, 3))) == (1, -2, 3)  # old CuPy: a tuple of ints
+    comm.watchdog.close()
+
+
+def test_cpu_backends_keep_the_mpi_communicator():
+    control = FakeControl()
+    strict = get_backend("strict")
+    assert distributed.communicator_for(strict, control) is control and control.backend is strict
+
+
+def test_one_gpu_per_rank_by_local_rank():
+    assert [select_device(r, 4, 8) for r in range(4)] == [0, 1, 2, 3]
+    with pytest.raises(BackendError, match="3 ranks run on this machine but it has 2"):
+        select_device(2, 3, 2)
+    with pytest.raises(BackendError, match="no CUDA GPU"):
+        select_device(0, 1, 0)
