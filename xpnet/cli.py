@@ -1,4 +1,4 @@
-"""The ``xpnet`` command: train, evaluate, predict, summary, info, models, serve.
+"""The ``xpnet`` command: train, evaluate, predict, export, summary, info, models, serve.
 
 User errors (bad arguments, missing or corrupt files, unknown names) print one line and exit
 with status 2; they never show a traceback.
@@ -204,6 +204,24 @@ def cmd_summary(args):
     return 0
 
 
+def cmd_export(args):
+    from .io import load_model
+    from .onnx_export import INPUT_SCALING, export_onnx
+    path = args.model_file
+    if os.path.isdir(path):  # a run folder: its trained model
+        path = os.path.join(path, "model.npz")
+    model = load_model(path, device="cpu", compile=False)
+    try:
+        export_onnx(model, args.out_file, opset=args.opset)
+    except ImportError as exc:
+        print(f"xpnet export: error: {exc}", file=sys.stderr)
+        return 2
+    shape = ", ".join(["batch"] + [str(d) for d in model.input_shape]) \
+        if not isinstance(model.input_shape, list) else "several inputs"
+    print(f"wrote {args.out_file} (ONNX opset {args.opset}): input ({shape}) {INPUT_SCALING}")
+    return 0
+
+
 def cmd_info(args):
     from . import __version__
     from .backends import available, get_backend
@@ -356,6 +374,7 @@ def resize(img, h, w):
 
 # -- the parser and entry point ----------------------------------------------------------------
 def build_parser():
+    from .onnx_export import DEFAULT_OPSET, MIN_OPSET  # constants only; onnx loads when exporting
     parser = argparse.ArgumentParser(prog="xpnet", description="Train and use xpnet models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -389,6 +408,13 @@ def build_parser():
     p.add_argument("--dataset", default=None, choices=DATASET_CHOICES,
                    help="input shape for a zoo model (default: its recipe's dataset)")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("export", help="write a saved model as an ONNX file (needs xpnet[onnx])")
+    p.add_argument("model_file", metavar="MODEL.npz", help="a model file, or a run folder holding model.npz")
+    p.add_argument("out_file", metavar="OUT.onnx")
+    p.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset, {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="versions, backends and GPU")
     p.set_defaults(func=cmd_info)
