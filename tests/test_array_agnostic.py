@@ -3,8 +3,9 @@ import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "xpnet"
-# Host-side modules that legitimately use NumPy: file formats, plotting, the CLI, `xpnet serve`.
-HOST_SIDE = {"datasets", "io", "viz", "cli", "serialization", "data", "serve"}
+# Host-side modules that legitimately use NumPy: file formats (ONNX export too), plotting, the CLI,
+# `xpnet serve`.
+HOST_SIDE = {"datasets", "io", "viz", "cli", "serialization", "data", "serve", "onnx_export"}
 
 
 def _imports(path):
