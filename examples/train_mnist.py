@@ -2,12 +2,16 @@
 
     python examples/train_mnist.py [--device cpu|gpu|auto] [--model NAME] [--epochs N]
         [--batch-size B] [--data-dir DIR] [--out DIR] [--quick] [--seed S] [--plot]
+        [--time-limit MINUTES]
     python examples/train_mnist.py --resume RUN_DIR      (continue an interrupted run)
 
 The default model is seed 001's 32-64-96-128 convolutional network with its training recipe;
 ``--quick`` trains a small model on a subset in about a minute on a CPU. Each run writes
 ``<out>/<timestamp>-<model>-mnist/`` with config.json, log.csv, log.json, curves.png,
 result.json, model.npz and last.npz (the checkpoint that --resume continues from).
+``--time-limit MINUTES`` ends training after the last epoch that fits in that wall-clock budget,
+then restores the best weights (when the recipe's early stopping keeps them), evaluates and
+writes the run folder as usual.
 """
 import argparse
 import os

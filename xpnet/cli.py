@@ -36,6 +36,16 @@ def port_int(text):
     return value
 
 
+def positive_minutes(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text}")
+    return value
+
+
 def seed_int(text):
     try:
         value = int(text)
@@ -74,9 +84,13 @@ def add_train_arguments(parser, dataset=True):
     parser.add_argument("--dtype", default=None, choices=("float32", "float64"),
                         help="default float32")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch output")
+    parser.add_argument("--time-limit", type=positive_minutes, default=None, metavar="MINUTES",
+                        help="wall-clock budget: stop after the last epoch that fits, restore the "
+                             "best weights when early stopping says so, evaluate and write the run "
+                             "folder as usual")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue an interrupted run from its folder (its config.json sets "
-                             "everything but --device, --plot and --quiet)")
+                             "everything but --device, --plot, --quiet and --time-limit)")
 
 
 def train_from_args(args, command):
@@ -95,14 +109,17 @@ def train_from_args(args, command):
             raise ConfigError(f"--resume takes the run's settings from {args.resume}/config.json; "
                               f"drop {', '.join(given)}")
         result = resume_training(args.resume, device=args.device, verbose=verbose, plot=args.plot,
-                                 command=command)
+                                 command=command, time_limit_minutes=args.time_limit)
     else:
         result = run_training(args.model, dataset=getattr(args, "dataset", "mnist"),
                               device=args.device or "auto", epochs=args.epochs,
                               batch_size=args.batch_size, data_dir=args.data_dir, out_dir=args.out,
                               quick=args.quick, seed=args.seed or 0, verbose=verbose, plot=args.plot,
                               dtype=args.dtype or "float32", command=command,
-                              train_images=args.train_images, test_images=args.test_images)
+                              train_images=args.train_images, test_images=args.test_images,
+                              time_limit_minutes=args.time_limit)
+    if result.get("stopped_by_time_limit"):
+        print(f"stopped by --time-limit {args.time_limit:g} after {result['epochs_run']} epochs")
     print(f"test error {result['test_error_percent']:.2f}% ({result['mistakes']} mistakes of "
           f"{result['test_samples']}), run folder: {result['run_dir']}")
     return result

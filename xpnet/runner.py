@@ -133,8 +133,13 @@ def _clean(value):
 
 def run_training(model_name=None, dataset=None, device="auto", epochs=None, batch_size=None,
                  data_dir=None, out_dir="runs", quick=False, seed=0, verbose="auto", plot=False,
-                 dtype="float32", command=None, train_images=None, test_images=None, **overrides):
+                 dtype="float32", command=None, train_images=None, test_images=None,
+                 time_limit_minutes=None, **overrides):
     """Train, evaluate on the test set, write the run folder; returns the result dict.
+
+    ``time_limit_minutes`` caps the wall-clock time from this call's start: training ends after
+    the last epoch that fits (see fit's ``time_limit``), then the best weights are restored when
+    the recipe's early stopping says so, the model is evaluated and the run folder written.
 
     ``dataset`` defaults to the recipe's; ``overrides`` replace recipe entries (lr=..., ...).
     ``train_images`` / ``test_images`` keep only the first N images of each split (smoke tests;
@@ -150,24 +155,29 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
     for name, value in (("train_images", train_images), ("test_images", test_images)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+    _check_minutes(time_limit_minutes)
     backend = get_backend(device)
     config = {"model": entry.name, "description": entry.description,
               "dataset": datasets.info(dataset or recipe.get("dataset") or "mnist")["name"],
               "device": backend.name, "dtype": str(dtype), "seed": int(seed), "quick": bool(quick),
               "recipe": recipe, "limits": {"train_images": train_images, "test_images": test_images},
+              "time_limit_minutes": time_limit_minutes,
               "data_dir": None if data_dir is None else os.fspath(data_dir),
               "command": list(command) if command else [sys.executable] + sys.argv}
     data = _load_data(config)  # before the run folder exists, so a missing dataset leaves nothing
     folder = run_folder(out_dir, entry.name, config["dataset"])
-    return _execute(config, folder, backend, data, verbose, plot, False, t_start)
+    return _execute(config, folder, backend, data, verbose, plot, False, t_start, time_limit_minutes)
 
 
-def resume_training(run_dir, device=None, verbose="auto", plot=False, command=None):
-    """Continue an interrupted run from its folder (config.json + fit's last.npz checkpoint)."""
+def resume_training(run_dir, device=None, verbose="auto", plot=False, command=None,
+                    time_limit_minutes=None):
+    """Continue an interrupted run from its folder (config.json + fit's last.npz checkpoint);
+    ``time_limit_minutes`` is this call's own wall-clock budget."""
     from .backends import get_backend
     from .checkpoint import checkpoint_path
     from .errors import DataError
     t_start = time.perf_counter()
+    _check_minutes(time_limit_minutes)
     run_dir = os.fspath(run_dir)
     path = os.path.join(run_dir, "config.json")
     try:
@@ -189,9 +199,17 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
     backend = get_backend(device or config["device"])
     config.setdefault("resumed", []).append(
         {"command": list(command) if command else [sys.executable] + sys.argv,
-         "device": backend.name, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+         "device": backend.name, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+         "time_limit_minutes": time_limit_minutes})
     data = _load_data(config)
-    return _execute(config, run_dir, backend, data, verbose, plot, True, t_start)
+    return _execute(config, run_dir, backend, data, verbose, plot, True, t_start, time_limit_minutes)
+
+
+def _check_minutes(value):
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"time_limit_minutes must be a positive number of minutes or None, got {value!r}")
 
 
 def _load_data(config):
@@ -212,7 +230,7 @@ def _load_data(config):
     return (x_train, y_train), validation, (x_test, y_test), info
 
 
-def _execute(config, folder, backend, data, verbose, plot, resume, t_start):
+def _execute(config, folder, backend, data, verbose, plot, resume, t_start, time_limit_minutes=None):
     from . import datasets, models
     from .io import save_model
     (x_train, y_train), validation, (x_test, y_test), info = data
@@ -239,10 +257,13 @@ def _execute(config, folder, backend, data, verbose, plot, resume, t_start):
     model.compile(loss=recipe.get("loss") or "cross_entropy", optimizer=_optimizer(recipe),
                   metrics=["accuracy"])
     t_fit = time.perf_counter()
+    time_limit = None
+    if time_limit_minutes is not None:  # what is left of the budget after loading the data
+        time_limit = max(60.0 * time_limit_minutes - (t_fit - t_start), 1e-3)
     history = model.fit(x_train, y_train, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
                         validation_data=validation, callbacks=callbacks,
                         augment=recipe.get("augment"), seed=seed, verbose=verbose,
-                        checkpoint=folder, resume=resume)
+                        checkpoint=folder, resume=resume, time_limit=time_limit)
     backend.synchronize()
     fit_seconds = time.perf_counter() - t_fit
 
@@ -259,6 +280,8 @@ def _execute(config, folder, backend, data, verbose, plot, resume, t_start):
               "seconds_fit": fit_seconds,
               "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
               "resumed": bool(config.get("resumed")),
+              "time_limit_minutes": time_limit_minutes,
+              "stopped_by_time_limit": bool(history.stopped_by_time_limit),
               "device": device_description(backend), "versions": versions(backend),
               "run_dir": folder}
     save_model(model, os.path.join(folder, "model.npz"))

@@ -214,7 +214,7 @@ class TrainingMixin:
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             validation_split=0.0, callbacks=None, verbose="auto", augment=None, initial_epoch=0,
             checkpoint=None, resume=False, steps_per_epoch=None, seed=None, distributed=None,
-            sync_batchnorm=True):
+            sync_batchnorm=True, time_limit=None):
         """Train for epochs ``initial_epoch .. epochs-1``; returns a History.
 
         checkpoint=DIR writes DIR/last.npz after every epoch; resume=True continues from it (an error
@@ -230,7 +230,15 @@ class TrainingMixin:
         sync_batchnorm: with ``distributed``, BatchNorm uses the statistics of the global batch
         (True, as PyTorch's SyncBatchNorm) or each rank's own, averaging the running statistics
         over the ranks at the end of each epoch (False).
+        time_limit: a wall-clock budget for this call, in seconds (a number or a timedelta),
+        counted from the start of fit(). Training ends gracefully after the epoch in progress once
+        the budget is spent, or earlier when the next epoch, at the pace of the slowest epoch so
+        far, would end past it; the last epoch is checkpointed, callbacks get on_train_end (so
+        EarlyStopping(restore_best_weights=True) restores the best weights) and
+        ``history.stopped_by_time_limit`` is True. An epoch is never cut short.
+        With ``distributed``, rank 0's clock decides for every rank.
         """
+        t_begin = time.monotonic()
         self._require_compiled()
         self._ensure_built(x)
         batch_size = _check_batch_size(batch_size)
@@ -253,6 +261,7 @@ class TrainingMixin:
             raise ConfigError(f"augment must be callable aug(x, rng) or an augmenter config dict, got "
                               f"{type(augment).__name__} {augment!r}")
         epochs = int(epochs)
+        budget = _seconds(time_limit)
 
         xd, yd, xv, yv = self._fit_data(x, y, validation_data, validation_split)
         n = _length("x", xd)
@@ -264,11 +273,13 @@ class TrainingMixin:
         steps = math.ceil(n / batch_size) if steps_per_epoch is None else int(steps_per_epoch)
         total = n if steps_per_epoch is None else steps * batch_size
         history = History()
+        history.stopped_by_time_limit = False
         self.history = history
         self.stop_training = False
         callback_list = [history] + list(callbacks or [])
         params = {"epochs": epochs, "batch_size": batch_size, "steps": steps, "samples": n,
-                  "validation_samples": 0 if xv is None else len(xv), "initial_epoch": int(initial_epoch)}
+                  "validation_samples": 0 if xv is None else len(xv), "initial_epoch": int(initial_epoch),
+                  "time_limit": budget}
         cb = cbs.CallbackList(callback_list, self, params, rank)
         history.params = params
         rngs = self._training_rngs(seed)
@@ -281,6 +292,7 @@ class TrainingMixin:
         progress = Progress(verbose if rank == 0 else 0, epochs, steps)
         saved_epoch = None
         epoch = int(initial_epoch)
+        slowest = 0.0
         try:
             if first is not None:
                 first.need_input_grad = False
@@ -313,6 +325,18 @@ class TrainingMixin:
                         save_checkpoint(ck_path, self, epoch, rngs, callback_list, self.stop_training)
                     saved_epoch = epoch
                 epoch += 1
+                slowest = max(slowest, logs["seconds"])
+                if budget is not None and epoch < epochs and not self.stop_training:
+                    used = time.monotonic() - t_begin
+                    over = used + slowest > budget
+                    if dp is not None:  # every rank must stop after the same epoch: rank 0 decides
+                        over = distributed.broadcast_text("stop" if over else "go") == "stop"
+                    if over:
+                        history.stopped_by_time_limit = True
+                        progress.message(f"time limit: stopping after epoch {epoch} of {epochs} "
+                                         f"({used:.0f} s used of {budget:.0f} s; an epoch takes up to "
+                                         f"{slowest:.0f} s)")
+                        break
             cb.call("on_train_end", {})
         except KeyboardInterrupt:
             progress.close()
@@ -480,6 +504,18 @@ def _is_real(value):
 
 def _is_whole(value, minimum):
     return _is_real(value) and int(value) == value and value >= minimum
+
+
+def _seconds(time_limit):
+    """fit's time_limit (seconds or a timedelta) -> positive float seconds, or None."""
+    if time_limit is None:
+        return None
+    if hasattr(time_limit, "total_seconds"):
+        time_limit = time_limit.total_seconds()
+    if not _is_real(time_limit) or time_limit <= 0:
+        raise ConfigError(f"time_limit must be a positive number of seconds (or a timedelta), got "
+                          f"{time_limit!r}")
+    return float(time_limit)
 
 
 def _check_batch_size(batch_size):
