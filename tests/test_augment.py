@@ -171,7 +171,7 @@ def test_config_round_trip():
         rebuilt = from_config(json.loads(json.dumps(to_config(aug))))
         assert type(rebuilt) is type(aug) and rebuilt.get_config() == aug.get_config()
     assert from_config(None) is None and from_config(aug) is aug
-    with pytest.raises(ConfigError, match="type\" one of RandomAffine, ElasticDistortion"):
+    with pytest.raises(ConfigError, match="type\" one of RandomAffine, KerasAffine, ElasticDistortion"):
         from_config({"type": "Blur"})
     with pytest.raises(ConfigError, match="bad arguments for RandomAffine"):
         from_config({"type": "RandomAffine", "angle": 3})

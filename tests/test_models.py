@@ -96,7 +96,7 @@ def test_recipes_are_complete_and_usable():
         assert losses.get(r["loss"]) is not None, name
         assert (r["targets"] == "one_hot") == (r["loss"] == "mse"), name
         if r["schedule"] is not None:
-            assert schedules.get(r["schedule"])(0) == r["lr"], name
+            assert schedules.get(r["schedule"]).lr == r["lr"], name  # the base (peak) rate
         if r["augment"] is not None:
             kind = dict(r["augment"]).pop("type")
             augment.AUGMENTERS[kind](**{k: v for k, v in r["augment"].items() if k != "type"})

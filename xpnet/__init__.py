@@ -20,7 +20,7 @@ from . import viz  # noqa: E402  (matplotlib is imported only when a plot is dra
 from .io import load_model as load, save_model  # noqa: E402
 from . import datasets  # noqa: E402
 from . import augment  # noqa: E402
-from .augment import ElasticDistortion, RandomAffine  # noqa: E402
+from .augment import ElasticDistortion, KerasAffine, RandomAffine  # noqa: E402
 from . import initializers, losses, optim, regularizers  # noqa: E402
 from . import callbacks, schedules  # noqa: E402
 from .callbacks import History  # noqa: E402
@@ -28,5 +28,5 @@ from .onnx_export import export_onnx  # noqa: E402  (onnx is imported only when 
 
 __version__ = "0.1.0"
 
-__all__ = ["callbacks", "schedules", "History", "Input", "Model", "models", "viz", "initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "augment", "RandomAffine", "ElasticDistortion", "load", "save_model", "export_onnx", "get_backend", "available_backends", "XpnetError", "ShapeError",
+__all__ = ["callbacks", "schedules", "History", "Input", "Model", "models", "viz", "initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "augment", "RandomAffine", "KerasAffine", "ElasticDistortion", "load", "save_model", "export_onnx", "get_backend", "available_backends", "XpnetError", "ShapeError",
            "BackendError", "ConfigError", "DataError", "TrainingError", "__version__"]

@@ -51,13 +51,16 @@ def bilinear_sample(xp, x, xs, ys, fill=0.0):
     return (top + fy * (bottom - top)).astype(x.dtype, copy=False).reshape(out_shape)
 
 
-def affine_warp(xp, x, matrices, fill=0.0):
+def affine_warp(xp, x, matrices, fill=0.0, mode="constant"):
     """Warp each image of ``x`` (N, C, H, W) by its inverse map ``matrices`` (N, 2, 3).
 
     Output pixel (x, y), in centred coordinates, samples the input at
     ``(m[0,0] x + m[0,1] y + m[0,2], m[1,0] x + m[1,1] y + m[1,2])``; [[1,0,0],[0,1,0]] is the
-    identity. Out-of-range samples read as ``fill``.
+    identity. Out-of-range samples read as ``fill`` (mode "constant") or as the nearest edge
+    pixel (mode "nearest", scipy's and Keras's "nearest").
     """
+    if mode not in ("constant", "nearest"):
+        raise ConfigError(f"affine_warp: mode must be 'constant' or 'nearest', got {mode!r}")
     _check_images(x, "affine_warp")
     n, _, h, w = x.shape
     if tuple(matrices.shape) != (n, 2, 3):
@@ -72,7 +75,10 @@ def affine_warp(xp, x, matrices, fill=0.0):
         return (m[:, k, 0, None, None] * u + m[:, k, 1, None, None] * v
                 + (m[:, k, 2] + centre)[:, None, None])
 
-    return bilinear_sample(xp, x, row(0, cx), row(1, cy), fill)
+    xs, ys = row(0, cx), row(1, cy)
+    if mode == "nearest":
+        xs, ys = xp.clip(xs, 0, w - 1), xp.clip(ys, 0, h - 1)
+    return bilinear_sample(xp, x, xs, ys, fill)
 
 
 def affine_matrices(xp, angle=0.0, scale_x=1.0, scale_y=1.0, shift_x=0.0, shift_y=0.0):
@@ -185,6 +191,61 @@ class RandomAffine(Augmenter):
                 "fill": self.fill}
 
 
+class KerasAffine(Augmenter):
+    """Keras's ``ImageDataGenerator`` affine augmentation, drawn the way Keras draws it.
+
+    KerasAffine(rotation=25, zoom=0.2, shift=(0.2, 0.2)) is ImageDataGenerator(rotation_range=25,
+    zoom_range=0.2, width_shift_range=0.2, height_shift_range=0.2). Per image: an angle uniform in
+    [-rotation, rotation] degrees; shifts uniform in [-shift, shift] times the width and height
+    (pixels, not rounded); and two zoom factors, x and y, drawn INDEPENDENTLY and uniformly in
+    [1 - zoom, 1 + zoom]. As in Keras the zoom factors scale the inverse map (a factor above 1
+    shows more of the picture, i.e. shrinks the digit), and the inverse map is
+    ``rotate(zoom(out) + shift)`` about the image centre. Samples outside the image take the
+    nearest edge pixel (Keras's default ``fill_mode="nearest"``) or ``fill`` with
+    ``fill_mode="constant"``. Interpolation is bilinear (Keras's ``interpolation_order=1``).
+    Each image is augmented with ``probability`` (1.0, every image, as Keras does).
+    """
+
+    def __init__(self, rotation=25.0, zoom=0.2, shift=(0.2, 0.2), fill_mode="nearest", fill=0.0,
+                 probability=1.0):
+        who = "KerasAffine"
+        self.rotation = float(rotation or 0.0)
+        if self.rotation < 0:
+            raise ConfigError(f"{who}: rotation is a max |angle| in degrees, got {rotation}")
+        self.zoom = _fraction(zoom or 0.0, who, "zoom")
+        self.shift = _pair(shift, who, "shift") or (0.0, 0.0)
+        if fill_mode not in ("nearest", "constant"):
+            raise ConfigError(f"{who}: fill_mode must be 'nearest' or 'constant', got {fill_mode!r}")
+        self.fill_mode = fill_mode
+        self.fill = float(fill)
+        self.probability = _probability(probability, who)
+
+    def matrices(self, xp, rng, n, h, w):
+        """The (N, 2, 3) inverse maps for a batch of n images of h x w pixels (draws 5 x n)."""
+        r = rng.random((5, n), "float64") * 2.0 - 1.0  # each row uniform in [-1, 1)
+        theta = (self.rotation * math.pi / 180.0) * r[0]
+        tx, ty = self.shift[0] * w * r[1], self.shift[1] * h * r[2]
+        zx, zy = 1.0 + self.zoom * r[3], 1.0 + self.zoom * r[4]
+        cos, sin = xp.cos(theta), xp.sin(theta)
+        # input = R (Z out + t):  A = R Z,  b = R t
+        row0 = xp.stack([cos * zx, -sin * zy, cos * tx - sin * ty], axis=-1)
+        row1 = xp.stack([sin * zx, cos * zy, sin * tx + cos * ty], axis=-1)
+        return xp.stack([row0, row1], axis=-2)
+
+    def __call__(self, x, rng):
+        _check_images(x, "KerasAffine")
+        xp = rng.xp
+        n, _, h, w = x.shape
+
+        def warped():
+            return affine_warp(xp, x, self.matrices(xp, rng, n, h, w), self.fill, self.fill_mode)
+
+        return warped() if self.probability >= 1.0 else _blend(xp, rng, x, warped, self.probability)
+
+    def get_config(self):
+        return {"rotation": self.rotation, "zoom": self.zoom, "shift": list(self.shift),
+                "fill_mode": self.fill_mode, "fill": self.fill, "probability": self.probability}
+
 
 def gaussian_matrix(xp, size, sigma, dtype="float64"):
     """(size, size) matrix that smooths a signal with a Gaussian of std ``sigma`` pixels.
@@ -246,7 +307,8 @@ class ElasticDistortion(Augmenter):
 
 
 
-AUGMENTERS = {"RandomAffine": RandomAffine, "ElasticDistortion": ElasticDistortion}
+AUGMENTERS = {"RandomAffine": RandomAffine, "KerasAffine": KerasAffine,
+              "ElasticDistortion": ElasticDistortion}
 
 
 def to_config(augmenter):
@@ -268,5 +330,5 @@ def from_config(spec):
         raise ConfigError(f"bad arguments for {spec['type']}: {exc}") from exc
 
 
-__all__ = ["RandomAffine", "ElasticDistortion", "affine_warp", "affine_matrices", "bilinear_sample",
+__all__ = ["RandomAffine", "KerasAffine", "ElasticDistortion", "affine_warp", "affine_matrices", "bilinear_sample",
            "gaussian_matrix", "AUGMENTERS", "to_config", "from_config"]

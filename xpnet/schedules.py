@@ -179,6 +179,32 @@ class WarmupHalving(Schedule):
                 "late_every": self.late_every}
 
 
+class WarmupStepDecay(Schedule):
+    """Linear warm-up to ``lr``, then step decay: the schedule of seed 001's TensorFlow notebook.
+
+    Epochs 0 .. warmup_epochs-1 get ``lr * (epoch + 1) / warmup_epochs``; later epochs get
+    ``lr * drop ** ((epoch - warmup_epochs) // every)``. With lr=5e-4, warmup_epochs=5, drop=0.5,
+    every=5: 1e-4, 2e-4, 3e-4, 4e-4, 5e-4 (epochs 0-4), 5e-4 (5-9), 2.5e-4 (10-14), 1.25e-4
+    (15-19), ...
+    """
+
+    def __init__(self, lr, warmup_epochs=5, drop=0.5, every=5):
+        self.lr = _positive("lr", lr)
+        self.warmup_epochs = _count("warmup_epochs", warmup_epochs, minimum=0)
+        self.drop = _positive("drop", drop)
+        self.every = _count("every", every)
+
+    def __call__(self, epoch):
+        epoch = int(epoch)
+        if epoch < self.warmup_epochs:
+            return self.lr * (epoch + 1) / self.warmup_epochs
+        return self.lr * self.drop ** ((epoch - self.warmup_epochs) // self.every)
+
+    def get_config(self):
+        return {"type": "WarmupStepDecay", "lr": self.lr, "warmup_epochs": self.warmup_epochs,
+                "drop": self.drop, "every": self.every}
+
+
 class Lambda(Schedule):
     """Wrap a plain callable ``epoch -> lr`` (not serializable)."""
 
@@ -195,12 +221,13 @@ class Lambda(Schedule):
 
 
 SCHEDULES = {cls.__name__: cls for cls in (Constant, StepDecay, ExponentialDecay, InverseTimeDecay,
-                                           CosineDecay, LinearWarmup, WarmupHalving)}
+                                           CosineDecay, LinearWarmup, WarmupHalving, WarmupStepDecay)}
 _ALIASES = {"constant": "Constant", "const": "Constant", "step": "StepDecay", "step_decay": "StepDecay",
             "exponential": "ExponentialDecay", "exponential_decay": "ExponentialDecay",
             "inverse_time": "InverseTimeDecay", "inverse_time_decay": "InverseTimeDecay",
             "cosine": "CosineDecay", "cosine_decay": "CosineDecay", "linear_warmup": "LinearWarmup",
-            "warmup": "LinearWarmup", "warmup_halving": "WarmupHalving", "tunable": "WarmupHalving"}
+            "warmup": "LinearWarmup", "warmup_halving": "WarmupHalving", "tunable": "WarmupHalving",
+            "warmup_step_decay": "WarmupStepDecay"}
 
 
 def get(spec, **kwargs):
