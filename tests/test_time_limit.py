@@ -91,7 +91,9 @@ def test_time_limit_restores_the_best_weights_and_checkpoints(monkeypatch, tmp_p
     # the checkpoint is of the last epoch and not marked "stopped": it can be continued
     monkeypatch.setattr(training, "time", __import__("time"))
     again = small_model()
-    h2 = again.fit(x, y, epochs=6, batch_size=16, verbose=0, checkpoint=tmp_path, resume=True)
+    stop2 = callbacks.EarlyStopping(monitor="loss", mode="max", patience=50, restore_best_weights=True)
+    h2 = again.fit(x, y, epochs=6, batch_size=16, verbose=0, checkpoint=tmp_path, resume=True,
+                   callbacks=[stop2])
     assert h2.epoch == [0, 1, 2, 3, 4, 5] and not h2.stopped_by_time_limit
 
 
