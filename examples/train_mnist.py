@@ -4,6 +4,8 @@
         [--batch-size B] [--data-dir DIR] [--out DIR] [--quick] [--seed S] [--plot]
         [--time-limit MINUTES]
     python examples/train_mnist.py --resume RUN_DIR      (continue an interrupted run)
+    mpirun -n 2 python examples/train_mnist.py --distributed --device cpu|gpu ...
+                                                         (data-parallel, docs/scaling.md)
 
 The default model is seed 001's 32-64-96-128 convolutional network with its training recipe;
 ``--quick`` trains a small model on a subset in about a minute on a CPU. Each run writes
@@ -18,6 +20,20 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # from a checkout
+
+
+def threads_per_rank(argv, environ=os.environ):
+    """With --distributed, share this machine's cores among its ranks: BLAS and xpnet's element-wise
+    kernels read OMP_NUM_THREADS when NumPy is imported, so it is set here, before (unless given).
+    The launcher tells how many ranks share the machine (MPICH: MPI_LOCALNRANKS, Open MPI:
+    OMPI_COMM_WORLD_LOCAL_SIZE)."""
+    local = environ.get("MPI_LOCALNRANKS") or environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or ""
+    if "--distributed" in argv and local.isdigit() and int(local) > 0 and "OMP_NUM_THREADS" not in environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        environ["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // int(local)))
+
+
+threads_per_rank(sys.argv[1:])
 
 from xpnet.cli import add_train_arguments, guarded, train_from_args  # noqa: E402
 

@@ -7,6 +7,7 @@ extra flags); they skip with the reason only when a 2-rank MPI job cannot start 
 """
 import importlib.util
 import json
+import os
 
 import numpy as np
 import pytest
@@ -91,3 +92,44 @@ def test_strict_backend_under_mpi(tmp_path):
     (w0, _), _ = distributed_run("sgd", tmp_path, 1, device="strict")
     ws, _ = reference("sgd", tmp_path, 1)
     assert max(rel_errors(ws, w0).values()) < 1e-10
+
+
+def test_train_mnist_example_under_mpirun(tmp_path):
+    """`mpirun -n 2 python examples/train_mnist.py --distributed --device cpu ...`: one run folder,
+    written by rank 0 alone, one result line, one log row per epoch."""
+    import subprocess
+    import sys
+
+    from tests.mpi_helpers import ENV, ROOT, mpirun
+    require_mpi()
+    out = tmp_path / "runs"
+    cmd = [mpirun(), "-n", "2", sys.executable, str(ROOT / "examples" / "train_mnist.py"),
+           "--distributed", "--device", "cpu", "--quick", "--epochs", "2", "--train-images", "2000",
+           "--test-images", "500", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, **ENV))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("test error") == 1 and "on 2 ranks (MPI)" in r.stdout, r.stdout
+    (folder,) = list(out.iterdir())
+    config = json.loads((folder / "config.json").read_text())
+    assert config["distributed"] == {"ranks": 2, "communicator": "MPI"}
+    result = json.loads((folder / "result.json").read_text())
+    assert result["epochs_run"] == 2 and result["test_samples"] == 500
+    assert len((folder / "log.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
+    assert (folder / "last.npz").is_file() and (folder / "model.npz").is_file()
+
+
+def test_threads_are_shared_among_the_ranks_of_a_machine():
+    from tests.mpi_helpers import ROOT
+    spec = importlib.util.spec_from_file_location("train_mnist", ROOT / "examples" / "train_mnist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    env = {"MPI_LOCALNRANKS": "2"}
+    module.threads_per_rank(["--distributed"], env)
+    cores = len(os.sched_getaffinity(0))
+    assert env["OMP_NUM_THREADS"] == str(max(1, cores // 2))
+    env = {"OMPI_COMM_WORLD_LOCAL_SIZE": "4", "OMP_NUM_THREADS": "3"}
+    module.threads_per_rank(["--distributed"], env)
+    assert env["OMP_NUM_THREADS"] == "3"  # the user's choice stays
+    env = {"MPI_LOCALNRANKS": "2"}
+    module.threads_per_rank(["--quick"], env)
+    assert "OMP_NUM_THREADS" not in env

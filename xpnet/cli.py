@@ -91,6 +91,10 @@ def add_train_arguments(parser, dataset=True):
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue an interrupted run from its folder (its config.json sets "
                              "everything but --device, --plot, --quiet and --time-limit)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel over the ranks started by mpirun (MPI on CPUs, NCCL on "
+                             "GPUs, one GPU per rank); --batch-size is the global batch "
+                             "(docs/scaling.md)")
 
 
 def train_from_args(args, command):
@@ -109,7 +113,8 @@ def train_from_args(args, command):
             raise ConfigError(f"--resume takes the run's settings from {args.resume}/config.json; "
                               f"drop {', '.join(given)}")
         result = resume_training(args.resume, device=args.device, verbose=verbose, plot=args.plot,
-                                 command=command, time_limit_minutes=args.time_limit)
+                                 command=command, time_limit_minutes=args.time_limit,
+                                 distributed=getattr(args, "distributed", False))
     else:
         result = run_training(args.model, dataset=getattr(args, "dataset", "mnist"),
                               device=args.device or "auto", epochs=args.epochs,
@@ -117,7 +122,10 @@ def train_from_args(args, command):
                               quick=args.quick, seed=args.seed or 0, verbose=verbose, plot=args.plot,
                               dtype=args.dtype or "float32", command=command,
                               train_images=args.train_images, test_images=args.test_images,
-                              time_limit_minutes=args.time_limit)
+                              time_limit_minutes=args.time_limit,
+                              distributed=getattr(args, "distributed", False))
+    if result is None:  # a data-parallel rank other than 0: rank 0 reports
+        return result
     if result.get("stopped_by_time_limit"):
         print(f"stopped by --time-limit {args.time_limit:g} after {result['epochs_run']} epochs")
     print(f"test error {result['test_error_percent']:.2f}% ({result['mistakes']} mistakes of "

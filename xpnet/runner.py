@@ -134,12 +134,15 @@ def _clean(value):
 def run_training(model_name=None, dataset=None, device="auto", epochs=None, batch_size=None,
                  data_dir=None, out_dir="runs", quick=False, seed=0, verbose="auto", plot=False,
                  dtype="float32", command=None, train_images=None, test_images=None,
-                 time_limit_minutes=None, **overrides):
+                 time_limit_minutes=None, distributed=False, **overrides):
     """Train, evaluate on the test set, write the run folder; returns the result dict.
 
     ``time_limit_minutes`` caps the wall-clock time from this call's start: training ends after
     the last epoch that fits (see fit's ``time_limit``), then the best weights are restored when
     the recipe's early stopping says so, the model is evaluated and the run folder written.
+    ``distributed``: data-parallel over the ranks of mpirun (True, or a communicator from
+    xpnet.distributed.init); ``batch_size`` is then the global batch. Rank 0 makes the run
+    folder, writes every file and returns the result; the other ranks return None.
 
     ``dataset`` defaults to the recipe's; ``overrides`` replace recipe entries (lr=..., ...).
     ``train_images`` / ``test_images`` keep only the first N images of each split (smoke tests;
@@ -156,7 +159,8 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
     _check_minutes(time_limit_minutes)
-    backend = get_backend(device)
+    comm = _communicator(distributed, device)
+    backend = get_backend(device) if comm is None else comm.backend
     config = {"model": entry.name, "description": entry.description,
               "dataset": datasets.info(dataset or recipe.get("dataset") or "mnist")["name"],
               "device": backend.name, "dtype": str(dtype), "seed": int(seed), "quick": bool(quick),
@@ -164,15 +168,33 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
               "time_limit_minutes": time_limit_minutes,
               "data_dir": None if data_dir is None else os.fspath(data_dir),
               "command": list(command) if command else [sys.executable] + sys.argv}
+    if comm is not None:
+        config["distributed"] = {"ranks": comm.size, "communicator": comm.kind}
     data = _load_data(config)  # before the run folder exists, so a missing dataset leaves nothing
-    folder = run_folder(out_dir, entry.name, config["dataset"])
-    return _execute(config, folder, backend, data, verbose, plot, False, t_start, time_limit_minutes)
+    if comm is None:
+        folder = run_folder(out_dir, entry.name, config["dataset"])
+    else:  # rank 0 makes the folder, every rank uses it
+        folder = comm.broadcast_text(run_folder(out_dir, entry.name, config["dataset"])
+                                     if comm.rank == 0 else "")
+    return _execute(config, folder, backend, data, verbose, plot, False, t_start, time_limit_minutes,
+                    comm)
+
+
+def _communicator(distributed, device):
+    """None, or the data-parallel communicator (``distributed`` True makes one for ``device``)."""
+    if not distributed:
+        return None
+    if distributed is True:
+        from . import distributed as dist
+        return dist.init(device or "auto")
+    return distributed
 
 
 def resume_training(run_dir, device=None, verbose="auto", plot=False, command=None,
-                    time_limit_minutes=None):
+                    time_limit_minutes=None, distributed=False):
     """Continue an interrupted run from its folder (config.json + fit's last.npz checkpoint);
-    ``time_limit_minutes`` is this call's own wall-clock budget."""
+    ``time_limit_minutes`` is this call's own wall-clock budget. ``distributed`` as for
+    run_training: every rank reads the same folder (a shared file system)."""
     from .backends import get_backend
     from .checkpoint import checkpoint_path
     from .errors import DataError
@@ -196,13 +218,17 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
     if not os.path.isfile(checkpoint_path(run_dir)):
         raise DataError(f"{run_dir} has no checkpoint ({os.path.basename(checkpoint_path(run_dir))}): "
                         "no epoch had completed, so start the run again")
-    backend = get_backend(device or config["device"])
+    comm = _communicator(distributed, device or config["device"])
+    backend = get_backend(device or config["device"]) if comm is None else comm.backend
     config.setdefault("resumed", []).append(
         {"command": list(command) if command else [sys.executable] + sys.argv,
          "device": backend.name, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
          "time_limit_minutes": time_limit_minutes})
+    if comm is not None:
+        config["resumed"][-1]["distributed"] = {"ranks": comm.size, "communicator": comm.kind}
     data = _load_data(config)
-    return _execute(config, run_dir, backend, data, verbose, plot, True, t_start, time_limit_minutes)
+    return _execute(config, run_dir, backend, data, verbose, plot, True, t_start, time_limit_minutes,
+                    comm)
 
 
 def _check_minutes(value):
@@ -230,21 +256,26 @@ def _load_data(config):
     return (x_train, y_train), validation, (x_test, y_test), info
 
 
-def _execute(config, folder, backend, data, verbose, plot, resume, t_start, time_limit_minutes=None):
+def _execute(config, folder, backend, data, verbose, plot, resume, t_start, time_limit_minutes=None,
+             comm=None):
     from . import datasets, models
     from .io import save_model
     (x_train, y_train), validation, (x_test, y_test), info = data
     recipe, seed, dtype = config["recipe"], config["seed"], config["dtype"]
     config.update(train_images=len(y_train), test_images=len(y_test),
                   validation_images=0 if validation is None else len(validation[1]))
-    write_json(os.path.join(folder, "config.json"), config)
+    root = comm is None or comm.rank == 0  # data-parallel: rank 0 alone prints and writes files
+    verbose = verbose if root else 0
+    if root:
+        write_json(os.path.join(folder, "config.json"), config)
 
     entry = models.get(config["model"])
     model = entry.build(tuple(info["image_shape"]), info["classes"], backend, seed, dtype)
     if verbose:
         model.summary()
         print(f"{'resuming' if resume else 'training'} {entry.name} on {len(y_train)} {info['name']} "
-              f"images ({config['validation_images']} held out for validation) with {backend.name}, "
+              f"images ({config['validation_images']} held out for validation) with {backend.name}"
+              f"{'' if comm is None else f' on {comm.size} ranks ({comm.kind})'}, "
               f"{recipe['epochs']} epochs of batch {recipe['batch_size']}; run folder {folder}")
         if not backend.is_gpu and model.count_params() > 200_000 and len(y_train) > 20_000:
             print("note: a model this size trains slowly on a CPU; --device gpu runs the full recipe, "
@@ -263,9 +294,11 @@ def _execute(config, folder, backend, data, verbose, plot, resume, t_start, time
     history = model.fit(x_train, y_train, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
                         validation_data=validation, callbacks=callbacks,
                         augment=recipe.get("augment"), seed=seed, verbose=verbose,
-                        checkpoint=folder, resume=resume, time_limit=time_limit)
+                        checkpoint=folder, resume=resume, time_limit=time_limit, distributed=comm)
     backend.synchronize()
     fit_seconds = time.perf_counter() - t_fit
+    if not root:
+        return None  # the model is rank 0's too (same weights); rank 0 tests and writes it
 
     predicted = model.predict(x_test, batch_size=max(recipe["batch_size"], 500)).argmax(axis=1)
     mistakes = int((predicted != y_test).sum())

@@ -467,7 +467,7 @@ class TrainingMixin:
                 running = {"loss": float(host[0]) / seen}
                 if self.metrics:
                     running["accuracy"] = float(host[1]) / seen
-            progress.batch_end(b, nb, running)
+            progress.batch_end(b, int(idx.shape[0]), running)  # images/s of the whole job
             cb.call("on_batch_end", b, {"size": nb})
             if running is not None and not math.isfinite(running["loss"]):
                 break  # no use finishing the epoch: fit() reports it at the epoch sync

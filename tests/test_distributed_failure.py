@@ -1,0 +1,89 @@
+"""A rank that dies or hangs stops the whole job within a bounded time, with a clear error, and
+the last checkpoint stays loadable; every rank resumes from it, and the resumed 2-rank run ends
+with exactly the weights of an uninterrupted one.
+
+Rank 1 of tests/distributed_child.py sends itself SIGKILL (dies) or SIGSTOP (hangs) in the middle
+of epoch 3, after rank 0 has written the checkpoint of epoch 2. A death is seen by the launcher,
+which ends the job at once (MPICH's hydra kills the other ranks and names the dead one; with
+-disable-auto-cleanup it still ended the job here). A hang is seen by nobody but the other ranks:
+their collectives' deadline raises DistributedError and the job is aborted.
+"""
+import subprocess
+
+import numpy as np
+import pytest
+
+import xpnet
+from tests.mpi_helpers import mpirun, require_mpi, run_job
+from xpnet.checkpoint import checkpoint_path, load_checkpoint
+
+pytestmark = pytest.mark.timeout(600)
+EPOCHS = 4
+TIMEOUT = 10  # seconds a rank waits in one collective in the fault tests (the children's --timeout)
+PATIENT = 120  # the same for runs that must not time out on a busy machine
+
+
+def weights(folder, rank=0):
+    with np.load(folder / f"rank{rank}.npz", allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def checkpoint_epoch(folder):
+    """Load the checkpoint into a fresh model in this process; returns its last completed epoch."""
+    import importlib.util
+    from tests.mpi_helpers import CHILD
+    spec = importlib.util.spec_from_file_location("distributed_child", CHILD)
+    child = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(child)
+    model = child.build("sgd", "cpu", seed=0)
+    rngs = model._training_rngs(0)
+    meta = load_checkpoint(checkpoint_path(folder), model, rngs, [xpnet.callbacks.History()])
+    return meta["epoch"]
+
+
+def job(tmp_path, name, *extra, flags=(), timeout=PATIENT):
+    out = tmp_path / name
+    out.mkdir(exist_ok=True)
+    ck = tmp_path / f"{name}-ck"
+    r, seconds = run_job([out, "--epochs", EPOCHS, "--checkpoint", ck, "--timeout", timeout, *extra],
+                         mpi_flags=flags)
+    return r, seconds, out, ck
+
+
+def hydra():
+    """MPICH's launcher (it knows -disable-auto-cleanup)."""
+    try:
+        r = subprocess.run([mpirun(), "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "HYDRA" in r.stdout
+
+
+def test_killed_rank_stops_the_job_and_the_run_resumes_exactly(tmp_path):
+    require_mpi()
+    r, _, whole, _ = job(tmp_path, "whole")
+    assert r.returncode == 0, r.stderr
+    r, seconds, out, ck = job(tmp_path, "killed", "--die-at", "2:2")
+    assert r.returncode != 0 and "sending itself SIGKILL" in r.stderr, r.stdout + r.stderr
+    if hydra():  # MPICH's launcher ends the job at once and says which process died and how
+        assert "Killed (signal 9)" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert seconds < 90  # start-up and two epochs included: no waiting for a dead rank
+    assert not (out / "rank0.npz").exists()  # rank 0 did not finish on its own
+    assert checkpoint_epoch(ck) == 1  # epochs 1 and 2 (0 and 1) completed and saved
+    # every rank loads the same checkpoint and the run continues to the same weights, bit for bit
+    r, _ = run_job([out, "--epochs", EPOCHS, "--checkpoint", ck, "--resume", "--timeout", PATIENT])
+    assert r.returncode == 0, r.stdout + r.stderr
+    a, b = weights(whole), weights(out)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert all(np.array_equal(b[k], weights(out, 1)[k]) for k in b)
+
+
+def test_hung_rank_stops_the_job_within_the_timeout(tmp_path):
+    require_mpi()
+    r, seconds, _, ck = job(tmp_path, "hung", "--hang-at", "2:2", timeout=TIMEOUT)
+    assert r.returncode != 0
+    assert "sending itself SIGSTOP" in r.stderr
+    assert f"did not complete within {TIMEOUT} s: another rank has died or hangs" in r.stderr, r.stderr
+    assert "DistributedError" in r.stderr and "resume from the last checkpoint" in r.stderr
+    assert TIMEOUT <= seconds < TIMEOUT + 60
+    assert checkpoint_epoch(ck) == 1
