@@ -98,19 +98,22 @@ class Communicator:
                 f"{self.local_rank} on {self.backend.name}>")
 
 
-def wait(test, deadline, on_timeout):
+def wait(test, deadline, on_timeout, spin=0.02):
     """Poll ``test()`` until it returns True; past ``deadline`` (time.monotonic) raise on_timeout().
 
-    Short sleeps between polls (growing to 2 ms) leave the cores to the ranks that still compute:
-    with several ranks per machine, busy waiting would slow the very rank being waited for.
+    MPI advances a non-blocking collective only while it is polled, so the first ``spin`` seconds
+    poll without pause (as a blocking MPI call would); after that short sleeps, growing to 2 ms,
+    leave the cores to the ranks that still compute (the one being waited for, on a shared machine).
     """
+    calm = time.monotonic() + spin
     pause = 0.0
     while not test():
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise on_timeout()
-        if pause:
+        if now > calm:
             time.sleep(pause)
-        pause = min(0.002, pause * 2 or 0.00005)
+            pause = min(0.002, pause * 2 or 0.00005)
 
 
 class AbortOnError:
