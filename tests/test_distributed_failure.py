@@ -8,6 +8,7 @@ which ends the job at once (MPICH's hydra kills the other ranks and names the de
 -disable-auto-cleanup it still ended the job here). A hang is seen by nobody but the other ranks:
 their collectives' deadline raises DistributedError and the job is aborted.
 """
+import shutil
 import subprocess
 
 import numpy as np
@@ -28,14 +29,18 @@ def weights(folder, rank=0):
         return {k: f[k] for k in f.files}
 
 
-def checkpoint_epoch(folder):
-    """Load the checkpoint into a fresh model in this process; returns its last completed epoch."""
+def _child():
     import importlib.util
     from tests.mpi_helpers import CHILD
     spec = importlib.util.spec_from_file_location("distributed_child", CHILD)
     child = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(child)
-    model = child.build("sgd", "cpu", seed=0)
+    return child
+
+
+def checkpoint_epoch(folder):
+    """Load the checkpoint into a fresh model in this process; returns its last completed epoch."""
+    model = _child().build("sgd", "cpu", seed=0)
     rngs = model._training_rngs(0)
     meta = load_checkpoint(checkpoint_path(folder), model, rngs, [xpnet.callbacks.History()])
     return meta["epoch"]
@@ -70,12 +75,21 @@ def test_killed_rank_stops_the_job_and_the_run_resumes_exactly(tmp_path):
     assert seconds < 90  # start-up and two epochs included: no waiting for a dead rank
     assert not (out / "rank0.npz").exists()  # rank 0 did not finish on its own
     assert checkpoint_epoch(ck) == 1  # epochs 1 and 2 (0 and 1) completed and saved
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copytree(ck, tmp_path / "alone-ck")
     # every rank loads the same checkpoint and the run continues to the same weights, bit for bit
     r, _ = run_job([out, "--epochs", EPOCHS, "--checkpoint", ck, "--resume", "--timeout", PATIENT])
     assert r.returncode == 0, r.stdout + r.stderr
     a, b = weights(whole), weights(out)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert all(np.array_equal(b[k], weights(out, 1)[k]) for k in b)
+    # the 2-rank checkpoint also resumes in one process, to the same weights up to rounding
+    child = _child()
+    child.main([str(alone), "--epochs", str(EPOCHS), "--checkpoint", str(tmp_path / "alone-ck"),
+                "--resume", "--single"])
+    c = weights(alone)
+    assert max(float(np.abs(a[k] - c[k]).max() / np.abs(a[k]).max()) for k in a) < 1e-10
 
 
 def test_hung_rank_stops_the_job_within_the_timeout(tmp_path):
