@@ -50,6 +50,8 @@ def distributed_run(case, tmp_path, epochs, device="numpy"):
     out.mkdir()
     r, _ = run_job([out, "--case", case, "--epochs", epochs, "--device", device, "--timeout", 60])
     assert r.returncode == 0, r.stdout + r.stderr
+    # the CSV logger is rank_zero_only: rank 1 ran it not (it would have written log1.csv)
+    assert (out / "log0.csv").is_file() and not (out / "log1.csv").exists()
     return load(out, 0), load(out, 1)
 
 
@@ -109,6 +111,7 @@ def test_train_mnist_example_under_mpirun(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, **ENV))
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("test error") == 1 and "on 2 ranks (MPI)" in r.stdout, r.stdout
+    assert (r.stdout + r.stderr).count("epoch 2/2") == 1  # progress from rank 0 only
     (folder,) = list(out.iterdir())
     config = json.loads((folder / "config.json").read_text())
     assert config["distributed"] == {"ranks": 2, "communicator": "MPI"}
