@@ -1,7 +1,15 @@
 """Array backends: the one place that knows whether NumPy or CuPy does the work.
 
     get_backend("cpu" | "numpy" | "gpu" | "cupy" | "strict" | "auto") -> Backend
+
+The folder sits at the top of the repository and is installed as ``xpnet.backends``; that is its
+only name. Imported as plain ``backends`` (the repository root on ``sys.path``) it would be a second
+copy with its own strict-backend counters, so that import is refused.
 """
+if __name__ != "xpnet.backends":
+    raise ImportError(f"import the backends as 'xpnet.backends', not as {__name__!r}: a second copy "
+                      "would keep its own strict-backend counters")
+
 from xpnet.errors import BackendError
 
 from .base import Backend

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from backends.strict_backend import COUNTERS
+from xpnet.backends.strict_backend import COUNTERS
 from xpnet.augment import (AUGMENTERS, ElasticDistortion, RandomAffine, affine_matrices, affine_warp,
                            from_config, gaussian_matrix, to_config)
 from xpnet.backends import get_backend

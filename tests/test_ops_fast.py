@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from backends.strict_backend import COUNTERS
+from xpnet.backends.strict_backend import COUNTERS
 from xpnet.errors import ShapeError
 from xpnet.ops import dft, fast, reference as ref
 

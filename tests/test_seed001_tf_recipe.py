@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from backends.strict_backend import COUNTERS
+from xpnet.backends.strict_backend import COUNTERS
 from xpnet import models, runner, schedules
 from xpnet.augment import AUGMENTERS, KerasAffine, affine_warp, from_config
 from xpnet.backends import get_backend

@@ -2,14 +2,35 @@
 
 The same code trains with NumPy on the CPU and with CuPy on a CUDA GPU.
 """
+import importlib.util as _util
 import os as _os
+import sys as _sys
 
-# In a source checkout that is not installed, ``backends/`` sits beside ``xpnet/``; make it
-# importable as ``xpnet.backends`` (an installed package maps it there through pyproject.toml).
-_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "backends")) and \
-        _os.path.isfile(_os.path.join(_root, "backends", "strict_backend.py")):
-    __path__.append(_root)  # noqa: F821  (the package's own search path)
+
+def _map_checkout_backends():
+    """An installed xpnet finds ``xpnet.backends`` through pyproject.toml's ``package-dir``. In a
+    source checkout that is not installed, map the top-level ``backends/`` folder to that one name
+    (and nothing else), exactly as the installed package does."""
+    name = __name__ + ".backends"
+    if _util.find_spec(name) is not None:
+        return
+    folder = _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))), "backends")
+    init = _os.path.join(folder, "__init__.py")
+    if not _os.path.isfile(init):
+        raise ImportError(f"xpnet.backends not found: expected {folder}/ beside the xpnet package; "
+                          "install xpnet with `pip install -e .` in the checkout")
+    spec = _util.spec_from_file_location(name, init, submodule_search_locations=[folder])
+    module = _util.module_from_spec(spec)
+    _sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del _sys.modules[name]
+        raise
+
+
+_map_checkout_backends()
+del _map_checkout_backends, _util, _os, _sys
 
 from .errors import BackendError, ConfigError, DataError, ShapeError, TrainingError, XpnetError  # noqa: E402
 from .backends import available as available_backends, get_backend  # noqa: E402
