@@ -32,10 +32,21 @@ class Backend:
         """A seeded generator whose numbers are the same on every backend."""
         return CounterRandom(self.xp, seed, stream)
 
-    # -- kernels --------------------------------------------------------------------------------
-    def kernel(self, name):
-        """A hand-written fast kernel by name, or None to use the pure-``xp`` fallback."""
-        return None
+    # -- element-wise kernels: plain ``xp`` here; a backend may override them with faster ones -----
+    def relu_forward(self, x):
+        """(maximum(x, 0), mask) with mask = result > 0, in one pass; NaN stays NaN."""
+        y = self.xp.maximum(x, 0)
+        return y, y > 0
+
+    def multiply(self, a, b):
+        """a * b (b may be a boolean mask); the result has a's dtype when b is boolean."""
+        return a * b
+
+    def dropout_forward(self, x, keep, scale):
+        """(x * mask, mask) with mask = where(keep, scale, 0) in x's dtype; ``keep`` is boolean."""
+        kind = self.xp.dtype(x.dtype).type
+        mask = self.xp.where(keep, kind(scale), kind(0))
+        return x * mask, mask
 
     def memory_info(self):
         """A dict describing device memory (empty on the CPU)."""

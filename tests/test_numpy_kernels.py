@@ -38,12 +38,27 @@ def test_threaded_kernels_match_plain_numpy(threads, dtype):
     np.testing.assert_array_equal(k.multiply(g[0], g[0, 0]), g[0] * g[0, 0])  # broadcasting falls back
 
 
-def test_backend_offers_only_known_kernels():
-    backend = get_backend("numpy")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_backend_methods_equal_the_base_backends_plain_xp(dtype):
+    """NumpyBackend overrides relu_forward / multiply / dropout_forward with its threaded kernels;
+    the base Backend's plain-xp methods (the strict backend uses them) give the same bits."""
+    from xpnet.backends.base import Backend
+    from xpnet.backends.numpy_backend import NumpyBackend
+    from xpnet.backends.strict_backend import StrictBackend
+    numpy_backend, plain = get_backend("numpy"), Backend(np)
     for name in ("relu_forward", "multiply", "dropout_forward"):
-        assert callable(backend.kernel(name))
-    assert backend.kernel("conv2d") is None
-    assert get_backend("strict").kernel("multiply") is None  # strict keeps the pure-xp path
+        assert getattr(NumpyBackend, name) is not getattr(Backend, name)
+        assert getattr(StrictBackend, name) is getattr(Backend, name)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 5, 80, 80)).astype(dtype)
+    assert x.size > MIN_ELEMENTS
+    keep = rng.random(x.shape) < 0.6
+    for a, b in [(numpy_backend.relu_forward(x), plain.relu_forward(x)),
+                 (numpy_backend.dropout_forward(x, keep, 1 / 0.6), plain.dropout_forward(x, keep, 1 / 0.6)),
+                 ((numpy_backend.multiply(x, keep),), (plain.multiply(x, keep),))]:
+        for u, v in zip(a, b):
+            assert u.dtype == v.dtype
+            np.testing.assert_array_equal(u, v)
 
 
 def test_layers_give_the_same_results_with_and_without_kernels():

@@ -89,7 +89,7 @@ class Merge(Layer):
 
     def build(self, input_shape, ctx):
         shapes = [tuple(int(d) for d in s) for s in input_shape]
-        self.ctx, self.xp, self.dtype = ctx, ctx.xp, ctx.dtype
+        self.ctx, self.backend, self.xp, self.dtype = ctx, ctx.backend, ctx.xp, ctx.dtype
         self.output_shape = tuple(int(d) for d in self.compute_output_shape(shapes))
         self.input_shape = shapes
         self.create_params(ctx)

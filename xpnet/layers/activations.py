@@ -6,22 +6,12 @@ from .base import Layer
 
 
 class ReLU(Layer):
-    def create_params(self, ctx):
-        self._relu = ctx.backend.kernel("relu_forward")  # a backend's fast kernel, or None
-        self._multiply = ctx.backend.kernel("multiply")
-
     def forward(self, x, training=False):
-        if self._relu is not None:
-            y, self.mask = self._relu(x)
-            return y
-        y = self.xp.maximum(x, 0)  # one pass; NaN stays NaN
-        self.mask = y > 0
+        y, self.mask = self.backend.relu_forward(x)  # one pass; NaN stays NaN
         return y
 
     def backward(self, grad):
-        if not self.need_input_grad:
-            return None
-        return self._multiply(grad, self.mask) if self._multiply is not None else grad * self.mask
+        return self.backend.multiply(grad, self.mask) if self.need_input_grad else None
 
 
 class LeakyReLU(Layer):

@@ -40,6 +40,7 @@ class Layer:
         """Infer shapes, create parameters; returns the output shape."""
         self.input_shape = tuple(int(d) for d in input_shape)
         self.ctx = ctx
+        self.backend = ctx.backend
         self.xp = ctx.xp
         self.dtype = ctx.dtype
         self.output_shape = tuple(int(d) for d in self.compute_output_shape(self.input_shape))

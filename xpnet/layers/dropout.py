@@ -15,11 +15,6 @@ class Dropout(Layer):
 
     def create_params(self, ctx):
         self.rng = ctx.rng(self.name, purpose=1)
-        self._multiply = ctx.backend.kernel("multiply")  # a backend's fast kernels, or None
-        self._dropout = ctx.backend.kernel("dropout_forward")
-
-    def _apply(self, a):
-        return self._multiply(a, self.mask) if self._multiply is not None else a * self.mask
 
     def forward(self, x, training=False):
         self.mask = None
@@ -28,16 +23,13 @@ class Dropout(Layer):
         keep = 1.0 - self.rate
         # data-parallel: this rank's rows of the global batch's mask (the same masks as one process)
         rng = self.rng if self.distributed is None else self.distributed.rows(self.rng)
-        if self._dropout is not None:
-            y, self.mask = self._dropout(x, rng.bernoulli_mask(keep, x.shape), 1.0 / keep)
-            return y
-        self.mask = rng.bernoulli(keep, x.shape, x.dtype, value=1.0 / keep)
-        return self._apply(x)
+        y, self.mask = self.backend.dropout_forward(x, rng.bernoulli_mask(keep, x.shape), 1.0 / keep)
+        return y
 
     def backward(self, grad):
         if not self.need_input_grad:
             return None
-        return grad if self.mask is None else self._apply(grad)
+        return grad if self.mask is None else self.backend.multiply(grad, self.mask)
 
     def get_config(self):
         return {"name": self.name, "rate": self.rate}
