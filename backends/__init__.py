@@ -10,7 +10,7 @@ if __name__ != "xpnet.backends":
     raise ImportError(f"import the backends as 'xpnet.backends', not as {__name__!r}: a second copy "
                       "would keep its own strict-backend counters")
 
-from xpnet.errors import BackendError
+from xpnet.errors import BackendError, ShapeError
 
 from .base import Backend
 from .random import CounterRandom
@@ -46,6 +46,29 @@ def get_backend(name="cpu"):
     return _cache[key]
 
 
+def _classes():
+    from .cupy_backend import CupyBackend
+    from .numpy_backend import NumpyBackend
+    from .strict_backend import StrictBackend
+    return {"strict": StrictBackend, "cupy": CupyBackend, "numpy": NumpyBackend}
+
+
+def backend_of(array):
+    """The backend whose array ``array`` is (for a loss or optimizer used on its own, without a
+    model's compile() handing it one); no data is touched. Raises ShapeError for host lists and
+    other objects."""
+    for key, cls in _classes().items():
+        if cls.owns(array):
+            return get_backend(key)
+    raise ShapeError(f"expected an array of a backend (numpy, cupy or strict), got "
+                       f"{type(array).__name__}; move host data to the device with backend.asarray first")
+
+
+def is_out_of_memory(exc):
+    """True when a backend recognises ``exc`` as its device running out of memory."""
+    return any(cls.is_out_of_memory(exc) for cls in _classes().values())
+
+
 def available():
     """Names of the backends that work on this machine."""
     from .cupy_backend import gpu_available
@@ -55,4 +78,5 @@ def available():
     return names
 
 
-__all__ = ["Backend", "BackendError", "CounterRandom", "available", "get_backend"]
+__all__ = ["Backend", "BackendError", "CounterRandom", "available", "backend_of", "get_backend",
+           "is_out_of_memory"]

@@ -48,6 +48,18 @@ class Backend:
         mask = self.xp.where(keep, kind(scale), kind(0))
         return x * mask, mask
 
+    # -- what belongs to this backend -----------------------------------------------------------
+    @classmethod
+    def owns(cls, array):
+        """True when ``array`` is one of this backend's arrays (no data is touched)."""
+        return False
+
+    @classmethod
+    def is_out_of_memory(cls, exc):
+        """True when ``exc`` reports that this backend's device ran out of memory (never on the
+        CPU backends: a host MemoryError is a plain Python error)."""
+        return False
+
     def memory_info(self):
         """A dict describing device memory (empty on the CPU)."""
         return {}

@@ -1,4 +1,6 @@
 """The CUDA backend: CuPy. Imported only when asked for, so CPU machines never need CuPy."""
+import sys
+
 from xpnet.errors import BackendError
 
 from .base import Backend
@@ -33,6 +35,20 @@ class CupyBackend(Backend):
         super().__init__(cupy)
         self.device_id = int(device_id)
         cupy.cuda.Device(self.device_id).use()
+
+    @classmethod
+    def owns(cls, array):
+        cupy = sys.modules.get("cupy")  # no CuPy array exists before CuPy is imported
+        return cupy is not None and isinstance(array, cupy.ndarray)
+
+    @classmethod
+    def is_out_of_memory(cls, exc):
+        """CuPy's OutOfMemoryError, or a CUDA/cuBLAS error from CuPy reporting an allocation
+        failure; matched by name, so CuPy need not be imported."""
+        if any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
+            return True
+        module = type(exc).__module__ or ""
+        return module.startswith("cupy") and any(s in str(exc) for s in ("OUT_OF_MEMORY", "ALLOC_FAILED"))
 
     def to_numpy(self, array):
         return self.xp.asnumpy(array)

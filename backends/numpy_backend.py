@@ -22,5 +22,9 @@ class NumpyBackend(Backend):
     def dropout_forward(self, x, keep, scale):
         return self._kernels.dropout_forward(x, keep, scale)
 
+    @classmethod
+    def owns(cls, array):
+        return isinstance(array, (numpy.ndarray, numpy.generic))
+
     def to_numpy(self, array):
         return numpy.asarray(array)

@@ -239,6 +239,10 @@ class StrictBackend(Backend):
     def __init__(self):
         super().__init__(strict_xp)
 
+    @classmethod
+    def owns(cls, array):
+        return type(array) is StrictArray
+
     @property
     def syncs(self):
         return COUNTERS["syncs"]

@@ -54,3 +54,36 @@ def test_only_distributed_imports_mpi_and_nccl():
             offenders.append(f"{path}: {sorted(names)}")
     assert not offenders, "only xpnet/distributed/ may import mpi4py or NCCL: " + "; ".join(offenders)
     assert {"mpi4py", "cupy.cuda.nccl"} <= found  # the check sees the imports where they are
+
+
+LIBRARY_WORDS = ("numpy", "cupy", "strictarray")
+
+
+def _string_checks(path):
+    """Lines where code outside backends/ tells array libraries apart by name: a comparison or
+    membership test, or a startswith/endswith, against a string naming numpy / cupy / StrictArray,
+    and any look at ``__module__`` (how a class's library is guessed)."""
+    tree = ast.parse(path.read_text())
+
+    def names_library(node):
+        return any(isinstance(n, ast.Constant) and isinstance(n.value, str) and
+                   any(w in n.value.lower() for w in LIBRARY_WORDS) for n in ast.walk(node))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and names_library(node):
+            yield node.lineno
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("startswith", "endswith") and names_library(node):
+            yield node.lineno
+        elif isinstance(node, ast.Attribute) and node.attr == "__module__":
+            yield node.lineno
+
+
+def test_array_library_checks_by_name_live_in_backends():
+    offenders = []
+    for path in ROOT.rglob("*.py"):  # all of xpnet/, host side included: backends/ is the only place
+        offenders += [f"{path.relative_to(ROOT)}:{line}" for line in _string_checks(path)]
+    assert not offenders, ("numpy/cupy distinctions belong in backends/ (Backend.owns, "
+                           "Backend.is_out_of_memory, backend_of): " + ", ".join(offenders))
+    backends = ROOT.parent / "backends"
+    assert any(True for p in backends.rglob("*.py") for _ in _string_checks(p))  # the check sees them

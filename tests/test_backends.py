@@ -84,3 +84,34 @@ def test_random_statistics_and_state():
     r.set_state(state)
     np.testing.assert_array_equal(first, r.random(10))
     assert not np.array_equal(b.rng(0).random(10), b.rng(1).random(10))
+
+
+def test_backend_of_names_the_owner_of_an_array():
+    from xpnet.backends import backend_of
+    for name in ("numpy", "strict"):
+        b = get_backend(name)
+        assert backend_of(b.asarray(np.zeros(3))) is b
+        assert backend_of(b.xp.zeros(())) is b
+    assert backend_of(np.float64(1.0)) is get_backend("numpy")
+    with pytest.raises(xpnet.ShapeError, match=r"expected an array of a backend.*list.*backend\.asarray"):
+        backend_of([1.0, 2.0])
+
+
+def test_out_of_memory_is_recognised_by_the_backends():
+    from xpnet.backends import Backend, is_out_of_memory
+    from xpnet.backends.cupy_backend import CupyBackend
+    oom = type("OutOfMemoryError", (MemoryError,), {})("Out of memory allocating 1,073,741,824 bytes")
+    cublas = type("CUBLASError", (RuntimeError,), {"__module__": "cupy_backends.cuda.libs.cublas"})
+    assert CupyBackend.is_out_of_memory(oom) and CupyBackend.is_out_of_memory(cublas("CUBLAS_STATUS_ALLOC_FAILED"))
+    assert not CupyBackend.is_out_of_memory(cublas("CUBLAS_STATUS_EXECUTION_FAILED"))
+    assert not Backend.is_out_of_memory(oom) and not get_backend("numpy").is_out_of_memory(MemoryError())
+    assert is_out_of_memory(oom) and not is_out_of_memory(ZeroDivisionError())
+
+
+@pytest.mark.parametrize("name", ["numpy", "strict"])
+def test_compile_hands_the_models_backend_to_loss_and_optimizer(name):
+    from xpnet.layers import Dense
+    model = xpnet.Sequential([Dense(2)], input_shape=(3,), device=name)
+    model.compile(loss="mse", optimizer="sgd")
+    assert model.loss.backend is model.backend and model.optimizer.backend is model.backend
+    assert model.optimizer.xp is model.backend.xp

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 
+from .backends import is_out_of_memory
 from .errors import XpnetError
 
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10")
@@ -249,13 +250,13 @@ def cmd_export(args):
 
 def cmd_info(args):
     from . import __version__
-    from .backends import available, get_backend
+    from .backends import ALIASES, available, get_backend
     print(f"xpnet {__version__}")
     print(f"Python {platform.python_version()} ({sys.executable})")
     print(f"NumPy {np.__version__}")
     names = available()
     print(f"backends: {', '.join(names)}")
-    if "cupy" in names:
+    if ALIASES["gpu"] in names:
         mem = get_backend("gpu").memory_info()
         runtime = mem.get("cuda_runtime")
         runtime = f"{runtime // 1000}.{(runtime % 1000) // 10}" if isinstance(runtime, int) else runtime
@@ -455,15 +456,6 @@ def build_parser():
     p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
     p.set_defaults(func=cmd_serve)
     return parser
-
-
-def is_out_of_memory(exc):
-    """True for CuPy's OutOfMemoryError, or a CUDA/cuBLAS error from CuPy that reports an
-    allocation failure (matched by name, so CuPy need not be imported)."""
-    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
-        return True
-    module = type(exc).__module__ or ""
-    return module.startswith("cupy") and any(s in str(exc) for s in ("OUT_OF_MEMORY", "ALLOC_FAILED"))
 
 
 def guarded(label, func):

@@ -4,7 +4,7 @@
 ``forward`` never syncs with the host: it checks shapes and dtypes, not values. Label ranges are
 checked by ``check_targets`` (a host sync), which ``fit`` calls once per run, not per batch.
 """
-from .arrays import array_module
+from .backends import backend_of
 from .errors import ConfigError, DataError, ShapeError, TrainingError
 
 
@@ -21,9 +21,19 @@ def _as_dtype(target, dtype):
 
 
 class Loss:
-    """Base class: subclasses implement ``forward`` and ``backward``."""
+    """Base class: subclasses implement ``forward`` and ``backward``. ``compile()`` hands the loss
+    the model's backend (``bind``); a loss used on its own takes the backend of its input."""
 
     _cache = None
+    backend = None
+
+    def bind(self, backend):
+        """Use ``backend``'s ``xp`` from now on; returns self."""
+        self.backend = backend
+        return self
+
+    def _xp(self, array):
+        return (self.backend if self.backend is not None else backend_of(array)).xp
 
     def __call__(self, output, target):
         return self.forward(output, target)
@@ -94,7 +104,7 @@ class L1Loss(_Elementwise):
 
     def backward(self):
         diff, n = self._saved()
-        return array_module(diff).sign(diff) * (1.0 / n)
+        return self._xp(diff).sign(diff) * (1.0 / n)
 
 
 class _Classification(Loss):
@@ -166,7 +176,7 @@ class CrossEntropy(_Classification):
 
     def forward(self, output, target):
         n, k, labels, rows = self._split(output, target)
-        xp = array_module(output)
+        xp = self._xp(output)
         eps = self.label_smoothing
         z = output - output.max(axis=1, keepdims=True)
         e = xp.exp(z)
@@ -210,7 +220,7 @@ class NLL(_Classification):
 
     def forward(self, output, target):
         n, k, labels, rows = self._split(output, target)
-        xp = array_module(output)
+        xp = self._xp(output)
         if labels is not None:
             index = (xp.arange(n), labels)
             total = -output[index].sum()
@@ -224,7 +234,7 @@ class NLL(_Classification):
         output, index, rows, n = self._saved()
         if index is None:
             return rows * (-1.0 / n)
-        grad = array_module(output).zeros_like(output)
+        grad = self._xp(output).zeros_like(output)
         grad[index] = -1.0 / n
         return grad
 

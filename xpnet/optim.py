@@ -22,7 +22,7 @@ gradients together so that their global L2 norm is at most ``clipnorm``
 """
 import math
 
-from .arrays import array_module
+from .backends import backend_of
 from .errors import ConfigError, ShapeError, TrainingError
 
 
@@ -93,7 +93,13 @@ class Optimizer:
         self.state = {slot: {} for slot in self.slots}  # slot -> {param name: device array}
         self.steps = {}  # param name -> number of updates it has received
         self._pending = {}  # loaded buffers waiting for the first step to learn the device
-        self.xp = None
+        self.backend = self.xp = None  # compile() hands over the model's (bind)
+
+    def bind(self, backend):
+        """Keep state on ``backend`` (its ``xp``) from now on; returns self. ``compile()`` calls
+        this with the model's backend; an optimizer used on its own takes its parameters'."""
+        self.backend, self.xp = backend, backend.xp
+        return self
 
     @property
     def _name(self):
@@ -124,8 +130,8 @@ class Optimizer:
             if tuple(grads[k].shape) != tuple(params[k].shape):
                 raise ShapeError(f"{self._name}: gradient of {k!r} has shape {tuple(grads[k].shape)} "
                                  f"but the parameter has shape {tuple(params[k].shape)}")
-        if names and self.xp is None:
-            self.xp = array_module(params[names[0]])
+        if names and self.backend is None:
+            self.bind(backend_of(params[names[0]]))
         grads = {k: grads[k] for k in names}
         if self.clipvalue is not None:
             grads = clip_by_value(grads, self.clipvalue)

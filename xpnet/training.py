@@ -78,12 +78,15 @@ class TrainingMixin:
 
     # -- configuration --------------------------------------------------------------------------
     def compile(self, loss="cross_entropy", optimizer="adam", metrics=("accuracy",)):
-        """Choose the loss (name or Loss), the optimizer (name or Optimizer) and the metrics."""
+        """Choose the loss (name or Loss), the optimizer (name or Optimizer) and the metrics; both
+        get the model's backend."""
         from . import losses, optim
-        self.loss = losses.get(loss)
+        self.loss = losses.get(loss).bind(self.backend)
         self.optimizer = optim.get(optimizer) if isinstance(optimizer, str) else optimizer
         if not hasattr(self.optimizer, "step"):
             raise ConfigError(f"optimizer must be a name or an Optimizer, got {type(optimizer).__name__}")
+        if hasattr(self.optimizer, "bind"):
+            self.optimizer.bind(self.backend)
         names = [metrics] if isinstance(metrics, str) else list(metrics or [])
         unknown = [m for m in names if m not in METRICS]
         if unknown:

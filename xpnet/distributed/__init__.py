@@ -35,7 +35,7 @@ def init(device="cpu", timeout=None, comm=None):
     if isinstance(device, Backend):
         backend = device
     else:
-        backend = _gpu_backend(control) if key == "cupy" else get_backend(key)
+        backend = _gpu_backend(control) if key == ALIASES["gpu"] else get_backend(key)
     return communicator_for(backend, control)
 
 
