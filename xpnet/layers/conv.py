@@ -1,8 +1,9 @@
 """2-D convolution on NCHW inputs: W (filters, channels, kh, kw), b (filters,)."""
-import math
 import numbers
 
 from .. import initializers, ops
+from ..ops import geometry
+from ..ops.geometry import resolve_padding
 from ..errors import ConfigError, ShapeError
 from .base import Layer
 
@@ -20,13 +21,6 @@ def pair(value, what, owner, minimum=1):
     return a, b
 
 
-def same_padding(size, k, s):
-    """TensorFlow's "same": out = ceil(size / s); any odd extra row/column goes bottom/right."""
-    out = math.ceil(size / s)
-    total = max((out - 1) * s + k - size, 0)
-    return total // 2, total - total // 2
-
-
 def padding_spec(padding, owner):
     """"valid", "same" or an explicit (ph, pw) pair (an int means the same on both axes)."""
     if isinstance(padding, str):
@@ -35,15 +29,6 @@ def padding_spec(padding, owner):
                               f"got {padding!r}")
         return padding.lower()
     return pair(padding, "padding", owner, minimum=0)
-
-
-def resolve_padding(spec, hw, kernel, stride):
-    """(top, bottom, left, right) for an input of spatial size hw."""
-    if spec == "valid":
-        return (0, 0, 0, 0)
-    if spec == "same":
-        return same_padding(hw[0], kernel[0], stride[0]) + same_padding(hw[1], kernel[1], stride[1])
-    return (spec[0], spec[0], spec[1], spec[1])
 
 
 def spatial_input(layer, input_shape):
@@ -56,14 +41,9 @@ def spatial_input(layer, input_shape):
 
 
 def output_hw(layer, input_shape, kernel, stride, padding):
-    """Spatial output size, or a ShapeError when the window does not fit the padded input."""
-    _, h, w = input_shape
-    top, bottom, left, right = padding
-    hp, wp = h + top + bottom, w + left + right
-    if hp < kernel[0] or wp < kernel[1]:
-        raise ShapeError(f"layer {layer.name!r} ({type(layer).__name__}): window {kernel} is larger than "
-                         f"the padded input {(hp, wp)} (input {tuple(input_shape)}, padding {padding})")
-    return (hp - kernel[0]) // stride[0] + 1, (wp - kernel[1]) // stride[1] + 1
+    """Spatial output size, or a ShapeError naming the layer when the window does not fit."""
+    return geometry.output_hw(input_shape[1:], kernel, stride, padding,
+                              f"layer {layer.name!r} ({type(layer).__name__})")
 
 
 def _config_value(v):

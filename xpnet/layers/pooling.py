@@ -4,9 +4,10 @@
 cells never win a max (they are -inf) and are left out of an average's count.
 """
 from .. import ops
+from ..ops.geometry import pad, resolve_padding
 from ..errors import ConfigError
 from .base import Layer
-from .conv import output_hw, pair, resolve_padding, spatial_input
+from .conv import output_hw, pair, spatial_input
 
 
 class _Pool2D(Layer):
@@ -34,8 +35,7 @@ class _Pool2D(Layer):
             self.share = ops.avgpool2d_forward(self.xp, ones, self.pool_size, self.strides)[0]
 
     def _pad(self, x, value):
-        top, bottom, left, right = self.pads
-        return self.xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+        return pad(self.xp, x, self.pads, value)
 
     def forward(self, x, training=False):
         if any(self.pads):

@@ -9,30 +9,14 @@ Max-pool ties: the whole gradient of a window goes to its FIRST maximal element 
 window order (the lowest (i, j)), which is what PyTorch's CPU ``max_pool2d`` does. A NaN in a
 window counts as its maximum.
 """
-
-
-def _out_size(size, k, s):
-    return (size - k) // s + 1
-
-
-def _at(i, j, ho, wo, sh, sw):
-    """Index of the (N, C, Ho, Wo) block that kernel offset (i, j) sees."""
-    rows, cols = slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw)
-    return (slice(None), slice(None), rows, cols)
-
-
-def _pad(xp, x, padding):
-    top, bottom, left, right = padding
-    if not (top or bottom or left or right):
-        return x
-    return xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+from .geometry import out_size, pad, window
 
 
 def _columns(xp, x, kh, kw, sh, sw):
     """im2col: (N, C, H, W) -> (N, C, kh, kw, Ho, Wo)."""
     n, c, h, w = x.shape
-    ho, wo = _out_size(h, kh, sh), _out_size(w, kw, sw)
-    cols = [x[_at(i, j, ho, wo, sh, sw)] for i in range(kh) for j in range(kw)]
+    ho, wo = out_size(h, kh, sh), out_size(w, kw, sw)
+    cols = [x[window(i, j, ho, wo, sh, sw)] for i in range(kh) for j in range(kw)]
     return xp.stack(cols, axis=2).reshape(n, c, kh, kw, ho, wo)
 
 
@@ -41,7 +25,7 @@ def conv2d_forward(xp, x, W, b, stride, padding):
     """y[n, f] = sum_c,i,j W[f, c, i, j] * xpad[n, c, s*h + i, s*w + j] + b[f]."""
     sh, sw = stride
     kh, kw = W.shape[2], W.shape[3]
-    xpad = _pad(xp, x, padding)
+    xpad = pad(xp, x, padding)
     cols = _columns(xp, xpad, kh, kw, sh, sw)                            # (N, C, kh, kw, Ho, Wo)
     y = xp.tensordot(cols, W, axes=([1, 2, 3], [1, 2, 3]))              # (N, Ho, Wo, F)
     y = y.transpose(0, 3, 1, 2)
@@ -63,7 +47,7 @@ def conv2d_backward(xp, dy, cache, need_dx=True):
     dxpad = xp.zeros(pad_shape, dtype=dy.dtype)
     for i in range(kh):
         for j in range(kw):
-            dxpad[_at(i, j, ho, wo, sh, sw)] += dcols[..., i, j].transpose(0, 3, 1, 2)
+            dxpad[window(i, j, ho, wo, sh, sw)] += dcols[..., i, j].transpose(0, 3, 1, 2)
     h, w = x_shape[2], x_shape[3]
     dx = dxpad[:, :, top:top + h, left:left + w]
     return xp.ascontiguousarray(dx), dW, db
@@ -74,8 +58,8 @@ def _pool_windows(xp, x, pool, stride):
     ph, pw = pool
     sh, sw = stride
     n, c, h, w = x.shape
-    ho, wo = _out_size(h, ph, sh), _out_size(w, pw, sw)
-    wins = xp.stack([x[_at(i, j, ho, wo, sh, sw)] for i in range(ph) for j in range(pw)], axis=2)
+    ho, wo = out_size(h, ph, sh), out_size(w, pw, sw)
+    wins = xp.stack([x[window(i, j, ho, wo, sh, sw)] for i in range(ph) for j in range(pw)], axis=2)
     return wins, ho, wo                                                 # (N, C, ph*pw, Ho, Wo)
 
 
@@ -92,7 +76,7 @@ def maxpool2d_backward(xp, dy, cache):
     dx = xp.zeros(x_shape, dtype=dy.dtype)
     for i in range(ph):
         for j in range(pw):
-            dx[_at(i, j, ho, wo, sh, sw)] += dy * (arg == i * pw + j)
+            dx[window(i, j, ho, wo, sh, sw)] += dy * (arg == i * pw + j)
     return dx
 
 
@@ -108,5 +92,5 @@ def avgpool2d_backward(xp, dy, cache):
     dx = xp.zeros(x_shape, dtype=dy.dtype)
     for i in range(ph):
         for j in range(pw):
-            dx[_at(i, j, ho, wo, sh, sw)] += share
+            dx[window(i, j, ho, wo, sh, sw)] += share
     return dx

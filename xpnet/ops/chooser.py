@@ -1,0 +1,67 @@
+"""Which exact convolution method ``fast`` uses for a shape: "spectral" or "columns".
+
+The choice compares FLOP estimates of a training step's three convolutions (forward, dW, dx) and
+checks that the spectral route's arrays fit a memory budget. Only shapes decide (never values),
+so the choice costs no host sync and is the same on every call with the same shapes.
+
+The FLOP model (2 FLOPs per real multiply-add; spectra are kept as real/imaginary pairs, so a
+complex product is a real GEMM twice as wide on each side):
+
+* direct (what "columns" executes): ``3 * 2 * N*Ho*Wo * F*C*kh*kw``: one GEMM of that size for each
+  of forward, dW and dx.
+* spectral (``spectral_flops``): on the padded (Hp, Wp) frame only Kh = Hp//2 + 1 frequencies of
+  the H axis are kept (the input is real). ``transform`` is the forward DFT of ``planes`` images
+  of nh x nw samples: the real H-transform (2 outputs, re and im, times Kh x nh x nw) then the
+  complex W-transform (Kh rows of a (2 Wp) x (2 nw) real-form GEMM). ``inverse`` is the way back.
+  ``mix`` is the per-bin channel mixing, a (2F x 2C) by (2C x 1) product per image and bin. A
+  step transforms x (C planes) and dy (F planes), inverts y (F planes) and, when dx is needed, dx
+  (C planes); it mixes channels twice (y and dW) plus once for dx.
+"""
+from .geometry import out_size, padded_hw
+
+# The spectral route must need this many times fewer FLOPs than direct convolution to be chosen.
+# The model counts only GEMM FLOPs: the spectral route also pays NCHW <-> (H, W, C, N) layout
+# copies and reads more memory per FLOP, so a near tie goes to the simpler columns route. A margin
+# chosen with the benchmarks (docs/benchmarks.md), not a fitted constant.
+SPECTRAL_ADVANTAGE = 1.25
+
+# ... and its per-bin arrays must fit in this many bytes: the kernel matrices M (bins, 2F, 2C), the
+# input spectrum kept for backward (bins, 2C, N) and the output spectrum (bins, 2F, N). Beyond it
+# (very large images or batches) columns, whose buffer is chunked, keeps memory bounded.
+SPECTRAL_BYTES = 512 * 2 ** 20
+
+
+def spectral_flops(n, c, f, h, w, ho, wo, hp, wp, need_dx=True):
+    """FLOPs of a spectral forward + backward (transforms + per-bin GEMMs); see the module doc."""
+    kh = hp // 2 + 1
+    bins = kh * wp
+
+    def transform(planes, nh, nw):
+        return planes * (2 * 2 * kh * nh * nw + kh * 2 * (2 * wp) * (2 * nw))
+
+    def inverse(planes, nh, nw):
+        return planes * (kh * 2 * (2 * nw) * (2 * wp) + 2 * nh * (2 * kh) * nw)
+
+    mix = bins * 2 * (2 * f) * (2 * c)
+    total = n * (transform(c, h, w) + inverse(f, ho, wo) + transform(f, ho, wo) + 2 * mix)
+    if need_dx:
+        total += n * (mix + inverse(c, h, w))
+    return total
+
+
+def direct_flops(n, c, f, kh, kw, ho, wo):
+    """FLOPs of forward, dW and dx as three GEMMs of N*Ho*Wo x F x C*kh*kw."""
+    return 3 * 2 * n * ho * wo * f * c * kh * kw
+
+
+def choose(x_shape, w_shape, stride, padding, itemsize=4):
+    """"spectral" or "columns" for this convolution, from the FLOP and memory estimates."""
+    n, c, h, w = x_shape
+    f, _, kh, kw = w_shape
+    hp, wp = padded_hw((h, w), padding)
+    ho, wo = out_size(hp, kh, stride[0]), out_size(wp, kw, stride[1])
+    bins = (hp // 2 + 1) * wp
+    if itemsize * bins * (4 * f * c + 2 * c * n + 2 * f * n) > SPECTRAL_BYTES:
+        return "columns"
+    spectral = spectral_flops(n, c, f, h, w, ho, wo, hp, wp)
+    return "spectral" if SPECTRAL_ADVANTAGE * spectral < direct_flops(n, c, f, kh, kw, ho, wo) else "columns"

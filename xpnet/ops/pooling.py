@@ -1,0 +1,138 @@
+"""Fast max and average pooling (``ops.fast``), written against ``xp`` only.
+
+Max pooling is an elementwise maximum over one strided view per window offset; its backward, and
+average pooling, work on reshaped windows when stride == pool (the usual case). Max-pool ties send
+the gradient to the first maximum in row-major window order, as the reference and PyTorch do; a NaN
+counts as the maximum. Arrays keep the input dtype throughout.
+"""
+from ..errors import ShapeError
+from .geometry import out_size, window
+
+
+def _check_pool(x, pool, stride, what):
+    if getattr(x, "ndim", 0) != 4:
+        raise ShapeError(f"{what} expects x (N, C, H, W), got shape {tuple(getattr(x, 'shape', ()))}")
+    if min(pool) < 1 or min(stride) < 1:
+        raise ShapeError(f"{what}: pool and stride must be >= 1, got {pool} and {stride}")
+    if x.shape[2] < pool[0] or x.shape[3] < pool[1]:
+        raise ShapeError(f"{what}: window {pool} is larger than the input {tuple(x.shape[2:])}")
+
+
+def _tiled(x, pool, stride):
+    """For stride == pool: (N, C, Ho, ph, Wo, pw) view of the covered part of x, else None."""
+    (ph, pw), (sh, sw) = pool, stride
+    if (ph, pw) != (sh, sw):
+        return None
+    n, c, h, w = x.shape
+    ho, wo = h // ph, w // pw
+    return x[:, :, :ho * ph, :wo * pw].reshape(n, c, ho, ph, wo, pw)
+
+
+def _untile(xp, d, x_shape):
+    """(N, C, Ho, ph, Wo, pw) gradient -> (N, C, H, W), zeros on rows/columns no window covers."""
+    n, c, ho, ph, wo, pw = d.shape
+    d = d.reshape(n, c, ho * ph, wo * pw)
+    if (ho * ph, wo * pw) == tuple(x_shape[2:]):
+        return d
+    dx = xp.zeros(x_shape, dtype=d.dtype)
+    dx[:, :, :ho * ph, :wo * pw] = d
+    return dx
+
+
+def maxpool2d_forward(xp, x, pool, stride):
+    """Max over each (ph, pw) window: ``maximum`` of one strided view per window offset.
+
+    ``maximum`` propagates NaN, so a window holding a NaN yields NaN. No argmax is stored: the
+    backward pass finds the first maximum again from (x, y).
+    """
+    pool, stride = tuple(int(p) for p in pool), tuple(int(s) for s in stride)
+    _check_pool(x, pool, stride, "maxpool2d")
+    (ph, pw), (sh, sw) = pool, stride
+    ho, wo = out_size(x.shape[2], ph, sh), out_size(x.shape[3], pw, sw)
+    y = x[window(0, 0, ho, wo, sh, sw)].copy()
+    for i in range(ph):
+        for j in range(pw):
+            if i or j:
+                xp.maximum(y, x[window(i, j, ho, wo, sh, sw)], out=y)
+    return y, (x, y, pool, stride)
+
+
+def maxpool2d_backward(xp, dy, cache):
+    """dx: each window's gradient goes to its first maximum in row-major window order."""
+    x, y, (ph, pw), (sh, sw) = cache
+    if tuple(dy.shape) != tuple(y.shape):
+        raise ShapeError(f"maxpool2d_backward: dy has shape {tuple(dy.shape)}, expected {tuple(y.shape)}")
+    if (ph, pw) == (sh, sw):
+        return _maxpool_tiled_backward(xp, x, y, dy, ph, pw)
+    ho, wo = dy.shape[2], dy.shape[3]
+    zero = xp.zeros((), dtype=dy.dtype)
+    dx = xp.zeros(x.shape, dtype=dy.dtype)       # overlapping or gapped windows: accumulate
+    free = None                                  # windows whose maximum is not found yet
+    for i in range(ph):
+        for j in range(pw):
+            win = window(i, j, ho, wo, sh, sw)
+            v = x[win]
+            hit = v == y
+            hit |= v != v                        # a NaN input is the window's (NaN) maximum
+            if free is None:
+                free = ~hit
+            else:
+                hit &= free
+                free &= ~hit
+            dx[win] += xp.where(hit, dy, zero)
+    return dx
+
+
+def _maxpool_tiled_backward(xp, x, y, dy, ph, pw):
+    """Backward when stride == pool: rows of windows as (N, C, Ho, ph, Wo*pw) views, with y and dy
+    repeated along W so that every whole-array pass runs over long contiguous rows."""
+    n, c, ho, wo = y.shape
+    rows = x[:, :, :ho * ph, :wo * pw].reshape(n, c, ho, ph, wo * pw)
+    hit = rows == xp.repeat(y, pw, axis=3)[:, :, :, None, :]
+    hit |= rows != rows                          # a NaN input is the window's (NaN) maximum
+    seen = None                                  # first maximum wins: clear later hits
+    for i in range(ph):
+        for j in range(pw):
+            h = hit[:, :, :, i, j::pw]
+            if seen is None:
+                seen = h.copy()
+            else:
+                h &= ~seen
+                if (i, j) != (ph - 1, pw - 1):
+                    seen |= h
+    d = hit * xp.repeat(dy, pw, axis=3)[:, :, :, None, :]
+    return _untile(xp, d.reshape(n, c, ho, ph, wo, pw), x.shape)
+
+
+def avgpool2d_forward(xp, x, pool, stride):
+    """Mean over each (ph, pw) window."""
+    pool, stride = tuple(int(p) for p in pool), tuple(int(s) for s in stride)
+    _check_pool(x, pool, stride, "avgpool2d")
+    (ph, pw), (sh, sw) = pool, stride
+    t = _tiled(x, pool, stride)
+    if t is not None:
+        y = t.mean(axis=(3, 5), dtype=x.dtype)
+        return y, (tuple(x.shape), pool, stride)
+    ho, wo = out_size(x.shape[2], ph, sh), out_size(x.shape[3], pw, sw)
+    y = xp.zeros((x.shape[0], x.shape[1], ho, wo), dtype=x.dtype)
+    for i in range(ph):
+        for j in range(pw):
+            y += x[window(i, j, ho, wo, sh, sw)]
+    y *= 1.0 / (ph * pw)
+    return y, (tuple(x.shape), pool, stride)
+
+
+def avgpool2d_backward(xp, dy, cache):
+    """dx: each window's gradient spread evenly over its cells."""
+    x_shape, (ph, pw), (sh, sw) = cache
+    share = dy * (1.0 / (ph * pw))
+    if (ph, pw) == (sh, sw):
+        n, c, ho, wo = dy.shape
+        d = xp.broadcast_to(share[:, :, :, None, :, None], (n, c, ho, ph, wo, pw))
+        return _untile(xp, xp.ascontiguousarray(d), x_shape)
+    ho, wo = dy.shape[2], dy.shape[3]
+    dx = xp.zeros(x_shape, dtype=dy.dtype)
+    for i in range(ph):
+        for j in range(pw):
+            dx[window(i, j, ho, wo, sh, sw)] += share
+    return dx
