@@ -168,7 +168,7 @@ def test_missing_and_extra_arrays(saved, tmp_path):
     with pytest.raises(DataError, match=r"missing arrays for param/dense_1\.b"):
         load_model(bad)
     write_npz(bad, dict(arrays, **{"param/dense.gamma": np.ones(6)}), meta)
-    with pytest.raises(DataError, match=r"unexpected arrays param/dense\.gamma"):
+    with pytest.raises(DataError, match=r"arrays this model lacks: param/dense\.gamma"):
         load_model(bad)
 
 
@@ -309,9 +309,9 @@ def test_functional_model_round_trip(tmp_path, first, second):
     np.testing.assert_array_equal(outputs(loaded, x), outputs(model, x))
     arrays, meta = load_npz(tmp_path / "g.npz")
     assert meta["model"]["class"] == "Model" and meta["model"]["input_shape"] == [4]
-    meta["model"]["config"]["layers"][0]["type"] = "os.system"
+    meta["model"]["layers"][0]["type"] = "os.system"
     write_npz(tmp_path / "bad.npz", arrays, meta)
-    with pytest.raises(DataError, match="unknown layer type 'os.system'"):
+    with pytest.raises(DataError, match="unknown type 'os.system'"):
         xpnet.load(tmp_path / "bad.npz")
 
 

@@ -168,7 +168,7 @@ class EarlyStopping(_Monitor):
         if self.improved(current):
             self.best, self.best_epoch, self.wait = float(current), int(epoch), 0
             if self.restore_best_weights:
-                self.best_weights = {k: v.copy() for k, v in _state_arrays(self.model).items()}
+                self.best_weights = {k: v.copy() for k, v in self.model.state_arrays().items()}
             return
         self.wait += 1
         if self.wait >= self.patience:
@@ -181,7 +181,7 @@ class EarlyStopping(_Monitor):
 
     def on_train_end(self, logs=None):
         if self.restore_best_weights and self.best_weights is not None:
-            for name, arr in _state_arrays(self.model).items():
+            for name, arr in self.model.state_arrays().items():
                 arr[...] = self.best_weights[name]
             if self.verbose:
                 print(f"EarlyStopping: restored the weights of epoch {self.best_epoch + 1}")
@@ -202,13 +202,6 @@ class EarlyStopping(_Monitor):
         self.stopped_epoch = state["stopped_epoch"]
         if arrays:
             self.best_weights = {k: self.model.backend.asarray(v) for k, v in arrays.items()}
-
-
-def _state_arrays(model):
-    """Every parameter and buffer of the model, by name (the live arrays)."""
-    out = {"param/" + k: v for k, v in model.parameters.items()}
-    out.update({"buffer/" + k: v for k, v in model.buffers.items()})
-    return out
 
 
 class LearningRateScheduler(Callback):
@@ -337,7 +330,7 @@ def save_weights(model, path):
         return
     from .serialization import save_npz_atomic
     backend = model.backend
-    save_npz_atomic(path, {k: backend.to_numpy(v) for k, v in _state_arrays(model).items()},
+    save_npz_atomic(path, {k: backend.to_numpy(v) for k, v in model.state_arrays().items()},
                     {"format": "xpnet-weights", "version": 1})
 
 

@@ -12,7 +12,7 @@ import os
 
 from .backends import CounterRandom
 from .errors import DataError, TrainingError
-from .serialization import load_npz, save_npz_atomic
+from .serialization import load_npz, pack_state, save_npz_atomic, unpack_state
 
 FORMAT, VERSION = "xpnet-checkpoint", 1
 FILENAME = "last.npz"
@@ -32,45 +32,12 @@ def layer_rngs(model):
     return found
 
 
-def _pack(value, backend, arrays, prefix):
-    """Nested dicts/lists of scalars and arrays -> JSON, arrays moved to ``arrays``."""
-    if isinstance(value, dict):
-        return {"dict": [[k, _pack(v, backend, arrays, prefix)] for k, v in value.items()]}
-    if isinstance(value, (list, tuple)):
-        return {"list": [_pack(v, backend, arrays, prefix) for v in value]}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return {"value": value}
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
-        key = f"{prefix}{sum(k.startswith(prefix) for k in arrays)}"
-        arrays[key] = backend.to_numpy(value)
-        return {"array": key}
-    raise TrainingError(f"cannot checkpoint a value of type {type(value).__name__}")
-
-
-def _unpack(node, backend, arrays, path):
-    if not isinstance(node, dict) or len(node) != 1:
-        raise DataError(f"{path}: malformed state entry {node!r}")
-    kind, value = next(iter(node.items()))
-    if kind == "value":
-        return value
-    if kind == "list":
-        return [_unpack(v, backend, arrays, path) for v in value]
-    if kind == "dict":
-        return {k: _unpack(v, backend, arrays, path) for k, v in value}
-    if kind == "array":
-        if value not in arrays:
-            raise DataError(f"{path}: the checkpoint refers to a missing array {value!r}")
-        return backend.asarray(arrays[value])
-    raise DataError(f"{path}: malformed state entry {node!r}")
-
-
 def save_checkpoint(path, model, epoch, rngs, callbacks, stopped=False):
     """Write the state after the completed ``epoch`` (0-based) to ``path`` atomically."""
     backend = model.backend
-    arrays = {"param/" + k: backend.to_numpy(v) for k, v in model.parameters.items()}
-    arrays.update({"buffer/" + k: backend.to_numpy(v) for k, v in model.buffers.items()})
+    arrays = {k: backend.to_numpy(v) for k, v in model.state_arrays().items()}
     opt = model.optimizer
-    optim_state = _pack(opt.state_dict(), backend, arrays, "optim/")
+    optim_state = pack_state(opt.state_dict(), arrays, "optim/", backend.to_numpy)
     cb_meta = []
     for i, cb in enumerate(callbacks):
         state, cb_arrays = cb.get_state()
@@ -102,30 +69,15 @@ def load_checkpoint(path, model, rngs, callbacks):
     if meta.get("version") != VERSION:
         raise DataError(f"{path}: checkpoint version {meta.get('version')!r} is not supported "
                         f"(expected {VERSION})")
-    backend = model.backend
-    expected = {"param/" + k: v for k, v in model.parameters.items()}
-    expected.update({"buffer/" + k: v for k, v in model.buffers.items()})
-    missing = sorted(k for k in expected if k not in arrays)
-    if missing:
-        raise TrainingError(f"{path}: the checkpoint does not match this model: missing "
-                            f"{', '.join(missing)}")
-    for name, target in expected.items():
-        saved = arrays[name]
-        if tuple(saved.shape) != tuple(target.shape):
-            raise TrainingError(f"{path}: {name} has shape {tuple(saved.shape)} in the checkpoint but "
-                                f"{tuple(target.shape)} in the model")
-    extra = sorted(k for k in arrays if k.split("/")[0] in ("param", "buffer") and k not in expected)
-    if extra:
-        raise TrainingError(f"{path}: the checkpoint has arrays this model lacks: {', '.join(extra)}")
     opt = model.optimizer
     saved_opt = meta["optimizer"]["class"]
     if saved_opt != type(opt).__name__:
         raise TrainingError(f"{path}: the checkpoint was made with optimizer {saved_opt} but the model "
                             f"is compiled with {type(opt).__name__}")
     pairs = _callback_pairs(path, meta, callbacks)
-    for name, target in expected.items():
-        target[...] = backend.asarray(arrays[name]).astype(target.dtype)
-    opt.load_state_dict(_unpack(meta["optimizer"]["state"], backend, arrays, path))
+    optim_state = unpack_state(meta["optimizer"]["state"], arrays, model.backend.asarray, path)
+    model.load_state_arrays(arrays, source=path, error=TrainingError, cast=True)
+    opt.load_state_dict(optim_state)
     for name, r in rngs.items():
         if name in meta["rngs"]:
             r.set_state(meta["rngs"][name])

@@ -11,10 +11,9 @@ name, shape and dtype against the freshly rebuilt model before copying it in.
 import os
 import zipfile
 
-import numpy as np
 
 from .errors import ConfigError, DataError, ShapeError, XpnetError
-from .serialization import load_npz, save_npz_atomic
+from .serialization import load_npz, pack_state, save_npz_atomic, unpack_state
 
 FORMAT = "xpnet.model"
 FORMAT_VERSION = 1
@@ -27,8 +26,7 @@ def save_model(model, path, optimizer=None, include_optimizer=True):
     if not getattr(model, "built", True):  # a functional Model is built when it is made
         raise ConfigError("cannot save a model that is not built: give it an input_shape first")
     backend = model.backend
-    arrays = {PARAM + k: backend.to_numpy(v) for k, v in model.parameters.items()}
-    arrays.update({BUFFER + k: backend.to_numpy(v) for k, v in model.buffers.items()})
+    arrays = {k: backend.to_numpy(v) for k, v in model.state_arrays().items()}
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "xpnet_version": _version(),
             "model": _model_config(model), "optimizer": None, "compile": None}
     if include_optimizer:
@@ -47,19 +45,14 @@ def _version():
 
 
 def _model_config(model):
-    shape = getattr(model, "input_shape", None)
-    if shape is None and hasattr(model, "inputs"):
-        shape = [tuple(t.shape) for t in model.inputs]
-    config = {"class": type(model).__name__, "name": model.name,
-              "input_shape": _input_shape_json(shape), "dtype": model.dtype.name,
-              "seed": int(model.seed)}
-    if type(model).__name__ == "Sequential":
-        config["layers"] = [{"type": type(l).__name__, "config": l.get_config()} for l in model.layers]
-    elif hasattr(model, "get_config"):
-        config["config"] = model.get_config()
-    else:
+    """The header's "model" section: the model's get_config() (name and layers; a functional
+    Model adds its inputs, outputs and wiring) with its class, input shape, dtype and seed."""
+    if not hasattr(model, "get_config"):
         raise ConfigError(f"cannot save a {type(model).__name__}: it has no get_config()")
-    return config
+    header = {"class": type(model).__name__, "input_shape": _input_shape_json(model.input_shape),
+              "dtype": model.dtype.name, "seed": int(model.seed)}
+    header.update(model.get_config())
+    return header
 
 
 def _input_shape_json(shape):
@@ -86,28 +79,8 @@ def _optimizer_meta(opt, backend, arrays):
     if not hasattr(opt, "get_config") or not hasattr(opt, "state_dict"):
         raise ConfigError(f"cannot save optimizer {type(opt).__name__}: it needs get_config() "
                           "and state_dict()")
-    counter = [0]
-
-    def pack(value):
-        if isinstance(value, dict):
-            return {"dict": [[pack_key(k), pack(v)] for k, v in value.items()]}
-        if isinstance(value, (list, tuple)):
-            return {"list": [pack(v) for v in value]}
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return {"value": value}
-        if hasattr(value, "shape") and hasattr(value, "dtype"):
-            key = f"{OPTIM}{counter[0]}"
-            counter[0] += 1
-            arrays[key] = np.asarray(backend.to_numpy(value))
-            return {"array": key}
-        raise ConfigError(f"cannot save optimizer state value of type {type(value).__name__}")
-
-    def pack_key(k):
-        if not isinstance(k, (str, int)):
-            raise ConfigError(f"cannot save optimizer state key {k!r}: keys must be str or int")
-        return k
-
-    return {"class": type(opt).__name__, "config": opt.get_config(), "state": pack(opt.state_dict())}
+    return {"class": type(opt).__name__, "config": opt.get_config(),
+            "state": pack_state(opt.state_dict(), arrays, OPTIM, backend.to_numpy)}
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -118,13 +91,11 @@ def load_model(path, device="cpu", compile=True):
     arrays, meta = load_npz(path)
     _check_header(path, meta)
     model = _rebuild(path, meta["model"], device)
-    expected = {PARAM + k: v for k, v in model.parameters.items()}
-    expected.update({BUFFER + k: v for k, v in model.buffers.items()})
-    optimizer_keys = {k for k in arrays if k.startswith(OPTIM)}
-    _check_arrays(path, arrays, expected, optimizer_keys, meta)
-    backend = model.backend
-    for key, target in expected.items():
-        target[...] = backend.asarray(arrays[key])
+    unknown = sorted(k for k in arrays if not k.startswith((PARAM, BUFFER, OPTIM)))
+    if unknown:
+        raise DataError(f"{path}: unexpected arrays {', '.join(unknown)} (not parameters, buffers "
+                        "or optimizer state)")
+    model.load_state_arrays(arrays, source=path, error=DataError)
     if compile:
         _restore_training(path, model, meta, arrays)
     return model
@@ -157,45 +128,30 @@ def _check_header(path, meta):
         raise DataError(f"{path}: the header has no 'model' section")
 
 
-def _layer_registry():
-    from .layers import LAYERS
-    return dict(LAYERS)
-
-
 def _model_classes():
+    from .graph import Model
     from .model import Sequential
-    classes = {"Sequential": Sequential}
-    try:
-        from . import graph
-    except ImportError:
-        return classes
-    model_cls = getattr(graph, "Model", None)
-    if model_cls is not None and hasattr(model_cls, "from_config"):
-        classes[model_cls.__name__] = model_cls
-    return classes
+    return {"Sequential": Sequential, "Model": Model}
 
 
-def _rebuild(path, config, device):
-    cls_name = config.get("class")
+def _rebuild(path, header, device):
+    cls_name = header.get("class")
     classes = _model_classes()
     if not isinstance(cls_name, str) or cls_name not in classes:
         raise DataError(f"{path}: unknown model class {cls_name!r}; expected one of {sorted(classes)}")
-    try:
-        dtype, seed, name = config["dtype"], config["seed"], config.get("name")
-        input_shape = config["input_shape"]
-    except KeyError as exc:
-        raise DataError(f"{path}: the model header lacks {exc.args[0]!r}") from exc
+    lacking = [k for k in ("dtype", "seed", "input_shape") if k not in header]
+    if lacking:
+        raise DataError(f"{path}: the model header lacks {lacking[0]!r}")
+    dtype, seed = header["dtype"], header["seed"]
     if dtype not in ("float32", "float64"):
         raise DataError(f"{path}: model dtype must be 'float32' or 'float64', got {dtype!r}")
+    config = header.get("config")  # functional models were saved with their config apart
+    if not isinstance(config, dict):
+        config = {k: v for k, v in header.items() if k not in ("class", "dtype", "seed")}
+    if not isinstance(config.get("layers"), list) or not config["layers"]:
+        raise DataError(f"{path}: the model header lists no layers")
     try:
-        if cls_name == "Sequential":
-            layers = [_make_layer(path, i, spec) for i, spec in enumerate(config.get("layers") or [])]
-            if not layers:
-                raise DataError(f"{path}: the model header lists no layers")
-            return classes[cls_name](layers, input_shape=tuple(input_shape), device=device,
-                                     dtype=dtype, seed=seed, name=name)
-        _check_graph_layer_types(path, config.get("config"))
-        return classes[cls_name].from_config(config["config"], device=device, dtype=dtype, seed=seed)
+        return classes[cls_name].from_config(config, device=device, dtype=dtype, seed=seed)
     except (ShapeError, ConfigError, TypeError, ValueError, KeyError, OverflowError) as exc:
         if isinstance(exc, DataError):
             raise
@@ -203,59 +159,6 @@ def _rebuild(path, config, device):
     except MemoryError as exc:
         raise DataError(f"{path}: the saved architecture asks for more memory than this machine "
                         f"has (corrupt or hostile sizes in the header?): {exc}") from exc
-
-
-def _make_layer(path, index, spec):
-    registry = _layer_registry()
-    if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
-        raise DataError(f"{path}: layer {index} in the header is malformed: {spec!r}")
-    type_name = spec.get("type")
-    if not isinstance(type_name, str) or type_name not in registry:
-        raise DataError(f"{path}: layer {index} has unknown type {type_name!r}; model files may "
-                        f"only name registered layers: {', '.join(sorted(registry))}")
-    try:
-        return registry[type_name].from_config(dict(spec["config"]))
-    except (XpnetError, TypeError, ValueError, OverflowError) as exc:
-        raise DataError(f"{path}: layer {index} ({type_name}) has an invalid config "
-                        f"{spec['config']!r}: {exc}") from exc
-
-
-def _check_graph_layer_types(path, config):
-    """Every layer entry of a functional model's config must name a registered layer type.
-
-    Only ``config["layers"][i]["type"]`` names a layer; nested configs (a regularizer's
-    ``{"type": "L2"}``, say) are checked by the layer that owns them when it is rebuilt.
-    """
-    registry = _layer_registry()
-    try:
-        from . import graph
-        registry.update(getattr(graph, "NODES", None) or getattr(graph, "LAYERS", None) or {})
-    except ImportError:
-        pass
-    layers = config.get("layers") if isinstance(config, dict) else None
-    if not isinstance(layers, list):
-        raise DataError(f"{path}: the functional model's header has no list of layers")
-    for index, spec in enumerate(layers):
-        kind = spec.get("type") if isinstance(spec, dict) else None
-        if not isinstance(kind, str) or kind not in registry:
-            raise DataError(f"{path}: unknown layer type {kind!r} (layer {index}); model files may only "
-                            f"name registered layers: {', '.join(sorted(registry))}")
-
-
-def _check_arrays(path, arrays, expected, optimizer_keys, meta):
-    missing = sorted(k for k in expected if k not in arrays)
-    if missing:
-        raise DataError(f"{path}: missing arrays for {', '.join(missing)}")
-    extra = sorted(k for k in arrays if k not in expected and k not in optimizer_keys)
-    if extra:
-        raise DataError(f"{path}: unexpected arrays {', '.join(extra)} (not parameters or "
-                        "buffers of the saved architecture)")
-    for key, target in expected.items():
-        got = arrays[key]
-        if tuple(got.shape) != tuple(target.shape) or got.dtype != target.dtype:
-            raise DataError(f"{path}: array {key} has shape {tuple(got.shape)} and dtype "
-                            f"{got.dtype}, but the rebuilt layer expects shape "
-                            f"{tuple(target.shape)} and dtype {target.dtype}")
 
 
 def _restore_training(path, model, meta, arrays):
@@ -281,30 +184,8 @@ def _restore_training(path, model, meta, arrays):
 
 
 def _rebuild_optimizer(path, opt_meta, arrays, backend):
-    try:
-        from . import optim
-    except ImportError as exc:
-        raise DataError(f"{path}: the file holds optimizer state but xpnet.optim is not "
-                        "available; load with compile=False") from exc
+    from . import optim
     used = set()
-
-    def unpack(node):
-        if not isinstance(node, dict) or len(node) != 1:
-            raise DataError(f"{path}: malformed optimizer state entry {node!r}")
-        kind, value = next(iter(node.items()))
-        if kind == "value":
-            return value
-        if kind == "list":
-            return [unpack(v) for v in value]
-        if kind == "dict":
-            return {k: unpack(v) for k, v in value}
-        if kind == "array":
-            if value not in arrays:
-                raise DataError(f"{path}: optimizer state refers to missing array {value!r}")
-            used.add(value)
-            return backend.asarray(arrays[value])
-        raise DataError(f"{path}: malformed optimizer state entry {node!r}")
-
     try:
         config = dict(opt_meta.get("config") or {})
         if config.get("type", opt_meta.get("class")) != opt_meta.get("class"):
@@ -312,8 +193,7 @@ def _rebuild_optimizer(path, opt_meta, arrays, backend):
                             f"config type {config.get('type')!r}")
         config["type"] = opt_meta.get("class")
         optimizer = optim.get(config)
-        state = unpack(opt_meta.get("state"))
-        optimizer.load_state_dict(state)
+        optimizer.load_state_dict(unpack_state(opt_meta.get("state"), arrays, backend.asarray, path, used))
     except DataError:
         raise
     except (XpnetError, TypeError, ValueError, KeyError) as exc:

@@ -10,6 +10,26 @@ def _snake(name):
     return out.replace("2_d", "2d").replace("_re_l_u", "_relu").replace("re_l_u", "relu")
 
 
+def name_layers(layers):
+    """Give every unnamed layer a unique snake_case name from its class (dense, dense_1, ...)."""
+    seen = {layer.name for layer in layers if layer.name}
+    counts = {}
+    for layer in layers:
+        if layer.name:
+            continue
+        base = _snake(type(layer).__name__)
+        while True:
+            n = counts.get(base, 0)
+            counts[base] = n + 1
+            candidate = base if n == 0 else f"{base}_{n}"
+            if candidate not in seen:
+                break
+        layer.name = candidate
+        seen.add(candidate)
+    if len(seen) != len(layers):
+        raise ConfigError("layer names must be unique: " + ", ".join(l.name for l in layers))
+
+
 class LayerStack:
     """What every model offers over its ``self.layers``: named parameters, gradients, buffers,
     weight penalties and counts. Shared by Sequential and the functional Model."""
@@ -37,6 +57,35 @@ class LayerStack:
     @property
     def buffers(self):
         return {f"{l.name}.{k}": v for l in self.layers for k, v in l.buffers.items()}
+
+    def state_arrays(self):
+        """{"param/<layer>.<name>": array, "buffer/<layer>.<name>": array}: every parameter and
+        buffer, the live arrays (what model files, checkpoints and best-weight copies hold)."""
+        out = {"param/" + k: v for k, v in self.parameters.items()}
+        out.update({"buffer/" + k: v for k, v in self.buffers.items()})
+        return out
+
+    def load_state_arrays(self, arrays, source="state", error=ShapeError, cast=False):
+        """Copy ``arrays`` (host or device, named as :meth:`state_arrays` names them) into the
+        model. Every name must be present, none may be extra (keys without a "param/" or "buffer/"
+        prefix are ignored), and shapes must match; dtypes too unless ``cast``. Everything is
+        checked before anything is written. Raises ``error`` naming ``source``."""
+        targets = self.state_arrays()
+        missing = sorted(k for k in targets if k not in arrays)
+        if missing:
+            raise error(f"{source}: the saved state does not match this model: missing arrays for "
+                        f"{', '.join(missing)}")
+        extra = sorted(k for k in arrays if k.split("/")[0] in ("param", "buffer") and k not in targets)
+        if extra:
+            raise error(f"{source}: the saved state does not match this model: it has arrays this model "
+                        f"lacks: {', '.join(extra)}")
+        for key, target in targets.items():
+            got = arrays[key]
+            if tuple(got.shape) != tuple(target.shape) or (not cast and got.dtype != target.dtype):
+                raise error(f"{source}: array {key} has shape {tuple(got.shape)} and dtype {got.dtype}, "
+                            f"but this model expects shape {tuple(target.shape)} and dtype {target.dtype}")
+        for key, target in targets.items():
+            target[...] = self.backend.asarray(arrays[key]).astype(target.dtype)
 
     def regularization_loss(self):
         """Sum of every layer's L1/L2 weight penalty (0.0 when none is configured)."""
@@ -75,29 +124,11 @@ class Sequential(LayerStack, TrainingMixin):
         for layer in self.layers:
             if not isinstance(layer, Layer):
                 raise ConfigError(f"Sequential takes Layer objects, got {type(layer).__name__}")
-        self._name_layers()
+        name_layers(self.layers)
         self.input_shape = None
         self.output_shape = None
         if input_shape is not None:
             self.build(input_shape)
-
-    def _name_layers(self):
-        seen = {layer.name for layer in self.layers if layer.name}
-        counts = {}
-        for layer in self.layers:
-            if layer.name:
-                continue
-            base = _snake(type(layer).__name__)
-            while True:
-                n = counts.get(base, 0)
-                counts[base] = n + 1
-                candidate = base if n == 0 else f"{base}_{n}"
-                if candidate not in seen:
-                    break
-            layer.name = candidate
-            seen.add(candidate)
-        if len(seen) != len(self.layers):
-            raise ConfigError("layer names must be unique: " + ", ".join(l.name for l in self.layers))
 
     # -- building -------------------------------------------------------------------------------
     def build(self, input_shape):
@@ -167,6 +198,26 @@ class Sequential(LayerStack, TrainingMixin):
         return self._table(title, rows, print_fn)
 
     # -- files ------------------------------------------------------------------------------------
+    def get_config(self):
+        """The architecture as JSON-able data: name, input shape and each layer's type and config."""
+        shape = None if self.input_shape is None else list(self.input_shape)
+        return {"name": self.name, "input_shape": shape,
+                "layers": [{"type": type(l).__name__, "config": l.get_config()} for l in self.layers]}
+
+    @classmethod
+    def from_config(cls, config, device="cpu", dtype="float32", seed=0):
+        """Rebuild a model from :meth:`get_config` (registered layer types only, ConfigError
+        otherwise)."""
+        from .layers import layer_from_config
+        if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+            raise ConfigError(f"a Sequential config needs a list of layers, got {config!r}")
+        layers = [layer_from_config(i, spec) for i, spec in enumerate(config["layers"])]
+        if not layers:
+            raise ConfigError("the model config lists no layers")
+        shape = config.get("input_shape")
+        return cls(layers, input_shape=None if shape is None else tuple(shape), device=device,
+                   dtype=dtype, seed=seed, name=config.get("name"))
+
     def save(self, path, include_optimizer=True):
         """Write this model (architecture, weights, optionally optimizer state) to one .npz file."""
         from .io import save_model

@@ -139,10 +139,9 @@ MAPPINGS = {"Dense": _dense, "Conv2D": _conv, "MaxPool2D": _maxpool, "AvgPool2D"
 
 def _mapping(layer):
     """The export function for this exact layer class (a subclass may compute something else)."""
-    from . import graph, layers
+    from .layers import LAYERS
     kind = type(layer).__name__
-    known = dict(layers.LAYERS, **graph.LAYERS)
-    if kind not in MAPPINGS or known.get(kind) is not type(layer):
+    if kind not in MAPPINGS or LAYERS.get(kind) is not type(layer):
         raise ConfigError(f"cannot export layer {layer.name!r} ({kind}) to ONNX: it has no ONNX "
                           f"mapping; supported layers: {', '.join(MAPPINGS)}")
     return MAPPINGS[kind]

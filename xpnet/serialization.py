@@ -120,3 +120,51 @@ def load_npz(path):
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(f"{path}: its JSON header is corrupt: {exc}") from exc
     return arrays, meta
+
+
+# -- nested state (optimizer state dicts, ...) as JSON plus named arrays ---------------------------
+def pack_state(value, arrays, prefix, to_host):
+    """Nested dicts/lists of scalars and arrays -> a JSON-able tree; each array is stored in
+    ``arrays`` as ``<prefix><n>`` (after ``to_host``) and the tree names it. Dict keys must be
+    str or int. Raises ConfigError for anything else."""
+    from .errors import ConfigError
+    if isinstance(value, dict):
+        bad = [k for k in value if not isinstance(k, (str, int))]
+        if bad:
+            raise ConfigError(f"cannot save state key {bad[0]!r}: keys must be str or int")
+        return {"dict": [[k, pack_state(v, arrays, prefix, to_host)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return {"list": [pack_state(v, arrays, prefix, to_host) for v in value]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"value": value}
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        key = f"{prefix}{sum(k.startswith(prefix) for k in arrays)}"
+        arrays[key] = np.asarray(to_host(value))
+        return {"array": key}
+    raise ConfigError(f"cannot save a state value of type {type(value).__name__}")
+
+
+def unpack_state(node, arrays, to_device, source, used=None):
+    """The inverse of :func:`pack_state`: arrays come back through ``to_device``; the names used
+    are added to ``used`` (a set) when given. Raises DataError naming ``source``."""
+    if not isinstance(node, dict) or len(node) != 1:
+        raise DataError(f"{source}: malformed state entry {node!r}")
+    kind, value = next(iter(node.items()))
+    if kind == "value":
+        return value
+    if kind == "list" and isinstance(value, list):
+        return [unpack_state(v, arrays, to_device, source, used) for v in value]
+    if kind == "dict" and isinstance(value, list):
+        out = {}
+        for item in value:
+            if not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], (str, int)):
+                raise DataError(f"{source}: malformed state entry {item!r}")
+            out[item[0]] = unpack_state(item[1], arrays, to_device, source, used)
+        return out
+    if kind == "array":
+        if not isinstance(value, str) or value not in arrays:
+            raise DataError(f"{source}: the saved state refers to a missing array {value!r}")
+        if used is not None:
+            used.add(value)
+        return to_device(arrays[value])
+    raise DataError(f"{source}: malformed state entry {node!r}")
