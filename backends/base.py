@@ -13,16 +13,14 @@ class Backend:
 
     # -- moving data --------------------------------------------------------------------------
     def asarray(self, array, dtype=None):
-        """Host (or device) array -> this backend's array. Called once per run for a dataset."""
+        """Host (or device) array -> this backend's array. Host data is always copied (CuPy copies
+        to the device; the NumPy and strict backends copy explicitly), so the library never
+        shares memory with a caller's host array."""
         return self.xp.asarray(array, dtype=dtype)
 
     def to_numpy(self, array):
         """This backend's array -> a NumPy array on the host (a sync on GPUs)."""
         raise NotImplementedError
-
-    def to_scalar(self, array):
-        """A 0-d array -> a Python float (a sync on GPUs)."""
-        return float(self.to_numpy(array))
 
     def synchronize(self):
         """Wait until all queued device work is done (nothing to do on the CPU)."""

@@ -22,6 +22,11 @@ class NumpyBackend(Backend):
     def dropout_forward(self, x, keep, scale):
         return self._kernels.dropout_forward(x, keep, scale)
 
+    def asarray(self, array, dtype=None):
+        """Host data -> an array the library owns: always a copy, as on a GPU, so that an in-place
+        update (an optimizer step, set_weights) never writes into the caller's array."""
+        return numpy.array(array, dtype=dtype, copy=True)
+
     @classmethod
     def owns(cls, array):
         return isinstance(array, (numpy.ndarray, numpy.generic))

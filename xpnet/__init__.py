@@ -38,7 +38,8 @@ from .model import Sequential  # noqa: E402
 from .graph import Input, Model  # noqa: E402
 from . import models  # noqa: E402
 from . import viz  # noqa: E402  (matplotlib is imported only when a plot is drawn)
-from .io import load_model as load, save_model  # noqa: E402
+from .io import load_model, save_model  # noqa: E402
+from .io import load_model as load  # noqa: E402  (the short name; load_model as in Keras)
 from . import datasets  # noqa: E402
 from . import augment  # noqa: E402
 from .augment import ElasticDistortion, KerasAffine, RandomAffine  # noqa: E402
@@ -49,5 +50,5 @@ from .onnx_export import export_onnx  # noqa: E402  (onnx is imported only when 
 
 __version__ = "0.1.0"
 
-__all__ = ["callbacks", "schedules", "History", "Input", "Model", "models", "viz", "initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "augment", "RandomAffine", "KerasAffine", "ElasticDistortion", "load", "save_model", "export_onnx", "get_backend", "available_backends", "XpnetError", "ShapeError",
+__all__ = ["callbacks", "schedules", "History", "Input", "Model", "models", "viz", "initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "augment", "RandomAffine", "KerasAffine", "ElasticDistortion", "load", "load_model", "save_model", "export_onnx", "get_backend", "available_backends", "XpnetError", "ShapeError",
            "BackendError", "ConfigError", "DataError", "TrainingError", "__version__"]

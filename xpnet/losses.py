@@ -1,8 +1,9 @@
 """Losses: ``forward(output, target) -> 0-d array`` (mean over the batch), ``backward() -> grad``.
 
 ``backward()`` returns d(loss)/d(output) of the last ``forward`` call, shaped like the output.
-``forward`` never syncs with the host: it checks shapes and dtypes, not values. Label ranges are
-checked by ``check_targets`` (a host sync), which ``fit`` calls once per run, not per batch.
+``forward`` never syncs with the host: it checks shapes and dtypes, not values. ``fit`` and
+``evaluate`` check label ranges and finiteness themselves, with one host sync per run;
+``check_targets`` (a host sync) does the same for a loss used on its own.
 """
 from .backends import backend_of
 from .errors import ConfigError, DataError, ShapeError, TrainingError

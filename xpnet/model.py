@@ -87,6 +87,34 @@ class LayerStack:
         for key, target in targets.items():
             target[...] = self.backend.asarray(arrays[key]).astype(target.dtype)
 
+    def _weight_arrays(self):
+        """[(name, live array)]: layer by layer, its parameters then its buffers (Keras's order)."""
+        return [(f"{l.name}.{k}", v) for l in self.layers
+                for k, v in list(l.params.items()) + list(l.buffers.items())]
+
+    def get_weights(self):
+        """Host copies of every parameter and buffer, as Keras's ``get_weights()``: a list, layer by
+        layer, each layer's parameters then its buffers (BatchNorm: gamma, beta, running mean,
+        running variance). Changing them changes nothing in the model."""
+        return [self.backend.to_numpy(v).copy() for _, v in self._weight_arrays()]
+
+    def set_weights(self, weights):
+        """Copy a list like :meth:`get_weights` returns into the model (host or device arrays).
+        Count and shapes are checked before anything is written; values are cast to the model's
+        dtype and copied, so the caller's arrays and the model never share memory."""
+        targets = self._weight_arrays()
+        weights = list(weights)
+        if len(weights) != len(targets):
+            raise ShapeError(f"set_weights: model {self.name!r} has {len(targets)} weight arrays "
+                             f"({', '.join(n for n, _ in targets)}), got {len(weights)}")
+        for i, ((name, target), w) in enumerate(zip(targets, weights)):
+            shape = tuple(getattr(w, "shape", ()))
+            if shape != tuple(target.shape):
+                raise ShapeError(f"set_weights: weight {i} ({name}) must have shape "
+                                 f"{tuple(target.shape)}, got {shape}")
+        for (_, target), w in zip(targets, weights):
+            target[...] = self.backend.asarray(w).astype(target.dtype)
+
     def regularization_loss(self):
         """Sum of every layer's L1/L2 weight penalty (0.0 when none is configured)."""
         return sum((layer.regularization_loss() for layer in self.layers), 0.0)

@@ -6,6 +6,10 @@ same names. A parameter with no gradient (missing or None) is left alone. ``step
 with the host: learning rates and bias corrections are Python floats, clipping is computed on the
 device.
 
+Names: ``learning_rate`` (Keras) is accepted for ``lr`` and Adam's ``beta_1`` / ``beta_2`` for
+``beta1`` / ``beta2``; giving both spellings of one argument is a ConfigError. Configs and files
+keep the short names.
+
 Learning rate: ``lr`` is the base rate (schedules and callbacks may set it between steps). Each
 step uses the inverse-time decay of the seed reports,
 
@@ -56,6 +60,15 @@ def clip_by_global_norm(grads, max_norm, xp):
     return out
 
 
+def _either(owner, name, value, alias, alias_value, default):
+    """``value`` or its Keras spelling ``alias_value`` (not both), else ``default``."""
+    if alias_value is not None:
+        if value is not None:
+            raise ConfigError(f"{owner}: give {name} or {alias}, not both (got {value!r} and {alias_value!r})")
+        return alias_value
+    return default if value is None else value
+
+
 def _number(owner, name, value, low=None, high=None, open_low=False, open_high=False):
     """``value`` as a finite float within the bounds, else ConfigError naming both."""
     try:
@@ -81,9 +94,10 @@ class Optimizer:
     """Base class. Subclasses name their moment buffers in ``slots`` and implement ``_update``."""
 
     slots = ()
+    default_lr = 0.01
 
-    def __init__(self, lr, decay=0.0, clipnorm=None, clipvalue=None):
-        self.lr = lr
+    def __init__(self, lr=None, decay=0.0, clipnorm=None, clipvalue=None, learning_rate=None):
+        self.lr = _either(self._name, "lr", lr, "learning_rate", learning_rate, self.default_lr)
         self.decay = _number(self._name, "decay", decay, low=0.0)
         self.clipnorm = None if clipnorm is None else \
             _number(self._name, "clipnorm", clipnorm, low=0.0, open_low=True)
@@ -113,6 +127,15 @@ class Optimizer:
     @lr.setter
     def lr(self, value):
         self._lr = _number(type(self).__name__, "lr", value, low=0.0)
+
+    @property
+    def learning_rate(self):
+        """Keras's name for ``lr``."""
+        return self.lr
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.lr = value
 
     def current_lr(self):
         """lr / (1 + decay * iterations): the rate the next step will use."""
@@ -216,7 +239,7 @@ class SGD(Optimizer):
     """torch.optim.SGD (dampening 0): g += weight_decay * p; buf = momentum * buf + g;
     p -= lr * (g + momentum * buf if nesterov else buf)."""
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, **kw):
+    def __init__(self, lr=None, momentum=0.0, nesterov=False, weight_decay=0.0, **kw):
         self.momentum = _number("SGD", "momentum", momentum, low=0.0, high=1.0, open_high=True)
         self.nesterov = bool(nesterov)
         self.weight_decay = _number("SGD", "weight_decay", weight_decay, low=0.0)
@@ -246,9 +269,13 @@ class Adam(Optimizer):
 
     slots = ("m", "v")
     _decoupled = False
+    default_lr = 1e-3
 
-    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, **kw):
+    def __init__(self, lr=None, beta1=None, beta2=None, eps=1e-8, weight_decay=0.0, beta_1=None,
+                 beta_2=None, **kw):
         name = type(self).__name__
+        beta1 = _either(name, "beta1", beta1, "beta_1", beta_1, 0.9)
+        beta2 = _either(name, "beta2", beta2, "beta_2", beta_2, 0.999)
         self.beta1 = _number(name, "beta1", beta1, low=0.0, high=1.0, open_high=True)
         self.beta2 = _number(name, "beta2", beta2, low=0.0, high=1.0, open_high=True)
         self.eps = _number(name, "eps", eps, low=0.0)
@@ -283,7 +310,7 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, **kw):
+    def __init__(self, lr=None, beta1=None, beta2=None, eps=1e-8, weight_decay=0.01, **kw):
         super().__init__(lr, beta1, beta2, eps, weight_decay, **kw)
 
 
@@ -292,7 +319,9 @@ class RMSprop(Optimizer):
     running mean of g; d = g / (sqrt(s [- mean**2]) + eps); with momentum buf = momentum * buf + d
     and p -= lr * buf, else p -= lr * d."""
 
-    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, momentum=0.0, centered=False,
+    default_lr = 1e-2
+
+    def __init__(self, lr=None, alpha=0.99, eps=1e-8, momentum=0.0, centered=False,
                  weight_decay=0.0, **kw):
         self.alpha = _number("RMSprop", "alpha", alpha, low=0.0, high=1.0, open_high=True)
         self.eps = _number("RMSprop", "eps", eps, low=0.0)

@@ -1,7 +1,16 @@
 """The Layer contract: lazy shape inference, forward, backward, params/grads dicts."""
+import numbers
 import zlib
 
-from ..errors import ShapeError
+from ..errors import ConfigError, ShapeError
+
+
+def positive_int(value, what, owner):
+    """``value`` if it is an int > 0 (not a bool, float or string), else ConfigError naming the
+    layer and the argument: every layer validates its constructor arguments this way."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ConfigError(f"{owner}: {what} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 class BuildContext:
@@ -21,7 +30,6 @@ class BuildContext:
 class Layer:
     """Base class. Shapes exclude the batch axis: (features,) or (C, H, W) in NCHW."""
 
-    has_params = False
     distributed = None  # while fit(distributed=...) trains: this rank's BatchShard (xpnet.distributed)
 
     def __init__(self, name=None):

@@ -20,8 +20,6 @@ from .base import Layer
 
 
 class BatchNorm(Layer):
-    has_params = True
-
     def __init__(self, momentum=0.99, epsilon=1e-3, gamma_initializer="ones", beta_initializer="zeros",
                  name=None):
         super().__init__(name)

@@ -5,7 +5,7 @@ from .. import initializers, ops
 from ..ops import geometry
 from ..ops.geometry import resolve_padding
 from ..errors import ConfigError, ShapeError
-from .base import Layer
+from .base import Layer, positive_int
 
 
 def pair(value, what, owner, minimum=1):
@@ -53,15 +53,11 @@ def _config_value(v):
 class Conv2D(Layer):
     """y = conv(x, W) + b with stride and "valid" / "same" / explicit zero padding."""
 
-    has_params = True
-
     def __init__(self, filters, kernel_size, strides=1, padding="valid", use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel_regularizer=None,
                  name=None):
         super().__init__(name)
-        if isinstance(filters, bool) or not isinstance(filters, numbers.Integral) or filters <= 0:
-            raise ConfigError(f"Conv2D: filters must be a positive integer, got {filters!r}")
-        self.filters = int(filters)
+        self.filters = positive_int(filters, "filters", "Conv2D")
         self.kernel_size = pair(kernel_size, "kernel_size", "Conv2D")
         self.strides = pair(strides, "strides", "Conv2D")
         self.padding = padding_spec(padding, "Conv2D")

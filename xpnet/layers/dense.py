@@ -1,21 +1,19 @@
 """Fully connected layer: y = x @ W + b with W of shape (in, out)."""
 from .. import initializers
 from ..errors import ShapeError
-from .base import Layer
+from .base import Layer, positive_int
 
 
 class Dense(Layer):
-    has_params = True
-
     def __init__(self, units, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, name=None):
         super().__init__(name)
-        if int(units) <= 0:
-            raise ShapeError(f"Dense: units must be a positive integer, got {units!r}")
-        self.units = int(units)
+        self.units = positive_int(units, "units", "Dense")
         self.use_bias = bool(use_bias)
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
+        initializers.get(kernel_initializer)  # ConfigError now for an unknown name, as in Conv2D
+        initializers.get(bias_initializer)
         if kernel_regularizer is not None:
             from ..regularizers import get as get_regularizer
             self.regularizers["W"] = get_regularizer(kernel_regularizer)

@@ -1,8 +1,9 @@
 """Convolution and pooling kernels as plain functions of ``xp`` arrays.
 
-Two implementations share one signature: ``reference`` (short, obviously right, the judge in
-tests) and ``fast`` (the default when present: tuned layouts and, on a GPU, hand-written kernels).
-Layers call the functions below; ``use("reference")`` or XPNET_OPS=reference switches globally.
+Two implementations share one signature, both written against ``xp`` only: ``reference`` (short,
+obviously right, the judge in tests) and ``fast`` (the default: spectral or im2col convolution
+chosen per shape, reshaped pooling; see fast.py). Layers call the functions below;
+``use("reference")`` or XPNET_OPS=reference switches globally.
 
     conv2d_forward(xp, x, W, b, stride, padding)  -> (y, cache)
         x (N, C, H, W); W (F, C, kh, kw); b (F,) or None; stride (sh, sw);
@@ -24,15 +25,8 @@ _current = None
 
 
 def implementations():
-    """Names of the implementations that import here."""
-    found = []
-    for name in ("reference", "fast"):
-        try:
-            importlib.import_module(f"{__name__}.{name}")
-            found.append(name)
-        except ImportError:
-            pass
-    return found
+    """Names of the implementations."""
+    return ["reference", "fast"]
 
 
 def use(name):
@@ -51,14 +45,4 @@ def current():
     return _current
 
 
-def _default():
-    wanted = os.environ.get("XPNET_OPS")
-    if wanted:
-        return wanted
-    return "fast" if "fast" in implementations() else "reference"
-
-
-try:
-    use(_default())
-except ImportError:  # the reference module is being written; layers import lazily
-    pass
+use(os.environ.get("XPNET_OPS") or "fast")
