@@ -18,7 +18,29 @@ def _mix64(z):
     return z ^ (z >> 31)
 
 
-class CounterRandom:
+class _Draws:
+    """The draws both generators derive from their own ``random`` and ``bernoulli_mask``."""
+
+    def uniform(self, low=0.0, high=1.0, shape=(), dtype="float32"):
+        u = self.random(shape, dtype)
+        return u * (high - low) + low if (low, high) != (0.0, 1.0) else u
+
+    def bernoulli(self, p, shape, dtype="float32", value=1.0):
+        """``value`` with probability p, else 0, as an array of ``dtype``."""
+        kind = self.xp.dtype(dtype).type
+        return self.xp.where(self.bernoulli_mask(p, shape), kind(value), kind(0))
+
+
+def _unit(xp, words, dtype):
+    """Uniform floats in [0, 1) of ``dtype`` from hash words: uint64 words give float64 (top 53
+    bits), uint32 words give float32 (top 24 bits)."""
+    if words.dtype == xp.uint64:
+        return (words >> xp.uint64(11)).astype(xp.float64) * (1.0 / (1 << 53))
+    out = (words >> xp.uint32(8)).astype(xp.float32) * xp.float32(1.0 / (1 << 24))
+    return out.astype(dtype, copy=False)
+
+
+class CounterRandom(_Draws):
     """Seeded generator producing arrays of the ``xp`` module it is given."""
 
     def __init__(self, xp, seed=0, stream=0):
@@ -82,18 +104,8 @@ class CounterRandom:
         xp = self.xp
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         n = math.prod(shape)
-        if xp.dtype(dtype) == xp.float64:
-            bits = self._bits(n)
-            out = (bits >> xp.uint64(11)).astype(xp.float64) * (1.0 / (1 << 53))
-        else:
-            bits = self._bits32(n)
-            out = (bits >> xp.uint32(8)).astype(xp.float32) * xp.float32(1.0 / (1 << 24))
-            out = out.astype(dtype, copy=False)
-        return out.reshape(shape)
-
-    def uniform(self, low=0.0, high=1.0, shape=(), dtype="float32"):
-        u = self.random(shape, dtype)
-        return u * (high - low) + low if (low, high) != (0.0, 1.0) else u
+        words = self._bits(n) if xp.dtype(dtype) == xp.float64 else self._bits32(n)
+        return _unit(xp, words, dtype).reshape(shape)
 
     def normal(self, mean=0.0, std=1.0, shape=(), dtype="float32"):
         """Gaussian by Box-Muller; float64 arithmetic inside for accuracy."""
@@ -132,12 +144,6 @@ class CounterRandom:
         n = math.prod(shape)
         return _mask(self.xp, self._bits((n + 3) // 4).view(self.xp.uint16)[:n], p, shape)
 
-    def bernoulli(self, p, shape, dtype="float32", value=1.0):
-        """``value`` with probability p, else 0, as an array of ``dtype``."""
-        xp = self.xp
-        kind = xp.dtype(dtype).type
-        return xp.where(self.bernoulli_mask(p, shape), kind(value), kind(0))
-
 
 def _mask(xp, words, p, shape):
     """uint16 words -> a boolean mask, True with probability p (see bernoulli_mask)."""
@@ -147,7 +153,7 @@ def _mask(xp, words, p, shape):
     return (words < xp.uint16(threshold)).reshape(shape)
 
 
-class RowSlice:
+class RowSlice(_Draws):
     """Rows lo:hi of a CounterRandom's draws whose first axis is a batch of ``total`` rows.
 
     Each draw takes a shape whose first axis is hi - lo and returns those rows of the draw of
@@ -183,25 +189,15 @@ class RowSlice:
         shape, bits, skip, n = self._elements(4, shape)
         return _mask(self.xp, bits.view(self.xp.uint16)[skip:skip + n], p, shape)
 
-    def bernoulli(self, p, shape, dtype="float32", value=1.0):
-        kind = self.xp.dtype(dtype).type
-        return self.xp.where(self.bernoulli_mask(p, shape), kind(value), kind(0))
-
     def random(self, shape, dtype="float32"):
         xp = self.xp
         if xp.dtype(dtype) == xp.float64:
             shape, bits, skip, n = self._elements(1, shape)
-            out = (bits[skip:skip + n] >> xp.uint64(11)).astype(xp.float64) * (1.0 / (1 << 53))
+            words = bits[skip:skip + n]
         else:
             shape, bits, skip, n = self._elements(2, shape)
             words = bits.view(xp.uint32)[skip:skip + n]
-            out = (words >> xp.uint32(8)).astype(xp.float32) * xp.float32(1.0 / (1 << 24))
-            out = out.astype(dtype, copy=False)
-        return out.reshape(shape)
-
-    def uniform(self, low=0.0, high=1.0, shape=(), dtype="float32"):
-        u = self.random(shape, dtype)
-        return u * (high - low) + low if (low, high) != (0.0, 1.0) else u
+        return _unit(xp, words, dtype).reshape(shape)
 
     def normal(self, mean=0.0, std=1.0, shape=(), dtype="float32"):
         _, full, _ = self._rows(shape)
