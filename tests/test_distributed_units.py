@@ -179,11 +179,12 @@ def test_watchdog_fires_only_for_an_overdue_collective():
 def test_watchdog_thread_calls_on_timeout():
     import threading
     fired = threading.Event()
-    messages = []
-    dog = base.Watchdog(0.1, lambda what: (messages.append(what), fired.set()), poll=0.02)
+    messages, started = [], []
+    dog = base.Watchdog(0.1, lambda what: (messages.append(what), fired.set()), poll=0.02,
+                        thread_init=lambda: started.append(threading.current_thread().name))
     dog.watch(lambda: False, "broadcast #7")
     assert fired.wait(5.0)
-    assert messages == ["broadcast #7"]
+    assert messages == ["broadcast #7"] and started == ["xpnet-dist-watchdog"]
     dog.close()
 
 
@@ -261,12 +262,23 @@ class FakeEvent:
 
 
 STREAM = types.SimpleNamespace(ptr=4242)
+USED_DEVICES = []
+
+
+class FakeDevice:
+    def __init__(self, device):
+        self.device = device
+
+    def use(self):
+        USED_DEVICES.append(self.device)
+
+
 FAKE_CUPY = types.SimpleNamespace(ndarray=FakeArray, cuda=types.SimpleNamespace(
-    get_current_stream=lambda: STREAM, Event=FakeEvent))
+    get_current_stream=lambda: STREAM, Event=FakeEvent, Device=FakeDevice))
 
 
 class FakeGPUBackend:
-    name, is_gpu, xp = "cupy", True, FAKE_CUPY
+    name, is_gpu, xp, device_id = "cupy", True, FAKE_CUPY, 3
 
     def __init__(self):
         self.syncs = 0
@@ -354,6 +366,8 @@ def test_nccl_communicator_passes_device_pointers_types_and_the_stream():
         comm.allreduce(FakeArray(np.ones(2, dtype=np.float16)))
     comm.barrier()
     assert control.barriers == 1 and comm.backend.syncs == 1
+    comm._use_device()  # what the watchdog thread runs first: this rank's GPU
+    assert USED_DEVICES and set(USED_DEVICES) == {3}
     comm.close()
     assert comm.comm.destroyed and control.closed
 

@@ -151,8 +151,9 @@ class Watchdog:
     calls ``on_timeout(message)`` when it is older than ``timeout`` seconds.
     """
 
-    def __init__(self, timeout, on_timeout, poll=0.05, clock=time.monotonic):
+    def __init__(self, timeout, on_timeout, poll=0.05, clock=time.monotonic, thread_init=None):
         self.timeout = float(timeout)
+        self.thread_init = thread_init  # run first in the watchdog thread (e.g. select the GPU)
         self.on_timeout = on_timeout
         self.poll = float(poll)
         self.clock = clock
@@ -183,6 +184,8 @@ class Watchdog:
         return None
 
     def _run(self):
+        if self.thread_init is not None:
+            self.thread_init()
         while not self._stop.wait(self.poll):
             try:
                 what = self.check()

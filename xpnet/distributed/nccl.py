@@ -69,12 +69,18 @@ class NCCLCommunicator(Communicator):
         nccl = self.nccl_module
         self._dtypes = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64,
                         "int64": nccl.NCCL_INT64, "int32": nccl.NCCL_INT32}
-        self.watchdog = Watchdog(self.timeout, self._on_timeout)
+        self.watchdog = Watchdog(self.timeout, self._on_timeout, thread_init=self._use_device)
         uid = mpi.broadcast_text(encode_id(nccl.get_unique_id()) if mpi.rank == 0 else "")
         joined = threading.Event()  # NcclCommunicator() blocks until every rank has joined
         self.watchdog.watch(joined.is_set, "creating the NCCL communicator")
         self.comm = nccl.NcclCommunicator(self.size, decode_id(uid), self.rank)
         joined.set()
+
+    def _use_device(self):
+        """The watchdog thread queries events of this rank's GPU: make it the thread's device."""
+        device = getattr(self.backend, "device_id", None)
+        if device is not None:
+            self.backend.xp.cuda.Device(device).use()
 
     # -- collectives -------------------------------------------------------------------------
     def _stream(self):
