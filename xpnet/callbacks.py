@@ -407,3 +407,6 @@ class CallbackList:
         for cb in self.callbacks:
             if self.rank == 0 or not cb.rank_zero_only:
                 getattr(cb, hook)(*args)
+
+
+from .tensorboard_logs import TensorBoard  # noqa: E402  (tensorboardX loads only when one is made)

@@ -89,9 +89,13 @@ def add_train_arguments(parser, dataset=True):
                         help="wall-clock budget: stop after the last epoch that fits, restore the "
                              "best weights when early stopping says so, evaluate and write the run "
                              "folder as usual")
+    parser.add_argument("--tensorboard", metavar="DIR", default=None,
+                        help="also write TensorBoard logs to DIR/<run folder name> (needs "
+                             "xpnet[tensorboard]; view with `tensorboard --logdir DIR`)")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue an interrupted run from its folder (its config.json sets "
-                             "everything but --device, --plot, --quiet and --time-limit)")
+                             "everything but --device, --plot, --quiet, --time-limit and "
+                             "--tensorboard)")
     parser.add_argument("--distributed", action="store_true",
                         help="data-parallel over the ranks started by mpirun (MPI on CPUs, NCCL on "
                              "GPUs, one GPU per rank); --batch-size is the global batch "
@@ -103,6 +107,13 @@ def train_from_args(args, command):
     from .errors import ConfigError
     from .runner import resume_training, run_training
     verbose = 0 if args.quiet else "auto"
+    tensorboard = getattr(args, "tensorboard", None)
+    if tensorboard:
+        from .tensorboard_logs import summary_writer_class
+        try:
+            summary_writer_class()  # before any run folder is made
+        except ImportError as exc:
+            raise ConfigError(f"--tensorboard: {exc}") from None
     if args.resume:
         given = [opt for opt, value in (
             ("--model", args.model), ("--dataset", getattr(args, "dataset", None)),
@@ -115,7 +126,8 @@ def train_from_args(args, command):
                               f"drop {', '.join(given)}")
         result = resume_training(args.resume, device=args.device, verbose=verbose, plot=args.plot,
                                  command=command, time_limit_minutes=args.time_limit,
-                                 distributed=getattr(args, "distributed", False))
+                                 distributed=getattr(args, "distributed", False),
+                                 tensorboard=tensorboard)
     else:
         result = run_training(args.model, dataset=getattr(args, "dataset", "mnist"),
                               device=args.device or "auto", epochs=args.epochs,
@@ -124,7 +136,7 @@ def train_from_args(args, command):
                               dtype=args.dtype or "float32", command=command,
                               train_images=args.train_images, test_images=args.test_images,
                               time_limit_minutes=args.time_limit,
-                              distributed=getattr(args, "distributed", False))
+                              distributed=getattr(args, "distributed", False), tensorboard=tensorboard)
     if result is None:  # a data-parallel rank other than 0: rank 0 reports
         return result
     if result.get("stopped_by_time_limit"):

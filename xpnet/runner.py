@@ -134,7 +134,7 @@ def _clean(value):
 def run_training(model_name=None, dataset=None, device="auto", epochs=None, batch_size=None,
                  data_dir=None, out_dir="runs", quick=False, seed=0, verbose="auto", plot=False,
                  dtype="float32", command=None, train_images=None, test_images=None,
-                 time_limit_minutes=None, distributed=False, **overrides):
+                 time_limit_minutes=None, distributed=False, tensorboard=None, **overrides):
     """Train, evaluate on the test set, write the run folder; returns the result dict.
 
     ``time_limit_minutes`` caps the wall-clock time from this call's start: training ends after
@@ -146,7 +146,8 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
 
     ``dataset`` defaults to the recipe's; ``overrides`` replace recipe entries (lr=..., ...).
     ``train_images`` / ``test_images`` keep only the first N images of each split (smoke tests;
-    both are recorded in config.json).
+    both are recorded in config.json). ``tensorboard=DIR`` also writes TensorBoard logs to
+    ``DIR/<run folder name>``.
     """
     from . import datasets, models
     from .backends import get_backend
@@ -170,6 +171,9 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
               "command": list(command) if command else [sys.executable] + sys.argv}
     if comm is not None:
         config["distributed"] = {"ranks": comm.size, "communicator": comm.kind}
+    if tensorboard:
+        from .tensorboard_logs import summary_writer_class
+        summary_writer_class()  # ImportError naming the extra, before the run folder exists
     data = _load_data(config)  # before the run folder exists, so a missing dataset leaves nothing
     if comm is None:
         folder = run_folder(out_dir, entry.name, config["dataset"])
@@ -177,7 +181,7 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
         folder = comm.broadcast_text(run_folder(out_dir, entry.name, config["dataset"])
                                      if comm.rank == 0 else "")
     return _execute(config, folder, backend, data, verbose, plot, False, t_start, time_limit_minutes,
-                    comm)
+                    comm, tensorboard)
 
 
 def _communicator(distributed, device):
@@ -191,7 +195,7 @@ def _communicator(distributed, device):
 
 
 def resume_training(run_dir, device=None, verbose="auto", plot=False, command=None,
-                    time_limit_minutes=None, distributed=False):
+                    time_limit_minutes=None, distributed=False, tensorboard=None):
     """Continue an interrupted run from its folder (config.json + fit's last.npz checkpoint);
     ``time_limit_minutes`` is this call's own wall-clock budget. ``distributed`` as for
     run_training: every rank reads the same folder (a shared file system)."""
@@ -228,7 +232,7 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
         config["resumed"][-1]["distributed"] = {"ranks": comm.size, "communicator": comm.kind}
     data = _load_data(config)
     return _execute(config, run_dir, backend, data, verbose, plot, True, t_start, time_limit_minutes,
-                    comm)
+                    comm, tensorboard)
 
 
 def _check_minutes(value):
@@ -257,7 +261,7 @@ def _load_data(config):
 
 
 def _execute(config, folder, backend, data, verbose, plot, resume, t_start, time_limit_minutes=None,
-             comm=None):
+             comm=None, tensorboard=None):
     from . import datasets, models
     from .io import save_model
     (x_train, y_train), validation, (x_test, y_test), info = data
@@ -284,7 +288,7 @@ def _execute(config, folder, backend, data, verbose, plot, resume, t_start, time
         y_train = datasets.one_hot(y_train, info["classes"], dtype)
         if validation is not None:
             validation = (validation[0], datasets.one_hot(validation[1], info["classes"], dtype))
-    callbacks = _callbacks(recipe, folder)
+    callbacks = _callbacks(recipe, folder, tensorboard)
     model.compile(loss=recipe.get("loss") or "cross_entropy", optimizer=_optimizer(recipe),
                   metrics=["accuracy"])
     t_fit = time.perf_counter()
@@ -336,9 +340,12 @@ def _optimizer(recipe):
     return optim.get(name, **kwargs)
 
 
-def _callbacks(recipe, folder):
+def _callbacks(recipe, folder, tensorboard=None):
     from . import callbacks as cb
     out = [cb.CSVLogger(os.path.join(folder, "log.csv")), cb.JSONLogger(os.path.join(folder, "log.json"))]
+    if tensorboard:  # one subfolder per run, so `tensorboard --logdir DIR` compares runs
+        out.append(cb.TensorBoard(os.path.join(os.fspath(tensorboard), os.path.basename(
+            os.path.normpath(folder)))))
     if recipe.get("schedule") is not None:
         out.append(cb.LearningRateScheduler(recipe["schedule"]))
     if recipe.get("early_stopping"):
