@@ -5,7 +5,10 @@ CuPy raises ``TypeError: Implicit conversion to a NumPy array is not allowed``: 
 ``numpy.mean(a)``, mixing with a plain NumPy array in arithmetic, or indexing with one. Reductions
 return 0-d arrays (as CuPy does), not NumPy scalars. Every host sync (``float(a)``, ``bool(a)``,
 ``a.item()``, ``a.get()``) and every host-to-device transfer is counted in ``COUNTERS`` so tests
-can assert that nothing syncs per batch.
+can assert that nothing syncs per batch. ``LAUNCHES["calls"]`` counts array operations (kernel
+launches on a GPU): every call of an ``xp`` function, ufunc or array method, every arithmetic or
+comparison operator, every assignment into an array and every gather by an index array. Views
+(reshape, transpose, basic slicing) and attribute reads are free on a GPU and are not counted.
 """
 import operator
 import types
@@ -17,6 +20,11 @@ from .base import Backend
 MESSAGE = ("Implicit conversion to a NumPy array is not allowed. "
            "Please use `.get()` to construct a NumPy array explicitly.")
 COUNTERS = {"syncs": 0, "h2d": 0}
+LAUNCHES = {"calls": 0}  # kept apart from COUNTERS: syncs and transfers are what tests pin per epoch
+# array methods and xp functions that only make a view or read metadata: no launch on a GPU
+VIEWS = frozenset({"reshape", "view", "transpose", "swapaxes", "squeeze", "expand_dims",
+                   "broadcast_to", "moveaxis", "dtype", "result_type", "iinfo", "finfo", "shape",
+                   "ndim", "can_cast", "isscalar"})
 
 
 def _unwrap(x):
@@ -45,7 +53,23 @@ def _wrap(r):
 
 
 def _call(fn, args, kwargs):
+    LAUNCHES["calls"] += 1
     return _wrap(fn(*_unwrap(args), **_unwrap(kwargs)))
+
+
+def _launch():
+    LAUNCHES["calls"] += 1
+
+
+def _view_call(fn, args, kwargs):
+    return _wrap(fn(*_unwrap(args), **_unwrap(kwargs)))
+
+
+def _gathers(index):
+    """Whether ``index`` selects by an index array (a gather kernel), not a view."""
+    if type(index) is StrictArray:
+        return True
+    return isinstance(index, tuple) and any(type(i) is StrictArray for i in index)
 
 
 def _sync():
@@ -123,15 +147,20 @@ class StrictArray:
             yield _wrap(self._a[i])
 
     def __getitem__(self, index):
+        if _gathers(index):
+            _launch()
         return _wrap(self._a[_unwrap(index)])
 
     def __setitem__(self, index, value):
+        _launch()
         self._a[_unwrap(index)] = _unwrap(value)
 
     def __copy__(self):
+        _launch()
         return StrictArray(self._a.copy())
 
     def __deepcopy__(self, memo):
+        _launch()
         return StrictArray(self._a.copy())
 
     def __getattr__(self, name):
@@ -139,15 +168,18 @@ class StrictArray:
             raise AttributeError(name)
         attr = getattr(self._a, name)
         if callable(attr):
-            return lambda *args, **kwargs: _call(attr, args, kwargs)
+            call = _view_call if name in VIEWS else _call
+            return lambda *args, **kwargs: call(attr, args, kwargs)
         return _wrap(attr)
 
 
 def _binary(op):
     def forward(self, other):
+        _launch()
         return _wrap(op(self._a, _unwrap(other)))
 
     def reflected(self, other):
+        _launch()
         return _wrap(op(_unwrap(other), self._a))
 
     return forward, reflected
@@ -155,6 +187,7 @@ def _binary(op):
 
 def _inplace(op):
     def method(self, other):
+        _launch()
         self._a = op(self._a, _unwrap(other))
         return self
 
@@ -171,7 +204,7 @@ for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul"
 for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
     setattr(StrictArray, f"__{_name}__", _binary(getattr(operator, _name))[0])
 for _name in ("neg", "pos", "abs", "invert"):
-    setattr(StrictArray, f"__{_name}__", (lambda op: lambda self: _wrap(op(self._a)))(getattr(operator, _name)))
+    setattr(StrictArray, f"__{_name}__", (lambda op: lambda self: (_launch(), _wrap(op(self._a)))[1])(getattr(operator, _name)))
 StrictArray.__hash__ = None
 
 
@@ -209,19 +242,23 @@ class StrictNamespace:
         elif isinstance(attr, type) or not callable(attr):
             value = attr
         else:
-            value = (lambda fn: lambda *args, **kwargs: _call(fn, args, kwargs))(attr)
+            call = _view_call if name in VIEWS else _call
+            value = (lambda fn, call: lambda *args, **kwargs: call(fn, args, kwargs))(attr, call)
         setattr(self, name, value)
         return value
 
     # explicit transfers, as in CuPy
     def asarray(self, a, dtype=None, order=None):
         if type(a) is StrictArray:
+            if (dtype is not None and numpy.dtype(dtype) != a.dtype) or order not in (None, "K", "A"):
+                _launch()
             return StrictArray(numpy.asarray(a._a, dtype=dtype, order=order))
         COUNTERS["h2d"] += 1
         return StrictArray(numpy.array(a, dtype=dtype, order=order, copy=True))
 
     def array(self, a, dtype=None, copy=True, order="K", ndmin=0):
         if type(a) is StrictArray:
+            _launch()
             return StrictArray(numpy.array(a._a, dtype=dtype, copy=copy, order=order, ndmin=ndmin))
         COUNTERS["h2d"] += 1
         return StrictArray(numpy.array(a, dtype=dtype, copy=True, order=order, ndmin=ndmin))
@@ -250,6 +287,11 @@ class StrictBackend(Backend):
     @property
     def transfers(self):
         return COUNTERS["h2d"]
+
+    @property
+    def calls(self):
+        """Array operations so far (kernel launches on a GPU; see the module docstring)."""
+        return LAUNCHES["calls"]
 
     def to_numpy(self, array):
         if type(array) is StrictArray:

@@ -161,15 +161,74 @@ class Optimizer:
         if self.clipnorm is not None and grads:
             grads = clip_by_global_norm(grads, self.clipnorm, self.xp)
         lr = self.current_lr()
-        for k in names:
-            p = params[k]
-            self._ensure_state(k, p)
-            self.steps[k] = self.steps.get(k, 0) + 1
-            self._update(k, p, grads[k], lr)
+        plan = self._flat_plan(params, names)
+        if plan is not None:
+            self._step_flat(plan, grads, lr)
+        else:
+            for k in names:
+                p = params[k]
+                self._ensure_state(k, p)
+                self.steps[k] = self.steps.get(k, 0) + 1
+                self._update(p, grads[k], lr, {s: self.state[s][k] for s in self.slots}, self.steps[k])
         self.iterations += 1
 
-    def _update(self, name, p, g, lr):
+    def _update(self, p, g, lr, state, t):
+        """Update ``p`` in place from ``g``; ``state`` maps each slot to its buffer, ``t`` is the
+        parameter's step count (this step included)."""
         raise NotImplementedError
+
+    # -- one update over a flat parameter buffer ---------------------------------------------
+    def bind_flat(self, flat, views):
+        """Parameters ``views`` ({name: array}) are views of the 1-D buffer ``flat``, in order.
+
+        While a step's parameters are exactly these arrays, every one has a gradient and all have
+        taken the same number of steps, the update runs once over the flat buffer (a few array
+        operations instead of a dozen per parameter); the moment buffers are then flat as well,
+        and ``state`` keeps views of them per parameter, so state_dict() is unchanged. Anything
+        else (a parameter replaced, frozen or added) takes the per-parameter path, with the same
+        element-wise arithmetic and so the same numbers."""
+        self._flat = (flat, dict(views))
+
+    def _flat_plan(self, params, names):
+        bound = getattr(self, "_flat", None)
+        if bound is None or not names:
+            return None
+        flat, views = bound
+        if len(names) != len(views) or any(params[k] is not views.get(k) for k in names):
+            return None
+        counts = {self.steps.get(k, 0) for k in names}
+        if len(counts) != 1:
+            return None
+        return flat, views, counts.pop()
+
+    def _step_flat(self, plan, grads, lr):
+        flat, views, t = plan
+        xp = self.xp
+        self._ensure_flat_state(flat, views)
+        g = xp.concatenate([grads[k].reshape(-1) for k in views])
+        for k in views:
+            self.steps[k] = t + 1
+        self._update(flat, g, lr, {s: self._flat_state[s][0] for s in self.slots}, t + 1)
+
+    def _ensure_flat_state(self, flat, views):
+        """Flat moment buffers whose per-parameter views are ``self.state``'s entries."""
+        if not hasattr(self, "_flat_state"):
+            self._flat_state = {}
+        for slot in self.slots:
+            held = self._flat_state.get(slot)
+            buffers = self.state[slot]
+            if held is not None and held[0].shape == flat.shape and \
+                    all(buffers.get(k) is v for k, v in held[1].items()) and list(held[1]) == list(views):
+                continue
+            for k, p in views.items():
+                self._ensure_state(k, p)  # existing, loaded or new (zero) buffers
+            buf = self.xp.concatenate([buffers[k].reshape(-1) for k in views])
+            slot_views, offset = {}, 0
+            for k, p in views.items():
+                slot_views[k] = buf[offset:offset + p.size].reshape(p.shape)
+                offset += p.size
+            buffers.update(slot_views)
+            self._flat_state[slot] = (buf, slot_views)
 
     def _ensure_state(self, name, p):
         for slot in self.slots:
@@ -248,11 +307,11 @@ class SGD(Optimizer):
         self.slots = ("momentum",) if self.momentum else ()
         super().__init__(lr, **kw)
 
-    def _update(self, name, p, g, lr):
+    def _update(self, p, g, lr, state, t):
         if self.weight_decay:
             g = g + self.weight_decay * p
         if self.momentum:
-            buf = self.state["momentum"][name]
+            buf = state["momentum"]
             buf *= self.momentum
             buf += g
             g = g + self.momentum * buf if self.nesterov else buf
@@ -282,18 +341,17 @@ class Adam(Optimizer):
         self.weight_decay = _number(name, "weight_decay", weight_decay, low=0.0)
         super().__init__(lr, **kw)
 
-    def _update(self, name, p, g, lr):
+    def _update(self, p, g, lr, state, t):
         if self.weight_decay:
             if self._decoupled:
                 p *= 1.0 - lr * self.weight_decay
             else:
                 g = g + self.weight_decay * p
-        m, v = self.state["m"][name], self.state["v"][name]
+        m, v = state["m"], state["v"]
         m *= self.beta1
         m += (1.0 - self.beta1) * g
         v *= self.beta2
         v += (1.0 - self.beta2) * (g * g)
-        t = self.steps[name]
         denom = self.xp.sqrt(v)
         denom /= math.sqrt(1.0 - self.beta2 ** t)
         denom += self.eps
@@ -332,14 +390,14 @@ class RMSprop(Optimizer):
             (("momentum",) if self.momentum else ())
         super().__init__(lr, **kw)
 
-    def _update(self, name, p, g, lr):
+    def _update(self, p, g, lr, state, t):
         if self.weight_decay:
             g = g + self.weight_decay * p
-        sq = self.state["square_avg"][name]
+        sq = state["square_avg"]
         sq *= self.alpha
         sq += (1.0 - self.alpha) * (g * g)
         if self.centered:
-            ga = self.state["grad_avg"][name]
+            ga = state["grad_avg"]
             ga *= self.alpha
             ga += (1.0 - self.alpha) * g
             avg = self.xp.sqrt(sq - ga * ga)
@@ -347,7 +405,7 @@ class RMSprop(Optimizer):
             avg = self.xp.sqrt(sq)
         avg += self.eps
         if self.momentum:
-            buf = self.state["momentum"][name]
+            buf = state["momentum"]
             buf *= self.momentum
             buf += g / avg
             p -= lr * buf

@@ -401,6 +401,43 @@ class TrainingMixin:
         return xd, yd, xv, yv
 
 
+    def _train_step(self, xb, yb, dp=None):
+        """Forward, loss, backward and the optimizer's update on one batch: (loss value, outputs),
+        both device arrays (no host sync)."""
+        loss = self.loss
+        out = self.forward(xb, training=True)
+        value = loss.forward(out, yb) + self.regularization_loss()
+        if dp is None:
+            self.backward(loss.backward())
+        else:  # gradient of the global batch's mean loss after the all-reduce
+            self.backward(loss.backward() * dp.scale)
+            dp.reduce_gradients()
+        self.add_regularization_grads()
+        self._flat_parameters()
+        self.optimizer.step(self.parameters, self.gradients)
+        return value, out
+
+    def _flat_parameters(self):
+        """Make every parameter a view of one flat buffer (once; again only if one was replaced)
+        and tell the optimizer, which then updates them all in a few array operations. The layers'
+        ``params`` keep their names and shapes: only where the numbers live changes."""
+        bind = getattr(self.optimizer, "bind_flat", None)
+        views = getattr(self, "_flat_views", None)
+        params = self.parameters
+        if bind is None or not params or (views is not None and len(views) == len(params)
+                                           and all(params[k] is v for k, v in views.items())):
+            return
+        if len({p.dtype for p in params.values()}) != 1:
+            return
+        flat = self.xp.concatenate([p.reshape(-1) for p in params.values()])
+        views, offset = {}, 0
+        for layer in self.layers:
+            for k, p in layer.params.items():
+                layer.params[k] = views[f"{layer.name}.{k}"] = flat[offset:offset + p.size].reshape(p.shape)
+                offset += p.size
+        self._flat_views = views
+        bind(flat, views)
+
     def _nan_message(self, epoch, logs, batch, ck_path, saved_epoch):
         at = f" (first non-finite at batch {batch + 1})" if batch is not None else ""
         if saved_epoch is not None:
@@ -428,7 +465,7 @@ class TrainingMixin:
         With ``dp`` (data-parallel) this rank trains on its rows of each global batch and the
         epoch's sums (validation on this rank's share included) are all-reduced once."""
         xp = self.xp
-        opt, loss = self.optimizer, self.loss
+        opt = self.optimizer
         start_time = time.perf_counter()
         progress.epoch_begin(epoch)
         n = _length("x", xd)
@@ -448,15 +485,7 @@ class TrainingMixin:
                 lo, hi = dp.begin_batch(int(idx.shape[0]))
                 xb, yb = (xd[idx[lo:hi]] if augment is None
                           else augment(xd[idx], rngs["augment"])[lo:hi]), yd[idx[lo:hi]]
-            out = self.forward(xb, training=True)
-            value = loss.forward(out, yb) + self.regularization_loss()
-            if dp is None:
-                self.backward(loss.backward())
-            else:  # gradient of the global batch's mean loss after the all-reduce
-                self.backward(loss.backward() * dp.scale)
-                dp.reduce_gradients()
-            self.add_regularization_grads()
-            opt.step(self.parameters, self.gradients)
+            value, out = self._train_step(xb, yb, dp)
             nb = int(xb.shape[0])
             seen += nb
             value = value.astype(xp.float64)

@@ -1,0 +1,51 @@
+"""Launch count: the strict backend counts array operations (kernel launches on a GPU), and one
+training step of the default model stays under a budget (benchmarks/launches.py is the figure)."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from xpnet.backends import get_backend
+from xpnet.backends import strict_backend as sb
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+import launches  # noqa: E402
+
+# seed001-tf: 746 per step before the flat optimizer update (benchmarks/results/*-launches-before.json)
+BUDGET = 600
+
+
+def calls(fn):
+    before = sb.LAUNCHES["calls"]
+    fn()
+    return sb.LAUNCHES["calls"] - before
+
+
+def test_the_counter_counts_operations_and_not_views():
+    xp = get_backend("strict").xp
+    a = xp.asarray(np.arange(12.0).reshape(3, 4))
+    idx = xp.asarray(np.array([0, 2]))
+    assert calls(lambda: a + 1.0) == 1
+    assert calls(lambda: xp.exp(a)) == 1
+    assert calls(lambda: a.sum(axis=0)) == 1
+    assert calls(lambda: a[idx]) == 1  # a gather
+    assert calls(lambda: a.__setitem__(0, 5.0)) == 1
+    assert calls(lambda: a.reshape(4, 3)) == 0
+    assert calls(lambda: a[1:, ::2]) == 0
+    assert calls(lambda: a.T) == 0
+    assert get_backend("strict").calls == sb.LAUNCHES["calls"]
+
+
+def test_a_default_model_step_is_under_budget_whatever_the_batch_size():
+    small, large = launches.count_step("seed001-tf", 8), launches.count_step("seed001-tf", 32)
+    assert small["launches"] == large["launches"] < BUDGET
+    assert small["syncs"] == 0 and small["transfers"] == 0
+
+
+def test_the_figure_names_where_the_launches_come_from(tmp_path):
+    result = launches.main(["--models", "quick-mlp", "--batch-sizes", "4", "--out", str(tmp_path)])
+    row = result["results"][0]
+    assert row["launches"] == sum(row["by_function"].values()) > 0
+    assert "numpy" in result["machine"] and result["machine"]["cpus"]
+    assert len(list(tmp_path.glob("*-launches.json"))) == 1
