@@ -1,4 +1,16 @@
-"""The CUDA backend: CuPy. Imported only when asked for, so CPU machines never need CuPy."""
+"""The CUDA backend: CuPy. Imported only when asked for, so CPU machines never need CuPy.
+
+CuPy settings that change speed or numbers (read by CuPy from the environment when it is first
+imported, so set them before starting Python; ``settings()`` reports them and every GPU run
+records them in result.json):
+  CUPY_TF32=1              cuBLAS may use TF32 for float32 products (about 1e-3 relative error,
+                           several times faster matrix products on Ampere and newer); default off.
+  CUPY_GPU_MEMORY_LIMIT    a cap for CuPy's memory pool, bytes or a percentage ("50%").
+  CUPY_CACHE_DIR           where compiled kernels are kept (default ~/.cupy/kernel_cache).
+CuPy's memory pool keeps freed blocks for reuse; ``memory_info()`` shows what the pool holds
+and ``release_memory()`` hands the unused blocks back to the driver.
+"""
+import os
 import sys
 
 from xpnet.errors import BackendError
@@ -7,7 +19,15 @@ from .base import Backend
 
 INSTALL_HINT = (
     "install CuPy for your CUDA version with the matching extra: "
-    "pip install 'xpnet[cuda12]' (CUDA 12.x) or pip install 'xpnet[cuda13]' (CUDA 13.x)"
+    "pip install 'xpnet[cuda12]' (CUDA 12.x) or pip install 'xpnet[cuda13]' (CUDA 13.x), which "
+    "bring CuPy with its CUDA libraries (cupy-cuda1Xx[ctk])"
+)
+
+
+CACHE_HINT = (
+    "CuPy keeps compiled kernels in $CUPY_CACHE_DIR (default ~/.cupy/kernel_cache), which must be "
+    "writable: point CUPY_CACHE_DIR at a writable folder (in a container, a mounted volume keeps "
+    "the kernels between runs)"
 )
 
 
@@ -16,6 +36,11 @@ def _import_cupy():
         import cupy
     except ImportError as exc:
         raise BackendError(f"the 'gpu' backend needs CuPy, which is not installed: {INSTALL_HINT}") from exc
+    except OSError as exc:  # e.g. CuPy cannot create its kernel cache folder
+        raise BackendError(f"CuPy is installed but failed to import ({exc}); {CACHE_HINT}") from exc
+    except Exception as exc:  # a broken installation: mismatched CUDA libraries and the like
+        raise BackendError(f"CuPy is installed but failed to import ({type(exc).__name__}: {exc}); "
+                           f"{INSTALL_HINT}") from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDA driver missing or broken
@@ -32,6 +57,9 @@ class CupyBackend(Backend):
 
     def __init__(self, device_id=0):
         cupy = _import_cupy()
+        problem = gpu_problem()
+        if problem is not None:
+            raise BackendError(problem)
         super().__init__(cupy)
         self.device_id = int(device_id)
         cupy.cuda.Device(self.device_id).use()
@@ -63,14 +91,69 @@ class CupyBackend(Backend):
         name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
         return {"gpu": name, "free_bytes": int(free), "total_bytes": int(total),
                 "pool_used_bytes": int(pool.used_bytes()), "pool_total_bytes": int(pool.total_bytes()),
+                "pool_limit_bytes": int(pool.get_limit()),
                 "cuda_runtime": int(self.xp.cuda.runtime.runtimeGetVersion()),
                 "cupy": self.xp.__version__}
 
+    def settings(self):
+        """The CuPy settings that change speed or numbers (see the module docstring)."""
+        return settings_from(os.environ, self.xp)
+
+    def release_memory(self):
+        """Give the memory pool's unused blocks back to the driver (e.g. between runs)."""
+        self.xp.get_default_memory_pool().free_all_blocks()
+        self.xp.get_default_pinned_memory_pool().free_all_blocks()
+
+
+SETTINGS = ("CUPY_TF32", "CUPY_GPU_MEMORY_LIMIT", "CUPY_CACHE_DIR", "CUPY_ACCELERATORS")
+
+
+def settings_from(environ, cupy=None):
+    """{"tf32": bool, "environment": {name: value or None}, ...} for ``environ`` (and, given the
+    cupy module, its memory pool)."""
+    env = {name: environ.get(name) for name in SETTINGS}
+    out = {"tf32": (env["CUPY_TF32"] or "0").strip() not in ("", "0"), "environment": env}
+    if cupy is not None:
+        pool = cupy.get_default_memory_pool()
+        out["memory_pool"] = ("CuPy's default pool" if cupy.cuda.get_allocator() == pool.malloc
+                              else "another allocator")
+        out["pool_limit_bytes"] = int(pool.get_limit())  # 0: no limit
+    return out
+
+
+_probe = {}
+
+
+def gpu_problem():
+    """None when the GPU works, else one line saying why not (cached per process).
+
+    "Works" means: CuPy imports, sees a CUDA device, and runs a tiny elementwise kernel (compiled
+    by NVRTC) and a matrix product (cuBLAS) with the right answer. A CuPy wheel without its CUDA
+    libraries passes the device count but fails here, so ``device="auto"`` falls back to the CPU.
+    """
+    if "problem" not in _probe:
+        _probe["problem"] = _first_kernel()
+    return _probe["problem"]
+
+
+def _first_kernel():
+    try:
+        cupy = _import_cupy()
+    except BackendError as exc:
+        return str(exc)
+    try:
+        a = cupy.arange(1, 5, dtype=cupy.float32).reshape(2, 2)
+        b = (a @ a) * 2 + 1                      # cuBLAS GEMM, then an NVRTC-compiled kernel
+        got = [float(v) for v in cupy.asnumpy(b).ravel()]
+    except Exception as exc:  # anything CUDA, cuBLAS, NVRTC or CuPy may raise
+        return (f"CuPy {getattr(cupy, '__version__', '?')} sees a CUDA device, but its first kernel "
+                f"failed ({type(exc).__name__}: {exc}); check that the CUDA libraries match the "
+                f"driver, e.g. {INSTALL_HINT}")
+    if got != [15.0, 21.0, 31.0, 45.0]:
+        return f"the GPU computed a wrong 2x2 matrix product ({got} instead of [15, 21, 31, 45])"
+    return None
+
 
 def gpu_available():
-    """True when CuPy imports and sees at least one CUDA device."""
-    try:
-        _import_cupy()
-        return True
-    except BackendError:
-        return False
+    """True when CuPy imports, sees a CUDA device and runs a kernel and a GEMM correctly."""
+    return gpu_problem() is None

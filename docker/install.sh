@@ -7,12 +7,13 @@
 #   PYTHON        interpreter whose pip installs xpnet (default: python3)
 #   XPNET_EXTRAS  extras added to the target's, comma separated (default: plot; "" for none)
 #   XPNET_DRY_RUN=1  print the commands instead of running them (same as --dry-run)
-# cuda12 adds the extra `cuda12` (cupy-cuda12x), cuda13 adds `cuda13` (cupy-cuda13x), cpu adds none.
+# cuda12 adds the extra `cuda12` (cupy-cuda12x[ctk]: CuPy with its CUDA libraries), cuda13 adds `cuda13`
+# (cupy-cuda13x[ctk]), cpu adds none.
 # Used by docker/Dockerfile.gpu and docker/Dockerfile.cpu; runs the same way outside Docker.
 set -euo pipefail
 
 usage() {
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 die() {

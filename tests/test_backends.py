@@ -60,6 +60,11 @@ def test_strict_behaves_like_an_array():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_random_is_identical_on_every_backend(dtype):
+    """Uniform, integer and permutation draws are integer arithmetic: bit-identical everywhere.
+    Normal draws use float64 log1p/cos/sin, which CUDA computes to within 2 ulp where glibc is
+    (nearly) correctly rounded: float64 normals agree to NORMAL_ULPS, float32 ones to 1 ulp
+    (tests/test_random_tolerance.py derives both bounds)."""
+    from tests.test_random_tolerance import NORMAL_ULPS
     outs = []
     for name in xpnet.available_backends():
         b = get_backend(name)
@@ -67,8 +72,11 @@ def test_random_is_identical_on_every_backend(dtype):
         outs.append([b.to_numpy(r.random((3, 5), dtype)), b.to_numpy(r.normal(0, 1, (7,), dtype)),
                      b.to_numpy(r.integers(0, 10, (20,))), b.to_numpy(r.permutation(50))])
     for other in outs[1:]:
-        for x, y in zip(outs[0], other):
-            np.testing.assert_array_equal(x, y)
+        for i, (x, y) in enumerate(zip(outs[0], other)):
+            if i == 1:
+                np.testing.assert_array_max_ulp(x, y, maxulp=NORMAL_ULPS[dtype])
+            else:
+                np.testing.assert_array_equal(x, y)
 
 
 def test_random_statistics_and_state():

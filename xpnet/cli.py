@@ -269,15 +269,22 @@ def cmd_info(args):
     names = available()
     print(f"backends: {', '.join(names)}")
     if ALIASES["gpu"] in names:
-        mem = get_backend("gpu").memory_info()
+        gpu = get_backend("gpu")
+        mem = gpu.memory_info()
         runtime = mem.get("cuda_runtime")
         runtime = f"{runtime // 1000}.{(runtime % 1000) // 10}" if isinstance(runtime, int) else runtime
         print(f"GPU: {mem.get('gpu')}, CUDA runtime {runtime}, CuPy {mem.get('cupy')}, "
               f"memory {mem.get('free_bytes', 0) / 2**30:.1f} GiB free of "
               f"{mem.get('total_bytes', 0) / 2**30:.1f} GiB")
+        if hasattr(gpu, "settings"):
+            s = gpu.settings()
+            limit = s.get("pool_limit_bytes")
+            print(f"CuPy settings: TF32 {'on' if s['tf32'] else 'off'} (CUPY_TF32), memory pool limit "
+                  f"{f'{limit / 2**30:.1f} GiB' if limit else 'none'} (CUPY_GPU_MEMORY_LIMIT), kernel "
+                  f"cache {s['environment'].get('CUPY_CACHE_DIR') or '~/.cupy/kernel_cache'}")
     else:
-        from .backends.cupy_backend import INSTALL_HINT
-        print(f"GPU: none usable (CuPy missing or no CUDA device); to use one, {INSTALL_HINT}")
+        from .backends.cupy_backend import gpu_problem
+        print(f"GPU: none usable: {gpu_problem()}")
     return 0
 
 

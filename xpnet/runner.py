@@ -95,7 +95,9 @@ def device_description(backend):
     if backend.is_gpu:
         info = backend.memory_info()
         return {"backend": backend.name, "gpu": info.get("gpu"),
-                "memory_total_bytes": info.get("total_bytes")}
+                "memory_total_bytes": info.get("total_bytes"),
+                "pool_total_bytes": info.get("pool_total_bytes"),  # what the pool holds: ~ the peak
+                "settings": backend.settings()}
     return {"backend": backend.name, "cpu": _cpu_name(), "cpu_count": os.cpu_count()}
 
 
@@ -162,6 +164,9 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
     _check_minutes(time_limit_minutes)
     comm = _communicator(distributed, device)
     backend = get_backend(device) if comm is None else comm.backend
+    if verbose and comm is None and str(device).lower() == "auto" and not backend.is_gpu:
+        from .backends.cupy_backend import gpu_problem
+        print(f"note: the GPU is not used, training runs on the CPU: {gpu_problem()}")
     config = {"model": entry.name, "description": entry.description,
               "dataset": datasets.info(dataset or recipe.get("dataset") or "mnist")["name"],
               "device": backend.name, "dtype": str(dtype), "seed": int(seed), "quick": bool(quick),
