@@ -1,0 +1,78 @@
+"""scripts/gpu_check.sh --dry-run: the GPU proof's script runs end to end on the CPU (strict backend,
+tiny sizes, the same steps and packing), so it cannot fail on a typo when a GPU comes."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "gpu_check.sh")
+
+
+def run_script(*args, env=None, timeout=600):
+    return subprocess.run(["bash", SCRIPT, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHON=sys.executable, **(env or {})))
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
+def test_dry_run_runs_every_step_and_packs_few_small_files(tmp_path):
+    pytest.importorskip("torch", reason="the benchmark step races PyTorch (installed by make test)")
+    out = tmp_path / "out"
+    proc = run_script("--dry-run", "--out", str(out), env={"OUT": ""})
+    summary = (out / "summary.txt").read_text()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for step in ("info", "settings", "tests", "bench", "train"):
+        assert f"[{step}] ok in " in summary, summary
+    assert "status: all passed" in summary
+    assert "headline: seed001-tf test error" in summary and "device {'backend': 'strict'" in summary
+    files = sorted(os.listdir(out))
+    assert files == ["bench.json", "junit.xml", "logs.tar.gz", "run.tar.gz", "summary.txt"]
+    assert all((out / f).stat().st_size < 16 * 2**20 for f in files)
+    assert proc.stdout.rstrip().endswith(summary.rstrip().splitlines()[-1])  # the reply shows the end
+
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        logs = {os.path.basename(n) for n in tar.getnames()}
+    assert {"info.log", "settings.log", "tests.log", "bench.log", "train.log"} <= logs
+    with tarfile.open(out / "run.tar.gz") as tar:
+        names = tar.getnames()
+        result = json.load(tar.extractfile([n for n in names if n.endswith("/result.json")][0]))
+    assert not any(n.endswith("last.npz") for n in names)
+    assert any(n.endswith("/model.npz") for n in names) and any(n.endswith("/curves.png") for n in names)
+    assert result["model"] == "seed001-tf" and result["test_samples"] == 64
+    assert result["time_limit_minutes"] is not None
+    bench = json.loads((out / "bench.json").read_text())
+    assert [r["model"] for r in bench["results"]] == ["lenet5"]
+    assert "<testsuite" in (out / "junit.xml").read_text()
+
+
+def test_a_failing_step_is_reported_and_the_next_still_runs(tmp_path):
+    """pytest refuses an unknown option: the tests step fails, the training still runs, status 1."""
+    out = tmp_path / "out"
+    proc = run_script("--dry-run", "--out", str(out), "--steps", "tests,train",
+                      env={"PYTEST_ADDOPTS": "--no-such-option"})
+    summary = (out / "summary.txt").read_text()
+    assert proc.returncode == 1, summary
+    assert "[tests] FAILED with status 4" in summary and "--no-such-option" in summary
+    assert "[train] ok in " in summary and "status: some FAILED" in summary
+    assert sorted(os.listdir(out)) == ["logs.tar.gz", "run.tar.gz", "summary.txt"]
+
+
+def test_steps_past_the_budget_are_skipped(tmp_path):
+    out = tmp_path / "out"
+    proc = run_script("--dry-run", "--out", str(out), "--steps", "info", "--minutes", "0.05")
+    summary = (out / "summary.txt").read_text()
+    assert proc.returncode == 1 and "[info] skipped: the budget of 0.05 minutes is spent" in summary
+
+
+def test_bad_arguments(tmp_path):
+    for args, message in ((["--steps", "info,fly"], "unknown step 'fly'"),
+                          (["--minutes", "soon"], "--minutes must be a number"),
+                          (["--frobnicate"], "unknown argument '--frobnicate'")):
+        proc = run_script(*args, "--out", str(tmp_path))
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+    proc = run_script("--help")
+    assert proc.returncode == 0 and "--dry-run" in proc.stdout
