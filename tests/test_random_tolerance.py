@@ -12,7 +12,7 @@ touch them (the smallest nonzero float32 uniform is 2**-24).
 import numpy as np
 import pytest
 
-from backends.random import CounterRandom
+from xpnet.backends.random import CounterRandom
 
 NORMAL_ULPS = {"float64": 8, "float32": 1}
 
