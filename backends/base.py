@@ -7,6 +7,9 @@ class Backend:
 
     name = "base"
     is_gpu = False
+    # True where an array operation costs a kernel launch (GPUs, and the strict backend that stands
+    # in for them): ops then prefer one gather or strided copy to a loop of cheaper slices.
+    few_launches = True
 
     def __init__(self, xp):
         self.xp = xp

@@ -7,6 +7,7 @@ from .numpy_kernels import ElementwiseKernels
 
 class NumpyBackend(Backend):
     name = "numpy"
+    few_launches = False  # slices of cache-sized blocks beat one big gather or strided copy here
 
     def __init__(self):
         super().__init__(numpy)

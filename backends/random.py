@@ -83,16 +83,25 @@ class CounterRandom(_Draws):
     def _bits(self, n):
         xp = self.xp
         u64 = xp.uint64
-        z = xp.arange(n, dtype=u64)
-        z += u64((self.counter + self._key) & _MASK64)
+        # (i + start) * GOLDEN == i * GOLDEN + start * GOLDEN (mod 2**64): one addition to a cached
+        # i * GOLDEN instead of arange, add and multiply
+        z = self._steps(n) + u64(((self.counter + self._key) * _GOLDEN) & _MASK64)
         self.counter += n
-        z *= u64(_GOLDEN)
         z ^= z >> u64(30)
         z *= u64(0xBF58476D1CE4E5B9)
         z ^= z >> u64(27)
         z *= u64(0x94D049BB133111EB)
         z ^= z >> u64(31)
         return z
+
+    def _steps(self, n):
+        """i * GOLDEN for i < n as uint64, kept per size (a layer draws the same sizes each step)."""
+        cache = self.__dict__.setdefault("_step_cache", {})
+        if n not in cache:
+            if len(cache) >= 8:
+                cache.pop(next(iter(cache)))
+            cache[n] = self.xp.arange(n, dtype=self.xp.uint64) * self.xp.uint64(_GOLDEN)
+        return cache[n]
 
     def _bits32(self, n):
         """n uniform 32-bit words: each 64-bit hash gives two (little-endian halves on every backend)."""

@@ -40,6 +40,7 @@ def count_step(model_name="seed001-tf", batch_size=16, by_function=False):
     x = model.backend.asarray(host.random((n,) + spec.input_shape, dtype=numpy.float32))
     y = model.backend.asarray(host.integers(0, 10, n))
     rngs = model._training_rngs()
+    model.layers[0].need_input_grad = False  # as fit() sets it: no gradient for the input images
     order = rngs["shuffle"].permutation(n)
 
     def step(b):

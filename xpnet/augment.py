@@ -37,17 +37,16 @@ def bilinear_sample(xp, x, xs, ys, fill=0.0):
     y0 = y0.astype(xp.int64).reshape(n, 1, -1)
     flat = x.reshape(-1)
     base = (xp.arange(n * c, dtype=xp.int64) * (h * w)).reshape(n, c, 1)
-
-    def corner(dy, dx):
-        xi, yi = x0 + dx, y0 + dy
-        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-        pix = xp.clip(yi, 0, h - 1) * w + xp.clip(xi, 0, w - 1)
-        return xp.where(inside, flat[base + pix], fill)
-
-    top = corner(0, 0)
-    top = top + fx * (corner(0, 1) - top)
-    bottom = corner(1, 0)
-    bottom = bottom + fx * (corner(1, 1) - bottom)
+    # the four neighbours in one gather: axis 0 is the row (y0, y0 + 1), axis 1 the column
+    xi = xp.stack([x0, x0 + 1])                                     # (2, N, 1, P)
+    yi = xp.stack([y0, y0 + 1])
+    inside = (((yi >= 0) & (yi < h))[:, None]) & (((xi >= 0) & (xi < w))[None, :])
+    pix = (xp.clip(yi, 0, h - 1) * w)[:, None] + xp.clip(xi, 0, w - 1)[None, :]
+    corners = xp.where(inside, flat[base + pix], fill)              # (2, 2, N, C, P)
+    top = corners[0, 0]
+    top = top + fx * (corners[0, 1] - top)
+    bottom = corners[1, 0]
+    bottom = bottom + fx * (corners[1, 1] - bottom)
     return (top + fy * (bottom - top)).astype(x.dtype, copy=False).reshape(out_shape)
 
 

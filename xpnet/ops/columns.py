@@ -4,6 +4,7 @@ im2col with one strided slice per kernel offset and one GEMM, in batch chunks th
 buffer small. Used when the spectral route costs more (few input channels, 1x1 kernels, large
 strides). Backward adds the column gradients back with one slice per kernel offset (no scatter).
 """
+from ..backends import backend_of
 from .geometry import out_size, pad, padded_hw, window
 
 # Largest im2col buffer per batch chunk. The GEMM is already large at this size (C*kh*kw rows by
@@ -16,9 +17,30 @@ def _chunk(n, per_image):
     return max(1, min(n, COLUMN_BYTES // max(1, per_image)))
 
 
+_OFFSETS = {}  # (backend, geometry) -> the flat input position of every (kernel offset, output)
+
+
+def _offsets(xp, backend, hp, wp, kh, kw, ho, wo, sh, sw):
+    """(kh*kw*Ho*Wo,) positions in a flattened (Hp, Wp) frame, made on the device once per shape."""
+    key = (backend.name, hp, wp, kh, kw, ho, wo, sh, sw)
+    if key not in _OFFSETS:
+        i = xp.arange(kh, dtype=xp.int64).reshape(kh, 1, 1, 1)
+        j = xp.arange(kw, dtype=xp.int64).reshape(1, kw, 1, 1)
+        r = xp.arange(ho, dtype=xp.int64).reshape(1, 1, ho, 1) * sh
+        q = xp.arange(wo, dtype=xp.int64).reshape(1, 1, 1, wo) * sw
+        _OFFSETS[key] = ((i + r) * wp + (j + q)).reshape(-1)
+    return _OFFSETS[key]
+
+
 def _columns(xp, xpad, kh, kw, ho, wo, sh, sw):
-    """(C*kh*kw, N*Ho*Wo) columns of a padded (N, C, Hp, Wp) chunk."""
-    n, c = xpad.shape[:2]
+    """(C*kh*kw, N*Ho*Wo) columns of a padded (N, C, Hp, Wp) chunk: one strided slice per kernel
+    offset, or, where launches cost more (``backend.few_launches``), one gather by cached offsets."""
+    n, c, hp, wp = xpad.shape
+    backend = backend_of(xpad)
+    if backend.few_launches:
+        idx = _offsets(xp, backend, hp, wp, kh, kw, ho, wo, sh, sw)
+        cols = xpad.reshape(n, c, hp * wp)[:, :, idx].reshape(n, c * kh * kw, ho * wo)
+        return xp.ascontiguousarray(cols.transpose(1, 0, 2)).reshape(c * kh * kw, n * ho * wo)
     cols = xp.empty((c, kh, kw, n, ho, wo), dtype=xpad.dtype)
     for i in range(kh):
         for j in range(kw):

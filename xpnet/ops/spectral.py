@@ -9,6 +9,7 @@ to 28x28 images with tens of channels this needs 3-4x fewer FLOPs than direct co
 inside: spatial axes first, (H, W, C, N), so the transforms are left-multiplications of large
 contiguous blocks; NCHW only at the edges.
 """
+from ..backends import backend_of
 from . import dft
 from .geometry import out_size, padded_hw
 
@@ -21,8 +22,11 @@ def _to_planes(xp, x):
 
 
 def _from_planes(xp, a):
-    """(H, W, C, N) -> (N, C, H, W): a blocked 2-D transpose to (C, N, H*W), then swap C and N
-    (whole contiguous rows); several times faster on the CPU than one 4-D strided copy."""
+    """(H, W, C, N) -> (N, C, H, W). On the CPU a blocked 2-D transpose to (C, N, H*W), then a swap
+    of C and N (whole contiguous rows), several times faster than one 4-D strided copy; where
+    launches cost more than strided copies (``backend.few_launches``: GPUs) one strided copy."""
+    if backend_of(a).few_launches:
+        return xp.ascontiguousarray(a.transpose(3, 2, 0, 1))
     h, w, c, n = a.shape
     cols = a.reshape(h * w, c * n)
     out = xp.empty((c * n, h * w), dtype=a.dtype)
