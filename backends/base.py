@@ -1,4 +1,6 @@
 """What every backend provides. A backend is the only place that knows which array library runs."""
+import contextlib
+
 from .random import CounterRandom
 
 
@@ -10,6 +12,7 @@ class Backend:
     # True where an array operation costs a kernel launch (GPUs, and the strict backend that stands
     # in for them): ops then prefer one gather or strided copy to a loop of cheaper slices.
     few_launches = True
+    can_capture = False  # CUDA graph capture of a training step (see capture())
 
     def __init__(self, xp):
         self.xp = xp
@@ -48,6 +51,19 @@ class Backend:
         kind = self.xp.dtype(x.dtype).type
         mask = self.xp.where(keep, kind(scale), kind(0))
         return x * mask, mask
+
+    # -- captured steps (CUDA graphs) -------------------------------------------------------------
+    def capture_stream(self):
+        """A context in which a captured step and everything around it run (one stream on CUDA,
+        so the replays and the surrounding work stay in order); nothing on the CPU."""
+        return contextlib.nullcontext()
+
+    def capture(self, fn):
+        """Record ``fn()``'s device work once and return ``replay()``, which runs it again on the
+        same buffers; None where the backend cannot capture (the CPU: the caller then calls fn()
+        every time). ``fn`` must be capturable: no host sync, no host-to-device copy, no
+        allocation whose shape changes, and every per-step value read from device arrays."""
+        return None
 
     # -- what belongs to this backend -----------------------------------------------------------
     @classmethod

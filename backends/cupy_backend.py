@@ -54,6 +54,7 @@ def _import_cupy():
 class CupyBackend(Backend):
     name = "cupy"
     is_gpu = True
+    can_capture = True
 
     def __init__(self, device_id=0):
         cupy = _import_cupy()
@@ -80,6 +81,26 @@ class CupyBackend(Backend):
 
     def to_numpy(self, array):
         return self.xp.asnumpy(array)
+
+    def capture_stream(self):
+        """The stream of captured training: capture is not allowed on the legacy default stream,
+        and running the work around the replays on the same stream keeps it in order."""
+        if getattr(self, "_stream", None) is None:
+            self._stream = self.xp.cuda.Stream(non_blocking=True)
+        return self._stream
+
+    def capture(self, fn):
+        """CUDA graph of ``fn()`` by stream capture (cupy.cuda.Stream.begin_capture/end_capture);
+        returns ``replay()`` (Graph.launch on the same stream). The capture records and does not
+        run the work, so the caller replays once for the batch it was captured on."""
+        stream = self.capture_stream()
+        with stream:
+            stream.begin_capture()
+            try:
+                fn()
+            finally:
+                graph = stream.end_capture()
+        return lambda: graph.launch(stream)
 
     def synchronize(self):
         self.xp.cuda.Device(self.device_id).synchronize()

@@ -49,6 +49,7 @@ class CounterRandom(_Draws):
         self.stream = int(stream)
         self.counter = 0
         self._key = _mix64(_mix64(self.seed & _MASK64) ^ (self.stream * _GOLDEN & _MASK64))
+        self._device = getattr(self, "_device", None)  # set_state keeps a device counter
 
     # -- state, for checkpoints -------------------------------------------------------------
     def get_state(self):
@@ -57,6 +58,19 @@ class CounterRandom(_Draws):
     def set_state(self, state):
         self.__init__(self.xp, state["seed"], state["stream"])
         self.counter = int(state["counter"])
+
+    def device_counter(self, on=True):
+        """Also keep the counter in a device array, read and advanced by the draws themselves, so
+        that a captured (CUDA graph) step draws new numbers on every replay. The numbers are the
+        same as without it; ``counter`` stays the host's record (see ``advance``)."""
+        self._device = [self.xp.zeros((1,), dtype=self.xp.uint64), None] if on else None
+        return self
+
+    def advance(self, n):
+        """Host bookkeeping of ``n`` values drawn by a replayed step (its device counter moved)."""
+        self.counter += int(n)
+        if self._device is not None:
+            self._device[1] = self.counter
 
     def rows(self, lo, hi, total):
         """A view that draws rows ``lo:hi`` of what a draw for ``total`` rows would give.
@@ -85,7 +99,16 @@ class CounterRandom(_Draws):
         u64 = xp.uint64
         # (i + start) * GOLDEN == i * GOLDEN + start * GOLDEN (mod 2**64): one addition to a cached
         # i * GOLDEN instead of arange, add and multiply
-        z = self._steps(n) + u64(((self.counter + self._key) * _GOLDEN) & _MASK64)
+        if self._device is None:
+            start = u64(((self.counter + self._key) * _GOLDEN) & _MASK64)
+        else:
+            counter, known = self._device
+            if known != self.counter:  # the host moved it (a new generator, set_state, rows)
+                counter[...] = u64(self.counter & _MASK64)
+            start = (counter + u64(self._key)) * u64(_GOLDEN)   # (1,) arrays wrap mod 2**64
+            counter += u64(n)
+            self._device[1] = self.counter + n
+        z = self._steps(n) + start
         self.counter += n
         z ^= z >> u64(30)
         z *= u64(0xBF58476D1CE4E5B9)

@@ -20,7 +20,11 @@ from .base import Backend
 MESSAGE = ("Implicit conversion to a NumPy array is not allowed. "
            "Please use `.get()` to construct a NumPy array explicitly.")
 COUNTERS = {"syncs": 0, "h2d": 0}
-LAUNCHES = {"calls": 0}  # kept apart from COUNTERS: syncs and transfers are what tests pin per epoch
+LAUNCHES = {"calls": 0}
+# When a list: every counted operation appends (name, shapes and dtypes of its arrays, the values of
+# its scalars). Two steps with equal traces can be captured once and replayed: a scalar that
+# changes from step to step (a host-side counter or learning rate) would be baked into the graph.
+TRACE = None  # kept apart from COUNTERS: syncs and transfers are what tests pin per epoch
 # array methods and xp functions that only make a view or read metadata: no launch on a GPU
 VIEWS = frozenset({"reshape", "view", "transpose", "swapaxes", "squeeze", "expand_dims",
                    "broadcast_to", "moveaxis", "dtype", "result_type", "iinfo", "finfo", "shape",
@@ -52,8 +56,27 @@ def _wrap(r):
     return r
 
 
+def _signature(v):
+    if type(v) is StrictArray:
+        return ("array", v._a.shape, v._a.dtype.str)
+    if isinstance(v, (list, tuple)):
+        return tuple(_signature(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _signature(x)) for k, x in v.items()))
+    if isinstance(v, slice):
+        return ("slice", v.start, v.stop, v.step)
+    return repr(v)
+
+
+def _record(name, *args):
+    if TRACE is not None:
+        TRACE.append((name, _signature(args)))
+
+
 def _call(fn, args, kwargs):
     LAUNCHES["calls"] += 1
+    if TRACE is not None:
+        _record(getattr(fn, "__name__", repr(fn)), args, kwargs)
     return _wrap(fn(*_unwrap(args), **_unwrap(kwargs)))
 
 
@@ -149,10 +172,12 @@ class StrictArray:
     def __getitem__(self, index):
         if _gathers(index):
             _launch()
+            _record("gather", self, index)
         return _wrap(self._a[_unwrap(index)])
 
     def __setitem__(self, index, value):
         _launch()
+        _record("setitem", self, index, value)
         self._a[_unwrap(index)] = _unwrap(value)
 
     def __copy__(self):
@@ -176,10 +201,12 @@ class StrictArray:
 def _binary(op):
     def forward(self, other):
         _launch()
+        _record(op.__name__, self, other)
         return _wrap(op(self._a, _unwrap(other)))
 
     def reflected(self, other):
         _launch()
+        _record(op.__name__, other, self)
         return _wrap(op(_unwrap(other), self._a))
 
     return forward, reflected
@@ -188,6 +215,7 @@ def _binary(op):
 def _inplace(op):
     def method(self, other):
         _launch()
+        _record(op.__name__, self, other)
         self._a = op(self._a, _unwrap(other))
         return self
 

@@ -127,6 +127,10 @@ class Optimizer:
     @lr.setter
     def lr(self, value):
         self._lr = _number(type(self).__name__, "lr", value, low=0.0)
+        device = getattr(self, "_device", None)
+        if device is not None:  # a fill on the device: a replayed (captured) step reads it
+            device[0][0] = self._lr
+            device[1][0] = self._lr
 
     @property
     def learning_rate(self):
@@ -202,13 +206,44 @@ class Optimizer:
         return flat, views, counts.pop()
 
     def _step_flat(self, plan, grads, lr):
+        """One update of every parameter; the learning rate and the step count are read from
+        device scalars, so the step has the same operations and constants every time (it can be
+        captured once and replayed)."""
         flat, views, t = plan
         xp = self.xp
         self._ensure_flat_state(flat, views)
         g = xp.concatenate([grads[k].reshape(-1) for k in views])
         for k in views:
             self.steps[k] = t + 1
-        self._update(flat, g, lr, {s: self._flat_state[s][0] for s in self.slots}, t + 1)
+        d = self._device_scalars(t)
+        lr = d[0] / (1.0 + self.decay * d[1])   # float64, as current_lr() computes it on the host
+        d[1:] += 1.0                               # iterations, t
+        self._device[1][1:] = (self.iterations + 1, t + 1)
+        self._update(flat, g, lr, {s: self._flat_state[s][0] for s in self.slots}, d[2])
+
+    def _device_scalars(self, t):
+        """float64 [lr, iterations, t] on the device, refreshed from the host only when the host
+        values changed behind the device's back (a loaded state; nothing in a steady run)."""
+        host = (self._lr, self.iterations, t)
+        device = getattr(self, "_device", None)
+        if device is None:
+            device = self._device = [self.xp.zeros((3,), dtype=self.xp.float64), [None] * 3]
+        if tuple(device[1]) != host:
+            for i, v in enumerate(host):
+                device[0][i] = float(v)
+            device[1] = list(host)
+        return device[0]
+
+    def advance(self, steps=1):
+        """Host bookkeeping of ``steps`` updates made by replaying a captured step (the device
+        scalars were advanced by the replay itself)."""
+        names = list(getattr(self, "_flat", (None, {}))[1])
+        self.iterations += steps
+        for k in names:
+            self.steps[k] = self.steps.get(k, 0) + steps
+        if getattr(self, "_device", None) is not None:
+            self._device[1][1] += steps
+            self._device[1][2] += steps
 
     def _ensure_flat_state(self, flat, views):
         """Flat moment buffers whose per-parameter views are ``self.state``'s entries."""
@@ -294,6 +329,16 @@ class Optimizer:
         return f"{self._name}({args})"
 
 
+def _cast(value, like):
+    """A Python number as is (NumPy casts it to the array's dtype); a device scalar (float64) cast
+    to the array's dtype the same way, so both give the same bits."""
+    return value.astype(like.dtype) if hasattr(value, "astype") else value
+
+
+def _sqrt(xp, value):
+    return xp.sqrt(value) if hasattr(value, "astype") else math.sqrt(value)
+
+
 class SGD(Optimizer):
     """torch.optim.SGD (dampening 0): g += weight_decay * p; buf = momentum * buf + g;
     p -= lr * (g + momentum * buf if nesterov else buf)."""
@@ -315,7 +360,7 @@ class SGD(Optimizer):
             buf *= self.momentum
             buf += g
             g = g + self.momentum * buf if self.nesterov else buf
-        p -= lr * g
+        p -= _cast(lr, p) * g
 
     def _hyper(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov, "weight_decay": self.weight_decay}
@@ -344,7 +389,7 @@ class Adam(Optimizer):
     def _update(self, p, g, lr, state, t):
         if self.weight_decay:
             if self._decoupled:
-                p *= 1.0 - lr * self.weight_decay
+                p *= _cast(1.0 - lr * self.weight_decay, p)
             else:
                 g = g + self.weight_decay * p
         m, v = state["m"], state["v"]
@@ -353,9 +398,9 @@ class Adam(Optimizer):
         v *= self.beta2
         v += (1.0 - self.beta2) * (g * g)
         denom = self.xp.sqrt(v)
-        denom /= math.sqrt(1.0 - self.beta2 ** t)
+        denom /= _cast(_sqrt(self.xp, 1.0 - self.beta2 ** t), p)
         denom += self.eps
-        p -= (lr / (1.0 - self.beta1 ** t)) * (m / denom)
+        p -= _cast(lr / (1.0 - self.beta1 ** t), p) * (m / denom)
 
     def _hyper(self):
         return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
@@ -408,9 +453,9 @@ class RMSprop(Optimizer):
             buf = state["momentum"]
             buf *= self.momentum
             buf += g / avg
-            p -= lr * buf
+            p -= _cast(lr, p) * buf
         else:
-            p -= lr * (g / avg)
+            p -= _cast(lr, p) * (g / avg)
 
     def _hyper(self):
         return {"alpha": self.alpha, "eps": self.eps, "momentum": self.momentum,

@@ -14,6 +14,7 @@ and ``evaluate()`` report the data loss alone. ``accuracy`` compares the argmax 
 the label (or the argmax of a target row). ``lr`` is ``optimizer.current_lr()`` at the end of the
 epoch (the base rate set by schedules, after any inverse-time decay).
 """
+import contextlib
 import math
 import numbers
 import os
@@ -217,7 +218,7 @@ class TrainingMixin:
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             validation_split=0.0, callbacks=None, verbose="auto", augment=None, initial_epoch=0,
             checkpoint=None, resume=False, steps_per_epoch=None, seed=None, distributed=None,
-            sync_batchnorm=True, time_limit=None):
+            sync_batchnorm=True, time_limit=None, graph=False):
         """Train for epochs ``initial_epoch .. epochs-1``; returns a History.
 
         checkpoint=DIR writes DIR/last.npz after every epoch; resume=True continues from it (an error
@@ -240,6 +241,9 @@ class TrainingMixin:
         EarlyStopping(restore_best_weights=True) restores the best weights) and
         ``history.stopped_by_time_limit`` is True. An epoch is never cut short.
         With ``distributed``, rank 0's clock decides for every rank.
+        graph: on a GPU, capture the training step once as a CUDA graph and replay it for every
+        full batch (xpnet.capture); the numbers are those of graph=False. On the CPU it runs the
+        ordinary step.
         """
         t_begin = time.monotonic()
         self._require_compiled()
@@ -264,6 +268,9 @@ class TrainingMixin:
             raise ConfigError(f"augment must be callable aug(x, rng) or an augmenter config dict, got "
                               f"{type(augment).__name__} {augment!r}")
         epochs = int(epochs)
+        if graph and distributed is not None:
+            raise ConfigError("graph=True does not combine with distributed= (the all-reduce is "
+                              "not captured); use one or the other")
         budget = _seconds(time_limit)
 
         xd, yd, xv, yv = self._fit_data(x, y, validation_data, validation_split)
@@ -293,6 +300,10 @@ class TrainingMixin:
         first = self.layers[0] if self.layers else None
         saved_flag = getattr(first, "need_input_grad", None)
         progress = Progress(verbose if rank == 0 else 0, epochs, steps)
+        captured = None
+        if graph:
+            from .capture import CapturedStep
+            captured = CapturedStep(self, augment, rngs["augment"])
         saved_epoch = None
         epoch = int(initial_epoch)
         slowest = 0.0
@@ -315,8 +326,9 @@ class TrainingMixin:
                 dp.attach()
             while epoch < epochs and not self.stop_training:
                 cb.call("on_epoch_begin", epoch, {})
-                logs, bad_batch = self._run_epoch(epoch, xd, yd, xv, yv, batch_size, steps, total,
-                                                  shuffle, augment, rngs, progress, cb, dp)
+                with self.backend.capture_stream() if graph else contextlib.nullcontext():
+                    logs, bad_batch = self._run_epoch(epoch, xd, yd, xv, yv, batch_size, steps, total,
+                                                      shuffle, augment, rngs, progress, cb, dp, captured)
                 cb.call("on_epoch_end", epoch, logs)
                 progress.epoch_end(epoch, logs)
                 if not math.isfinite(logs["loss"]):
@@ -358,6 +370,8 @@ class TrainingMixin:
                 first.need_input_grad = saved_flag
             if dp is not None:
                 dp.detach()
+            if captured is not None:
+                captured.close()
         return history
 
     def _fit_data(self, x, y, validation_data, validation_split):
@@ -459,7 +473,7 @@ class TrainingMixin:
         return order
 
     def _run_epoch(self, epoch, xd, yd, xv, yv, batch_size, steps, total, shuffle, augment, rngs,
-                   progress, cb, dp=None):
+                   progress, cb, dp=None, captured=None):
         """Train one epoch; returns (logs of host floats, first batch with a non-finite loss or None).
 
         With ``dp`` (data-parallel) this rank trains on its rows of each global batch and the
@@ -477,7 +491,9 @@ class TrainingMixin:
         for b in range(steps):
             idx = order[b * batch_size:min((b + 1) * batch_size, total)]
             seen_all += int(idx.shape[0])
-            if dp is None:
+            if captured is not None:
+                xb, yb = xd[idx], yd[idx]
+            elif dp is None:
                 xb, yb = xd[idx], yd[idx]
                 if augment is not None:
                     xb = augment(xb, rngs["augment"])
@@ -485,7 +501,10 @@ class TrainingMixin:
                 lo, hi = dp.begin_batch(int(idx.shape[0]))
                 xb, yb = (xd[idx[lo:hi]] if augment is None
                           else augment(xd[idx], rngs["augment"])[lo:hi]), yd[idx[lo:hi]]
-            value, out = self._train_step(xb, yb, dp)
+            if captured is not None:  # augments inside the (captured) step
+                value, out = captured(xb, yb)
+            else:
+                value, out = self._train_step(xb, yb, dp)
             nb = int(xb.shape[0])
             seen += nb
             value = value.astype(xp.float64)
