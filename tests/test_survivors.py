@@ -226,6 +226,7 @@ def _stepped(make, backend):
     opt = make()
     for _ in range(2):
         opt.step(params, {k: backend.asarray(r.standard_normal(v.shape)) for k, v in params.items()})
+    opt.lr = 0.037   # as a schedule or ReduceLROnPlateau leaves it: the state carries it
     return opt, params
 
 
@@ -328,3 +329,89 @@ def test_resume_with_other_stateful_callbacks_is_refused(tmp_path):
     m = xpnet.Sequential([Dense(3)], input_shape=(6,), seed=1).compile()
     m.fit(x, y, epochs=1, checkpoint=tmp_path, resume=True, callbacks=[again], verbose=0)
     assert again.best == stop.best and again.best_epoch == stop.best_epoch == 0
+
+
+# -- messages that name the expected range --------------------------------------------------------
+@pytest.mark.parametrize("make,message", [
+    (lambda: optim.SGD(0.1, momentum=1.0), r"SGD: momentum must be a finite number in \[0, 1\), got 1\.0"),
+    (lambda: optim.Adam(beta2=-0.5), r"Adam: beta2 must be a finite number in \[0, 1\), got -0\.5"),
+    (lambda: optim.RMSprop(alpha=1.5), r"RMSprop: alpha must be a finite number in \[0, 1\), got 1\.5"),
+    (lambda: optim.SGD(-1.0), r"SGD: lr must be a finite number >= 0, got -1\.0"),
+    (lambda: optim.SGD(0.1, clipnorm=0), r"SGD: clipnorm must be a finite number > 0, got 0"),
+    (lambda: optim.SGD(0.1).load_state_dict({"iterations": 1, "m:w": np.zeros(2)}),
+     r"SGD\.load_state_dict: unexpected entry 'm:w'; this optimizer keeps no buffers"),
+    (lambda: optim.Adam().load_state_dict({"iterations": 1, "momentum:w": np.zeros(2)}),
+     r"unexpected entry 'momentum:w'; this optimizer keeps m, v"),
+])
+def test_optimizer_errors_name_the_allowed_values(make, message):
+    with pytest.raises(xpnet.ConfigError, match=message):
+        make()
+
+
+def test_validation_split_too_small_for_one_sample_is_named():
+    x, y = data(10)
+    m = xpnet.Sequential([Dense(3)], input_shape=(6,)).compile()
+    with pytest.raises(DataError, match=r"validation_split=1e-18 of 10 samples leaves 0 for "
+                                        r"validation and 10 for training"):
+        m.fit(x, y, validation_split=1e-18, verbose=0)
+
+
+def test_a_plain_optimizer_subclass_describes_itself():
+    class Plain(optim.Optimizer):
+        def _update(self, name, p, g, lr):
+            p -= lr * g
+
+    opt = Plain(0.5)
+    assert opt.get_config() == {"type": "Plain", "lr": 0.5, "decay": 0.0, "clipnorm": None,
+                                "clipvalue": None}
+    assert repr(opt) == "Plain(lr=0.5, decay=0.0, clipnorm=None, clipvalue=None)"
+    assert repr(optim.SGD(0.1)) == ("SGD(lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, "
+                                    "decay=0.0, clipnorm=None, clipvalue=None)")
+
+
+# -- checkpoints whose header was tampered with ------------------------------------------------------
+def _tamper(tmp_path, change):
+    from xpnet.serialization import load_npz, save_npz_atomic
+    x, y = _checkpoint(tmp_path, [Dense(3)])
+    arrays, meta = load_npz(checkpoint_path(tmp_path))
+    change(arrays, meta)
+    save_npz_atomic(checkpoint_path(tmp_path), arrays, meta)
+    m = xpnet.Sequential([Dense(3)], input_shape=(6,), seed=1).compile()
+    return lambda: m.fit(x, y, epochs=2, checkpoint=tmp_path, resume=True, verbose=0)
+
+
+def _optim_entry(meta, kind):
+    """The packed state entry of the first optimizer array (an Adam moment)."""
+    return next(v for _, v in meta["optimizer"]["state"]["dict"] if kind in v)
+
+
+def _retype(entry):
+    entry.clear()
+    entry["tuple"] = 1
+
+
+@pytest.mark.parametrize("change,error,message", [
+    (lambda a, m: m.update(version=2), DataError, r"checkpoint version 2 is not supported \(expected 1\)"),
+    (lambda a, m: a.pop(_optim_entry(m, "array")["array"]), DataError,
+     r"the checkpoint refers to a missing array 'optim/0'"),
+    (lambda a, m: _optim_entry(m, "array").update(extra=1), DataError, r"malformed state entry"),
+    (lambda a, m: _retype(_optim_entry(m, "array")), DataError, r"malformed state entry \{'tuple': 1\}"),
+])
+def test_tampered_checkpoint_is_refused(tmp_path, change, error, message):
+    with pytest.raises(error, match=message):
+        _tamper(tmp_path, change)()
+
+
+# -- the strict backend wraps what NumPy returns, in and out ------------------------------------------
+def test_strict_wraps_tuples_lists_and_plain_values():
+    strict = get_backend("strict")
+    xp = strict.xp
+    a = strict.asarray(np.array([[0.0, 1.0, 2.0], [3.0, 0.0, 5.0]]))
+    rows, cols = xp.nonzero(a)                       # a tuple of device arrays
+    assert type(rows) is xp.ndarray and strict.to_numpy(cols).tolist() == [1, 2, 0, 2]
+    parts = xp.split(a, 3, axis=1)                   # a list of device arrays
+    assert isinstance(parts, list) and all(type(p) is xp.ndarray for p in parts)
+    assert xp.shape(a) == (2, 3) and xp.ndim(a) == 2  # plain Python values pass through
+    out = xp.zeros((2, 3))
+    xp.add(a, a, out=out)                            # device arrays inside keyword arguments
+    assert strict.to_numpy(out)[1].tolist() == [6.0, 0.0, 10.0]
