@@ -4,6 +4,7 @@ Each test names the behaviour it holds down. They use the public surface (fit, e
 checkpoints, optimizer state dicts, the backends' counters, the ops facade), so a refactor that
 keeps the behaviour keeps them green. tools/mutate.py reruns the mutation check.
 """
+import copy
 import importlib
 
 import numpy as np
@@ -103,6 +104,7 @@ SYNCS = {
     "float": lambda a: float(a[0]),
     "int": lambda a: int(a[0]),
     "bool": lambda a: bool(a[0]),
+    "xp.asnumpy": lambda a: get_backend("strict").xp.asnumpy(a),
 }
 
 
@@ -122,6 +124,7 @@ def test_strict_to_numpy_counts_a_sync():
     before = strict.syncs
     host = strict.to_numpy(a)
     assert strict.syncs == before + 1 and np.array_equal(host, [0.0, 1.0, 2.0])
+    assert strict.xp.asnumpy(host) is host and strict.syncs == before + 1   # host stays host
 
 
 UPLOADS = {
@@ -415,3 +418,43 @@ def test_strict_wraps_tuples_lists_and_plain_values():
     out = xp.zeros((2, 3))
     xp.add(a, a, out=out)                            # device arrays inside keyword arguments
     assert strict.to_numpy(out)[1].tolist() == [6.0, 0.0, 10.0]
+    norm = xp.linalg.norm(a)                         # submodules speak device arrays too
+    assert type(norm) is xp.ndarray and float(norm) == pytest.approx(np.sqrt(39.0))
+    assert xp.add.nin == 2 and xp.maximum.nout == 1  # plain attributes of ufuncs
+    assert not hasattr(xp, "__version__")            # dunders are not forwarded to NumPy
+    rows = list(a)                                   # iteration gives device rows
+    assert len(rows) == 2 and all(type(r) is xp.ndarray for r in rows)
+    assert strict.to_numpy(rows[1]).tolist() == [3.0, 0.0, 5.0]
+    for twin in (copy.copy(a), copy.deepcopy(a)):    # copies are device arrays of their own
+        assert type(twin) is xp.ndarray
+        twin[0, 0] = 42.0
+        assert strict.to_numpy(a)[0, 0] == 0.0
+
+
+def test_checkpoint_keeps_nested_optimizer_state(tmp_path):
+    """An Optimizer subclass may keep lists and dicts of numbers and arrays in its state."""
+    class Remembering(optim.Adam):
+        recent = None
+
+        def state_dict(self):
+            return {**super().state_dict(), "recent": [0.5, {"w": np.arange(3.0)}]}
+
+        def load_state_dict(self, state):
+            state = dict(state)
+            self.recent = state.pop("recent")
+            super().load_state_dict(state)
+
+    x, y = data()
+    first = xpnet.Sequential([Dense(3)], input_shape=(6,), seed=1).compile(optimizer=Remembering())
+    first.fit(x, y, epochs=1, checkpoint=tmp_path, verbose=0)
+    again = xpnet.Sequential([Dense(3)], input_shape=(6,), seed=1).compile(optimizer=Remembering())
+    again.fit(x, y, epochs=1, checkpoint=tmp_path, resume=True, verbose=0)
+    value, arrays = again.optimizer.recent
+    assert value == 0.5 and np.array_equal(again.backend.to_numpy(arrays["w"]), [0.0, 1.0, 2.0])
+
+
+@pytest.mark.parametrize("kwargs,name", [({"momentum": True}, "momentum"), ({"momentum": "0.9"}, "momentum"),
+                                         ({"epsilon": "1e-3"}, "epsilon"), ({"epsilon": None}, "epsilon")])
+def test_batchnorm_refuses_non_numbers(kwargs, name):
+    with pytest.raises(xpnet.ConfigError, match=rf"BatchNorm: {name} must be a number"):
+        BatchNorm(**kwargs)
