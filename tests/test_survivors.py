@@ -396,7 +396,7 @@ def _retype(entry):
 @pytest.mark.parametrize("change,error,message", [
     (lambda a, m: m.update(version=2), DataError, r"checkpoint version 2 is not supported \(expected 1\)"),
     (lambda a, m: a.pop(_optim_entry(m, "array")["array"]), DataError,
-     r"the checkpoint refers to a missing array 'optim/0'"),
+     r"refers to a missing array 'optim/0'"),
     (lambda a, m: _optim_entry(m, "array").update(extra=1), DataError, r"malformed state entry"),
     (lambda a, m: _retype(_optim_entry(m, "array")), DataError, r"malformed state entry \{'tuple': 1\}"),
 ])
@@ -458,3 +458,66 @@ def test_checkpoint_keeps_nested_optimizer_state(tmp_path):
 def test_batchnorm_refuses_non_numbers(kwargs, name):
     with pytest.raises(xpnet.ConfigError, match=rf"BatchNorm: {name} must be a number"):
         BatchNorm(**kwargs)
+
+
+def test_pooling_backward_refuses_a_gradient_of_the_wrong_shape(backend):
+    from xpnet import ops
+    x = backend.asarray(np.arange(2 * 3 * 6 * 6, dtype=np.float64).reshape(2, 3, 6, 6))
+    for forward, backward, pool, stride in ((ops.maxpool2d_forward, ops.maxpool2d_backward, (2, 2), (2, 2)),
+                                            (ops.maxpool2d_forward, ops.maxpool2d_backward, (3, 3), (1, 1))):
+        y, cache = forward(backend.xp, x, pool, stride)
+        bad = backend.xp.ones((2, 3) + tuple(s + 1 for s in y.shape[2:]))
+        with pytest.raises(xpnet.ShapeError, match=r"maxpool2d_backward: dy has shape"):
+            backward(backend.xp, bad, cache)
+
+
+def test_batchnorm_checks_initializers_when_made():
+    for kwargs in ({"gamma_initializer": "nope"}, {"beta_initializer": "nope"}):
+        with pytest.raises(xpnet.ConfigError, match="nope"):
+            BatchNorm(**kwargs)
+
+
+def test_batchnorm_trains_on_two_values_per_channel_but_not_one(backend):
+    x, y = data(5)
+    m = xpnet.Sequential([Dense(4), BatchNorm(), Dense(3)], input_shape=(6,), device=backend).compile()
+    m.fit(x[:4], y[:4], batch_size=2, epochs=1, shuffle=False, verbose=0)
+    with pytest.raises(xpnet.ShapeError, match=r"'batch_norm' \(BatchNorm\) needs more than one value"):
+        m.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)   # the last batch holds one
+
+
+def test_batchnorm_first_layer_skips_the_input_gradient(backend):
+    x, _ = data(8)
+    m = xpnet.Sequential([BatchNorm(), Dense(3)], input_shape=(6,), device=backend)
+    m.layers[0].need_input_grad = False
+    out = m.forward(backend.asarray(x), training=True)
+    assert m.backward(backend.xp.ones(tuple(out.shape), dtype=out.dtype)) is None
+    assert set(m.gradients) == {"batch_norm.gamma", "batch_norm.beta", "dense.W", "dense.b"}
+
+
+def test_pooling_takes_sizes_as_any_integral_numbers(backend):
+    from xpnet import ops
+    x = backend.asarray(np.arange(2 * 3 * 6 * 6, dtype=np.float64).reshape(2, 3, 6, 6))
+    for forward in (ops.maxpool2d_forward, ops.avgpool2d_forward):
+        y, _ = forward(backend.xp, x, (2, 2), (2, 2))
+        y2, _ = forward(backend.xp, x, [2.0, np.int64(2)], np.array([2, 2]))
+        assert np.array_equal(backend.to_numpy(y), backend.to_numpy(y2))
+
+
+# -- fit's messages and checks around resume and validation ------------------------------------------
+def test_resume_says_where_it_continues_from(tmp_path, capsys):
+    x, y = _checkpoint(tmp_path, [Dense(3)])
+    m = xpnet.Sequential([Dense(3)], input_shape=(6,), seed=1).compile()
+    m.fit(x, y, epochs=2, checkpoint=tmp_path, resume=True, verbose=2)
+    assert f"resumed from {checkpoint_path(tmp_path)} after epoch 1" in capsys.readouterr().err
+
+
+def test_empty_validation_data_is_named():
+    x, y = data(10)
+    m = xpnet.Sequential([Dense(3)], input_shape=(6,)).compile()
+    with pytest.raises(DataError, match="validation data is empty"):
+        m.fit(x, y, validation_data=(x[:0], y[:0]), verbose=0)
+
+
+def test_compile_hands_the_model_backend_to_the_optimizer(backend):
+    m = xpnet.Sequential([Dense(3)], input_shape=(6,), device=backend).compile(optimizer=optim.Adam())
+    assert m.optimizer.backend is m.backend and m.optimizer.xp is m.xp
