@@ -521,3 +521,56 @@ def test_empty_validation_data_is_named():
 def test_compile_hands_the_model_backend_to_the_optimizer(backend):
     m = xpnet.Sequential([Dense(3)], input_shape=(6,), device=backend).compile(optimizer=optim.Adam())
     assert m.optimizer.backend is m.backend and m.optimizer.xp is m.xp
+
+
+@pytest.mark.parametrize("stride,padding", [((0, 1), (0, 0, 0, 0)), ((1, -1), (0, 0, 0, 0)),
+                                            ((1, 1), (0, 0, -1, 0))])
+def test_conv_refuses_zero_stride_and_negative_padding(backend, stride, padding):
+    from xpnet.ops import fast
+    x, W = backend.xp.zeros((1, 2, 6, 6)), backend.xp.zeros((3, 2, 3, 3))
+    with pytest.raises(xpnet.ShapeError, match=r"stride must be >= 1 and padding >= 0"):
+        fast.conv2d_forward(backend.xp, x, W, None, stride, padding)
+
+
+# -- the optimizer's update over one flat parameter buffer ----------------------------------------------
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_flat_update_equals_the_per_parameter_update(backend, name):
+    r = np.random.default_rng(1)
+    shapes = {"a": (3,), "b": (2, 2)}
+    start = {k: r.standard_normal(s) for k, s in shapes.items()}
+    flat = backend.asarray(np.concatenate([v.reshape(-1) for v in start.values()]))
+    views, offset = {}, 0
+    for k, s in shapes.items():
+        views[k] = flat[offset:offset + int(np.prod(s))].reshape(s)
+        offset += int(np.prod(s))
+    plain = {k: backend.asarray(v) for k, v in start.items()}
+    fused, single = OPTIMIZERS[name](), OPTIMIZERS[name]()
+    fused.bind_flat(flat, views)
+
+    def grads(keys):
+        return {k: backend.asarray(r.standard_normal(shapes[k])) for k in keys}
+
+    # all parameters; then one without a gradient (step counts now differ); then all again
+    for keys in (("a", "b"), ("a", "b"), ("a",), ("a", "b"), ("a", "b")):
+        g = grads(keys)
+        fused.step(views, g)
+        single.step(plain, g)
+        for k in shapes:
+            assert np.array_equal(backend.to_numpy(views[k]), backend.to_numpy(plain[k])), (keys, k)
+    _assert_same_dict(_host_state(backend, fused.state_dict()), _host_state(backend, single.state_dict()))
+    # a parameter replaced by a new array is updated itself, not the stale view
+    fresh = {"a": backend.asarray(backend.to_numpy(views["a"])), "b": views["b"]}
+    g = grads(("a", "b"))
+    fused.step(fresh, g)
+    single.step(plain, g)
+    for k in shapes:
+        assert np.array_equal(backend.to_numpy(fresh[k]), backend.to_numpy(plain[k])), k
+
+
+@pytest.mark.parametrize("pool,stride", [((0, 2), (2, 2)), ((2, 2), (2, 0))])
+def test_pooling_refuses_empty_windows_and_zero_strides(backend, pool, stride):
+    from xpnet import ops
+    x = backend.xp.zeros((1, 1, 4, 4))
+    for forward in (ops.maxpool2d_forward, ops.avgpool2d_forward):
+        with pytest.raises(xpnet.ShapeError, match=r"pool and stride must be >= 1"):
+            forward(backend.xp, x, pool, stride)
