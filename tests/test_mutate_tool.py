@@ -68,6 +68,17 @@ def _verdict(tmp_path, source, check):
     return out.stdout.strip()
 
 
+def _sgd_sign_flipped(source):
+    """optim.py with SGD's final ``p -= ...`` turned into ``p += ...``."""
+    tree = ast.parse(source)
+    sgd = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SGD")
+    update = next(n for n in sgd.body if isinstance(n, ast.FunctionDef) and n.name == "_update")
+    last = update.body[-1]
+    assert isinstance(last, ast.AugAssign) and isinstance(last.op, ast.Sub)
+    last.op = ast.Add()
+    return ast.unparse(tree)
+
+
 def test_a_planted_bug_is_killed_and_the_real_module_survives(tmp_path):
     """The child process really serves the mutant under the module's import name."""
     check = tmp_path / "test_sgd_sign.py"
@@ -77,8 +88,7 @@ def test_a_planted_bug_is_killed_and_the_real_module_survives(tmp_path):
     with open(os.path.join(ROOT, "xpnet", "optim.py")) as f:
         source = f.read()
     assert _verdict(tmp_path, source, check) == "survived"
-    broken = source.replace("p -= lr * g\n", "p += lr * g\n")
-    assert broken != source
+    broken = _sgd_sign_flipped(source)
     assert _verdict(tmp_path, broken, check) == "killed"
 
 
