@@ -58,6 +58,12 @@ class Backend:
         so the replays and the surrounding work stay in order); nothing on the CPU."""
         return contextlib.nullcontext()
 
+    def capture_memory(self):
+        """A context for the steps before and during a capture whose allocations come from a
+        private pool that nothing else uses, so a replay never writes into memory that was handed
+        out again after the capture; nothing on the CPU."""
+        return contextlib.nullcontext()
+
     def capture(self, fn):
         """Record ``fn()``'s device work once and return ``replay()``, which runs it again on the
         same buffers; None where the backend cannot capture (the CPU: the caller then calls fn()

@@ -82,12 +82,44 @@ class CupyBackend(Backend):
     def to_numpy(self, array):
         return self.xp.asnumpy(array)
 
+    # -- fused kernels (backends/cupy_kernels.py; the base class holds the pure-xp reference) ----
+    @property
+    def _kernels(self):
+        if getattr(self, "_kernel_cache", None) is None:
+            from .cupy_kernels import build
+            self._kernel_cache = build(self.xp)
+        return self._kernel_cache
+
+    def relu_forward(self, x):
+        return self._kernels["relu_forward"](x)
+
+    def dropout_forward(self, x, keep, scale):
+        return self._kernels["dropout_forward"](x, keep, x.dtype.type(scale))
+
+    def adam_update(self, p, g, m, v, b1, b2, eps, step, c2, decay, l2, decoupled):
+        """The flat Adam update in one launch (see optim.Adam._update for the reference)."""
+        t = p.dtype.type
+        self._kernels["adam_update"](g, t(b1), t(1.0 - b1), t(b2), t(1.0 - b2), t(eps), step, c2,
+                                     decay, t(l2), bool(decoupled), p, m, v)
+
+    def rng(self, seed=0, stream=0):
+        r = super().rng(seed, stream)
+        r._fused = self._kernels["splitmix64"]
+        return r
+
     def capture_stream(self):
         """The stream of captured training: capture is not allowed on the legacy default stream,
         and running the work around the replays on the same stream keeps it in order."""
         if getattr(self, "_stream", None) is None:
             self._stream = self.xp.cuda.Stream(non_blocking=True)
         return self._stream
+
+    def capture_memory(self):
+        """CuPy's allocator switched to a private MemoryPool (kept for the process): the warm-up
+        step fills it, so the capture itself reuses its blocks and calls no cudaMalloc."""
+        if getattr(self, "_graph_pool", None) is None:
+            self._graph_pool = self.xp.cuda.MemoryPool()
+        return self.xp.cuda.using_allocator(self._graph_pool.malloc)
 
     def capture(self, fn):
         """CUDA graph of ``fn()`` by stream capture (cupy.cuda.Stream.begin_capture/end_capture);

@@ -50,6 +50,7 @@ class CounterRandom(_Draws):
         self.counter = 0
         self._key = _mix64(_mix64(self.seed & _MASK64) ^ (self.stream * _GOLDEN & _MASK64))
         self._device = getattr(self, "_device", None)  # set_state keeps a device counter
+        self._fused = getattr(self, "_fused", None)  # a one-launch splitmix64 (the CuPy backend's)
 
     # -- state, for checkpoints -------------------------------------------------------------
     def get_state(self):
@@ -91,7 +92,9 @@ class CounterRandom(_Draws):
 
     def spawn(self, stream):
         """An independent generator for a sub-task (a layer, the shuffler, the augmenter)."""
-        return CounterRandom(self.xp, self.seed, _mix64(self._key ^ (int(stream) & _MASK64)))
+        child = CounterRandom(self.xp, self.seed, _mix64(self._key ^ (int(stream) & _MASK64)))
+        child._fused = self._fused
+        return child
 
     # -- raw bits ---------------------------------------------------------------------------
     def _bits(self, n):
@@ -108,6 +111,11 @@ class CounterRandom(_Draws):
             start = (counter + u64(self._key)) * u64(_GOLDEN)   # (1,) arrays wrap mod 2**64
             counter += u64(n)
             self._device[1] = self.counter + n
+        if self._fused is not None:  # the same words in one launch (backends/cupy_kernels.py)
+            if not hasattr(start, "shape"):
+                start = xp.full((1,), start, dtype=u64)
+            self.counter += n
+            return self._fused(start, size=n)
         z = self._steps(n) + start
         self.counter += n
         z ^= z >> u64(30)

@@ -62,11 +62,13 @@ class CapturedStep:
         if not self.warm:  # an ordinary step; it tells how many numbers each generator draws
             self.warm = True
             before = [r.counter for r in self.rngs]
-            self._body()
+            with self.backend.capture_memory():
+                self._body()
             self.drawn = [r.counter - b for r, b in zip(self.rngs, before)]
             return self.outputs
         host = self._host_state()
-        self.replay = self.backend.capture(self._body)  # records the step; runs nothing
+        with self.backend.capture_memory():
+            self.replay = self.backend.capture(self._body)  # records the step; runs nothing
         self._restore(host)  # whatever the recording's Python did to the host records
         self.replay()  # runs the recorded step for this batch
         self._advance()

@@ -387,6 +387,14 @@ class Adam(Optimizer):
         super().__init__(lr, **kw)
 
     def _update(self, p, g, lr, state, t):
+        fused = getattr(self.backend, "adam_update", None)
+        if fused is not None and hasattr(t, "astype"):  # the flat step, on a backend with a kernel
+            step = _cast(lr / (1.0 - self.beta1 ** t), p)
+            c2 = _cast(_sqrt(self.xp, 1.0 - self.beta2 ** t), p)
+            decay = _cast(1.0 - lr * self.weight_decay, p) if self._decoupled else p.dtype.type(1)
+            fused(p, g, state["m"], state["v"], self.beta1, self.beta2, self.eps, step, c2, decay,
+                  0.0 if self._decoupled else self.weight_decay, self._decoupled)
+            return
         if self.weight_decay:
             if self._decoupled:
                 p *= _cast(1.0 - lr * self.weight_decay, p)
