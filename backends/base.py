@@ -13,6 +13,9 @@ class Backend:
     # in for them): ops then prefer one gather or strided copy to a loop of cheaper slices.
     few_launches = True
     can_capture = False  # CUDA graph capture of a training step (see capture())
+    # How the fast convolution picks spectral vs columns (xpnet/ops/autotune.py): "estimate" from
+    # the FLOP model tuned on a CPU, or "measure" both once per shape and keep the faster.
+    conv_choice = "estimate"
 
     def __init__(self, xp):
         self.xp = xp

@@ -55,6 +55,7 @@ class CupyBackend(Backend):
     name = "cupy"
     is_gpu = True
     can_capture = True
+    conv_choice = "measure"  # a GPU's speeds are not the CPU's that the FLOP model was tuned on
 
     def __init__(self, device_id=0):
         cupy = _import_cupy()

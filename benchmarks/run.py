@@ -297,7 +297,9 @@ def main(argv=None):
               "settings": {k: v for k, v in vars(args).items() if k != "out"},
               "xpnet_ops": ops.current(), "machine": machine_info(args, torch, np, None),
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
-              "seconds": round(time.time() - started.timestamp(), 1), "results": results}
+              "seconds": round(time.time() - started.timestamp(), 1), "results": results,
+              # what a measuring backend (the GPU) timed and chose per convolution shape
+              "conv_choices": __import__("xpnet.ops.autotune", fromlist=["choices"]).choices()}
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, f"{started:%Y-%m-%d}-{args.device}-{socket.gethostname()}"

@@ -54,14 +54,23 @@ def direct_flops(n, c, f, kh, kw, ho, wo):
     return 3 * 2 * n * ho * wo * f * c * kh * kw
 
 
+def spectral_fits(x_shape, w_shape, padding, itemsize=4):
+    """True when the spectral route's per-bin arrays fit in SPECTRAL_BYTES."""
+    n, c, h, w = x_shape
+    f = w_shape[0]
+    hp, wp = padded_hw((h, w), padding)
+    bins = (hp // 2 + 1) * wp
+    return itemsize * bins * (4 * f * c + 2 * c * n + 2 * f * n) <= SPECTRAL_BYTES
+
+
 def choose(x_shape, w_shape, stride, padding, itemsize=4):
-    """"spectral" or "columns" for this convolution, from the FLOP and memory estimates."""
+    """"spectral" or "columns" for this convolution, from the FLOP and memory estimates (the
+    choice on the CPU backends; a GPU measures instead, see autotune.py)."""
     n, c, h, w = x_shape
     f, _, kh, kw = w_shape
     hp, wp = padded_hw((h, w), padding)
     ho, wo = out_size(hp, kh, stride[0]), out_size(wp, kw, stride[1])
-    bins = (hp // 2 + 1) * wp
-    if itemsize * bins * (4 * f * c + 2 * c * n + 2 * f * n) > SPECTRAL_BYTES:
+    if not spectral_fits(x_shape, w_shape, padding, itemsize):
         return "columns"
     spectral = spectral_flops(n, c, f, h, w, ho, wo, hp, wp)
     return "spectral" if SPECTRAL_ADVANTAGE * spectral < direct_flops(n, c, f, kh, kw, ho, wo) else "columns"

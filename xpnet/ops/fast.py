@@ -4,6 +4,9 @@ This module is the ``fast`` implementation behind the ``ops`` facade: it checks 
 ``choose`` (chooser.py) for one of two exact convolution methods per call, and keeps the cache
 that routes the backward pass to the same method.
 
+Which method runs is autotune.py's call: the FLOP estimate (chooser.py) on the CPU backends, a
+measurement once per shape on a GPU.
+
 * ``spectral`` (spectral.py): DFTs as GEMMs on the zero-padded frame, a batched GEMM over
   frequency bins for the channel mixing; 3-4x fewer FLOPs than direct convolution for 5x5 kernels
   on 14x14 to 28x28 images with tens of channels.
@@ -14,8 +17,8 @@ Pooling (pooling.py) works on strided views and reshaped windows. Convolution ge
 sizes, padding, window slices) is in geometry.py, shared with the reference ops and the layers.
 Arrays keep the input dtype throughout.
 """
-from ..errors import ShapeError
-from . import columns, spectral
+from ..errors import ConfigError, ShapeError
+from . import autotune, columns, spectral
 from .chooser import choose
 from .geometry import padded_hw
 from .pooling import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
@@ -37,12 +40,16 @@ def _check_conv(x, W, b, stride, padding):
         raise ShapeError(f"conv2d: stride must be >= 1 and padding >= 0, got {stride} and {padding}")
 
 
-def conv2d_forward(xp, x, W, b, stride, padding):
-    """y (N, F, Ho, Wo) = cross-correlation of zero-padded x with W, plus b; cache for backward."""
+def conv2d_forward(xp, x, W, b, stride, padding, method=None):
+    """y (N, F, Ho, Wo) = cross-correlation of zero-padded x with W, plus b; cache for backward.
+    ``method`` ("spectral" or "columns") forces one; by default autotune.method_for picks it."""
     stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
     _check_conv(x, W, b, stride, padding)
     W = W if W.dtype == x.dtype else W.astype(x.dtype)
-    method = choose(tuple(x.shape), tuple(W.shape), stride, padding, x.itemsize)
+    if method is None:
+        method = autotune.method_for(xp, x, W, stride, padding)
+    elif method not in ("spectral", "columns"):
+        raise ConfigError(f"conv2d method must be 'spectral' or 'columns', got {method!r}")
     y, kept = (spectral if method == "spectral" else columns).forward(xp, x, W, b, stride, padding)
     return y, dict(impl="fast", method=method, x_shape=tuple(x.shape), w_shape=tuple(W.shape),
                    stride=stride, padding=padding, y_shape=tuple(y.shape), dtype=x.dtype,
