@@ -13,6 +13,9 @@ keeps it). Both methods are exact, so the choice changes speed and rounding, not
 float rounding; a measured choice may differ between runs when the two are close, so set
 ``XPNET_CONV_CHOICE=estimate`` for bit-for-bit repeatable GPU runs. The spectral route's memory
 budget (``chooser.spectral_fits``) applies in every mode. ``choices()`` lists what was measured.
+With ``fit(..., graph=True)`` the measurement (which synchronizes) happens in the ordinary warm-up
+step; the captured step has the same shapes and finds the cached choice, so nothing syncs inside
+a capture.
 """
 import math
 import os
