@@ -17,8 +17,9 @@
 # in summary.txt and the next step still runs; the exit status is 0 when every step passed.
 # --dry-run runs the same steps on the CPU at tiny sizes (strict backend, one small test file,
 # a one-model benchmark, 64 training images): the test suite runs it, so the script itself cannot
-# fail on a typo when a GPU comes. Set CUPY_TF32=1 to let cuBLAS use TF32 in the benchmark and the
-# training (never in the tests); summary.txt records it. See DEVELOPERS.md.
+# fail on a typo when a GPU comes. TF32: the tests never use it; benchmarks/run.py turns it on for
+# both frameworks unless CUPY_TF32=0 is set; the training uses it only with CUPY_TF32=1 set for the
+# whole script. The settings step (logs/settings.log) and result.json record it. See DEVELOPERS.md.
 set -uo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
