@@ -4,8 +4,8 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "xpnet"
 # Host-side modules that legitimately use NumPy: file formats (ONNX export too), plotting, the CLI,
-# `xpnet serve`.
-HOST_SIDE = {"datasets", "io", "viz", "cli", "serialization", "data", "serve", "onnx_export"}
+# `xpnet serve`, image preprocessing.
+HOST_SIDE = {"datasets", "io", "viz", "cli", "serialization", "data", "serve", "onnx_export", "preprocess"}
 
 
 def _imports(path):

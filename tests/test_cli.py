@@ -125,25 +125,74 @@ def test_summary_of_a_model_file(image_model, capsys):
 def test_predict_png_gray_and_colour(image_model, tmp_path, capsys):
     import matplotlib.image as mpimg
     _, path = image_model
-    top = np.zeros((56, 56))
-    top[:28] = 1.0  # bright top half, twice the model's size: resized to 28 x 28
+    top = np.zeros((28, 28))
+    top[:14] = 1.0  # bright top half
     mpimg.imsave(tmp_path / "top.png", top, cmap="gray", vmin=0, vmax=1)
     assert cli.main(["predict", path, str(tmp_path / "top.png")]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("image 0: class 0 ")
-    bottom = np.zeros((20, 20, 3))
-    bottom[10:] = [1.0, 1.0, 1.0]  # white bottom half on black, RGB, smaller than 28 x 28
+    assert out.startswith(f"{tmp_path / 'top.png'}: class 0 ")
+    bottom = np.zeros((28, 28, 3))
+    bottom[14:] = [1.0, 1.0, 1.0]  # white bottom half on black, RGB
     mpimg.imsave(tmp_path / "bottom.png", bottom)
     assert cli.main(["predict", path, str(tmp_path / "bottom.png"), "--top", "2"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith("image 0: class 1 ") and "top 2: 1: " in line and line.count(", ") == 1
+    assert line.startswith(f"{tmp_path / 'bottom.png'}: class 1 ") and "top 2: 1: " in line
+    assert line.count(", ") == 1
     assert cli.main(["predict", path, str(tmp_path / "bottom.png"), "--invert"]) == 0
-    assert capsys.readouterr().out.startswith("image 0: class 0 ")
+    assert ": class 0 " in capsys.readouterr().out
     white = np.ones((28, 28))
     white[5:20, 12:15] = 0.0  # a dark stroke on white paper
     mpimg.imsave(tmp_path / "paper.png", white, cmap="gray", vmin=0, vmax=1)
     assert cli.main(["predict", path, str(tmp_path / "paper.png")]) == 0
     assert "try --invert" in capsys.readouterr().err
+
+
+def test_predict_names_each_result_by_its_file(image_model, tmp_path, capsys):
+    import matplotlib.image as mpimg
+    _, path = image_model
+    files = []
+    for name, rows in (("a.png", slice(0, 14)), ("b.png", slice(14, 28))):
+        img = np.zeros((28, 28))
+        img[rows] = 1.0
+        mpimg.imsave(tmp_path / name, img, cmap="gray", vmin=0, vmax=1)
+        files.append(str(tmp_path / name))
+    images = np.zeros((2, 28, 28), dtype=np.uint8)
+    images[1, 14:] = 255
+    write_idx_images(tmp_path / "two.gz", images)
+    files.append(str(tmp_path / "two.gz"))
+    assert cli.main(["predict", path] + files) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(": class ")[0] for line in lines] == [
+        files[0], files[1], f"{files[2]}[0]", f"{files[2]}[1]"]
+    assert [line.split(": class ")[1].split()[0] for line in lines] == ["0", "1", "0", "1"]
+
+
+@pytest.mark.parametrize("size", [(64, 64), (30, 100), (2, 2)])
+def test_predict_refuses_other_sizes_without_preprocess(image_model, tmp_path, capsys, size):
+    import matplotlib.image as mpimg
+    _, path = image_model
+    h, w = size
+    mpimg.imsave(tmp_path / "odd.png", np.zeros((h, w)), cmap="gray", vmin=0, vmax=1)
+    assert cli.main(["predict", path, str(tmp_path / "odd.png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no silent resize, no result
+    assert (f"odd.png: the images are {w}x{h}, but the model takes 28x28 images with 1 channel(s); "
+            "pass --preprocess mnist") in captured.err
+
+
+def test_predict_preprocess_mnist_centres_the_digit_and_says_so(image_model, tmp_path, capsys):
+    import matplotlib.image as mpimg
+    _, path = image_model
+    img = np.zeros((100, 30))
+    img[70:95, 5:25] = 1.0  # a blob low in a tall image: centred, it covers both halves
+    mpimg.imsave(tmp_path / "low.png", img, cmap="gray", vmin=0, vmax=1)
+    assert cli.main(["predict", path, str(tmp_path / "low.png"), "--preprocess", "mnist"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{tmp_path / 'low.png'} (MNIST-preprocessed from 30x100: bounding box "
+                          "to 20x20, centred by mass): class ")
+    mpimg.imsave(tmp_path / "blank.png", np.zeros((100, 30)), cmap="gray", vmin=0, vmax=1)
+    assert cli.main(["predict", path, str(tmp_path / "blank.png"), "--preprocess", "mnist"]) == 2
+    assert "blank.png: no digit found" in capsys.readouterr().err
 
 
 def test_predict_idx_file_and_probabilities(image_model, tmp_path, capsys):
@@ -154,7 +203,7 @@ def test_predict_idx_file_and_probabilities(image_model, tmp_path, capsys):
     write_idx_images(tmp_path / "imgs-idx3-ubyte.gz", images)
     assert cli.main(["predict", path, str(tmp_path / "imgs-idx3-ubyte.gz"), "--dataset", "mnist"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [l.split()[3] for l in lines] == ["0", "1", "0"]  # the blank image: all logits 0 -> class 0
+    assert [l.split(": class ")[1].split()[0] for l in lines] == ["0", "1", "0"]  # the blank image: all logits 0 -> class 0
     logits = np.zeros(10)
     logits[0] = 5.0
     p0 = np.exp(5) / (np.exp(5) + 9)
@@ -168,7 +217,8 @@ def test_predict_refuses_wrong_sizes_and_formats(image_model, tmp_path, capsys):
     _, path = image_model
     write_idx_images(tmp_path / "small.gz", np.zeros((2, 20, 20)))
     assert cli.main(["predict", path, str(tmp_path / "small.gz")]) == 2
-    assert "IDX images are (20, 20), but the model expects input (1, 28, 28)" in capsys.readouterr().err
+    assert ("small.gz: the images are 20x20, but the model takes 28x28 images with 1 channel(s)"
+            in capsys.readouterr().err)
     (tmp_path / "notes.txt").write_text("hello")
     assert cli.main(["predict", path, str(tmp_path / "notes.txt")]) == 2
     assert "not a PNG or IDX images file" in capsys.readouterr().err
@@ -182,14 +232,6 @@ def test_evaluate_counts_mistakes_on_the_test_set(image_model, capsys):
     expected = int((cli.predict_probs(model, x).argmax(axis=1) != y).sum())
     assert f"({expected} mistakes)" in out and "10000 images" in out
     assert 8000 < expected < 10000  # a two-class toy model gets most digits wrong
-
-
-def test_resize_bilinear_and_area():
-    img = np.arange(16, dtype=float).reshape(1, 4, 4)
-    np.testing.assert_allclose(cli.resize(img, 2, 2)[0], [[2.5, 4.5], [10.5, 12.5]])
-    up = cli.resize(np.array([[[0.0, 1.0]]]), 1, 4)
-    np.testing.assert_allclose(up[0, 0], [0.0, 0.25, 0.75, 1.0])
-    assert cli.resize(img, 4, 4) is img
 
 
 def test_info_reports_the_gpu_when_cupy_works(monkeypatch, capsys):
@@ -221,7 +263,7 @@ def test_evaluate_and_predict_take_the_dataset_from_the_run_folder(image_model, 
     images[0, :14] = 255
     write_idx_images(tmp_path / "one.gz", images)
     assert cli.main(["predict", str(run / "model.npz"), str(tmp_path / "one.gz")]) == 0
-    assert capsys.readouterr().out.startswith("image 0: class T-shirt/top ")
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'one.gz'}[0]: class T-shirt/top ")
     assert cli._run_dataset(str(run / "model.npz")) == "fashion-mnist"
     assert cli._run_dataset(path) is None
 

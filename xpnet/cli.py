@@ -212,16 +212,20 @@ def cmd_evaluate(args):
 def cmd_predict(args):
     from .io import load_model
     model = load_model(args.model_file, device=args.device, compile=False)
-    images = read_images(args.image_file, model.input_shape, invert=args.invert)
-    if not args.invert and images.mean() > 0.5:
-        print("note: the image is mostly bright; MNIST-style models expect light strokes on a dark "
-              "background (try --invert)", file=sys.stderr)
-    probs = predict_probs(model, images, 256)
-    names = _class_names(args.dataset or _run_dataset(args.model_file), probs.shape[1])
-    for i, p in enumerate(probs):
-        order = np.argsort(-p)[:args.top]
-        best = ", ".join(f"{names[k]}: {p[k]:.4f}" for k in order)
-        print(f"image {i}: class {names[order[0]]} (p={p[order[0]]:.4f})  top {len(order)}: {best}")
+    names = None
+    for path in args.image_files:
+        images, labels = read_images(path, model.input_shape, invert=args.invert,
+                                     preprocess=args.preprocess)
+        if not args.invert and images.mean() > 0.5:
+            print(f"note: {path} is mostly bright; MNIST-style models expect light strokes on a dark "
+                  "background (try --invert)", file=sys.stderr)
+        probs = predict_probs(model, images, 256)
+        if names is None:
+            names = _class_names(args.dataset or _run_dataset(args.model_file), probs.shape[1])
+        for label, p in zip(labels, probs):
+            order = np.argsort(-p)[:args.top]
+            best = ", ".join(f"{names[k]}: {p[k]:.4f}" for k in order)
+            print(f"{label}: class {names[order[0]]} (p={p[order[0]]:.4f})  top {len(order)}: {best}")
     return 0
 
 
@@ -349,29 +353,59 @@ def predict_probs(model, x, batch_size=256):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def read_images(path, input_shape, invert=False):
-    """A PNG (any size, gray or colour) or an IDX images file -> float (N, C, H, W) in [0, 1]."""
-    from .errors import DataError, ShapeError
+def read_images(path, input_shape, invert=False, preprocess=None):
+    """A PNG (gray or colour) or an IDX images file -> (float (N, C, H, W) in [0, 1], one label per
+    image naming its file). Images must have the model's size, unless ``preprocess="mnist"``: then
+    each is cropped, scaled and centred the way MNIST was made (xpnet.preprocess.mnist_style)."""
+    from .errors import ConfigError, DataError
+    if preprocess not in (None, "none", "mnist"):
+        raise ConfigError(f"preprocess must be 'none' or 'mnist', got {preprocess!r}")
+    preprocess = None if preprocess == "none" else preprocess
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3):
+        from .errors import ShapeError
+        raise ShapeError(f"the model takes input {tuple(input_shape)}, not images (C, H, W)")
+    if preprocess == "mnist" and tuple(input_shape) != (1, 28, 28):
+        raise ConfigError(f"--preprocess mnist makes 28x28 gray digits, but the model takes input "
+                          f"{tuple(input_shape)}")
     if not os.path.isfile(path):
         raise DataError(f"no such image file: {path}")
     with open(path, "rb") as f:
         head = f.read(8)
     if head.startswith(b"\x89PNG"):
-        images = _read_png(path, input_shape)
+        images = _read_png(path, input_shape[0])[None]
+        labels = [path]
     elif head[:2] in (b"\x00\x00", b"\x1f\x8b"):
         from .datasets.idx import IMAGES_MAGIC, read_idx
-        raw = read_idx(path, magic=IMAGES_MAGIC)
-        images = raw.astype(np.float64)[:, None] / 255
-        if images.shape[1:] != tuple(input_shape):
-            raise ShapeError(f"{path}: IDX images are {raw.shape[1:]}, but the model expects "
-                             f"input {tuple(input_shape)}")
+        images = read_idx(path, magic=IMAGES_MAGIC).astype(np.float64)[:, None] / 255
+        labels = [f"{path}[{i}]" for i in range(len(images))]
     else:
         raise DataError(f"{path}: not a PNG or IDX images file")
-    return 1.0 - images if invert else images
+    if invert:
+        images = 1.0 - images
+    size = images.shape[1:]
+    if preprocess == "mnist":
+        from .preprocess import mnist_style
+        try:
+            images = np.stack([mnist_style(img[0]) for img in images])[:, None]
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from None
+        note = f"MNIST-preprocessed from {size[2]}x{size[1]}: bounding box to 20x20, centred by mass"
+        labels = [f"{label} ({note})" for label in labels]
+    elif size != tuple(input_shape):
+        channels, h, w = input_shape
+        what = (f"{size[2]}x{size[1]}" if size[0] == channels
+                else f"{size[2]}x{size[1]} with {size[0]} channel(s)")
+        how = ("pass --preprocess mnist to crop, scale and centre the digit the way MNIST was made, "
+               f"or resize it to {w}x{h} yourself" if tuple(input_shape) == (1, 28, 28)
+               else f"resize it to {w}x{h} first")
+        raise DataError(f"{path}: the images are {what}, but the model takes {w}x{h} images "
+                        f"with {channels} channel(s); {how}")
+    return images, labels
 
 
-def _read_png(path, input_shape):
-    from .errors import DataError, ShapeError
+def _read_png(path, channels):
+    """A PNG as float (channels, H, W) in [0, 1]: colour becomes gray for one channel."""
+    from .errors import DataError
     try:
         import matplotlib.image as mpimg
     except ImportError as exc:
@@ -386,35 +420,11 @@ def _read_png(path, input_shape):
         if img.shape[2] == 4:  # composite on white, the way a viewer shows it
             img = img[..., :3] * img[..., 3:] + (1 - img[..., 3:])
         img = img[..., :3]
-    if len(input_shape) != 3 or input_shape[0] not in (1, 3):
-        raise ShapeError(f"the model takes input {tuple(input_shape)}, not images (C, H, W)")
-    channels, h, w = input_shape
     if channels == 1:
         if img.ndim == 3:
             img = img @ np.array([0.299, 0.587, 0.114])
-        img = img[None]
-    else:
-        img = np.stack([img] * 3) if img.ndim == 2 else img.transpose(2, 0, 1)
-    return resize(img, h, w)[None]
-
-
-def resize(img, h, w):
-    """Bilinear resize of a (C, H, W) float image (area-averaged first when shrinking a lot)."""
-    c, h0, w0 = img.shape
-    if (h0, w0) == (h, w):
-        return img
-    fy, fx = max(1, h0 // h), max(1, w0 // w)
-    if fy > 1 or fx > 1:
-        img = img[:, :h0 // fy * fy, :w0 // fx * fx].reshape(c, h0 // fy, fy, w0 // fx, fx).mean(axis=(2, 4))
-        c, h0, w0 = img.shape
-    ys = np.clip((np.arange(h) + 0.5) * h0 / h - 0.5, 0, h0 - 1)
-    xs = np.clip((np.arange(w) + 0.5) * w0 / w - 0.5, 0, w0 - 1)
-    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
-    y1, x1 = np.minimum(y0 + 1, h0 - 1), np.minimum(x0 + 1, w0 - 1)
-    wy, wx = (ys - y0)[:, None], (xs - x0)[None, :]
-    top = img[:, y0][:, :, x0] * (1 - wx) + img[:, y0][:, :, x1] * wx
-    bottom = img[:, y1][:, :, x0] * (1 - wx) + img[:, y1][:, :, x1] * wx
-    return top * (1 - wy) + bottom * wy
+        return img[None]
+    return np.stack([img] * 3) if img.ndim == 2 else img.transpose(2, 0, 1)
 
 
 # -- the parser and entry point ----------------------------------------------------------------
@@ -437,15 +447,20 @@ def build_parser():
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="classify a PNG image or an IDX images file")
+    p = sub.add_parser("predict", help="classify PNG images or IDX images files")
     p.add_argument("model_file", metavar="MODEL.npz")
-    p.add_argument("image_file", metavar="FILE")
+    p.add_argument("image_files", metavar="FILE", nargs="+",
+                   help="PNG images or IDX images files; each result is named by its file")
     p.add_argument("--dataset", default=None, choices=DATASET_CHOICES,
                    help="print this dataset's class names (default: the run folder's dataset)")
     p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
     p.add_argument("--top", type=positive_int, default=3, help="how many classes to list per image")
     p.add_argument("--invert", action="store_true",
                    help="invert the image (for dark digits on a light background)")
+    p.add_argument("--preprocess", default="none", choices=("none", "mnist"),
+                   help="none (default): images must have the model's size (28x28 for MNIST); "
+                        "mnist: crop each digit, scale it to fit 20x20 and centre it by its centre "
+                        "of mass in 28x28, the way MNIST was made")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("summary", help="layers and parameter counts of a zoo model or a model file")
