@@ -180,13 +180,37 @@ def test_search_order(isolated, monkeypatch):
 def test_not_found_lists_every_place_and_file(isolated, monkeypatch):
     monkeypatch.setenv("XPNET_DATA", str(isolated / "env"))
     with pytest.raises(DataError) as err:
-        ds.load("fashion-mnist", data_dir=isolated / "mine", download=False)
+        ds.load("fashion-mnist", download=False)
     msg = str(err.value)
-    for expected in [str(isolated / "mine"), str(isolated / "env" / "fashion-mnist"),
+    for expected in [str(isolated / "env" / "fashion-mnist"),
                      str(isolated / "repo_data" / "fashion-mnist"),
                      str(isolated / "home" / ".cache" / "xpnet" / "fashion-mnist"),
                      str(isolated / "system" / "fashion-mnist"), "download=False", *IDX_FILES]:
         assert expected in msg, f"{expected!r} missing from: {msg}"
+
+
+def test_a_data_dir_is_used_alone_never_a_silent_fallback(isolated, monkeypatch):
+    """A data_dir that does not exist, or holds no complete dataset, is an error naming what was
+    looked for, even when another copy (here $XPNET_DATA's) would have been found."""
+    make_mnist(isolated / "env" / "mnist")
+    monkeypatch.setenv("XPNET_DATA", str(isolated / "env"))
+    assert len(ds.load("mnist", download=False)[0][1]) == 5  # the fallback copy exists
+    missing = isolated / "nonexistent"
+    with pytest.raises(DataError) as err:
+        ds.load("mnist", data_dir=missing)
+    msg = str(err.value)
+    assert f"the data directory {missing} holds no mnist dataset" in msg
+    assert f"{missing} (no such folder)" in msg and f"{missing / 'mnist'} (no such folder)" in msg
+    assert all(f in msg for f in IDX_FILES)
+    (isolated / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty \(none of the files\)"):
+        ds.load("mnist", data_dir=isolated / "empty")
+    make_mnist(isolated / "half")
+    (isolated / "half" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"half \(missing t10k-labels-idx1-ubyte\.gz\)"):
+        ds.load("mnist", data_dir=isolated / "half")
+    with pytest.raises(DataError, match=r"cifar-10-binary\.tar\.gz or a cifar-10-batches-bin/"):
+        ds.load("cifar10", data_dir=isolated / "empty")
 
 
 def test_unknown_dataset():

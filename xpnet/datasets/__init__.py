@@ -2,11 +2,13 @@
 
     (x_train, y_train), (x_test, y_test) = xpnet.datasets.load("mnist")
 
-Images are uint8 NCHW, labels int64. Files are looked for, in order, in: the ``data_dir``
-argument (the folder itself, then ``data_dir/<name>/``), ``$XPNET_DATA/<name>/``, the
-repository's ``data/<name>/``, ``~/.cache/xpnet/<name>/`` and ``/usr/share/datasets/<name>/``.
-If none holds them and ``download`` is true they are downloaded into ``~/.cache/xpnet/<name>/``
-and checked against the md5 of the published file.
+Images are uint8 NCHW, labels int64. A ``data_dir`` argument is the one place looked in (the
+folder itself, then ``data_dir/<name>/``): when it does not exist or holds no complete copy of the
+dataset, that is an error naming what was looked for (never a silent fallback). Without it, files
+are looked for, in order, in ``$XPNET_DATA/<name>/``, the repository's ``data/<name>/``,
+``~/.cache/xpnet/<name>/`` and ``/usr/share/datasets/<name>/``; if none holds them and
+``download`` is true they are downloaded into ``~/.cache/xpnet/<name>/`` and checked against the
+md5 of the published file.
 
 Local files are always checked for structure (IDX header against payload size, record sizes,
 label range, image sizes, matching counts). Their md5 is checked only with ``verify=True``,
@@ -88,13 +90,7 @@ def _locate(key, folder):
 
 
 def _not_found(key, places, download, failure=None):
-    files = DATASETS[key]["files"]
-    if DATASETS[key]["format"] == "cifar":
-        wanted = (f"{files[0]} or a {cifar.CIFAR_FOLDER}/ folder with "
-                  + ", ".join(cifar.CIFAR_TRAIN + cifar.CIFAR_TEST))
-    else:
-        wanted = ", ".join(files) + " (gzip, or uncompressed without .gz)"
-    lines = [f"{key}: dataset files not found. Expected {wanted} in one of:"]
+    lines = [f"{key}: dataset files not found. Expected {_wanted(key)} in one of:"]
     for label, folder in places:
         if folder is None:
             lines.append(f"  {label}: " + ("XPNET_DATA not set" if "XPNET" in label else "-"))
@@ -119,9 +115,43 @@ def _download(key):
     return _locate(key, folder)
 
 
+def _wanted(key):
+    files = DATASETS[key]["files"]
+    if DATASETS[key]["format"] == "cifar":
+        return (f"{files[0]} or a {cifar.CIFAR_FOLDER}/ folder with "
+                + ", ".join(cifar.CIFAR_TRAIN + cifar.CIFAR_TEST))
+    return ", ".join(files) + " (gzip, or uncompressed without .gz)"
+
+
+def _folder_state(key, folder):
+    if not os.path.isdir(folder):
+        return "no such folder" if not os.path.exists(folder) else "not a folder"
+    if DATASETS[key]["format"] == "cifar":
+        return "incomplete" if os.listdir(folder) else "empty"
+    missing = [f for f in DATASETS[key]["files"] if _idx_path(folder, f) is None]
+    if len(missing) == len(DATASETS[key]["files"]):
+        return "none of the files"
+    return "missing " + ", ".join(missing)
+
+
+def _find_in_data_dir(key, data_dir):
+    folders = [folder for _, folder in search_places(key, data_dir)[:2]]
+    for folder in folders:
+        paths = _locate(key, folder)
+        if paths:
+            return paths
+    where = "; ".join(f"{folder} ({_folder_state(key, folder)})" for folder in folders)
+    raise DataError(f"{key}: the data directory {os.fspath(data_dir)} holds no {key} dataset. "
+                    f"Expected {_wanted(key)} in {where}. Leave the data directory out to use the "
+                    "bundled or cached copy (or to download it)")
+
+
 def find(name, data_dir=None, download=True):
-    """Where the dataset's files are: a dict of paths (downloading them if allowed)."""
+    """Where the dataset's files are: a dict of paths (downloading them if allowed).
+    With ``data_dir`` only that folder (and its ``<name>/`` subfolder) is looked in."""
     key = _canonical(name)
+    if data_dir is not None:
+        return _find_in_data_dir(key, data_dir)
     places = search_places(key, data_dir)
     for _, folder in places:
         paths = _locate(key, folder)
