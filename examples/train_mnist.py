@@ -38,6 +38,21 @@ threads_per_rank(sys.argv[1:])
 from xpnet.cli import add_train_arguments, guarded, train_from_args  # noqa: E402
 
 
+def check_mnist_model(name):
+    """Refuse a zoo model whose recipe trains on another dataset (another input shape)."""
+    from xpnet import models
+    from xpnet.errors import ConfigError
+    if name is None:
+        return
+    entry = models.get(name)
+    dataset = entry.recipe.get("dataset") or "mnist"
+    if dataset != "mnist":
+        shape = "x".join(str(d) for d in entry.input_shape)
+        raise ConfigError(f"{entry.name} is a {dataset} model (its recipe trains on {shape} {dataset} "
+                          f"images); this script trains on MNIST only: run `xpnet train --model "
+                          f"{entry.name}`, which uses the model's own dataset")
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="train_mnist.py", description=__doc__.split("\n\n")[0])
@@ -45,6 +60,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     def run():
+        check_mnist_model(args.model)
         train_from_args(args, ["python", "examples/train_mnist.py"] + argv)
         return 0
 
