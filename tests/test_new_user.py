@@ -44,3 +44,78 @@ def test_a_data_dir_that_does_not_exist_is_refused(tmp_path, capsys, command):
     assert err.startswith(f"xpnet train: error: mnist: the data directory {missing} holds no mnist dataset")
     assert "train-images-idx3-ubyte.gz" in err and "(no such folder)" in err
     assert not out.exists()  # nothing trained, no run folder recording the bad path
+
+
+# -- a run in a log shows progress, and an honest estimate --------------------------------------
+def run_main_job(tmp_path, *args, env=None, timeout=300):
+    import subprocess
+    import sys
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run([sys.executable, "examples/train_mnist.py", "--device", "cpu",
+                           "--out", str(tmp_path)] + list(args), cwd=ROOT, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_run_without_a_terminal_prints_progress_lines_and_an_estimate(tmp_path):
+    """stderr is a pipe (as in `make train | tee log` or nohup): no bar, but progress lines at the
+    configured rate within the first epoch, then the estimate line, then the epoch line."""
+    proc = run_main_job(tmp_path, "--quick", "--train-images", "6000", "--epochs", "2",
+                        env={"XPNET_PROGRESS_SECONDS": "0.02"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    first_epoch = lines[:next(i for i, l in enumerate(lines) if l.startswith("epoch 1/2 - ") and "loss" in l)]
+    progress = [l for l in first_epoch if l.startswith("epoch 1/2 - step ")]
+    assert len(progress) >= 2, proc.stderr[-3000:]
+    import re
+    pattern = re.compile(r"epoch 1/2 - step ([\d,]+)/94 - [\d,]+ img/s - \d+ s left in the epoch$")
+    assert all(pattern.match(l) for l in progress), progress
+    estimate = [l for l in first_epoch if l.startswith("estimate: ")]
+    assert len(estimate) == 1, proc.stderr[-3000:]
+    assert re.match(r"estimate: \d+ s per epoch of 94 steps \([\d,]+ images/s over steps 6-45\); "
+                    r"the 2 epochs would take about \d+ s$", estimate[0]), estimate
+    assert "--time-limit" not in proc.stderr  # a short run gets no advice
+    assert "\r" not in proc.stderr  # no bar drawn into the log
+
+
+def test_progress_lines_are_bounded_by_the_interval(capsys):
+    from xpnet.progress import Progress
+    import io
+    stream = io.StringIO()
+    p = Progress(verbose=2, epochs=1, steps=10_000, stream=stream, line_interval=3600)
+    p.epoch_begin(0)
+    for b in range(10_000):
+        p.batch_end(b, 16)
+    assert "step" not in stream.getvalue()  # an hour has not passed: no line
+    p = Progress(verbose=2, epochs=1, steps=50, stream=stream, line_interval=0)
+    p.epoch_begin(0)
+    for b in range(50):
+        p.batch_end(b, 16)
+    assert stream.getvalue().count(" - step ") == 49  # every step but the last (the epoch line)
+
+
+def _fit_counts(verbose, callbacks=()):
+    import numpy as np
+    import xpnet
+    from xpnet.backends.strict_backend import COUNTERS
+    from xpnet.layers import Dense, ReLU
+    r = np.random.default_rng(0)
+    x = r.standard_normal((200, 6)).astype(np.float32)
+    y = r.integers(0, 3, size=200).astype(np.int64)
+    m = xpnet.Sequential([Dense(12), ReLU(), Dense(3)], input_shape=(6,), device="strict", seed=0)
+    m.compile(loss="cross_entropy", optimizer="adam", metrics=["accuracy"])
+    before = dict(COUNTERS)
+    m.fit(x, y, epochs=2, batch_size=4, verbose=verbose, callbacks=list(callbacks))
+    return {k: COUNTERS[k] - before[k] for k in COUNTERS}
+
+
+def test_progress_lines_and_the_estimate_add_no_host_sync(monkeypatch, capsys):
+    """On the strict backend (which counts host syncs), progress lines after every step and the
+    estimate cost exactly as many syncs as a silent run: none per batch."""
+    from xpnet.progress import Estimate
+    silent = _fit_counts(0)
+    monkeypatch.setenv("XPNET_PROGRESS_SECONDS", "0")
+    loud = _fit_counts(2, [Estimate(after_steps=3, skip_steps=1, advice="advice", advice_after=0)])
+    err = capsys.readouterr().err
+    assert err.count(" - step ") == 2 * 49 and err.count("estimate: ") == 1 and "advice" in err
+    assert loud == silent
+    assert silent["syncs"] == 1 + 2  # validating the data, then one per epoch

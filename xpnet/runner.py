@@ -286,14 +286,13 @@ def _execute(config, folder, backend, data, verbose, plot, resume, t_start, time
               f"images ({config['validation_images']} held out for validation) with {backend.name}"
               f"{'' if comm is None else f' on {comm.size} ranks ({comm.kind})'}, "
               f"{recipe['epochs']} epochs of batch {recipe['batch_size']}; run folder {folder}")
-        if not backend.is_gpu and model.count_params() > 200_000 and len(y_train) > 20_000:
-            print("note: a model this size trains slowly on a CPU; --device gpu runs the full recipe, "
-                  "--quick checks the setup in seconds, and --resume continues an interrupted run")
     if recipe.get("targets") == "one_hot":
         y_train = datasets.one_hot(y_train, info["classes"], dtype)
         if validation is not None:
             validation = (validation[0], datasets.one_hot(validation[1], info["classes"], dtype))
     callbacks = _callbacks(recipe, folder, tensorboard)
+    if verbose:
+        callbacks.append(_estimate(recipe, backend))
     model.compile(loss=recipe.get("loss") or "cross_entropy", optimizer=_optimizer(recipe),
                   metrics=["accuracy"])
     t_fit = time.perf_counter()
@@ -356,6 +355,18 @@ def _callbacks(recipe, folder, tensorboard=None):
     if recipe.get("early_stopping"):
         out.append(cb.EarlyStopping(**recipe["early_stopping"]))
     return out
+
+
+CPU_ADVICE = ("on this CPU that is long: --time-limit MINUTES ends the run in time (checkpoint, "
+              "test result and all), --quick checks the setup in seconds, a GPU (--device gpu) "
+              "runs the whole recipe, and --resume RUN_DIR continues an interrupted run")
+
+
+def _estimate(recipe, backend):
+    """The line with the measured time per epoch and for the run; on a CPU, what to do instead."""
+    from .progress import Estimate
+    return Estimate(advice=None if backend.is_gpu else CPU_ADVICE,
+                    stops_early=bool(recipe.get("early_stopping")))
 
 
 def _best_epoch(history, callbacks):
