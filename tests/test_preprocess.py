@@ -45,6 +45,17 @@ def test_an_mnist_digit_is_nearly_unchanged():
     assert best < 0.03
 
 
+def test_faint_noise_outside_the_digit_can_be_left_out_of_the_box():
+    img = np.zeros((60, 60))
+    img[20:40, 25:35] = 1.0
+    img[2, 2] = img[57, 57] = 0.05  # specks far from the digit
+    tight = mnist_style(img, threshold=0.1)
+    rows = np.nonzero(tight.max(axis=1) > 0.5)[0]
+    assert rows.max() - rows.min() + 1 == 20  # the digit, not the specks, fills the box
+    loose = mnist_style(img)
+    assert (loose > 0.5).sum() < (tight > 0.5).sum()  # with the specks the digit shrinks
+
+
 def test_uint8_and_float_give_the_same_result():
     img = np.zeros((50, 40), dtype=np.uint8)
     img[10:30, 5:35] = 200
@@ -56,7 +67,7 @@ def test_bad_input_is_refused_with_a_reason():
         mnist_style(np.zeros((30, 30)))
     with pytest.raises(ShapeError, match=r"one gray image \(H, W\)"):
         mnist_style(np.zeros((1, 28, 28)))
-    with pytest.raises(DataError, match=r"pixel values in \[0, 1\]"):
-        mnist_style(np.full((5, 5), 3.0))
+    with pytest.raises(DataError, match=r"ink values >= 0"):
+        mnist_style(np.full((5, 5), -3.0))
     with pytest.raises(DataError, match="NaN"):
         mnist_style(np.full((5, 5), np.nan))

@@ -13,7 +13,8 @@ import pytest
 
 import xpnet
 from xpnet import cli
-from xpnet.cli import predict_probs, resize
+from xpnet.cli import predict_probs
+from xpnet.preprocess import resize
 from xpnet.errors import ConfigError, DataError, ShapeError
 from xpnet.serve import BOX, MAX_BODY, RUN_FILES, App, make_server, preprocess
 

@@ -386,7 +386,7 @@ def read_images(path, input_shape, invert=False, preprocess=None):
     if preprocess == "mnist":
         from .preprocess import mnist_style
         try:
-            images = np.stack([mnist_style(img[0]) for img in images])[:, None]
+            images = np.stack([mnist_style(img[0], threshold=0.1) for img in images])[:, None]
         except DataError as exc:
             raise DataError(f"{path}: {exc}") from None
         note = f"MNIST-preprocessed from {size[2]}x{size[1]}: bounding box to 20x20, centred by mass"

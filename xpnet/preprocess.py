@@ -17,49 +17,58 @@ from .errors import DataError, ShapeError
 FIELD = 28        # MNIST's image size
 BOX = 20          # the box the digit's bounding box is scaled to fit
 CENTRE = 14.0     # where MNIST puts the centre of mass (measured on its training images: 14.0 +- 0.3)
-INK = 0.1         # a pixel brighter than this (of full brightness) belongs to the digit
 
 
-def as_gray(image):
-    """A 2-D image (H, W) as float64 in [0, 1] (uint8 is divided by 255)."""
-    a = np.asarray(image)
-    if a.ndim != 2:
-        raise ShapeError(f"expected one gray image (H, W), got an array of shape {a.shape}")
-    if a.dtype == np.uint8:
-        return a.astype(np.float64) / 255.0
-    if a.dtype.kind not in "fiu":
-        raise DataError(f"expected a numeric image, got dtype {a.dtype}")
-    a = a.astype(np.float64)
-    if not np.isfinite(a).all():
+def mnist_style(image, threshold=0.0):
+    """One digit (H, W) -> (28, 28) float64 in [0, 1], made the way MNIST's digits were.
+
+    ``image``: ink values >= 0 (light strokes on a dark background; any scale: uint8, [0, 1], or a
+    canvas's alpha), scaled so the brightest pixel is 1 (each MNIST digit peaks at 254-255). The
+    bounding box of the pixels brighter than ``threshold`` (of the brightest) is scaled so its longer
+    side is 20 pixels, keeping the aspect ratio, each output pixel the mean of the input it covers;
+    then placed in 28 x 28 with its centre of mass on pixel (14, 14), by a whole-pixel shift.
+    A blank image is a DataError."""
+    ink = np.asarray(image)
+    if ink.ndim != 2:
+        raise ShapeError(f"expected one gray image (H, W), got an array of shape {ink.shape}")
+    if ink.dtype.kind not in "fiub":
+        raise DataError(f"expected a numeric image, got dtype {ink.dtype}")
+    ink = ink.astype(np.float64)
+    if not np.isfinite(ink).all():
         raise DataError("the image contains NaN or infinite values")
-    if a.size and (a.min() < 0.0 or a.max() > 1.0):
-        raise DataError(f"expected pixel values in [0, 1] (or uint8), got {a.min():g} .. {a.max():g}")
-    return a
-
-
-def mnist_style(image, ink=INK):
-    """One digit (H, W), light strokes on a dark background -> (28, 28) float64 in [0, 1], made the
-    way MNIST's digits were: bounding box scaled to fit 20 x 20, centre of mass at the centre."""
-    img = as_gray(image)
-    rows, cols = np.nonzero(img > ink)
-    if rows.size == 0:
-        raise DataError(f"no digit found: no pixel is brighter than {ink:g} of full brightness "
-                        "(a blank image, or dark strokes on a light background that need inverting)")
-    crop = img[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    h, w = crop.shape
-    scale = BOX / max(h, w)
-    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    box = np.clip(resize(crop[None], new_h, new_w)[0], 0.0, 1.0)
-    total = box.sum()
-    cy = (box.sum(axis=1) * np.arange(new_h)).sum() / total
-    cx = (box.sum(axis=0) * np.arange(new_w)).sum() / total
-    top, left = int(round(CENTRE - cy)), int(round(CENTRE - cx))
-    field = np.zeros((FIELD, FIELD))
+    if ink.size and ink.min() < 0:
+        raise DataError(f"expected ink values >= 0, got values down to {ink.min():g}")
+    peak = ink.max() if ink.size else 0.0
+    if not peak > 0:
+        raise DataError("no digit found: the image is blank (dark strokes on a light background "
+                        "need inverting first)")
+    ink = ink / peak
+    rows = np.nonzero((ink > threshold).any(axis=1))[0]
+    cols = np.nonzero((ink > threshold).any(axis=0))[0]
+    crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    scale = BOX / max(crop.shape)
+    small = area_matrix(crop.shape[0], scale) @ crop @ area_matrix(crop.shape[1], scale).T
+    mass = small.sum()
+    cy = small.sum(axis=1) @ np.arange(small.shape[0]) / mass
+    cx = small.sum(axis=0) @ np.arange(small.shape[1]) / mass
+    top, left = int(np.floor(CENTRE - cy + 0.5)), int(np.floor(CENTRE - cx + 0.5))
+    out = np.zeros((FIELD, FIELD))
     # paste with clipping (a very lopsided digit may reach past the edge once centred)
     y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + new_h, FIELD), min(left + new_w, FIELD)
-    field[y0:y1, x0:x1] = box[y0 - top:y1 - top, x0 - left:x1 - left]
-    return field
+    y1, x1 = min(top + small.shape[0], FIELD), min(left + small.shape[1], FIELD)
+    out[y0:y1, x0:x1] = small[y0 - top:y1 - top, x0 - left:x1 - left]
+    return np.clip(out, 0.0, 1.0)
+
+
+def area_matrix(n, scale):
+    """(m, n) weights resampling n pixels to m = round(n * scale): each output pixel is the mean
+    of the input it covers (partial pixels weighted by their overlap)."""
+    m = max(1, int(round(n * scale)))
+    lo = np.arange(m)[:, None] / scale           # output pixel j covers input [lo, hi)
+    hi = lo + 1 / scale
+    i = np.arange(n)[None, :]
+    overlap = np.clip(np.minimum(hi, i + 1) - np.maximum(lo, i), 0.0, None)
+    return overlap * scale
 
 
 def resize(img, h, w):

@@ -34,10 +34,8 @@ from importlib import resources
 import numpy as np
 
 from .errors import ConfigError, DataError, ShapeError
+from .preprocess import BOX, FIELD as SIDE, mnist_style  # noqa: F401 (BOX, SIDE: for callers)
 
-SIDE = 28          # MNIST images are 28 x 28 ...
-BOX = 20           # ... with the digit's bounding box scaled to fit 20 x 20 (aspect kept) ...
-CENTRE = 14.0      # ... and its centre of mass moved to pixel (14, 14) by a whole-pixel shift
 MIN_SIDE, MAX_SIDE = 28, 560
 MAX_BODY = 2 * 1024 * 1024  # bytes: a 560 x 560 image of "255," fits
 STATIC = {"/": ("serve.html", "text/html; charset=utf-8"),
@@ -59,41 +57,14 @@ class RequestError(Exception):
 # -- MNIST preprocessing -----------------------------------------------------------------------
 def preprocess(ink):
     """A drawn digit (2-D ink values >= 0, 0 = blank, any scale and size) -> a 28 x 28 float image
-    in [0, 1] made the way MNIST was: ink scaled so its darkest pixel is 1, the bounding box of the
-    ink scaled (keeping its aspect ratio, with area averaging) so its longer side is 20 pixels,
-    then placed in 28 x 28 with its centre of mass on pixel (14, 14) (rounded to a whole pixel).
-    Returns None for a blank image."""
+    in [0, 1] made the way MNIST was (xpnet.preprocess.mnist_style, shared with `xpnet predict
+    --preprocess mnist`). Returns None for a blank image."""
     ink = np.asarray(ink, dtype=np.float64)
     if ink.ndim != 2:
         raise ShapeError(f"preprocess expects a 2-D image, got shape {ink.shape}")
-    peak = ink.max() if ink.size else 0.0
-    if not peak > 0:
+    if not (ink.max() > 0 if ink.size else False):
         return None
-    ink = ink / peak  # darkest pixel -> 1, as in MNIST (each digit peaks at 254-255)
-    rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
-    crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    scale = BOX / max(crop.shape)
-    small = _area_matrix(crop.shape[0], scale) @ crop @ _area_matrix(crop.shape[1], scale).T
-    mass = small.sum()
-    cy = small.sum(axis=1) @ np.arange(small.shape[0]) / mass
-    cx = small.sum(axis=0) @ np.arange(small.shape[1]) / mass
-    top, left = int(np.floor(CENTRE - cy + 0.5)), int(np.floor(CENTRE - cx + 0.5))
-    out = np.zeros((SIDE, SIDE))
-    y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + small.shape[0], SIDE), min(left + small.shape[1], SIDE)
-    out[y0:y1, x0:x1] = small[y0 - top:y1 - top, x0 - left:x1 - left]
-    return np.clip(out, 0.0, 1.0)
-
-
-def _area_matrix(n, scale):
-    """(m, n) weights resampling n pixels to m = round(n * scale): each output pixel is the mean
-    of the input it covers (partial pixels weighted by their overlap)."""
-    m = max(1, int(round(n * scale)))
-    lo = np.arange(m)[:, None] / scale           # output pixel j covers input [lo, hi)
-    hi = lo + 1 / scale
-    i = np.arange(n)[None, :]
-    overlap = np.clip(np.minimum(hi, i + 1) - np.maximum(lo, i), 0.0, None)
-    return overlap * scale
+    return mnist_style(ink)
 
 
 # -- the application (model and run folder) ------------------------------------------------------
