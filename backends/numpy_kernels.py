@@ -6,10 +6,13 @@ releases the GIL inside ufunc loops: splitting an array along its first axis ove
 pool runs the pieces on all cores. Results are bit-identical to the one-pass expressions
 (element-wise operations do not depend on how the array is split).
 
-Threads: $XPNET_NUM_THREADS, else $OMP_NUM_THREADS, else the usable cores.
+Threads: $XPNET_NUM_THREADS, else $OMP_NUM_THREADS, else the usable cores. They are daemon threads:
+a Ctrl-C at any moment (even while the pool starts) never leaves the interpreter waiting for them
+at exit, which a ThreadPoolExecutor's workers can (and a second Ctrl-C then prints a traceback).
 """
 import os
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
 
 import numpy
 
@@ -24,6 +27,35 @@ def thread_count():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+class DaemonPool:
+    """``threads`` daemon workers running ``part(piece)`` calls; ``run`` waits for one batch of them
+    and re-raises the first error. Each run has its own reply queue, so an interrupted run's
+    leftover pieces never mix with a later run's."""
+
+    def __init__(self, threads):
+        self._tasks = queue.SimpleQueue()
+        for i in range(threads):
+            threading.Thread(target=self._work, name=f"xpnet-elementwise-{i}", daemon=True).start()
+
+    def _work(self):
+        while True:
+            part, piece, replies = self._tasks.get()
+            try:
+                part(piece)
+                replies.put(None)
+            except BaseException as exc:  # handed to the caller, who re-raises it
+                replies.put(exc)
+
+    def run(self, part, pieces):
+        replies = queue.SimpleQueue()
+        for piece in pieces:
+            self._tasks.put((part, piece, replies))
+        errors = [replies.get() for _ in pieces]
+        for exc in errors:
+            if exc is not None:
+                raise exc
+
+
 class ElementwiseKernels:
     """relu_forward, multiply, dropout_forward: threaded versions of the hottest expressions."""
 
@@ -36,10 +68,9 @@ class ElementwiseKernels:
             part(slice(None))
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="xpnet-elementwise")
+            self._pool = DaemonPool(self.threads)
         step = -(-length // self.threads)
-        for future in [self._pool.submit(part, slice(i, i + step)) for i in range(0, length, step)]:
-            future.result()
+        self._pool.run(part, [slice(i, i + step) for i in range(0, length, step)])
 
     def relu_forward(self, x):
         """(maximum(x, 0), maximum(x, 0) > 0)."""

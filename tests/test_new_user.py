@@ -119,3 +119,65 @@ def test_progress_lines_and_the_estimate_add_no_host_sync(monkeypatch, capsys):
     assert err.count(" - step ") == 2 * 49 and err.count("estimate: ") == 1 and "advice" in err
     assert loud == silent
     assert silent["syncs"] == 1 + 2  # validating the data, then one per epoch
+
+
+# -- Ctrl-C ends with one clean message ------------------------------------------------------------
+def test_ctrl_c_ends_with_one_clean_message_about_the_checkpoint(tmp_path):
+    """SIGINT to the main job after its first epoch (a model big enough for the threaded NumPy
+    kernels), then a second one as an impatient user would: one line saying what was saved and how
+    to continue, status 130, no traceback and no 'Exception ignored' from thread shutdown."""
+    import signal
+    import subprocess
+    import sys
+    env = dict(os.environ, XPNET_PROGRESS_SECONDS="3600")
+    env.pop("XPNET_NUM_THREADS", None)
+    env["OMP_NUM_THREADS"] = "2"  # two element-wise threads
+    proc = subprocess.Popen(
+        [sys.executable, "examples/train_mnist.py", "--device", "cpu", "--out", str(tmp_path),
+         "--train-images", "96", "--test-images", "100", "--epochs", "1000"],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("epoch 1/1000 - ") and "loss" in line:
+                break
+        else:
+            raise AssertionError("no epoch line: " + "".join(seen)[-3000:])
+        import time
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("*/last.npz")) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the checkpoint is written just after the epoch line
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, rest
+    folder = next(tmp_path.iterdir())
+    lines = [line for line in rest.splitlines() if line.strip() and not line.startswith("epoch ")]
+    assert len(lines) == 1, rest
+    import re
+    match = re.fullmatch(r"train_mnist\.py: interrupted during epoch (\d+): the last complete epoch "
+                         r"\((\d+)\) is saved in (\S+); continue with --resume (\S+)", lines[0])
+    assert match, lines[0]
+    assert int(match.group(1)) == int(match.group(2)) + 1
+    assert match.group(3) == str(folder / "last.npz") and match.group(4) == str(folder)
+    assert "Exception ignored" not in rest and "Traceback" not in rest
+
+
+def test_the_element_wise_threads_never_hold_up_interpreter_exit():
+    """The NumPy backend's element-wise pool runs daemon threads: a Ctrl-C that lands while the pool
+    starts (the hang behind 'Exception ignored in threading') cannot leave exit waiting on them."""
+    import threading
+    import numpy as np
+    from xpnet.backends.numpy_kernels import ElementwiseKernels
+    kernels = ElementwiseKernels(threads=3)
+    x = np.random.default_rng(0).standard_normal((64, 4096)).astype(np.float32)
+    y, mask = kernels.relu_forward(x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    workers = [t for t in threading.enumerate() if t.name.startswith("xpnet-elementwise")]
+    assert len(workers) >= 3 and all(t.daemon for t in workers)

@@ -493,14 +493,22 @@ def build_parser():
 
 
 def guarded(label, func):
-    """Run ``func()``; user errors and GPU out-of-memory become one line on stderr and a status."""
+    """Run ``func()``; user errors and GPU out-of-memory become one line on stderr and a status.
+    Ctrl-C ends with one line saying what was kept (and where to continue from); a second Ctrl-C
+    while the program winds down is ignored rather than breaking into interpreter shutdown."""
+    previous = _interrupt_once()
     try:
         return func()
     except XpnetError as exc:
         print(f"{label}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{label}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        from .errors import TrainingInterrupted
+        if isinstance(exc, TrainingInterrupted):
+            hint = f"continue with --resume {exc.folder}" if exc.folder else ""
+            print(f"{label}: interrupted during epoch {exc.epoch}: {exc.kept(hint)}", file=sys.stderr)
+        else:
+            print(f"{label}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         try:
@@ -514,6 +522,30 @@ def guarded(label, func):
         print(f"{label}: error: the GPU ran out of memory ({exc}); try a smaller --batch-size, "
               "or --device cpu", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            import signal
+            if signal.getsignal(signal.SIGINT) is previous:  # no Ctrl-C came: put it back
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupt_once():
+    """From the first Ctrl-C on, ignore SIGINT: the first raises KeyboardInterrupt as usual, a
+    second one (an impatient user) would otherwise land in interpreter shutdown as a traceback.
+    Returns the previous handler while it is still in place (restored by guarded)."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None  # SIGINT ignored (a background job) or handled by the caller: leave it
+
+    def once(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, once)
+    return once
 
 
 def main(argv=None):

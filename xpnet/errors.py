@@ -23,3 +23,23 @@ class DataError(XpnetError, ValueError):
 
 class TrainingError(XpnetError, RuntimeError):
     """Training could not continue (a NaN loss, a failed resume, ...)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """fit() was interrupted (Ctrl-C). The message says what was kept: ``epoch`` (1-based, the one
+    interrupted), ``saved_epoch`` (1-based, the last one in the checkpoint, or None), ``checkpoint``
+    (its path, or None) and ``folder`` (fit's ``checkpoint=`` folder, or None)."""
+
+    def __init__(self, epoch, saved_epoch=None, checkpoint=None, folder=None):
+        self.epoch, self.saved_epoch, self.checkpoint, self.folder = epoch, saved_epoch, checkpoint, folder
+        super().__init__(f"fit interrupted during epoch {epoch}: "
+                         + self.kept(f"continue with fit(..., checkpoint={folder!r}, resume=True)"))
+
+    def kept(self, how_to_continue):
+        """What was kept, ending with ``how_to_continue`` when there is a checkpoint."""
+        if self.saved_epoch is not None:
+            return (f"the last complete epoch ({self.saved_epoch}) is saved in {self.checkpoint}; "
+                    f"{how_to_continue}")
+        if self.folder is not None:
+            return f"no epoch had completed, so {self.folder} holds no checkpoint yet"
+        return "no checkpoint was kept (pass checkpoint=DIR to keep one)"

@@ -24,7 +24,7 @@ import zlib
 
 from . import callbacks as cbs
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from .errors import ConfigError, DataError, ShapeError, TrainingError
+from .errors import ConfigError, DataError, ShapeError, TrainingError, TrainingInterrupted
 from .progress import Progress
 
 METRICS = {"accuracy": "accuracy", "acc": "accuracy"}
@@ -354,16 +354,9 @@ class TrainingMixin:
                         break
             cb.call("on_train_end", {})
         except KeyboardInterrupt:
-            progress.close()
-            if saved_epoch is not None:
-                where = (f"the last complete epoch ({saved_epoch + 1}) is saved in {ck_path}; continue "
-                         f"with fit(..., checkpoint={folder!r}, resume=True)")
-            elif folder is not None:
-                where = f"no epoch had completed, so {folder} holds no checkpoint yet"
-            else:
-                where = "no checkpoint was kept (pass checkpoint=DIR to keep one)"
-            print(f"\nfit interrupted during epoch {epoch + 1}: {where}", file=sys.stderr, flush=True)
-            raise
+            progress.close()  # the exception's message says what was kept (one message, no print)
+            raise TrainingInterrupted(epoch + 1, None if saved_epoch is None else saved_epoch + 1,
+                                      ck_path if saved_epoch is not None else None, folder) from None
         finally:
             progress.close()
             if first is not None:
