@@ -4,8 +4,9 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "xpnet"
 # Host-side modules that legitimately use NumPy: file formats (ONNX export too), plotting, the CLI,
-# `xpnet serve`, image preprocessing.
-HOST_SIDE = {"datasets", "io", "viz", "cli", "serialization", "data", "serve", "onnx_export", "preprocess"}
+# `xpnet serve`, image preprocessing, the finite-difference checker for users' layers.
+HOST_SIDE = {"datasets", "io", "viz", "cli", "serialization", "data", "serve", "onnx_export", "preprocess",
+             "testing"}
 
 
 def _imports(path):

@@ -32,4 +32,18 @@ def layer_from_config(index, spec):
         raise ConfigError(f"layer {index} ({kind}) has an invalid config {config!r}: {exc}") from exc
 
 
-__all__ = ["BuildContext", "Layer", "LAYERS", "Merge", "layer_from_config"] + sorted(LAYERS)
+def register(cls):
+    """Register a Layer subclass by its class name, so that model files naming it load (a class
+    decorator; returns ``cls``). Model files may only name registered layers."""
+    from ..errors import ConfigError
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise ConfigError(f"register() takes a Layer subclass, got {cls!r}")
+    known = LAYERS.get(cls.__name__)
+    if known is not None and known is not cls:
+        raise ConfigError(f"a different layer class is already registered as {cls.__name__!r} "
+                          f"({known!r}); rename yours")
+    LAYERS[cls.__name__] = cls
+    return cls
+
+
+__all__ = ["BuildContext", "Layer", "LAYERS", "Merge", "layer_from_config", "register"] + sorted(LAYERS)
