@@ -18,8 +18,8 @@ from xpnet.errors import BackendError
 from .base import Backend
 
 INSTALL_HINT = (
-    "install CuPy for your CUDA version with the matching extra: "
-    "pip install 'xpnet[cuda12]' (CUDA 12.x) or pip install 'xpnet[cuda13]' (CUDA 13.x), which "
+    "install CuPy for your CUDA version with the matching extra, from the checkout: "
+    "pip install -e '.[cuda12]' (CUDA 12.x) or pip install -e '.[cuda13]' (CUDA 13.x), which "
     "bring CuPy with its CUDA libraries (cupy-cuda1Xx[ctk])"
 )
 

@@ -8,7 +8,7 @@
                                                          (data-parallel, docs/scaling.md)
 
 The default model is seed 001's 32-64-96-128 convolutional network with its training recipe;
-``--quick`` trains a small model on a subset in about a minute on a CPU. Each run writes
+``--quick`` trains a small MLP on 20,000 images for 3 epochs, under a minute on a CPU. Each run writes
 ``<out>/<timestamp>-<model>-mnist/`` with config.json, log.csv, log.json, curves.png,
 result.json, model.npz and last.npz (the checkpoint that --resume continues from).
 ``--time-limit MINUTES`` ends training after the last epoch that fits in that wall-clock budget,

@@ -285,5 +285,5 @@ def test_gpu_without_cupy_is_a_clean_error(tmp_path, capsys):
         pytest.skip("a GPU works here")
     assert cli.main(["train", "--quick", "--device", "gpu", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("xpnet train: error:") and "xpnet[cuda12]" in err
+    assert err.startswith("xpnet train: error:") and "pip install -e '.[cuda12]'" in err
     assert not os.listdir(tmp_path)

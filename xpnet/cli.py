@@ -74,7 +74,8 @@ def add_train_arguments(parser, dataset=True):
     parser.add_argument("--data-dir", default=None, help="folder holding the dataset files")
     parser.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
     parser.add_argument("--quick", action="store_true",
-                        help="a small model on a subset: about a minute on a CPU (used by CI)")
+                        help="a 784-128-10 MLP on the first 20,000 images for 3 epochs: under a minute "
+                             "on a CPU (about 6 %% test error; used by CI)")
     parser.add_argument("--train-images", type=positive_int, default=None, metavar="N",
                         help="train on the first N training images only (smoke tests)")
     parser.add_argument("--test-images", type=positive_int, default=None, metavar="N",

@@ -18,7 +18,7 @@ import threading
 from ..errors import BackendError
 from .base import Communicator, Watchdog
 
-INSTALL_HINT = ("NCCL comes with CuPy's CUDA wheels (pip install 'xpnet[cuda12]'); check "
+INSTALL_HINT = ("NCCL comes with CuPy's CUDA wheels (pip install -e '.[cuda12]' from the checkout); check "
                 "`python -c 'from cupy.cuda import nccl'`")
 
 

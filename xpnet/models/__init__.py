@@ -60,7 +60,7 @@ for _module in (seed000, seed001, seed002, seed003, seed004):
     for _spec in _module.SPECS:
         register(_spec)
 register(ModelSpec(QUICK, None, "784-128-10 ReLU MLP for quick checks (not from a report)",
-                   recipe("adam", 1e-3, 64, 3, notes="a smoke-test model: a minute on a CPU"),
+                   recipe("adam", 1e-3, 64, 3, notes="a smoke-test model: under a minute on a CPU"),
                    layers=_quick_mlp))
 
 __all__ = ["DEFAULT", "QUICK", "DATASET_SHAPES", "RECIPE_KEYS", "ModelSpec", "affine", "get", "names",

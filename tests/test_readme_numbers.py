@@ -1,0 +1,65 @@
+"""The README's numbers come from the committed measurement files and cannot drift from them."""
+import importlib.util
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tool():
+    spec = importlib.util.spec_from_file_location("readme_numbers",
+                                                  os.path.join(ROOT, "tools", "readme_numbers.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def readme():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        return f.read()
+
+
+def measurements():
+    with open(os.path.join(ROOT, "docs", "runs", "measurements.json")) as f:
+        return json.load(f)
+
+
+def test_readme_blocks_equal_what_the_measurement_files_say():
+    t = tool()
+    text = readme()
+    assert t.apply(text, t.render()) == text, (
+        "README.md's generated numbers differ from the files they come from; run "
+        "`python tools/readme_numbers.py` (and commit), or re-measure")
+    # and a changed number is noticed (the comparison is not vacuous)
+    result = json.load(open(os.path.join(ROOT, measurements()["quick"]["run"], "result.json")))
+    quoted = f"{result['test_error_percent']:.2f} % test error ({result['mistakes']} mistakes)"
+    assert quoted in text
+    assert t.apply(text.replace(quoted, "6.10 % test error (606 mistakes)"), t.render()) == text
+
+
+def test_the_speed_run_used_the_default_models_current_recipe():
+    from xpnet import models
+    spec = measurements()["default_speed"]
+    config = json.load(open(os.path.join(ROOT, spec["run"], "config.json")))
+    recipe = models.get(models.DEFAULT).recipe
+    assert config["model"] == models.DEFAULT
+    for key in ("batch_size", "augment", "optimizer", "lr", "schedule"):
+        assert config["recipe"][key] == recipe[key], f"recipe {key} changed since the speed run: re-measure"
+
+
+def test_quick_help_matches_the_measured_quick_run():
+    from xpnet import cli
+    result = json.load(open(os.path.join(ROOT, measurements()["quick"]["run"], "result.json")))
+    assert result["seconds_total"] < 60 and result["epochs_run"] == 3
+    help_text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["train"]
+                         .format_help().split())
+    assert "under a minute on a CPU" in help_text and "about a minute" not in help_text
+    assert 5.0 <= result["test_error_percent"] < 7.0  # "about 6 % test error"
+
+
+def test_the_install_hint_is_the_readmes():
+    from xpnet.backends.cupy_backend import INSTALL_HINT
+    hint = "pip install -e '.[cuda12]'"
+    assert hint in INSTALL_HINT and "'.[cuda13]'" in INSTALL_HINT
+    assert hint in readme()
+    assert "pip install 'xpnet[" not in INSTALL_HINT  # not on PyPI
