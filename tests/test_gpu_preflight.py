@@ -54,7 +54,7 @@ def test_any_other_import_failure_is_a_backend_error(monkeypatch, fresh_probe):
     with pytest.raises(BackendError, match="failed to import .RuntimeError: CUDA environment"):
         cupy_backend._import_cupy()
     refuse_import(monkeypatch, ImportError("No module named 'cupy'"))
-    with pytest.raises(BackendError, match=r"not installed.*xpnet\[cuda12\]"):
+    with pytest.raises(BackendError, match=r"not installed.*pip install -e '\.\[cuda12\]'"):
         cupy_backend._import_cupy()
 
 
