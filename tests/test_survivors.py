@@ -574,3 +574,13 @@ def test_pooling_refuses_empty_windows_and_zero_strides(backend, pool, stride):
     for forward in (ops.maxpool2d_forward, ops.avgpool2d_forward):
         with pytest.raises(xpnet.ShapeError, match=r"pool and stride must be >= 1"):
             forward(backend.xp, x, pool, stride)
+
+
+def test_strict_host_reads_return_the_values():
+    strict = get_backend("strict")
+    a = strict.asarray(np.array([[1.5, 2.0], [3.0, 4.0]]))
+    assert a[0, 0].item() == 1.5 and a.tolist() == [[1.5, 2.0], [3.0, 4.0]]
+    assert repr(a).startswith("strictarray([[1.5, 2. ]")
+    assert strict.xp.__name__ == "xpnet.strict.numpy" and strict.xp.linalg.__name__ == "xpnet.strict.numpy.linalg"
+    idx = strict.asarray(np.array([1, 0]))
+    assert strict.to_numpy(a[idx]).tolist() == [[3.0, 4.0], [1.5, 2.0]]   # gather by a device index
