@@ -67,7 +67,7 @@ def speed_block(root, m):
             f"{60000 / best / 60:.0f} minutes per epoch and {_hours(60000 / best * recipe['epochs'])} for "
             "the recipe. Every run prints its own measured estimate after 45 steps; `--time-limit "
             "MINUTES` ends a run in time (with its checkpoint and test result). It is the model the "
-            "whole project exists to move onto a GPU.", 100)
+            "whole project exists to move onto a GPU.", 100, break_on_hyphens=False)
 
 
 def numbers_block(root, m):
@@ -84,14 +84,14 @@ def numbers_block(root, m):
         f"{result['epochs_run']} epochs of a 784-128-10 MLP on {config['train_images']:,} images, "
         f"{result['seconds_fit']:.0f} s of training, {result['seconds_total']:.0f} s in all.",
     ]
-    lines = [textwrap.fill(line, 100, subsequent_indent="  ") for line in lines]
+    lines = [textwrap.fill(line, 100, subsequent_indent="  ", break_on_hyphens=False) for line in lines]
     bench = m["benchmarks"]
     files = {path: _json(root, path) for path in {row["file"] for row in bench["rows"]}}
     first = files[bench["rows"][0]["file"]]
     lines += [
         textwrap.fill(f"- One training step at batch {first['settings']['batch_size']} against PyTorch "
                       f"in the same process ({first['date'][:10]}, {bench['machine']}; "
-                      "`docs/benchmarks.md`):", 100, subsequent_indent="  "),
+                      "`docs/benchmarks.md`):", 100, subsequent_indent="  ", break_on_hyphens=False),
         "",
         "  | model | threads | xpnet | PyTorch | ratio |",
         "  |---|---|---:|---:|---:|",

@@ -17,44 +17,32 @@ DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10")
 DEVICE_CHOICES = ("cpu", "gpu", "auto", "strict")
 
 
-def positive_int(text):
+def _number(text, convert, ok, expected, bad):
+    """argparse type check: ``convert(text)`` that satisfies ``ok``, else an error naming ``expected``."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {bad}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text if convert is float else value}")
     return value
+
+
+def positive_int(text):
+    return _number(text, int, lambda v: v > 0, "a positive integer", "a positive integer")
 
 
 def port_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {value}")
-    return value
+    return _number(text, int, lambda v: 0 <= v <= 65535, "a port from 0 to 65535", "a port number")
 
 
 def positive_minutes(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, got {text}")
-    return value
+    return _number(text, float, lambda v: 0 < v < float("inf"), "a positive number of minutes",
+                   "a number of minutes")
 
 
 def seed_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {value}")
-    return value
+    return _number(text, int, lambda v: v >= 0, "a seed >= 0", "an integer seed")
 
 
 def add_train_arguments(parser, dataset=True):
