@@ -15,3 +15,15 @@ def layer_rngs(model):
 
 def build(layers, input_shape, backend, dtype="float64", seed=0):
     return xpnet.Sequential(layers, input_shape=input_shape, device=backend, dtype=dtype, seed=seed)
+
+
+class Snapshots(xpnet.callbacks.Callback):
+    """Keeps a host copy of every parameter at the end of each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append({k: self.model.backend.to_numpy(v).copy()
+                             for k, v in self.model.parameters.items()})

@@ -11,6 +11,8 @@ from xpnet import callbacks, optim, schedules
 from xpnet.errors import ConfigError
 from xpnet.layers import Dense, ReLU
 
+from .helpers import Snapshots
+
 
 def data(n=64, seed=0):
     r = np.random.default_rng(seed)
@@ -32,16 +34,6 @@ class Inject(callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs[self.key] = self.values[epoch]
-
-
-class Snapshots(callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.weights = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.weights.append({k: self.model.backend.to_numpy(v).copy()
-                             for k, v in self.model.parameters.items()})
 
 
 def fit(m, cbs, epochs=10, **kw):

@@ -13,6 +13,8 @@ from xpnet import callbacks, cli, optim, runner, training
 from xpnet.errors import ConfigError
 from xpnet.layers import Dense, ReLU
 
+from .helpers import Snapshots
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -36,16 +38,6 @@ class Tick(callbacks.Callback):
 
     def on_batch_end(self, batch, logs=None):
         self.clock.now += self.clock.per_batch
-
-
-class Snapshots(callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.weights = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.weights.append({k: self.model.backend.to_numpy(v).copy()
-                             for k, v in self.model.parameters.items()})
 
 
 def small_model(backend="cpu"):
