@@ -1,11 +1,18 @@
 """Race xpnet against PyTorch on full training steps of the same networks, in one process.
 
-    python benchmarks/run.py --device cpu --models big,medium,lenet5 --batch-size 128 \
-        --repeats 15 --warmup 3 --threads 2 --out benchmarks/results/
+    python benchmarks/run.py --device cpu --models big,medium,lenet5,seed001-m8,cnn3x3 \
+        --batch-size 16,64,128 --repeats 15 --warmup 3 --threads 2 --out benchmarks/results/
 
-Each model is built in xpnet (Sequential of xpnet layers) and in torch.nn with the same weights.
-One step = forward (training mode, dropout on), softmax cross-entropy, backward, Adam update.
-Steps alternate (xpnet, torch, xpnet, torch, ...) so both see the same machine load; the medians
+Each model is built in xpnet (Sequential of xpnet layers) and in torch.nn with the same weights;
+each (model, batch size) pair is one cell. One step is what training does per batch, measured the
+way a user trains: xpnet's steps are those of ``model.fit()`` (epochs=1, steps_per_epoch=warmup +
+repeats, no augmentation, accuracy metric), timed from the end of one step to the end of the next
+through ``on_batch_end``, so fit's own per-step work (the batch's rows taken from the shuffled
+order, the device-side loss and accuracy sums, progress and callbacks) is inside the time. The
+PyTorch step is the usual hand-written loop body: rows of the shuffled order, zero_grad, forward,
+cross-entropy, backward, Adam step, and the same running loss and accuracy sums. Forward runs in
+training mode (dropout on). The PyTorch step runs inside xpnet's on_batch_end callback, so the
+steps alternate (xpnet, torch, xpnet, torch, ...) and both see the same machine load; the medians
 are reported with images/s, the ratio xpnet/torch, each framework's peak resident memory during
 its own steps, and the nominal FLOPs of a step (direct convolution and dense products, forward
 and backward) with the GFLOP/s this implies. The JSON result records the machine, versions,
@@ -29,14 +36,16 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = ("big", "medium", "lenet5")
+MODELS = ("big", "medium", "lenet5", "seed001-m8", "cnn3x3")
+BATCH_SIZES = (16, 64, 128)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--models", default=",".join(MODELS), help="comma list of " + ", ".join(MODELS))
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", default=",".join(map(str, BATCH_SIZES)),
+                   help="comma list of batch sizes; every model runs at each (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=15, help="timed steps per framework and model")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per framework first")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for both (default: all cores)")
@@ -51,8 +60,13 @@ def parse_args(argv=None):
     for m in args.models:
         if m not in MODELS:
             p.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
-    if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
-        p.error("--batch-size and --repeats must be >= 1, --warmup >= 0")
+    try:
+        args.batch_size = [int(b) for b in str(args.batch_size).split(",") if b.strip()]
+    except ValueError:
+        p.error(f"--batch-size must be a comma list of integers, got {args.batch_size!r}")
+    if not args.batch_size or min(args.batch_size) < 1 or args.repeats < 1 or args.warmup < 1:
+        p.error("--batch-size values and --repeats must be >= 1, --warmup >= 1 (fit's first step "
+                "also pays its setup, so it is never timed)")
     return args
 
 
@@ -64,9 +78,10 @@ def set_threads_env(threads):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-# -- models ------------------------------------------------------------------------------------------
+# -- models ---------------------------------------------------------------------------------------
 def architecture(name):
-    """(input shape, list of layer specs); each spec is a tuple the two builders understand."""
+    """(input shape, list of layer specs) of the benchmark's own networks; each spec is a tuple
+    that build_xpnet understands. Zoo models (seed001-m8) are built by the zoo instead."""
     if name in ("big", "medium"):
         widths = (32, 64, 96, 128) if name == "big" else (16, 32, 48, 64)
         layers = []
@@ -80,47 +95,65 @@ def architecture(name):
         return (1, 28, 28), [("conv", 6, 5, 2), ("relu",), ("maxpool", 2), ("conv", 16, 5, 0), ("relu",),
                              ("maxpool", 2), ("flatten",), ("dense", 120), ("relu",), ("dense", 84),
                              ("relu",), ("dense", 10)]
+    if name == "cnn3x3":  # the most common small CNN: two valid 3x3 convolutions with pooling
+        return (1, 28, 28), [("conv", 32, 3, 0), ("relu",), ("maxpool", 2), ("conv", 64, 3, 0), ("relu",),
+                             ("maxpool", 2), ("flatten",), ("dense", 10)]
     raise ValueError(name)
 
 
-def build_xpnet(xpnet, specs, input_shape, device, dtype, seed):
+def build_xpnet(xpnet, name, device, dtype, seed):
+    if name.startswith("seed"):
+        return xpnet.models.get(name).build(device=device, seed=seed, dtype=dtype)
+    input_shape, specs = architecture(name)
     from xpnet.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
     make = {"conv": lambda f, k, p: Conv2D(f, k, padding=p, kernel_initializer="he_normal"),
             "relu": ReLU, "maxpool": MaxPool2D, "dropout": Dropout, "flatten": Flatten,
             "dense": lambda u: Dense(u, kernel_initializer="he_normal")}
     layers = [make[s[0]](*s[1:]) for s in specs]
-    model = xpnet.Sequential(layers, input_shape=input_shape, device=device, dtype=dtype, seed=seed)
-    model.layers[0].need_input_grad = False  # as in training: no gradient for the images
-    return model
+    return xpnet.Sequential(layers, input_shape=input_shape, device=device, dtype=dtype, seed=seed)
 
 
-def build_torch(torch, specs, input_shape, model):
-    """The same network in torch.nn, with xpnet's weights copied in."""
+def build_torch(torch, model):
+    """The same network in torch.nn, in the model's dtype, with xpnet's weights copied in (conv
+    weights as they are, dense weights transposed)."""
     nn = torch.nn
-    mods, shape = [], input_shape
-    for spec, layer in zip(specs, model.layers):
-        kind = spec[0]
-        if kind == "conv":
-            m = nn.Conv2d(shape[0], spec[1], spec[2], padding=spec[3])
-            m.weight.data.copy_(torch.from_numpy(model.backend.to_numpy(layer.params["W"])))
-            m.bias.data.copy_(torch.from_numpy(model.backend.to_numpy(layer.params["b"])))
-        elif kind == "dense":
-            m = nn.Linear(layer.params["W"].shape[0], spec[1])
-            m.weight.data.copy_(torch.from_numpy(model.backend.to_numpy(layer.params["W"]).T.copy()))
-            m.bias.data.copy_(torch.from_numpy(model.backend.to_numpy(layer.params["b"])))
+    dtype = getattr(torch, str(model.dtype))
+    to_t = lambda a: torch.from_numpy(model.backend.to_numpy(a).copy())  # noqa: E731
+    mods = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            top, bottom, left, right = layer.pads
+            if top != bottom or left != right:
+                raise ValueError(f"{layer.name}: asymmetric padding {layer.pads} has no nn.Conv2d twin")
+            w = layer.params["W"]
+            m = nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), stride=layer.strides,
+                          padding=(top, left), dtype=dtype)
+            m.weight.data.copy_(to_t(w))
+            m.bias.data.copy_(to_t(layer.params["b"]))
+        elif kind == "Dense":
+            w = layer.params["W"]
+            m = nn.Linear(w.shape[0], w.shape[1], dtype=dtype)
+            m.weight.data.copy_(to_t(w).T)
+            m.bias.data.copy_(to_t(layer.params["b"]))
+        elif kind == "MaxPool2D":
+            if any(layer.pads):
+                raise ValueError(f"{layer.name}: padded pooling has no nn.MaxPool2d twin here")
+            m = nn.MaxPool2d(layer.pool_size, layer.strides)
+        elif kind == "Dropout":
+            m = nn.Dropout(layer.rate)
         else:
-            m = {"relu": nn.ReLU, "maxpool": nn.MaxPool2d, "dropout": nn.Dropout,
-                 "flatten": nn.Flatten}[kind](*spec[1:])
+            m = {"ReLU": nn.ReLU, "Tanh": nn.Tanh, "Flatten": nn.Flatten}[kind]()
         mods.append(m)
-        shape = layer.output_shape
     return nn.Sequential(*mods)
 
 
 def step_flops(model, batch):
     """Nominal FLOPs of one step: 2 per multiply-add of each conv/dense product, forward, weight
-    gradient, and input gradient where one is computed. Pooling, activations and Adam excluded."""
-    total = 0
-    for i, layer in enumerate(model.layers):
+    gradient, and input gradient where one is needed (not before the first layer with weights,
+    as in training). Pooling, activations and Adam excluded."""
+    total, trained_before = 0, False
+    for layer in model.layers:
         name = type(layer).__name__
         if name == "Conv2D":
             f, c, kh, kw = layer.params["W"].shape
@@ -129,7 +162,8 @@ def step_flops(model, batch):
             macs = batch * layer.params["W"].shape[0] * layer.params["W"].shape[1]
         else:
             continue
-        total += 2 * macs * (3 if layer.need_input_grad else 2)
+        total += 2 * macs * (3 if trained_before else 2)
+        trained_before = True
     return total
 
 
@@ -190,69 +224,92 @@ def machine_info(args, torch, np, backend):
     return info
 
 
-def race(name, args, xpnet, torch, np):
-    input_shape, specs = architecture(name)
+def race(name, batch, args, xpnet, torch, np):
+    """Time one cell (model, batch size): xpnet's steps inside fit(), PyTorch's steps in between."""
     device = "gpu" if args.device == "gpu" else "cpu"
-    model = build_xpnet(xpnet, specs, input_shape, device, args.dtype, args.seed)
+    model = build_xpnet(xpnet, name, device, args.dtype, args.seed)
     backend = model.backend
     tdev = torch.device("cuda" if args.device == "gpu" else "cpu")
     tdtype = getattr(torch, args.dtype)
-    net = build_torch(torch, specs, input_shape, model).to(device=tdev, dtype=tdtype)
+    net = build_torch(torch, model).to(device=tdev, dtype=tdtype)
     net.train()
 
+    # a small uint8 "dataset" of several batches, as MNIST arrives; fit converts it once, before
+    # the first step; each framework shuffles it with its own generator
+    steps = args.warmup + args.repeats
     rng = np.random.default_rng(args.seed)
-    images = rng.random((args.batch_size,) + input_shape).astype(args.dtype)
-    labels = rng.integers(0, 10, args.batch_size)
-    x, y = backend.asarray(images), backend.asarray(labels)
-    xt, yt = torch.from_numpy(images).to(tdev), torch.from_numpy(labels).to(tdev)
+    n = batch * min(steps, 8)
+    images = rng.integers(0, 256, (n,) + tuple(model.input_shape), dtype=np.uint8)
+    labels = rng.integers(0, 10, n)
+    xt = torch.from_numpy(images).to(tdev).to(tdtype) / 255.0
+    yt = torch.from_numpy(labels).to(tdev)
+    gen = torch.Generator(device=tdev).manual_seed(args.seed)
 
-    from xpnet.losses import CrossEntropy
     from xpnet.optim import Adam
-    loss_fn, opt = CrossEntropy(), Adam(lr=1e-3)
+    model.compile(loss="cross_entropy", optimizer=Adam(lr=1e-3), metrics=("accuracy",))
     topt = torch.optim.Adam(net.parameters(), lr=1e-3)
     sync_t = torch.cuda.synchronize if args.device == "gpu" else (lambda: None)
-
-    def xpnet_step():
-        out = model.forward(x, training=True)
-        loss_fn.forward(out, y)
-        model.backward(loss_fn.backward())
-        opt.step(model.parameters, model.gradients)
-        backend.synchronize()
+    tstate = {"order": None, "pos": 0, "loss_sum": torch.zeros((), dtype=torch.float64, device=tdev),
+              "correct": torch.zeros((), dtype=torch.int64, device=tdev)}
 
     def torch_step():
+        if tstate["order"] is None or tstate["pos"] + batch > n:
+            tstate["order"], tstate["pos"] = torch.randperm(n, generator=gen, device=tdev), 0
+        idx = tstate["order"][tstate["pos"]:tstate["pos"] + batch]
+        tstate["pos"] += batch
+        xb, yb = xt[idx], yt[idx]
         topt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(xt), yt)
+        out = net(xb)
+        loss = torch.nn.functional.cross_entropy(out, yb)
         loss.backward()
         topt.step()
+        with torch.no_grad():
+            tstate["loss_sum"] += loss.detach().double() * xb.shape[0]
+            tstate["correct"] += (out.argmax(1) == yb).sum()
         sync_t()
 
     times = {"xpnet": [], "torch": []}
     peaks = {"xpnet": 0.0, "torch": 0.0}
-    steps = (("xpnet", xpnet_step), ("torch", torch_step))
-    for i in range(args.warmup + args.repeats):
-        for who, fn in steps:
-            reset_peak_rss()
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
-            peaks[who] = max(peaks[who], peak_rss_mb())
-            if i >= args.warmup:
-                times[who].append(dt)
 
-    flops = step_flops(model, args.batch_size)
+    class Alternate(xpnet.callbacks.Callback):
+        """At the end of each xpnet step: stop its clock, run and time one PyTorch step, restart
+        the clock for the next xpnet step."""
+
+        def on_train_begin(self, logs=None):
+            reset_peak_rss()
+            self.t0 = time.perf_counter()
+
+        def on_batch_end(self, b, logs=None):
+            backend.synchronize()
+            t1 = time.perf_counter()
+            peaks["xpnet"] = max(peaks["xpnet"], peak_rss_mb())
+            reset_peak_rss()
+            torch_step()
+            t2 = time.perf_counter()
+            peaks["torch"] = max(peaks["torch"], peak_rss_mb())
+            if b >= args.warmup:
+                times["xpnet"].append(t1 - self.t0)
+                times["torch"].append(t2 - t1)
+            reset_peak_rss()
+            self.t0 = time.perf_counter()
+
+    model.fit(images, labels, epochs=1, batch_size=batch, steps_per_epoch=steps, verbose=0,
+              callbacks=[Alternate()])
+
+    flops = step_flops(model, batch)
     result = {"model": name, "layers": [type(l).__name__ for l in model.layers],
-              "params": model.count_params(), "batch_size": args.batch_size, "dtype": args.dtype,
+              "params": model.count_params(), "batch_size": batch, "dtype": args.dtype,
               "flops_per_step": flops}
     for who in ("xpnet", "torch"):
         med = statistics.median(times[who])
         result[who] = {"median_s": med, "min_s": min(times[who]), "max_s": max(times[who]),
-                       "images_per_s": args.batch_size / med, "gflops": flops / med / 1e9,
+                       "images_per_s": batch / med, "gflops": flops / med / 1e9,
                        "peak_rss_mb": round(peaks[who], 1), "times_s": times[who]}
     result["ratio"] = result["xpnet"]["median_s"] / result["torch"]["median_s"]
     ratios = [a / b for a, b in zip(times["xpnet"], times["torch"])]
     result["ratio_of_pairs_median"] = statistics.median(ratios)
     from xpnet.ops import fast
-    result["conv_methods"] = [fast.choose((args.batch_size,) + tuple(l.input_shape), tuple(l.params["W"].shape),
+    result["conv_methods"] = [fast.choose((batch,) + tuple(l.input_shape), tuple(l.params["W"].shape),
                                           l.strides, l.pads)
                               for l in model.layers if type(l).__name__ == "Conv2D"]
     return result
@@ -285,10 +342,10 @@ def main(argv=None):
     load_before = os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc)
     results = []
-    for name in args.models:
-        r = race(name, args, xpnet, torch, np)
+    for name, batch in [(m, b) for m in args.models for b in args.batch_size]:
+        r = race(name, batch, args, xpnet, torch, np)
         results.append(r)
-        print(f"{name:>7}: xpnet {r['xpnet']['median_s'] * 1e3:8.1f} ms  torch {r['torch']['median_s'] * 1e3:8.1f} ms"
+        print(f"{name:>10} b{batch:<3}: xpnet {r['xpnet']['median_s'] * 1e3:8.1f} ms  torch {r['torch']['median_s'] * 1e3:8.1f} ms"
               f"  ratio {r['ratio']:.3f}  ({r['xpnet']['images_per_s']:.0f} vs {r['torch']['images_per_s']:.0f} img/s,"
               f" {r['xpnet']['gflops']:.1f} vs {r['torch']['gflops']:.1f} GFLOP/s, peak RSS"
               f" {r['xpnet']['peak_rss_mb']:.0f} / {r['torch']['peak_rss_mb']:.0f} MB)", flush=True)

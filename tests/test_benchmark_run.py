@@ -1,0 +1,56 @@
+"""benchmarks/run.py: the PyTorch twins compute the same functions as the xpnet models, and a tiny
+run covers every (model, batch size) cell and records what the comparison needs."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import run  # noqa: E402
+
+import xpnet  # noqa: E402
+
+
+@pytest.mark.parametrize("name", run.MODELS)
+def test_the_torch_twin_has_the_same_weights_and_outputs(name):
+    model = run.build_xpnet(xpnet, name, "cpu", "float64", seed=3)
+    net = run.build_torch(torch, model).eval()
+    x = np.random.default_rng(0).random((3,) + tuple(model.input_shape))
+    ours = model.backend.to_numpy(model.forward(model.backend.asarray(x), training=False))
+    with torch.no_grad():
+        theirs = net(torch.from_numpy(x)).numpy()
+    assert ours.shape == theirs.shape == (3, 10)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
+
+
+def test_a_tiny_run_covers_every_cell(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--batch-size", "2,3",
+                           "--repeats", "2", "--warmup", "1", "--threads", "1", "--tag", "t",
+                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (path,) = tmp_path.glob("*-t.json")
+    report = json.loads(path.read_text())
+    cells = [(r["model"], r["batch_size"]) for r in report["results"]]
+    assert cells == [(m, b) for m in run.MODELS for b in (2, 3)]
+    for r in report["results"]:
+        assert len(r["xpnet"]["times_s"]) == len(r["torch"]["times_s"]) == 2
+        assert r["ratio"] == pytest.approx(r["xpnet"]["median_s"] / r["torch"]["median_s"])
+    assert report["machine"]["threads"]["torch"] == 1
+    assert report["machine"]["threads"]["OPENBLAS_NUM_THREADS"] == "1"
+    assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1
+    assert report["settings"]["batch_size"] == [2, 3]
+
+
+@pytest.mark.parametrize("argv", [["--batch-size", "16,x"], ["--batch-size", "0"], ["--warmup", "0"],
+                                  ["--models", "huge"]])
+def test_bad_arguments_are_refused(argv, capsys):
+    with pytest.raises(SystemExit):
+        run.parse_args(argv)
+    assert "error" in capsys.readouterr().err
