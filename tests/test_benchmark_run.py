@@ -48,7 +48,7 @@ def test_a_tiny_run_covers_every_cell(tmp_path):
     assert report["settings"]["batch_size"] == [2, 3]
 
 
-@pytest.mark.parametrize("argv", [["--batch-size", "16,x"], ["--batch-size", "0"], ["--warmup", "0"],
+@pytest.mark.parametrize("argv", [["--batch-size", "16,x"], ["--batch-size", "0"], ["--warmup", "-1"],
                                   ["--models", "huge"]])
 def test_bad_arguments_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
