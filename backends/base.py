@@ -1,6 +1,8 @@
 """What every backend provides. A backend is the only place that knows which array library runs."""
 import contextlib
 
+from xpnet.errors import ConfigError
+
 from .random import CounterRandom
 
 
@@ -54,6 +56,22 @@ class Backend:
         kind = self.xp.dtype(x.dtype).type
         mask = self.xp.where(keep, kind(scale), kind(0))
         return x * mask, mask
+
+    # -- mixed precision (xpnet/mixed.py) ---------------------------------------------------------
+    def compute_dtype(self, name):
+        """The array dtype of a mixed-precision compute type, "float16" or "bfloat16", or a
+        ConfigError saying why this backend has none. NumPy has no bfloat16, so the NumPy and
+        strict backends offer float16 only; the CuPy backend adds bfloat16 where CuPy can."""
+        if name == "float16":
+            return self.xp.dtype("float16")
+        raise ConfigError(f"mixed precision {name!r} is not available on the {self.name} backend: "
+                          f"NumPy has no {name} type; use 'float16' (bfloat16 needs the gpu backend "
+                          f"with CuPy 14 or newer and the ml_dtypes package)")
+
+    def ignore_float_errors(self):
+        """A context in which overflow and invalid operations do not warn (NumPy warns; CuPy never
+        does): a mixed-precision step overflows on purpose and the loss scaler handles it."""
+        return contextlib.nullcontext()
 
     # -- captured steps (CUDA graphs) -------------------------------------------------------------
     def capture_stream(self):

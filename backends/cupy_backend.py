@@ -13,7 +13,7 @@ and ``release_memory()`` hands the unused blocks back to the driver.
 import os
 import sys
 
-from xpnet.errors import BackendError
+from xpnet.errors import BackendError, ConfigError
 
 from .base import Backend
 
@@ -103,6 +103,22 @@ class CupyBackend(Backend):
         self._kernels["adam_update"](g, t(b1), t(1.0 - b1), t(b2), t(1.0 - b2), t(eps), step, c2,
                                      decay, t(l2), bool(decoupled), p, m, v)
 
+    def compute_dtype(self, name):
+        """float16 always; bfloat16 where this CuPy computes with it: CuPy 14 takes NumPy's
+        bfloat16 extension type from the ml_dtypes package for element-wise kernels, reductions
+        and matrix products (not FFTs, which xpnet does not use). A small product and sum are
+        tried once; a CuPy without it is refused with the reason."""
+        if name != "bfloat16":
+            return super().compute_dtype(name)
+        if not hasattr(self, "_bfloat16"):
+            self._bfloat16 = _probe_bfloat16(self.xp)
+        dtype, problem = self._bfloat16
+        if dtype is None:
+            raise ConfigError(f"mixed precision 'bfloat16' is not available with CuPy "
+                              f"{self.xp.__version__} here ({problem}); it needs CuPy 14 or newer "
+                              f"and the ml_dtypes package; use 'float16'")
+        return dtype
+
     def rng(self, seed=0, stream=0):
         r = super().rng(seed, stream)
         r._fused = self._kernels["splitmix64"]
@@ -157,6 +173,20 @@ class CupyBackend(Backend):
         """Give the memory pool's unused blocks back to the driver (e.g. between runs)."""
         self.xp.get_default_memory_pool().free_all_blocks()
         self.xp.get_default_pinned_memory_pool().free_all_blocks()
+
+
+def _probe_bfloat16(cupy):
+    """(dtype, None) when CuPy computes in bfloat16, else (None, why not)."""
+    try:
+        import ml_dtypes
+        dtype = cupy.dtype(ml_dtypes.bfloat16)
+        a = cupy.arange(1, 5, dtype=cupy.float32).reshape(2, 2).astype(dtype)
+        got = cupy.asnumpy(((a @ a) * 2 + 1).astype(cupy.float32).sum())
+    except Exception as exc:  # ml_dtypes missing, or a CuPy without bfloat16 kernels
+        return None, f"{type(exc).__name__}: {exc}"
+    if float(got) != 112.0:
+        return None, f"a bfloat16 test product summed to {float(got)} instead of 112"
+    return dtype, None
 
 
 SETTINGS = ("CUPY_TF32", "CUPY_GPU_MEMORY_LIMIT", "CUPY_CACHE_DIR", "CUPY_ACCELERATORS")

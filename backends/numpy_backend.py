@@ -23,6 +23,9 @@ class NumpyBackend(Backend):
     def dropout_forward(self, x, keep, scale):
         return self._kernels.dropout_forward(x, keep, scale)
 
+    def ignore_float_errors(self):
+        return numpy.errstate(over="ignore", invalid="ignore")
+
     def asarray(self, array, dtype=None):
         """Host data -> an array the library owns: always a copy, as on a GPU, so that an in-place
         update (an optimizer step, set_weights) never writes into the caller's array."""

@@ -321,6 +321,9 @@ class StrictBackend(Backend):
         """Array operations so far (kernel launches on a GPU; see the module docstring)."""
         return LAUNCHES["calls"]
 
+    def ignore_float_errors(self):
+        return numpy.errstate(over="ignore", invalid="ignore")
+
     def to_numpy(self, array):
         if type(array) is StrictArray:
             return array.get()

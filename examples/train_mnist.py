@@ -2,7 +2,7 @@
 
     python examples/train_mnist.py [--device cpu|gpu|auto] [--model NAME] [--epochs N]
         [--batch-size B] [--data-dir DIR] [--out DIR] [--quick] [--seed S] [--plot]
-        [--time-limit MINUTES] [--tensorboard DIR]
+        [--time-limit MINUTES] [--tensorboard DIR] [--mixed-precision float16|bfloat16]
     python examples/train_mnist.py --resume RUN_DIR      (continue an interrupted run)
     mpirun -n 2 python examples/train_mnist.py --distributed --device cpu|gpu ...
                                                          (data-parallel, docs/scaling.md)

@@ -45,10 +45,12 @@ from . import augment  # noqa: E402
 from .augment import ElasticDistortion, KerasAffine, RandomAffine  # noqa: E402
 from . import initializers, losses, optim, regularizers  # noqa: E402
 from . import callbacks, schedules  # noqa: E402
+from . import mixed  # noqa: E402
+from .mixed import MixedPrecision  # noqa: E402
 from .callbacks import History  # noqa: E402
 from .onnx_export import export_onnx  # noqa: E402  (onnx is imported only when exporting)
 
 __version__ = "0.1.0"
 
-__all__ = ["callbacks", "schedules", "History", "Input", "Model", "models", "viz", "initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "augment", "RandomAffine", "KerasAffine", "ElasticDistortion", "load", "load_model", "save_model", "export_onnx", "get_backend", "available_backends", "XpnetError", "ShapeError",
+__all__ = ["callbacks", "schedules", "mixed", "MixedPrecision", "History", "Input", "Model", "models", "viz", "initializers", "losses", "optim", "regularizers", "Sequential", "datasets", "augment", "RandomAffine", "KerasAffine", "ElasticDistortion", "load", "load_model", "save_model", "export_onnx", "get_backend", "available_backends", "XpnetError", "ShapeError",
            "BackendError", "ConfigError", "DataError", "TrainingError", "__version__"]

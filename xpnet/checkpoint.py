@@ -4,7 +4,9 @@ One .npz (written atomically through xpnet.serialization) holds host copies of e
 buffer, the optimizer's state_dict, each stateful callback's arrays (e.g. EarlyStopping's best
 weights), and a JSON header with the completed epoch, the history, the random-generator states
 (shuffler, augmenter, every layer's generator such as Dropout's) and the callbacks' scalar state.
-Array names: ``param/<name>``, ``buffer/<name>``, ``optim/<n>``, ``callback/<i>/<name>``.
+Array names: ``param/<name>``, ``buffer/<name>``, ``optim/<n>``, ``callback/<i>/<name>``, and
+``mixed/scale_state`` under mixed precision (the loss scale, its run of finite steps and the
+skipped steps; a resumed run continues with that scale).
 Resuming needs the same stateful callbacks (History, EarlyStopping, ReduceLROnPlateau, ...) in the
 same order; stateless ones (loggers, TerminateOnNaN) may differ.
 """
@@ -53,6 +55,11 @@ def save_checkpoint(path, model, epoch, rngs, callbacks, stopped=False):
         "layer_rngs": {name: r.get_state() for name, r in layer_rngs(model).items()},
         "callbacks": cb_meta,
     }
+    mixed = getattr(model, "_mixed", None)
+    if mixed is not None:
+        state = mixed.get_state()
+        arrays["mixed/scale_state"] = state["scale_state"]
+        meta["mixed_precision"] = state["policy"]
     save_npz_atomic(path, arrays, meta)
 
 
@@ -78,6 +85,9 @@ def load_checkpoint(path, model, rngs, callbacks):
     optim_state = unpack_state(meta["optimizer"]["state"], arrays, model.backend.asarray, path)
     model.load_state_arrays(arrays, source=path, error=TrainingError, cast=True)
     opt.load_state_dict(optim_state)
+    mixed = getattr(model, "_mixed", None)
+    if mixed is not None and "mixed/scale_state" in arrays:  # else: a float32 run's checkpoint
+        mixed.set_state(arrays["mixed/scale_state"])
     for name, r in rngs.items():
         if name in meta["rngs"]:
             r.set_state(meta["rngs"][name])

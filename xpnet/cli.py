@@ -73,6 +73,10 @@ def add_train_arguments(parser, dataset=True):
                         help="also draw the confusion matrix and the misclassified test images")
     parser.add_argument("--dtype", default=None, choices=("float32", "float64"),
                         help="default float32")
+    parser.add_argument("--mixed-precision", default=None, choices=("float16", "bfloat16"),
+                        help="train in float16 (or bfloat16 where the GPU's CuPy has it) with float32 "
+                             "master weights and dynamic loss scaling; for GPUs (on a CPU float16 "
+                             "is much slower than float32); recorded in config.json")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch output")
     parser.add_argument("--time-limit", type=positive_minutes, default=None, metavar="MINUTES",
                         help="wall-clock budget: stop after the last epoch that fits, restore the "
@@ -108,7 +112,8 @@ def train_from_args(args, command):
             ("--model", args.model), ("--dataset", getattr(args, "dataset", None)),
             ("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--data-dir", args.data_dir),
             ("--quick", args.quick), ("--train-images", args.train_images),
-            ("--test-images", args.test_images), ("--seed", args.seed), ("--dtype", args.dtype))
+            ("--test-images", args.test_images), ("--seed", args.seed), ("--dtype", args.dtype),
+            ("--mixed-precision", getattr(args, "mixed_precision", None)))
             if value not in (None, False)]
         if given:
             raise ConfigError(f"--resume takes the run's settings from {args.resume}/config.json; "
@@ -125,7 +130,8 @@ def train_from_args(args, command):
                               dtype=args.dtype or "float32", command=command,
                               train_images=args.train_images, test_images=args.test_images,
                               time_limit_minutes=args.time_limit,
-                              distributed=getattr(args, "distributed", False), tensorboard=tensorboard)
+                              distributed=getattr(args, "distributed", False), tensorboard=tensorboard,
+                              mixed_precision=getattr(args, "mixed_precision", None))
     if result is None:  # a data-parallel rank other than 0: rank 0 reports
         return result
     if result.get("stopped_by_time_limit"):

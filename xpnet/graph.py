@@ -186,7 +186,7 @@ class Model(LayerStack, TrainingMixin):
             if len(shape) != len(t.shape) + 1 or shape[1:] != t.shape:
                 raise ShapeError(f"input {t.name!r} of model {self.name!r} expected shape "
                                  f"{('batch',) + t.shape}, got {shape}")
-            out.append(a if a.dtype == self.dtype else a.astype(self.dtype))
+            out.append(a if a.dtype == self.compute_dtype else a.astype(self.compute_dtype))
         if len({int(a.shape[0]) for a in out}) > 1:
             raise ShapeError(f"model {self.name!r}: inputs have different batch sizes "
                              f"{[int(a.shape[0]) for a in out]}")

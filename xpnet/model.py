@@ -41,6 +41,7 @@ class LayerStack:
         if str(dtype) not in ("float32", "float64"):
             raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = self.xp.dtype(str(dtype))
+        self.compute_dtype = self.dtype  # float16 while a mixed-precision step runs (xpnet/mixed.py)
         self.seed = int(seed)
         self.name = name
 
@@ -197,7 +198,7 @@ class Sequential(LayerStack, TrainingMixin):
         elif tuple(x.shape[1:]) != self.input_shape:
             raise ShapeError(f"{where} expected input of shape {('batch',) + self.input_shape}, "
                              f"got {tuple(x.shape)}")
-        return x if x.dtype == self.dtype else x.astype(self.dtype)
+        return x if x.dtype == self.compute_dtype else x.astype(self.compute_dtype)
 
     def forward(self, x, training=False):
         x = self.check_input(x)

@@ -146,8 +146,13 @@ class Optimizer:
         return self._lr / (1.0 + self.decay * self.iterations)
 
     # -- the update -------------------------------------------------------------------------
-    def step(self, params, grads):
-        """Update ``params`` in place from ``grads`` (both {name: array}); no host sync."""
+    def step(self, params, grads, finite=None):
+        """Update ``params`` in place from ``grads`` (both {name: array}); no host sync.
+
+        ``finite`` (a 0-d device boolean, from mixed precision's loss scaling) takes the step only
+        where it is true: otherwise parameters, moments and the device's step count stay as they
+        were, decided on the device (xp.where), and the host's counters are corrected later
+        (``uncount``). It needs the flat update (bind_flat)."""
         for k in grads:
             if k not in params:
                 raise ConfigError(f"{self._name}: gradient for unknown parameter {k!r}; "
@@ -167,7 +172,11 @@ class Optimizer:
         lr = self.current_lr()
         plan = self._flat_plan(params, names)
         if plan is not None:
-            self._step_flat(plan, grads, lr)
+            self._step_flat(plan, grads, lr, finite)
+        elif finite is not None:
+            raise TrainingError(f"{self._name}: a step that may be skipped on the device (mixed "
+                                f"precision) needs every parameter in one flat buffer with the "
+                                f"same step count; got parameters {', '.join(names)}")
         else:
             for k in names:
                 p = params[k]
@@ -205,10 +214,10 @@ class Optimizer:
             return None
         return flat, views, counts.pop()
 
-    def _step_flat(self, plan, grads, lr):
+    def _step_flat(self, plan, grads, lr, finite=None):
         """One update of every parameter; the learning rate and the step count are read from
         device scalars, so the step has the same operations and constants every time (it can be
-        captured once and replayed)."""
+        captured once and replayed). With ``finite``, the buffers are kept where it is false."""
         flat, views, t = plan
         xp = self.xp
         self._ensure_flat_state(flat, views)
@@ -219,7 +228,13 @@ class Optimizer:
         lr = d[0] / (1.0 + self.decay * d[1])   # float64, as current_lr() computes it on the host
         d[1:] += 1.0                               # iterations, t
         self._device[1][1:] = (self.iterations + 1, t + 1)
+        buffers = [flat] + [self._flat_state[s][0] for s in self.slots]
+        kept = None if finite is None else [b.copy() for b in buffers]
         self._update(flat, g, lr, {s: self._flat_state[s][0] for s in self.slots}, d[2])
+        if kept is not None:  # a skipped step: every buffer as it was, the step count too
+            for b, old in zip(buffers, kept):
+                b[...] = xp.where(finite, b, old)
+            d[1:] -= ~finite
 
     def _device_scalars(self, t):
         """float64 [lr, iterations, t] on the device, refreshed from the host only when the host
@@ -244,6 +259,11 @@ class Optimizer:
         if getattr(self, "_device", None) is not None:
             self._device[1][1] += steps
             self._device[1][2] += steps
+
+    def uncount(self, steps):
+        """Host bookkeeping of ``steps`` updates that were skipped on the device (``finite``
+        false): the device's counters did not move, the host's are taken back."""
+        self.advance(-steps)
 
     def _ensure_flat_state(self, flat, views):
         """Flat moment buffers whose per-parameter views are ``self.state``'s entries."""

@@ -136,7 +136,8 @@ def _clean(value):
 def run_training(model_name=None, dataset=None, device="auto", epochs=None, batch_size=None,
                  data_dir=None, out_dir="runs", quick=False, seed=0, verbose="auto", plot=False,
                  dtype="float32", command=None, train_images=None, test_images=None,
-                 time_limit_minutes=None, distributed=False, tensorboard=None, **overrides):
+                 time_limit_minutes=None, distributed=False, tensorboard=None, mixed_precision=None,
+                 **overrides):
     """Train, evaluate on the test set, write the run folder; returns the result dict.
 
     ``time_limit_minutes`` caps the wall-clock time from this call's start: training ends after
@@ -149,9 +150,10 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
     ``dataset`` defaults to the recipe's; ``overrides`` replace recipe entries (lr=..., ...).
     ``train_images`` / ``test_images`` keep only the first N images of each split (smoke tests;
     both are recorded in config.json). ``tensorboard=DIR`` also writes TensorBoard logs to
-    ``DIR/<run folder name>``.
+    ``DIR/<run folder name>``. ``mixed_precision`` ("float16", "bfloat16" or None) is compile's
+    (xpnet/mixed.py); config.json records it with the precision actually used (``precision``).
     """
-    from . import datasets, models
+    from . import datasets, mixed, models
     from .backends import get_backend
     t_start = time.perf_counter()
     entry = models.get(model_name or default_model(quick))
@@ -167,11 +169,18 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
     if verbose and comm is None and str(device).lower() == "auto" and not backend.is_gpu:
         from .backends.cupy_backend import gpu_problem
         print(f"note: the GPU is not used, training runs on the CPU: {gpu_problem()}")
+    policy = mixed.get(mixed_precision)
+    if policy is not None:  # refused before the run folder exists
+        if str(dtype) != "float32":
+            raise ConfigError(f"mixed precision keeps float32 master weights; drop --dtype {dtype}")
+        backend.compute_dtype(policy.compute)
     config = {"model": entry.name, "description": entry.description,
               "dataset": datasets.info(dataset or recipe.get("dataset") or "mnist")["name"],
               "device": backend.name, "dtype": str(dtype), "seed": int(seed), "quick": bool(quick),
               "recipe": recipe, "limits": {"train_images": train_images, "test_images": test_images},
               "time_limit_minutes": time_limit_minutes,
+              "mixed_precision": None if policy is None else policy.compute,
+              "precision": mixed.describe(policy, dtype, backend),
               "data_dir": None if data_dir is None else os.fspath(data_dir),
               "command": list(command) if command else [sys.executable] + sys.argv}
     if comm is not None:
@@ -294,7 +303,10 @@ def _execute(config, folder, backend, data, verbose, plot, resume, t_start, time
     if verbose:
         callbacks.append(_estimate(recipe, backend))
     model.compile(loss=recipe.get("loss") or "cross_entropy", optimizer=_optimizer(recipe),
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], mixed_precision=config.get("mixed_precision"))
+    if verbose and config.get("mixed_precision") and not backend.is_gpu:
+        print(f"note: mixed precision ({config['mixed_precision']}) on the CPU: NumPy computes float16 "
+              f"without BLAS, much slower than float32; it is meant for GPUs")
     t_fit = time.perf_counter()
     time_limit = None
     if time_limit_minutes is not None:  # what is left of the budget after loading the data

@@ -78,10 +78,13 @@ class TrainingMixin:
     """compile/fit/evaluate/predict on top of forward/backward/parameters/gradients/buffers."""
 
     # -- configuration --------------------------------------------------------------------------
-    def compile(self, loss="cross_entropy", optimizer="adam", metrics=("accuracy",)):
+    def compile(self, loss="cross_entropy", optimizer="adam", metrics=("accuracy",),
+                mixed_precision=None):
         """Choose the loss (name or Loss), the optimizer (name or Optimizer) and the metrics; both
-        get the model's backend."""
-        from . import losses, optim
+        get the model's backend. ``mixed_precision="float16"`` (or "mixed_float16", "bfloat16",
+        a xpnet.mixed.MixedPrecision) trains in half precision with float32 master weights and
+        dynamic loss scaling (xpnet/mixed.py); None (the default) trains in the model's dtype."""
+        from . import losses, mixed, optim
         self.loss = losses.get(loss).bind(self.backend)
         self.optimizer = optim.get(optimizer) if isinstance(optimizer, str) else optimizer
         if not hasattr(self.optimizer, "step"):
@@ -93,7 +96,18 @@ class TrainingMixin:
         if unknown:
             raise ConfigError(f"unknown metric(s) {unknown}; available: {sorted(set(METRICS))}")
         self.metrics = [METRICS[m] for m in names]
+        policy = mixed.get(mixed_precision)
+        if policy is not None and not isinstance(self.optimizer, optim.Optimizer):
+            raise ConfigError(f"mixed precision needs an xpnet optimizer (its update of float32 master "
+                              f"weights may be skipped on the device), got {type(self.optimizer).__name__}")
+        self._mixed = None if policy is None else mixed.MixedStep(self, policy)
         return self
+
+    @property
+    def mixed_precision(self):
+        """The compiled MixedPrecision policy, or None."""
+        step = getattr(self, "_mixed", None)
+        return None if step is None else step.policy
 
     def _require_compiled(self):
         if getattr(self, "optimizer", None) is None or getattr(self, "loss", None) is None:
@@ -268,6 +282,9 @@ class TrainingMixin:
             raise ConfigError(f"augment must be callable aug(x, rng) or an augmenter config dict, got "
                               f"{type(augment).__name__} {augment!r}")
         epochs = int(epochs)
+        if getattr(self, "_mixed", None) is not None and distributed is not None:
+            raise ConfigError("mixed precision does not combine with distributed= yet (the gradient "
+                              "all-reduce is float32 only); compile without mixed_precision")
         if graph and distributed is not None:
             raise ConfigError("graph=True does not combine with distributed= (the all-reduce is "
                               "not captured); use one or the other")
@@ -411,6 +428,8 @@ class TrainingMixin:
     def _train_step(self, xb, yb, dp=None):
         """Forward, loss, backward and the optimizer's update on one batch: (loss value, outputs),
         both device arrays (no host sync)."""
+        if getattr(self, "_mixed", None) is not None:
+            return self._mixed.train_step(xb, yb)
         loss = self.loss
         out = self.forward(xb, training=True)
         value = loss.forward(out, yb) + self.regularization_loss()
@@ -442,7 +461,7 @@ class TrainingMixin:
             for k, p in layer.params.items():
                 layer.params[k] = views[f"{layer.name}.{k}"] = flat[offset:offset + p.size].reshape(p.shape)
                 offset += p.size
-        self._flat_views = views
+        self._flat_views, self._flat_buffer = views, flat
         bind(flat, views)
 
     def _nan_message(self, epoch, logs, batch, ck_path, saved_epoch):
@@ -523,6 +542,10 @@ class TrainingMixin:
                 dp.average_buffers()
                 v_loss, v_correct = self._measure(dp.rows(xv), dp.rows(yv), max(batch_size, 256))
             sums += [v_loss, v_correct.astype(xp.float64)]
+        mixed = getattr(self, "_mixed", None)
+        if mixed is not None:  # the loss scale and the skipped steps, in the same sync
+            at = len(sums)
+            sums += [v.astype(xp.float64) for v in mixed.epoch_values()]
         if dp is None:
             host = self.backend.to_numpy(xp.stack(sums))  # the epoch's one host sync
         else:  # one all-reduce of the epoch's sums over the ranks, then the host sync
@@ -536,6 +559,8 @@ class TrainingMixin:
             logs["val_loss"] = float(host[3]) / nv
             if self.metrics:
                 logs["val_accuracy"] = float(host[4]) / nv
+        if mixed is not None:
+            logs["loss_scale"] = mixed.after_sync(host[at], host[at + 1])
         logs["lr"] = float(opt.current_lr() if hasattr(opt, "current_lr") else opt.lr)
         logs["seconds"] = time.perf_counter() - start_time
         return logs, (int(host[2]) if host[2] >= 0 else None)

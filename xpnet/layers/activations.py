@@ -77,10 +77,22 @@ class _AxisLayer(Layer):
         return {"name": self.name, "axis": self.axis}
 
 
+def _float32_up(layer, x):
+    """Half-precision input (mixed precision) -> float32, as PyTorch's autocast runs softmax."""
+    layer.in_dtype = x.dtype
+    return x.astype(layer.xp.float32) if x.dtype.itemsize < 4 else x
+
+
+def _back_down(layer, dx):
+    return dx if dx.dtype == layer.in_dtype else dx.astype(layer.in_dtype)
+
+
 class Softmax(_AxisLayer):
-    """exp(x) / sum(exp(x)) along ``axis`` (the features by default), shifted by the max."""
+    """exp(x) / sum(exp(x)) along ``axis`` (the features by default), shifted by the max.
+    A float16 input is computed in float32 and gives float32 (mixed precision)."""
 
     def forward(self, x, training=False):
+        x = _float32_up(self, x)
         e = self.xp.exp(x - x.max(axis=self.axis, keepdims=True))
         self.y = e / e.sum(axis=self.axis, keepdims=True)
         return self.y
@@ -88,13 +100,15 @@ class Softmax(_AxisLayer):
     def backward(self, grad):
         if not self.need_input_grad:
             return None
-        return self.y * (grad - (grad * self.y).sum(axis=self.axis, keepdims=True))
+        return _back_down(self, self.y * (grad - (grad * self.y).sum(axis=self.axis, keepdims=True)))
 
 
 class LogSoftmax(_AxisLayer):
-    """x - log(sum(exp(x))) along ``axis``, computed as (x - max) - log(sum(exp(x - max)))."""
+    """x - log(sum(exp(x))) along ``axis``, computed as (x - max) - log(sum(exp(x - max))).
+    A float16 input is computed in float32 and gives float32 (mixed precision)."""
 
     def forward(self, x, training=False):
+        x = _float32_up(self, x)
         shifted = x - x.max(axis=self.axis, keepdims=True)
         y = shifted - self.xp.log(self.xp.exp(shifted).sum(axis=self.axis, keepdims=True))
         self.softmax = self.xp.exp(y)
@@ -103,4 +117,4 @@ class LogSoftmax(_AxisLayer):
     def backward(self, grad):
         if not self.need_input_grad:
             return None
-        return grad - self.softmax * grad.sum(axis=self.axis, keepdims=True)
+        return _back_down(self, grad - self.softmax * grad.sum(axis=self.axis, keepdims=True))

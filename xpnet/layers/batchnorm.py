@@ -11,6 +11,10 @@ Data-parallel training (fit(..., distributed=comm)) synchronises the statistics 
 as PyTorch's SyncBatchNorm does: one all-reduce of the per-channel sums in forward and one of the
 gradient sums in backward (``self.distributed``, see xpnet.distributed.data_parallel), unless fit
 is asked for per-rank statistics.
+
+Mixed precision (xpnet/mixed.py): a float16 input is normalized in float32 (statistics, running
+statistics and parameters stay float32, ``keeps_float32``) and the output is float16 again, as
+PyTorch's autocast and Keras's mixed policy do.
 """
 import numbers
 
@@ -20,6 +24,7 @@ from .base import Layer
 
 
 class BatchNorm(Layer):
+    keeps_float32 = True  # mixed precision: parameters and statistics stay in the model dtype
     def __init__(self, momentum=0.99, epsilon=1e-3, gamma_initializer="ones", beta_initializer="zeros",
                  name=None):
         super().__init__(name)
@@ -54,6 +59,9 @@ class BatchNorm(Layer):
         self.buffers["running_var"] = self.xp.ones((n,), dtype=self.dtype)
 
     def forward(self, x, training=False):
+        self.in_dtype = x.dtype
+        if x.dtype != self.dtype:  # float16 under mixed precision: normalize in float32
+            x = x.astype(self.dtype)
         count = x.size // x.shape[1]
         sync = training and self.distributed is not None and self.distributed.sync_batchnorm
         if sync:
@@ -80,9 +88,16 @@ class BatchNorm(Layer):
         xhat = centered * inv_std.reshape(self.stat_shape)
         self.cache = (xhat, inv_std, training, count, sync)
         gamma, beta = self.params["gamma"], self.params["beta"]
-        return xhat * gamma.reshape(self.stat_shape) + beta.reshape(self.stat_shape)
+        y = xhat * gamma.reshape(self.stat_shape) + beta.reshape(self.stat_shape)
+        return y if y.dtype == self.in_dtype else y.astype(self.in_dtype)
 
     def backward(self, grad):
+        if grad.dtype != self.dtype:
+            grad = grad.astype(self.dtype)
+        dx = self._backward(grad)
+        return dx if dx is None or dx.dtype == self.in_dtype else dx.astype(self.in_dtype)
+
+    def _backward(self, grad):
         xhat, inv_std, training, count, sync = self.cache
         self.grads["gamma"] = (grad * xhat).sum(axis=self.axes)
         self.grads["beta"] = grad.sum(axis=self.axes)

@@ -1,0 +1,265 @@
+"""Mixed precision (xpnet/mixed.py): float16 compute, float32 master weights, dynamic loss scaling.
+
+Tolerances. float16 keeps 11 significant bits (unit roundoff u = 2**-11, about 4.9e-4). A value
+in the forward or backward pass has gone through a handful of float16 roundings, so gradients at
+the same weights agree with float32 to about 1e-3 of their largest entry (measured 1.5e-3 at
+most) and losses to about 1e-3 relative (measured 1.4e-3): we allow 5e-3 (ten u). Over several
+steps the weights follow different paths: we compare how far the two runs end apart with how far
+the float32 run moved. With SGD that is the accumulated gradient error: allowed 2 % (measured
+0.9 % at most). Adam divides each gradient by its own running size, which lifts the rounding
+noise of near-zero gradient entries to full-size steps: allowed 10 % (measured 5 %). With
+BatchNorm the convolution before it is scale-invariant, its gradient a small difference of large
+terms with a larger relative error: allowed 20 % with SGD (measured 6.5 %). Loss-scaling
+behaviour (skips, halving, growth, resume) is exact and tested so.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import xpnet
+from xpnet import callbacks, capture, cli, mixed, optim
+from xpnet.backends import strict_backend as sb
+from xpnet.errors import ConfigError, TrainingError
+from xpnet.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Softmax
+
+from .test_capture import ReplayingStrict
+
+
+def data(n=64, seed=0):
+    r = np.random.default_rng(seed)
+    x = r.random((n, 1, 12, 12), dtype=np.float32)
+    return x, (x.reshape(n, -1)[:, :10].argmax(1) % 4).astype(np.int64)
+
+
+def cnn(bn=True):
+    first = [Conv2D(8, 3, padding="same", use_bias=False), BatchNorm()] if bn else [Conv2D(8, 3, padding="same")]
+    return first + [ReLU(), MaxPool2D(2), Conv2D(8, 3), ReLU(), Flatten(), Dense(4)]
+
+
+def mlp():
+    return [Flatten(), Dense(32), ReLU(), Dropout(0.2), Dense(32), ReLU(), Dense(4)]
+
+
+def build(layers, device="numpy", opt=None, precision="float16"):
+    m = xpnet.Sequential(layers, input_shape=(1, 12, 12), device=device, seed=3)
+    return m.compile(optimizer=opt or optim.SGD(0.01, momentum=0.9), mixed_precision=precision)
+
+
+def host(m):
+    return {k: m.backend.to_numpy(v).copy() for k, v in m.parameters.items()}
+
+
+def scale_state(m):
+    return m.backend.to_numpy(m._mixed.state)
+
+
+# -- float16 against float32 -------------------------------------------------------------------
+def test_gradients_at_the_same_weights_match_float32_within_ten_roundoffs(backend):
+    x, y = data()
+    grads = []
+    for precision in (None, "float16"):
+        m = build(cnn(), backend.name, optim.SGD(0.0), precision)
+        m.fit(x, y, epochs=1, steps_per_epoch=1, batch_size=16, shuffle=False, verbose=0)
+        grads.append({k: m.backend.to_numpy(g) for k, g in m.gradients.items()})
+    for k, g32 in grads[0].items():
+        assert grads[1][k].dtype == np.float32  # unscaled into float32
+        assert np.abs(grads[1][k] - g32).max() <= 5e-3 * np.abs(g32).max(), k
+
+
+@pytest.mark.parametrize("layers, make_opt, weight_tol", [
+    (mlp, lambda: optim.SGD(0.01, momentum=0.9), 0.02),
+    (mlp, lambda: optim.Adam(1e-3), 0.1),
+    (lambda: cnn(bn=False), lambda: optim.SGD(0.01, momentum=0.9), 0.02),
+    (lambda: cnn(bn=False), lambda: optim.Adam(1e-3), 0.1),
+    (cnn, lambda: optim.SGD(0.01, momentum=0.9), 0.2),
+])
+def test_training_in_float16_follows_float32(layers, make_opt, weight_tol):
+    x, y = data()
+    runs = []
+    for precision in (None, "float16"):
+        m = build(layers(), "numpy", make_opt(), precision)
+        start = host(m)
+        h = m.fit(x, y, epochs=6, steps_per_epoch=1, batch_size=16, verbose=0)  # a loss per step
+        runs.append((np.array(h.history["loss"]), host(m), start))
+    (l32, w32, w0), (l16, w16, _) = runs
+    assert np.all(np.abs(l16 - l32) <= 5e-3 * np.abs(l32))
+    for k in w32:
+        assert w16[k].dtype == np.float32  # master weights
+        moved = np.linalg.norm(w32[k] - w0[k])
+        assert np.linalg.norm(w16[k] - w32[k]) <= weight_tol * moved, k
+
+
+def test_activations_are_float16_and_loss_batchnorm_softmax_float32():
+    seen = {}
+
+    class Spy(ReLU):
+        def forward(self, x, training=False):
+            seen.setdefault("relu", x.dtype)
+            return super().forward(x, training)
+
+    m = xpnet.Sequential([Conv2D(4, 3, use_bias=False), BatchNorm(), Spy(), Flatten(), Dense(4), Softmax()],
+                         input_shape=(1, 12, 12), device="numpy")
+    m.compile(loss="cross_entropy", mixed_precision="mixed_float16")
+    bn, soft = m.layers[1], m.layers[5]
+    x, y = data(16)
+    out = m._train_step(x, y)[1]
+    assert seen["relu"] == np.float16 and out.dtype == np.float32  # Softmax computes float32
+    assert bn.cache[0].dtype == np.float32 and bn.buffers["running_mean"].dtype == np.float32
+    assert soft.in_dtype == np.float16 and m.layers[4].x.dtype == np.float16
+    assert all(p.dtype == np.float32 for p in m.parameters.values())
+
+
+# -- dynamic loss scaling ----------------------------------------------------------------------
+def test_overflow_skips_the_step_and_halves_the_scale(backend):
+    m = build(mlp(), backend.name, optim.Adam(1e-3))
+    x, y = data()
+    m.fit(x, y, epochs=1, steps_per_epoch=2, batch_size=16, verbose=0)  # moments exist
+    before, state = host(m), {k: backend.to_numpy(v).copy() for k, v in m.optimizer.state_dict().items()
+                              if k.startswith(("m:", "v:"))}
+    m._mixed.state[0] = 2.0 ** 100  # the scaled float16 gradients overflow to inf
+    h = m.fit(x, y, epochs=1, steps_per_epoch=1, batch_size=16, verbose=0)
+    assert all(np.array_equal(before[k], v) for k, v in host(m).items())
+    after = m.optimizer.state_dict()
+    assert all(np.array_equal(v, backend.to_numpy(after[k])) for k, v in state.items())
+    assert after["iterations"] == 2 and all(after[f"step:{k}"] == 2 for k in before)
+    assert scale_state(m).tolist() == [2.0 ** 99, 0.0, 1.0]  # halved, no run of good steps, 1 skip
+    assert h.history["loss_scale"] == [2.0 ** 99] and np.isfinite(h.history["loss"][0])
+    m._mixed.state[0] = 2.0 ** 10
+    m.fit(x, y, epochs=1, steps_per_epoch=1, batch_size=16, verbose=0)  # the device count held too
+    assert backend.to_numpy(m.optimizer._device[0]).tolist()[1:] == [3.0, 3.0]
+    assert m.optimizer.iterations == 3
+
+
+def test_scale_doubles_after_growth_interval_finite_steps_and_a_skip_resets_the_count():
+    m = build(mlp(), "numpy", precision=mixed.MixedPrecision("float16", growth_interval=3))
+    x, y = data()
+    fit = lambda steps: m.fit(x, y, epochs=1, steps_per_epoch=steps, batch_size=16, verbose=0)  # noqa: E731
+    fit(2)
+    assert scale_state(m).tolist() == [2.0 ** 15, 2.0, 0.0]
+    fit(1)
+    assert scale_state(m).tolist() == [2.0 ** 16, 0.0, 0.0]
+    fit(5)
+    assert scale_state(m).tolist() == [2.0 ** 17, 2.0, 0.0]
+    m._mixed.state[0] = 2.0 ** 100
+    fit(1)
+    assert scale_state(m).tolist() == [2.0 ** 99, 0.0, 1.0]
+    assert mixed.MixedPrecision().growth_interval == 2000 and mixed.MixedPrecision().initial_scale == 2.0 ** 15
+
+
+def test_no_host_sync_or_copy_per_step_with_skips_and_growth():
+    """Syncs and host-to-device copies per fit() do not grow with the number of steps, while
+    steps are skipped and the scale changes (all on the device). Made to fail once by reading
+    the finite flag on the host (float(finite) in MixedStep._update_scale): 1 sync per step."""
+    counts = []
+    for steps in (4, 24):
+        m = build(cnn(), "strict", optim.Adam(1e-3),
+                  mixed.MixedPrecision("float16", initial_scale=2.0 ** 40, growth_interval=2))
+        x, y = data()
+        m.fit(x, y, epochs=1, steps_per_epoch=1, batch_size=16, verbose=0)  # warm-up: buffers made
+        before = (sb.COUNTERS["syncs"], sb.COUNTERS["h2d"])
+        h = m.fit(x, y, epochs=1, steps_per_epoch=steps, batch_size=16, verbose=0)
+        counts.append((sb.COUNTERS["syncs"] - before[0], sb.COUNTERS["h2d"] - before[1]))
+        assert scale_state(m)[2] >= 3  # some steps were skipped (2**40 overflows float16)
+    assert counts[0] == counts[1]
+    assert h.history["loss_scale"][0] < 2.0 ** 40
+
+
+def test_graph_true_gives_the_numbers_of_the_ordinary_step_in_mixed_mode(monkeypatch):
+    replaying = ReplayingStrict()
+    init = capture.CapturedStep.__init__
+
+    def register(self, *args):
+        init(self, *args)
+        replaying.step = self
+    monkeypatch.setattr(capture.CapturedStep, "__init__", register)
+    policy = lambda: mixed.MixedPrecision("float16", initial_scale=2.0 ** 30, growth_interval=3)  # noqa: E731
+    plain = build(mlp(), "strict", optim.Adam(1e-3), policy())
+    graphed = build(mlp(), replaying, optim.Adam(1e-3), policy())
+    x, y = data(70)
+    h0 = plain.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    h1 = graphed.fit(x, y, epochs=2, batch_size=16, verbose=0, graph=True)
+    w0, w1 = host(plain), host(graphed)
+    assert all(np.array_equal(w0[k], w1[k]) for k in w0)
+    assert h0.history == {**h1.history, "seconds": h0.history["seconds"]}
+    assert np.array_equal(scale_state(plain), scale_state(graphed)) and scale_state(plain)[2] > 0
+    assert plain.optimizer.iterations == graphed.optimizer.iterations
+    first = replaying.traces[0]
+    assert len(replaying.traces) == 7 and all(t == first for t in replaying.traces[1:])
+    assert all(c == (0, 0) for c in replaying.counts)
+
+
+def test_checkpoint_and_resume_keep_the_loss_scale(tmp_path, backend):
+    policy = lambda: mixed.MixedPrecision("float16", initial_scale=2.0 ** 20, growth_interval=3)  # noqa: E731
+    x, y = data()
+    straight = build(mlp(), backend.name, optim.Adam(1e-3), policy())
+    h0 = straight.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    first = build(mlp(), backend.name, optim.Adam(1e-3), policy())
+    first.fit(x, y, epochs=2, batch_size=16, verbose=0, checkpoint=tmp_path)
+    resumed = build(mlp(), backend.name, optim.Adam(1e-3), policy())
+    h1 = resumed.fit(x, y, epochs=3, batch_size=16, verbose=0, checkpoint=tmp_path, resume=True)
+    assert h1.history["loss_scale"] == h0.history["loss_scale"]
+    assert np.array_equal(scale_state(resumed), scale_state(straight))
+    assert scale_state(resumed)[0] != 2.0 ** 20  # it moved: the resumed run did not start afresh
+    w0, w1 = host(straight), host(resumed)
+    assert all(np.array_equal(w0[k], w1[k]) for k in w0)
+
+
+# -- settings and refusals ---------------------------------------------------------------------
+def test_names_and_clear_errors():
+    assert mixed.get("mixed_float16").compute == "float16" and mixed.get(None) is None
+    assert mixed.get("float32") is None and mixed.get("bfloat16").dynamic is False
+    with pytest.raises(ConfigError, match=r"unknown mixed precision 'float8'; expected one of bfloat16, "
+                                          r"float16, mixed_bfloat16, mixed_float16"):
+        build(mlp(), precision="float8")
+    with pytest.raises(ConfigError, match="mixed_precision must be a name"):
+        build(mlp(), precision=16)
+    with pytest.raises(ConfigError, match="'bfloat16' is not available on the numpy backend: NumPy has "
+                                          "no bfloat16"):
+        build(mlp(), precision="bfloat16")
+    with pytest.raises(ConfigError, match="growth_interval must be a positive integer"):
+        mixed.MixedPrecision("float16", growth_interval=0)
+    m64 = xpnet.Sequential(mlp(), input_shape=(1, 12, 12), dtype="float64")
+    with pytest.raises(ConfigError, match="keeps float32 master weights; model 'sequential' is float64"):
+        m64.compile(mixed_precision="float16")
+    with pytest.raises(ConfigError, match="does not combine with distributed"):
+        build(mlp()).fit(*data(), distributed=object(), verbose=0)
+
+
+def test_evaluate_and_predict_use_the_float32_weights():
+    m = build(mlp())
+    x, y = data()
+    m.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert m.predict(x).dtype == np.float32
+    plain = xpnet.Sequential(mlp(), input_shape=(1, 12, 12), seed=3).compile()
+    plain.set_weights(m.get_weights())
+    assert np.array_equal(plain.predict(x), m.predict(x))
+
+
+def test_a_skipped_epoch_is_logged_and_training_goes_on():
+    m = build(mlp(), precision=mixed.MixedPrecision("float16", initial_scale=2.0 ** 60))
+    h = m.fit(*data(), epochs=2, batch_size=16, verbose=0, callbacks=[callbacks.TerminateOnNaN()])
+    assert h.history["loss_scale"][-1] < 2.0 ** 60 and len(h.history["loss"]) == 2
+    assert all(np.isfinite(h.history["loss"]))
+    with pytest.raises(TrainingError):  # a step that cannot be skipped on the device
+        m.optimizer.step({"a": m.xp.zeros(2)}, {"a": m.xp.zeros(2)}, finite=m.xp.asarray(True))
+
+
+def test_run_folder_records_the_precision_and_the_loss_scale(tmp_path, capsys):
+    argv = ["train", "--model", "quick-mlp", "--device", "cpu", "--epochs", "1", "--train-images", "256",
+            "--test-images", "64", "--quiet", "--out", str(tmp_path)]
+    assert cli.main(argv + ["--mixed-precision", "float16"]) == 0
+    folder = str(tmp_path / os.listdir(tmp_path)[0])
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)
+    assert config["mixed_precision"] == "float16"
+    assert config["precision"] == {"compute": "float16", "master_weights": "float32", "tf32": None,
+                                   "loss_scaling": mixed.MixedPrecision().get_config()}
+    with open(os.path.join(folder, "log.csv")) as f:
+        assert "loss_scale" in f.readline()
+    assert cli.main(argv + ["--mixed-precision", "bfloat16"]) == 2
+    assert "'bfloat16' is not available on the numpy backend" in capsys.readouterr().err
+    assert len(os.listdir(tmp_path)) == 1  # refused before a run folder was made
+    assert cli.main(["train", "--resume", folder, "--mixed-precision", "float16"]) == 2
+    assert "drop --mixed-precision" in capsys.readouterr().err
