@@ -33,20 +33,23 @@ def bilinear_sample(xp, x, xs, ys, fill=0.0):
     y0 = xp.floor(ys)
     fx = (xs - x0).reshape(n, 1, -1)
     fy = (ys - y0).reshape(n, 1, -1)
-    x0 = x0.astype(xp.int64).reshape(n, 1, -1)
-    y0 = y0.astype(xp.int64).reshape(n, 1, -1)
-    flat = x.reshape(-1)
-    base = (xp.arange(n * c, dtype=xp.int64) * (h * w)).reshape(n, c, 1)
-    # the four neighbours in one gather: axis 0 is the row (y0, y0 + 1), axis 1 the column
-    xi = xp.stack([x0, x0 + 1])                                     # (2, N, 1, P)
-    yi = xp.stack([y0, y0 + 1])
-    inside = (((yi >= 0) & (yi < h))[:, None]) & (((xi >= 0) & (xi < w))[None, :])
-    pix = (xp.clip(yi, 0, h - 1) * w)[:, None] + xp.clip(xi, 0, w - 1)[None, :]
-    corners = xp.where(inside, flat[base + pix], fill)              # (2, 2, N, C, P)
-    top = corners[0, 0]
-    top = top + fx * (corners[0, 1] - top)
-    bottom = corners[1, 0]
-    bottom = bottom + fx * (corners[1, 1] - bottom)
+    # The images in a one-pixel frame of ``fill``: a neighbour outside the image is clipped onto
+    # the frame, so it reads ``fill`` without a mask (the same values as masking, fewer passes).
+    hf, wf = h + 2, w + 2
+    framed = xp.full((n, c, hf, wf), fill, dtype=x.dtype)
+    framed[:, :, 1:-1, 1:-1] = x
+    index = xp.int32 if n * c * hf * wf < 2 ** 31 else xp.int64
+    c0 = xp.clip(x0 + 1, 0, w + 1).astype(index)                    # frame column of x0
+    c1 = xp.clip(x0 + 2, 0, w + 1).astype(index)                    # ... and of x0 + 1
+    r0 = xp.clip(y0 + 1, 0, h + 1).astype(index) * wf
+    r1 = xp.clip(y0 + 2, 0, h + 1).astype(index) * wf
+    base = (xp.arange(n * c, dtype=index) * (hf * wf)).reshape(1, n, c, 1)
+    pix = xp.stack([r0 + c0, r0 + c1, r1 + c0, r1 + c1]).reshape(4, n, 1, -1) + base
+    corners = framed.reshape(-1)[pix]                               # (4, N, C, P): the 2 x 2 neighbours
+    top = corners[0]
+    top = top + fx * (corners[1] - top)
+    bottom = corners[2]
+    bottom = bottom + fx * (corners[3] - bottom)
     return (top + fy * (bottom - top)).astype(x.dtype, copy=False).reshape(out_shape)
 
 
