@@ -125,3 +125,16 @@ def test_bad_settings_are_refused(monkeypatch):
     monkeypatch.delenv("XPNET_CONV_CHOICE")
     with pytest.raises(ConfigError, match="method must be 'spectral' or 'columns'"):
         fast.conv2d_forward(backend.xp, x, W, b, *SAME, method="winograd")
+
+
+def test_small_batches_of_3x3_kernels_go_to_columns_and_5x5_stay_spectral():
+    """The kernel-side term (chooser.kernel_side): at batch 16 the spectral route's per-bin kernel
+    matrices cost more than a 3x3 direct GEMM saves (docs/benchmarks.md, "Route choice")."""
+    valid, same2 = (0, 0, 0, 0), (2, 2, 2, 2)
+    assert chooser.choose((16, 32, 13, 13), (64, 32, 3, 3), (1, 1), valid) == "columns"
+    assert chooser.choose((16, 64, 7, 7), (128, 64, 3, 3), (1, 1), (1, 1, 1, 1)) == "columns"
+    assert chooser.choose((128, 64, 11, 11), (64, 64, 3, 3), (1, 1), valid) == "spectral"
+    for n in (16, 64, 128):
+        assert chooser.choose((n, 6, 14, 14), (16, 6, 5, 5), (1, 1), valid) == "spectral"
+        assert chooser.choose((n, 96, 14, 14), (128, 96, 5, 5), (1, 1), same2) == "spectral"
+        assert chooser.choose((n, 16, 28, 28), (32, 16, 5, 5), (1, 1), same2) == "spectral"

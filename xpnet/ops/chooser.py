@@ -16,6 +16,11 @@ complex product is a real GEMM twice as wide on each side):
   ``mix`` is the per-bin channel mixing, a (2F x 2C) by (2C x 1) product per image and bin. A
   step transforms x (C planes) and dy (F planes), inverts y (F planes) and, when dx is needed, dx
   (C planes); it mixes channels twice (y and dW) plus once for dx.
+* the spectral route's kernel side (``kernel_side``): passes over its per-bin kernel matrices
+  (bins x 2F x 2C elements: M built in forward, the dW products P and G in backward, the kernel
+  transforms) that cost the same whatever the batch, priced at KERNEL_PASS_FLOPS per element.
+  Without it the estimate chose the spectral route for 3x3 kernels at batch 16, where it is
+  1.3-1.9x slower than columns (docs/benchmarks.md, "Route choice").
 """
 from .geometry import out_size, padded_hw
 
@@ -24,6 +29,12 @@ from .geometry import out_size, padded_hw
 # copies and reads more memory per FLOP, so a near tie goes to the simpler columns route. A margin
 # chosen with the benchmarks (docs/benchmarks.md), not a fitted constant.
 SPECTRAL_ADVANTAGE = 1.25
+
+# GEMM FLOPs one element of the spectral route's per-bin kernel matrices costs (see the module doc):
+# fitted with benchmarks/conv_routes.py: in two runs of its 42 shapes (3x3 and 5x5 kernels, batch 16
+# to 128, 3 to 128 channels), every shape whose routes differ by more than 15 % goes the faster way
+# for any value in about 87-104.
+KERNEL_PASS_FLOPS = 95
 
 # ... and its per-bin arrays must fit in this many bytes: the kernel matrices M (bins, 2F, 2C), the
 # input spectrum kept for backward (bins, 2C, N) and the output spectrum (bins, 2F, N). Beyond it
@@ -49,6 +60,11 @@ def spectral_flops(n, c, f, h, w, ho, wo, hp, wp, need_dx=True):
     return total
 
 
+def kernel_side(c, f, hp, wp):
+    """FLOP-equivalent of the spectral route's batch-independent passes over its kernel matrices."""
+    return KERNEL_PASS_FLOPS * (hp // 2 + 1) * wp * 4 * f * c
+
+
 def direct_flops(n, c, f, kh, kw, ho, wo):
     """FLOPs of forward, dW and dx as three GEMMs of N*Ho*Wo x F x C*kh*kw."""
     return 3 * 2 * n * ho * wo * f * c * kh * kw
@@ -72,5 +88,5 @@ def choose(x_shape, w_shape, stride, padding, itemsize=4):
     ho, wo = out_size(hp, kh, stride[0]), out_size(wp, kw, stride[1])
     if not spectral_fits(x_shape, w_shape, padding, itemsize):
         return "columns"
-    spectral = spectral_flops(n, c, f, h, w, ho, wo, hp, wp)
+    spectral = spectral_flops(n, c, f, h, w, ho, wo, hp, wp) + kernel_side(c, f, hp, wp)
     return "spectral" if SPECTRAL_ADVANTAGE * spectral < direct_flops(n, c, f, kh, kw, ho, wo) else "columns"
