@@ -1,0 +1,353 @@
+"""Where a training step's time goes, layer by layer, and how much of it is fit()'s own loop.
+
+    python benchmarks/profile_layers.py --threads 2                     # both tables, markdown
+    python benchmarks/profile_layers.py --models big --batch-size 64 --repeats 10
+    python benchmarks/profile_layers.py --overhead-only                 # just fit's overhead at batch 16
+
+Per-layer table (big and medium, batch 64 by default). Each step is a real ``fit()`` step on the
+NumPy backend; every layer's forward and backward, the loss, the optimizer update and the step as
+a whole (``on_batch_end`` to ``on_batch_end``) are timed, and the table gives medians over the
+timed steps. The GEMMs a layer executes are found by running one step on the strict backend with
+its operation trace on (every ``@``/``matmul``/``dot`` with its operand shapes, attributed to the
+layer running at the time); each distinct GEMM is then replayed alone on the NumPy backend with
+operands of those shapes (contiguous, float32) to time it. So per layer:
+
+* route: ``spectral`` or ``columns`` for a convolution (xpnet.ops.chooser), ``gemm`` for Dense;
+* GFLOP: FLOPs the GEMMs really execute (2 per multiply-add; the spectral route's DFTs are GEMMs
+  too and are counted), beside the nominal direct-convolution count;
+* GEMM ms and GFLOP/s: the replayed GEMM time and the rate it implies, against the machine's
+  SGEMM peak (best of NumPy float32 square matmuls of 1024-3072, measured at the start);
+* other ms: the layer's measured time minus its GEMM time: transforms' reshapes and layout
+  copies, im2col, element-wise passes, pooling, allocation and Python.
+
+Rows after the layers: the loss, the optimizer update (Adam on the flat buffer), the glue inside
+the training step (model.forward/backward loops, the flat-buffer check), and fit's own loop
+(everything between two training steps: the batch's rows from the shuffled order, augmentation,
+the device-side loss/accuracy sums, progress and callbacks).
+
+Overhead table: fit's own per-step overhead (everything in a fit step except ``_train_step``,
+i.e. forward, loss, backward and update) for the batch-16 recipes of seed 001 (model 8, an MLP,
+and model 12, the 16-32-48-64 CNN = "medium"), with their recipes' augmentation, as a share of
+the whole step; the issue's bound is 10 %.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GEMM_NAMES = ("matmul", "dot")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="big,medium", help="comma list (benchmarks/run.py names)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--overhead-models", default="seed001-m8,seed001-m12",
+                   help="zoo models whose batch-16 recipe step is split into fit's loop and the rest")
+    p.add_argument("--overhead-batch", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all cores)")
+    p.add_argument("--overhead-only", action="store_true", help="skip the per-layer table")
+    args = p.parse_args(argv)
+    args.models = [m for m in args.models.split(",") if m]
+    args.overhead_models = [m for m in args.overhead_models.split(",") if m]
+    if args.repeats < 1 or args.warmup < 1 or args.batch_size < 1 or args.overhead_batch < 1:
+        p.error("--repeats, --warmup and the batch sizes must be >= 1")
+    return args
+
+
+# -- the machine's SGEMM peak ------------------------------------------------------------------------
+def sgemm_peak(np, sizes=(1024, 2048, 3072), tries=3):
+    """Best GFLOP/s of float32 square matmuls (NumPy's BLAS at the process's thread count)."""
+    best = 0.0
+    for n in sizes:
+        a = np.ones((n, n), np.float32)
+        b = np.ones((n, n), np.float32)
+        a @ b
+        for _ in range(tries):
+            t0 = time.perf_counter()
+            a @ b
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+# -- GEMMs per layer, from the strict backend's trace -------------------------------------------------
+def _gemm_shapes(sig):
+    """(a shape, b shape, dtype) of a traced matmul/dot call, or None."""
+    arrays = []
+
+    def walk(v):
+        if isinstance(v, tuple) and len(v) == 3 and v[0] == "array":
+            arrays.append(v)
+        elif isinstance(v, tuple):
+            for x in v:
+                walk(x)
+    walk(sig)
+    if len(arrays) < 2:
+        return None
+    return tuple(arrays[0][1]), tuple(arrays[1][1]), arrays[0][2]
+
+
+def gemm_flops(a, b):
+    """2 * multiply-adds of matmul(a, b) (batch dims broadcast; 1-D operands as in NumPy)."""
+    import numpy as np
+    a2 = a if len(a) > 1 else (1,) + a
+    b2 = b if len(b) > 1 else b + (1,)
+    batch = np.broadcast_shapes(a2[:-2], b2[:-2])
+    return 2 * int(np.prod(batch, dtype=np.int64)) * a2[-2] * a2[-1] * b2[-1]
+
+
+def trace_gemms(build, batch):
+    """{layer name or phase: [(a shape, b shape, dtype), ...]} of one fit step on the strict backend."""
+    import numpy as np
+    from xpnet.backends import strict_backend as sb
+    model = build("strict")
+    marks = []
+    found = defaultdict(list)
+    _instrument(model, lambda key: marks.append(key), lambda key: marks.pop())
+    x = np.random.default_rng(0).integers(0, 256, (batch,) + tuple(model.input_shape), dtype=np.uint8)
+    y = np.random.default_rng(1).integers(0, 10, batch)
+
+    # one warm-up fit (caches, DFT matrices), then one traced step
+    model.fit(x, y, epochs=1, batch_size=batch, steps_per_epoch=1, verbose=0)
+    original = sb._record
+
+    def record(name, *args):
+        if name in GEMM_NAMES:
+            shapes = _gemm_shapes(sb._signature(args))
+            if shapes is not None:
+                found[marks[-1] if marks else "fit loop"].append(shapes)
+    sb._record, sb.TRACE = record, []  # _call records only while a TRACE list exists
+    try:
+        model.fit(x, y, epochs=1, batch_size=batch, steps_per_epoch=1, verbose=0)
+    finally:
+        sb._record, sb.TRACE = original, None
+    return found
+
+
+def replay_ms(np, shapes, cache, tries=5):
+    """Median ms of one matmul with operands of these shapes (contiguous), cached per shape."""
+    if shapes not in cache:
+        a_shape, b_shape, dtype = shapes
+        a = np.ones(a_shape, np.dtype(dtype))
+        b = np.ones(b_shape, np.dtype(dtype))
+        np.matmul(a, b)
+        ts = []
+        for _ in range(tries):
+            t0 = time.perf_counter()
+            np.matmul(a, b)
+            ts.append(time.perf_counter() - t0)
+        cache[shapes] = statistics.median(ts) * 1e3
+    return cache[shapes]
+
+
+# -- timing a real fit step ---------------------------------------------------------------------------
+def _instrument(model, enter, leave):
+    """Compile the model (Adam 1e-3, cross-entropy, accuracy) and call enter(key)/leave(key) around
+    every layer's forward/backward, the loss, the update and the whole training step."""
+    from xpnet.optim import Adam
+    model.compile(loss="cross_entropy", optimizer=Adam(lr=1e-3), metrics=("accuracy",))
+
+    def wrap(obj, attr, key):
+        fn = getattr(obj, attr)
+
+        def timed(*a, **k):
+            enter(key)
+            try:
+                return fn(*a, **k)
+            finally:
+                leave(key)
+        setattr(obj, attr, timed)
+
+    for layer in model.layers:
+        wrap(layer, "forward", layer.name)
+        wrap(layer, "backward", layer.name)
+    wrap(model.loss, "forward", "loss")
+    wrap(model.loss, "backward", "loss")
+    wrap(model.optimizer, "step", "update")
+    wrap(model, "_train_step", "train_step")
+
+
+def time_fit_steps(build, batch, repeats, warmup, augment=None):
+    """Per-step seconds of each part of a real fit() on the NumPy backend: list of dicts with
+    keys layer names, "loss", "update", "train_step", "augment", "step"."""
+    import numpy as np
+    import xpnet
+    model = build("numpy")
+    acc = defaultdict(float)
+    started = {}
+
+    def enter(key):
+        started[key] = time.perf_counter()
+
+    def leave(key):
+        acc[key] += time.perf_counter() - started.pop(key)
+    _instrument(model, enter, leave)
+    if augment is not None:
+        aug = augment
+
+        def augment(xb, rng):
+            enter("augment")
+            try:
+                return aug(xb, rng)
+            finally:
+                leave("augment")
+    steps = []
+
+    class Clock(xpnet.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_batch_end(self, b, logs=None):
+            t1 = time.perf_counter()
+            if b >= warmup:
+                steps.append(dict(acc, step=t1 - self.t0))
+            acc.clear()
+            self.t0 = time.perf_counter()
+
+    n = batch * 8
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n,) + tuple(model.input_shape), dtype=np.uint8)
+    y = rng.integers(0, 10, n)
+    model.fit(x, y, epochs=1, batch_size=batch, steps_per_epoch=warmup + repeats, verbose=0,
+              callbacks=[Clock()], augment=augment)
+    return model, steps
+
+
+def median_of(steps, key):
+    return statistics.median(s.get(key, 0.0) for s in steps)
+
+
+# -- the two tables -----------------------------------------------------------------------------------
+def layer_table(name, args, np, xpnet, run, peak):
+    from xpnet.ops import chooser
+    from xpnet.ops.geometry import out_size, padded_hw
+
+    def build(device):
+        return run.build_xpnet(xpnet, name, device, "float32", 0)
+    model, steps = time_fit_steps(build, args.batch_size, args.repeats, args.warmup)
+    gemms = trace_gemms(build, args.batch_size)
+    cache = {}
+    rows, totals = [], defaultdict(float)
+    n = args.batch_size
+    for i, layer in enumerate(model.layers):
+        kind = type(layer).__name__
+        ms = median_of(steps, layer.name) * 1e3
+        route, nominal = "", 0
+        if kind == "Conv2D":
+            shape = (n,) + tuple(layer.input_shape)
+            route = chooser.choose(shape, tuple(layer.params["W"].shape), layer.strides, layer.pads)
+            f, c, kh, kw = layer.params["W"].shape
+            hp, wp = padded_hw(layer.input_shape[1:], layer.pads)
+            ho, wo = out_size(hp, kh, layer.strides[0]), out_size(wp, kw, layer.strides[1])
+            nominal = chooser.direct_flops(n, c, f, kh, kw, ho, wo) * (2 if i == 0 else 3) // 3
+        elif kind == "Dense":
+            route = "gemm"
+            nominal = 2 * n * layer.params["W"].size * (2 if i == 0 else 3)
+        g = gemms.get(layer.name, [])
+        flops = sum(gemm_flops(a, b) for a, b, _ in g)
+        gemm_ms = sum(replay_ms(np, s, cache) for s in g)
+        rows.append((f"{layer.name} ({kind})", route, nominal, flops, ms, gemm_ms))
+    for key, label in (("loss", "loss (softmax cross-entropy)"), ("update", "Adam update (flat buffer)")):
+        g = gemms.get(key, [])
+        rows.append((label, "", 0, sum(gemm_flops(a, b) for a, b, _ in g), median_of(steps, key) * 1e3,
+                     sum(replay_ms(np, s, cache) for s in g)))
+    inner = [sum(s.get(l.name, 0.0) for l in model.layers) + s.get("loss", 0.0) + s.get("update", 0.0)
+             for s in steps]
+    glue = statistics.median(s["train_step"] - v for s, v in zip(steps, inner)) * 1e3
+    loop = statistics.median(s["step"] - s["train_step"] for s in steps) * 1e3
+    step = median_of(steps, "step") * 1e3
+    rows.append(("glue in the training step (model loops, flat-buffer check)", "", 0, 0, glue, 0.0))
+    rows.append(("fit's own loop (rows of the order, loss/accuracy sums, callbacks)", "", 0, 0, loop, 0.0))
+    lines = [f"### {name}, batch {n}",
+             "",
+             f"Whole fit step (median of {len(steps)}): **{step:.1f} ms**; SGEMM peak {peak:.0f} GFLOP/s.",
+             "",
+             "| part | route | nominal GFLOP | executed GFLOP | ms | GEMM ms | GEMM GFLOP/s | % of peak | other ms |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, route, nominal, flops, ms, gemm_ms in rows:
+        rate = flops / gemm_ms / 1e6 if gemm_ms else 0.0
+        totals["nominal"] += nominal
+        totals["flops"] += flops
+        totals["ms"] += ms
+        totals["gemm"] += gemm_ms
+        lines.append(f"| {label} | {route} | {nominal / 1e9:.3f} | {flops / 1e9:.3f} | {ms:.1f} | "
+                     f"{gemm_ms:.1f} | {rate:.0f} | {100 * rate / peak:.0f} | {max(ms - gemm_ms, 0.0):.1f} |"
+                     if flops else
+                     f"| {label} | {route} | | | {ms:.1f} | | | | {ms:.1f} |")
+    rate = totals["flops"] / totals["gemm"] / 1e6 if totals["gemm"] else 0.0
+    lines.append(f"| **sum** | | {totals['nominal'] / 1e9:.2f} | {totals['flops'] / 1e9:.2f} | "
+                 f"{totals['ms']:.1f} | {totals['gemm']:.1f} | {rate:.0f} | {100 * rate / peak:.0f} | "
+                 f"{totals['ms'] - totals['gemm']:.1f} |")
+    lines.append("")
+    lines.append(f"Outside the GEMMs: {totals['ms'] - totals['gemm']:.1f} ms of {step:.1f} ms "
+                 f"({100 * (totals['ms'] - totals['gemm']) / step:.0f} %); the parts sum to "
+                 f"{totals['ms']:.1f} ms (the rest is timer overhead and noise).")
+    return "\n".join(lines)
+
+
+def overhead_table(args, xpnet):
+    from xpnet.augment import from_config
+    lines = [f"### fit's own overhead per step, batch {args.overhead_batch}",
+             "",
+             "| model | augmentation | step ms | train step ms | fit's loop ms | of which augmentation ms "
+             "| overhead % | without augmentation % |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    results = []
+    for name in args.overhead_models:
+        spec = xpnet.models.get(name)
+        aug_cfg = spec.recipe.get("augment")
+        augment = from_config(aug_cfg) if aug_cfg else None
+
+        def build(device):
+            return spec.build(device=device, seed=0, dtype="float32")
+        _, steps = time_fit_steps(build, args.overhead_batch, args.repeats * 5, args.warmup, augment)
+        step = median_of(steps, "step") * 1e3
+        train = median_of(steps, "train_step") * 1e3
+        loop = statistics.median(s["step"] - s["train_step"] for s in steps) * 1e3
+        aug = median_of(steps, "augment") * 1e3
+        pct = 100 * loop / step
+        bare = 100 * (loop - aug) / (step - aug)
+        desc = "none" if not aug_cfg else f"{aug_cfg['type']} p={aug_cfg.get('probability', 1.0)}"
+        lines.append(f"| {name} | {desc} | {step:.2f} | {train:.2f} | {loop:.2f} | {aug:.2f} | "
+                     f"{pct:.1f} | {bare:.1f} |")
+        results.append({"model": name, "step_ms": step, "train_step_ms": train, "loop_ms": loop,
+                        "augment_ms": aug, "overhead_percent": pct})
+    return "\n".join(lines), results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    sys.path.insert(0, ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import run  # the benchmark's models and thread settings
+    if args.threads is None:
+        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    run.set_threads_env(args.threads)
+    import numpy as np
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(args.threads)
+    except ImportError:
+        pass
+    import xpnet
+    print(f"threads {args.threads}, load average {os.getloadavg()[0]:.2f}, numpy {np.__version__}", flush=True)
+    out = []
+    if not args.overhead_only:
+        peak = sgemm_peak(np)
+        print(f"SGEMM peak (NumPy float32 matmul, {args.threads} threads): {peak:.0f} GFLOP/s", flush=True)
+        for name in args.models:
+            out.append(layer_table(name, args, np, xpnet, run, peak))
+            print(out[-1] + "\n", flush=True)
+    text, results = overhead_table(args, xpnet)
+    print(text, flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    return out, results
+
+
+if __name__ == "__main__":
+    main()
