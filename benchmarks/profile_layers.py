@@ -16,7 +16,8 @@ operands of those shapes (contiguous, float32) to time it. So per layer:
 * GFLOP: FLOPs the GEMMs really execute (2 per multiply-add; the spectral route's DFTs are GEMMs
   too and are counted), beside the nominal direct-convolution count;
 * GEMM ms and GFLOP/s: the replayed GEMM time and the rate it implies, against the machine's
-  SGEMM peak (best of NumPy float32 square matmuls of 1024-3072, measured at the start);
+  SGEMM peak (best of NumPy float32 square matmuls of 1024-3072, measured at the start; with
+  ``--clock cpu`` every time is CPU time of the process, so with T threads rates are per T cores);
 * other ms: the layer's measured time minus its GEMM time: transforms' reshapes and layout
   copies, im2col, element-wise passes, pooling, allocation and Python.
 
@@ -39,6 +40,8 @@ from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEMM_NAMES = ("matmul", "dot")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter  # --clock cpu: the process's CPU time (all threads), steadier on a shared machine
 
 
 def parse_args(argv=None):
@@ -52,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all cores)")
     p.add_argument("--overhead-only", action="store_true", help="skip the per-layer table")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall time (default) or the process's CPU time (steadier under load)")
     args = p.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.overhead_models = [m for m in args.overhead_models.split(",") if m]
@@ -69,9 +74,9 @@ def sgemm_peak(np, sizes=(1024, 2048, 3072), tries=3):
         b = np.ones((n, n), np.float32)
         a @ b
         for _ in range(tries):
-            t0 = time.perf_counter()
+            t0 = clock()
             a @ b
-            best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+            best = max(best, 2 * n ** 3 / (clock() - t0) / 1e9)
     return best
 
 
@@ -138,9 +143,9 @@ def replay_ms(np, shapes, cache, tries=5):
         np.matmul(a, b)
         ts = []
         for _ in range(tries):
-            t0 = time.perf_counter()
+            t0 = clock()
             np.matmul(a, b)
-            ts.append(time.perf_counter() - t0)
+            ts.append(clock() - t0)
         cache[shapes] = statistics.median(ts) * 1e3
     return cache[shapes]
 
@@ -182,10 +187,10 @@ def time_fit_steps(build, batch, repeats, warmup, augment=None):
     started = {}
 
     def enter(key):
-        started[key] = time.perf_counter()
+        started[key] = clock()
 
     def leave(key):
-        acc[key] += time.perf_counter() - started.pop(key)
+        acc[key] += clock() - started.pop(key)
     _instrument(model, enter, leave)
     if augment is not None:
         aug = augment
@@ -200,14 +205,14 @@ def time_fit_steps(build, batch, repeats, warmup, augment=None):
 
     class Clock(xpnet.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.t0 = time.perf_counter()
+            self.t0 = clock()
 
         def on_batch_end(self, b, logs=None):
-            t1 = time.perf_counter()
+            t1 = clock()
             if b >= warmup:
                 steps.append(dict(acc, step=t1 - self.t0))
             acc.clear()
-            self.t0 = time.perf_counter()
+            self.t0 = clock()
 
     n = batch * 8
     rng = np.random.default_rng(0)
@@ -287,7 +292,7 @@ def layer_table(name, args, np, xpnet, run, peak):
     lines.append(f"Outside the GEMMs: {totals['ms'] - totals['gemm']:.1f} ms of {step:.1f} ms "
                  f"({100 * (totals['ms'] - totals['gemm']) / step:.0f} %); the parts sum to "
                  f"{totals['ms']:.1f} ms (the rest is timer overhead and noise).")
-    return "\n".join(lines)
+    return "\n".join(lines), rows
 
 
 def overhead_table(args, xpnet):
@@ -321,7 +326,9 @@ def overhead_table(args, xpnet):
 
 
 def main(argv=None):
+    global clock
     args = parse_args(argv)
+    clock = CLOCKS[args.clock]
     sys.path.insert(0, ROOT)
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import run  # the benchmark's models and thread settings
@@ -335,13 +342,13 @@ def main(argv=None):
     except ImportError:
         pass
     import xpnet
-    print(f"threads {args.threads}, load average {os.getloadavg()[0]:.2f}, numpy {np.__version__}", flush=True)
+    print(f"clock {args.clock}, threads {args.threads}, load average {os.getloadavg()[0]:.2f}, numpy {np.__version__}", flush=True)
     out = []
     if not args.overhead_only:
         peak = sgemm_peak(np)
         print(f"SGEMM peak (NumPy float32 matmul, {args.threads} threads): {peak:.0f} GFLOP/s", flush=True)
         for name in args.models:
-            out.append(layer_table(name, args, np, xpnet, run, peak))
+            out.append(layer_table(name, args, np, xpnet, run, peak)[0])
             print(out[-1] + "\n", flush=True)
     text, results = overhead_table(args, xpnet)
     print(text, flush=True)

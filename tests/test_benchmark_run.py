@@ -54,3 +54,26 @@ def test_bad_arguments_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
         run.parse_args(argv)
     assert "error" in capsys.readouterr().err
+
+
+def test_the_layer_profile_counts_the_gemms_each_layer_executes():
+    """benchmarks/profile_layers.py on LeNet-5 at batch 16: GEMM FLOPs traced on the strict
+    backend equal the direct count for the columns convolution and the Dense layers, the spectral
+    layer executes fewer, and fit's overhead table has its rows."""
+    import argparse
+    import profile_layers as prof
+    args = argparse.Namespace(batch_size=16, repeats=1, warmup=1, overhead_batch=4,
+                              overhead_models=["seed001-m8"])
+    text, rows = prof.layer_table("lenet5", args, np, xpnet, run, peak=50.0)
+    by_label = {r[0].split(" ")[0]: r for r in rows}
+    conv1, conv2 = by_label["conv2d"], by_label["conv2d_1"]
+    assert conv1[1] == "columns" and conv1[2] == conv1[3] == 2 * 2 * 16 * 28 * 28 * 6 * 25
+    assert conv2[1] == "spectral" and 0 < conv2[3] < conv2[2]
+    for name, (fan_in, fan_out) in {"dense": (400, 120), "dense_1": (120, 84), "dense_2": (84, 10)}.items():
+        assert by_label[name][1] == "gemm" and by_label[name][3] == by_label[name][2] == 3 * 2 * 16 * fan_in * fan_out
+    assert "fit's own loop" in text and "| **sum** |" in text
+    table, results = prof.overhead_table(args, xpnet)
+    assert results[0]["model"] == "seed001-m8" and results[0]["augment_ms"] > 0
+    assert 0 < results[0]["train_step_ms"] < results[0]["step_ms"]
+    assert prof.gemm_flops((3, 5), (5, 7)) == 2 * 3 * 5 * 7
+    assert prof.gemm_flops((10, 3, 5), (10, 5, 2)) == 2 * 10 * 3 * 5 * 2
