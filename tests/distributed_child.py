@@ -41,12 +41,15 @@ def build(case, device, seed):
     model = xpnet.Sequential([
         Conv2D(4, 3, padding="same", use_bias=False), BatchNorm(momentum=0.9), ReLU(), MaxPool2D(2),
         Dropout(0.3), Flatten(), Dense(16, use_bias=False), BatchNorm(momentum=0.8), ReLU(),
-        Dropout(0.2), dense], input_shape=(1, 8, 8), device=device, dtype="float64", seed=seed)
+        Dropout(0.2), dense], input_shape=(1, 8, 8), device=device,
+        dtype="float32" if case == "mixed" else "float64", seed=seed)
     if case == "adam":
         opt = xpnet.optim.Adam(lr=0.01, decay=0.01)
     else:
         opt = xpnet.optim.SGD(lr=0.05, momentum=0.9)
-    model.compile(loss="cross_entropy", optimizer=opt, metrics=["accuracy"])
+    mixed = xpnet.MixedPrecision("float16", initial_scale=2.0 ** 24, growth_interval=4)  # skips early
+    model.compile(loss="cross_entropy", optimizer=opt, metrics=["accuracy"],
+                  mixed_precision=mixed if case == "mixed" else None)
     return model
 
 
@@ -97,7 +100,7 @@ def save(model, history, out, rank):
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("out")
-    p.add_argument("--case", default="sgd", choices=("sgd", "adam", "perrank"))
+    p.add_argument("--case", default="sgd", choices=("sgd", "adam", "perrank", "mixed"))
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--device", default="numpy")
     p.add_argument("--checkpoint", default=None)

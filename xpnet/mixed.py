@@ -142,9 +142,11 @@ class MixedStep:
                 layer.params[k] = views[f"{layer.name}.{k}"]
 
     # -- one step -----------------------------------------------------------------------------
-    def train_step(self, xb, yb):
+    def train_step(self, xb, yb, dp=None):
         """Forward and backward in half precision, the loss and the update in float32; returns
-        (loss value, outputs) as device arrays. No host sync."""
+        (loss value, outputs) as device arrays. No host sync. With ``dp`` (data-parallel), the
+        unscaled float32 gradients are all-reduced before the finite check, so every rank sees
+        the same flag and skips the same steps."""
         model, xp = self.model, self.xp
         model._flat_parameters()
         if getattr(model, "_flat_buffer", None) is None:
@@ -156,10 +158,16 @@ class MixedStep:
             out32 = out if out.dtype == xp.float32 else out.astype(xp.float32)
             value = model.loss.forward(out32, yb)
             grad = model.loss.backward()
+            if dp is not None:  # the gradient of the global batch's mean loss
+                grad = grad * dp.scale
             if self.policy.dynamic:
                 grad = grad * scale
             model.backward(grad.astype(self.dtype))
-            finite = self._unscale(scale)
+            g = self._unscale(scale)
+        if dp is not None:
+            dp.reduce_gradients()  # one float32 all-reduce
+            g = None
+        finite = self._finite(g) if self.policy.dynamic else None
         value = value + model.regularization_loss()
         model.add_regularization_grads()
         model.optimizer.step(model.parameters, model.gradients, finite=finite)
@@ -168,25 +176,35 @@ class MixedStep:
         return value, out
 
     def _unscale(self, scale):
-        """Gradients -> float32 views of one buffer, divided by the scale; returns the 0-d flag
-        "all finite" (None without loss scaling). Non-finite entries become 0 (the step is then
-        skipped anyway), so the optimizer's arithmetic stays quiet."""
-        xp, model = self.xp, self.model
-        names = list(model._flat_views)
-        grads = model.gradients
-        g = xp.concatenate([grads[k].reshape(-1) for k in names], dtype=xp.float32)
-        finite = None
+        """Gradients -> float32 views of one buffer (returned), divided by the scale."""
+        g = self._gathered(self.xp.float32)
         if self.policy.dynamic:
             g *= 1.0 / scale
-            finite = xp.isfinite(g).all()
-            g = xp.where(finite, g, xp.float32(0))
+        self._share(g)
+        return g
+
+    def _finite(self, g=None):
+        """The 0-d flag "every gradient is finite"; non-finite entries become 0 (the step is then
+        skipped anyway), so the optimizer's arithmetic stays quiet. ``g``: the gradients' flat
+        buffer, None to gather them (after an all-reduce)."""
+        xp = self.xp
+        g = self._gathered(None) if g is None else g
+        finite = xp.isfinite(g).all()
+        self._share(xp.where(finite, g, xp.float32(0)))
+        return finite
+
+    def _gathered(self, dtype):
+        grads = self.model.gradients
+        return self.xp.concatenate([grads[k].reshape(-1) for k in self.model._flat_views], dtype=dtype)
+
+    def _share(self, g):
+        """Every layer's grads become views of ``g`` (in the flat buffer's order)."""
         offset = 0
-        for layer in model.layers:
+        for layer in self.model.layers:
             for k, p in layer.params.items():
                 n = int(p.size)
                 layer.grads[k] = g[offset:offset + n].reshape(p.shape)
                 offset += n
-        return finite
 
     def _update_scale(self, finite):
         """Halve on a skipped step, double after growth_interval finite steps in a row."""

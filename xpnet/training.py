@@ -282,9 +282,6 @@ class TrainingMixin:
             raise ConfigError(f"augment must be callable aug(x, rng) or an augmenter config dict, got "
                               f"{type(augment).__name__} {augment!r}")
         epochs = int(epochs)
-        if getattr(self, "_mixed", None) is not None and distributed is not None:
-            raise ConfigError("mixed precision does not combine with distributed= yet (the gradient "
-                              "all-reduce is float32 only); compile without mixed_precision")
         if graph and distributed is not None:
             raise ConfigError("graph=True does not combine with distributed= (the all-reduce is "
                               "not captured); use one or the other")
@@ -429,7 +426,7 @@ class TrainingMixin:
         """Forward, loss, backward and the optimizer's update on one batch: (loss value, outputs),
         both device arrays (no host sync)."""
         if getattr(self, "_mixed", None) is not None:
-            return self._mixed.train_step(xb, yb)
+            return self._mixed.train_step(xb, yb, dp)
         loss = self.loss
         out = self.forward(xb, training=True)
         value = loss.forward(out, yb) + self.regularization_loss()
@@ -544,8 +541,9 @@ class TrainingMixin:
             sums += [v_loss, v_correct.astype(xp.float64)]
         mixed = getattr(self, "_mixed", None)
         if mixed is not None:  # the loss scale and the skipped steps, in the same sync
-            at = len(sums)
-            sums += [v.astype(xp.float64) for v in mixed.epoch_values()]
+            at = len(sums)  # (equal on every rank: only rank 0's enter the all-reduce's sum)
+            own = 1.0 if dp is None or dp.comm.rank == 0 else 0.0
+            sums += [v.astype(xp.float64) * own for v in mixed.epoch_values()]
         if dp is None:
             host = self.backend.to_numpy(xp.stack(sums))  # the epoch's one host sync
         else:  # one all-reduce of the epoch's sums over the ranks, then the host sync
