@@ -111,6 +111,27 @@ def test_activations_are_float16_and_loss_batchnorm_softmax_float32():
     assert all(p.dtype == np.float32 for p in m.parameters.values())
 
 
+def test_bfloat16_where_the_backend_has_it_else_a_clear_refusal(backend):
+    """NumPy has no bfloat16: the CPU backends refuse it; on a GPU whose CuPy computes in
+    bfloat16 (8 significant bits, u = 2**-8) gradients match float32 within ten u of their
+    largest entry, with no loss scaling (scale 1, no skipped steps)."""
+    try:
+        backend.compute_dtype("bfloat16")
+    except ConfigError as exc:
+        assert "'bfloat16' is not available" in str(exc) and "float16" in str(exc)
+        assert backend.name != "cupy" or "ml_dtypes" in str(exc)
+        return
+    x, y = data()
+    grads = []
+    for precision in (None, "bfloat16"):
+        m = build(cnn(bn=False), backend.name, optim.SGD(0.0), precision)
+        m.fit(x, y, epochs=1, steps_per_epoch=1, batch_size=16, shuffle=False, verbose=0)
+        grads.append({k: m.backend.to_numpy(g) for k, g in m.gradients.items()})
+    assert scale_state(m).tolist() == [1.0, 0.0, 0.0]
+    for k, g32 in grads[0].items():
+        assert np.abs(grads[1][k] - g32).max() <= 4e-2 * np.abs(g32).max(), k
+
+
 # -- dynamic loss scaling ----------------------------------------------------------------------
 def test_overflow_skips_the_step_and_halves_the_scale(backend):
     m = build(mlp(), backend.name, optim.Adam(1e-3))
@@ -218,6 +239,7 @@ def test_names_and_clear_errors():
     with pytest.raises(ConfigError, match="'bfloat16' is not available on the numpy backend: NumPy has "
                                           "no bfloat16"):
         build(mlp(), precision="bfloat16")
+    assert cli._compute_types(xpnet.get_backend("cpu")).startswith("float16 (bfloat16: mixed precision")
     with pytest.raises(ConfigError, match="growth_interval must be a positive integer"):
         mixed.MixedPrecision("float16", growth_interval=0)
     m64 = xpnet.Sequential(mlp(), input_shape=(1, 12, 12), dtype="float64")

@@ -281,10 +281,22 @@ def cmd_info(args):
             print(f"CuPy settings: TF32 {'on' if s['tf32'] else 'off'} (CUPY_TF32), memory pool limit "
                   f"{f'{limit / 2**30:.1f} GiB' if limit else 'none'} (CUPY_GPU_MEMORY_LIMIT), kernel "
                   f"cache {s['environment'].get('CUPY_CACHE_DIR') or '~/.cupy/kernel_cache'}")
+        if hasattr(gpu, "compute_dtype"):
+            print(f"mixed precision on the GPU: {_compute_types(gpu)}")
     else:
         from .backends.cupy_backend import gpu_problem
         print(f"GPU: none usable: {gpu_problem()}")
     return 0
+
+
+def _compute_types(backend):
+    """"float16, bfloat16" or "float16 (bfloat16: why not)": what --mixed-precision can take."""
+    from .errors import ConfigError
+    try:
+        backend.compute_dtype("bfloat16")
+    except ConfigError as exc:
+        return f"float16 (bfloat16: {exc})"
+    return "float16, bfloat16"
 
 
 def cmd_serve(args):
