@@ -100,8 +100,17 @@ def _maxpool_tiled_backward(xp, x, y, dy, ph, pw):
                 h &= ~seen
                 if (i, j) != (ph - 1, pw - 1):
                     seen |= h
-    d = hit * xp.repeat(dy, pw, axis=3)[:, :, :, None, :]
-    return _untile(xp, d.reshape(n, c, ho, ph, wo, pw), x.shape)
+    if (ho * ph, wo * pw) == tuple(x.shape[2:]):
+        d = hit * xp.repeat(dy, pw, axis=3)[:, :, :, None, :]
+        return d.reshape(x.shape)
+    # rows or columns that no window covers (odd sizes): write the covered part in place and
+    # zero only the rest, instead of a zeroed array and a copy of the whole gradient into it
+    dx = xp.empty(x.shape, dtype=dy.dtype)
+    xp.multiply(hit, xp.repeat(dy, pw, axis=3)[:, :, :, None, :],
+                out=dx[:, :, :ho * ph, :wo * pw].reshape(n, c, ho, ph, wo * pw))
+    dx[:, :, ho * ph:, :] = 0
+    dx[:, :, :ho * ph, wo * pw:] = 0
+    return dx
 
 
 def avgpool2d_forward(xp, x, pool, stride):
