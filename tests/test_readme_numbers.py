@@ -63,3 +63,17 @@ def test_the_install_hint_is_the_readmes():
     assert hint in INSTALL_HINT and "'.[cuda13]'" in INSTALL_HINT
     assert hint in readme()
     assert "pip install 'xpnet[" not in INSTALL_HINT  # not on PyPI
+
+
+def test_benchmark_cells_are_picked_by_model_and_batch():
+    """benchmarks/run.py now writes every model at several batch sizes (settings.batch_size a
+    list); older files hold one batch size. The README's rows take batch 128 unless a row says."""
+    import copy
+    rn = tool()
+    with open(os.path.join(ROOT, "benchmarks", "results", "2026-11-30-cpu-vm-final.json")) as fh:
+        old = json.load(fh)
+    new = copy.deepcopy(old)
+    new["settings"]["batch_size"] = [16, 64, 128]
+    new["results"] = [dict(r, batch_size=b, tag=b) for r in old["results"] for b in (16, 64, 128)]
+    assert rn._cell(new, "big")["tag"] == 128 and rn._cell(new, "medium", 64)["tag"] == 64
+    assert rn._cell(old, "big") is next(r for r in old["results"] if r["model"] == "big")

@@ -55,19 +55,26 @@ def speed_block(root, m):
     rate = images / seconds
     epoch = 60000 / rate
     bench = _json(root, spec["benchmark"])
-    big = next(r for r in bench["results"] if r["model"] == "big")
+    big = _cell(bench, "big", spec.get("batch_size", 128))
     best = big["xpnet"]["images_per_s"]
     return textwrap.fill(f"The default model on a CPU is slow. Trained with its recipe (batch {recipe['batch_size']}, "
             f"augmentation of every batch) on {images:,} images, it ran at {rate:.0f} images/s on "
             f"{spec['machine']}, on {spec['date']} (`{spec['run']}/`): one 60,000-image epoch would take "
             f"about {epoch / 60:.0f} minutes there and the recipe's up to {recipe['epochs']} epochs about "
             f"{_hours(epoch * recipe['epochs'])}. On an idle {bench['machine']['cores']}-core machine the "
-            f"training step alone reached {best:.0f} images/s (batch {bench['settings']['batch_size']}, no "
+            f"training step alone reached {best:.0f} images/s (batch {big.get('batch_size', 128)}, no "
             f"augmentation, {bench['date'][:10]}, `{spec['benchmark']}`): at least "
             f"{60000 / best / 60:.0f} minutes per epoch and {_hours(60000 / best * recipe['epochs'])} for "
             "the recipe. Every run prints its own measured estimate after 45 steps; `--time-limit "
             "MINUTES` ends a run in time (with its checkpoint and test result). It is the model the "
             "whole project exists to move onto a GPU.", 100, break_on_hyphens=False)
+
+
+def _cell(data, model, batch=128):
+    """The result of ``model`` at ``batch`` in a benchmarks/run.py JSON (older files hold one batch
+    size for all models in settings; newer ones every model at several, each with its own)."""
+    return next(r for r in data["results"]
+                if r["model"] == model and r.get("batch_size", data["settings"]["batch_size"]) == batch)
 
 
 def numbers_block(root, m):
@@ -89,7 +96,7 @@ def numbers_block(root, m):
     files = {path: _json(root, path) for path in {row["file"] for row in bench["rows"]}}
     first = files[bench["rows"][0]["file"]]
     lines += [
-        textwrap.fill(f"- One training step at batch {first['settings']['batch_size']} against PyTorch "
+        textwrap.fill(f"- One training step at batch {bench['rows'][0].get('batch_size', 128)} against PyTorch "
                       f"in the same process ({first['date'][:10]}, {bench['machine']}; "
                       "`docs/benchmarks.md`):", 100, subsequent_indent="  ", break_on_hyphens=False),
         "",
@@ -98,7 +105,7 @@ def numbers_block(root, m):
     ]
     for row in bench["rows"]:
         data = files[row["file"]]
-        r = next(r for r in data["results"] if r["model"] == row["model"])
+        r = _cell(data, row["model"], row.get("batch_size", 128))
         lines.append(f"  | {MODEL_NAMES[r['model']]} | {data['settings']['threads']} | "
                      f"{_ms(r['xpnet']['median_s'])} | {_ms(r['torch']['median_s'])} | {r['ratio']:.2f} |")
     return "\n".join(lines)
