@@ -52,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--ops", choices=("fast", "reference"), default="fast", help="xpnet conv/pool ops")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="time steps by wall clock (default) or by the process's CPU time, which a "
+                        "shared machine's load disturbs less (compare ratios only, with --threads 1)")
     p.add_argument("--tag", default="", help="suffix for the result file name, e.g. threads1")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"),
                    help="folder for the JSON result ('' to skip writing)")
@@ -269,6 +272,7 @@ def race(name, batch, args, xpnet, torch, np):
 
     times = {"xpnet": [], "torch": []}
     peaks = {"xpnet": 0.0, "torch": 0.0}
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     class Alternate(xpnet.callbacks.Callback):
         """At the end of each xpnet step: stop its clock, run and time one PyTorch step, restart
@@ -276,21 +280,21 @@ def race(name, batch, args, xpnet, torch, np):
 
         def on_train_begin(self, logs=None):
             reset_peak_rss()
-            self.t0 = time.perf_counter()
+            self.t0 = clock()
 
         def on_batch_end(self, b, logs=None):
             backend.synchronize()
-            t1 = time.perf_counter()
+            t1 = clock()
             peaks["xpnet"] = max(peaks["xpnet"], peak_rss_mb())
             reset_peak_rss()
             torch_step()
-            t2 = time.perf_counter()
+            t2 = clock()
             peaks["torch"] = max(peaks["torch"], peak_rss_mb())
             if b >= args.warmup:
                 times["xpnet"].append(t1 - self.t0)
                 times["torch"].append(t2 - t1)
             reset_peak_rss()
-            self.t0 = time.perf_counter()
+            self.t0 = clock()
 
     model.fit(images, labels, epochs=1, batch_size=batch, steps_per_epoch=steps, verbose=0,
               callbacks=[Alternate()])

@@ -32,7 +32,7 @@ def test_the_torch_twin_has_the_same_weights_and_outputs(name):
 def test_a_tiny_run_covers_every_cell(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--batch-size", "2,3",
-                           "--repeats", "2", "--warmup", "1", "--threads", "1", "--tag", "t",
+                           "--repeats", "2", "--warmup", "1", "--threads", "1", "--tag", "t", "--clock", "cpu",
                            "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     (path,) = tmp_path.glob("*-t.json")
@@ -45,7 +45,7 @@ def test_a_tiny_run_covers_every_cell(tmp_path):
     assert report["machine"]["threads"]["torch"] == 1
     assert report["machine"]["threads"]["OPENBLAS_NUM_THREADS"] == "1"
     assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1
-    assert report["settings"]["batch_size"] == [2, 3]
+    assert report["settings"]["batch_size"] == [2, 3] and report["settings"]["clock"] == "cpu"
 
 
 @pytest.mark.parametrize("argv", [["--batch-size", "16,x"], ["--batch-size", "0"], ["--warmup", "-1"],
