@@ -6,6 +6,24 @@ from xpnet.errors import ConfigError
 from .random import CounterRandom
 
 
+def adam_reference(xp, p, g, m, v, b1, b2, eps, step, c2, decay, l2, decoupled):
+    """The flat Adam/AdamW update in place, operation by operation as optim.Adam._update does it
+    (the reference of the CuPy backend's one-launch ``adam_update``): step = lr / (1 - b1**t) and
+    c2 = sqrt(1 - b2**t) as arrays of p's dtype, decay = 1 - lr * wd (decoupled) or 1."""
+    if decoupled:
+        p *= decay
+    elif l2:
+        g = g + l2 * p
+    m *= b1
+    m += (1.0 - b1) * g
+    v *= b2
+    v += (1.0 - b2) * (g * g)
+    denom = xp.sqrt(v)
+    denom /= c2
+    denom += eps
+    p -= step * (m / denom)
+
+
 class Backend:
     """One array library. Layers get ``xp`` from here and never import numpy or cupy themselves."""
 
@@ -72,6 +90,36 @@ class Backend:
         """A context in which overflow and invalid operations do not warn (NumPy warns; CuPy never
         does): a mixed-precision step overflows on purpose and the loss scaler handles it."""
         return contextlib.nullcontext()
+
+    def bias_relu(self, y, b, axis=1):
+        """(relu(y + b), mask) with b (F,) broadcast along ``axis`` of y: a bias and the ReLU that
+        follows it in one pass (one launch on a GPU); NaN stays NaN."""
+        shape = [1] * y.ndim
+        shape[axis] = -1
+        return self.relu_forward(y + b.astype(y.dtype, copy=False).reshape(shape))
+
+    def maxpool2d_forward(self, x, pool, stride):
+        """(y, cache): max over each (ph, pw) window of x (N, C, H, W), no padding; a NaN in a
+        window gives NaN (xpnet/ops/pooling.py holds the reference)."""
+        from xpnet.ops.pooling import maxpool2d_forward_xp
+        return maxpool2d_forward_xp(self.xp, x, pool, stride)
+
+    def maxpool2d_backward(self, dy, cache):
+        """dx: each window's gradient to its first maximum in row-major window order."""
+        from xpnet.ops.pooling import maxpool2d_backward_xp
+        return maxpool2d_backward_xp(self.xp, dy, cache)
+
+    def affine_warp(self, x, matrices, fill=0.0, mode="constant"):
+        """Bilinear warp of each image of x (N, C, H, W) by its inverse map (N, 2, 3), in centred
+        coordinates (xpnet/augment.py holds the reference and the conventions)."""
+        from xpnet.augment import affine_warp_xp
+        return affine_warp_xp(self.xp, x, matrices, fill, mode)
+
+    def keras_affine_matrices(self, u, angle, shift_x, shift_y, zoom):
+        """KerasAffine's (N, 2, 3) inverse maps from uniforms u (5, N) (xpnet/augment.py holds the
+        reference, keras_matrices_xp)."""
+        from xpnet.augment import keras_matrices_xp
+        return keras_matrices_xp(self.xp, u, angle, shift_x, shift_y, zoom)
 
     # -- captured steps (CUDA graphs) -------------------------------------------------------------
     def capture_stream(self):

@@ -97,8 +97,15 @@ class CupyBackend(Backend):
     def dropout_forward(self, x, keep, scale):
         return self._kernels["dropout_forward"](x, keep, x.dtype.type(scale))
 
+    def bias_relu(self, y, b, axis=1):
+        axis = axis % y.ndim
+        inner = 1
+        for n in y.shape[axis + 1:]:
+            inner *= int(n)
+        return self._kernels["bias_relu"](y, b.astype(y.dtype, copy=False), inner, int(b.size))
+
     def adam_update(self, p, g, m, v, b1, b2, eps, step, c2, decay, l2, decoupled):
-        """The flat Adam update in one launch (see optim.Adam._update for the reference)."""
+        """The flat Adam update in one launch (see backends/base.adam_reference)."""
         t = p.dtype.type
         self._kernels["adam_update"](g, t(b1), t(1.0 - b1), t(b2), t(1.0 - b2), t(eps), step, c2,
                                      decay, t(l2), bool(decoupled), p, m, v)
@@ -119,10 +126,59 @@ class CupyBackend(Backend):
                               f"and the ml_dtypes package; use 'float16'")
         return dtype
 
+    def _pool_args(self, x, pool, stride, ho, wo):
+        i32 = self.xp.int32
+        return (i32(x.shape[2]), i32(x.shape[3]), i32(ho), i32(wo), i32(pool[0]), i32(pool[1]),
+                i32(stride[0]), i32(stride[1]))
+
+    def maxpool2d_forward(self, x, pool, stride):
+        from xpnet.ops.pooling import check_pool, pooled_shape
+        pool, stride = tuple(int(p) for p in pool), tuple(int(s) for s in stride)
+        check_pool(x, pool, stride, "maxpool2d")
+        x = self.xp.ascontiguousarray(x)  # the layers' inputs are contiguous: no copy
+        shape = pooled_shape(x.shape, pool, stride)
+        y = self.xp.empty(shape, dtype=x.dtype)
+        self._kernels["maxpool2d_forward"](x, *self._pool_args(x, pool, stride, *shape[2:]), y)
+        return y, (x, y, pool, stride)
+
+    def maxpool2d_backward(self, dy, cache):
+        from xpnet.ops.pooling import check_pool_grad
+        x, y, pool, stride = cache
+        check_pool_grad(dy, y)
+        dy = self.xp.ascontiguousarray(dy)
+        dx = self.xp.empty(x.shape, dtype=dy.dtype)
+        self._kernels["maxpool2d_backward"](x, y, dy, *self._pool_args(x, pool, stride, *y.shape[2:]), dx)
+        return dx
+
+    def affine_warp(self, x, matrices, fill=0.0, mode="constant"):
+        from xpnet.augment import check_warp
+        check_warp(x, matrices, mode)
+        x = self.xp.ascontiguousarray(x)
+        out = self.xp.empty(x.shape, dtype=x.dtype)
+        i32 = self.xp.int32
+        self._kernels["affine_warp"](x, self.xp.ascontiguousarray(matrices), i32(x.shape[1]),
+                                     i32(x.shape[2]), i32(x.shape[3]), x.dtype.type(fill),
+                                     mode == "nearest", out)
+        return out
+
+    def keras_affine_matrices(self, u, angle, shift_x, shift_y, zoom):
+        n = int(u.shape[1])
+        mat = self.xp.empty((n, 2, 3), dtype=self.xp.float64)
+        f = self.xp.float64
+        self._kernels["keras_affine_matrices"](self.xp.ascontiguousarray(u, dtype=f), f(angle),
+                                               f(shift_x), f(shift_y), f(zoom), n, mat, size=n)
+        return mat
+
     def rng(self, seed=0, stream=0):
         r = super().rng(seed, stream)
-        r._fused = self._kernels["splitmix64"]
+        r._fused = self._splitmix64
         return r
+
+    def _splitmix64(self, start, n):
+        """splitmix64 words from a (1,) device start or a host scalar, in one launch."""
+        if hasattr(start, "shape"):
+            return self._kernels["splitmix64"](start, size=n)
+        return self._kernels["splitmix64_at"](self.xp.uint64(start), size=n)
 
     def capture_stream(self):
         """The stream of captured training: capture is not allowed on the legacy default stream,

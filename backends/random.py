@@ -18,6 +18,23 @@ def _mix64(z):
     return z ^ (z >> 31)
 
 
+def _finish(z):
+    """splitmix64's mixing of the uint64 array z = i * GOLDEN + start, in place."""
+    u64 = z.dtype.type
+    z ^= z >> u64(30)
+    z *= u64(0xBF58476D1CE4E5B9)
+    z ^= z >> u64(27)
+    z *= u64(0x94D049BB133111EB)
+    z ^= z >> u64(31)
+    return z
+
+
+def splitmix64_reference(xp, start, n):
+    """The n words (i * GOLDEN + start, mixed) for i < n; ``start`` a uint64 scalar or (1,) array.
+    The reference of the CuPy backend's one-launch splitmix64 kernels."""
+    return _finish(xp.arange(n, dtype=xp.uint64) * xp.uint64(_GOLDEN) + start)
+
+
 class _Draws:
     """The draws both generators derive from their own ``random`` and ``bernoulli_mask``."""
 
@@ -111,19 +128,10 @@ class CounterRandom(_Draws):
             start = (counter + u64(self._key)) * u64(_GOLDEN)   # (1,) arrays wrap mod 2**64
             counter += u64(n)
             self._device[1] = self.counter + n
-        if self._fused is not None:  # the same words in one launch (backends/cupy_kernels.py)
-            if not hasattr(start, "shape"):
-                start = xp.full((1,), start, dtype=u64)
-            self.counter += n
-            return self._fused(start, size=n)
-        z = self._steps(n) + start
         self.counter += n
-        z ^= z >> u64(30)
-        z *= u64(0xBF58476D1CE4E5B9)
-        z ^= z >> u64(27)
-        z *= u64(0x94D049BB133111EB)
-        z ^= z >> u64(31)
-        return z
+        if self._fused is not None:  # the same words in one launch (backends/cupy_kernels.py)
+            return self._fused(start, n)
+        return _finish(self._steps(n) + start)
 
     def _steps(self, n):
         """i * GOLDEN for i < n as uint64, kept per size (a layer draws the same sizes each step)."""

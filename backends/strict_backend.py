@@ -8,14 +8,19 @@ return 0-d arrays (as CuPy does), not NumPy scalars. Every host sync (``float(a)
 can assert that nothing syncs per batch. ``LAUNCHES["calls"]`` counts array operations (kernel
 launches on a GPU): every call of an ``xp`` function, ufunc or array method, every arithmetic or
 comparison operator, every assignment into an array and every gather by an index array. Views
-(reshape, transpose, basic slicing) and attribute reads are free on a GPU and are not counted.
+(reshape, transpose, basic slicing), attribute reads and ``empty`` (an allocation, no kernel) are
+free on a GPU and are not counted. A fused backend method (``relu_forward``, ``adam_update``, the
+max-pool and warp kernels, ...) runs its pure-``xp`` reference here but counts as the launches its
+CuPy implementation makes (``LAUNCHES`` in backends/cupy_kernels.py), see ``fused()``.
 """
+import contextlib
 import operator
 import types
 
 import numpy
 
-from .base import Backend
+from .base import Backend, adam_reference
+from .random import splitmix64_reference
 
 MESSAGE = ("Implicit conversion to a NumPy array is not allowed. "
            "Please use `.get()` to construct a NumPy array explicitly.")
@@ -29,6 +34,7 @@ TRACE = None  # kept apart from COUNTERS: syncs and transfers are what tests pin
 VIEWS = frozenset({"reshape", "view", "transpose", "swapaxes", "squeeze", "expand_dims",
                    "broadcast_to", "moveaxis", "dtype", "result_type", "iinfo", "finfo", "shape",
                    "ndim", "can_cast", "isscalar"})
+FREE = frozenset({"empty", "empty_like"})  # allocations: traced (their shapes matter), not counted
 
 
 def _unwrap(x):
@@ -73,19 +79,50 @@ def _record(name, *args):
         TRACE.append((name, _signature(args)))
 
 
+_QUIET = [0]  # > 0 inside fused(): the reference's operations are not counted one by one
+
+
+@contextlib.contextmanager
+def fused(name):
+    """Run a fused method's pure-``xp`` reference inside, counted as the number of launches the
+    CuPy backend's kernel for ``name`` makes (backends/cupy_kernels.py ``LAUNCHES``). The trace
+    (``TRACE``) still records every operation of the reference."""
+    from .cupy_kernels import LAUNCHES as FUSED
+    n = FUSED[name]
+    _QUIET[0] += 1
+    try:
+        yield
+    finally:
+        _QUIET[0] -= 1
+        if not _QUIET[0]:
+            for _ in range(n):
+                _launch()
+
+
 def _call(fn, args, kwargs):
-    LAUNCHES["calls"] += 1
+    _launch()
     if TRACE is not None:
         _record(getattr(fn, "__name__", repr(fn)), args, kwargs)
     return _wrap(fn(*_unwrap(args), **_unwrap(kwargs)))
 
 
 def _launch():
-    LAUNCHES["calls"] += 1
+    if not _QUIET[0]:
+        LAUNCHES["calls"] += 1
 
 
 def _view_call(fn, args, kwargs):
     return _wrap(fn(*_unwrap(args), **_unwrap(kwargs)))
+
+
+def _free_call(fn, args, kwargs):
+    if TRACE is not None:
+        _record(getattr(fn, "__name__", repr(fn)), args, kwargs)
+    return _wrap(fn(*_unwrap(args), **_unwrap(kwargs)))
+
+
+def _kind(name):
+    return _view_call if name in VIEWS else _free_call if name in FREE else _call
 
 
 def _gathers(index):
@@ -193,7 +230,7 @@ class StrictArray:
             raise AttributeError(name)
         attr = getattr(self._a, name)
         if callable(attr):
-            call = _view_call if name in VIEWS else _call
+            call = _kind(name)
             return lambda *args, **kwargs: call(attr, args, kwargs)
         return _wrap(attr)
 
@@ -270,7 +307,7 @@ class StrictNamespace:
         elif isinstance(attr, type) or not callable(attr):
             value = attr
         else:
-            call = _view_call if name in VIEWS else _call
+            call = _kind(name)
             value = (lambda fn, call: lambda *args, **kwargs: call(fn, args, kwargs))(attr, call)
         setattr(self, name, value)
         return value
@@ -323,6 +360,48 @@ class StrictBackend(Backend):
 
     def ignore_float_errors(self):
         return numpy.errstate(over="ignore", invalid="ignore")
+
+    # -- the fused methods: the pure-xp reference, counted as the CuPy kernels' launches ----------
+    def relu_forward(self, x):
+        with fused("relu_forward"):
+            return super().relu_forward(x)
+
+    def dropout_forward(self, x, keep, scale):
+        with fused("dropout_forward"):
+            return super().dropout_forward(x, keep, scale)
+
+    def bias_relu(self, y, b, axis=1):
+        with fused("bias_relu"):
+            return super().bias_relu(y, b, axis)
+
+    def maxpool2d_forward(self, x, pool, stride):
+        with fused("maxpool2d_forward"):
+            return super().maxpool2d_forward(x, pool, stride)
+
+    def maxpool2d_backward(self, dy, cache):
+        with fused("maxpool2d_backward"):
+            return super().maxpool2d_backward(dy, cache)
+
+    def affine_warp(self, x, matrices, fill=0.0, mode="constant"):
+        with fused("affine_warp"):
+            return super().affine_warp(x, matrices, fill, mode)
+
+    def keras_affine_matrices(self, u, angle, shift_x, shift_y, zoom):
+        with fused("keras_affine_matrices"):
+            return super().keras_affine_matrices(u, angle, shift_x, shift_y, zoom)
+
+    def adam_update(self, *args):
+        with fused("adam_update"):
+            adam_reference(self.xp, *args)
+
+    def rng(self, seed=0, stream=0):
+        r = super().rng(seed, stream)
+        r._fused = self._splitmix64
+        return r
+
+    def _splitmix64(self, start, n):
+        with fused("splitmix64"):
+            return splitmix64_reference(self.xp, start, n)
 
     def to_numpy(self, array):
         if type(array) is StrictArray:

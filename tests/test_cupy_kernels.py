@@ -78,3 +78,35 @@ def test_the_fused_adam_update_equals_the_reference(gpu, make, monkeypatch):
                              for k, p in views.items()})
         results.append(gpu.to_numpy(flat))
     np.testing.assert_allclose(results[0], results[1], rtol=1e-6, atol=1e-7)
+
+
+def test_bias_relu_equals_the_reference(gpu):
+    y = data(gpu, (8, 5, 3, 4))
+    b = gpu.xp.asarray(np.linspace(-1, 1, 5).astype(np.float32))
+    for got, want in zip(gpu.bias_relu(y, b, 1), Backend.bias_relu(gpu, y, b, 1)):
+        assert same(gpu, got, want)
+
+
+@pytest.mark.parametrize("pool, stride, shape", [((2, 2), (2, 2), (3, 4, 9, 8)),
+                                                 ((3, 3), (2, 2), (2, 3, 9, 9)),
+                                                 ((2, 3), (3, 1), (2, 2, 8, 7))])
+def test_max_pooling_equals_the_reference(gpu, pool, stride, shape):
+    r = np.random.default_rng(4)
+    x = r.integers(-3, 3, shape).astype(np.float32)  # ties: the first maximum takes the gradient
+    x.reshape(-1)[5] = np.nan
+    x = gpu.xp.asarray(x)
+    (y, cache), (ry, rcache) = gpu.maxpool2d_forward(x, pool, stride), Backend.maxpool2d_forward(gpu, x, pool, stride)
+    assert same(gpu, y, ry)
+    dy = gpu.xp.asarray(r.standard_normal(tuple(y.shape)).astype(np.float32))
+    assert same(gpu, gpu.maxpool2d_backward(dy, cache), Backend.maxpool2d_backward(gpu, dy, rcache))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "constant"])
+def test_the_affine_warp_and_keras_matrices_equal_the_reference(gpu, mode):
+    u = gpu.rng(7).random((5, 6), "float64")
+    m, rm = (gpu.keras_affine_matrices(u, 0.4, 5.6, 5.6, 0.2),
+             Backend.keras_affine_matrices(gpu, u, 0.4, 5.6, 5.6, 0.2))
+    np.testing.assert_allclose(gpu.to_numpy(m), gpu.to_numpy(rm), rtol=1e-15, atol=1e-15)  # CUDA cos/sin
+    x = gpu.xp.asarray(np.random.default_rng(8).random((6, 2, 28, 28), dtype=np.float32))
+    got, want = gpu.affine_warp(x, rm, 0.5, mode), Backend.affine_warp(gpu, x, rm, 0.5, mode)
+    np.testing.assert_allclose(gpu.to_numpy(got), gpu.to_numpy(want), rtol=0, atol=1e-6)

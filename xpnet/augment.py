@@ -53,21 +53,34 @@ def bilinear_sample(xp, x, xs, ys, fill=0.0):
     return (top + fy * (bottom - top)).astype(x.dtype, copy=False).reshape(out_shape)
 
 
+def check_warp(x, matrices, mode):
+    if mode not in ("constant", "nearest"):
+        raise ConfigError(f"affine_warp: mode must be 'constant' or 'nearest', got {mode!r}")
+    _check_images(x, "affine_warp")
+    n = x.shape[0]
+    if tuple(matrices.shape) != (n, 2, 3):
+        raise ShapeError(f"affine_warp: matrices must have shape ({n}, 2, 3) for a batch of {n}, "
+                         f"got {tuple(matrices.shape)}")
+
+
 def affine_warp(xp, x, matrices, fill=0.0, mode="constant"):
     """Warp each image of ``x`` (N, C, H, W) by its inverse map ``matrices`` (N, 2, 3).
 
     Output pixel (x, y), in centred coordinates, samples the input at
     ``(m[0,0] x + m[0,1] y + m[0,2], m[1,0] x + m[1,1] y + m[1,2])``; [[1,0,0],[0,1,0]] is the
     identity. Out-of-range samples read as ``fill`` (mode "constant") or as the nearest edge
-    pixel (mode "nearest", scipy's and Keras's "nearest").
+    pixel (mode "nearest", scipy's and Keras's "nearest"). The backend's ``affine_warp`` does it
+    (one fused kernel on a GPU; ``affine_warp_xp`` below on the CPU backends).
     """
-    if mode not in ("constant", "nearest"):
-        raise ConfigError(f"affine_warp: mode must be 'constant' or 'nearest', got {mode!r}")
-    _check_images(x, "affine_warp")
+    from .backends import backend_of
+    check_warp(x, matrices, mode)
+    return backend_of(x).affine_warp(x, matrices, fill, mode)
+
+
+def affine_warp_xp(xp, x, matrices, fill=0.0, mode="constant"):
+    """The reference of ``affine_warp``, written against ``xp``."""
+    check_warp(x, matrices, mode)
     n, _, h, w = x.shape
-    if tuple(matrices.shape) != (n, 2, 3):
-        raise ShapeError(f"affine_warp: matrices must have shape ({n}, 2, 3) for a batch of {n}, "
-                         f"got {tuple(matrices.shape)}")
     m = matrices.astype(x.dtype)
     cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
     u = (xp.arange(w, dtype=x.dtype) - cx)[None, None, :]
@@ -81,6 +94,22 @@ def affine_warp(xp, x, matrices, fill=0.0, mode="constant"):
     if mode == "nearest":
         xs, ys = xp.clip(xs, 0, w - 1), xp.clip(ys, 0, h - 1)
     return bilinear_sample(xp, x, xs, ys, fill)
+
+
+def keras_matrices_xp(xp, u, angle, shift_x, shift_y, zoom):
+    """KerasAffine's inverse maps (N, 2, 3) from uniforms ``u`` (5, N) in [0, 1): with r = 2u - 1,
+    an angle of ``angle * r[0]`` radians, shifts of ``shift_x * r[1]``, ``shift_y * r[2]`` pixels
+    and zoom factors 1 + zoom * r[3] (x), 1 + zoom * r[4] (y); input = R (Z out + t). The
+    reference of the backends' ``keras_affine_matrices`` (one fused kernel on a GPU)."""
+    r = u * 2.0 - 1.0
+    theta = angle * r[0]
+    tx, ty = shift_x * r[1], shift_y * r[2]
+    zx, zy = 1.0 + zoom * r[3], 1.0 + zoom * r[4]
+    cos, sin = xp.cos(theta), xp.sin(theta)
+    # input = R (Z out + t):  A = R Z,  b = R t
+    row0 = xp.stack([cos * zx, -sin * zy, cos * tx - sin * ty], axis=-1)
+    row1 = xp.stack([sin * zx, cos * zy, sin * tx + cos * ty], axis=-1)
+    return xp.stack([row0, row1], axis=-2)
 
 
 def affine_matrices(xp, angle=0.0, scale_x=1.0, scale_y=1.0, shift_x=0.0, shift_y=0.0):
@@ -224,15 +253,10 @@ class KerasAffine(Augmenter):
 
     def matrices(self, xp, rng, n, h, w):
         """The (N, 2, 3) inverse maps for a batch of n images of h x w pixels (draws 5 x n)."""
-        r = rng.random((5, n), "float64") * 2.0 - 1.0  # each row uniform in [-1, 1)
-        theta = (self.rotation * math.pi / 180.0) * r[0]
-        tx, ty = self.shift[0] * w * r[1], self.shift[1] * h * r[2]
-        zx, zy = 1.0 + self.zoom * r[3], 1.0 + self.zoom * r[4]
-        cos, sin = xp.cos(theta), xp.sin(theta)
-        # input = R (Z out + t):  A = R Z,  b = R t
-        row0 = xp.stack([cos * zx, -sin * zy, cos * tx - sin * ty], axis=-1)
-        row1 = xp.stack([sin * zx, cos * zy, sin * tx + cos * ty], axis=-1)
-        return xp.stack([row0, row1], axis=-2)
+        from .backends import backend_of
+        u = rng.random((5, n), "float64")  # each row uniform in [0, 1), used as 2u - 1
+        return backend_of(u).keras_affine_matrices(u, self.rotation * math.pi / 180.0,
+                                                   self.shift[0] * w, self.shift[1] * h, self.zoom)
 
     def __call__(self, x, rng):
         _check_images(x, "KerasAffine")

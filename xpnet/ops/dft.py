@@ -105,6 +105,16 @@ def kernel_forward(xp, dtype, kh, kw, hp, wp):
     return _cached(("kf", id(xp), str(dtype), kh, kw, hp, wp), build)
 
 
+def kernel_forward_blocks(xp, dtype, kh, kw, hp, wp):
+    """(4*bins, kh*kw): kernel_forward's rows as the four blocks of the per-bin real matrix,
+    (cos, -sin, sin, cos), so one GEMM gives [[Wr, Wi], [-Wi, Wr]] (see spectral._kernel_matrices)."""
+    def build():
+        a = _kernel_angles(xp, kh, kw, hp, wp)
+        c, s = xp.cos(a), xp.sin(a)
+        return xp.concatenate([c, -s, s, c], axis=0).astype(dtype)
+    return _cached(("kf4", id(xp), str(dtype), kh, kw, hp, wp), build)
+
+
 def kernel_inverse(xp, dtype, kh, kw, hp, wp):
     """(kh*kw, 2*bins): a spectrum, rows (re/im, bin) -> the real frame's first kh x kw samples."""
     def build():

@@ -5,11 +5,12 @@ average pooling, work on reshaped windows when stride == pool (the usual case). 
 the gradient to the first maximum in row-major window order, as the reference and PyTorch do; a NaN
 counts as the maximum. Arrays keep the input dtype throughout.
 """
+from ..backends import backend_of
 from ..errors import ShapeError
 from .geometry import out_size, window
 
 
-def _check_pool(x, pool, stride, what):
+def check_pool(x, pool, stride, what):
     if getattr(x, "ndim", 0) != 4:
         raise ShapeError(f"{what} expects x (N, C, H, W), got shape {tuple(getattr(x, 'shape', ()))}")
     if min(pool) < 1 or min(stride) < 1:
@@ -39,14 +40,36 @@ def _untile(xp, d, x_shape):
     return dx
 
 
+def pooled_shape(x_shape, pool, stride):
+    """(N, C, Ho, Wo) of a pooling without padding."""
+    n, c, h, w = x_shape
+    return (n, c, out_size(h, pool[0], stride[0]), out_size(w, pool[1], stride[1]))
+
+
+def check_pool_grad(dy, y):
+    if tuple(dy.shape) != tuple(y.shape):
+        raise ShapeError(f"maxpool2d_backward: dy has shape {tuple(dy.shape)}, expected {tuple(y.shape)}")
+
+
 def maxpool2d_forward(xp, x, pool, stride):
+    """(y, cache): the backend's max pooling (one fused kernel on a GPU; the reference below on the
+    CPU backends)."""
+    return backend_of(x).maxpool2d_forward(x, pool, stride)
+
+
+def maxpool2d_backward(xp, dy, cache):
+    """dx for the cache of ``maxpool2d_forward`` (the backend's; see maxpool2d_backward_xp)."""
+    return backend_of(dy).maxpool2d_backward(dy, cache)
+
+
+def maxpool2d_forward_xp(xp, x, pool, stride):
     """Max over each (ph, pw) window: ``maximum`` of one strided view per window offset.
 
     ``maximum`` propagates NaN, so a window holding a NaN yields NaN. No argmax is stored: the
     backward pass finds the first maximum again from (x, y).
     """
     pool, stride = tuple(int(p) for p in pool), tuple(int(s) for s in stride)
-    _check_pool(x, pool, stride, "maxpool2d")
+    check_pool(x, pool, stride, "maxpool2d")
     (ph, pw), (sh, sw) = pool, stride
     ho, wo = out_size(x.shape[2], ph, sh), out_size(x.shape[3], pw, sw)
     y = x[window(0, 0, ho, wo, sh, sw)].copy()
@@ -57,11 +80,10 @@ def maxpool2d_forward(xp, x, pool, stride):
     return y, (x, y, pool, stride)
 
 
-def maxpool2d_backward(xp, dy, cache):
+def maxpool2d_backward_xp(xp, dy, cache):
     """dx: each window's gradient goes to its first maximum in row-major window order."""
     x, y, (ph, pw), (sh, sw) = cache
-    if tuple(dy.shape) != tuple(y.shape):
-        raise ShapeError(f"maxpool2d_backward: dy has shape {tuple(dy.shape)}, expected {tuple(y.shape)}")
+    check_pool_grad(dy, y)
     if (ph, pw) == (sh, sw):
         return _maxpool_tiled_backward(xp, x, y, dy, ph, pw)
     ho, wo = dy.shape[2], dy.shape[3]
@@ -116,7 +138,7 @@ def _maxpool_tiled_backward(xp, x, y, dy, ph, pw):
 def avgpool2d_forward(xp, x, pool, stride):
     """Mean over each (ph, pw) window."""
     pool, stride = tuple(int(p) for p in pool), tuple(int(s) for s in stride)
-    _check_pool(x, pool, stride, "avgpool2d")
+    check_pool(x, pool, stride, "avgpool2d")
     (ph, pw), (sh, sw) = pool, stride
     t = _tiled(x, pool, stride)
     if t is not None:

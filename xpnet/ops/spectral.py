@@ -35,6 +35,26 @@ def _from_planes(xp, a):
     return xp.ascontiguousarray(out.reshape(c, n, h, w).transpose(1, 0, 2, 3))
 
 
+def _kernel_matrices(xp, W, dt, hp, wp):
+    """The kernel spectrum as one real matrix per frequency bin, M = [[Wr, Wi], [-Wi, Wr]]
+    (bins, 2F, 2C), so that Y = M @ [Xr; Xi]. On the CPU one GEMM and four block copies; where
+    launches cost more (``backend.few_launches``) one GEMM that makes all four blocks (rows cos,
+    -sin, sin, cos) and one strided copy into place: the same values (negation is exact)."""
+    f, c, kh, kw = W.shape
+    bins = (hp // 2 + 1) * wp
+    wt = W.reshape(f * c, kh * kw).T
+    if backend_of(W).few_launches:
+        blocks = (dft.kernel_forward_blocks(xp, dt, kh, kw, hp, wp) @ wt).reshape(2, 2, bins, f, c)
+        return xp.ascontiguousarray(blocks.transpose(2, 0, 3, 1, 4)).reshape(bins, 2 * f, 2 * c)
+    spec_w = (dft.kernel_forward(xp, dt, kh, kw, hp, wp) @ wt).reshape(2, bins, f, c)
+    M = xp.empty((bins, 2 * f, 2 * c), dtype=dt)
+    M[:, :f, :c] = spec_w[0]
+    M[:, :f, c:] = spec_w[1]
+    M[:, f:, :c] = -spec_w[1]
+    M[:, f:, c:] = spec_w[0]
+    return M
+
+
 def forward(xp, x, W, b, stride, padding):
     """(y, what backward needs: the input spectrum X and the per-bin kernel matrices M)."""
     n, c, h, w = x.shape
@@ -44,20 +64,15 @@ def forward(xp, x, W, b, stride, padding):
     ho, wo = out_size(hp, kh, sh), out_size(wp, kw, sw)
     dt, khalf = x.dtype, hp // 2 + 1
     bins = khalf * wp
-    # kernel spectrum -> per-bin real matrix M = [[Wr, Wi], [-Wi, Wr]] (2F, 2C): Y = M @ [Xr; Xi]
-    spec_w = (dft.kernel_forward(xp, dt, kh, kw, hp, wp) @ W.reshape(f * c, kh * kw).T).reshape(2, bins, f, c)
-    M = xp.empty((bins, 2 * f, 2 * c), dtype=dt)
-    M[:, :f, :c] = spec_w[0]
-    M[:, :f, c:] = spec_w[1]
-    M[:, f:, :c] = -spec_w[1]
-    M[:, f:, c:] = spec_w[0]
+    M = _kernel_matrices(xp, W, dt, hp, wp)                                      # (bins, 2F, 2C)
     planes = _to_planes(xp, x)                                                   # (H, W, C, N)
     X = dft.spectrum(xp, planes, dft.forward_h(xp, dt, h, top, 1, hp),
                      dft.forward_w(xp, dt, w, left, 1, wp), hp, wp)              # (Kh, Wp, 2, C, N)
     X = X.reshape(bins, 2 * c, n)
     Y = xp.matmul(M, X)                                                          # (bins, 2F, N)
     if b is not None:   # a constant adds hp*wp times itself to the real part of the zero bin
-        Y[0, :f] += b.astype(dt).reshape(f, 1) * (hp * wp)
+        zero_bin = Y[0, :f]
+        xp.add(zero_bin, (b if b.dtype == dt else b.astype(dt)).reshape(f, 1) * (hp * wp), out=zero_bin)
     out = dft.image(xp, Y.reshape(khalf, wp, 2, f, n), dft.inverse_w(xp, dt, wo, 0, sw, wp),
                     dft.inverse_h(xp, dt, ho, 0, sh, hp, wp), ho, wo)            # (Ho, Wo, F, N)
     y = _from_planes(xp, out)
