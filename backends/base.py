@@ -6,14 +6,19 @@ from xpnet.errors import ConfigError
 from .random import CounterRandom
 
 
-def adam_reference(xp, p, g, m, v, b1, b2, eps, step, c2, decay, l2, decoupled):
+def adam_reference(xp, p, g, m, v, b1, b2, eps, lr, t, weight_decay, decoupled):
     """The flat Adam/AdamW update in place, operation by operation as optim.Adam._update does it
-    (the reference of the CuPy backend's one-launch ``adam_update``): step = lr / (1 - b1**t) and
-    c2 = sqrt(1 - b2**t) as arrays of p's dtype, decay = 1 - lr * wd (decoupled) or 1."""
-    if decoupled:
-        p *= decay
-    elif l2:
-        g = g + l2 * p
+    (the reference of the CuPy backend's one-launch ``adam_update``). lr and t are float64 device
+    scalars; step = lr / (1 - b1**t) and c2 = sqrt(1 - b2**t) are computed in float64 and cast to
+    p's dtype; AdamW (decoupled) first scales p by 1 - lr * weight_decay, Adam adds
+    weight_decay * p to the gradient."""
+    step = (lr / (1.0 - b1 ** t)).astype(p.dtype)
+    c2 = xp.sqrt(1.0 - b2 ** t).astype(p.dtype)
+    if weight_decay:
+        if decoupled:
+            p *= (1.0 - lr * weight_decay).astype(p.dtype)
+        else:
+            g = g + weight_decay * p
     m *= b1
     m += (1.0 - b1) * g
     v *= b2
@@ -114,6 +119,51 @@ class Backend:
         coordinates (xpnet/augment.py holds the reference and the conventions)."""
         from xpnet.augment import affine_warp_xp
         return affine_warp_xp(self.xp, x, matrices, fill, mode)
+
+    def softmax_labels(self, z, labels):
+        """(softmax(z), log_softmax(z)[i, labels[i]]) for logits z (N, K) and int labels (N,):
+        the rows shifted by their max, as losses.CrossEntropy does (one launch on a GPU)."""
+        xp = self.xp
+        z = z - z.max(axis=1, keepdims=True)
+        e = xp.exp(z)
+        s = e.sum(axis=1, keepdims=True)
+        picked = z[xp.arange(z.shape[0]), labels] - xp.log(s[:, 0])
+        return e / s, picked
+
+    def softmax_labels_grad(self, p, labels, n):
+        """d(mean cross-entropy)/dz = (p - onehot(labels)) / n, in the reference's order."""
+        grad = p.copy()
+        grad[self.xp.arange(p.shape[0]), labels] -= 1.0
+        grad *= 1.0 / n
+        return grad
+
+    def batchnorm_train(self, x, gamma, beta, running_mean, running_var, momentum, epsilon):
+        """(out, xhat, inv_std) of batch normalisation in training over every axis but 1 of x,
+        updating the running statistics in place (unbiased variance), as layers.BatchNorm does."""
+        xp = self.xp
+        axes = (0,) + tuple(range(2, x.ndim))
+        stat = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+        count = x.size // x.shape[1]
+        mean = x.mean(axis=axes)
+        centered = x - mean.reshape(stat)
+        var = (centered * centered).mean(axis=axes)
+        m = momentum
+        running_mean[...] = m * running_mean + (1.0 - m) * mean
+        running_var[...] = m * running_var + (1.0 - m) * (count / (count - 1)) * var
+        inv_std = 1.0 / xp.sqrt(var + epsilon)
+        xhat = centered * inv_std.reshape(stat)
+        return xhat * gamma.reshape(stat) + beta.reshape(stat), xhat, inv_std
+
+    def batchnorm_grad(self, grad, xhat, inv_std, gamma, count):
+        """(dgamma, dbeta, dx) of batchnorm_train's output for the gradient ``grad``."""
+        axes = (0,) + tuple(range(2, grad.ndim))
+        stat = (1, grad.shape[1]) + (1,) * (grad.ndim - 2)
+        dgamma = (grad * xhat).sum(axis=axes)
+        dbeta = grad.sum(axis=axes)
+        scale = (gamma * inv_std).reshape(stat)
+        g_mean = (dbeta / count).reshape(stat)
+        gx_mean = (dgamma / count).reshape(stat)
+        return dgamma, dbeta, scale * (grad - g_mean - xhat * gx_mean)
 
     def keras_affine_matrices(self, u, angle, shift_x, shift_y, zoom):
         """KerasAffine's (N, 2, 3) inverse maps from uniforms u (5, N) (xpnet/augment.py holds the

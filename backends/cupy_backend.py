@@ -104,11 +104,13 @@ class CupyBackend(Backend):
             inner *= int(n)
         return self._kernels["bias_relu"](y, b.astype(y.dtype, copy=False), inner, int(b.size))
 
-    def adam_update(self, p, g, m, v, b1, b2, eps, step, c2, decay, l2, decoupled):
-        """The flat Adam update in one launch (see backends/base.adam_reference)."""
-        t = p.dtype.type
-        self._kernels["adam_update"](g, t(b1), t(1.0 - b1), t(b2), t(1.0 - b2), t(eps), step, c2,
-                                     decay, t(l2), bool(decoupled), p, m, v)
+    def adam_update(self, p, g, m, v, b1, b2, eps, lr, t, weight_decay, decoupled):
+        """The flat Adam update in one launch (see backends/base.adam_reference); lr and t are
+        float64 device scalars, read by the kernel (so a captured step sees their new values)."""
+        d, f = p.dtype.type, self.xp.float64
+        self._kernels["adam_update"](g, lr.reshape(1), t.reshape(1), f(b1), d(b1), d(1.0 - b1), f(b2),
+                                     d(b2), d(1.0 - b2), d(eps), f(weight_decay), d(weight_decay),
+                                     bool(decoupled), p, m, v)
 
     def compute_dtype(self, name):
         """float16 always; bfloat16 where this CuPy computes with it: CuPy 14 takes NumPy's
@@ -160,6 +162,48 @@ class CupyBackend(Backend):
                                      i32(x.shape[2]), i32(x.shape[3]), x.dtype.type(fill),
                                      mode == "nearest", out)
         return out
+
+    def softmax_labels(self, z, labels):
+        z = self.xp.ascontiguousarray(z)
+        n, k = (int(v) for v in z.shape)
+        p = self.xp.empty((n, k), dtype=z.dtype)
+        picked = self.xp.empty((n,), dtype=z.dtype)
+        self._kernels["softmax_labels"](z, labels, k, p, picked)
+        return p, picked
+
+    def softmax_labels_grad(self, p, labels, n):
+        k = int(p.shape[1])
+        return self._kernels["softmax_labels_grad"](p, labels, k, p.dtype.type(1.0 / n))
+
+    def _bn_shape(self, x):
+        n, c = int(x.shape[0]), int(x.shape[1])
+        return n, c, int(x.size) // max(1, n * c)
+
+    def batchnorm_train(self, x, gamma, beta, running_mean, running_var, momentum, epsilon):
+        from .cupy_kernels import BLOCK
+        xp, t = self.xp, x.dtype.type
+        x = xp.ascontiguousarray(x)
+        n, c, s = self._bn_shape(x)
+        count = n * s
+        out, xhat = xp.empty_like(x), xp.empty_like(x)
+        inv_std = xp.empty((c,), dtype=x.dtype)
+        self._kernels[("batchnorm_train", x.dtype.name)](
+            (c,), (BLOCK,), (x, gamma, beta, running_mean, running_var, out, xhat, inv_std,
+                             xp.int64(n), xp.int64(c), xp.int64(s), t(momentum), t(1.0 - momentum),
+                             t((1.0 - momentum) * (count / (count - 1))), t(epsilon)))
+        return out, xhat, inv_std
+
+    def batchnorm_grad(self, grad, xhat, inv_std, gamma, count):
+        from .cupy_kernels import BLOCK
+        xp = self.xp
+        grad = xp.ascontiguousarray(grad)
+        n, c, s = self._bn_shape(grad)
+        dgamma, dbeta = xp.empty((c,), dtype=grad.dtype), xp.empty((c,), dtype=grad.dtype)
+        dx = xp.empty_like(grad)
+        self._kernels[("batchnorm_grad", grad.dtype.name)](
+            (c,), (BLOCK,), (grad, xhat, inv_std, gamma, dgamma, dbeta, dx, xp.int64(n), xp.int64(c),
+                             xp.int64(s), grad.dtype.type(count)))
+        return dgamma, dbeta, dx
 
     def keras_affine_matrices(self, u, angle, shift_x, shift_y, zoom):
         n = int(u.shape[1])

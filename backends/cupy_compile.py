@@ -55,11 +55,14 @@ def source(name, in_types, out_types):
 SCALARS = {
     "dropout_forward": {"scale"},
     "bias_relu": {"inner", "nb"},
-    "adam_update": {"b1", "one_minus_b1", "b2", "one_minus_b2", "eps", "l2", "decoupled"},
+    "adam_update": {"b1d", "b1", "one_minus_b1", "b2d", "b2", "one_minus_b2", "eps", "wd", "wdt",
+                    "decoupled"},
     "splitmix64_at": {"start"},
     "maxpool2d_forward": {"h", "w", "ho", "wo", "ph", "pw", "sh", "sw"},
     "maxpool2d_backward": {"h", "w", "ho", "wo", "ph", "pw", "sh", "sw"},
     "affine_warp": {"c", "h", "w", "fill", "nearest"},
+    "softmax_labels": {"k"},
+    "softmax_labels_grad": {"k", "inv_n"},
     "keras_affine_matrices": {"angle", "shift_x", "shift_y", "zoom", "n"},
 }
 
@@ -72,17 +75,27 @@ def compile_one(name, in_types, out_types, arch=ARCH):
     """Compile one kernel for one signature with NVRTC; returns the cubin's size in bytes, raises
     RuntimeError with NVRTC's log on a compile error."""
     from cupy._core import core
-    from cupy.cuda import nvrtc
+    return _nvrtc(source(name, in_types, out_types), name,
+                  list(core.assemble_cupy_compiler_options(cupy_kernels.OPTIONS)), arch,
+                  f"{name} {in_types}->{out_types}")
 
-    src = source(name, in_types, out_types)
-    options = list(core.assemble_cupy_compiler_options(cupy_kernels.OPTIONS)) + [
-        "-ftz=true", "--device-as-default-execution-space", f"-arch=sm_{arch}"]
+
+def compile_raw(name, dtype, arch=ARCH):
+    """Compile RawKernel ``name`` for float32 or float64 as CuPy's RawKernel does (no CuPy
+    headers); the cubin's size in bytes, RuntimeError with NVRTC's log on a compile error."""
+    return _nvrtc(cupy_kernels.raw_source(name, dtype), name, list(cupy_kernels.OPTIONS), arch,
+                  f"{name} ({dtype})")
+
+
+def _nvrtc(src, name, options, arch, what):
+    from cupy.cuda import nvrtc
+    options = options + ["-ftz=true", "--device-as-default-execution-space", f"-arch=sm_{arch}"]
     prog = nvrtc.createProgram(src, f"xpnet_{name}.cu", [], [])
     try:
         try:
             nvrtc.compileProgram(prog, options)
         except nvrtc.NVRTCError as exc:
-            raise RuntimeError(f"NVRTC could not compile {name} {in_types}->{out_types}: {exc}\n"
+            raise RuntimeError(f"NVRTC could not compile {what}: {exc}\n"
                                f"{nvrtc.getProgramLog(prog)}") from exc
         return len(nvrtc.getCUBIN(prog))
     finally:
@@ -91,5 +104,8 @@ def compile_one(name, in_types, out_types, arch=ARCH):
 
 def compile_all(arch=ARCH):
     """{(name, in_types, out_types): cubin bytes} for every kernel and signature."""
-    return {(name, ins, outs): compile_one(name, ins, outs, arch)
-            for name, sigs in cupy_kernels.SIGNATURES.items() for ins, outs in sigs}
+    out = {(name, ins, outs): compile_one(name, ins, outs, arch)
+           for name, sigs in cupy_kernels.SIGNATURES.items() for ins, outs in sigs}
+    out.update({(name, dtype): compile_raw(name, dtype, arch)
+                for name in cupy_kernels.RAW for dtype in cupy_kernels.REAL})
+    return out

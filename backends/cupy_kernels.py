@@ -16,6 +16,10 @@ operations do.
     maxpool2d_forward   max over each window                               (ph*pw launches -> 1)
     maxpool2d_backward  each window's gradient to its first maximum        (8-30 launches -> 1)
     affine_warp         bilinear warp by per-image inverse maps            (about 50 launches -> 1)
+    softmax_labels      softmax rows and the label's log-probability      (about 10 launches -> 1)
+    softmax_labels_grad (softmax - onehot) / N                             (5 launches -> 1)
+    batchnorm_train     batch statistics, running stats, xhat and output   (about 18 launches -> 1)
+    batchnorm_grad      dgamma, dbeta and dx                               (about 10 launches -> 1)
     keras_affine_matrices  KerasAffine's inverse maps from its uniforms    (about 22 launches -> 1)
 
 ``LAUNCHES`` is how many kernel launches each backend method of the CuPy backend makes (the
@@ -26,7 +30,8 @@ OPTIONS = ("--fmad=false",)
 
 LAUNCHES = {"relu_forward": 1, "dropout_forward": 1, "bias_relu": 1, "adam_update": 1,
             "splitmix64": 1, "maxpool2d_forward": 1, "maxpool2d_backward": 1, "affine_warp": 1,
-            "keras_affine_matrices": 1}
+            "keras_affine_matrices": 1, "softmax_labels": 1, "softmax_labels_grad": 1,
+            "batchnorm_train": 1, "batchnorm_grad": 1}
 
 _POOL_PARAMS = "int32 h, int32 w, int32 ho, int32 wo, int32 ph, int32 pw, int32 sh, int32 sw"
 
@@ -42,16 +47,22 @@ SOURCES = {
     "bias_relu": (
         "T y, raw T b, int64 inner, int64 nb", "T out, bool mask",
         "T z = y + b[(i / inner) % nb]; out = (z > (T)0 || z != z) ? z : (T)0; mask = out > (T)0;"),
-    # per element, in the reference's order (backends/base.adam_reference): [p *= decay (decoupled)
-    # | g += l2*p (L2)]; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g; p -= step * (m / (sqrt(v)/c2 + eps))
-    # with step = lr / (1 - b1**t), c2 = sqrt(1 - b2**t) computed once per step on the device.
+    # per element, in the reference's order (backends/base.adam_reference): step = lr / (1 - b1**t)
+    # and c2 = sqrt(1 - b2**t) in float64 from the device scalars lr, t, cast to T;
+    # [p *= 1 - lr*wd (decoupled) | g += wd*p (L2)]; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
+    # p -= step * (m / (sqrt(v)/c2 + eps))
     "adam_update": (
-        "T g, T b1, T one_minus_b1, T b2, T one_minus_b2, T eps, T step, T c2, T decay, "
-        "T l2, bool decoupled",
+        "T g, raw float64 lr, raw float64 t, float64 b1d, T b1, T one_minus_b1, float64 b2d, T b2, "
+        "T one_minus_b2, T eps, float64 wd, T wdt, bool decoupled",
         "T p, T m, T v",
         """
+        double rate = lr[0], tt = t[0];
+        T step = (T)(rate / (1.0 - pow(b1d, tt)));
+        T c2 = (T)sqrt(1.0 - pow(b2d, tt));
         T grad = g;
-        if (decoupled) { p = p * decay; } else if (l2 != (T)0) { grad = grad + l2 * p; }
+        if (wd != 0.0) {
+            if (decoupled) { p = p * (T)(1.0 - rate * wd); } else { grad = grad + wdt * p; }
+        }
         m = m * b1; m = m + one_minus_b1 * grad;
         v = v * b2; v = v + one_minus_b2 * (grad * grad);
         T denom = sqrt(v); denom = denom / c2; denom = denom + eps;
@@ -161,6 +172,26 @@ SOURCES = {
         m[0] = c * zx; m[1] = (-s) * zy; m[2] = c * tx - s * ty;
         m[3] = s * zx; m[4] = c * zy; m[5] = s * tx + c * ty;
         """),
+    # one thread per row i of z (N, K), C-contiguous: p = softmax, picked = log-softmax at the label
+    "softmax_labels": (
+        "raw T z, L label, int64 k", "raw T p, T picked",
+        """
+        const T* row = &z[i * k];
+        T m = row[0];
+        for (long long j = 1; j < k; ++j) { T v = row[j]; m = (m != m || m > v) ? m : v; }
+        T s = (T)0;
+        for (long long j = 0; j < k; ++j) { T e = exp(row[j] - m); p[i * k + j] = e; s = s + e; }
+        for (long long j = 0; j < k; ++j) { p[i * k + j] = p[i * k + j] / s; }
+        picked = (row[label] - m) - log(s);
+        """),
+    # one thread per element of p (N, K): p - 1 at the label, times 1/N
+    "softmax_labels_grad": (
+        "T p, raw L label, int64 k, T inv_n", "T grad",
+        """
+        T g = p;
+        if (i % k == label[i / k]) { g = g - (T)1; }
+        grad = g * inv_n;
+        """),
 }
 
 # The argument dtypes each kernel is compiled for in CI (tests/test_cupy_compile.py): the input
@@ -170,17 +201,105 @@ SIGNATURES = {
     "relu_forward": [((t,), (t, "bool")) for t in _F],
     "dropout_forward": [((t, "bool", t), (t, t)) for t in _F],
     "bias_relu": [((t, t, "int64", "int64"), (t, "bool")) for t in _F],
-    "adam_update": [((t,) * 10 + ("bool",), (t, t, t)) for t in _F],
+    "adam_update": [((t, "float64", "float64", "float64", t, t, "float64", t, t, t, "float64", t,
+                      "bool"), (t, t, t)) for t in _F],
     "splitmix64": [(("uint64",), ("uint64",))],
     "splitmix64_at": [(("uint64",), ("uint64",))],
     "maxpool2d_forward": [((t,) + ("int32",) * 8, (t,)) for t in _F],
     "maxpool2d_backward": [((t, t, t) + ("int32",) * 8, (t,)) for t in _F],
+    "softmax_labels": [((t, l, "int64"), (t, t)) for t in _F for l in ("int64", "int32")],
+    "softmax_labels_grad": [((t, l, "int64", t), (t,)) for t in _F for l in ("int64", "int32")],
     "keras_affine_matrices": [(("float64",) * 5 + ("int64",), ("float64",))],
     "affine_warp": [((t, m, "int32", "int32", "int32", t, "bool"), (t,)) for t in _F for m in _F],
 }
 
 
+# RawKernels: batch normalisation, one block of BLOCK threads per channel c of x (N, C, S)
+# (S the product of the spatial axes, 1 for (N, C) inputs), C-contiguous. The sums over the channel's
+# N*S values are block reductions in shared memory (their order is not NumPy's pairwise one: the
+# results agree to float rounding). ``real`` is float or double.
+BLOCK = 256
+_BN_COMMON = r"""
+#define BLOCK 256
+__device__ real block_sum(real v, real* shared) {
+    shared[threadIdx.x] = v;
+    __syncthreads();
+    for (int half = BLOCK / 2; half > 0; half >>= 1) {
+        if (threadIdx.x < half) shared[threadIdx.x] += shared[threadIdx.x + half];
+        __syncthreads();
+    }
+    real total = shared[0];
+    __syncthreads();
+    return total;
+}
+#define AT(k) (((k) / S) * C * S + c * S + (k) % S)
+"""
+RAW = {
+    # mean, biased variance, running stats (momentum, unbias = (1 - momentum) * count / (count - 1)),
+    # inv_std = 1 / sqrt(var + eps), xhat, out = xhat * gamma + beta
+    "batchnorm_train": _BN_COMMON + r"""
+extern "C" __global__ void xpnet_batchnorm_train(
+        const real* x, const real* gamma, const real* beta, real* running_mean, real* running_var,
+        real* out, real* xhat, real* inv_std_out, long long N, long long C, long long S,
+        real momentum, real one_minus_momentum, real unbias, real eps) {
+    __shared__ real shared[BLOCK];
+    long long c = blockIdx.x, count = N * S;
+    real acc = 0;
+    for (long long k = threadIdx.x; k < count; k += BLOCK) acc += x[AT(k)];
+    real mean = block_sum(acc, shared) / (real)count;
+    acc = 0;
+    for (long long k = threadIdx.x; k < count; k += BLOCK) { real d = x[AT(k)] - mean; acc += d * d; }
+    real var = block_sum(acc, shared) / (real)count;
+    real inv_std = (real)1 / sqrt(var + eps);
+    if (threadIdx.x == 0) {
+        running_mean[c] = momentum * running_mean[c] + one_minus_momentum * mean;
+        running_var[c] = momentum * running_var[c] + unbias * var;
+        inv_std_out[c] = inv_std;
+    }
+    real g = gamma[c], b = beta[c];
+    for (long long k = threadIdx.x; k < count; k += BLOCK) {
+        long long at = AT(k);
+        real h = (x[at] - mean) * inv_std;
+        xhat[at] = h;
+        out[at] = h * g + b;
+    }
+}
+""",
+    # dgamma = sum(grad * xhat), dbeta = sum(grad),
+    # dx = gamma * inv_std * (grad - dbeta / count - xhat * dgamma / count)
+    "batchnorm_grad": _BN_COMMON + r"""
+extern "C" __global__ void xpnet_batchnorm_grad(
+        const real* grad, const real* xhat, const real* inv_std, const real* gamma,
+        real* dgamma, real* dbeta, real* dx, long long N, long long C, long long S, real count) {
+    __shared__ real shared[BLOCK];
+    long long c = blockIdx.x, n = N * S;
+    real a = 0, b = 0;
+    for (long long k = threadIdx.x; k < n; k += BLOCK) { long long at = AT(k); a += grad[at] * xhat[at]; b += grad[at]; }
+    real gx_sum = block_sum(a, shared), g_sum = block_sum(b, shared);
+    if (threadIdx.x == 0) { dgamma[c] = gx_sum; dbeta[c] = g_sum; }
+    real scale = gamma[c] * inv_std[c], g_mean = g_sum / count, gx_mean = gx_sum / count;
+    for (long long k = threadIdx.x; k < n; k += BLOCK) {
+        long long at = AT(k);
+        dx[at] = scale * ((grad[at] - g_mean) - xhat[at] * gx_mean);
+    }
+}
+""",
+}
+REAL = {"float32": "float", "float64": "double"}
+
+
+def raw_source(name, dtype):
+    """The CUDA source of RawKernel ``name`` for float32 or float64 arrays."""
+    return f"typedef {REAL[dtype]} real;\n" + RAW[name]
+
+
 def build(cupy):
-    """The kernels as CuPy objects (compilation is deferred to their first call)."""
-    return {name: cupy.ElementwiseKernel(i, o, op, "xpnet_" + name, options=OPTIONS)
-            for name, (i, o, op) in SOURCES.items()}
+    """The kernels as CuPy objects (compilation is deferred to their first call); the RawKernels
+    as {(name, dtype): kernel}."""
+    kernels = {name: cupy.ElementwiseKernel(i, o, op, "xpnet_" + name, options=OPTIONS)
+               for name, (i, o, op) in SOURCES.items()}
+    for name in RAW:
+        for dtype in REAL:
+            kernels[(name, dtype)] = cupy.RawKernel(raw_source(name, dtype), "xpnet_" + name,
+                                                    options=OPTIONS)
+    return kernels

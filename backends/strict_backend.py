@@ -386,6 +386,22 @@ class StrictBackend(Backend):
         with fused("affine_warp"):
             return super().affine_warp(x, matrices, fill, mode)
 
+    def softmax_labels(self, z, labels):
+        with fused("softmax_labels"):
+            return super().softmax_labels(z, labels)
+
+    def softmax_labels_grad(self, p, labels, n):
+        with fused("softmax_labels_grad"):
+            return super().softmax_labels_grad(p, labels, n)
+
+    def batchnorm_train(self, *args):
+        with fused("batchnorm_train"):
+            return super().batchnorm_train(*args)
+
+    def batchnorm_grad(self, *args):
+        with fused("batchnorm_grad"):
+            return super().batchnorm_grad(*args)
+
     def keras_affine_matrices(self, u, angle, shift_x, shift_y, zoom):
         with fused("keras_affine_matrices"):
             return super().keras_affine_matrices(u, angle, shift_x, shift_y, zoom)

@@ -38,7 +38,13 @@ def signatures():
 
 def test_every_kernel_has_signatures_and_a_launch_count():
     assert set(cupy_kernels.SIGNATURES) == set(cupy_kernels.SOURCES)
-    assert set(cupy_kernels.LAUNCHES) <= set(cupy_kernels.SOURCES) | {"splitmix64"}
+    assert set(cupy_kernels.LAUNCHES) <= set(cupy_kernels.SOURCES) | set(cupy_kernels.RAW)
+
+
+@pytest.mark.parametrize("name", sorted(cupy_kernels.RAW))
+@pytest.mark.parametrize("dtype", sorted(cupy_kernels.REAL))
+def test_the_raw_kernel_compiles(compiler, name, dtype):
+    assert compiler.compile_raw(name, dtype) > 0
 
 
 @pytest.mark.parametrize("name, ins, outs", signatures())

@@ -110,3 +110,30 @@ def test_the_affine_warp_and_keras_matrices_equal_the_reference(gpu, mode):
     x = gpu.xp.asarray(np.random.default_rng(8).random((6, 2, 28, 28), dtype=np.float32))
     got, want = gpu.affine_warp(x, rm, 0.5, mode), Backend.affine_warp(gpu, x, rm, 0.5, mode)
     np.testing.assert_allclose(gpu.to_numpy(got), gpu.to_numpy(want), rtol=0, atol=1e-6)
+
+
+def test_softmax_with_labels_and_its_gradient_equal_the_reference(gpu):
+    z = data(gpu, (64, 10))[1:]  # no NaN row
+    labels = gpu.xp.asarray(np.random.default_rng(9).integers(0, 10, 63))
+    (p, picked), (rp, rpicked) = gpu.softmax_labels(z, labels), Backend.softmax_labels(gpu, z, labels)
+    np.testing.assert_allclose(gpu.to_numpy(p), gpu.to_numpy(rp), rtol=1e-6, atol=1e-7)  # sum order
+    np.testing.assert_allclose(gpu.to_numpy(picked), gpu.to_numpy(rpicked), rtol=1e-6, atol=1e-6)
+    assert same(gpu, gpu.softmax_labels_grad(rp, labels, 63), Backend.softmax_labels_grad(gpu, rp, labels, 63))
+
+
+@pytest.mark.parametrize("shape", [(64, 10), (16, 6, 5, 7)])
+def test_batch_normalisation_equals_the_reference(gpu, shape):
+    r = np.random.default_rng(10)
+    x = gpu.xp.asarray(r.standard_normal(shape).astype(np.float32) * 3 + 1)
+    c = shape[1]
+    gamma, beta = (gpu.xp.asarray(r.standard_normal(c).astype(np.float32)) for _ in range(2))
+    stats = [[gpu.xp.zeros(c, np.float32), gpu.xp.ones(c, np.float32)] for _ in range(2)]
+    got = gpu.batchnorm_train(x, gamma, beta, *stats[0], 0.9, 1e-3)
+    want = Backend.batchnorm_train(gpu, x, gamma, beta, *stats[1], 0.9, 1e-3)
+    for a, b in list(zip(got, want)) + list(zip(*stats)):  # sums in another order: float rounding
+        np.testing.assert_allclose(gpu.to_numpy(a), gpu.to_numpy(b), rtol=1e-5, atol=1e-5)
+    dy = gpu.xp.asarray(r.standard_normal(shape).astype(np.float32))
+    count = x.size // c
+    for a, b in zip(gpu.batchnorm_grad(dy, want[1], want[2], gamma, count),
+                    Backend.batchnorm_grad(gpu, dy, want[1], want[2], gamma, count)):
+        np.testing.assert_allclose(gpu.to_numpy(a), gpu.to_numpy(b), rtol=1e-5, atol=1e-5)

@@ -14,8 +14,9 @@ import launches  # noqa: E402
 
 # seed001-tf: 725 per step before the flat optimizer update (benchmarks/results/*-launches-before.json),
 # 375 with it, the four augmentation corners in one gather, cached splitmix64 steps and the
-# few-launch conv layouts (*-launches-fewer-launches.json)
-BUDGET = 400
+# few-launch conv layouts (*-launches-fewer-launches.json); 143 with the fused kernels of
+# backends/cupy_kernels.py (a fused method counts as the launches its CuPy implementation makes)
+BUDGET = 150
 
 
 def calls(fn):
@@ -73,3 +74,30 @@ def test_few_launch_layouts_give_the_same_bits_as_the_cpu_ones(monkeypatch, shap
         results.append((y, dx, dW, spectral._from_planes(np, planes)))
     for a, b in zip(*results):
         assert np.array_equal(a, b)
+
+
+def test_a_fused_method_counts_as_its_cuda_launches_and_runs_the_reference():
+    """relu_forward on the strict backend: the reference's two operations (maximum, compare),
+    counted as the one launch of the CuPy kernel; the numbers are the reference's."""
+    from xpnet.backends import Backend
+    from xpnet.backends.cupy_kernels import LAUNCHES
+    strict = get_backend("strict")
+    x = strict.xp.asarray(np.array([[-1.0, 2.0], [np.nan, 0.0]], dtype=np.float32))
+    assert calls(lambda: Backend.relu_forward(strict, x)) == 2
+    assert calls(lambda: strict.relu_forward(x)) == LAUNCHES["relu_forward"] == 1
+    (y, m), (ry, rm) = strict.relu_forward(x), Backend.relu_forward(strict, x)
+    assert np.array_equal(y.get(), ry.get(), equal_nan=True) and np.array_equal(m.get(), rm.get())
+    assert calls(lambda: strict.xp.empty((3, 4))) == 0  # an allocation launches nothing
+
+
+def test_the_spectral_kernel_matrices_are_the_same_bits_in_one_gemm(monkeypatch):
+    """Few-launch backends build the per-bin matrices M with one GEMM (rows cos, -sin, sin, cos)
+    and one copy; the CPU with one GEMM and four block copies: the same bits."""
+    from xpnet.backends.numpy_backend import NumpyBackend
+    from xpnet.ops import spectral
+    W = np.random.default_rng(1).standard_normal((6, 4, 5, 5)).astype(np.float32)
+    got = []
+    for few in (False, True):
+        monkeypatch.setattr(NumpyBackend, "few_launches", few)
+        got.append(spectral._kernel_matrices(np, W, W.dtype, 18, 18))
+    assert np.array_equal(*got)

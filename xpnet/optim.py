@@ -225,8 +225,10 @@ class Optimizer:
         for k in views:
             self.steps[k] = t + 1
         d = self._device_scalars(t)
-        lr = d[0] / (1.0 + self.decay * d[1])   # float64, as current_lr() computes it on the host
-        d[1:] += 1.0                               # iterations, t
+        # float64, as current_lr() computes it on the host (x / 1.0 is x: no operation without decay)
+        lr = d[0] / (1.0 + self.decay * d[1]) if self.decay else d[0]
+        counts = d[1:]
+        xp.add(counts, 1.0, out=counts)            # iterations, t
         self._device[1][1:] = (self.iterations + 1, t + 1)
         buffers = [flat] + [self._flat_state[s][0] for s in self.slots]
         kept = None if finite is None else [b.copy() for b in buffers]
@@ -409,11 +411,9 @@ class Adam(Optimizer):
     def _update(self, p, g, lr, state, t):
         fused = getattr(self.backend, "adam_update", None)
         if fused is not None and hasattr(t, "astype"):  # the flat step, on a backend with a kernel
-            step = _cast(lr / (1.0 - self.beta1 ** t), p)
-            c2 = _cast(_sqrt(self.xp, 1.0 - self.beta2 ** t), p)
-            decay = _cast(1.0 - lr * self.weight_decay, p) if self._decoupled else p.dtype.type(1)
-            fused(p, g, state["m"], state["v"], self.beta1, self.beta2, self.eps, step, c2, decay,
-                  0.0 if self._decoupled else self.weight_decay, self._decoupled)
+            # lr and t are float64 device scalars: the kernel derives its per-step factors from them
+            fused(p, g, state["m"], state["v"], self.beta1, self.beta2, self.eps, lr, t,
+                  self.weight_decay, self._decoupled)
             return
         if self.weight_decay:
             if self._decoupled:

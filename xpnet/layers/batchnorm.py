@@ -70,6 +70,12 @@ class BatchNorm(Layer):
             if count < 2:
                 raise ShapeError(f"layer {self.name!r} (BatchNorm) needs more than one value per channel "
                                  f"in training, got input of shape {tuple(x.shape)}")
+            if not sync:  # one fused pass (one launch on a GPU), the reference below on the CPU
+                out, xhat, inv_std = self.backend.batchnorm_train(
+                    x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
+                    self.buffers["running_var"], self.momentum, self.epsilon)
+                self.cache = (xhat, inv_std, training, count, sync)
+                return out
             if sync:  # statistics of the global batch: one all-reduce
                 mean, var = self.distributed.batch_moments(x, self.axes, self.buffers["running_mean"])
                 centered = x - mean.reshape(self.stat_shape)
@@ -99,6 +105,10 @@ class BatchNorm(Layer):
 
     def _backward(self, grad):
         xhat, inv_std, training, count, sync = self.cache
+        if training and not sync and self.need_input_grad:
+            dgamma, dbeta, dx = self.backend.batchnorm_grad(grad, xhat, inv_std, self.params["gamma"], count)
+            self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
+            return dx
         self.grads["gamma"] = (grad * xhat).sum(axis=self.axes)
         self.grads["beta"] = grad.sum(axis=self.axes)
         if not self.need_input_grad:
