@@ -41,6 +41,10 @@ class Backend:
     # How the fast convolution picks spectral vs columns (xpnet/ops/autotune.py): "estimate" from
     # the FLOP model tuned on a CPU, or "measure" both once per shape and keep the faster.
     conv_choice = "estimate"
+    # Largest im2col buffer per batch chunk of the columns convolution (xpnet/ops/columns.py);
+    # None: that module's CPU default (32 MiB). Backward reuses the forward's columns only when one
+    # chunk held the whole batch, so a larger limit saves recomputing them, at the cost of memory.
+    column_bytes = None
 
     def __init__(self, xp):
         self.xp = xp
@@ -95,6 +99,24 @@ class Backend:
         """A context in which overflow and invalid operations do not warn (NumPy warns; CuPy never
         does): a mixed-precision step overflows on purpose and the loss scaler handles it."""
         return contextlib.nullcontext()
+
+    def matmul_t(self, a, b, trans_a=False, trans_b=False):
+        """a @ b for stacks of matrices (3-D, C-contiguous), either taken transposed in its last two
+        axes (``trans_a``, ``trans_b``): the GEMM reads the stored layout (CuPy's matmul would copy a
+        transposed operand to contiguous first; NumPy passes the transpose to BLAS)."""
+        return self.xp.matmul(a.transpose(0, 2, 1) if trans_a else a,
+                              b.transpose(0, 2, 1) if trans_b else b)
+
+    def spectral_matrices(self, spec):
+        """M = [[A, B], [-B, A]] (bins, 2F, 2C) from spec (2, bins, F, C) = (A, B): the per-bin
+        real matrices of the spectral convolution (xpnet/ops/spectral.py)."""
+        _, bins, f, c = spec.shape
+        M = self.xp.empty((bins, 2 * f, 2 * c), dtype=spec.dtype)
+        M[:, :f, :c] = spec[0]
+        M[:, :f, c:] = spec[1]
+        M[:, f:, :c] = -spec[1]
+        M[:, f:, c:] = spec[0]
+        return M
 
     def bias_relu(self, y, b, axis=1):
         """(relu(y + b), mask) with b (F,) broadcast along ``axis`` of y: a bias and the ReLU that

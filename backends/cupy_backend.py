@@ -10,6 +10,7 @@ records them in result.json):
 CuPy's memory pool keeps freed blocks for reuse; ``memory_info()`` shows what the pool holds
 and ``release_memory()`` hands the unused blocks back to the driver.
 """
+import ctypes
 import os
 import sys
 
@@ -56,6 +57,7 @@ class CupyBackend(Backend):
     is_gpu = True
     can_capture = True
     conv_choice = "measure"  # a GPU's speeds are not the CPU's that the FLOP model was tuned on
+    column_bytes = 256 * 2 ** 20  # whole batches in one im2col chunk: backward reuses the columns
 
     def __init__(self, device_id=0):
         cupy = _import_cupy()
@@ -97,6 +99,12 @@ class CupyBackend(Backend):
     def dropout_forward(self, x, keep, scale):
         return self._kernels["dropout_forward"](x, keep, x.dtype.type(scale))
 
+    def spectral_matrices(self, spec):
+        _, bins, f, c = (int(v) for v in spec.shape)
+        M = self.xp.empty((bins, 2 * f, 2 * c), dtype=spec.dtype)
+        self._kernels["spectral_matrices"](self.xp.ascontiguousarray(spec), f, c, bins, M)
+        return M
+
     def bias_relu(self, y, b, axis=1):
         axis = axis % y.ndim
         inner = 1
@@ -127,6 +135,35 @@ class CupyBackend(Backend):
                               f"{self.xp.__version__} here ({problem}); it needs CuPy 14 or newer "
                               f"and the ml_dtypes package; use 'float16'")
         return dtype
+
+    def matmul_t(self, a, b, trans_a=False, trans_b=False):
+        """One cublasGemmStridedBatchedEx with the transposes as cuBLAS operations, no copy.
+
+        Row-major C = op(A) @ op(B) is column-major C^T = op(B)^T @ op(A)^T: cuBLAS gets B first,
+        transposed exactly when op(B) is not (a stored row-major matrix reads as its transpose)."""
+        from cupy_backends.cuda.api import runtime
+        from cupy_backends.cuda.libs import cublas
+        xp = self.xp
+        if a.ndim != 3 or b.ndim != 3 or a.dtype != b.dtype or a.dtype not in (xp.float32, xp.float64):
+            return super().matmul_t(a, b, trans_a, trans_b)
+        a, b = xp.ascontiguousarray(a), xp.ascontiguousarray(b)
+        batch = int(a.shape[0])
+        m, k = (int(a.shape[2]), int(a.shape[1])) if trans_a else (int(a.shape[1]), int(a.shape[2]))
+        kb, n = (int(b.shape[2]), int(b.shape[1])) if trans_b else (int(b.shape[1]), int(b.shape[2]))
+        if k != kb or int(b.shape[0]) != batch:
+            raise ValueError(f"matmul_t: shapes {a.shape} (trans {trans_a}) and {b.shape} "
+                             f"(trans {trans_b}) do not match")
+        c = xp.empty((batch, m, n), dtype=a.dtype)
+        dtype = runtime.CUDA_R_32F if a.dtype == xp.float32 else runtime.CUDA_R_64F
+        scalar = ctypes.c_float if a.dtype == xp.float32 else ctypes.c_double
+        one, zero = scalar(1.0), scalar(0.0)  # host scalars (cuBLAS's default pointer mode)
+        cublas.gemmStridedBatchedEx(
+            self.xp.cuda.device.get_cublas_handle(),
+            1 if trans_b else 0, 1 if trans_a else 0, n, m, k, ctypes.addressof(one),
+            b.data.ptr, dtype, k if trans_b else n, int(b.shape[1]) * int(b.shape[2]),
+            a.data.ptr, dtype, m if trans_a else k, int(a.shape[1]) * int(a.shape[2]),
+            ctypes.addressof(zero), c.data.ptr, dtype, n, m * n, batch, dtype, cublas.CUBLAS_GEMM_DEFAULT)
+        return c
 
     def _pool_args(self, x, pool, stride, ho, wo):
         i32 = self.xp.int32

@@ -10,6 +10,7 @@ operations do.
 
     relu_forward        maximum(x, 0) and its mask                        (2 launches -> 1)
     dropout_forward     mask = where(keep, scale, 0), y = x * mask         (2 launches -> 1)
+    spectral_matrices   M = [[A, B], [-B, A]] per frequency bin             (4-5 launches -> 1)
     bias_relu           relu(y + b) and its mask, b along one axis         (3-4 launches -> 1)
     adam_update         the flat Adam/AdamW update over all parameters     (11 launches -> 1)
     splitmix64[_at]     counter-based random words (device / host start)   (7-8 launches -> 1)
@@ -31,7 +32,8 @@ OPTIONS = ("--fmad=false",)
 LAUNCHES = {"relu_forward": 1, "dropout_forward": 1, "bias_relu": 1, "adam_update": 1,
             "splitmix64": 1, "maxpool2d_forward": 1, "maxpool2d_backward": 1, "affine_warp": 1,
             "keras_affine_matrices": 1, "softmax_labels": 1, "softmax_labels_grad": 1,
-            "batchnorm_train": 1, "batchnorm_grad": 1}
+            "batchnorm_train": 1, "batchnorm_grad": 1,
+            "spectral_matrices": 1}
 
 _POOL_PARAMS = "int32 h, int32 w, int32 ho, int32 wo, int32 ph, int32 pw, int32 sh, int32 sw"
 
@@ -43,6 +45,15 @@ SOURCES = {
     "dropout_forward": (
         "T x, bool keep, T scale", "T y, T mask",
         "mask = keep ? scale : (T)0; y = x * mask;"),
+    # one thread per element of M (bins, 2F, 2C) from spec (2, bins, F, C) = (A, B), C-contiguous
+    "spectral_matrices": (
+        "raw T spec, int64 f, int64 c, int64 bins", "T M",
+        """
+        long long s = i % (2 * c), r = (i / (2 * c)) % (2 * f), b = i / (4 * f * c);
+        long long q = r / f, p = s / c, at = (b * f + r % f) * c + s % c;
+        T a = spec[at], w = spec[bins * f * c + at];
+        M = (q == p) ? a : (q == 0 ? w : -w);
+        """),
     # b (F,) along the axis of y whose inner size (product of the later axes) is ``inner``
     "bias_relu": (
         "T y, raw T b, int64 inner, int64 nb", "T out, bool mask",
@@ -200,6 +211,7 @@ _F = ("float32", "float64")
 SIGNATURES = {
     "relu_forward": [((t,), (t, "bool")) for t in _F],
     "dropout_forward": [((t, "bool", t), (t, t)) for t in _F],
+    "spectral_matrices": [((t, "int64", "int64", "int64"), (t,)) for t in _F],
     "bias_relu": [((t, t, "int64", "int64"), (t, "bool")) for t in _F],
     "adam_update": [((t, "float64", "float64", "float64", t, t, "float64", t, t, t, "float64", t,
                       "bool"), (t, t, t)) for t in _F],

@@ -9,7 +9,7 @@ can assert that nothing syncs per batch. ``LAUNCHES["calls"]`` counts array oper
 launches on a GPU): every call of an ``xp`` function, ufunc or array method, every arithmetic or
 comparison operator, every assignment into an array and every gather by an index array. Views
 (reshape, transpose, basic slicing), attribute reads and ``empty`` (an allocation, no kernel) are
-free on a GPU and are not counted. A fused backend method (``relu_forward``, ``adam_update``, the
+free on a GPU and are not counted; a reshape that has to copy (of a non-contiguous array) is. A fused backend method (``relu_forward``, ``adam_update``, the
 max-pool and warp kernels, ...) runs its pure-``xp`` reference here but counts as the launches its
 CuPy implementation makes (``LAUNCHES`` in backends/cupy_kernels.py), see ``fused()``.
 """
@@ -112,7 +112,17 @@ def _launch():
 
 
 def _view_call(fn, args, kwargs):
-    return _wrap(fn(*_unwrap(args), **_unwrap(kwargs)))
+    out = fn(*_unwrap(args), **_unwrap(kwargs))
+    sources = [a._a for a in args if type(a) is StrictArray]
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, numpy.ndarray):
+        sources.append(owner)
+    if isinstance(out, numpy.ndarray) and out.size > 1 and sources and not any(
+            numpy.may_share_memory(out, a) for a in sources):
+        _launch()  # a reshape of a non-contiguous array copies: a kernel on a GPU
+        if TRACE is not None:
+            _record("copy", *args)
+    return _wrap(out)
 
 
 def _free_call(fn, args, kwargs):
@@ -369,6 +379,10 @@ class StrictBackend(Backend):
     def dropout_forward(self, x, keep, scale):
         with fused("dropout_forward"):
             return super().dropout_forward(x, keep, scale)
+
+    def spectral_matrices(self, spec):
+        with fused("spectral_matrices"):
+            return super().spectral_matrices(spec)
 
     def bias_relu(self, y, b, axis=1):
         with fused("bias_relu"):

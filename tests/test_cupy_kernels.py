@@ -23,7 +23,7 @@ def gpu():
 def data(gpu, shape=(64, 33), seed=0):
     r = np.random.default_rng(seed)
     x = r.standard_normal(shape).astype(np.float32)
-    x[0, :3] = [np.nan, 0.0, -0.0]
+    x.reshape(-1)[:3] = [np.nan, 0.0, -0.0]
     return gpu.xp.asarray(x)
 
 
@@ -113,7 +113,7 @@ def test_the_affine_warp_and_keras_matrices_equal_the_reference(gpu, mode):
 
 
 def test_softmax_with_labels_and_its_gradient_equal_the_reference(gpu):
-    z = data(gpu, (64, 10))[1:]  # no NaN row
+    z = data(gpu, (64, 10))[1:]  # the first row holds the NaN
     labels = gpu.xp.asarray(np.random.default_rng(9).integers(0, 10, 63))
     (p, picked), (rp, rpicked) = gpu.softmax_labels(z, labels), Backend.softmax_labels(gpu, z, labels)
     np.testing.assert_allclose(gpu.to_numpy(p), gpu.to_numpy(rp), rtol=1e-6, atol=1e-7)  # sum order
@@ -137,3 +137,18 @@ def test_batch_normalisation_equals_the_reference(gpu, shape):
     for a, b in zip(gpu.batchnorm_grad(dy, want[1], want[2], gamma, count),
                     Backend.batchnorm_grad(gpu, dy, want[1], want[2], gamma, count)):
         np.testing.assert_allclose(gpu.to_numpy(a), gpu.to_numpy(b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_matmul_with_transposed_stacks_equals_the_reference(gpu, trans_a, trans_b):
+    r = np.random.default_rng(11)
+    a = gpu.xp.asarray(r.standard_normal((4, 6, 5) if trans_a else (4, 5, 6)).astype(np.float32))
+    b = gpu.xp.asarray(r.standard_normal((4, 7, 6) if trans_b else (4, 6, 7)).astype(np.float32))
+    got, want = gpu.matmul_t(a, b, trans_a, trans_b), Backend.matmul_t(gpu, a, b, trans_a, trans_b)
+    assert got.shape == want.shape == (4, 5, 7)
+    np.testing.assert_allclose(gpu.to_numpy(got), gpu.to_numpy(want), rtol=1e-5, atol=1e-5)
+
+
+def test_the_spectral_matrices_equal_the_reference(gpu):
+    spec = gpu.xp.asarray(np.random.default_rng(12).standard_normal((2, 7, 3, 4)).astype(np.float32))
+    assert same(gpu, gpu.spectral_matrices(spec), Backend.spectral_matrices(gpu, spec))

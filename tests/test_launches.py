@@ -90,14 +90,33 @@ def test_a_fused_method_counts_as_its_cuda_launches_and_runs_the_reference():
     assert calls(lambda: strict.xp.empty((3, 4))) == 0  # an allocation launches nothing
 
 
-def test_the_spectral_kernel_matrices_are_the_same_bits_in_one_gemm(monkeypatch):
-    """Few-launch backends build the per-bin matrices M with one GEMM (rows cos, -sin, sin, cos)
-    and one copy; the CPU with one GEMM and four block copies: the same bits."""
+def test_the_spectral_route_gives_the_same_bits_with_gpu_layouts(monkeypatch):
+    """What few-launch backends do differently in the spectral route (the DFT matrices as
+    contiguous stacks for a strided-batched GEMM, the backward's products with transposed operands
+    through Backend.matmul_t) gives the CPU path's bits."""
     from xpnet.backends.numpy_backend import NumpyBackend
     from xpnet.ops import spectral
-    W = np.random.default_rng(1).standard_normal((6, 4, 5, 5)).astype(np.float32)
-    got = []
+    r = np.random.default_rng(2)
+    x = r.standard_normal((3, 4, 10, 9)).astype(np.float32)
+    W = r.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    b = r.standard_normal(5).astype(np.float32)
+    runs = []
     for few in (False, True):
         monkeypatch.setattr(NumpyBackend, "few_launches", few)
-        got.append(spectral._kernel_matrices(np, W, W.dtype, 18, 18))
-    assert np.array_equal(*got)
+        y, kept = spectral.forward(np, x, W, b, (1, 1), (1, 1, 1, 1))
+        cache = dict(kept, x_shape=x.shape, w_shape=W.shape, stride=(1, 1), padding=(1, 1, 1, 1),
+                     has_bias=True)
+        runs.append((y,) + spectral.backward(np, np.ones_like(y) * 0.5 + y, cache, True))
+    for a, c in zip(*runs):
+        assert np.array_equal(a, c)
+
+
+def test_the_im2col_chunk_limit_is_the_backends(monkeypatch):
+    from xpnet.backends.numpy_backend import NumpyBackend
+    from xpnet.ops import columns
+    x = np.zeros((8, 3, 10, 10), dtype=np.float32)
+    per_image = 3 * 9 * 64 * 4
+    monkeypatch.setattr(columns, "COLUMN_BYTES", 2 * per_image)
+    assert columns._chunk(8, per_image, x) == 2                  # the CPU default
+    monkeypatch.setattr(NumpyBackend, "column_bytes", 8 * per_image)
+    assert columns._chunk(8, per_image, x) == 8                  # the backend's own limit

@@ -7,14 +7,16 @@ strides). Backward adds the column gradients back with one slice per kernel offs
 from ..backends import backend_of
 from .geometry import out_size, pad, padded_hw, window
 
-# Largest im2col buffer per batch chunk. The GEMM is already large at this size (C*kh*kw rows by
-# thousands of columns), so bigger chunks gain nothing; smaller ones bound the memory of a large
-# batch. Backward rebuilds the columns per chunk unless a single chunk held the whole batch.
+# Largest im2col buffer per batch chunk on the CPU. The GEMM is already large at this size (C*kh*kw
+# rows by thousands of columns), so bigger chunks gain nothing; smaller ones bound the memory of a
+# large batch. Backward rebuilds the columns per chunk unless a single chunk held the whole batch, so
+# a backend with memory to spare sets a larger ``column_bytes`` (CuPy: backends/cupy_backend.py).
 COLUMN_BYTES = 32 * 2 ** 20
 
 
-def _chunk(n, per_image):
-    return max(1, min(n, COLUMN_BYTES // max(1, per_image)))
+def _chunk(n, per_image, like):
+    limit = getattr(backend_of(like), "column_bytes", None) or COLUMN_BYTES
+    return max(1, min(n, limit // max(1, per_image)))
 
 
 _OFFSETS = {}  # (backend, geometry) -> the flat input position of every (kernel offset, output)
@@ -57,7 +59,7 @@ def forward(xp, x, W, b, stride, padding):
     ho, wo = out_size(hp, kh, sh), out_size(wp, kw, sw)
     wm = W.reshape(f, c * kh * kw)
     y = xp.empty((n, f, ho, wo), dtype=x.dtype)
-    step = _chunk(n, c * kh * kw * ho * wo * x.itemsize)
+    step = _chunk(n, c * kh * kw * ho * wo * x.itemsize, x)
     for s in range(0, n, step):
         cols = _columns(xp, pad(xp, x[s:s + step], padding), kh, kw, ho, wo, sh, sw)
         y[s:s + step] = (wm @ cols).reshape(f, -1, ho, wo).transpose(1, 0, 2, 3)
@@ -77,7 +79,7 @@ def backward(xp, dy, cache, need_dx):
     wm = W.reshape(f, c * kh * kw)
     dW = xp.zeros((f, c * kh * kw), dtype=dy.dtype)
     dx = xp.empty((n, c, h, w), dtype=dy.dtype) if need_dx else None
-    step = _chunk(n, c * kh * kw * ho * wo * dy.itemsize)
+    step = _chunk(n, c * kh * kw * ho * wo * dy.itemsize, dy)
     for s in range(0, n, step):
         part = pad(xp, x[s:s + step], cache["padding"])
         m = part.shape[0]

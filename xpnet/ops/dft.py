@@ -14,6 +14,8 @@ offsets and strides are folded into the matrices.
 """
 import math
 
+from ..backends import backend_of
+
 _CACHE = {}
 
 
@@ -105,16 +107,6 @@ def kernel_forward(xp, dtype, kh, kw, hp, wp):
     return _cached(("kf", id(xp), str(dtype), kh, kw, hp, wp), build)
 
 
-def kernel_forward_blocks(xp, dtype, kh, kw, hp, wp):
-    """(4*bins, kh*kw): kernel_forward's rows as the four blocks of the per-bin real matrix,
-    (cos, -sin, sin, cos), so one GEMM gives [[Wr, Wi], [-Wi, Wr]] (see spectral._kernel_matrices)."""
-    def build():
-        a = _kernel_angles(xp, kh, kw, hp, wp)
-        c, s = xp.cos(a), xp.sin(a)
-        return xp.concatenate([c, -s, s, c], axis=0).astype(dtype)
-    return _cached(("kf4", id(xp), str(dtype), kh, kw, hp, wp), build)
-
-
 def kernel_inverse(xp, dtype, kh, kw, hp, wp):
     """(kh*kw, 2*bins): a spectrum, rows (re/im, bin) -> the real frame's first kh x kw samples."""
     def build():
@@ -122,6 +114,25 @@ def kernel_inverse(xp, dtype, kh, kw, hp, wp):
         w = xp.repeat(_half_weights(xp, hp), wp)[:, None] / (hp * wp)
         return xp.concatenate([w * xp.cos(a), -w * xp.sin(a)], axis=0).T.astype(dtype)
     return _cached(("ki", id(xp), str(dtype), kh, kw, hp, wp), build)
+
+
+_STACKS = {}
+
+
+def _batched(xp, m, like, count):
+    """``m`` (2-D) for a batched product with ``count`` matrices of ``like``'s backend: on backends
+    where launches cost (GPUs) a contiguous (count, r, c) stack of copies, cached, so CuPy's matmul
+    takes the strided-batched GEMM instead of the pointer-array one that a broadcast 2-D operand
+    gets (with three extra kernels to build the pointers); on the CPU ``m`` itself."""
+    if not backend_of(like).few_launches:
+        return m
+    key = (id(m), count)
+    hit = _STACKS.get(key)
+    if hit is None or hit[0] is not m:
+        if len(_STACKS) > 256:
+            _STACKS.clear()
+        hit = _STACKS[key] = (m, xp.ascontiguousarray(xp.broadcast_to(m, (count,) + tuple(m.shape))))
+    return hit[1]
 
 
 def spectrum(xp, planes, fh, fw, hp, wp):
@@ -132,11 +143,11 @@ def spectrum(xp, planes, fh, fw, hp, wp):
     nh, nw, rows, cols = planes.shape
     kh = hp // 2 + 1
     t = (fh @ planes.reshape(nh, nw * rows * cols)).reshape(kh, 2 * nw, rows * cols)
-    return xp.matmul(fw, t).reshape(kh, wp, 2, rows, cols)
+    return xp.matmul(_batched(xp, fw, t, kh), t).reshape(kh, wp, 2, rows, cols)
 
 
 def image(xp, spec, iw, ih, nh, nw):
     """(Kh, Wp, 2, rows, cols) spectrum -> (nh, nw, rows, cols) real samples with two GEMMs."""
     kh, wp, _, rows, cols = spec.shape
-    t = xp.matmul(iw, spec.reshape(kh, 2 * wp, rows * cols))         # (Kh, 2*nw, rows*cols)
+    t = xp.matmul(_batched(xp, iw, spec, kh), spec.reshape(kh, 2 * wp, rows * cols))  # (Kh, 2*nw, rows*cols)
     return (ih @ t.reshape(2 * kh, nw * rows * cols)).reshape(nh, nw, rows, cols)

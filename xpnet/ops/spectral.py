@@ -37,22 +37,12 @@ def _from_planes(xp, a):
 
 def _kernel_matrices(xp, W, dt, hp, wp):
     """The kernel spectrum as one real matrix per frequency bin, M = [[Wr, Wi], [-Wi, Wr]]
-    (bins, 2F, 2C), so that Y = M @ [Xr; Xi]. On the CPU one GEMM and four block copies; where
-    launches cost more (``backend.few_launches``) one GEMM that makes all four blocks (rows cos,
-    -sin, sin, cos) and one strided copy into place: the same values (negation is exact)."""
+    (bins, 2F, 2C), so that Y = M @ [Xr; Xi]: one GEMM, then the backend's spectral_matrices
+    (one fused kernel on a GPU, four block copies on the CPU)."""
     f, c, kh, kw = W.shape
     bins = (hp // 2 + 1) * wp
-    wt = W.reshape(f * c, kh * kw).T
-    if backend_of(W).few_launches:
-        blocks = (dft.kernel_forward_blocks(xp, dt, kh, kw, hp, wp) @ wt).reshape(2, 2, bins, f, c)
-        return xp.ascontiguousarray(blocks.transpose(2, 0, 3, 1, 4)).reshape(bins, 2 * f, 2 * c)
-    spec_w = (dft.kernel_forward(xp, dt, kh, kw, hp, wp) @ wt).reshape(2, bins, f, c)
-    M = xp.empty((bins, 2 * f, 2 * c), dtype=dt)
-    M[:, :f, :c] = spec_w[0]
-    M[:, :f, c:] = spec_w[1]
-    M[:, f:, :c] = -spec_w[1]
-    M[:, f:, c:] = spec_w[0]
-    return M
+    spec_w = (dft.kernel_forward(xp, dt, kh, kw, hp, wp) @ W.reshape(f * c, kh * kw).T).reshape(2, bins, f, c)
+    return backend_of(W).spectral_matrices(spec_w)
 
 
 def forward(xp, x, W, b, stride, padding):
@@ -94,7 +84,8 @@ def backward(xp, dy, cache, need_dx):
     # db: the zero-frequency bin of DY is the sum of dy over positions
     db = DY[0, :f].sum(axis=1) if cache["has_bias"] else None
     # dW: G = sum_n conj(DY) * X, then the inverse transform on the kernel window
-    P = xp.matmul(DY, cache["X"].transpose(0, 2, 1))                             # (bins, 2F, 2C)
+    backend = backend_of(dy)  # its matmul_t multiplies by a transposed stack without copying it
+    P = backend.matmul_t(DY, cache["X"], trans_b=True)                           # (bins, 2F, 2C)
     G = xp.empty((2, bins, f, c), dtype=dt)
     xp.add(P[:, :f, :c], P[:, f:, c:], out=G[0])
     xp.subtract(P[:, :f, c:], P[:, f:, :c], out=G[1])
@@ -102,7 +93,7 @@ def backward(xp, dy, cache, need_dx):
     dW = xp.ascontiguousarray(g.T.reshape(f, c, kh, kw))
     if not need_dx:
         return None, dW, db
-    DX = xp.matmul(cache["M"].transpose(0, 2, 1), DY)                            # (bins, 2C, N)
+    DX = backend.matmul_t(cache["M"], DY, trans_a=True)                          # (bins, 2C, N)
     out = dft.image(xp, DX.reshape(khalf, wp, 2, c, n), dft.inverse_w(xp, dt, w, left, 1, wp),
                     dft.inverse_h(xp, dt, h, top, 1, hp, wp), h, w)              # (H, W, C, N)
     return _from_planes(xp, out), dW, db
