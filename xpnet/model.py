@@ -144,6 +144,22 @@ class LayerStack:
         return text
 
 
+def _link_bias_relu(layers, backend):
+    """On backends where a launch costs more than the arithmetic (GPUs, and the strict backend that
+    counts them), a Conv2D or Dense with a bias directly followed by a ReLU adds the bias and applies
+    the ReLU in one pass (backend.bias_relu): the layer gets ``relu_after``, and the ReLU passes on
+    the array that layer made. The values are those of the two layers up to float rounding (the
+    spectral convolution would otherwise add the bias in the frequency domain); on the CPU nothing
+    changes."""
+    from .layers.activations import ReLU
+    from .layers.conv import Conv2D
+    from .layers.dense import Dense
+    for layer, after in zip(layers, layers[1:] + [None]):
+        if isinstance(layer, (Conv2D, Dense)):
+            fuse = (backend.few_launches and layer.use_bias and type(after) is ReLU)
+            layer.relu_after = after if fuse else None
+
+
 class Sequential(LayerStack, TrainingMixin):
     """Layers applied in order. ``input_shape`` excludes the batch axis, e.g. (1, 28, 28)."""
 
@@ -172,6 +188,7 @@ class Sequential(LayerStack, TrainingMixin):
         for layer in self.layers:
             shape = layer.build(shape, ctx)
         self.output_shape = shape
+        _link_bias_relu(self.layers, self.backend)
         return self
 
     @property

@@ -6,8 +6,20 @@ from .base import Layer
 
 
 class ReLU(Layer):
+    _fused = None  # the output of the layer before it, when that layer applied this ReLU (see take)
+
     def forward(self, x, training=False):
+        if x is self._fused:  # the bias and this ReLU already ran in one pass (bias_relu)
+            self._fused = None
+            return x
         y, self.mask = self.backend.relu_forward(x)  # one pass; NaN stays NaN
+        return y
+
+    def take(self, fused):
+        """(relu(y + b), mask) computed by the Conv2D or Dense before this layer in a Sequential
+        (backend.bias_relu, one launch on a GPU): keep the mask for backward and pass y on."""
+        y, self.mask = fused
+        self._fused = y
         return y
 
     def backward(self, grad):

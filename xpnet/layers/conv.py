@@ -83,6 +83,13 @@ class Conv2D(Layer):
             self.params["b"] = initializers.get(self.bias_initializer)(rng, (self.filters,), self.dtype)
 
     def forward(self, x, training=False):
+        relu = getattr(self, "relu_after", None)
+        if relu is not None and self.use_bias and ops.current() == "fast":
+            # the bias and the following ReLU in one pass (Sequential links them on GPU-like
+            # backends); backward still finds db from dy
+            y, self.cache = ops.conv2d_forward(self.xp, x, self.params["W"], None, self.strides, self.pads)
+            self.cache["has_bias"] = True
+            return relu.take(self.backend.bias_relu(y, self.params["b"], 1))
         y, self.cache = ops.conv2d_forward(self.xp, x, self.params["W"], self.params.get("b"),
                                            self.strides, self.pads)
         return y

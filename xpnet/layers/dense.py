@@ -35,6 +35,9 @@ class Dense(Layer):
         self.x = x
         y = x @ self.params["W"]
         if self.use_bias:
+            relu = getattr(self, "relu_after", None)
+            if relu is not None:  # the bias and the following ReLU in one pass (see Sequential)
+                return relu.take(self.backend.bias_relu(y, self.params["b"], 1))
             y += self.params["b"]
         return y
 
