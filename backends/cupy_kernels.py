@@ -52,7 +52,7 @@ SOURCES = {
         long long s = i % (2 * c), r = (i / (2 * c)) % (2 * f), b = i / (4 * f * c);
         long long q = r / f, p = s / c, at = (b * f + r % f) * c + s % c;
         T a = spec[at], w = spec[bins * f * c + at];
-        M = (q == p) ? a : (q == 0 ? w : -w);
+        if (q == p) { M = a; } else if (q == 0) { M = w; } else { M = (T)(-w); }
         """),
     # b (F,) along the axis of y whose inner size (product of the later axes) is ``inner``
     "bias_relu": (
@@ -206,19 +206,21 @@ SOURCES = {
 }
 
 # The argument dtypes each kernel is compiled for in CI (tests/test_cupy_compile.py): the input
-# arrays and scalars in order, then the outputs. "T" kernels for float32 and float64.
+# arrays and scalars in order, then the outputs. "T" kernels for float32 and float64, and float16
+# for those that run inside a mixed-precision step (xpnet/mixed.py).
 _F = ("float32", "float64")
+_H = _F + ("float16",)
 SIGNATURES = {
-    "relu_forward": [((t,), (t, "bool")) for t in _F],
-    "dropout_forward": [((t, "bool", t), (t, t)) for t in _F],
-    "spectral_matrices": [((t, "int64", "int64", "int64"), (t,)) for t in _F],
-    "bias_relu": [((t, t, "int64", "int64"), (t, "bool")) for t in _F],
+    "relu_forward": [((t,), (t, "bool")) for t in _H],
+    "dropout_forward": [((t, "bool", t), (t, t)) for t in _H],
+    "spectral_matrices": [((t, "int64", "int64", "int64"), (t,)) for t in _H],
+    "bias_relu": [((t, t, "int64", "int64"), (t, "bool")) for t in _H],
     "adam_update": [((t, "float64", "float64", "float64", t, t, "float64", t, t, t, "float64", t,
                       "bool"), (t, t, t)) for t in _F],
     "splitmix64": [(("uint64",), ("uint64",))],
     "splitmix64_at": [(("uint64",), ("uint64",))],
-    "maxpool2d_forward": [((t,) + ("int32",) * 8, (t,)) for t in _F],
-    "maxpool2d_backward": [((t, t, t) + ("int32",) * 8, (t,)) for t in _F],
+    "maxpool2d_forward": [((t,) + ("int32",) * 8, (t,)) for t in _H],
+    "maxpool2d_backward": [((t, t, t) + ("int32",) * 8, (t,)) for t in _H],
     "softmax_labels": [((t, l, "int64"), (t, t)) for t in _F for l in ("int64", "int32")],
     "softmax_labels_grad": [((t, l, "int64", t), (t,)) for t in _F for l in ("int64", "int32")],
     "keras_affine_matrices": [(("float64",) * 5 + ("int64",), ("float64",))],

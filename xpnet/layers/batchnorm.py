@@ -75,7 +75,7 @@ class BatchNorm(Layer):
                     x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
                     self.buffers["running_var"], self.momentum, self.epsilon)
                 self.cache = (xhat, inv_std, training, count, sync)
-                return out
+                return out if out.dtype == self.in_dtype else out.astype(self.in_dtype)
             if sync:  # statistics of the global batch: one all-reduce
                 mean, var = self.distributed.batch_moments(x, self.axes, self.buffers["running_mean"])
                 centered = x - mean.reshape(self.stat_shape)
