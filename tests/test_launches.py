@@ -14,7 +14,7 @@ import launches  # noqa: E402
 
 # seed001-tf: 725 per step before the flat optimizer update (benchmarks/results/*-launches-before.json),
 # 375 with it, the four augmentation corners in one gather, cached splitmix64 steps and the
-# few-launch conv layouts (*-launches-fewer-launches.json); 143 with the fused kernels of
+# few-launch conv layouts (*-launches-fewer-launches.json); 136 with the fused kernels of
 # backends/cupy_kernels.py (a fused method counts as the launches its CuPy implementation makes)
 BUDGET = 150
 
