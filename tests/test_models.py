@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import xpnet
-from xpnet import models
+from xpnet import augment, models
 from xpnet.errors import ConfigError
 
 
@@ -163,3 +163,19 @@ def test_unknown_and_duplicate_names():
         models.register(models.get("seed001-m1"))
     with pytest.raises(ConfigError, match="num_classes"):
         models.get("seed001-m1").build(num_classes=1)
+
+
+def test_seed001_augmentation_and_stopping_follow_the_authors_code():
+    """The author's data_augmentation.py zooms (+-20 %, both axes alike), rotates (+-25 deg) and
+    shifts by up to 20 % of the width and height; models 10-12 stop with patience 25 (report
+    listings 13-15, config.py's PATIENCE, model 11's best_result.log)."""
+    for name, p in (("seed001-m7", 0.25), ("seed001-m9", 0.25), ("seed001-m10", 0.5),
+                    ("seed001-m11", 0.5), ("seed001-m12", 0.8)):
+        aug = models.get(name).recipe["augment"]
+        assert aug == {"type": "RandomAffine", "rotation": 25.0, "scale": None, "zoom": 0.2,
+                       "shift": [0.2, 0.2], "probability": p}, name
+    for name in ("seed001-m10", "seed001-m11", "seed001-m12"):
+        assert models.get(name).recipe["early_stopping"]["patience"] == 25
+    built = augment.AUGMENTERS["RandomAffine"](**{k: v for k, v in models.get(
+        "seed001-m12").recipe["augment"].items() if k != "type"})
+    assert built.shift == (0.2, 0.2) and built.scale is None

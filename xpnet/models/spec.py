@@ -20,9 +20,12 @@ def recipe(optimizer, lr, batch_size, epochs, loss="cross_entropy", decay=0.0, m
 
 
 def affine(probability):
-    """Seed 001's augmentation: +-25 degree rotation, +-20 % per-axis scaling and zoom, no shift."""
-    return {"type": "RandomAffine", "rotation": 25.0, "scale": [0.2, 0.2], "zoom": 0.2,
-            "shift": [0.0, 0.0], "probability": probability}
+    """Seed 001's augmentation, as the author's ``src/add_ons/data_augmentation.py`` does it: an
+    isotropic zoom of +-20 %, a rotation of +-25 degrees and shifts of up to +-20 % of the width and
+    height (the report's "vertical and horizontal scaling"), applied to an image with the given
+    probability."""
+    return {"type": "RandomAffine", "rotation": 25.0, "scale": None, "zoom": 0.2,
+            "shift": [0.2, 0.2], "probability": probability}
 
 
 class ModelSpec:
