@@ -2,6 +2,7 @@
 import numpy
 
 from .base import Backend
+from .host_memory import keep_freed_memory
 from .numpy_kernels import ElementwiseKernels
 
 
@@ -11,6 +12,7 @@ class NumpyBackend(Backend):
 
     def __init__(self):
         super().__init__(numpy)
+        self.host_malloc = keep_freed_memory()  # reuse freed blocks: no page faults per step
         self._kernels = ElementwiseKernels()
 
     # the threaded element-wise kernels of numpy_kernels.py, bit-identical to the base versions
