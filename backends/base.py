@@ -193,6 +193,16 @@ class Backend:
         from xpnet.augment import keras_matrices_xp
         return keras_matrices_xp(self.xp, u, angle, shift_x, shift_y, zoom)
 
+    def matmul(self, a, b):
+        """xp.matmul(a, b) (2-D or stacked 3-D); the NumPy backend splits it over its threads."""
+        return self.xp.matmul(a, b)
+
+    def split(self, part, length, size):
+        """Run ``part(s)`` for slices ``s`` covering range(length) of a leading axis (here: one
+        call with slice(None)); ``size`` is the number of elements touched, so a backend with
+        threads (NumPy) splits only work worth it. The parts must write disjoint outputs."""
+        part(slice(None))
+
     # -- captured steps (CUDA graphs) -------------------------------------------------------------
     def capture_stream(self):
         """A context in which a captured step and everything around it run (one stream on CUDA,

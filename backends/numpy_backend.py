@@ -1,8 +1,10 @@
-"""The CPU backend: NumPy, with threaded element-wise kernels (numpy_kernels.py)."""
+"""The CPU backend: NumPy, with threaded element-wise kernels and GEMMs (numpy_kernels.py) and the
+BLAS limited to one thread (cpu_threads.py)."""
 import numpy
 
 from .base import Backend
 from .host_memory import keep_freed_memory
+from .cpu_threads import limit_blas
 from .numpy_kernels import ElementwiseKernels
 
 
@@ -13,7 +15,12 @@ class NumpyBackend(Backend):
     def __init__(self):
         super().__init__(numpy)
         self.host_malloc = keep_freed_memory()  # reuse freed blocks: no page faults per step
+        self.blas = limit_blas()
         self._kernels = ElementwiseKernels()
+
+    @property
+    def threads(self):
+        return self._kernels.threads
 
     # the threaded element-wise kernels of numpy_kernels.py, bit-identical to the base versions
     def relu_forward(self, x):
@@ -27,6 +34,12 @@ class NumpyBackend(Backend):
 
     def ignore_float_errors(self):
         return numpy.errstate(over="ignore", invalid="ignore")
+
+    def matmul(self, a, b):
+        return self._kernels.matmul(a, b)
+
+    def split(self, part, length, size):
+        self._kernels.split(part, length, size)
 
     def asarray(self, array, dtype=None):
         """Host data -> an array the library owns: always a copy, as on a GPU, so that an in-place

@@ -6,25 +6,21 @@ releases the GIL inside ufunc loops: splitting an array along its first axis ove
 pool runs the pieces on all cores. Results are bit-identical to the one-pass expressions
 (element-wise operations do not depend on how the array is split).
 
-Threads: $XPNET_NUM_THREADS, else $OMP_NUM_THREADS, else the usable cores. They are daemon threads:
+Threads: cpu_threads.thread_count() ($XPNET_NUM_THREADS, else $OMP_NUM_THREADS, else the usable
+cores). The same pool splits GEMMs into independent pieces (``matmul``), while the BLAS runs each
+piece on one thread (cpu_threads.py says why). They are daemon threads:
 a Ctrl-C at any moment (even while the pool starts) never leaves the interpreter waiting for them
 at exit, which a ThreadPoolExecutor's workers can (and a second Ctrl-C then prints a traceback).
 """
-import os
 import queue
 import threading
 
 import numpy
 
+from .cpu_threads import thread_count  # noqa: F401  (re-exported: the pool's size)
+
 MIN_ELEMENTS = 1 << 17  # smaller arrays run in one piece: threads would cost more than they save
-
-
-def thread_count():
-    for var in ("XPNET_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+MIN_MACS = 1 << 20      # smaller GEMMs (multiply-adds) run in one piece
 
 
 class DaemonPool:
@@ -57,11 +53,17 @@ class DaemonPool:
 
 
 class ElementwiseKernels:
-    """relu_forward, multiply, dropout_forward: threaded versions of the hottest expressions."""
+    """relu_forward, multiply, dropout_forward, matmul: threaded versions of the hottest
+    expressions, and ``split`` to run any ``part(slice)`` over pieces of a leading axis."""
 
     def __init__(self, threads=None):
         self.threads = max(1, int(threads or thread_count()))
         self._pool = None
+
+    def split(self, part, length, size):
+        """Run ``part(s)`` for slices ``s`` that cover range(length), on the pool when ``size``
+        (elements touched) is large enough; the parts must write disjoint outputs."""
+        self._run(part, length, size)
 
     def _run(self, part, length, size):
         if self.threads == 1 or size < MIN_ELEMENTS or length < 2:
@@ -71,6 +73,27 @@ class ElementwiseKernels:
             self._pool = DaemonPool(self.threads)
         step = -(-length // self.threads)
         self._pool.run(part, [slice(i, i + step) for i in range(0, length, step)])
+
+    def matmul(self, a, b):
+        """numpy.matmul(a, b) with a stacked (3-D) operand, split over the stacked axis: each
+        stacked product is the same BLAS call as in one numpy.matmul, so the result is bit for bit
+        the same (tests/test_numpy_kernels.py). 2-D products run as one call: splitting their rows
+        or columns changes OpenBLAS's rounding (measured: 0.3.31 gives different bits for most
+        row or column splits, aligned or not)."""
+        if a.ndim > 3 or b.ndim > 3 or max(a.ndim, b.ndim) < 3 or min(a.ndim, b.ndim) < 2:
+            return numpy.matmul(a, b)
+        stacked = a.shape[0] if a.ndim == 3 else b.shape[0]
+        m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+        if (a.ndim == b.ndim == 3 and a.shape[0] != b.shape[0]) or b.shape[-2] != k \
+                or self.threads == 1 or stacked < 2 or stacked * m * n * k < MIN_MACS:
+            return numpy.matmul(a, b)
+        out = numpy.empty((stacked, m, n), dtype=numpy.result_type(a, b))
+
+        def part(s):
+            numpy.matmul(a[s] if a.ndim == 3 else a, b[s] if b.ndim == 3 else b, out=out[s])
+
+        self._run(part, stacked, MIN_ELEMENTS)
+        return out
 
     def relu_forward(self, x):
         """(maximum(x, 0), maximum(x, 0) > 0)."""

@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="time steps by wall clock (default) or by the process's CPU time, which a "
                         "shared machine's load disturbs less (compare ratios only, with --threads 1)")
+    p.add_argument("--load", type=int, default=0, metavar="N",
+                   help="N busy CPU-bound processes run beside the benchmark (benchmarks/load.py)")
     p.add_argument("--tag", default="", help="suffix for the result file name, e.g. threads1")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"),
                    help="folder for the JSON result ('' to skip writing)")
@@ -67,8 +69,8 @@ def parse_args(argv=None):
         args.batch_size = [int(b) for b in str(args.batch_size).split(",") if b.strip()]
     except ValueError:
         p.error(f"--batch-size must be a comma list of integers, got {args.batch_size!r}")
-    if not args.batch_size or min(args.batch_size) < 1 or args.repeats < 1 or args.warmup < 0:
-        p.error("--batch-size values and --repeats must be >= 1, --warmup >= 0")
+    if not args.batch_size or min(args.batch_size) < 1 or args.repeats < 1 or args.warmup < 0 or args.load < 0:
+        p.error("--batch-size values and --repeats must be >= 1, --warmup and --load >= 0")
     return args
 
 
@@ -342,32 +344,49 @@ def main(argv=None):
     import xpnet
     from xpnet import ops
 
+    from load import BusyLoad  # benchmarks/load.py, beside this file
+
     load_before = os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc)
     results = []
-    for name, batch in [(m, b) for m in args.models for b in args.batch_size]:
-        r = race(name, batch, args, xpnet, torch, np)
-        results.append(r)
-        print(f"{name:>10} b{batch:<3}: xpnet {r['xpnet']['median_s'] * 1e3:8.1f} ms  torch {r['torch']['median_s'] * 1e3:8.1f} ms"
-              f"  ratio {r['ratio']:.3f}  ({r['xpnet']['images_per_s']:.0f} vs {r['torch']['images_per_s']:.0f} img/s,"
-              f" {r['xpnet']['gflops']:.1f} vs {r['torch']['gflops']:.1f} GFLOP/s, peak RSS"
-              f" {r['xpnet']['peak_rss_mb']:.0f} / {r['torch']['peak_rss_mb']:.0f} MB)", flush=True)
+    with BusyLoad(args.load) as load:
+        for name, batch in [(m, b) for m in args.models for b in args.batch_size]:
+            r = race(name, batch, args, xpnet, torch, np)
+            results.append(r)
+            print(f"{name:>10} b{batch:<3}: xpnet {r['xpnet']['median_s'] * 1e3:8.1f} ms  torch {r['torch']['median_s'] * 1e3:8.1f} ms"
+                  f"  ratio {r['ratio']:.3f}  ({r['xpnet']['images_per_s']:.0f} vs {r['torch']['images_per_s']:.0f} img/s,"
+                  f" {r['xpnet']['gflops']:.1f} vs {r['torch']['gflops']:.1f} GFLOP/s, peak RSS"
+                  f" {r['xpnet']['peak_rss_mb']:.0f} / {r['torch']['peak_rss_mb']:.0f} MB)", flush=True)
     report = {"date": started.isoformat(timespec="seconds"), "device": args.device,
               "command": " ".join([os.path.basename(sys.executable), "benchmarks/run.py"] + sys.argv[1:]),
               "settings": {k: v for k, v in vars(args).items() if k != "out"},
               "xpnet_ops": ops.current(), "machine": machine_info(args, torch, np, None),
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
+              # the busy processes of --load: how many, and the CPU seconds each got while timing ran
+              "load": load.report(),
+              # xpnet's own CPU threads and what its backend did to NumPy's BLAS (backends/cpu_threads.py)
+              "xpnet_cpu": _xpnet_cpu(args),
               "seconds": round(time.time() - started.timestamp(), 1), "results": results,
               # what a measuring backend (the GPU) timed and chose per convolution shape
               "conv_choices": __import__("xpnet.ops.autotune", fromlist=["choices"]).choices()}
+    if args.load:
+        print(f"load: {args.load} busy processes, CPU s each: {report['load']['cpu_s']}")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
+        tag = "-".join(t for t in (f"load{args.load}" if args.load else "", args.tag) if t)
         path = os.path.join(args.out, f"{started:%Y-%m-%d}-{args.device}-{socket.gethostname()}"
-                            f"{'-' + args.tag if args.tag else ''}.json")
+                            f"{'-' + tag if tag else ''}.json")
         with open(path, "w") as fh:
             json.dump(report, fh, indent=1)
         print("wrote", os.path.relpath(path))
     return report
+
+
+def _xpnet_cpu(args):
+    if args.device != "cpu":
+        return None
+    from xpnet.backends import cpu_threads, get_backend
+    return {"threads": get_backend("cpu").threads, "blas": cpu_threads.blas_report()}
 
 
 if __name__ == "__main__":

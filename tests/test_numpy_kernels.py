@@ -73,3 +73,34 @@ def test_layers_give_the_same_results_with_and_without_kernels():
         outs.append((backend.to_numpy(y), backend.to_numpy(g)))
     np.testing.assert_array_equal(outs[0][0], outs[1][0])
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_threaded_matmul_equals_one_call(threads, dtype, monkeypatch):
+    """The stacked products split over the pool give numpy.matmul's bits exactly (the shapes of the
+    spectral route: broadcast 2-D @ 3-D, 3-D @ 3-D, transposed views); 2-D products are one call."""
+    import xpnet.backends.numpy_kernels as nk
+    monkeypatch.setattr(nk, "MIN_MACS", 1)
+    monkeypatch.setattr(nk, "MIN_ELEMENTS", 1)
+    rng = np.random.default_rng(threads)
+    k = ElementwiseKernels(threads)
+    for stacked, m, kk, n in [(17, 64, 56, 769), (544, 128, 64, 16), (5, 3, 300, 7), (2, 1, 1, 1), (33, 56, 34, 96)]:
+        a3 = rng.standard_normal((stacked, m, kk)).astype(dtype)
+        b3 = rng.standard_normal((stacked, kk, n)).astype(dtype)
+        a2 = rng.standard_normal((m, kk)).astype(dtype)
+        bt = np.ascontiguousarray(b3.transpose(0, 2, 1))   # a transposed view, as in backward
+        for a, b in [(a3, b3), (a2, b3), (a3, b3[0]), (a3, bt.transpose(0, 2, 1)), (a2, b3[0])]:
+            out = k.matmul(a, b)
+            np.testing.assert_array_equal(out, np.matmul(a, b))
+            assert out.dtype == np.dtype(dtype) and out.flags.c_contiguous
+
+
+def test_split_covers_the_axis_once():
+    seen = []
+    k = ElementwiseKernels(3)
+    k.split(lambda s: seen.append(range(10)[s]), 10, MIN_ELEMENTS)
+    assert sorted(i for r in seen for i in r) == list(range(10)) and len(seen) == 3
+    seen.clear()
+    k.split(lambda s: seen.append(range(10)[s]), 10, MIN_ELEMENTS - 1)   # too small: one piece
+    assert [list(r) for r in seen] == [list(range(10))]
