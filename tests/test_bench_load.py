@@ -42,3 +42,22 @@ def test_no_load_and_bad_values():
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="whole number of processes"):
             BusyLoad(bad)
+
+
+def test_run_py_records_the_load(tmp_path):
+    """`benchmarks/run.py --load 1` runs one cell beside a busy process and records it."""
+    pytest.importorskip("torch")
+    import json
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "run.py"), "--models", "lenet5",
+                           "--batch-size", "2", "--repeats", "2", "--warmup", "1", "--threads", "2",
+                           "--load", "1", "--out", str(tmp_path)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=root), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (path,) = tmp_path.glob("*-load1.json")
+    report = json.loads(path.read_text())
+    assert report["load"]["processes"] == 1 and report["load"]["cpu_s"][0] > 0
+    assert report["settings"]["load"] == 1 and report["xpnet_cpu"]["threads"] == 2
+    if report["xpnet_cpu"]["blas"]["controlled"]:
+        assert report["xpnet_cpu"]["blas"]["wanted"] == 1
