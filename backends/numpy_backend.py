@@ -41,6 +41,25 @@ class NumpyBackend(Backend):
     def split(self, part, length, size):
         self._kernels.split(part, length, size)
 
+    def matmul_t(self, a, b, trans_a=False, trans_b=False):
+        """The base's matmul of the transposed views, split over the stack (same bits)."""
+        return self._kernels.matmul(a.transpose(0, 2, 1) if trans_a else a,
+                                    b.transpose(0, 2, 1) if trans_b else b)
+
+    def spectral_matrices(self, spec):
+        """The base's four block copies, over pieces of the bins on the pool (same bits)."""
+        _, bins, f, c = spec.shape
+        M = numpy.empty((bins, 2 * f, 2 * c), dtype=spec.dtype)
+
+        def blocks(s):
+            M[s, :f, :c] = spec[0, s]
+            M[s, :f, c:] = spec[1, s]
+            numpy.negative(spec[1, s], out=M[s, f:, :c])
+            M[s, f:, c:] = spec[0, s]
+
+        self._kernels.split(blocks, bins, M.size)
+        return M
+
     def asarray(self, array, dtype=None):
         """Host data -> an array the library owns: always a copy, as on a GPU, so that an in-place
         update (an optimizer step, set_weights) never writes into the caller's array."""

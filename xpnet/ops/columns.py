@@ -5,6 +5,7 @@ buffer small. Used when the spectral route costs more (few input channels, 1x1 k
 strides). Backward adds the column gradients back with one slice per kernel offset (no scatter).
 """
 from ..backends import backend_of
+from .gemm import wide_matmul
 from .geometry import out_size, pad, padded_hw, window
 
 # Largest im2col buffer per batch chunk on the CPU. The GEMM is already large at this size (C*kh*kw
@@ -44,9 +45,13 @@ def _columns(xp, xpad, kh, kw, ho, wo, sh, sw):
         cols = xpad.reshape(n, c, hp * wp)[:, :, idx].reshape(n, c * kh * kw, ho * wo)
         return xp.ascontiguousarray(cols.transpose(1, 0, 2)).reshape(c * kh * kw, n * ho * wo)
     cols = xp.empty((c, kh, kw, n, ho, wo), dtype=xpad.dtype)
-    for i in range(kh):
-        for j in range(kw):
+
+    def offsets(s):   # kernel offsets s, on the backend's threads
+        for o in range(kh * kw)[s]:
+            i, j = divmod(o, kw)
             cols[:, i, j] = xpad[window(i, j, ho, wo, sh, sw)].transpose(1, 0, 2, 3)
+
+    backend.split(offsets, kh * kw, cols.size)
     return cols.reshape(c * kh * kw, n * ho * wo)
 
 
@@ -62,7 +67,7 @@ def forward(xp, x, W, b, stride, padding):
     step = _chunk(n, c * kh * kw * ho * wo * x.itemsize, x)
     for s in range(0, n, step):
         cols = _columns(xp, pad(xp, x[s:s + step], padding), kh, kw, ho, wo, sh, sw)
-        y[s:s + step] = (wm @ cols).reshape(f, -1, ho, wo).transpose(1, 0, 2, 3)
+        y[s:s + step] = wide_matmul(xp, wm, cols).reshape(f, -1, ho, wo).transpose(1, 0, 2, 3)
     if b is not None:
         y += b.astype(x.dtype).reshape(1, f, 1, 1)
     kept = cols if step >= n else None   # one chunk: backward reuses its columns
@@ -88,10 +93,14 @@ def backward(xp, dy, cache, need_dx):
             else _columns(xp, part, kh, kw, ho, wo, sh, sw)
         dW += g @ cols.T
         if need_dx:
-            dcols = (wm.T @ g).reshape(c, kh, kw, m, ho, wo)
+            dcols = wide_matmul(xp, wm.T, g).reshape(c, kh, kw, m, ho, wo)
             dpad = xp.zeros(part.shape, dtype=dy.dtype)
-            for i in range(kh):
-                for j in range(kw):
-                    dpad[window(i, j, ho, wo, sh, sw)] += dcols[:, i, j].transpose(1, 0, 2, 3)
+
+            def images(r, dcols=dcols, dpad=dpad):   # images r of the chunk, on the backend's threads
+                for i in range(kh):
+                    for j in range(kw):
+                        dpad[r][window(i, j, ho, wo, sh, sw)] += dcols[:, i, j, r].transpose(1, 0, 2, 3)
+
+            backend_of(dy).split(images, m, dcols.size)
             dx[s:s + step] = dpad[:, :, top:top + h, left:left + w]
     return dx, dW.reshape(f, c, kh, kw)

@@ -15,6 +15,7 @@ offsets and strides are folded into the matrices.
 import math
 
 from ..backends import backend_of
+from .gemm import wide_matmul
 
 _CACHE = {}
 
@@ -142,12 +143,12 @@ def spectrum(xp, planes, fh, fw, hp, wp):
     """
     nh, nw, rows, cols = planes.shape
     kh = hp // 2 + 1
-    t = (fh @ planes.reshape(nh, nw * rows * cols)).reshape(kh, 2 * nw, rows * cols)
-    return xp.matmul(_batched(xp, fw, t, kh), t).reshape(kh, wp, 2, rows, cols)
+    t = wide_matmul(xp, fh, planes.reshape(nh, nw * rows * cols)).reshape(kh, 2 * nw, rows * cols)
+    return backend_of(t).matmul(_batched(xp, fw, t, kh), t).reshape(kh, wp, 2, rows, cols)
 
 
 def image(xp, spec, iw, ih, nh, nw):
     """(Kh, Wp, 2, rows, cols) spectrum -> (nh, nw, rows, cols) real samples with two GEMMs."""
     kh, wp, _, rows, cols = spec.shape
-    t = xp.matmul(_batched(xp, iw, spec, kh), spec.reshape(kh, 2 * wp, rows * cols))  # (Kh, 2*nw, rows*cols)
-    return (ih @ t.reshape(2 * kh, nw * rows * cols)).reshape(nh, nw, rows, cols)
+    t = backend_of(spec).matmul(_batched(xp, iw, spec, kh), spec.reshape(kh, 2 * wp, rows * cols))  # (Kh, 2*nw, rows*cols)
+    return wide_matmul(xp, ih, t.reshape(2 * kh, nw * rows * cols)).reshape(nh, nw, rows, cols)

@@ -72,11 +72,17 @@ def maxpool2d_forward_xp(xp, x, pool, stride):
     check_pool(x, pool, stride, "maxpool2d")
     (ph, pw), (sh, sw) = pool, stride
     ho, wo = out_size(x.shape[2], ph, sh), out_size(x.shape[3], pw, sw)
-    y = x[window(0, 0, ho, wo, sh, sw)].copy()
-    for i in range(ph):
-        for j in range(pw):
-            if i or j:
-                xp.maximum(y, x[window(i, j, ho, wo, sh, sw)], out=y)
+    y = xp.empty(x.shape[:2] + (ho, wo), dtype=x.dtype)
+
+    def part(s):   # images s, on the backend's threads
+        xs, ys = x[s], y[s]
+        ys[...] = xs[window(0, 0, ho, wo, sh, sw)]
+        for i in range(ph):
+            for j in range(pw):
+                if i or j:
+                    xp.maximum(ys, xs[window(i, j, ho, wo, sh, sw)], out=ys)
+
+    backend_of(x).split(part, x.shape[0], x.size)
     return y, (x, y, pool, stride)
 
 
@@ -85,7 +91,16 @@ def maxpool2d_backward_xp(xp, dy, cache):
     x, y, (ph, pw), (sh, sw) = cache
     check_pool_grad(dy, y)
     if (ph, pw) == (sh, sw):
-        return _maxpool_tiled_backward(xp, x, y, dy, ph, pw)
+        backend = backend_of(dy)
+        if backend.few_launches:
+            return _maxpool_tiled_backward(xp, x, y, dy, ph, pw)
+        dx = xp.empty(x.shape, dtype=dy.dtype)
+
+        def part(s):   # images s, on the backend's threads
+            dx[s] = _maxpool_tiled_backward(xp, x[s], y[s], dy[s], ph, pw)
+
+        backend.split(part, x.shape[0], x.size)
+        return dx
     ho, wo = dy.shape[2], dy.shape[3]
     zero = xp.zeros((), dtype=dy.dtype)
     dx = xp.zeros(x.shape, dtype=dy.dtype)       # overlapping or gapped windows: accumulate

@@ -11,14 +11,23 @@ contiguous blocks; NCHW only at the edges.
 """
 from ..backends import backend_of
 from . import dft
+from .gemm import wide_matmul
 from .geometry import out_size, padded_hw
 
 TRANSPOSE_BLOCK = 64   # spatial positions per block when going back to NCHW
 
 
 def _to_planes(xp, x):
-    """(N, C, H, W) -> (H, W, C, N), the layout of the transforms (one strided copy)."""
-    return xp.ascontiguousarray(x.transpose(2, 3, 1, 0))
+    """(N, C, H, W) -> (H, W, C, N), the layout of the transforms: one strided copy, in pieces of
+    rows on the backend's threads."""
+    n, c, h, w = x.shape
+    out = xp.empty((h, w, c, n), dtype=x.dtype)
+
+    def part(s):
+        out[s] = x[:, :, s].transpose(2, 3, 1, 0)
+
+    backend_of(x).split(part, h, x.size)
+    return out
 
 
 def _from_planes(xp, a):
@@ -28,11 +37,23 @@ def _from_planes(xp, a):
     if backend_of(a).few_launches:
         return xp.ascontiguousarray(a.transpose(3, 2, 0, 1))
     h, w, c, n = a.shape
+    backend = backend_of(a)
     cols = a.reshape(h * w, c * n)
     out = xp.empty((c * n, h * w), dtype=a.dtype)
-    for s in range(0, h * w, TRANSPOSE_BLOCK):
-        out[:, s:s + TRANSPOSE_BLOCK] = cols[s:s + TRANSPOSE_BLOCK].T
-    return xp.ascontiguousarray(out.reshape(c, n, h, w).transpose(1, 0, 2, 3))
+
+    def blocks(s):   # blocks of positions s, on the backend's threads
+        for b in range(0, h * w, TRANSPOSE_BLOCK)[s]:
+            out[:, b:b + TRANSPOSE_BLOCK] = cols[b:b + TRANSPOSE_BLOCK].T
+
+    backend.split(blocks, -(-h * w // TRANSPOSE_BLOCK), a.size)
+    planes = out.reshape(c, n, h, w)
+    y = xp.empty((n, c, h, w), dtype=a.dtype)
+
+    def swap(s):     # images s
+        y[s] = planes[:, s].transpose(1, 0, 2, 3)
+
+    backend.split(swap, n, a.size)
+    return y
 
 
 def _kernel_matrices(xp, W, dt, hp, wp):
@@ -41,7 +62,8 @@ def _kernel_matrices(xp, W, dt, hp, wp):
     (one fused kernel on a GPU, four block copies on the CPU)."""
     f, c, kh, kw = W.shape
     bins = (hp // 2 + 1) * wp
-    spec_w = (dft.kernel_forward(xp, dt, kh, kw, hp, wp) @ W.reshape(f * c, kh * kw).T).reshape(2, bins, f, c)
+    spec_w = wide_matmul(xp, dft.kernel_forward(xp, dt, kh, kw, hp, wp),
+                         W.reshape(f * c, kh * kw).T).reshape(2, bins, f, c)
     return backend_of(W).spectral_matrices(spec_w)
 
 
@@ -59,7 +81,7 @@ def forward(xp, x, W, b, stride, padding):
     X = dft.spectrum(xp, planes, dft.forward_h(xp, dt, h, top, 1, hp),
                      dft.forward_w(xp, dt, w, left, 1, wp), hp, wp)              # (Kh, Wp, 2, C, N)
     X = X.reshape(bins, 2 * c, n)
-    Y = xp.matmul(M, X)                                                          # (bins, 2F, N)
+    Y = backend_of(X).matmul(M, X)                                               # (bins, 2F, N)
     if b is not None:   # a constant adds hp*wp times itself to the real part of the zero bin
         zero_bin = Y[0, :f]
         xp.add(zero_bin, (b if b.dtype == dt else b.astype(dt)).reshape(f, 1) * (hp * wp), out=zero_bin)
@@ -87,9 +109,13 @@ def backward(xp, dy, cache, need_dx):
     backend = backend_of(dy)  # its matmul_t multiplies by a transposed stack without copying it
     P = backend.matmul_t(DY, cache["X"], trans_b=True)                           # (bins, 2F, 2C)
     G = xp.empty((2, bins, f, c), dtype=dt)
-    xp.add(P[:, :f, :c], P[:, f:, c:], out=G[0])
-    xp.subtract(P[:, :f, c:], P[:, f:, :c], out=G[1])
-    g = dft.kernel_inverse(xp, dt, kh, kw, hp, wp) @ G.reshape(2 * bins, f * c)  # (kh*kw, F*C)
+
+    def spectrum_w(s):   # bins s, on the backend's threads
+        xp.add(P[s, :f, :c], P[s, f:, c:], out=G[0, s])
+        xp.subtract(P[s, :f, c:], P[s, f:, :c], out=G[1, s])
+
+    backend.split(spectrum_w, bins, P.size)
+    g = wide_matmul(xp, dft.kernel_inverse(xp, dt, kh, kw, hp, wp), G.reshape(2 * bins, f * c))  # (kh*kw, F*C)
     dW = xp.ascontiguousarray(g.T.reshape(f, c, kh, kw))
     if not need_dx:
         return None, dW, db
