@@ -20,7 +20,14 @@ class NumpyBackend(Backend):
 
     @property
     def threads(self):
+        """Threads of the pool that runs the threaded kernels and ops' split passes."""
         return self._kernels.threads
+
+    def set_threads(self, threads):
+        """Use ``threads`` pool threads from now on (results do not depend on the count)."""
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
+        self._kernels.threads = threads
 
     # the threaded element-wise kernels of numpy_kernels.py, bit-identical to the base versions
     def relu_forward(self, x):

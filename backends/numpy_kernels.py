@@ -12,6 +12,7 @@ piece on one thread (cpu_threads.py says why). They are daemon threads:
 a Ctrl-C at any moment (even while the pool starts) never leaves the interpreter waiting for them
 at exit, which a ThreadPoolExecutor's workers can (and a second Ctrl-C then prints a traceback).
 """
+import collections
 import queue
 import threading
 
@@ -24,29 +25,49 @@ MIN_MACS = 1 << 20      # smaller GEMMs (multiply-adds) run in one piece
 
 
 class DaemonPool:
-    """``threads`` daemon workers running ``part(piece)`` calls; ``run`` waits for one batch of them
-    and re-raises the first error. Each run has its own reply queue, so an interrupted run's
-    leftover pieces never mix with a later run's."""
+    """Daemon workers that help the calling thread through one batch of ``part(piece)`` calls.
+
+    ``run`` puts the pieces in a list of its own and asks up to ``size`` workers to help; the caller
+    takes pieces from the same list too, so when a worker is late (its core busy with another
+    process) the caller does that worker's share itself and the batch never takes much longer than
+    on one thread. A worker waits on a queue (sleeping, not spinning). The first error is re-raised
+    in the caller once every piece taken has finished."""
 
     def __init__(self, threads):
         self._tasks = queue.SimpleQueue()
-        for i in range(threads):
+        self.size = 0
+        self.grow(threads)
+
+    def grow(self, threads):
+        """Start workers until there are ``threads`` of them."""
+        for i in range(self.size, threads):
             threading.Thread(target=self._work, name=f"xpnet-elementwise-{i}", daemon=True).start()
+        self.size = max(self.size, threads)
 
     def _work(self):
         while True:
-            part, piece, replies = self._tasks.get()
-            try:
-                part(piece)
-                replies.put(None)
-            except BaseException as exc:  # handed to the caller, who re-raises it
-                replies.put(exc)
+            self._tasks.get()()
 
     def run(self, part, pieces):
-        replies = queue.SimpleQueue()
-        for piece in pieces:
-            self._tasks.put((part, piece, replies))
-        errors = [replies.get() for _ in pieces]
+        todo = collections.deque(pieces)
+        done = queue.SimpleQueue()
+
+        def drain():   # take pieces until none are left; a late helper finds none and returns
+            while True:
+                try:
+                    piece = todo.popleft()
+                except IndexError:
+                    return
+                try:
+                    part(piece)
+                    done.put(None)
+                except BaseException as exc:  # handed to the caller, who re-raises it
+                    done.put(exc)
+
+        for _ in range(min(self.size, len(pieces) - 1)):
+            self._tasks.put(drain)
+        drain()
+        errors = [done.get() for _ in pieces]
         for exc in errors:
             if exc is not None:
                 raise exc
@@ -70,7 +91,9 @@ class ElementwiseKernels:
             part(slice(None))
             return
         if self._pool is None:
-            self._pool = DaemonPool(self.threads)
+            self._pool = DaemonPool(self.threads - 1)   # the caller is the other thread
+        elif self._pool.size < self.threads - 1:
+            self._pool.grow(self.threads - 1)
         step = -(-length // self.threads)
         self._pool.run(part, [slice(i, i + step) for i in range(0, length, step)])
 

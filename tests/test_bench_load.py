@@ -61,3 +61,35 @@ def test_run_py_records_the_load(tmp_path):
     assert report["settings"]["load"] == 1 and report["xpnet_cpu"]["threads"] == 2
     if report["xpnet_cpu"]["blas"]["controlled"]:
         assert report["xpnet_cpu"]["blas"]["wanted"] == 1
+
+
+def test_threads_py_alternates_thread_counts(tmp_path):
+    """benchmarks/threads.py times 1 and 2 pool threads in one process, beside a busy process."""
+    import json
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "threads.py"), "--models", "lenet5",
+                           "--batch-size", "2", "--repeats", "2", "--warmup", "0", "--load", "1",
+                           "--out", str(tmp_path)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=root), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (path,) = tmp_path.glob("*-load1-blas-one.json")
+    report = json.loads(path.read_text())
+    (r,) = report["results"]
+    assert set(r["threads"]) == {"1", "2"} and r["threads"]["1"]["ratio_to_first"] == 1.0
+    assert all(len(v["times_s"]) == 2 for v in r["threads"].values())
+    assert report["load"]["processes"] == 1 and report["load"]["cpu_s"][0] > 0
+
+
+def test_set_threads_is_checked():
+    from xpnet.backends import get_backend
+    backend = get_backend("cpu")
+    kept = backend.threads
+    try:
+        backend.set_threads(3)
+        assert backend.threads == 3
+        for bad in (0, 1.5, True):
+            with pytest.raises(ValueError, match="threads must be a whole number >= 1"):
+                backend.set_threads(bad)
+    finally:
+        backend.set_threads(kept)

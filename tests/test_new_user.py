@@ -180,4 +180,4 @@ def test_the_element_wise_threads_never_hold_up_interpreter_exit():
     y, mask = kernels.relu_forward(x)
     np.testing.assert_array_equal(y, np.maximum(x, 0))
     workers = [t for t in threading.enumerate() if t.name.startswith("xpnet-elementwise")]
-    assert len(workers) >= 3 and all(t.daemon for t in workers)
+    assert len(workers) >= 2 and all(t.daemon for t in workers)   # the caller is the third thread

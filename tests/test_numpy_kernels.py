@@ -104,3 +104,40 @@ def test_split_covers_the_axis_once():
     seen.clear()
     k.split(lambda s: seen.append(range(10)[s]), 10, MIN_ELEMENTS - 1)   # too small: one piece
     assert [list(r) for r in seen] == [list(range(10))]
+
+
+def test_the_caller_does_a_late_workers_share():
+    """With every worker held up (its core busy elsewhere), a batch still finishes: the calling
+    thread takes the pieces itself. With the caller only waiting, this test fails (checked)."""
+    import threading
+    from xpnet.backends.numpy_kernels import DaemonPool
+    pool = DaemonPool(1)
+    release, held = threading.Event(), threading.Event()
+    pool._tasks.put(lambda: (held.set(), release.wait(30)))
+    assert held.wait(10)
+    seen = []
+    finished = threading.Event()
+
+    def batch():
+        pool.run(lambda s: seen.append(s), list(range(5)))
+        finished.set()
+
+    threading.Thread(target=batch, daemon=True).start()
+    try:
+        assert finished.wait(10), "the batch waited for a held-up worker"
+        assert sorted(seen) == list(range(5))
+    finally:
+        release.set()
+
+
+def test_pool_errors_reach_the_caller():
+    from xpnet.backends.numpy_kernels import DaemonPool
+    pool = DaemonPool(2)
+
+    def part(i):
+        if i == 3:
+            raise ZeroDivisionError("piece 3")
+
+    with pytest.raises(ZeroDivisionError, match="piece 3"):
+        pool.run(part, list(range(6)))
+    pool.run(lambda i: None, list(range(6)))   # the pool still works afterwards

@@ -1,0 +1,123 @@
+"""Does a second thread help xpnet, idle and beside busy processes? One process, steps alternating.
+
+    python benchmarks/threads.py --models big --batch-size 128                 # point 2: 2 vs 1 thread
+    python benchmarks/threads.py --models medium --batch-size 16 --load 1      # point 3: one busy process
+    python benchmarks/threads.py --models medium --batch-size 16 --load 1 --blas follow   # the old way
+
+xpnet's training step (forward in training mode, cross-entropy, backward, Adam) is timed with the CPU
+backend's pool at each of ``--threads`` (default 1,2), the thread counts alternating step by step
+so that every count sees the same machine load; ``--load N`` runs N busy processes beside it
+(benchmarks/load.py). ``--blas one`` (default) is what xpnet does: NumPy's BLAS on one thread;
+``--blas follow`` gives the BLAS as many threads as the pool (what xpnet did before it limited the
+BLAS, to show the difference). Prints and writes (``--out``) the median and mean step per count and
+the ratio of each count's median to the first's.
+"""
+import argparse
+import datetime
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="big", help="comma list of benchmarks/run.py's models")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", default="1,2", help="comma list of pool thread counts, alternated")
+    p.add_argument("--repeats", type=int, default=10, help="timed steps per thread count")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--load", type=int, default=0, metavar="N", help="N busy processes beside it")
+    p.add_argument("--blas", choices=("one", "follow"), default="one")
+    p.add_argument("--out", default="", help="folder for a JSON result ('' to skip)")
+    args = p.parse_args(argv)
+    try:
+        args.threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        p.error(f"--threads must be a comma list of integers, got {args.threads!r}")
+    if min(args.threads) < 1 or args.batch_size < 1 or args.repeats < 1 or args.warmup < 0 or args.load < 0:
+        p.error("--threads, --batch-size and --repeats must be >= 1, --warmup and --load >= 0")
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    return args
+
+
+def time_model(name, args, xpnet, np, set_threads):
+    import run
+    from xpnet.losses import CrossEntropy
+    from xpnet.optim import Adam
+    model = run.build_xpnet(xpnet, name, "cpu", "float32", 0)
+    backend = model.backend
+    rng = np.random.default_rng(0)
+    x = backend.asarray(rng.random((args.batch_size,) + tuple(model.input_shape)).astype("float32"))
+    y = backend.asarray(rng.integers(0, 10, args.batch_size))
+    loss, opt = CrossEntropy(), Adam(1e-3)
+
+    def step():
+        out = model.forward(x, training=True)
+        loss.forward(out, y)
+        model.backward(loss.backward())
+        opt.step(model.parameters, model.gradients)
+
+    times = {t: [] for t in args.threads}
+    for i in range(args.warmup + args.repeats):
+        for t in args.threads:
+            set_threads(backend, t)
+            t0 = time.perf_counter()
+            step()
+            if i >= args.warmup:
+                times[t].append(time.perf_counter() - t0)
+    first = statistics.median(times[args.threads[0]])
+    return {"model": name, "batch_size": args.batch_size,
+            "threads": {str(t): {"median_s": statistics.median(v), "mean_s": statistics.mean(v),
+                                 "ratio_to_first": statistics.median(v) / first, "times_s": v}
+                        for t, v in times.items()}}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.blas == "follow":
+        os.environ["XPNET_BLAS_THREADS"] = "keep"
+    sys.path.insert(0, ROOT)
+    import numpy as np
+    import xpnet
+    from load import BusyLoad
+    from xpnet.backends import cpu_threads
+
+    def set_threads(backend, t):
+        backend.set_threads(t)
+        if args.blas == "follow":
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(t, user_api="blas")
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load_before = os.getloadavg()
+    results = []
+    with BusyLoad(args.load) as load:
+        for name in args.models:
+            r = time_model(name, args, xpnet, np, set_threads)
+            results.append(r)
+            print(f"{name} b{args.batch_size} load {args.load} blas {args.blas}: " + "  ".join(
+                f"{t} thr {v['median_s'] * 1e3:.1f} ms (mean {v['mean_s'] * 1e3:.1f}, x{v['ratio_to_first']:.2f})"
+                for t, v in r["threads"].items()), flush=True)
+    report = {"date": started.isoformat(timespec="seconds"), "command": " ".join(["benchmarks/threads.py"] + sys.argv[1:]),
+              "settings": vars(args), "cpu_count": os.cpu_count(), "load": load.report(),
+              "load_average_before": load_before, "load_average_after": os.getloadavg(),
+              "blas": cpu_threads.blas_report(), "numpy": np.__version__, "results": results}
+    if args.load:
+        print(f"load: {args.load} busy processes, CPU s each: {report['load']['cpu_s']}")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, f"{started:%Y-%m-%d}-threads-{socket.gethostname()}-load{args.load}"
+                                      f"-blas-{args.blas}.json")
+        with open(path, "w") as fh:
+            json.dump(report, fh, indent=1)
+        print("wrote", os.path.relpath(path))
+    return report
+
+
+if __name__ == "__main__":
+    main()
