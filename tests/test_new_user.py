@@ -176,7 +176,7 @@ def test_the_element_wise_threads_never_hold_up_interpreter_exit():
     import numpy as np
     from xpnet.backends.numpy_kernels import ElementwiseKernels
     kernels = ElementwiseKernels(threads=3)
-    x = np.random.default_rng(0).standard_normal((64, 4096)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((160, 4096)).astype(np.float32)
     y, mask = kernels.relu_forward(x)
     np.testing.assert_array_equal(y, np.maximum(x, 0))
     workers = [t for t in threading.enumerate() if t.name.startswith("xpnet-elementwise")]

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+import xpnet.backends.numpy_kernels as nk
 from xpnet.backends import get_backend
 from xpnet.backends.numpy_kernels import MIN_ELEMENTS, ElementwiseKernels
 from xpnet.layers import Dropout, ReLU
@@ -14,7 +15,7 @@ from .helpers import build
 def test_threaded_kernels_match_plain_numpy(threads, dtype):
     rng = np.random.default_rng(threads)
     k = ElementwiseKernels(threads)
-    x = rng.standard_normal((7, 3, 100, 100)).astype(dtype)   # above MIN_ELEMENTS, uneven split
+    x = rng.standard_normal((7, 3, 160, 160)).astype(dtype)   # above MIN_ELEMENTS, uneven split
     assert x.size > MIN_ELEMENTS
     x[0, 0, 0, :3] = [np.nan, -0.0, 0.0]
     y, mask = k.relu_forward(x)
@@ -51,7 +52,7 @@ def test_numpy_backend_methods_equal_the_base_backends_plain_xp(dtype):
         # the strict backend runs the base's plain-xp method (counted as the CuPy kernel's launches)
         assert getattr(StrictBackend, name) is getattr(Backend, name) or name in StrictBackend.__dict__
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((6, 5, 80, 80)).astype(dtype)
+    x = rng.standard_normal((6, 5, 150, 150)).astype(dtype)
     assert x.size > MIN_ELEMENTS
     keep = rng.random(x.shape) < 0.6
     for a, b in [(numpy_backend.relu_forward(x), plain.relu_forward(x)),
@@ -100,7 +101,7 @@ def test_split_covers_the_axis_once():
     seen = []
     k = ElementwiseKernels(3)
     k.split(lambda s: seen.append(range(10)[s]), 10, MIN_ELEMENTS)
-    assert sorted(i for r in seen for i in r) == list(range(10)) and len(seen) == 3
+    assert sorted(i for r in seen for i in r) == list(range(10)) and len(seen) == min(10, 3 * nk.PIECES_PER_THREAD)
     seen.clear()
     k.split(lambda s: seen.append(range(10)[s]), 10, MIN_ELEMENTS - 1)   # too small: one piece
     assert [list(r) for r in seen] == [list(range(10))]

@@ -15,6 +15,7 @@ def small_splits(monkeypatch):
     monkeypatch.setattr(nk, "MIN_ELEMENTS", 1)
     monkeypatch.setattr(nk, "MIN_MACS", 1)
     monkeypatch.setattr(gemm, "PIECE_COLUMNS", 64)
+    monkeypatch.setattr(gemm, "MIN_MACS", 1)
     backend = get_backend("cpu")
     kept = backend._kernels.threads
     yield backend

@@ -11,6 +11,7 @@ from ..backends import backend_of
 
 PIECE_COLUMNS = 512    # narrowest piece worth a call of its own
 MAX_PIECES = 8         # enough pieces to balance 2, 4 or 8 threads
+MIN_MACS = 1 << 22     # smaller products (multiply-adds) are one call: a split would cost more
 
 
 def column_pieces(n):
@@ -23,7 +24,7 @@ def wide_matmul(xp, a, b):
     backend = backend_of(b)
     n = b.shape[1]
     pieces = column_pieces(n)
-    if backend.few_launches or pieces == 1:
+    if backend.few_launches or pieces == 1 or a.shape[0] * a.shape[1] * n < MIN_MACS:
         return a @ b
     out = xp.empty((a.shape[0], n), dtype=xp.result_type(a, b))
     width = -(-n // pieces)
