@@ -3,8 +3,8 @@ BLAS limited to one thread (cpu_threads.py)."""
 import numpy
 
 from .base import Backend
-from .host_memory import keep_freed_memory
 from .cpu_threads import limit_blas
+from .host_memory import keep_freed_memory
 from .numpy_kernels import ElementwiseKernels
 
 
