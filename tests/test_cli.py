@@ -60,6 +60,7 @@ def test_info_lists_versions_and_backends(capsys):
     assert f"NumPy {np.__version__}" in out
     assert "backends: numpy, strict" in out
     assert "GPU:" in out
+    assert "CPU threads: " in out and "NumPy's BLAS: " in out   # the pool and what it did to BLAS
 
 
 def test_python_dash_m_xpnet_info():

@@ -267,6 +267,9 @@ def cmd_info(args):
     print(f"NumPy {np.__version__}")
     names = available()
     print(f"backends: {', '.join(names)}")
+    cpu = get_backend("cpu")
+    if hasattr(cpu, "blas"):
+        print(_cpu_threads_line(cpu))
     if ALIASES["gpu"] in names:
         gpu = get_backend("gpu")
         mem = gpu.memory_info()
@@ -287,6 +290,17 @@ def cmd_info(args):
         from .backends.cupy_backend import gpu_problem
         print(f"GPU: none usable: {gpu_problem()}")
     return 0
+
+
+def _cpu_threads_line(cpu):
+    """How the CPU backend uses the cores: its pool's threads and what it did to NumPy's BLAS."""
+    blas = cpu.blas
+    libs = ", ".join(f"{lib['internal_api']} {lib['version']} ({lib['threading_layer']})" for lib in blas["libraries"])
+    if blas["controlled"]:
+        state = f"{libs or 'no BLAS found'} limited to {blas['wanted']} thread(s)"
+    else:
+        state = f"{libs + ' ' if libs else ''}left as it is: {blas['why']}"
+    return f"CPU threads: {cpu.threads} (XPNET_NUM_THREADS); NumPy's BLAS: {state} (XPNET_BLAS_THREADS)"
 
 
 def _compute_types(backend):
