@@ -11,6 +11,13 @@ leaving the block (also on an exception or Ctrl-C) stops them with SIGTERM, on w
 the CPU seconds it got and exits (SIGKILL for any that has not within 5 s), so the result shows
 that the load really ran. A process whose parent dies without stopping it notices within about a
 second (its parent id changes) and exits: no load is ever left running.
+
+Each process starts a session of its own, as another program would: Linux's autogroup scheduling
+(``/proc/sys/kernel/sched_autogroup_enabled``, on by default on desktops and on this VM) shares the
+CPU between sessions first and between a session's threads second, so load started in the
+benchmark's own session would only compete inside the benchmark's share. For the same reason a
+benchmark on a machine where another session is busy gets about one core of two whatever its
+thread count: compare thread counts on an otherwise idle machine.
 """
 import os
 import signal
@@ -48,7 +55,8 @@ class BusyLoad:
         try:
             for _ in range(self.n):
                 p = subprocess.Popen([sys.executable, "-S", "-c", _SPIN, str(os.getpid())],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+                                     start_new_session=True)
                 self.procs.append(p)
             for p in self.procs:
                 if p.stdout.readline().strip() != "running":
