@@ -71,7 +71,10 @@ def test_benchmark_cells_are_picked_by_model_and_batch():
     import copy
     rn = tool()
     with open(os.path.join(ROOT, "benchmarks", "results", "2026-11-30-cpu-vm-final.json")) as fh:
-        old = json.load(fh)
+        measured = json.load(fh)
+    # the older one-batch-size layout: one row per model, settings.batch_size a number
+    old = dict(measured, settings=dict(measured["settings"], batch_size=128),
+               results=[r for r in measured["results"] if r["batch_size"] == 128])
     new = copy.deepcopy(old)
     new["settings"]["batch_size"] = [16, 64, 128]
     new["results"] = [dict(r, batch_size=b, tag=b) for r in old["results"] for b in (16, 64, 128)]
