@@ -37,3 +37,17 @@ def rng():
 
 def pytest_report_header(config):
     return f"xpnet backends under test: {', '.join(BACKENDS)}"
+
+
+
+def _default_sigint_for_children():
+    """A job started in the background by a non-interactive shell (`cmd &`, nohup, some CI runners)
+    inherits SIGINT ignored, and so would every process the tests start: the Ctrl-C tests would
+    then see their SIGINT dropped. Give pytest Python's own handler, so children start with the
+    default disposition (exec resets handled signals, not ignored ones)."""
+    import signal
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_default_sigint_for_children()
