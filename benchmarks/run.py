@@ -374,12 +374,16 @@ def main(argv=None):
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         tag = "-".join(t for t in (f"load{args.load}" if args.load else "", args.tag) if t)
-        path = os.path.join(args.out, f"{started:%Y-%m-%d}-{args.device}-{socket.gethostname()}"
-                            f"{'-' + tag if tag else ''}.json")
-        with open(path, "w") as fh:
-            json.dump(report, fh, indent=1)
-        print("wrote", os.path.relpath(path))
+        write_report(report, os.path.join(args.out, f"{started:%Y-%m-%d}-{args.device}-"
+                                                   f"{socket.gethostname()}{'-' + tag if tag else ''}.json"))
     return report
+
+
+def write_report(report, path):
+    """The result JSON at ``path`` (benchmarks/run.py and benchmarks/threads.py)."""
+    with open(path, "w") as fh:
+        json.dump(report, fh, indent=1)
+    print("wrote", os.path.relpath(path))
 
 
 def _xpnet_cpu(args):

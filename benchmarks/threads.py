@@ -14,7 +14,6 @@ the ratio of each count's median to the first's.
 """
 import argparse
 import datetime
-import json
 import os
 import socket
 import statistics
@@ -111,11 +110,9 @@ def main(argv=None):
         print(f"load: {args.load} busy processes, CPU s each: {report['load']['cpu_s']}")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, f"{started:%Y-%m-%d}-threads-{socket.gethostname()}-load{args.load}"
-                                      f"-blas-{args.blas}.json")
-        with open(path, "w") as fh:
-            json.dump(report, fh, indent=1)
-        print("wrote", os.path.relpath(path))
+        import run
+        run.write_report(report, os.path.join(args.out, f"{started:%Y-%m-%d}-threads-{socket.gethostname()}"
+                                                       f"-load{args.load}-blas-{args.blas}.json"))
     return report
 
 

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 import xpnet
-from xpnet import callbacks, capture, cli, mixed, optim
+from xpnet import callbacks, cli, mixed, optim
 from xpnet.backends import strict_backend as sb
 from xpnet.errors import ConfigError, TrainingError
 from xpnet.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Softmax
 
-from .test_capture import ReplayingStrict
+from .test_capture import replaying  # noqa: F401  (the fixture: a strict backend replaying captures)
 
 
 def data(n=64, seed=0):
@@ -187,14 +187,7 @@ def test_no_host_sync_or_copy_per_step_with_skips_and_growth():
     assert h.history["loss_scale"][0] < 2.0 ** 40
 
 
-def test_graph_true_gives_the_numbers_of_the_ordinary_step_in_mixed_mode(monkeypatch):
-    replaying = ReplayingStrict()
-    init = capture.CapturedStep.__init__
-
-    def register(self, *args):
-        init(self, *args)
-        replaying.step = self
-    monkeypatch.setattr(capture.CapturedStep, "__init__", register)
+def test_graph_true_gives_the_numbers_of_the_ordinary_step_in_mixed_mode(replaying):  # noqa: F811
     policy = lambda: mixed.MixedPrecision("float16", initial_scale=2.0 ** 30, growth_interval=3)  # noqa: E731
     plain = build(mlp(), "strict", optim.Adam(1e-3), policy())
     graphed = build(mlp(), replaying, optim.Adam(1e-3), policy())
