@@ -101,19 +101,21 @@ def _kernel_angles(xp, kh, kw, hp, wp):
 
 
 def kernel_forward(xp, dtype, kh, kw, hp, wp):
-    """(2*bins, kh*kw): a kh x kw kernel at the frame origin -> its spectrum, rows (re/im, bin)."""
+    """(2*bins, kh*kw): a kh x kw kernel at the frame origin -> its spectrum, rows (bin, im/re):
+    the imaginary part of each bin first (the order of spectral.py's per-bin matrices)."""
     def build():
         a = _kernel_angles(xp, kh, kw, hp, wp)
-        return xp.concatenate([xp.cos(a), -xp.sin(a)], axis=0).astype(dtype)
+        return xp.stack([-xp.sin(a), xp.cos(a)], axis=1).reshape(-1, kh * kw).astype(dtype)
     return _cached(("kf", id(xp), str(dtype), kh, kw, hp, wp), build)
 
 
 def kernel_inverse(xp, dtype, kh, kw, hp, wp):
-    """(kh*kw, 2*bins): a spectrum, rows (re/im, bin) -> the real frame's first kh x kw samples."""
+    """(kh*kw, 2*bins): a spectrum, rows (bin, im/re) as kernel_forward's -> the real frame's first
+    kh x kw samples."""
     def build():
         a = _kernel_angles(xp, kh, kw, hp, wp)
         w = xp.repeat(_half_weights(xp, hp), wp)[:, None] / (hp * wp)
-        return xp.concatenate([w * xp.cos(a), -w * xp.sin(a)], axis=0).T.astype(dtype)
+        return xp.stack([-w * xp.sin(a), w * xp.cos(a)], axis=1).reshape(-1, kh * kw).T.astype(dtype)
     return _cached(("ki", id(xp), str(dtype), kh, kw, hp, wp), build)
 
 
