@@ -45,6 +45,12 @@ class Backend:
     # None: that module's CPU default (32 MiB). Backward reuses the forward's columns only when one
     # chunk held the whole batch, so a larger limit saves recomputing them, at the cost of memory.
     column_bytes = None
+    # True where max pooling (stride == pool) followed by ReLU gives the bits of ReLU followed by
+    # max pooling, outputs and gradients: the CPU backends, whose pooling and ReLU are the code of
+    # xpnet/ops/pooling.py and relu_forward. Sequential then pools first and applies the ReLU to a
+    # quarter of the elements (xpnet/model.py, _link_relu_pool). The CuPy kernels' backward adds
+    # dy to 0.0, which gives 0.0 where the two layers give -0.0: not there.
+    pool_before_relu = True
 
     def __init__(self, xp):
         self.xp = xp

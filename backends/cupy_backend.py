@@ -58,6 +58,7 @@ class CupyBackend(Backend):
     can_capture = True
     conv_choice = "measure"  # a GPU's speeds are not the CPU's that the FLOP model was tuned on
     column_bytes = 256 * 2 ** 20  # whole batches in one im2col chunk: backward reuses the columns
+    pool_before_relu = False  # see Backend: the max-pool kernel's gradient differs in -0.0 vs 0.0
 
     def __init__(self, device_id=0):
         cupy = _import_cupy()

@@ -1,4 +1,5 @@
 """Sequential: a stack of layers with shape inference, forward, backward and a summary."""
+from . import ops
 from .backends import get_backend
 from .errors import ConfigError, ShapeError
 from .layers.base import BuildContext, Layer
@@ -160,6 +161,24 @@ def _link_bias_relu(layers, backend):
             layer.relu_after = after if fuse else None
 
 
+def _link_relu_pool(layers, backend):
+    """A ReLU directly followed by a MaxPool2D whose windows tile the input (strides ==
+    pool_size) runs after the pooling, on a quarter of the elements for 2x2 windows:
+    max(relu(x)) == relu(max(x)), and the gradients agree (a window whose maximum is > 0 sends it
+    to the same first maximum; one whose maximum is <= 0 or NaN sends 0 * dy to every cell either
+    way). Only where the two orders give the same bits (backend.pool_before_relu, with the fast
+    ops; tests/test_relu_pool.py) and where the ReLU is not already fused into the layer before it
+    (_link_bias_relu). The ReLU gets ``pool_after``; Sequential's forward then skips it and calls
+    the pooling with relu=True, and backward leaves it out when the pooling applied its mask."""
+    from .layers.activations import ReLU
+    from .layers.pooling import MaxPool2D
+    for before, layer, after in zip([None] + layers[:-1], layers, layers[1:] + [None]):
+        if type(layer) is ReLU:
+            link = (backend.pool_before_relu and type(after) is MaxPool2D
+                    and after.strides == after.pool_size and getattr(before, "relu_after", None) is not layer)
+            layer.pool_after = after if link else None
+
+
 class Sequential(LayerStack, TrainingMixin):
     """Layers applied in order. ``input_shape`` excludes the batch axis, e.g. (1, 28, 28)."""
 
@@ -189,6 +208,7 @@ class Sequential(LayerStack, TrainingMixin):
             shape = layer.build(shape, ctx)
         self.output_shape = shape
         _link_bias_relu(self.layers, self.backend)
+        _link_relu_pool(self.layers, self.backend)
         return self
 
     @property
@@ -219,8 +239,14 @@ class Sequential(LayerStack, TrainingMixin):
 
     def forward(self, x, training=False):
         x = self.check_input(x)
+        swap = ops.current() == "fast"   # the reference pooling's gradient differs in -0.0 vs 0.0
+        relu = False
         for layer in self.layers:
-            x = layer.forward(x, training)
+            if swap and getattr(layer, "pool_after", None) is not None:
+                relu = True   # the MaxPool2D after this ReLU applies it (see _link_relu_pool)
+                continue
+            x = layer.forward(x, training, relu=True) if relu else layer.forward(x, training)
+            relu = False
         return x
 
     __call__ = forward
@@ -228,6 +254,10 @@ class Sequential(LayerStack, TrainingMixin):
     def backward(self, grad):
         """Propagate d(loss)/d(output) back through every layer; returns d(loss)/d(input)."""
         for layer in reversed(self.layers):
+            pool = getattr(layer, "pool_after", None)
+            if pool is not None and pool.relu_mask is not None:   # the pooling applied this ReLU
+                grad = grad if layer.need_input_grad else None
+                continue
             grad = layer.backward(grad)
         return grad
 

@@ -12,6 +12,7 @@ from .conv import output_hw, pair, spatial_input
 
 class _Pool2D(Layer):
     kind = None  # "max" or "avg"
+    relu_mask = None  # after forward(..., relu=True): the mask of the ReLU applied to the output
 
     def __init__(self, pool_size=2, strides=None, padding="valid", name=None):
         super().__init__(name)
@@ -37,11 +38,20 @@ class _Pool2D(Layer):
     def _pad(self, x, value):
         return pad(self.xp, x, self.pads, value)
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, relu=False):
+        """The pooling of x; with ``relu`` (max pooling, strides == pool_size) that of relu(x),
+        computed as relu of the pooled values: Sequential applies the ReLU before this layer so
+        (model._link_relu_pool)."""
+        self.relu_mask = None
+        if relu and (self.kind != "max" or self.strides != self.pool_size):
+            raise ConfigError(f"{type(self).__name__}: relu=True needs max pooling with strides equal "
+                              f"to pool_size, got strides {self.strides} and pool_size {self.pool_size}")
         if any(self.pads):
             x = self._pad(x, -self.xp.inf if self.kind == "max" else 0.0)
         if self.kind == "max":
             y, self.cache = ops.maxpool2d_forward(self.xp, x, self.pool_size, self.strides)
+            if relu:
+                y, self.relu_mask = self.backend.relu_forward(y)
             return y
         y, self.cache = ops.avgpool2d_forward(self.xp, x, self.pool_size, self.strides)
         return y if self.share is None else y / self.share
@@ -50,6 +60,8 @@ class _Pool2D(Layer):
         if not self.need_input_grad:
             return None
         if self.kind == "max":
+            if self.relu_mask is not None:   # the ReLU's gradient first, on the pooled cells
+                grad = self.backend.multiply(grad, self.relu_mask)
             dx = ops.maxpool2d_backward(self.xp, grad, self.cache)
         else:
             g = grad if self.share is None else grad / self.share

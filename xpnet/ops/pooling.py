@@ -1,7 +1,9 @@
 """Fast max and average pooling (``ops.fast``), written against ``xp`` only.
 
 Max pooling is an elementwise maximum over one strided view per window offset; its backward, and
-average pooling, work on reshaped windows when stride == pool (the usual case). Max-pool ties send
+average pooling, work on reshaped windows when stride == pool (the usual case). On the NumPy
+backend, max pooling with stride == pool stores each window's winning offset (a uint8) in forward
+and its backward writes one strided view of dx per offset (``_winners_forward``). Max-pool ties send
 the gradient to the first maximum in row-major window order, as the reference and PyTorch do; a NaN
 counts as the maximum. Arrays keep the input dtype throughout.
 """
@@ -66,11 +68,15 @@ def maxpool2d_forward_xp(xp, x, pool, stride):
     """Max over each (ph, pw) window: ``maximum`` of one strided view per window offset.
 
     ``maximum`` propagates NaN, so a window holding a NaN yields NaN. No argmax is stored: the
-    backward pass finds the first maximum again from (x, y).
+    backward pass finds the first maximum again from (x, y). On the NumPy backend, windows that
+    tile the input (stride == pool) take ``_winners_forward`` instead, which stores it.
     """
     pool, stride = tuple(int(p) for p in pool), tuple(int(s) for s in stride)
     check_pool(x, pool, stride, "maxpool2d")
     (ph, pw), (sh, sw) = pool, stride
+    backend = backend_of(x)
+    if (ph, pw) == (sh, sw) and not backend.few_launches:
+        return _winners_forward(xp, backend, x, ph, pw)
     ho, wo = out_size(x.shape[2], ph, sh), out_size(x.shape[3], pw, sw)
     y = xp.empty(x.shape[:2] + (ho, wo), dtype=x.dtype)
 
@@ -82,14 +88,109 @@ def maxpool2d_forward_xp(xp, x, pool, stride):
                 if i or j:
                     xp.maximum(ys, xs[window(i, j, ho, wo, sh, sw)], out=ys)
 
-    backend_of(x).split(part, x.shape[0], x.size)
+    backend.split(part, x.shape[0], x.size)
     return y, (x, y, pool, stride)
+
+
+# -- stride == pool on the CPU: the winning offset stored in forward -----------------------------
+# NumPy runs an operation on a strided view (every window offset is one) element by element with a
+# call per short row, about ten times slower than on contiguous memory. So each offset's view is
+# copied once into a contiguous buffer (a copy is NumPy's cheapest strided loop) and everything else
+# runs on contiguous arrays, a few hundred KiB of planes at a time so that they stay in the cache.
+CHUNK_BYTES = 1 << 20   # of x per chunk (measured: 256 KiB-4 MiB within 10 %, 32 KiB 3x slower)
+
+
+class Winners:
+    """The cache of ``_winners_forward``: per window the row-major offset i * pw + j of its first
+    maximum (uint8 while ph * pw <= 256), the input's shape, and the window."""
+
+    def __init__(self, index, x_shape, pool):
+        self.index, self.x_shape, self.pool = index, tuple(x_shape), pool
+
+
+def _chunks(s, length, per):
+    """Sub-slices of at most ``per`` planes covering the slice ``s`` of range(length)."""
+    start, stop, _ = s.indices(length)
+    return [slice(a, min(a + per, stop)) for a in range(start, stop, per)]
+
+
+def _winners_forward(xp, backend, x, ph, pw):
+    """(y, cache) for stride == pool: y as in maxpool2d_forward_xp (the same ``maximum`` calls in
+    the same order, so the same bits), plus the first maximum's offset: an offset replaces the
+    current winner only when strictly greater, so ties keep the earliest. A NaN is handled after
+    the fold, only in chunks that have one: the winner is the window's first NaN."""
+    n, c, h, w = x.shape
+    ho, wo = h // ph, w // pw
+    planes = x.reshape(n * c, h, w)
+    y = xp.empty((n * c, ho, wo), dtype=x.dtype)
+    index = xp.empty((n * c, ho, wo), dtype=xp.uint8 if ph * pw <= 256 else xp.int32)
+    per = max(1, CHUNK_BYTES // (h * w * x.dtype.itemsize))
+
+    def view(t, i, j):
+        return planes[t, i:ho * ph:ph, j:wo * pw:pw]
+
+    def part(s):   # planes s, on the backend's threads
+        buf = gt = later = None
+        for t in _chunks(s, n * c, per):
+            m, k_of = y[t], index[t]
+            m[...] = view(t, 0, 0)
+            k_of[...] = 0
+            if buf is None or buf.shape != m.shape:
+                buf, gt, later = xp.empty_like(m), xp.empty(m.shape, dtype=bool), xp.empty_like(k_of)
+            for k in range(1, ph * pw):
+                xp.copyto(buf, view(t, *divmod(k, pw)))
+                xp.greater(buf, m, out=gt)
+                xp.maximum(m, buf, out=m)
+                # k is larger than every offset before it: max(k_of, k * gt) sets k where gt, without
+                # the branch per element of a masked copy (slow on random masks)
+                xp.multiply(gt, k_of.dtype.type(k), out=later)
+                xp.maximum(k_of, later, out=k_of)
+            if xp.isnan(m).any():   # a host check: this path runs on the NumPy backend only
+                for k in reversed(range(ph * pw)):
+                    xp.copyto(k_of, k, where=xp.isnan(view(t, *divmod(k, pw))))
+
+    backend.split(part, n * c, x.size)
+    y = y.reshape(n, c, ho, wo)
+    return y, (Winners(index.reshape(n, c, ho, wo), x.shape, (ph, pw)), y, (ph, pw), (ph, pw))
+
+
+def _winners_backward(xp, backend, dy, winners):
+    """dx for ``_winners_forward``'s cache: per window offset k, dy * (index == k) written into
+    that offset's strided view of dx (the product, not a select, as the other paths: a non-winning
+    cell gets 0 * dy, so -0.0 for a negative dy and NaN for a NaN one); cells no window covers get 0."""
+    n, c, h, w = winners.x_shape
+    ph, pw = winners.pool
+    ho, wo = dy.shape[2], dy.shape[3]
+    dx = xp.empty((n * c, h, w), dtype=dy.dtype)
+    dys = dy.reshape(n * c, ho, wo)
+    index = winners.index.reshape(n * c, ho, wo)
+    per = max(1, CHUNK_BYTES // (h * w * dy.dtype.itemsize))
+
+    def part(s):   # planes s, on the backend's threads
+        eq = None
+        for t in _chunks(s, n * c, per):
+            k_of = index[t]
+            if eq is None or eq.shape != k_of.shape:
+                eq = xp.empty(k_of.shape, dtype=bool)
+            for k in range(ph * pw):
+                i, j = divmod(k, pw)
+                xp.equal(k_of, k, out=eq)
+                xp.multiply(dys[t], eq, out=dx[t, i:ho * ph:ph, j:wo * pw:pw])
+            if ho * ph < h:
+                dx[t, ho * ph:, :] = 0
+            if wo * pw < w:
+                dx[t, :ho * ph, wo * pw:] = 0
+
+    backend.split(part, n * c, dx.size)
+    return dx.reshape(n, c, h, w)
 
 
 def maxpool2d_backward_xp(xp, dy, cache):
     """dx: each window's gradient goes to its first maximum in row-major window order."""
     x, y, (ph, pw), (sh, sw) = cache
     check_pool_grad(dy, y)
+    if isinstance(x, Winners):
+        return _winners_backward(xp, backend_of(dy), dy, x)
     if (ph, pw) == (sh, sw):
         backend = backend_of(dy)
         if backend.few_launches:
