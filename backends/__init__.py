@@ -47,10 +47,15 @@ def get_backend(name="cpu"):
 
 
 def _classes():
-    from .cupy_backend import CupyBackend
-    from .numpy_backend import NumpyBackend
-    from .strict_backend import StrictBackend
-    return {"strict": StrictBackend, "cupy": CupyBackend, "numpy": NumpyBackend}
+    if not _classes_cache:  # imported once: backend_of runs per batch (losses, augmentation)
+        from .cupy_backend import CupyBackend
+        from .numpy_backend import NumpyBackend
+        from .strict_backend import StrictBackend
+        _classes_cache.update(strict=StrictBackend, cupy=CupyBackend, numpy=NumpyBackend)
+    return _classes_cache
+
+
+_classes_cache = {}
 
 
 def backend_of(array):

@@ -51,6 +51,9 @@ class Backend:
     # quarter of the elements (xpnet/model.py, _link_relu_pool). The CuPy kernels' backward adds
     # dy to 0.0, which gives 0.0 where the two layers give -0.0: not there.
     pool_before_relu = True
+    # A dict where affine_warp keeps its per-shape constants (pixel grid, gather offsets) between
+    # calls (xpnet/augment.py warp_constants); None: made per call (the GPU and strict backends).
+    warp_constants = None
 
     def __init__(self, xp):
         self.xp = xp

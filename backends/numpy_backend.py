@@ -17,6 +17,7 @@ class NumpyBackend(Backend):
         self.host_malloc = keep_freed_memory()  # reuse freed blocks: no page faults per step
         self.blas = limit_blas()
         self._kernels = ElementwiseKernels()
+        self.warp_constants = {}  # affine_warp's, per batch shape (xpnet/augment.py warp_constants)
 
     @property
     def threads(self):
@@ -66,6 +67,11 @@ class NumpyBackend(Backend):
 
         self._kernels.split(blocks, bins, M.size)
         return M
+
+    def affine_warp(self, x, matrices, fill=0.0, mode="constant"):
+        """The base's warp, keeping its per-shape constants (pixel grid, gather offsets): same bits."""
+        from xpnet.augment import affine_warp_xp
+        return affine_warp_xp(numpy, x, matrices, fill, mode, keep=self.warp_constants)
 
     def asarray(self, array, dtype=None):
         """Host data -> an array the library owns: always a copy, as on a GPU, so that an in-place

@@ -147,6 +147,17 @@ class CounterRandom(_Draws):
         return self._bits((n + 1) // 2).view(self.xp.uint32)[:n]
 
     # -- distributions ----------------------------------------------------------------------
+    def peek(self, n):
+        """The next n float64 uniforms in [0, 1), as ``random((n,), "float64")`` would draw them,
+        without drawing them: the counter stays where it is (a caller that uses them ``advance``s
+        it). Not with a device counter (the numbers would be read from the host's)."""
+        if self._device is not None:
+            raise ValueError("peek: not available with a device counter")
+        at = self.counter
+        words = self._bits(int(n))
+        self.counter = at
+        return _unit(self.xp, words, "float64")
+
     def random(self, shape, dtype="float32"):
         """Uniform in [0, 1)."""
         xp = self.xp

@@ -195,3 +195,83 @@ def test_bad_arguments():
         ElasticDistortion()(np.zeros((4, 1, 28, 28), np.uint8), b.rng())
     with pytest.raises(ShapeError, match=r"matrices must have shape \(4, 2, 3\)"):
         affine_warp(np, np.zeros((4, 1, 5, 5)), np.zeros((4, 3, 3)))
+
+
+# -- the CPU backends' RandomAffine: only the picked images are warped (xpnet/augment.py) ----------
+class NoPeek:
+    """A generator without ``peek``: RandomAffine then draws each batch's numbers alone."""
+
+    def __init__(self, rng):
+        self.rng, self.xp = rng, rng.xp
+
+    def random(self, shape, dtype="float32"):
+        return self.rng.random(shape, dtype)
+
+
+@pytest.mark.parametrize("make, shape, dtype", [
+    (lambda: RandomAffine(rotation=25, scale=None, zoom=0.2, shift=(0.2, 0.2), probability=0.25),
+     (16, 1, 28, 28), "float32"),                                      # seed 001's model-8 recipe
+    (lambda: RandomAffine(fill=0.5), (5, 2, 9, 11), "float32"),
+    (lambda: RandomAffine(scale=(0.1, 0.3), shift=(0.5, 0.4), probability=1.0, fill=-1.0),
+     (7, 1, 12, 10), "float64"),
+    (lambda: RandomAffine(probability=0.05, fill=float("nan")), (4, 1, 8, 8), "float32")])
+def test_cpu_picked_path_gives_the_fixed_paths_batches(make, shape, dtype):
+    """Bit for bit and with the same generator counts: batch after batch (the look-ahead's plans,
+    past their 128 batches), after the generator was used for something else (a new plan), for
+    another batch size, and with a generator that cannot look ahead."""
+    b = get_backend("numpy")
+    aug = make()
+    host = np.random.default_rng(5).random((300,) + shape[1:]).astype(dtype)
+    for wrap in (lambda r: r, NoPeek):
+        picked_rng, fixed_rng = b.rng(11, 3), b.rng(11, 3)
+        for i in range(150 if wrap is NoPeek else 300):
+            if i == 40:  # someone else draws from the generator between two batches
+                picked_rng.random((3,)), fixed_rng.random((3,))
+            n = shape[0] if i < 200 else shape[0] - 1
+            x = b.asarray(host[(i * 7) % (300 - shape[0]):][:n])
+            picked = aug._warp_picked(x, wrap(picked_rng), b.warp_constants)
+            fixed = aug._warp_all(x, fixed_rng)
+            np.testing.assert_array_equal(picked, fixed)
+            assert picked_rng.counter == fixed_rng.counter
+            assert picked.shape == x.shape and picked.dtype == x.dtype
+
+
+def test_strict_keeps_the_fixed_path_and_numpy_takes_the_picked_one(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("wrong path")
+    aug = RandomAffine(probability=0.5)
+    for name, other in (("strict", "_warp_picked"), ("numpy", "_warp_all")):
+        b = get_backend(name)
+        _, x = batch(b, n=8, c=1, h=28, w=28)
+        expected = b.to_numpy(aug(x, b.rng(4)))
+        with monkeypatch.context() as m:
+            m.setattr(RandomAffine, other, refuse)
+            np.testing.assert_array_equal(b.to_numpy(aug(x, b.rng(4))), expected)
+
+
+def test_peek_gives_the_next_numbers_without_drawing_them():
+    rng = get_backend("numpy").rng(8, 2)
+    rng.random((5,), "float64")
+    ahead = rng.peek(7)
+    assert rng.counter == 5
+    np.testing.assert_array_equal(ahead, rng.random((7,), "float64"))
+    with pytest.raises(ValueError, match="device counter"):
+        get_backend("numpy").rng(1).device_counter().peek(3)
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 28, 28), (2, 3, 9, 13), (1, 1, 5, 4)])
+@pytest.mark.parametrize("mode", ["constant", "nearest"])
+def test_numpy_warp_with_kept_constants_equals_the_reference(shape, mode):
+    """The NumPy backend's affine_warp (constants kept per shape, a gather per neighbour) against
+    the base backend's (constants made per call, one gather), far outside the image too."""
+    from xpnet.backends.base import Backend
+    b = get_backend("numpy")
+    r = np.random.default_rng(1)
+    host = r.random(shape).astype(np.float32)
+    for shift in (3.0, 40.0):
+        m = affine_matrices(np, angle=r.uniform(-40, 40, shape[0]), scale_x=r.uniform(0.5, 1.5, shape[0]),
+                            scale_y=r.uniform(0.5, 1.5, shape[0]), shift_x=r.uniform(-shift, shift, shape[0]),
+                            shift_y=r.uniform(-shift, shift, shape[0]))
+        for _ in range(2):  # the second call takes the kept constants
+            np.testing.assert_array_equal(b.affine_warp(host, m, 0.25, mode),
+                                          Backend.affine_warp(b, host, m, 0.25, mode))

@@ -28,29 +28,96 @@ def bilinear_sample(xp, x, xs, ys, fill=0.0):
     return the pixels exactly.
     """
     n, c, h, w = x.shape
-    out_shape = (n, c) + tuple(xs.shape[1:])
-    x0 = xp.floor(xs)
-    y0 = xp.floor(ys)
-    fx = (xs - x0).reshape(n, 1, -1)
-    fy = (ys - y0).reshape(n, 1, -1)
-    # The images in a one-pixel frame of ``fill``: a neighbour outside the image is clipped onto
-    # the frame, so it reads ``fill`` without a mask (the same values as masking, fewer passes).
-    hf, wf = h + 2, w + 2
-    framed = xp.full((n, c, hf, wf), fill, dtype=x.dtype)
-    framed[:, :, 1:-1, 1:-1] = x
-    index = xp.int32 if n * c * hf * wf < 2 ** 31 else xp.int64
-    c0 = xp.clip(x0 + 1, 0, w + 1).astype(index)                    # frame column of x0
-    c1 = xp.clip(x0 + 2, 0, w + 1).astype(index)                    # ... and of x0 + 1
-    r0 = xp.clip(y0 + 1, 0, h + 1).astype(index) * wf
-    r1 = xp.clip(y0 + 2, 0, h + 1).astype(index) * wf
-    base = (xp.arange(n * c, dtype=index) * (hf * wf)).reshape(1, n, c, 1)
-    pix = xp.stack([r0 + c0, r0 + c1, r1 + c0, r1 + c1]).reshape(4, n, 1, -1) + base
-    corners = framed.reshape(-1)[pix]                               # (4, N, C, P): the 2 x 2 neighbours
-    top = corners[0]
-    top = top + fx * (corners[1] - top)
-    bottom = corners[2]
-    bottom = bottom + fx * (corners[3] - bottom)
-    return (top + fy * (bottom - top)).astype(x.dtype, copy=False).reshape(out_shape)
+    grid = xp.stack([xs.reshape(n, -1), ys.reshape(n, -1)], axis=1)
+    limits, offsets = _gather_constants(xp, n, c, h, w, grid.dtype)
+    return _bilinear(xp, x, grid, fill, limits, offsets).reshape((n, c) + tuple(xs.shape[1:]))
+
+
+def _bilinear(xp, x, grid, fill, limits, offsets, per_corner=False):
+    """``bilinear_sample`` at columns grid[:, 0] and rows grid[:, 1] (grid: (N, 2, P)); returns
+    (N, C, P).
+
+    The images sit in a two-pixel frame of ``fill``. The top-left neighbour (x0, y0) of a sample
+    is clipped to [-2, W] x [-2, H] (``limits``): outside the image it and its right and lower
+    neighbours then all lie in the frame, so the four neighbours are one gather at fixed flat
+    offsets from (x0, y0), without a mask (the same values as masking each neighbour). x and y
+    share each element-wise pass. The interpolation is ``top = c00 + fx (c01 - c00)``,
+    ``bottom = c10 + fx (c11 - c10)``, ``top + fy (bottom - top)`` in the grid's dtype.
+    ``per_corner`` (NumPy only): four gathers of N x C x P, one per neighbour, by NumPy's
+    unbuffered ``take`` (mode "wrap": the offsets are in range), instead of one of 4 x N x C x P
+    offsets made by a broadcast sum: the same values, cheaper on the CPU."""
+    n, c, h, w = x.shape
+    wf = w + 4
+    framed = xp.full((n, c, h + 4, wf), fill, dtype=x.dtype)
+    framed[:, :, 2:-2, 2:-2] = x
+    g0 = xp.floor(grid)
+    frac = grid - g0                                                # (N, 2, P): fx, fy
+    xp.clip(g0, -2, limits, out=g0)
+    corner = g0.astype(offsets.dtype)                               # (x0, y0), clipped
+    flat = corner[:, 1] * wf
+    flat += corner[:, 0]
+    if per_corner:  # (4, N, C, P): c00, c10, c01, c11
+        flat = flat[:, None, :] + offsets[0]
+        framed = framed.reshape(-1)
+        corners = xp.empty((4,) + flat.shape, dtype=x.dtype)
+        for k, step in enumerate((0, wf, 1, wf + 1)):
+            framed[step:].take(flat, out=corners[k], mode="wrap")
+    else:
+        corners = xp.take(framed, flat[:, None, :] + offsets)
+    left, tb = corners[:2], corners[2:]
+    tb -= left
+    tb *= frac[:, 0:1]
+    tb += left                                                      # (top, bottom)
+    top, out = tb[0], tb[1]
+    out -= top
+    out *= frac[:, 1:2]
+    out += top
+    return out.astype(x.dtype, copy=False)
+
+
+def _pair_of(xp, a, b, dtype):
+    """The array [a, b] made on the device (no host-to-device copy); exact for the small whole
+    and half-whole numbers used here."""
+    return xp.arange(2, dtype=dtype) * (b - a) + a
+
+
+def _gather_constants(xp, n, c, h, w, dtype):
+    """``_bilinear``'s limits ((2, 1) [W, H] in ``dtype``, or W where H = W) and the flat
+    offsets (4, N, C, 1), int64, in the framed batch (N, C, H + 4, W + 4), of the neighbours
+    (x0, y0), (x0, y0 + 1), (x0 + 1, y0), (x0 + 1, y0 + 1) of a top-left neighbour (x0, y0) =
+    (0, 0) of each plane."""
+    wf = w + 4
+    first = xp.arange(n * c, dtype=xp.int64).reshape(n, c, 1) * ((h + 4) * wf) + (2 * wf + 2)
+    step = xp.arange(2, dtype=xp.int64)
+    corner = (step[:, None] + step * wf).reshape(4, 1, 1, 1)
+    limits = w if h == w else _pair_of(xp, w, h, dtype)[:, None]  # a scalar clips faster
+    return limits, first + corner
+
+
+def _grid_constants(xp, h, w, dtype):
+    """(uv (2, H * W): each output pixel's centred column and row; centre (2,)
+    [(W - 1) / 2, (H - 1) / 2]; nearest (2, 1) [W - 1, H - 1]), in ``dtype``."""
+    centre = _pair_of(xp, (w - 1) / 2.0, (h - 1) / 2.0, dtype)
+    u = xp.arange(w, dtype=dtype) - centre[0]
+    v = xp.arange(h, dtype=dtype) - centre[1]
+    uv = xp.stack([xp.tile(u, h), xp.repeat(v, w)])
+    return uv, centre, _pair_of(xp, w - 1, h - 1, dtype)[:, None]
+
+
+def warp_constants(xp, x, keep=None):
+    """``affine_warp_xp``'s constants for batches shaped like ``x``: computed here, or taken from
+    and added to the dict ``keep`` (the NumPy backend keeps them: computing them costs more than
+    warping a few small images)."""
+    n, c, h, w = x.shape
+    key = (n, c, h, w, x.dtype.str)
+    if keep is not None and key in keep:
+        return keep[key]
+    found = _grid_constants(xp, h, w, x.dtype) + _gather_constants(xp, n, c, h, w, x.dtype)
+    if keep is not None:
+        if len(keep) >= 64:
+            keep.clear()
+        keep[key] = found
+    return found
 
 
 def check_warp(x, matrices, mode):
@@ -77,23 +144,34 @@ def affine_warp(xp, x, matrices, fill=0.0, mode="constant"):
     return backend_of(x).affine_warp(x, matrices, fill, mode)
 
 
-def affine_warp_xp(xp, x, matrices, fill=0.0, mode="constant"):
-    """The reference of ``affine_warp``, written against ``xp``."""
+def affine_warp_xp(xp, x, matrices, fill=0.0, mode="constant", keep=None):
+    """The reference of ``affine_warp``, written against ``xp`` (``keep``: see warp_constants)."""
     check_warp(x, matrices, mode)
-    n, _, h, w = x.shape
-    m = matrices.astype(x.dtype)
-    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
-    u = (xp.arange(w, dtype=x.dtype) - cx)[None, None, :]
-    v = (xp.arange(h, dtype=x.dtype) - cy)[None, :, None]
+    return _warp(xp, x, matrices.astype(x.dtype), fill, mode, keep)  # astype: a copy
 
-    def row(k, centre):
-        return (m[:, k, 0, None, None] * u + m[:, k, 1, None, None] * v
-                + (m[:, k, 2] + centre)[:, None, None])
 
-    xs, ys = row(0, cx), row(1, cy)
+def _warp(xp, x, k, fill, mode, keep):
+    """Warp x (N, C, H, W) by the maps ``k`` (N, 2, 3) in x's dtype, which it overwrites (with
+    the image centre added to the shifts: the map from centred output to corner-based input
+    coordinates, which ``_warp_centred`` takes)."""
+    n, c, h, w = x.shape
+    uv, centre, nearest, limits, offsets = warp_constants(xp, x, keep)
+    k[:, :, 2] += centre
+    return _warp_centred(xp, x, k, fill, mode, (uv, nearest, limits, offsets), keep is not None)
+
+
+def _warp_centred(xp, x, k, fill, mode, constants, per_corner=False):
+    """``_warp`` with the centre already added to k[:, :, 2]; ``per_corner``: see _bilinear."""
+    n, c, h, w = x.shape
+    uv, nearest, limits, offsets = constants
+    # columns and rows of every output pixel together, (N, 2, H * W), in x's dtype:
+    # m[0] u + m[1] v + (m[2] + centre) with (u, v) the pixel's centred column and row
+    terms = k[:, :, :2, None] * uv                                  # (N, 2, 2, P)
+    grid = terms[:, :, 0] + terms[:, :, 1]
+    grid += k[:, :, 2:]
     if mode == "nearest":
-        xs, ys = xp.clip(xs, 0, w - 1), xp.clip(ys, 0, h - 1)
-    return bilinear_sample(xp, x, xs, ys, fill)
+        xp.clip(grid, 0, nearest, out=grid)
+    return _bilinear(xp, x, grid, fill, limits, offsets, per_corner).reshape(n, c, h, w)
 
 
 def keras_matrices_xp(xp, u, angle, shift_x, shift_y, zoom):
@@ -131,7 +209,7 @@ def affine_matrices(xp, angle=0.0, scale_x=1.0, scale_y=1.0, shift_x=0.0, shift_
     a10, a11 = sin / sy, cos / sy
     b0 = -(a00 * tx + a01 * ty)
     b1 = -(a10 * tx + a11 * ty)
-    return xp.stack([xp.stack([a00, a01, b0], axis=-1), xp.stack([a10, a11, b1], axis=-1)], axis=-2)
+    return xp.stack([a00, a01, b0, a10, a11, b1], axis=-1).reshape(n, 2, 3)
 
 
 def _probability(p, who):
@@ -155,6 +233,11 @@ def _pair(value, who, name):
     if len(value) != 2:
         raise ConfigError(f"{who}: {name} must be a number or an (x, y) pair, got {value!r}")
     return tuple(_fraction(v, who, name) for v in value)
+
+
+def _backend(x):
+    from .backends import backend_of
+    return backend_of(x)
 
 
 def _blend(xp, rng, x, warped_fn, probability):
@@ -202,24 +285,118 @@ class RandomAffine(Augmenter):
 
     def matrices(self, xp, rng, n, h, w):
         """The (N, 2, 3) inverse maps for a batch of n images of h x w pixels (draws 6 x n)."""
-        r = rng.random((6, n), "float64") * 2.0 - 1.0  # each row uniform in [-1, 1)
-        sx, sy = self.scale or (0.0, 0.0)
+        return self._maps(xp, rng.random((6, n), "float64") * 2.0 - 1.0, h, w)
+
+    def _maps(self, xp, r, h, w):
+        """The inverse maps for uniforms r (6, k) in [-1, 1): column i gives image i's map."""
         zoom = 1.0 + self.zoom * r[3]
-        return affine_matrices(xp, angle=self.rotation * r[0],
-                               scale_x=(1.0 + sx * r[1]) * zoom, scale_y=(1.0 + sy * r[2]) * zoom,
+        if self.scale is None:  # (1 + 0 * r) * zoom is zoom, bit for bit (r is finite)
+            scale_x = scale_y = zoom
+        else:
+            scale_x, scale_y = (1.0 + self.scale[0] * r[1]) * zoom, (1.0 + self.scale[1] * r[2]) * zoom
+        return affine_matrices(xp, angle=self.rotation * r[0], scale_x=scale_x, scale_y=scale_y,
                                shift_x=self.shift[0] * w * r[4], shift_y=self.shift[1] * h * r[5])
 
     def __call__(self, x, rng):
         _check_images(x, "RandomAffine")
+        backend = _backend(x)
+        if self.probability > 0.0 and not backend.few_launches:
+            return self._warp_picked(x, rng, backend.warp_constants)
+        return self._warp_all(x, rng)
+
+    def _warp_all(self, x, rng):
+        """Warp every image and keep the warp for the picked ones: no host decision, a fixed
+        amount of work (GPUs, and the strict backend that stands in for them)."""
         xp = rng.xp
         n, _, h, w = x.shape
         return _blend(xp, rng, x, lambda: affine_warp(xp, x, self.matrices(xp, rng, n, h, w),
                                                       self.fill), self.probability)
 
+    def _warp_picked(self, x, rng, keep=None):
+        """``_warp_all``'s batch, warping only the picked images (where array operations are
+        cheap calls and the pick is on the host anyway: the CPU backends). The numbers are the
+        same, drawn in the same order (n uniforms for the pick, then 6 x n for the maps, as
+        ``_blend`` and ``matrices`` draw them), so the generator advances alike; each picked
+        image's map and warp come from the same element-wise operations, so the batch is
+        bit-identical. The picks and maps of the next batches are made together (``_Ahead``)."""
+        xp = rng.xp
+        n, c, h, w = x.shape
+        ahead = self._ahead(rng, x, keep)
+        if ahead is not None:
+            picked, k = ahead.take(rng)
+        else:  # a generator that cannot look ahead: this batch's draws alone
+            pick = rng.random((n,), "float64")
+            r = rng.random((6, n), "float64") * 2.0 - 1.0
+            picked = xp.flatnonzero(pick < self.probability)
+            k = self._maps(xp, r[:, picked], h, w).astype(x.dtype)
+            k[:, :, 2] += warp_constants(xp, x[:1], keep)[1]
+        out = x.copy()
+        if picked.shape[0]:
+            xk = x[picked]
+            uv, _, nearest, limits, offsets = warp_constants(xp, xk, keep)
+            out[picked] = _warp_centred(xp, xk, k, self.fill, "constant",
+                                        (uv, nearest, limits, offsets), keep is not None)
+        return out
+
+    def _ahead(self, rng, x, keep):
+        """The current ``_Ahead`` for this generator and batch shape (made anew when the
+        generator is not where the last one expects it), or None where the generator cannot
+        look ahead."""
+        if getattr(rng, "peek", None) is None or getattr(rng, "_device", None) is not None:
+            return None
+        plans = self.__dict__.setdefault("_plans", {})
+        key = (rng._key, x.shape, x.dtype.str, self.rotation, self.scale, self.zoom, self.shift,
+               self.probability)
+        plan = plans.get(key)
+        if plan is None or not plan.covers(rng):
+            if len(plans) >= 4:
+                plans.clear()
+            plan = plans[key] = _Ahead(self, rng, x, keep)
+        return plan
+
     def get_config(self):
         return {"rotation": self.rotation, "scale": list(self.scale) if self.scale else None,
                 "zoom": self.zoom, "shift": list(self.shift), "probability": self.probability,
                 "fill": self.fill}
+
+
+class _Ahead:
+    """RandomAffine's picks and maps for the next BATCHES batches shaped like ``x``, made
+    together from the generator's next numbers without drawing them (``CounterRandom.peek``):
+    each batch then takes its own and advances the generator by what it would have drawn."""
+
+    BATCHES = 128
+
+    def __init__(self, aug, rng, x, keep):
+        xp = rng.xp
+        n, _, h, w = x.shape
+        b = self.BATCHES
+        self.per = 7 * n  # a batch draws n uniforms (the pick), then 6 x n (the maps)
+        self.start = rng.counter
+        u = rng.peek(b * self.per).reshape(b, 7, n)
+        pick = u[:, 0] < aug.probability                            # (B, n)
+        r = u[:, 1:].transpose(1, 0, 2).reshape(6, b * n) * 2.0 - 1.0
+        k = aug._maps(xp, r, h, w).astype(x.dtype)                  # (B * n, 2, 3)
+        k[:, :, 2] += warp_constants(xp, x[:1], keep)[1]
+        picked = pick.reshape(-1)
+        counts = pick.sum(axis=1).tolist()  # on the host: the picked path runs on CPU backends only
+        bounds = [0]
+        for count in counts:
+            bounds.append(bounds[-1] + count)
+        index = xp.nonzero(pick)[1]
+        k = k[picked]
+        self.batches = [(index[a:z], k[a:z]) for a, z in zip(bounds[:-1], bounds[1:])]
+
+    def covers(self, rng):
+        at = rng.counter - self.start
+        return 0 <= at < len(self.batches) * self.per and at % self.per == 0
+
+    def take(self, rng):
+        """(picked image indices, their centred maps) of the batch the generator is at; advances
+        the generator past that batch's draws."""
+        batch = self.batches[(rng.counter - self.start) // self.per]
+        rng.advance(self.per)
+        return batch
 
 
 class KerasAffine(Augmenter):
