@@ -177,6 +177,26 @@ def _instrument(model, enter, leave):
     wrap(model, "_train_step", "train_step")
 
 
+class _Timed:
+    """The augmenter, timed as "augment": its call, and its ``fit_batch`` where it has one (fit then
+    hands it the batch's rows and it gathers them itself, so that time counts as augmentation)."""
+
+    def __init__(self, aug, enter, leave):
+        self.aug, self.enter, self.leave = aug, enter, leave
+        if hasattr(aug, "fit_batch"):
+            self.fit_batch = lambda *args: self._timed(aug.fit_batch, *args)
+
+    def _timed(self, fn, *args):
+        self.enter("augment")
+        try:
+            return fn(*args)
+        finally:
+            self.leave("augment")
+
+    def __call__(self, xb, rng):
+        return self._timed(self.aug, xb, rng)
+
+
 def time_fit_steps(build, batch, repeats, warmup, augment=None):
     """Per-step seconds of each part of a real fit() on the NumPy backend: list of dicts with
     keys layer names, "loss", "update", "train_step", "augment", "step"."""
@@ -193,14 +213,7 @@ def time_fit_steps(build, batch, repeats, warmup, augment=None):
         acc[key] += clock() - started.pop(key)
     _instrument(model, enter, leave)
     if augment is not None:
-        aug = augment
-
-        def augment(xb, rng):
-            enter("augment")
-            try:
-                return aug(xb, rng)
-            finally:
-                leave("augment")
+        augment = _Timed(augment, enter, leave)
     steps = []
 
     class Clock(xpnet.callbacks.Callback):

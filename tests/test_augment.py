@@ -275,3 +275,32 @@ def test_numpy_warp_with_kept_constants_equals_the_reference(shape, mode):
         for _ in range(2):  # the second call takes the kept constants
             np.testing.assert_array_equal(b.affine_warp(host, m, 0.25, mode),
                                           Backend.affine_warp(b, host, m, 0.25, mode))
+
+
+@pytest.mark.parametrize("fit_args", [dict(epochs=3, batch_size=16),                  # 100 = 6 x 16 + 4
+                                      dict(epochs=2, batch_size=8, steps_per_epoch=40),  # orders chained
+                                      dict(epochs=2, batch_size=16, validation_split=0.2, shuffle=False)])
+def test_fit_warps_batches_ahead_with_the_same_results(fit_args):
+    """fit() hands RandomAffine the whole order (fit_batch: the picked images of the next batches
+    warped together on the CPU backends); a plain callable gets each batch alone. Same weights,
+    history and generator state; on the strict backend fit_batch takes the fixed path, no sync."""
+    import xpnet
+    from xpnet.layers import Dense, Flatten, ReLU
+    host = np.random.default_rng(3).random((100, 1, 12, 12)).astype(np.float32)
+    labels = np.random.default_rng(4).integers(0, 3, 100)
+    results = []
+    for name, plain in (("numpy", False), ("numpy", True), ("strict", False)):
+        aug = RandomAffine(rotation=25, scale=None, zoom=0.2, shift=(0.2, 0.2), probability=0.25)
+        m = xpnet.Sequential([Flatten(), Dense(8), ReLU(), Dense(3)], input_shape=(1, 12, 12),
+                             device=name, seed=5).compile(optimizer="adam")
+        before = dict(COUNTERS)
+        history = m.fit(host, labels, augment=(lambda xb, rng: aug(xb, rng)) if plain else aug,
+                        verbose=0, **fit_args)
+        if name == "strict":  # the data check and one sync per epoch, as without augmentation
+            assert COUNTERS["syncs"] - before["syncs"] == 1 + fit_args["epochs"]
+        logs = {k: v for k, v in history.history.items() if k != "seconds"}
+        results.append(({k: m.backend.to_numpy(v) for k, v in m.parameters.items()}, logs,
+                        m._fit_rngs["augment"].get_state()))
+    for other in results[1:]:
+        assert all(np.array_equal(results[0][0][k], other[0][k]) for k in results[0][0])
+        assert results[0][1] == other[1] and results[0][2] == other[2]

@@ -8,6 +8,7 @@ image centre ((W - 1) / 2, (H - 1) / 2). A positive rotation turns the picture c
 as displayed (row 0 at the top), like ``numpy.rot90``; a positive shift moves it right / down.
 """
 import math
+import weakref
 
 from .errors import ConfigError, ShapeError
 
@@ -338,6 +339,65 @@ class RandomAffine(Augmenter):
                                         (uv, nearest, limits, offsets), keep is not None)
         return out
 
+    def fit_batch(self, x_all, order, start, stop, rng):
+        """``self(x_all[order[start:stop]], rng)``: fit's call per batch (training.py). On the CPU
+        backends the picked images of this and the next batches (about CHUNK images, rows from
+        ``order`` as fit takes them: batch after batch of stop - start) are warped together, in
+        one pass of array operations instead of one per batch; each batch then gets its own and
+        the generator advances per batch as before. Same numbers, same bits."""
+        xb = x_all[order[start:stop]]
+        backend = _backend(xb)
+        if self.probability <= 0.0 or backend.few_launches:
+            return self(xb, rng)
+        _check_images(xb, "RandomAffine")
+        keep = backend.warp_constants
+        plan = self._ahead(rng, xb, keep)
+        if plan is None:
+            return self._warp_picked(xb, rng, keep)
+        j = plan.index(rng)
+        chunk = self.__dict__.get("_chunk")
+        n = stop - start
+        if (chunk is None or chunk["plan"] is not plan or chunk["order"]() is not order
+                or chunk["x"]() is not x_all or not chunk["j0"] <= j < chunk["j1"]
+                or start != chunk["start"] + (j - chunk["j0"]) * n):
+            chunk = self._chunk = self._warp_chunk(x_all, order, start, n, plan, j, keep)
+        picked, _ = plan.take(rng)
+        if picked.shape[0]:
+            xb[picked] = chunk["warped"][j - chunk["j0"]]
+        return xb
+
+    CHUNK = 64  # about as many picked images fit_batch warps together (more leave the caches)
+
+    def _warp_chunk(self, x_all, order, start, n, plan, j0, keep):
+        """The warped picked images of batches j0, j0 + 1, ... of ``plan``, the batch j0 + i being
+        rows order[start + i n : start + (i + 1) n] (as many as the plan and ``order`` hold)."""
+        xp = plan.xp
+        batches, total = [], 0
+        for picked, k in plan.batches[j0:j0 + (order.shape[0] - start) // n]:
+            if batches and total + picked.shape[0] > self.CHUNK:
+                break
+            batches.append((picked, k))
+            total += picked.shape[0]
+        count = len(batches)
+        sizes = [picked.shape[0] for picked, _ in batches]
+        warped = []
+        if sum(sizes):
+            positions = xp.concatenate([picked + (start + i * n) for i, (picked, _) in enumerate(batches)])
+            images = x_all[order[positions]]
+            uv, _, nearest, limits, offsets = warp_constants(xp, images, keep)
+            maps = xp.concatenate([k for _, k in batches])
+            done = _warp_centred(xp, images, maps, self.fill, "constant",
+                                 (uv, nearest, limits, offsets), keep is not None)
+            at = 0
+            for size in sizes:
+                warped.append(done[at:at + size])
+                at += size
+        else:
+            warped = [None] * count
+        # weak references: the augmenter does not keep fit's data alive after fit returns
+        return {"plan": plan, "order": weakref.ref(order), "x": weakref.ref(x_all), "j0": j0,
+                "j1": j0 + count, "start": start, "warped": warped}
+
     def _ahead(self, rng, x, keep):
         """The current ``_Ahead`` for this generator and batch shape (made anew when the
         generator is not where the last one expects it), or None where the generator cannot
@@ -368,7 +428,7 @@ class _Ahead:
     BATCHES = 128
 
     def __init__(self, aug, rng, x, keep):
-        xp = rng.xp
+        self.xp = xp = rng.xp
         n, _, h, w = x.shape
         b = self.BATCHES
         self.per = 7 * n  # a batch draws n uniforms (the pick), then 6 x n (the maps)
@@ -391,10 +451,14 @@ class _Ahead:
         at = rng.counter - self.start
         return 0 <= at < len(self.batches) * self.per and at % self.per == 0
 
+    def index(self, rng):
+        """The batch the generator is at."""
+        return (rng.counter - self.start) // self.per
+
     def take(self, rng):
         """(picked image indices, their centred maps) of the batch the generator is at; advances
         the generator past that batch's draws."""
-        batch = self.batches[(rng.counter - self.start) // self.per]
+        batch = self.batches[self.index(rng)]
         rng.advance(self.per)
         return batch
 

@@ -497,11 +497,16 @@ class TrainingMixin:
         correct = xp.zeros((), dtype=xp.int64)
         first_bad = xp.full((), -1, dtype=xp.int64)
         seen = seen_all = 0
+        fit_batch = getattr(augment, "fit_batch", None) if captured is None and dp is None else None
         for b in range(steps):
             idx = order[b * batch_size:min((b + 1) * batch_size, total)]
             seen_all += int(idx.shape[0])
             if captured is not None:
                 xb, yb = xd[idx], yd[idx]
+            elif fit_batch is not None:  # the augmenter warps the next batches' images together
+                xb = fit_batch(xd, order, b * batch_size, b * batch_size + int(idx.shape[0]),
+                               rngs["augment"])
+                yb = yd[idx]
             elif dp is None:
                 xb, yb = xd[idx], yd[idx]
                 if augment is not None:
