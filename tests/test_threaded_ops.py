@@ -56,3 +56,50 @@ def test_wide_matmul_pieces_depend_on_the_shape_only():
     out = gemm.wide_matmul(np, a, b)
     np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
     assert out.flags.c_contiguous and out.dtype == np.float32
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding, bias", [
+    ((7, 3, 9, 8), (5, 3, 3, 3), (1, 1), (1, 1, 1, 1), True),      # dx by whole rows (C*kh*kw > F)
+    ((7, 2, 9, 8), (9, 2, 3, 2), (2, 1), (0, 2, 1, 0), False),     # dx by col2im
+    ((11, 1, 10, 10), (6, 1, 5, 5), (1, 1), (2, 2, 2, 2), True)])  # one input channel
+def test_columns_blocks_give_the_same_bits_on_any_thread_count_and_layout(small_splits, monkeypatch, shape,
+                                                                           kernel, stride, padding, bias):
+    """The columns route in blocks of several images (the last one partly empty), several groups of
+    blocks per thread, in one batch chunk or several: the same bits on 1, 2 and 3 threads, in any
+    grouping, and with the few-launch layout (one gather, batched GEMMs) that GPUs and the strict
+    backend use. (Chunks, fixed by the shape and COLUMN_BYTES, order the sum of dW: compared per
+    chunking.)"""
+    from xpnet.backends.numpy_backend import NumpyBackend
+    from xpnet.ops import columns, reference
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape)
+    W = rng.standard_normal(kernel)
+    b = rng.standard_normal(kernel[0]) if bias else None
+    g = columns.Shape(shape, kernel, stride, padding, bias)
+    monkeypatch.setattr(columns, "BLOCK_COLUMNS", 2 * g.p)                 # blocks of 2 images
+    assert g.blocks(shape[0]) == (-(-shape[0] // 2), 2)
+    dy = rng.standard_normal((shape[0], kernel[0], g.ho, g.wo))
+    runs = []
+    for few, threads, group_bytes, column_bytes in [(False, 1, 1 << 30, 1 << 30), (False, 2, 1, 1 << 30),
+                                                    (False, 3, 3 * g.rows * 2 * g.p * 8, 1 << 30),
+                                                    (False, 2, 1, 5 * g.image_bytes(8)), (True, 1, 1, 1 << 30),
+                                                    (True, 1, 1, 5 * g.image_bytes(8))]:
+        monkeypatch.setattr(NumpyBackend, "few_launches", few)
+        monkeypatch.setattr(columns, "GROUP_BYTES", group_bytes)
+        monkeypatch.setattr(columns, "COLUMN_BYTES", column_bytes)
+        small_splits._kernels.threads = threads
+        y, cache = columns.forward(np, x, W, b, stride, padding)
+        cache.update(stride=stride, padding=padding)
+        runs.append((column_bytes, (y,) + columns.backward(np, dy, cache, True)))
+    monkeypatch.setattr(NumpyBackend, "few_launches", False)
+    y_r, cache_r = reference.conv2d_forward(np, x, W, b, stride, padding)
+    dx_r, dW_r, db_r = reference.conv2d_backward(np, dy, cache_r)
+    for chunking, run in runs:
+        for got, want in zip(run, (y_r, dx_r, dW_r, db_r)):
+            if want is None:
+                assert got is None
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        first = next(r for c, r in runs if c == chunking)
+        for a, c in zip(first, run):
+            assert (a is None and c is None) or np.array_equal(a, c)

@@ -1,18 +1,44 @@
 """The columns (im2col) convolution route of ``ops.fast``.
 
-im2col with one strided slice per kernel offset and one GEMM, in batch chunks that keep the column
-buffer small. Used when the spectral route costs more (few input channels, 1x1 kernels, large
-strides). Backward adds the column gradients back with one slice per kernel offset (no scatter).
+The images of a batch are cut into blocks of B images (B from the shape: enough output positions
+for an efficient GEMM, ``BLOCK_COLUMNS``). A block's columns are a (C*kh*kw, B*Ho*Wo) matrix (one
+strided slice per kernel offset), and each product is one GEMM per block:
+
+* forward: W (F, C*kh*kw) times the block's columns, copied into NCHW (written there directly when
+  B is 1). With a bias the columns get one more row of ones and W one more column, the bias, so
+  the GEMM adds it (no separate pass) and the weight gradient's GEMM below gives db.
+* dW: dy of the block as (F, B*Ho*Wo) times the columns transposed, one (F, C*kh*kw) product per
+  block, then one sum over the blocks in their order.
+* dx: W^T dy of the block, added back into the images with one slice per kernel offset (col2im).
+
+On the CPU the blocks are what the backend's threads take: im2col, the GEMMs, the layout copies and
+col2im of one block run in one go while its arrays are in cache, and nothing has to be transposed
+over the whole batch. The blocks depend on the shape only, every product is one block's GEMM on
+whichever thread, and the blocks' weight gradients are summed in one call over a fixed array, so
+the results have the same bits on any number of threads. A last block with fewer images is
+filled with zeros to B, so that every block's GEMM has the same shape. Where launches cost more
+(``backend.few_launches``: GPUs, the strict backend) each step is one operation over all blocks
+(a gather of the columns, batched GEMMs): the same products and the same sum, so the same bits.
+
+Batch chunks keep the column buffer under ``COLUMN_BYTES``. Used when the spectral route costs
+more (few input channels, small kernels, large strides).
 """
 from ..backends import backend_of
-from .gemm import wide_matmul
 from .geometry import out_size, pad, padded_hw, window
 
-# Largest im2col buffer per batch chunk on the CPU. The GEMM is already large at this size (C*kh*kw
-# rows by thousands of columns), so bigger chunks gain nothing; smaller ones bound the memory of a
-# large batch. Backward rebuilds the columns per chunk unless a single chunk held the whole batch, so
-# a backend with memory to spare sets a larger ``column_bytes`` (CuPy: backends/cupy_backend.py).
+# Largest im2col buffer (with the blocks' weight gradients) per batch chunk on the CPU: bigger
+# chunks gain nothing, smaller ones bound the memory of a large batch. Backward rebuilds the
+# columns per chunk unless a single chunk held the whole batch, so a backend with memory to spare
+# sets a larger ``column_bytes`` (CuPy: backends/cupy_backend.py).
 COLUMN_BYTES = 32 * 2 ** 20
+
+# Output positions (B * Ho * Wo) a block's GEMMs should have at least: the weight gradient's GEMM
+# sums over them, and much fewer than this runs at a fraction of the GEMM's speed.
+BLOCK_COLUMNS = 512
+# Column bytes the CPU handles in one go (a group of blocks: one strided copy per kernel offset,
+# one stacked GEMM per product): about a core's L2 cache, and enough images per call that the
+# calls' own cost stays small.
+GROUP_BYTES = 512 * 2 ** 10
 
 
 def _chunk(n, per_image, like):
@@ -35,72 +61,248 @@ def _offsets(xp, backend, hp, wp, kh, kw, ho, wo, sh, sw):
     return _OFFSETS[key]
 
 
-def _columns(xp, xpad, kh, kw, ho, wo, sh, sw):
-    """(C*kh*kw, N*Ho*Wo) columns of a padded (N, C, Hp, Wp) chunk: one strided slice per kernel
-    offset, or, where launches cost more (``backend.few_launches``), one gather by cached offsets."""
-    n, c, hp, wp = xpad.shape
-    backend = backend_of(xpad)
-    if backend.few_launches:
-        idx = _offsets(xp, backend, hp, wp, kh, kw, ho, wo, sh, sw)
-        cols = xpad.reshape(n, c, hp * wp)[:, :, idx].reshape(n, c * kh * kw, ho * wo)
-        return xp.ascontiguousarray(cols.transpose(1, 0, 2)).reshape(c * kh * kw, n * ho * wo)
-    cols = xp.empty((c, kh, kw, n, ho, wo), dtype=xpad.dtype)
+class Shape:
+    """The sizes of one convolution: k = C*kh*kw column rows, plus one row of ones with a bias."""
 
-    def offsets(s):   # kernel offsets s, on the backend's threads
-        for o in range(kh * kw)[s]:
-            i, j = divmod(o, kw)
-            cols[:, i, j] = xpad[window(i, j, ho, wo, sh, sw)].transpose(1, 0, 2, 3)
+    def __init__(self, x_shape, w_shape, stride, padding, bias):
+        self.n, self.c, self.h, self.w = x_shape
+        self.f, _, self.kh, self.kw = w_shape
+        (self.sh, self.sw), self.padding = tuple(stride), tuple(padding)
+        self.hp, self.wp = padded_hw((self.h, self.w), self.padding)
+        self.ho, self.wo = out_size(self.hp, self.kh, self.sh), out_size(self.wp, self.kw, self.sw)
+        self.k = self.c * self.kh * self.kw
+        self.rows = self.k + (1 if bias else 0)
+        self.p = self.ho * self.wo
 
-    backend.split(offsets, kh * kw, cols.size)
-    return cols.reshape(c * kh * kw, n * ho * wo)
+    def image_bytes(self, itemsize):
+        """Bytes of one image's columns and (an upper bound of) its share of the blocks' dW."""
+        return self.rows * (self.p + self.f) * itemsize
+
+    def chunk(self, like):
+        """Images per batch chunk."""
+        return _chunk(self.n, self.image_bytes(like.itemsize), like)
+
+    def blocks(self, m):
+        """(blocks, images per block) for a chunk of m images: as few images per block as give
+        BLOCK_COLUMNS output positions, evened out so that the last block is nearly full."""
+        want = max(1, min(m, -(-BLOCK_COLUMNS // self.p)))
+        count = -(-m // want)
+        return count, -(-m // count)
+
+    def group(self, size, itemsize):
+        """Blocks of ``size`` images the CPU handles in one go."""
+        return max(1, GROUP_BYTES // (self.rows * size * self.p * itemsize))
+
+
+def _fill(xp, part, cols, g, few):
+    """cols (blocks, rows, B, Ho*Wo) = the columns of the m images ``part`` (m, C, H, W, unpadded),
+    B images a block; the last block's images beyond m get zero columns. The bias row of ones, if
+    any, is the caller's. One strided copy per kernel offset on the CPU, one gather by cached
+    offsets where launches cost more (``few``)."""
+    count, size = cols.shape[0], cols.shape[2]
+    m = part.shape[0]
+    xpad = pad(xp, part, g.padding)
+    if few:
+        idx = _offsets(xp, backend_of(xpad), g.hp, g.wp, g.kh, g.kw, g.ho, g.wo, g.sh, g.sw)
+        gathered = xpad.reshape(m, g.c, g.hp * g.wp)[:, :, idx].reshape(m, g.k, g.p)
+        if count * size > m:
+            gathered = xp.concatenate([gathered, xp.zeros((count * size - m, g.k, g.p), dtype=cols.dtype)])
+        cols[:, :g.k] = gathered.reshape(count, size, g.k, g.p).transpose(0, 2, 1, 3)
+        return
+    blocks = cols[:, :g.k].reshape(count, g.c, g.kh, g.kw, size, g.ho, g.wo)
+    full = min(count, m // size)
+    images = xpad[:full * size].reshape(full, size, g.c, g.hp, g.wp)
+    rest = xpad[full * size:]
+    for i in range(g.kh):
+        for j in range(g.kw):
+            at = window(i, j, g.ho, g.wo, g.sh, g.sw)
+            if full:
+                blocks[:full, :, i, j] = images[(slice(None),) + at].transpose(0, 2, 1, 3, 4)
+            if full < count:
+                blocks[full, :, i, j, :rest.shape[0]] = rest[at].transpose(1, 0, 2, 3)
+    if full < count:
+        blocks[full, :, :, :, rest.shape[0]:] = 0
+
+
+def _columns(xp, part, cols, g):
+    """Fill ``cols`` with the columns of the images ``part`` (see _fill)."""
+    _fill(xp, part, cols, g, backend_of(part).few_launches)
+
+
+def _column_buffer(xp, g, count, size, dtype):
+    cols = xp.empty((count, g.rows, size, g.p), dtype=dtype)
+    if g.rows > g.k:
+        cols[:, g.k] = 1
+    return cols
+
+
+def _groups(count, size, m, group, r):
+    """(first block, end block, first image, end image) of the groups of the blocks r."""
+    blocks = range(count)[r]
+    for q in range(blocks.start, blocks.stop, group):
+        end = min(q + group, blocks.stop)
+        yield q, end, q * size, min(end * size, m)
+
+
+def _forward_blocks(xp, part, cols, wm, ys, g):
+    """ys (m, F, Ho*Wo) = the outputs of the images ``part``, whose blocks' columns cols fills."""
+    _columns(xp, part, cols, g)
+    count, _, size, _ = cols.shape
+    flat = cols.reshape(count, g.rows, size * g.p)
+    if size == 1:
+        xp.matmul(wm, flat, out=ys)
+        return
+    out = xp.matmul(wm, flat).reshape(count, g.f, size, g.p)       # (blocks, F, B, P)
+    full = ys.shape[0] // size
+    if full:
+        ys[:full * size].reshape(full, size, g.f, g.p)[...] = out[:full].transpose(0, 2, 1, 3)
+    if full < count:
+        ys[full * size:] = out[full, :, :ys.shape[0] - full * size].transpose(1, 0, 2)
 
 
 def forward(xp, x, W, b, stride, padding):
     """(y, what backward needs: the inputs, the weights, and the columns when one chunk held them)."""
-    n, c, h, w = x.shape
-    f, _, kh, kw = W.shape
-    (sh, sw), (top, bottom, left, right) = stride, padding
-    hp, wp = padded_hw((h, w), padding)
-    ho, wo = out_size(hp, kh, sh), out_size(wp, kw, sw)
-    wm = W.reshape(f, c * kh * kw)
-    y = xp.empty((n, f, ho, wo), dtype=x.dtype)
-    step = _chunk(n, c * kh * kw * ho * wo * x.itemsize, x)
-    for s in range(0, n, step):
-        cols = _columns(xp, pad(xp, x[s:s + step], padding), kh, kw, ho, wo, sh, sw)
-        y[s:s + step] = wide_matmul(xp, wm, cols).reshape(f, -1, ho, wo).transpose(1, 0, 2, 3)
-    if b is not None:
-        y += b.astype(x.dtype).reshape(1, f, 1, 1)
-    kept = cols if step >= n else None   # one chunk: backward reuses its columns
-    return y, {"inputs": x, "weights": W, "columns": kept}
+    g = Shape(x.shape, W.shape, stride, padding, b is not None)
+    wm = W.reshape(g.f, g.k)
+    if b is not None:   # the bias as one more column of W, against the columns' row of ones
+        wm = xp.concatenate([wm, b.astype(x.dtype).reshape(g.f, 1)], axis=1)
+    backend = backend_of(x)
+    step = g.chunk(x)
+    y = xp.empty((g.n, g.f, g.ho, g.wo), dtype=x.dtype)
+    ys = y.reshape(g.n, g.f, g.p)
+    for s in range(0, g.n, step):
+        part = x[s:s + step]
+        m = part.shape[0]
+        count, size = g.blocks(m)
+        cols = _column_buffer(xp, g, count, size, x.dtype)
+        if backend.few_launches:
+            _forward_blocks(xp, part, cols, wm, ys[s:s + m], g)
+            continue
+        group = g.group(size, x.itemsize)
+
+        def run(r, part=part, cols=cols, s=s, m=m, count=count, size=size, group=group):
+            for q, end, a, z in _groups(count, size, m, group, r):
+                _forward_blocks(xp, part[a:z], cols[q:end], wm, ys[s + a:s + z], g)
+
+        backend.split(run, count, m * g.p * (g.rows + g.f))
+    kept = cols if step >= g.n else None   # one chunk: backward reuses its columns
+    return y, {"inputs": x, "weights": W, "columns": kept, "bias_row": b is not None}
+
+
+def _backward_blocks(xp, part, dyg, cols, fresh, wt, per_block, dx, g, few):
+    """per_block (blocks, F, rows) = each block's dW (and db) for the images ``part`` with output
+    gradients dyg (m, F, Ho*Wo), and dx (m, C, H, W) when given; the columns are rebuilt into cols
+    when ``fresh``."""
+    if fresh:
+        _columns(xp, part, cols, g)
+    count, _, size, _ = cols.shape
+    m = dyg.shape[0]
+    if size == 1:
+        dyb = dyg
+    else:   # each block's dy as (F, B, P), the images beyond m zero
+        dyb = xp.empty((count, g.f, size, g.p), dtype=dyg.dtype)
+        full = m // size
+        if full:
+            dyb[:full] = dyg[:full * size].reshape(full, size, g.f, g.p).transpose(0, 2, 1, 3)
+        if full < count:
+            dyb[full, :, :m - full * size] = dyg[full * size:].transpose(1, 0, 2)
+            dyb[full, :, m - full * size:] = 0
+        dyb = dyb.reshape(count, g.f, size * g.p)
+    flat = cols.reshape(count, g.rows, size * g.p)
+    if few:
+        per_block[...] = backend_of(dyg).matmul_t(dyb, flat, trans_b=True)
+    else:
+        xp.matmul(dyb, flat.transpose(0, 2, 1), out=per_block)
+    if dx is None:
+        return
+    if g.sh == g.sw == 1 and g.k > g.f:
+        _dx_by_rows(xp, wt, dyg, count, size, dx, g)
+    else:
+        _col2im(xp, xp.matmul(wt, dyb).reshape(count, g.k, size, g.p), dx, g)
+
+
+def _dx_by_rows(xp, wt, dyg, count, size, out, g):
+    """out (m, C, H, W) = dx of a stride-1 convolution with many more column rows than filters:
+    each block's dy widened to the padded frame's width (zeros in the kw-1 extra columns), so that
+    W^T dy gives every kernel offset's gradient as one run of Ho*Wp positions per image and
+    channel, added into the flat frame in one contiguous stretch (col2im's short rows of Wo cost
+    more than the wider GEMM). The extra columns add exact zeros."""
+    m = dyg.shape[0]
+    run = g.ho * g.wp
+    wide = xp.empty((count, g.f, size, g.ho, g.wp), dtype=dyg.dtype)
+    wide[..., g.wo:] = 0
+    full = m // size
+    if full:
+        wide[:full, :, :, :, :g.wo] = dyg[:full * size].reshape(full, size, g.f, g.ho, g.wo).transpose(0, 2, 1, 3, 4)
+    if full < count:
+        wide[full, :, :m - full * size, :, :g.wo] = dyg[full * size:].reshape(-1, g.f, g.ho, g.wo).transpose(1, 0, 2, 3)
+        wide[full, :, m - full * size:] = 0
+    dcols = xp.matmul(wt, wide.reshape(count, g.f, size * run)).reshape(count, g.c, g.kh, g.kw, size, run)
+    frame = xp.zeros((count, size, g.c, g.hp * g.wp + g.wp), dtype=dyg.dtype)   # + one row: the last run's tail
+    for i in range(g.kh):
+        for j in range(g.kw):
+            at = i * g.wp + j
+            frame[:, :, :, at:at + run] += dcols[:, :, i, j].transpose(0, 2, 1, 3)
+    top, left = g.padding[0], g.padding[2]
+    images = frame[:, :, :, :g.hp * g.wp].reshape(count * size, g.c, g.hp, g.wp)
+    out[...] = images[:m, :, top:top + g.h, left:left + g.w]
 
 
 def backward(xp, dy, cache, need_dx):
-    """(dx or None, dW) from the cache of ``forward`` (kept by ops.fast)."""
+    """(dx or None, dW, db or None) from the cache of ``forward`` (kept by ops.fast); db only when
+    forward had a bias (its row of ones in the columns)."""
     x, W = cache["inputs"], cache["weights"]
-    n, c, h, w = x.shape
-    f, _, kh, kw = W.shape
-    (sh, sw), (top, bottom, left, right) = cache["stride"], cache["padding"]
-    ho, wo = dy.shape[2], dy.shape[3]
-    wm = W.reshape(f, c * kh * kw)
-    dW = xp.zeros((f, c * kh * kw), dtype=dy.dtype)
-    dx = xp.empty((n, c, h, w), dtype=dy.dtype) if need_dx else None
-    step = _chunk(n, c * kh * kw * ho * wo * dy.itemsize, dy)
-    for s in range(0, n, step):
-        part = pad(xp, x[s:s + step], cache["padding"])
+    g = Shape(x.shape, W.shape, cache["stride"], cache["padding"], cache["bias_row"])
+    backend = backend_of(dy)
+    wt = W.reshape(g.f, g.k).T                                           # (C*kh*kw, F)
+    dys = dy.reshape(g.n, g.f, g.p)
+    dx = xp.empty((g.n, g.c, g.h, g.w), dtype=dy.dtype) if need_dx else None
+    step = g.chunk(dy)
+    total = None
+    for s in range(0, g.n, step):
+        part, dyc = x[s:s + step], dys[s:s + step]
         m = part.shape[0]
-        g = dy[s:s + step].transpose(1, 0, 2, 3).reshape(f, m * ho * wo)
-        cols = cache["columns"] if step >= n and cache["columns"] is not None \
-            else _columns(xp, part, kh, kw, ho, wo, sh, sw)
-        dW += g @ cols.T
-        if need_dx:
-            dcols = wide_matmul(xp, wm.T, g).reshape(c, kh, kw, m, ho, wo)
-            dpad = xp.zeros(part.shape, dtype=dy.dtype)
+        count, size = g.blocks(m)
+        cols = cache["columns"] if step >= g.n and cache["columns"] is not None else None
+        fresh = cols is None
+        if fresh:
+            cols = _column_buffer(xp, g, count, size, dy.dtype)
+        per_block = xp.empty((count, g.f, g.rows), dtype=dy.dtype)
+        dxc = dx[s:s + m] if need_dx else None
+        if backend.few_launches:
+            _backward_blocks(xp, part, dyc, cols, fresh, wt, per_block, dxc, g, True)
+        else:
+            group = g.group(size, dy.itemsize)
 
-            def images(r, dcols=dcols, dpad=dpad):   # images r of the chunk, on the backend's threads
-                for i in range(kh):
-                    for j in range(kw):
-                        dpad[r][window(i, j, ho, wo, sh, sw)] += dcols[:, i, j, r].transpose(1, 0, 2, 3)
+            def run(r, part=part, dyc=dyc, cols=cols, fresh=fresh, per_block=per_block, dxc=dxc,
+                    m=m, count=count, size=size, group=group):
+                for q, end, a, z in _groups(count, size, m, group, r):
+                    _backward_blocks(xp, part[a:z], dyc[a:z], cols[q:end], fresh, wt, per_block[q:end],
+                                     None if dxc is None else dxc[a:z], g, False)
 
-            backend_of(dy).split(images, m, dcols.size)
-            dx[s:s + step] = dpad[:, :, top:top + h, left:left + w]
-    return dx, dW.reshape(f, c, kh, kw)
+            backend.split(run, count, m * g.p * (g.rows + 2 * g.f))
+        summed = per_block.sum(axis=0)       # one call over the blocks in order: same bits anywhere
+        total = summed if total is None else total + summed
+    dW = xp.ascontiguousarray(total[:, :g.k]).reshape(g.f, g.c, g.kh, g.kw)
+    db = xp.ascontiguousarray(total[:, g.k]) if g.rows > g.k else None
+    return dx, dW, db
+
+
+def _col2im(xp, dcols, out, g):
+    """out (m, C, H, W) = the column gradients dcols (blocks, C*kh*kw, B, Ho*Wo) of m <= blocks*B
+    images added back into the images (col2im): one slice per kernel offset into a zeroed frame
+    (padded, or the output itself), then the frame's inside."""
+    count, _, size, _ = dcols.shape
+    m = out.shape[0]
+    grads = dcols.reshape(count, g.c, g.kh, g.kw, size, g.ho, g.wo)
+    direct = not any(g.padding) and m == count * size
+    frame = out if direct else xp.zeros((count * size, g.c, g.hp, g.wp), dtype=dcols.dtype)
+    if direct:
+        frame[...] = 0
+    blocks = frame.reshape(count, size, g.c, g.hp, g.wp)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            blocks[(slice(None),) + window(i, j, g.ho, g.wo, g.sh, g.sw)] += grads[:, :, i, j].transpose(0, 2, 1, 3, 4)
+    if not direct:
+        top, left = g.padding[0], g.padding[2]
+        out[...] = frame[:m, :, top:top + g.h, left:left + g.w]
