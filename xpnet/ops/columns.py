@@ -39,6 +39,7 @@ BLOCK_COLUMNS = 512
 # one stacked GEMM per product): about a core's L2 cache, and enough images per call that the
 # calls' own cost stays small.
 GROUP_BYTES = 512 * 2 ** 10
+DX_BY_ROWS = True
 
 
 def _chunk(n, per_image, like):
@@ -111,6 +112,9 @@ def _fill(xp, part, cols, g, few):
         return
     blocks = cols[:, :g.k].reshape(count, g.c, g.kh, g.kw, size, g.ho, g.wo)
     full = min(count, m // size)
+    if g.sh == 1:
+        _fill_by_rows(xp, xpad, blocks, full, g)
+        return
     images = xpad[:full * size].reshape(full, size, g.c, g.hp, g.wp)
     rest = xpad[full * size:]
     for i in range(g.kh):
@@ -122,6 +126,27 @@ def _fill(xp, part, cols, g, few):
                 blocks[full, :, i, j, :rest.shape[0]] = rest[at].transpose(1, 0, 2, 3)
     if full < count:
         blocks[full, :, :, :, rest.shape[0]:] = 0
+
+
+def _fill_by_rows(xp, xpad, blocks, full, g):
+    """_fill for a stride of 1 along H, in two copies with long runs instead of one with runs of
+    Wo per (channel, kernel offset, output row): first the kw column shifts of every input row
+    (m, C, kw, Hp, Wo), then for each kernel row i the Ho rows from row i on, which are Ho*Wo
+    contiguous values for every (channel, column shift, image)."""
+    count, size = blocks.shape[0], blocks.shape[4]
+    m = xpad.shape[0]
+    shifted = xp.empty((m, g.c, g.kw, g.hp, g.wo), dtype=xpad.dtype)
+    for j in range(g.kw):
+        shifted[:, :, j] = xpad[:, :, :, j:j + g.sw * (g.wo - 1) + 1:g.sw]
+    images = shifted[:full * size].reshape(full, size, g.c, g.kw, g.hp, g.wo).transpose(0, 2, 3, 1, 4, 5)
+    rest = shifted[full * size:].transpose(1, 2, 0, 3, 4)
+    for i in range(g.kh):
+        if full:
+            blocks[:full, :, i] = images[..., i:i + g.ho, :]
+        if full < count:
+            blocks[full, :, i, :, :rest.shape[2]] = rest[..., i:i + g.ho, :]
+    if full < count:
+        blocks[full, :, :, :, rest.shape[2]:] = 0
 
 
 def _columns(xp, part, cols, g):
@@ -215,7 +240,7 @@ def _backward_blocks(xp, part, dyg, cols, fresh, wt, per_block, dx, g, few):
         xp.matmul(dyb, flat.transpose(0, 2, 1), out=per_block)
     if dx is None:
         return
-    if g.sh == g.sw == 1 and g.k > g.f:
+    if DX_BY_ROWS and g.sh == g.sw == 1 and g.k > g.f:
         _dx_by_rows(xp, wt, dyg, count, size, dx, g)
     else:
         _col2im(xp, xp.matmul(wt, dyb).reshape(count, g.k, size, g.p), dx, g)
