@@ -103,3 +103,21 @@ def test_columns_blocks_give_the_same_bits_on_any_thread_count_and_layout(small_
         first = next(r for c, r in runs if c == chunking)
         for a, c in zip(first, run):
             assert (a is None and c is None) or np.array_equal(a, c)
+
+
+def test_columns_half_precision_sums_the_blocks_in_float32(monkeypatch):
+    """float16: each block's dW and their sum stay float32 and are rounded once, as one GEMM over
+    the batch would; here each image's dW is +-40000 (beyond half of float16's 65504), so summing
+    rounded float16 blocks would overflow to inf where the batch's sum is 0."""
+    from xpnet.ops import columns
+    monkeypatch.setattr(columns, "BLOCK_COLUMNS", 1)                  # one image per block
+    x = np.ones((4, 1, 3, 3), dtype=np.float16)
+    W = np.ones((1, 1, 3, 3), dtype=np.float16)
+    dy = np.array([40000, 40000, -40000, -40000], dtype=np.float16).reshape(4, 1, 1, 1)
+    y, cache = columns.forward(np, x, W, None, (1, 1), (0, 0, 0, 0))
+    assert columns.Shape(x.shape, W.shape, (1, 1), (0, 0, 0, 0), False).blocks(4) == (4, 1)
+    cache.update(stride=(1, 1), padding=(0, 0, 0, 0))
+    dx, dW, db = columns.backward(np, dy, cache, True)
+    assert y.dtype == dW.dtype == dx.dtype == np.float16 and db is None
+    np.testing.assert_array_equal(dW, np.zeros((1, 1, 3, 3), np.float16))
+    np.testing.assert_array_equal(dx, np.broadcast_to(dy, x.shape))

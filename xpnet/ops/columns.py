@@ -234,10 +234,13 @@ def _backward_blocks(xp, part, dyg, cols, fresh, wt, per_block, dx, g, few):
             dyb[full, :, m - full * size:] = 0
         dyb = dyb.reshape(count, g.f, size * g.p)
     flat = cols.reshape(count, g.rows, size * g.p)
+    grads, columns = dyb, flat
+    if per_block.dtype != dyg.dtype:   # half precision: the blocks' dW in float32 (see backward)
+        grads, columns = dyb.astype(per_block.dtype), flat.astype(per_block.dtype)
     if few:
-        per_block[...] = backend_of(dyg).matmul_t(dyb, flat, trans_b=True)
+        per_block[...] = backend_of(dyg).matmul_t(grads, columns, trans_b=True)
     else:
-        xp.matmul(dyb, flat.transpose(0, 2, 1), out=per_block)
+        xp.matmul(grads, columns.transpose(0, 2, 1), out=per_block)
     if dx is None:
         return
     if DX_BY_ROWS and g.sh == g.sw == 1 and g.k > g.f:
@@ -292,7 +295,10 @@ def backward(xp, dy, cache, need_dx):
         fresh = cols is None
         if fresh:
             cols = _column_buffer(xp, g, count, size, dy.dtype)
-        per_block = xp.empty((count, g.f, g.rows), dtype=dy.dtype)
+        # float16 keeps the blocks' dW and their sum in float32 and rounds once at the end, as one
+        # GEMM over the batch would: a block's partial sum may exceed float16's range (65504)
+        # where the whole batch's does not
+        per_block = xp.empty((count, g.f, g.rows), dtype=xp.result_type(dy.dtype, xp.float32))
         dxc = dx[s:s + m] if need_dx else None
         if backend.few_launches:
             _backward_blocks(xp, part, dyc, cols, fresh, wt, per_block, dxc, g, True)
@@ -308,8 +314,8 @@ def backward(xp, dy, cache, need_dx):
             backend.split(run, count, m * g.p * (g.rows + 2 * g.f))
         summed = per_block.sum(axis=0)       # one call over the blocks in order: same bits anywhere
         total = summed if total is None else total + summed
-    dW = xp.ascontiguousarray(total[:, :g.k]).reshape(g.f, g.c, g.kh, g.kw)
-    db = xp.ascontiguousarray(total[:, g.k]) if g.rows > g.k else None
+    dW = total[:, :g.k].astype(dy.dtype).reshape(g.f, g.c, g.kh, g.kw)
+    db = total[:, g.k].astype(dy.dtype) if g.rows > g.k else None
     return dx, dW, db
 
 
