@@ -5,11 +5,14 @@ for an efficient GEMM, ``BLOCK_COLUMNS``). A block's columns are a (C*kh*kw, B*H
 strided slice per kernel offset), and each product is one GEMM per block:
 
 * forward: W (F, C*kh*kw) times the block's columns, copied into NCHW (written there directly when
-  B is 1). With a bias the columns get one more row of ones and W one more column, the bias, so
-  the GEMM adds it (no separate pass) and the weight gradient's GEMM below gives db.
+  B is 1), the bias added to the block's output while it is in cache. (Folding the bias into the
+  GEMM as a row of ones would save that pass, but round differently from the fused bias + ReLU of
+  the few-launch backends, and the NumPy and strict backends must give the same bits.)
 * dW: dy of the block as (F, B*Ho*Wo) times the columns transposed, one (F, C*kh*kw) product per
   block, then one sum over the blocks in their order.
-* dx: W^T dy of the block, added back into the images with one slice per kernel offset (col2im).
+* dx: W^T dy of the block, added back into the images with one slice per kernel offset (col2im),
+  or by whole rows of the padded frame for stride 1 with many channels (``_dx_by_rows``).
+* db (ops.fast): dy summed over images and positions, as before.
 
 On the CPU the blocks are what the backend's threads take: im2col, the GEMMs, the layout copies and
 col2im of one block run in one go while its arrays are in cache, and nothing has to be transposed
@@ -63,21 +66,20 @@ def _offsets(xp, backend, hp, wp, kh, kw, ho, wo, sh, sw):
 
 
 class Shape:
-    """The sizes of one convolution: k = C*kh*kw column rows, plus one row of ones with a bias."""
+    """The sizes of one convolution: k = C*kh*kw column rows, p = Ho*Wo output positions."""
 
-    def __init__(self, x_shape, w_shape, stride, padding, bias):
+    def __init__(self, x_shape, w_shape, stride, padding):
         self.n, self.c, self.h, self.w = x_shape
         self.f, _, self.kh, self.kw = w_shape
         (self.sh, self.sw), self.padding = tuple(stride), tuple(padding)
         self.hp, self.wp = padded_hw((self.h, self.w), self.padding)
         self.ho, self.wo = out_size(self.hp, self.kh, self.sh), out_size(self.wp, self.kw, self.sw)
         self.k = self.c * self.kh * self.kw
-        self.rows = self.k + (1 if bias else 0)
         self.p = self.ho * self.wo
 
     def image_bytes(self, itemsize):
         """Bytes of one image's columns and (an upper bound of) its share of the blocks' dW."""
-        return self.rows * (self.p + self.f) * itemsize
+        return self.k * (self.p + self.f) * itemsize
 
     def chunk(self, like):
         """Images per batch chunk."""
@@ -92,14 +94,13 @@ class Shape:
 
     def group(self, size, itemsize):
         """Blocks of ``size`` images the CPU handles in one go."""
-        return max(1, GROUP_BYTES // (self.rows * size * self.p * itemsize))
+        return max(1, GROUP_BYTES // (self.k * size * self.p * itemsize))
 
 
 def _fill(xp, part, cols, g, few):
-    """cols (blocks, rows, B, Ho*Wo) = the columns of the m images ``part`` (m, C, H, W, unpadded),
-    B images a block; the last block's images beyond m get zero columns. The bias row of ones, if
-    any, is the caller's. One strided copy per kernel offset on the CPU, one gather by cached
-    offsets where launches cost more (``few``)."""
+    """cols (blocks, C*kh*kw, B, Ho*Wo) = the columns of the m images ``part`` (m, C, H, W,
+    unpadded), B images a block; the last block's images beyond m get zero columns. Strided copies
+    on the CPU, one gather by cached offsets where launches cost more (``few``)."""
     count, size = cols.shape[0], cols.shape[2]
     m = part.shape[0]
     xpad = pad(xp, part, g.padding)
@@ -108,9 +109,9 @@ def _fill(xp, part, cols, g, few):
         gathered = xpad.reshape(m, g.c, g.hp * g.wp)[:, :, idx].reshape(m, g.k, g.p)
         if count * size > m:
             gathered = xp.concatenate([gathered, xp.zeros((count * size - m, g.k, g.p), dtype=cols.dtype)])
-        cols[:, :g.k] = gathered.reshape(count, size, g.k, g.p).transpose(0, 2, 1, 3)
+        cols[...] = gathered.reshape(count, size, g.k, g.p).transpose(0, 2, 1, 3)
         return
-    blocks = cols[:, :g.k].reshape(count, g.c, g.kh, g.kw, size, g.ho, g.wo)
+    blocks = cols.reshape(count, g.c, g.kh, g.kw, size, g.ho, g.wo)
     full = min(count, m // size)
     if g.sh == 1:
         _fill_by_rows(xp, xpad, blocks, full, g)
@@ -155,10 +156,7 @@ def _columns(xp, part, cols, g):
 
 
 def _column_buffer(xp, g, count, size, dtype):
-    cols = xp.empty((count, g.rows, size, g.p), dtype=dtype)
-    if g.rows > g.k:
-        cols[:, g.k] = 1
-    return cols
+    return xp.empty((count, g.k, size, g.p), dtype=dtype)
 
 
 def _groups(count, size, m, group, r):
@@ -169,28 +167,36 @@ def _groups(count, size, m, group, r):
         yield q, end, q * size, min(end * size, m)
 
 
-def _forward_blocks(xp, part, cols, wm, ys, g):
-    """ys (m, F, Ho*Wo) = the outputs of the images ``part``, whose blocks' columns cols fills."""
+def _forward_blocks(xp, part, cols, wm, bias, ys, g):
+    """ys (m, F, Ho*Wo) = the outputs of the images ``part`` (plus ``bias`` (F, 1) or None), whose
+    blocks' columns cols fills."""
     _columns(xp, part, cols, g)
     count, _, size, _ = cols.shape
-    flat = cols.reshape(count, g.rows, size * g.p)
+    flat = cols.reshape(count, g.k, size * g.p)
     if size == 1:
         xp.matmul(wm, flat, out=ys)
+        if bias is not None:
+            ys += bias
         return
     out = xp.matmul(wm, flat).reshape(count, g.f, size, g.p)       # (blocks, F, B, P)
     full = ys.shape[0] // size
+    parts = []
     if full:
-        ys[:full * size].reshape(full, size, g.f, g.p)[...] = out[:full].transpose(0, 2, 1, 3)
+        parts.append((ys[:full * size].reshape(full, size, g.f, g.p), out[:full].transpose(0, 2, 1, 3)))
     if full < count:
-        ys[full * size:] = out[full, :, :ys.shape[0] - full * size].transpose(1, 0, 2)
+        parts.append((ys[full * size:], out[full, :, :ys.shape[0] - full * size].transpose(1, 0, 2)))
+    for target, blocks in parts:   # into NCHW, with the bias in the same pass
+        if bias is None:
+            target[...] = blocks
+        else:
+            xp.add(blocks, bias, out=target)
 
 
 def forward(xp, x, W, b, stride, padding):
     """(y, what backward needs: the inputs, the weights, and the columns when one chunk held them)."""
-    g = Shape(x.shape, W.shape, stride, padding, b is not None)
+    g = Shape(x.shape, W.shape, stride, padding)
     wm = W.reshape(g.f, g.k)
-    if b is not None:   # the bias as one more column of W, against the columns' row of ones
-        wm = xp.concatenate([wm, b.astype(x.dtype).reshape(g.f, 1)], axis=1)
+    bias = None if b is None else b.astype(x.dtype).reshape(g.f, 1)
     backend = backend_of(x)
     step = g.chunk(x)
     y = xp.empty((g.n, g.f, g.ho, g.wo), dtype=x.dtype)
@@ -201,21 +207,21 @@ def forward(xp, x, W, b, stride, padding):
         count, size = g.blocks(m)
         cols = _column_buffer(xp, g, count, size, x.dtype)
         if backend.few_launches:
-            _forward_blocks(xp, part, cols, wm, ys[s:s + m], g)
+            _forward_blocks(xp, part, cols, wm, bias, ys[s:s + m], g)
             continue
         group = g.group(size, x.itemsize)
 
         def run(r, part=part, cols=cols, s=s, m=m, count=count, size=size, group=group):
             for q, end, a, z in _groups(count, size, m, group, r):
-                _forward_blocks(xp, part[a:z], cols[q:end], wm, ys[s + a:s + z], g)
+                _forward_blocks(xp, part[a:z], cols[q:end], wm, bias, ys[s + a:s + z], g)
 
-        backend.split(run, count, m * g.p * (g.rows + g.f))
+        backend.split(run, count, m * g.p * (g.k + g.f))
     kept = cols if step >= g.n else None   # one chunk: backward reuses its columns
-    return y, {"inputs": x, "weights": W, "columns": kept, "bias_row": b is not None}
+    return y, {"inputs": x, "weights": W, "columns": kept}
 
 
 def _backward_blocks(xp, part, dyg, cols, fresh, wt, per_block, dx, g, few):
-    """per_block (blocks, F, rows) = each block's dW (and db) for the images ``part`` with output
+    """per_block (blocks, F, C*kh*kw) = each block's dW for the images ``part`` with output
     gradients dyg (m, F, Ho*Wo), and dx (m, C, H, W) when given; the columns are rebuilt into cols
     when ``fresh``."""
     if fresh:
@@ -233,7 +239,7 @@ def _backward_blocks(xp, part, dyg, cols, fresh, wt, per_block, dx, g, few):
             dyb[full, :, :m - full * size] = dyg[full * size:].transpose(1, 0, 2)
             dyb[full, :, m - full * size:] = 0
         dyb = dyb.reshape(count, g.f, size * g.p)
-    flat = cols.reshape(count, g.rows, size * g.p)
+    flat = cols.reshape(count, g.k, size * g.p)
     grads, columns = dyb, flat
     if per_block.dtype != dyg.dtype:   # half precision: the blocks' dW in float32 (see backward)
         grads, columns = dyb.astype(per_block.dtype), flat.astype(per_block.dtype)
@@ -277,10 +283,9 @@ def _dx_by_rows(xp, wt, dyg, count, size, out, g):
 
 
 def backward(xp, dy, cache, need_dx):
-    """(dx or None, dW, db or None) from the cache of ``forward`` (kept by ops.fast); db only when
-    forward had a bias (its row of ones in the columns)."""
+    """(dx or None, dW) from the cache of ``forward`` (kept by ops.fast)."""
     x, W = cache["inputs"], cache["weights"]
-    g = Shape(x.shape, W.shape, cache["stride"], cache["padding"], cache["bias_row"])
+    g = Shape(x.shape, W.shape, cache["stride"], cache["padding"])
     backend = backend_of(dy)
     wt = W.reshape(g.f, g.k).T                                           # (C*kh*kw, F)
     dys = dy.reshape(g.n, g.f, g.p)
@@ -298,7 +303,7 @@ def backward(xp, dy, cache, need_dx):
         # float16 keeps the blocks' dW and their sum in float32 and rounds once at the end, as one
         # GEMM over the batch would: a block's partial sum may exceed float16's range (65504)
         # where the whole batch's does not
-        per_block = xp.empty((count, g.f, g.rows), dtype=xp.result_type(dy.dtype, xp.float32))
+        per_block = xp.empty((count, g.f, g.k), dtype=xp.result_type(dy.dtype, xp.float32))
         dxc = dx[s:s + m] if need_dx else None
         if backend.few_launches:
             _backward_blocks(xp, part, dyc, cols, fresh, wt, per_block, dxc, g, True)
@@ -311,12 +316,10 @@ def backward(xp, dy, cache, need_dx):
                     _backward_blocks(xp, part[a:z], dyc[a:z], cols[q:end], fresh, wt, per_block[q:end],
                                      None if dxc is None else dxc[a:z], g, False)
 
-            backend.split(run, count, m * g.p * (g.rows + 2 * g.f))
+            backend.split(run, count, m * g.p * (g.k + 2 * g.f))
         summed = per_block.sum(axis=0)       # one call over the blocks in order: same bits anywhere
         total = summed if total is None else total + summed
-    dW = total[:, :g.k].astype(dy.dtype).reshape(g.f, g.c, g.kh, g.kw)
-    db = total[:, g.k].astype(dy.dtype) if g.rows > g.k else None
-    return dx, dW, db
+    return dx, total.astype(dy.dtype).reshape(g.f, g.c, g.kh, g.kw)
 
 
 def _col2im(xp, dcols, out, g):

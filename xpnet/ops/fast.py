@@ -10,8 +10,8 @@ measurement once per shape on a GPU.
 * ``spectral`` (spectral.py): DFTs as GEMMs on the zero-padded frame, a batched GEMM over
   frequency bins for the channel mixing; 3-4x fewer FLOPs than direct convolution for 5x5 kernels
   on 14x14 to 28x28 images with tens of channels.
-* ``columns`` (columns.py): im2col and a GEMM per image, in batch chunks; few input channels, 3x3
-  and 1x1 kernels, large strides.
+* ``columns`` (columns.py): im2col and a GEMM per block of images, in batch chunks; few input
+  channels, 3x3 and 1x1 kernels, large strides.
 
 Pooling (pooling.py) works on strided views and reshaped windows. Convolution geometry (output
 sizes, padding, window slices) is in geometry.py, shared with the reference ops and the layers.
@@ -66,10 +66,8 @@ def conv2d_backward(xp, dy, cache, need_dx=True):
     dy = dy if dy.dtype == cache["dtype"] else dy.astype(cache["dtype"])
     if cache["method"] == "spectral":
         return spectral.backward(xp, dy, cache, need_dx)
-    dx, dW, db = columns.backward(xp, dy, cache, need_dx)
-    if cache["has_bias"] and db is None:   # the bias was added outside (a fused bias + ReLU)
-        db = dy.sum(axis=(0, 2, 3))
-    return dx, dW, db if cache["has_bias"] else None
+    dx, dW = columns.backward(xp, dy, cache, need_dx)
+    return dx, dW, dy.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
 
 
 __all__ = ["choose", "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
