@@ -19,13 +19,15 @@ out of its transform, K = [Im; Re] (2C, F):
     Q  = DY @ K^T        (2N, 2C)  dX = [Q(:N, C:) - Q(N:, :C); Q(:N, :C) + Q(N:, C:)]
 
 so the only per-bin arrays with 2x2 blocks scale with the batch (Z, Q), and the kernel side is
-the transform's output (K) and the dW GEMM's output (G), each (bins, 2C, F), with no copies.
+the transform's output (K) and the dW GEMM's output (G), each (bins, 2C, F), with no copies. On
+the CPU Q is made and combined in cache-sized chunks of bins and never exists whole.
 """
 from ..backends import backend_of
 from . import dft
 from .gemm import wide_matmul
 from .geometry import out_size, padded_hw
 
+DX_CHUNK_ELEMENTS = 1 << 18   # elements of Q per chunk of dX's product and combine (1 MiB of float32)
 TRANSPOSE_BLOCK = 12   # positions per block of the transpose back to NCHW: 12-16 were 1.5-2.6x faster than 64 here
 
 
@@ -82,18 +84,32 @@ def _real_form(xp, S):
     return backend.spectral_matrices(parts)
 
 
-def _complex_dx(xp, Q):
-    """[Q(:N, C:) - Q(N:, :C); Q(:N, :C) + Q(N:, C:)] (bins, 2N, C) from Q = DY @ K^T (bins, 2N, 2C):
-    the real and imaginary parts of dX per bin, in pieces of bins on the backend's threads."""
-    bins, n2, c2 = Q.shape
-    n, c = n2 // 2, c2 // 2
-    out = xp.empty((bins, n2, c), dtype=Q.dtype)
+def _dx_spectrum(xp, DY, K):
+    """dX per bin (bins, 2N, C), real parts over imaginary parts: Q = DY @ K^T (bins, 2N, 2C), then
+    [Q(:N, C:) - Q(N:, :C); Q(:N, :C) + Q(N:, C:)]. Where launches cost (GPUs) one batched product
+    and two passes; on the CPU in chunks of bins on the backend's threads, each chunk's Q small
+    enough to be combined while it is still in cache (the same per-bin GEMMs, so the same bits)."""
+    bins, n2, f = DY.shape
+    c = K.shape[1] // 2
+    n = n2 // 2
+    backend = backend_of(DY)
+    out = xp.empty((bins, n2, c), dtype=DY.dtype)
 
-    def part(s):
-        xp.subtract(Q[s, :n, c:], Q[s, n:, :c], out=out[s, :n])
-        xp.add(Q[s, :n, :c], Q[s, n:, c:], out=out[s, n:])
+    def combine(Q, s):
+        xp.subtract(Q[:, :n, c:], Q[:, n:, :c], out=out[s, :n])
+        xp.add(Q[:, :n, :c], Q[:, n:, c:], out=out[s, n:])
 
-    backend_of(Q).split(part, bins, Q.size)
+    if backend.few_launches:
+        combine(backend.matmul_t(DY, K, trans_b=True), slice(None))
+        return out
+    chunk = max(1, DX_CHUNK_ELEMENTS // (n2 * 2 * c))
+
+    def part(s):   # bins s, in chunks fixed by the shape
+        for b in range(0, bins, chunk)[s]:
+            e = min(b + chunk, bins)
+            combine(xp.matmul(DY[b:e], K[b:e].transpose(0, 2, 1)), slice(b, e))
+
+    backend.split(part, -(-bins // chunk), bins * (n2 * (f + 3 * c) + 2 * c * f))
     return out
 
 
@@ -141,7 +157,7 @@ def backward(xp, dy, cache, need_dx):
     dW = xp.ascontiguousarray(g.reshape(kh, kw, c, f).transpose(3, 2, 0, 1))    # (F, C, kh, kw)
     if not need_dx:
         return None, dW, db
-    DX = _complex_dx(xp, backend.matmul_t(DY, cache["K"], trans_b=True))         # (bins, 2N, C)
+    DX = _dx_spectrum(xp, DY, cache["K"])                                         # (bins, 2N, C)
     out = dft.image(xp, DX.reshape(khalf, wp, 2, n, c), dft.inverse_w(xp, dt, w, left, 1, wp),
                     dft.inverse_h(xp, dt, h, top, 1, hp, wp), h, w)              # (H, W, N, C)
     return _from_planes(xp, out), dW, db
