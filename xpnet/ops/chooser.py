@@ -16,11 +16,12 @@ complex product is a real GEMM twice as wide on each side):
   ``mix`` is the per-bin channel mixing, a (2F x 2C) by (2C x 1) product per image and bin. A
   step transforms x (C planes) and dy (F planes), inverts y (F planes) and, when dx is needed, dx
   (C planes); it mixes channels twice (y and dW) plus once for dx.
-* the spectral route's kernel side (``kernel_side``): passes over its per-bin kernel matrices
-  (bins x 2F x 2C elements: M built in forward, the dW products P and G in backward, the kernel
-  transforms) that cost the same whatever the batch, priced at KERNEL_PASS_FLOPS per element.
-  Without it the estimate chose the spectral route for 3x3 kernels at batch 16, where it is
-  1.3-1.9x slower than columns (docs/benchmarks.md, "Route choice").
+* the spectral route's kernel side (``kernel_side``): work that costs the same whatever the batch
+  (the kernel spectrum K and the dW spectrum G, bins x 2C x F each, their transforms and the
+  per-bin calls; until 2026-11-30 also the per-bin matrices M and P), priced at KERNEL_PASS_FLOPS
+  per element of bins x 2F x 2C. Without it the estimate chose the spectral route for 3x3 kernels
+  at batch 16, where it was 1.3-1.9x slower than columns; with both routes as they are now the two
+  are level there (docs/benchmarks.md, "Route choice").
 """
 from .geometry import out_size, padded_hw
 
@@ -33,11 +34,14 @@ SPECTRAL_ADVANTAGE = 1.25
 # GEMM FLOPs one element of the spectral route's per-bin kernel matrices costs (see the module doc):
 # fitted with benchmarks/conv_routes.py: in two runs of its 42 shapes (3x3 and 5x5 kernels, batch 16
 # to 128, 3 to 128 channels), every shape whose routes differ by more than 15 % goes the faster way
-# for any value in about 87-104.
+# for any value in about 87-104. Rerun with both routes as they are now (2026-11-30 22:50 UTC):
+# 0-87, only 64x11x11 at batch 16 (spectral 0.79x) on the wrong side at 95, the other batch-16 3x3
+# shapes level (0.90-1.06); the value stays until a quieter machine says more.
 KERNEL_PASS_FLOPS = 95
 
-# ... and its per-bin arrays must fit in this many bytes: the kernel matrices M (bins, 2F, 2C), the
-# input spectrum kept for backward (bins, 2C, N) and the output spectrum (bins, 2F, N). Beyond it
+# ... and its per-bin arrays must fit in this many bytes: the kernel spectrum K (bins, 2C, F), the
+# input spectrum's real form kept for backward (bins, 2N, 2C) and the output spectrum (bins, 2N, F)
+# (spectral.py). Beyond it
 # (very large images or batches) columns, whose buffer is chunked, keeps memory bounded.
 SPECTRAL_BYTES = 512 * 2 ** 20
 
@@ -76,7 +80,7 @@ def spectral_fits(x_shape, w_shape, padding, itemsize=4):
     f = w_shape[0]
     hp, wp = padded_hw((h, w), padding)
     bins = (hp // 2 + 1) * wp
-    return itemsize * bins * (4 * f * c + 2 * c * n + 2 * f * n) <= SPECTRAL_BYTES
+    return itemsize * bins * (2 * c * f + 4 * n * c + 2 * n * f) <= SPECTRAL_BYTES
 
 
 def choose(x_shape, w_shape, stride, padding, itemsize=4):
