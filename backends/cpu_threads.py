@@ -73,3 +73,71 @@ def limit_blas():
 def blas_report():
     """What limit_blas() did (None before the first CPU backend was created)."""
     return _REPORT
+
+
+def split_mode():
+    """``$XPNET_SPLIT``: ``auto`` (default: SplitCheck decides per pass), or ``always`` (split every
+    pass that is large enough, whatever it gains: the behaviour before SplitCheck, to compare)."""
+    value = os.environ.get("XPNET_SPLIT", "auto").strip().lower() or "auto"
+    if value not in ("auto", "always"):
+        raise ValueError(f"XPNET_SPLIT must be 'auto' or 'always', got {value!r}")
+    return value
+
+
+class SplitCheck:
+    """Whether splitting a pass over the pool pays, learned per call site and size while it runs.
+
+    Every split pass reports the CPU seconds its threads spent on the pieces and the wall seconds
+    it took. The CPU seconds are about what one thread would need for the same pieces, so their
+    ratio is the pass's speed-up over one thread. Idle, a 2-thread pass gains 1.5-1.9x; beside a
+    busy process (and on Linux with autogroup, where each terminal session gets an equal share of
+    the cores) the worker waits for a core, the caller waits for the worker, and the ratio falls to
+    1 or below: the split then costs time. A site is the function that does a piece and the pass's
+    size rounded to a power of 2. When ``PASSES`` split passes of a site together gained less than
+    ``GAIN``, its next ``HOLD_PASSES`` passes run on the calling thread alone; then ``RETRY_PASSES``
+    passes try the pool again: if they do not gain either, the site stays alone twice as long as
+    before (up to ``MAX_HOLD_PASSES``, so retries are about 3 % of its passes); if they do, it
+    is split again. Counting passes rather than seconds keeps that share the same for fast and slow
+    steps. Results do not depend on the choice (the pieces give the same bits as one pass)."""
+    PASSES = 8
+    RETRY_PASSES = 2
+    GAIN = 1.15
+    HOLD_PASSES = 8
+    MAX_HOLD_PASSES = 64
+
+    def __init__(self):
+        self.sites = {}   # key -> [cpu s, wall s, passes, passes left alone, next hold, passes per verdict]
+        self.split_passes = self.alone_passes = self.holds = 0
+
+    def split(self, key):
+        """True when the pass ``key`` should be split over the pool now."""
+        site = self.sites.get(key)
+        if site is not None and site[3] > 0:
+            site[3] -= 1
+            self.alone_passes += 1
+            return False
+        self.split_passes += 1
+        return True
+
+    def record(self, key, cpu_s, wall_s):
+        """A split pass of ``key`` took ``wall_s`` seconds while its threads spent ``cpu_s``."""
+        site = self.sites.get(key)
+        if site is None:
+            site = self.sites[key] = [0.0, 0.0, 0, 0, self.HOLD_PASSES, self.PASSES]
+        site[0] += cpu_s
+        site[1] += wall_s
+        site[2] += 1
+        if site[2] < site[5]:
+            return
+        if site[0] < self.GAIN * site[1]:
+            site[3], site[4], site[5] = site[4], min(2 * site[4], self.MAX_HOLD_PASSES), self.RETRY_PASSES
+            self.holds += 1
+        else:
+            site[4], site[5] = self.HOLD_PASSES, self.PASSES
+        site[0] = site[1] = site[2] = 0
+
+    def report(self):
+        """Counts for a benchmark's record: passes split, passes kept on one thread, failed tries,
+        and the sites that run alone now."""
+        return {"split_passes": self.split_passes, "alone_passes": self.alone_passes, "holds": self.holds,
+                "sites": len(self.sites), "sites_alone_now": sum(s[3] > 0 for s in self.sites.values())}

@@ -15,10 +15,11 @@ at exit, which a ThreadPoolExecutor's workers can (and a second Ctrl-C then prin
 import collections
 import queue
 import threading
+import time
 
 import numpy
 
-from .cpu_threads import thread_count  # noqa: F401  (re-exported: the pool's size)
+from .cpu_threads import SplitCheck, split_mode, thread_count  # noqa: F401  (thread_count: the pool's size)
 
 # Smaller passes run in one piece: under load a split costs a hand-off to a worker that may wait
 # for a core, worth it only for passes of a millisecond or so (measured beside a busy process:
@@ -26,6 +27,10 @@ from .cpu_threads import thread_count  # noqa: F401  (re-exported: the pool's si
 MIN_ELEMENTS = 1 << 19
 MIN_MACS = 1 << 22      # smaller GEMMs (multiply-adds) run in one piece
 PIECES_PER_THREAD = 4   # a worker preempted mid-piece holds up at most a quarter of its share
+# Whether a split pass gained is checked as it runs, and passes that do not gain run on the calling
+# thread (cpu_threads.SplitCheck; $XPNET_SPLIT=always turns it off). Tests that force every path
+# through the pool set this to False.
+ADAPTIVE = split_mode() == "auto"
 
 
 class DaemonPool:
@@ -35,7 +40,8 @@ class DaemonPool:
     takes pieces from the same list too, so when a worker is late (its core busy with another
     process) the caller does that worker's share itself and the batch never takes much longer than
     on one thread. A worker waits on a queue (sleeping, not spinning). The first error is re-raised
-    in the caller once every piece taken has finished."""
+    in the caller once every piece taken has finished. ``run`` returns the CPU seconds the threads
+    spent in the batch and its wall seconds (SplitCheck's measure of what the split gained)."""
 
     def __init__(self, threads):
         self._tasks = queue.SimpleQueue()
@@ -53,11 +59,14 @@ class DaemonPool:
             self._tasks.get()()
 
     def run(self, part, pieces):
+        start = time.perf_counter()
         todo = collections.deque(pieces)
         done = queue.SimpleQueue()
         job = [part]   # emptied when the batch ends: a helper that comes late holds no arrays
+        cpu = []       # CPU seconds of each piece, added before the piece is reported done
 
         def drain():   # take pieces until none are left; a late helper finds none and returns
+            mark = time.thread_time()
             while True:
                 try:
                     piece = todo.popleft()
@@ -65,18 +74,24 @@ class DaemonPool:
                     return
                 try:
                     job[0](piece)
-                    done.put(None)
+                    result = None
                 except BaseException as exc:  # handed to the caller, who re-raises it
-                    done.put(exc)
+                    result = exc
+                now = time.thread_time()
+                cpu.append(now - mark)
+                mark = now
+                done.put(result)
 
         for _ in range(min(self.size, len(pieces) - 1)):
             self._tasks.put(drain)
         drain()
         errors = [done.get() for _ in pieces]
+        wall = time.perf_counter() - start
         job.clear()
         for exc in errors:
             if exc is not None:
                 raise exc
+        return sum(cpu), wall
 
 
 class ElementwiseKernels:
@@ -86,14 +101,19 @@ class ElementwiseKernels:
     def __init__(self, threads=None):
         self.threads = max(1, int(threads or thread_count()))
         self._pool = None
+        self.check = SplitCheck()
 
     def split(self, part, length, size):
         """Run ``part(s)`` for slices ``s`` that cover range(length), on the pool when ``size``
         (elements touched) is large enough; the parts must write disjoint outputs."""
         self._run(part, length, size)
 
-    def _run(self, part, length, size):
+    def _run(self, part, length, size, key_size=None):
         if self.threads == 1 or size < MIN_ELEMENTS or length < 2:
+            part(slice(None))
+            return
+        key = (part.__code__, int(key_size or size).bit_length())
+        if ADAPTIVE and not self.check.split(key):
             part(slice(None))
             return
         if self._pool is None:
@@ -101,7 +121,8 @@ class ElementwiseKernels:
         elif self._pool.size < self.threads - 1:
             self._pool.grow(self.threads - 1)
         step = -(-length // min(length, self.threads * PIECES_PER_THREAD))
-        self._pool.run(part, [slice(i, i + step) for i in range(0, length, step)])
+        cpu, wall = self._pool.run(part, [slice(i, i + step) for i in range(0, length, step)])
+        self.check.record(key, cpu, wall)
 
     def matmul(self, a, b):
         """numpy.matmul(a, b) with a stacked (3-D) operand, split over the stacked axis: each
@@ -121,7 +142,7 @@ class ElementwiseKernels:
         def part(s):
             numpy.matmul(a[s] if a.ndim == 3 else a, b[s] if b.ndim == 3 else b, out=out[s])
 
-        self._run(part, stacked, MIN_ELEMENTS)
+        self._run(part, stacked, MIN_ELEMENTS, stacked * m * n * k)
         return out
 
     def relu_forward(self, x):

@@ -9,8 +9,10 @@ backend's pool at each of ``--threads`` (default 1,2), the thread counts alterna
 so that every count sees the same machine load; ``--load N`` runs N busy processes beside it
 (benchmarks/load.py). ``--blas one`` (default) is what xpnet does: NumPy's BLAS on one thread;
 ``--blas follow`` gives the BLAS as many threads as the pool (what xpnet did before it limited the
-BLAS, to show the difference). Prints and writes (``--out``) the median and mean step per count and
-the ratio of each count's median to the first's.
+BLAS, to show the difference). ``--split always`` splits every large pass over the pool whatever it
+gains (what xpnet did before SplitCheck, backends/cpu_threads.py); the JSON records SplitCheck's
+counts per model (passes split, passes kept on one thread). Prints and writes (``--out``) the
+median and mean step per count and the ratio of each count's median to the first's.
 """
 import argparse
 import datetime
@@ -32,6 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--load", type=int, default=0, metavar="N", help="N busy processes beside it")
     p.add_argument("--blas", choices=("one", "follow"), default="one")
+    p.add_argument("--split", choices=("auto", "always"), default="auto",
+                   help="auto: xpnet keeps passes that do not gain on one thread (default); always: the old way")
     p.add_argument("--out", default="", help="folder for a JSON result ('' to skip)")
     args = p.parse_args(argv)
     try:
@@ -70,7 +74,7 @@ def time_model(name, args, xpnet, np, set_threads):
             if i >= args.warmup:
                 times[t].append(time.perf_counter() - t0)
     first = statistics.median(times[args.threads[0]])
-    return {"model": name, "batch_size": args.batch_size,
+    return {"model": name, "batch_size": args.batch_size, "split_check": backend._kernels.check.report(),
             "threads": {str(t): {"median_s": statistics.median(v), "mean_s": statistics.mean(v),
                                  "ratio_to_first": statistics.median(v) / first, "times_s": v}
                         for t, v in times.items()}}
@@ -80,6 +84,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.blas == "follow":
         os.environ["XPNET_BLAS_THREADS"] = "keep"
+    os.environ["XPNET_SPLIT"] = args.split
     sys.path.insert(0, ROOT)
     import numpy as np
     import xpnet
@@ -99,7 +104,7 @@ def main(argv=None):
         for name in args.models:
             r = time_model(name, args, xpnet, np, set_threads)
             results.append(r)
-            print(f"{name} b{args.batch_size} load {args.load} blas {args.blas}: " + "  ".join(
+            print(f"{name} b{args.batch_size} load {args.load} blas {args.blas} split {args.split}: " + "  ".join(
                 f"{t} thr {v['median_s'] * 1e3:.1f} ms (mean {v['mean_s'] * 1e3:.1f}, x{v['ratio_to_first']:.2f})"
                 for t, v in r["threads"].items()), flush=True)
     report = {"date": started.isoformat(timespec="seconds"), "command": " ".join(["benchmarks/threads.py"] + sys.argv[1:]),
@@ -112,7 +117,8 @@ def main(argv=None):
         os.makedirs(args.out, exist_ok=True)
         import run
         run.write_report(report, os.path.join(args.out, f"{started:%Y-%m-%d}-threads-{socket.gethostname()}"
-                                                       f"-load{args.load}-blas-{args.blas}.json"))
+                                                       f"-load{args.load}-blas-{args.blas}"
+                                                       + ("-split-always" if args.split == "always" else "") + ".json"))
     return report
 
 

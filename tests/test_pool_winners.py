@@ -21,6 +21,7 @@ def tiny_chunks(monkeypatch):
     """Chunks of a few planes, split over 3 threads even for small arrays."""
     monkeypatch.setattr(pooling, "CHUNK_BYTES", 64)
     monkeypatch.setattr(nk, "MIN_ELEMENTS", 1)
+    monkeypatch.setattr(nk, "ADAPTIVE", False)   # every pass through the pool, gain or not
     backend = get_backend("numpy")
     kept = backend.threads
     backend.set_threads(3)

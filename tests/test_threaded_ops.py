@@ -13,6 +13,7 @@ from xpnet.ops import fast, gemm
 def small_splits(monkeypatch):
     """Split even small arrays, so that the test shapes take every threaded path."""
     monkeypatch.setattr(nk, "MIN_ELEMENTS", 1)
+    monkeypatch.setattr(nk, "ADAPTIVE", False)   # every pass through the pool, gain or not
     monkeypatch.setattr(nk, "MIN_MACS", 1)
     monkeypatch.setattr(gemm, "PIECE_COLUMNS", 64)
     monkeypatch.setattr(gemm, "MIN_MACS", 1)
