@@ -55,6 +55,55 @@ def test_history_values_are_exact_means():
     assert h.history["accuracy"][0] == pytest.approx((out.argmax(1) == y).mean())
 
 
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_accuracy_counts_every_trained_row_over_chained_permutations(one_hot):
+    """fit keeps each batch's predicted classes and counts the correct ones at the epoch's end,
+    against the labels of the rows in training order: with the weights fixed (lr 0) and an epoch
+    of two shuffled passes over the data, that is the accuracy of predict() over the data."""
+    x, y = data(n=40)
+    m = mlp("cpu", dtype="float64", opt=optim.SGD(0.0))
+    target = np.eye(3, dtype=np.float64)[y] if one_hot else y
+    h = m.fit(x, target, epochs=1, batch_size=8, steps_per_epoch=10, verbose=0)
+    assert h.history["accuracy"][0] == (m.predict(x).argmax(1) == y).mean()
+
+
+@pytest.mark.parametrize("sizes", [[16] * 700, [16] * 699 + [5], [3]])
+def test_epoch_loss_adds_the_batches_in_training_order(backend, sizes):
+    """The epoch's loss sum, made from the per-batch losses at the epoch's end, has the bits of
+    adding loss x rows batch after batch (what fit did before it kept the losses in an array).
+    A pairwise sum (xp.sum) of the same products gives other bits for the 700-batch cases."""
+    r = np.random.default_rng(7)
+    values = r.random(len(sizes)) * 3  # float64 losses (a float64 model's)
+    m = mlp(backend)
+    xp = m.xp
+    losses = xp.asarray(values)
+    total, _ = m._epoch_sums(losses, sizes, None, None, None, None, xp.zeros((), dtype=xp.int64))
+    expected = np.zeros((), dtype=np.float64)
+    for v, nb in zip(values, sizes):
+        expected = expected + v * nb
+    assert m.backend.to_numpy(total) == expected
+
+
+def test_batch_hooks_leave_out_callbacks_without_on_batch_end():
+    class Counter(callbacks.Callback):
+        def on_batch_end(self, batch, logs=None):
+            self.n = getattr(self, "n", 0) + 1
+
+    class Writer(Counter):
+        rank_zero_only = True
+
+    plain, counter, writer, patched = callbacks.History(), Counter(), Writer(), callbacks.Callback()
+    patched.on_batch_end = lambda batch, logs=None: None
+    listed = [plain, counter, writer, patched]
+    hooks = callbacks.CallbackList(listed, None, {}).hooks("on_batch_end")
+    assert hooks == [counter.on_batch_end, writer.on_batch_end, patched.on_batch_end]
+    assert callbacks.CallbackList(listed, None, {}, rank=1).hooks("on_batch_end") == [
+        counter.on_batch_end, patched.on_batch_end]
+    x, y = data(n=40)
+    mlp("cpu").fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[counter])
+    assert counter.n == 10
+
+
 def test_numpy_and_strict_train_identically():
     x, y = data()
     ms = [mlp(b, dropout=0.2) for b in ("numpy", "strict")]

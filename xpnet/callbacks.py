@@ -408,5 +408,17 @@ class CallbackList:
             if self.rank == 0 or not cb.rank_zero_only:
                 getattr(cb, hook)(*args)
 
+    def hooks(self, hook):
+        """The ``hook`` methods that ``call(hook, ...)`` would run, less the base class's no-ops:
+        fit() looks up its per-batch hooks once per epoch and calls only these."""
+        base = getattr(Callback, hook)
+        found = []
+        for cb in self.callbacks:
+            if self.rank == 0 or not cb.rank_zero_only:
+                method = getattr(cb, hook)
+                if getattr(method, "__func__", None) is not base:
+                    found.append(method)
+        return found
+
 
 from .tensorboard_logs import TensorBoard  # noqa: E402  (tensorboardX loads only when one is made)

@@ -485,6 +485,12 @@ class TrainingMixin:
                    progress, cb, dp=None, captured=None):
         """Train one epoch; returns (logs of host floats, first batch with a non-finite loss or None).
 
+        Per batch the loop keeps only the batch's loss (written into ``losses[b]``) and, for the
+        accuracy, its predicted classes (into ``preds``): one device operation each. The epoch's
+        loss sum, correct count and first non-finite batch are computed from them once, before
+        the epoch's sync (``_epoch_sums``: the same additions in the same order as adding batch
+        by batch, so the same numbers).
+
         With ``dp`` (data-parallel) this rank trains on its rows of each global batch and the
         epoch's sums (validation on this rank's share included) are all-reduced once."""
         xp = self.xp
@@ -493,49 +499,69 @@ class TrainingMixin:
         progress.epoch_begin(epoch)
         n = _length("x", xd)
         order = self._epoch_order(n, total, shuffle, rngs["shuffle"])
-        loss_sum = xp.zeros((), dtype=xp.float64)
-        correct = xp.zeros((), dtype=xp.int64)
-        first_bad = xp.full((), -1, dtype=xp.int64)
+        losses = xp.empty((steps,), dtype=xp.float64)
+        sizes = []  # each batch's rows on this rank (host ints)
+        shape = getattr(self, "output_shape", None) or getattr(self.layers[-1], "output_shape", None)
+        by_class = bool(self.metrics) and yd.ndim <= 2 and shape is not None and len(shape) == 1
+        # the predicted class of each row trained so far, in training order, and (dp) which row
+        preds = xp.empty((total,), dtype=xp.int64) if by_class else None
+        rows = xp.empty((total,), dtype=order.dtype) if by_class and dp is not None else None
+        correct = xp.zeros((), dtype=xp.int64)  # summed per batch only for other output shapes
+        show = progress.verbose != 0
+        on_batch = cb.hooks("on_batch_end")
         seen = seen_all = 0
         fit_batch = getattr(augment, "fit_batch", None) if captured is None and dp is None else None
         for b in range(steps):
-            idx = order[b * batch_size:min((b + 1) * batch_size, total)]
-            seen_all += int(idx.shape[0])
+            start = b * batch_size
+            idx = order[start:min(start + batch_size, total)]
+            size = int(idx.shape[0])
+            seen_all += size
             if captured is not None:
                 xb, yb = xd[idx], yd[idx]
             elif fit_batch is not None:  # the augmenter warps the next batches' images together
-                xb = fit_batch(xd, order, b * batch_size, b * batch_size + int(idx.shape[0]),
-                               rngs["augment"])
+                xb = fit_batch(xd, order, start, start + size, rngs["augment"])
                 yb = yd[idx]
             elif dp is None:
                 xb, yb = xd[idx], yd[idx]
                 if augment is not None:
                     xb = augment(xb, rngs["augment"])
             else:  # this rank's rows; augmentations drawn for the global batch (same as 1 process)
-                lo, hi = dp.begin_batch(int(idx.shape[0]))
+                lo, hi = dp.begin_batch(size)
                 xb, yb = (xd[idx[lo:hi]] if augment is None
                           else augment(xd[idx], rngs["augment"])[lo:hi]), yd[idx[lo:hi]]
+                idx = idx[lo:hi]
             if captured is not None:  # augments inside the (captured) step
                 value, out = captured(xb, yb)
             else:
                 value, out = self._train_step(xb, yb, dp)
             nb = int(xb.shape[0])
-            seen += nb
-            value = value.astype(xp.float64)
-            loss_sum = loss_sum + value * nb
-            first_bad = xp.where((first_bad < 0) & ~xp.isfinite(value), b, first_bad)
-            if self.metrics:
+            losses[b] = value  # as float64, the sum's dtype
+            sizes.append(nb)
+            if preds is not None:
+                out.argmax(axis=1, out=preds[seen:seen + nb])
+                if rows is not None:
+                    rows[seen:seen + nb] = idx
+            elif self.metrics:
                 correct = correct + self._correct(out, yb)
+            seen += nb
             running = None
-            if progress.wants_refresh(b):
-                host = self.backend.to_numpy(xp.stack([loss_sum, correct.astype(xp.float64)]))
-                running = {"loss": float(host[0]) / seen}
-                if self.metrics:
-                    running["accuracy"] = float(host[1]) / seen
-            progress.batch_end(b, int(idx.shape[0]), running)  # images/s of the whole job
-            cb.call("on_batch_end", b, {"size": nb})
+            if show:
+                if progress.wants_refresh(b):
+                    loss_sum, right = self._epoch_sums(losses, sizes, preds, rows, order, yd, correct)
+                    host = self.backend.to_numpy(xp.stack([loss_sum, right.astype(xp.float64)]))
+                    running = {"loss": float(host[0]) / seen}
+                    if self.metrics:
+                        running["accuracy"] = float(host[1]) / seen
+                progress.batch_end(b, size, running)  # images/s of the whole job
+            if on_batch:
+                logs = {"size": nb}
+                for hook in on_batch:
+                    hook(b, logs)
             if running is not None and not math.isfinite(running["loss"]):
                 break  # no use finishing the epoch: fit() reports it at the epoch sync
+        loss_sum, correct = self._epoch_sums(losses, sizes, preds, rows, order, yd, correct)
+        bad = ~xp.isfinite(losses[:len(sizes)])
+        first_bad = xp.where(bad.any(), bad.argmax(), -1)
         sums = [loss_sum, correct.astype(xp.float64), first_bad.astype(xp.float64)]
         if xv is not None:
             if dp is None:
@@ -567,6 +593,33 @@ class TrainingMixin:
         logs["lr"] = float(opt.current_lr() if hasattr(opt, "current_lr") else opt.lr)
         logs["seconds"] = time.perf_counter() - start_time
         return logs, (int(host[2]) if host[2] >= 0 else None)
+
+    def _epoch_sums(self, losses, sizes, preds, rows, order, yd, correct):
+        """(loss sum, correct count), device arrays, of the ``len(sizes)`` batches trained so far.
+
+        The loss sum adds loss x rows batch after batch (a cumulative sum: the additions that
+        adding per batch made, in the same order, so the same bits on the CPU). The correct count
+        compares the predicted classes ``preds`` with the labels of the rows trained, in order
+        (``order``'s first rows; ``rows`` in data-parallel training); without ``preds`` it is
+        ``correct``, summed per batch."""
+        xp = self.xp
+        k = len(sizes)
+        odd = [i for i, s in enumerate(sizes) if s != sizes[0]]  # a last, shorter batch
+        if odd:
+            weights = xp.full((k,), float(sizes[0]), dtype=xp.float64)
+            for i in odd:
+                weights[i] = float(sizes[i])
+            products = losses[:k] * weights
+        else:
+            products = losses[:k] * float(sizes[0])
+        loss_sum = xp.cumsum(products)[-1]
+        if preds is None:
+            return loss_sum, correct
+        seen = sum(sizes)
+        truth = yd[order[:seen] if rows is None else rows[:seen]]
+        if truth.ndim == 2:
+            truth = xp.argmax(truth, axis=1)
+        return loss_sum, (preds[:seen] == truth).sum().astype(xp.int64)
 
 
 def _is_real(value):
