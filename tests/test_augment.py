@@ -304,3 +304,32 @@ def test_fit_warps_batches_ahead_with_the_same_results(fit_args):
     for other in results[1:]:
         assert all(np.array_equal(results[0][0][k], other[0][k]) for k in results[0][0])
         assert results[0][1] == other[1] and results[0][2] == other[2]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, RandomAffine.CHUNK_BYTES])
+def test_fit_batch_serves_each_batch_as_the_plain_call(monkeypatch, chunk_bytes):
+    """fit_batch gathers the rows of the next batches as one block and warps their picked images
+    together, then serves each batch from the block: every batch, and the generator's counter
+    after it, equal the plain per-batch call's, also for a batch asked again with the generator
+    rewound, after a jump in the order, for a shorter last batch, and when CHUNK_BYTES allows only
+    one batch per block (chunk_bytes=1)."""
+    monkeypatch.setattr(RandomAffine, "CHUNK_BYTES", chunk_bytes)
+    b = get_backend("numpy")
+    x = np.random.default_rng(8).random((60, 1, 10, 10)).astype(np.float32)
+    order = b.rng(1, 2).permutation(60)
+    ahead, plain = (RandomAffine(rotation=25, scale=None, zoom=0.2, shift=(0.2, 0.2), probability=0.4)
+                    for _ in range(2))
+    r_ahead, r_plain = b.rng(0, 7), b.rng(0, 7)
+    served = []
+    for span in [(0, 8), (8, 16), (16, 24), None, (16, 24), (24, 32), (48, 56), (56, 60)]:
+        if span is None:  # rewind by one batch's draws (7 per image)
+            for r in (r_ahead, r_plain):
+                r.set_state(dict(r.get_state(), counter=r.counter - 7 * 8))
+            continue
+        start, stop = span
+        got = ahead.fit_batch(x, order, start, stop, r_ahead)
+        want = plain(x[order[start:stop]], r_plain)
+        np.testing.assert_array_equal(got, want)
+        assert r_ahead.counter == r_plain.counter
+        served.append(got.copy())
+    assert sum(not np.array_equal(s, x[order[i * 8:i * 8 + 8]]) for i, s in enumerate(served[:3])) >= 2

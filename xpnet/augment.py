@@ -341,10 +341,20 @@ class RandomAffine(Augmenter):
 
     def fit_batch(self, x_all, order, start, stop, rng):
         """``self(x_all[order[start:stop]], rng)``: fit's call per batch (training.py). On the CPU
-        backends the picked images of this and the next batches (about CHUNK images, rows from
-        ``order`` as fit takes them: batch after batch of stop - start) are warped together, in
-        one pass of array operations instead of one per batch; each batch then gets its own and
-        the generator advances per batch as before. Same numbers, same bits."""
+        backends the rows of this and the next batches (rows from ``order`` as fit takes them:
+        batch after batch of stop - start) are gathered together and their picked images (about
+        CHUNK) warped in one pass of array operations, instead of one per batch; each later call
+        then returns its batch's rows of that block (a view) and advances the generator by the
+        batch's draws, as before. Same numbers, same bits."""
+        n = stop - start
+        chunk = self.__dict__.get("_chunk")
+        if chunk is not None and chunk["n"] == n and chunk["order"]() is order and chunk["x"]() is x_all:
+            i, off = divmod(start - chunk["start"], n)
+            if (off == 0 and 0 <= i < chunk["count"] and getattr(rng, "_key", None) == chunk["key"]
+                    and rng._device is None and rng.counter == chunk["counter"] + i * chunk["per"]
+                    and chunk["config"] == self._config()):
+                rng.advance(chunk["per"])  # the batch's draws, taken from the look-ahead
+                return chunk["rows"][i * n:(i + 1) * n]
         xb = x_all[order[start:stop]]
         backend = _backend(xb)
         if self.probability <= 0.0 or backend.few_launches:
@@ -354,49 +364,42 @@ class RandomAffine(Augmenter):
         plan = self._ahead(rng, xb, keep)
         if plan is None:
             return self._warp_picked(xb, rng, keep)
-        j = plan.index(rng)
-        chunk = self.__dict__.get("_chunk")
-        n = stop - start
-        if (chunk is None or chunk["plan"] is not plan or chunk["order"]() is not order
-                or chunk["x"]() is not x_all or not chunk["j0"] <= j < chunk["j1"]
-                or start != chunk["start"] + (j - chunk["j0"]) * n):
-            chunk = self._chunk = self._warp_chunk(x_all, order, start, n, plan, j, keep)
-        picked, _ = plan.take(rng)
-        if picked.shape[0]:
-            xb[picked] = chunk["warped"][j - chunk["j0"]]
-        return xb
+        chunk = self._chunk = self._warp_chunk(x_all, order, start, n, plan, plan.index(rng), keep, rng)
+        rng.advance(plan.per)
+        return chunk["rows"][:n]
 
     CHUNK = 64  # about as many picked images fit_batch warps together (more leave the caches)
+    CHUNK_BYTES = 4 << 20  # at most as many bytes of rows gathered ahead (at least one batch)
 
-    def _warp_chunk(self, x_all, order, start, n, plan, j0, keep):
-        """The warped picked images of batches j0, j0 + 1, ... of ``plan``, the batch j0 + i being
-        rows order[start + i n : start + (i + 1) n] (as many as the plan and ``order`` hold)."""
+    def _config(self):
+        return (self.rotation, self.scale, self.zoom, self.shift, self.probability, self.fill)
+
+    def _warp_chunk(self, x_all, order, start, n, plan, j0, keep, rng):
+        """Batches j0, j0 + 1, ... of ``plan``, the batch j0 + i being rows
+        order[start + i n : start + (i + 1) n] (as many as the plan, ``order`` and CHUNK_BYTES
+        allow), gathered as one block with their picked images warped."""
         xp = plan.xp
+        row_bytes = x_all.dtype.itemsize * math.prod(x_all.shape[1:])
+        most = min((order.shape[0] - start) // n, max(1, self.CHUNK_BYTES // max(1, n * row_bytes)))
         batches, total = [], 0
-        for picked, k in plan.batches[j0:j0 + (order.shape[0] - start) // n]:
+        for picked, k in plan.batches[j0:j0 + most]:
             if batches and total + picked.shape[0] > self.CHUNK:
                 break
             batches.append((picked, k))
             total += picked.shape[0]
         count = len(batches)
-        sizes = [picked.shape[0] for picked, _ in batches]
-        warped = []
-        if sum(sizes):
-            positions = xp.concatenate([picked + (start + i * n) for i, (picked, _) in enumerate(batches)])
-            images = x_all[order[positions]]
+        rows = x_all[order[start:start + count * n]]
+        if total:
+            positions = xp.concatenate([picked + i * n for i, (picked, _) in enumerate(batches)])
+            images = rows[positions]
             uv, _, nearest, limits, offsets = warp_constants(xp, images, keep)
             maps = xp.concatenate([k for _, k in batches])
-            done = _warp_centred(xp, images, maps, self.fill, "constant",
-                                 (uv, nearest, limits, offsets), keep is not None)
-            at = 0
-            for size in sizes:
-                warped.append(done[at:at + size])
-                at += size
-        else:
-            warped = [None] * count
+            rows[positions] = _warp_centred(xp, images, maps, self.fill, "constant",
+                                            (uv, nearest, limits, offsets), keep is not None)
         # weak references: the augmenter does not keep fit's data alive after fit returns
-        return {"plan": plan, "order": weakref.ref(order), "x": weakref.ref(x_all), "j0": j0,
-                "j1": j0 + count, "start": start, "warped": warped}
+        return {"order": weakref.ref(order), "x": weakref.ref(x_all), "start": start, "n": n,
+                "count": count, "rows": rows, "key": rng._key, "per": plan.per,
+                "counter": plan.start + j0 * plan.per, "config": self._config()}
 
     def _ahead(self, rng, x, keep):
         """The current ``_Ahead`` for this generator and batch shape (made anew when the
