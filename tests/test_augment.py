@@ -333,3 +333,27 @@ def test_fit_batch_serves_each_batch_as_the_plain_call(monkeypatch, chunk_bytes)
         assert r_ahead.counter == r_plain.counter
         served.append(got.copy())
     assert sum(not np.array_equal(s, x[order[i * 8:i * 8 + 8]]) for i, s in enumerate(served[:3])) >= 2
+
+
+@pytest.mark.parametrize("shape, dtype", [((9, 1, 28, 28), "float32"), ((5, 3, 17, 23), "float32"),
+                                          ((4, 2, 12, 12), "float64"), ((3, 1, 8, 8), "float16"),
+                                          ((4, 1, 60, 60), "float16")])  # 64 x 64 frame: not exact in float16
+def test_the_cpu_warp_path_gives_the_generic_paths_bits(shape, dtype):
+    """_warp_centred's CPU path (per_corner: the grid without the 4-plane temporary, the flat
+    indices made in the float dtype where whole numbers that large are exact, four unbuffered
+    gathers) against the generic path that GPUs and the strict backend take, with maps that
+    send many samples far outside the image (odd images) or keep them inside (even ones)."""
+    from xpnet import augment as A
+    n, c, h, w = shape
+    r = np.random.default_rng(11)
+    x = (r.random(shape) * 4 - 2).astype(dtype)
+    maps = A.affine_matrices(np, angle=r.uniform(-180, 180, n), scale_x=r.uniform(0.3, 2, n),
+                             scale_y=r.uniform(0.3, 2, n), shift_x=r.uniform(-2 * w, 2 * w, n) * (np.arange(n) % 2),
+                             shift_y=r.uniform(-2 * h, 2 * h, n) * (np.arange(n) % 2)).astype(dtype)
+    constants = A.warp_constants(np, x)
+    uv, centre, nearest, limits, offsets = constants
+    maps[:, :, 2] += centre
+    got, want = (A._warp_centred(np, x, maps.copy(), 0.5, "constant", (uv, nearest, limits, offsets), fast)
+                 for fast in (True, False))
+    assert got.dtype == want.dtype == x.dtype
+    np.testing.assert_array_equal(got, want)
