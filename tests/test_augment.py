@@ -306,15 +306,21 @@ def test_fit_warps_batches_ahead_with_the_same_results(fit_args):
         assert results[0][1] == other[1] and results[0][2] == other[2]
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, RandomAffine.CHUNK_BYTES])
-def test_fit_batch_serves_each_batch_as_the_plain_call(monkeypatch, chunk_bytes):
+@pytest.mark.parametrize("chunk_bytes, threads", [(1, 1), (RandomAffine.CHUNK_BYTES, 1),
+                                                  (RandomAffine.CHUNK_BYTES, 3)])
+def test_fit_batch_serves_each_batch_as_the_plain_call(monkeypatch, chunk_bytes, threads):
     """fit_batch gathers the rows of the next batches as one block and warps their picked images
     together, then serves each batch from the block: every batch, and the generator's counter
     after it, equal the plain per-batch call's, also for a batch asked again with the generator
     rewound, after a jump in the order, for a shorter last batch, and when CHUNK_BYTES allows only
-    one batch per block (chunk_bytes=1)."""
+    one batch per block (chunk_bytes=1); with threads=3 the block's images are warped in pieces
+    on the pool (every pass split, however small)."""
+    import xpnet.backends.numpy_kernels as nk
     monkeypatch.setattr(RandomAffine, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(nk, "MIN_ELEMENTS", 1)
+    monkeypatch.setattr(nk, "ADAPTIVE", False)
     b = get_backend("numpy")
+    monkeypatch.setattr(b._kernels, "threads", threads)
     x = np.random.default_rng(8).random((60, 1, 10, 10)).astype(np.float32)
     order = b.rng(1, 2).permutation(60)
     ahead, plain = (RandomAffine(rotation=25, scale=None, zoom=0.2, shift=(0.2, 0.2), probability=0.4)

@@ -120,8 +120,9 @@ def warp_constants(xp, x, keep=None):
     warping a few small images)."""
     n, c, h, w = x.shape
     key = (n, c, h, w, x.dtype.str)
-    if keep is not None and key in keep:
-        return keep[key]
+    found = keep.get(key) if keep is not None else None  # one lookup: pool threads share ``keep``
+    if found is not None:
+        return found
     found = _grid_constants(xp, h, w, x.dtype) + _gather_constants(xp, n, c, h, w, x.dtype)
     if keep is not None:
         if len(keep) >= 64:
@@ -405,10 +406,15 @@ class RandomAffine(Augmenter):
         if total:
             positions = xp.concatenate([picked + i * n for i, (picked, _) in enumerate(batches)])
             images = rows[positions]
-            uv, _, nearest, limits, offsets = warp_constants(xp, images, keep)
             maps = xp.concatenate([k for _, k in batches])
-            rows[positions] = _warp_centred(xp, images, maps, self.fill, "constant",
-                                            (uv, nearest, limits, offsets), keep is not None)
+            fill = self.fill
+
+            def part(s):  # each image is warped on its own: pieces of images give the same bits
+                piece = images[s]
+                uv, _, nearest, limits, offsets = warp_constants(xp, piece, keep)
+                rows[positions[s]] = _warp_centred(xp, piece, maps[s], fill, "constant",
+                                                   (uv, nearest, limits, offsets), keep is not None)
+            _backend(rows).split(part, total, images.size * 16)  # about 16 passes over the images
         # weak references: the augmenter does not keep fit's data alive after fit returns
         return {"order": weakref.ref(order), "x": weakref.ref(x_all), "start": start, "n": n,
                 "count": count, "rows": rows, "key": rng._key, "per": plan.per,
