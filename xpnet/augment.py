@@ -409,12 +409,17 @@ class RandomAffine(Augmenter):
             maps = xp.concatenate([k for _, k in batches])
             fill = self.fill
 
+            backend = _backend(rows)
+            halves = ([slice(0, total // 2), slice(total // 2, total)]
+                      if total > 1 and getattr(backend, "threads", 1) > 1 else [slice(None)])
+
             def part(s):  # each image is warped on its own: pieces of images give the same bits
-                piece = images[s]
-                uv, _, nearest, limits, offsets = warp_constants(xp, piece, keep)
-                rows[positions[s]] = _warp_centred(xp, piece, maps[s], fill, "constant",
-                                                   (uv, nearest, limits, offsets), keep is not None)
-            _backend(rows).split(part, total, images.size * 16)  # about 16 passes over the images
+                for h in halves[s]:  # in two halves (more pieces of so few images cost more)
+                    piece = images[h]
+                    uv, _, nearest, limits, offsets = warp_constants(xp, piece, keep)
+                    rows[positions[h]] = _warp_centred(xp, piece, maps[h], fill, "constant",
+                                                       (uv, nearest, limits, offsets), keep is not None)
+            backend.split(part, len(halves), images.size * 16)  # about 16 passes over the images
         # weak references: the augmenter does not keep fit's data alive after fit returns
         return {"order": weakref.ref(order), "x": weakref.ref(x_all), "start": start, "n": n,
                 "count": count, "rows": rows, "key": rng._key, "per": plan.per,
