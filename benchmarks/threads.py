@@ -66,6 +66,7 @@ def time_model(name, args, xpnet, np, set_threads):
         opt.step(model.parameters, model.gradients)
 
     times = {t: [] for t in args.threads}
+    before = backend._kernels.check.report()  # the backend (and its counts) outlive one model
     for i in range(args.warmup + args.repeats):
         for t in args.threads:
             set_threads(backend, t)
@@ -74,7 +75,10 @@ def time_model(name, args, xpnet, np, set_threads):
             if i >= args.warmup:
                 times[t].append(time.perf_counter() - t0)
     first = statistics.median(times[args.threads[0]])
-    return {"model": name, "batch_size": args.batch_size, "split_check": backend._kernels.check.report(),
+    after = backend._kernels.check.report()
+    counts = {k: after[k] - before[k] for k in ("split_passes", "alone_passes", "holds")}
+    counts["sites_alone_now"] = after["sites_alone_now"]
+    return {"model": name, "batch_size": args.batch_size, "split_check": counts,
             "threads": {str(t): {"median_s": statistics.median(v), "mean_s": statistics.mean(v),
                                  "ratio_to_first": statistics.median(v) / first, "times_s": v}
                         for t, v in times.items()}}
