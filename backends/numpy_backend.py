@@ -6,6 +6,7 @@ from .base import Backend
 from .cpu_threads import limit_blas
 from .host_memory import keep_freed_memory
 from .numpy_kernels import ElementwiseKernels
+from .random import _GOLDEN as GOLDEN, _finish as mix_splitmix64
 
 
 class NumpyBackend(Backend):
@@ -18,6 +19,7 @@ class NumpyBackend(Backend):
         self.blas = limit_blas()
         self._kernels = ElementwiseKernels()
         self.warp_constants = {}  # affine_warp's, per batch shape (xpnet/augment.py warp_constants)
+        self._golden_steps = {}   # i * GOLDEN per draw size (_splitmix64)
 
     @property
     def threads(self):
@@ -39,6 +41,29 @@ class NumpyBackend(Backend):
 
     def dropout_forward(self, x, keep, scale):
         return self._kernels.dropout_forward(x, keep, scale)
+
+    def rng(self, seed=0, stream=0):
+        """The base's generator, its raw words made over pieces on the pool (same bits)."""
+        r = super().rng(seed, stream)
+        r._fused = self._splitmix64
+        return r
+
+    def _splitmix64(self, start, n):
+        """random.py's words for i < n (i * GOLDEN + start, mixed by splitmix64), element-wise and
+        so split over the pool with the same bits; i * GOLDEN kept per size as random.py does."""
+        steps = self._golden_steps.get(n)
+        if steps is None:
+            if len(self._golden_steps) >= 8:
+                self._golden_steps.pop(next(iter(self._golden_steps)))
+            steps = self._golden_steps[n] = numpy.arange(n, dtype=numpy.uint64) * numpy.uint64(GOLDEN)
+        out = numpy.empty(n, dtype=numpy.uint64)
+
+        def part(s):
+            numpy.add(steps[s], start, out=out[s])
+            mix_splitmix64(out[s])
+
+        self._kernels.split(part, n, 8 * n)   # eight passes over the words
+        return out
 
     def ignore_float_errors(self):
         return numpy.errstate(over="ignore", invalid="ignore")

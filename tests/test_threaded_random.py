@@ -1,0 +1,32 @@
+"""The NumPy backend's generators make their raw words over pieces on the CPU pool
+(NumpyBackend._splitmix64): every draw gives the same numbers as random.py's plain CounterRandom
+on 1, 2 and 3 threads, with every pass split however small."""
+import numpy as np
+import pytest
+
+import xpnet.backends.numpy_kernels as nk
+from xpnet.backends import get_backend
+from xpnet.backends.random import CounterRandom
+
+
+def draws(r):
+    return [r.bernoulli_mask(0.7, (5, 33)), r.random((1001,), "float64"), r.random((17, 3)),
+            r.normal(0.5, 2.0, (9,)), r.integers(-3, 11, (40,)), r.permutation(50), r.peek(7),
+            r.rows(2, 5, 8).bernoulli_mask(0.4, (3, 21)), r.random((1,)), r.bernoulli_mask(0.25, (1,))]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_the_backends_generator_draws_the_plain_generators_numbers(threads, monkeypatch):
+    monkeypatch.setattr(nk, "MIN_ELEMENTS", 1)
+    monkeypatch.setattr(nk, "ADAPTIVE", False)
+    backend = get_backend("numpy")
+    monkeypatch.setattr(backend._kernels, "threads", threads)
+    fast, plain = backend.rng(2026, 12), CounterRandom(np, 2026, 12)
+    assert fast._fused is not None and plain._fused is None
+    for _ in range(2):   # the second round reuses the kept i * GOLDEN per size
+        for a, b in zip(draws(fast), draws(plain)):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+        assert fast.counter == plain.counter
+    child_fast, child_plain = fast.spawn(4), plain.spawn(4)
+    np.testing.assert_array_equal(child_fast.random((300,)), child_plain.random((300,)))
