@@ -107,6 +107,7 @@ class SplitCheck:
 
     def __init__(self):
         self.sites = {}   # key -> [cpu s, wall s, passes, passes left alone, next hold, passes per verdict]
+        self.last_gain = {}   # key -> the gain its last verdict measured
         self.split_passes = self.alone_passes = self.holds = 0
 
     def split(self, key):
@@ -129,6 +130,7 @@ class SplitCheck:
         site[2] += 1
         if site[2] < site[5]:
             return
+        self.last_gain[key] = site[0] / site[1] if site[1] > 0 else float("inf")
         if site[0] < self.GAIN * site[1]:
             site[3], site[4], site[5] = site[4], min(2 * site[4], self.MAX_HOLD_PASSES), self.RETRY_PASSES
             self.holds += 1
@@ -138,6 +140,8 @@ class SplitCheck:
 
     def report(self):
         """Counts for a benchmark's record: passes split, passes kept on one thread, failed tries,
-        and the sites that run alone now."""
+        the sites that run alone now, and the gain each site's last verdict measured (sorted)."""
+        gains = sorted(self.last_gain.values())
         return {"split_passes": self.split_passes, "alone_passes": self.alone_passes, "holds": self.holds,
-                "sites": len(self.sites), "sites_alone_now": sum(s[3] > 0 for s in self.sites.values())}
+                "sites": len(self.sites), "sites_alone_now": sum(s[3] > 0 for s in self.sites.values()),
+                "last_gains": [round(g, 2) for g in gains]}

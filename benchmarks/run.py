@@ -298,6 +298,8 @@ def race(name, batch, args, xpnet, torch, np):
             reset_peak_rss()
             self.t0 = clock()
 
+    check = getattr(getattr(backend, "_kernels", None), "check", None)  # the CPU pool's SplitCheck
+    before = check.report() if check is not None else None
     model.fit(images, labels, epochs=1, batch_size=batch, steps_per_epoch=steps, verbose=0,
               callbacks=[Alternate()])
 
@@ -311,6 +313,10 @@ def race(name, batch, args, xpnet, torch, np):
                        "images_per_s": batch / med, "gflops": flops / med / 1e9,
                        "peak_rss_mb": round(peaks[who], 1), "times_s": times[who]}
     result["ratio"] = result["xpnet"]["median_s"] / result["torch"]["median_s"]
+    if check is not None:  # this cell's passes split and kept on one thread, the last verdicts' gains
+        after = check.report()
+        result["xpnet"]["split_check"] = {k: after[k] - before[k] for k in ("split_passes", "alone_passes", "holds")}
+        result["xpnet"]["split_check"]["last_gains"] = after["last_gains"]
     ratios = [a / b for a, b in zip(times["xpnet"], times["torch"])]
     result["ratio_of_pairs_median"] = statistics.median(ratios)
     from xpnet.ops import fast

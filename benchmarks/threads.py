@@ -77,7 +77,7 @@ def time_model(name, args, xpnet, np, set_threads):
     first = statistics.median(times[args.threads[0]])
     after = backend._kernels.check.report()
     counts = {k: after[k] - before[k] for k in ("split_passes", "alone_passes", "holds")}
-    counts["sites_alone_now"] = after["sites_alone_now"]
+    counts["sites_alone_now"], counts["last_gains"] = after["sites_alone_now"], after["last_gains"]
     return {"model": name, "batch_size": args.batch_size, "split_check": counts,
             "threads": {str(t): {"median_s": statistics.median(v), "mean_s": statistics.mean(v),
                                  "ratio_to_first": statistics.median(v) / first, "times_s": v}

@@ -80,7 +80,7 @@ def test_threads_py_alternates_thread_counts(tmp_path):
     assert all(len(v["times_s"]) == 2 for v in r["threads"].values())
     assert report["load"]["processes"] == 1 and report["load"]["cpu_s"][0] > 0
     assert report["settings"]["split"] == "auto"
-    assert {"split_passes", "alone_passes", "holds", "sites_alone_now"} == set(r["split_check"])
+    assert {"split_passes", "alone_passes", "holds", "sites_alone_now", "last_gains"} == set(r["split_check"])
 
 
 def test_set_threads_is_checked():

@@ -44,7 +44,7 @@ def test_a_site_that_does_not_gain_runs_alone_then_is_tried_again():
     record_passes(check, "a", gain=1.0, passes=C.PASSES)     # a new failure waits the first hold again
     assert alone_passes(check, "a") == C.HOLD_PASSES
     r = check.report()
-    assert r["holds"] == 3 and r["sites"] == 1 and r["sites_alone_now"] == 0
+    assert r["holds"] == 3 and r["sites"] == 1 and r["sites_alone_now"] == 0 and r["last_gains"] == [1.0]
     assert r["alone_passes"] == 4 * C.HOLD_PASSES
 
 
