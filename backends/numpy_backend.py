@@ -2,7 +2,7 @@
 BLAS limited to one thread (cpu_threads.py)."""
 import numpy
 
-from .base import Backend
+from .base import Backend, adam_reference
 from .cpu_threads import limit_blas
 from .host_memory import keep_freed_memory
 from .numpy_kernels import ElementwiseKernels
@@ -64,6 +64,14 @@ class NumpyBackend(Backend):
 
         self._kernels.split(part, n, 8 * n)   # eight passes over the words
         return out
+
+    def adam_update(self, p, g, m, v, b1, b2, eps, lr, t, weight_decay, decoupled):
+        """The flat Adam/AdamW update (base.adam_reference, as optim.Adam._update does it) over
+        pieces of the flat buffers on the pool: element-wise, so the same bits."""
+        def part(s):
+            adam_reference(numpy, p[s], g[s], m[s], v[s], b1, b2, eps, lr, t, weight_decay, decoupled)
+
+        self._kernels.split(part, p.shape[0], 12 * p.size)
 
     def ignore_float_errors(self):
         return numpy.errstate(over="ignore", invalid="ignore")

@@ -1,6 +1,7 @@
-"""Adam's and AdamW's update runs over pieces of the flat buffer on the CPU pool: the same bits as
-the whole-array update (the formula before the split, written out here), on 1 and 3 threads with
-every pass split, for a model's flat step and for lone parameters."""
+"""Adam's and AdamW's flat update runs over pieces of the buffer on the CPU pool
+(NumpyBackend.adam_update): the same bits as the whole-array update (the formula written out here,
+independently of backends/base.adam_reference), on 1 and 3 threads with every pass split, for a
+model's flat step and for lone parameters (the plain per-parameter path)."""
 import numpy as np
 import pytest
 

@@ -415,32 +415,20 @@ class Adam(Optimizer):
             fused(p, g, state["m"], state["v"], self.beta1, self.beta2, self.eps, lr, t,
                   self.weight_decay, self._decoupled)
             return
-        xp, b1, b2, eps, wd = self.xp, self.beta1, self.beta2, self.eps, self.weight_decay
-        decay = _cast(1.0 - lr * wd, p) if wd and self._decoupled else None
-        coupled = bool(wd) and not self._decoupled
-        bias2 = _cast(_sqrt(xp, 1.0 - b2 ** t), p)
-        step = _cast(lr / (1.0 - b1 ** t), p)
+        if self.weight_decay:
+            if self._decoupled:
+                p *= _cast(1.0 - lr * self.weight_decay, p)
+            else:
+                g = g + self.weight_decay * p
         m, v = state["m"], state["v"]
-
-        def part(s):  # element-wise: any split of the flat buffer gives the same bits
-            ps, gs, ms, vs = p[s], g[s], m[s], v[s]
-            if decay is not None:
-                ps *= decay
-            if coupled:
-                gs = gs + wd * ps
-            ms *= b1
-            ms += (1.0 - b1) * gs
-            vs *= b2
-            vs += (1.0 - b2) * (gs * gs)
-            denom = xp.sqrt(vs)
-            denom /= bias2
-            denom += eps
-            ps -= step * (ms / denom)
-
-        if p.ndim:  # over the CPU pool on the NumPy backend (one call elsewhere)
-            self.backend.split(part, p.shape[0], 12 * p.size)
-        else:
-            part(Ellipsis)
+        m *= self.beta1
+        m += (1.0 - self.beta1) * g
+        v *= self.beta2
+        v += (1.0 - self.beta2) * (g * g)
+        denom = self.xp.sqrt(v)
+        denom /= _cast(_sqrt(self.xp, 1.0 - self.beta2 ** t), p)
+        denom += self.eps
+        p -= _cast(lr / (1.0 - self.beta1 ** t), p) * (m / denom)
 
     def _hyper(self):
         return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
