@@ -95,3 +95,25 @@ def test_set_threads_is_checked():
                 backend.set_threads(bad)
     finally:
         backend.set_threads(kept)
+
+
+def test_handoff_py_measures_every_size(tmp_path):
+    """benchmarks/handoff.py: the wake rows, and per size the split and the two-thread throughput."""
+    import json
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    import importlib.util
+    with_torch = importlib.util.find_spec("torch") is not None
+    proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "handoff.py"), "--sizes", "10,12",
+                           "--repeats", "3", "--out", str(tmp_path)] + ([] if with_torch else ["--no-torch"]),
+                          capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=root), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (path,) = tmp_path.glob("*-handoff.json")
+    report = json.loads(path.read_text())
+    assert [r["idle_gap_ms"] for r in report["wake"]] == [0.0, 0.5, 2.0]
+    assert all(r["worker_pieces"] + r["caller_pieces"] == 6 for r in report["wake"])
+    assert [r["elements"] for r in report["split"]] == [1024, 4096] == [r["elements"] for r in report["together"]]
+    assert all(r["one_us"] > 0 and r["pool_8_pieces_us"] > 0 and (r.get("torch_2_us", 1) > 0) for r in report["split"])
+    assert all(r["throughput_gain"] > 0 for r in report["together"])
+    assert "| 2^12 |" in proc.stdout
