@@ -19,6 +19,7 @@ BLAS keeps its own threads, and ``blas_report()`` says so (``xpnet info`` prints
 Threads of xpnet's pool: ``$XPNET_NUM_THREADS``, else ``$OMP_NUM_THREADS``, else the usable cores
 (``os.sched_getaffinity``, so a container's or ``taskset``'s CPU set counts, not the host's).
 """
+import collections
 import os
 
 
@@ -87,61 +88,134 @@ def split_mode():
 class SplitCheck:
     """Whether splitting a pass over the pool pays, learned per call site and size while it runs.
 
-    Every split pass reports the CPU seconds its threads spent on the pieces and the wall seconds
-    it took. The CPU seconds are about what one thread would need for the same pieces, so their
-    ratio is the pass's speed-up over one thread. Idle, a 2-thread pass gains 1.5-1.9x; beside a
-    busy process (and on Linux with autogroup, where each terminal session gets an equal share of
-    the cores) the worker waits for a core, the caller waits for the worker, and the ratio falls to
-    1 or below: the split then costs time. A site is the function that does a piece and the pass's
-    size rounded to a power of 2. When ``PASSES`` split passes of a site together gained less than
-    ``GAIN``, its next ``HOLD_PASSES`` passes run on the calling thread alone; then ``RETRY_PASSES``
-    passes try the pool again: if they do not gain either, the site stays alone twice as long as
-    before (up to ``MAX_HOLD_PASSES``, so retries are about 3 % of its passes); if they do, it
-    is split again. Counting passes rather than seconds keeps that share the same for fast and slow
-    steps. Results do not depend on the choice (the pieces give the same bits as one pass)."""
-    PASSES = 8
+    Beside a busy process (and on Linux with autogroup, where each terminal session gets an equal
+    share of the cores) the worker waits for a core, the caller waits for the worker, and a split
+    costs time; on a VM whose idle cores wake slowly and whose two cores share little memory
+    bandwidth a split of a memory-bound pass loses even when nothing else runs (docs/benchmarks.md,
+    benchmarks/handoff.py). So each site's passes are timed both ways, by the wall clock: a site is
+    the function that does a piece and the pass's size rounded to a power of 2, and a pass's time
+    per unit of work (elements, or multiply-adds for a GEMM) is what is compared, so that passes of
+    one site with different sizes compare. A new site alternates (split first) until it has
+    ``PROBES`` passes of each kind; the verdict splits when the median time per unit alone is at
+    least ``GAIN`` times the median split one, else keeps the site on the calling thread.
+
+    A verdict holds for a number of passes, then ``RETRY_PASSES`` passes of the other kind try again
+    against the held kind's latest ``PROBES`` passes. Each verdict that repeats the last one holds
+    twice as long, one that changes it starts over: alone from ``HOLD_PASSES`` up to
+    ``MAX_HOLD_PASSES`` (the split tries are then about 3 % of the site's passes), split from
+    ``HOLD_PASSES`` up to ``MAX_SPLIT_HOLD_PASSES`` (a pass that gains is rarely run alone to check).
+    While split, a cheaper alarm watches every pass: when over ``PROBES`` split passes the pieces'
+    CPU seconds were less than ``GAIN`` times the wall seconds (the worker waited for a core: load
+    came), the hold ends at once and the alone passes are tried. Counting passes rather than seconds
+    keeps these shares the same for fast and slow steps. Results do not depend on the choice (the
+    pieces give the same bits as one pass).
+
+    (Until 2026-12-01 CPU over wall seconds was the only measure. It only shows waiting: on this
+    project's VM two pieces running at once each take 2-3x as long as alone, and that ratio counts
+    it as gain: LeNet-5's pooling and GEMM passes read 1.4-1.6 while splitting them made them
+    0.7-0.9x as fast as one thread.)"""
+    PROBES = 4
     RETRY_PASSES = 2
-    GAIN = 1.15
+    GAIN = 1.1
     HOLD_PASSES = 8
     MAX_HOLD_PASSES = 64
+    MAX_SPLIT_HOLD_PASSES = 512
 
     def __init__(self):
-        self.sites = {}   # key -> [cpu s, wall s, passes, passes left alone, next hold, passes per verdict]
+        self.sites = {}   # key -> _Site
         self.last_gain = {}   # key -> the gain its last verdict measured
-        self.split_passes = self.alone_passes = self.holds = 0
+        self.split_passes = self.alone_passes = self.holds = self.alarms = 0
 
     def split(self, key):
         """True when the pass ``key`` should be split over the pool now."""
         site = self.sites.get(key)
-        if site is not None and site[3] > 0:
-            site[3] -= 1
-            self.alone_passes += 1
-            return False
-        self.split_passes += 1
-        return True
-
-    def record(self, key, cpu_s, wall_s):
-        """A split pass of ``key`` took ``wall_s`` seconds while its threads spent ``cpu_s``."""
-        site = self.sites.get(key)
         if site is None:
-            site = self.sites[key] = [0.0, 0.0, 0, 0, self.HOLD_PASSES, self.PASSES]
-        site[0] += cpu_s
-        site[1] += wall_s
-        site[2] += 1
-        if site[2] < site[5]:
+            site = self.sites[key] = _Site()
+        if site.next_split():
+            self.split_passes += 1
+            return True
+        self.alone_passes += 1
+        return False
+
+    def record(self, key, wall_s, work, cpu_s=None):
+        """A pass of ``key`` over ``work`` units took ``wall_s`` seconds: split over the pool when
+        ``cpu_s`` (its pieces' CPU seconds) is given, else alone on the calling thread."""
+        site = self.sites[key]
+        split = cpu_s is not None
+        site.times[split].append(wall_s / max(work, 1))
+        if split and site.verdict:   # a pass of a split hold: the alarm
+            site.cpu += cpu_s
+            site.wall += wall_s
+            site.watched += 1
+            if site.watched == self.PROBES:   # these passes are the split kind's times now
+                if site.cpu < self.GAIN * site.wall:
+                    site.plan = collections.deque([False] * self.RETRY_PASSES)
+                    self.alarms += 1
+                site.cpu = site.wall = site.watched = 0
+        if not site.due():
             return
-        self.last_gain[key] = site[0] / site[1] if site[1] > 0 else float("inf")
-        if site[0] < self.GAIN * site[1]:
-            site[3], site[4], site[5] = site[4], min(2 * site[4], self.MAX_HOLD_PASSES), self.RETRY_PASSES
+        gain = _median(site.times[False]) / max(_median(site.times[True]), 1e-30)
+        self.last_gain[key] = gain
+        verdict = gain >= self.GAIN
+        longest = self.MAX_SPLIT_HOLD_PASSES if verdict else self.MAX_HOLD_PASSES
+        hold = min(2 * site.hold, longest) if verdict is site.verdict else self.HOLD_PASSES
+        if not verdict:
             self.holds += 1
-        else:
-            site[4], site[5] = self.HOLD_PASSES, self.PASSES
-        site[0] = site[1] = site[2] = 0
+        site.decide(verdict, hold, self.RETRY_PASSES)
 
     def report(self):
-        """Counts for a benchmark's record: passes split, passes kept on one thread, failed tries,
-        the sites that run alone now, and the gain each site's last verdict measured (sorted)."""
+        """Counts for a benchmark's record: passes split, passes kept on one thread, verdicts that
+        kept a site alone, alarms (split holds ended by waiting), the sites that run alone now, and
+        the gain each site's last verdict measured (sorted)."""
         gains = sorted(self.last_gain.values())
         return {"split_passes": self.split_passes, "alone_passes": self.alone_passes, "holds": self.holds,
-                "sites": len(self.sites), "sites_alone_now": sum(s[3] > 0 for s in self.sites.values()),
+                "alarms": self.alarms, "sites": len(self.sites),
+                "sites_alone_now": sum(s.verdict is False for s in self.sites.values()),
                 "last_gains": [round(g, 2) for g in gains]}
+
+
+def _median(values):
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
+class _Site:
+    """One site's state: its latest times per unit of work split (``times[True]``) and alone, the
+    verdict in force (None while probing) and its hold, the passes planned until the next verdict
+    (each taken when its pass starts; the verdict comes when the last one's time is recorded), and
+    the alarm's sums over the current split passes."""
+
+    def __init__(self):
+        # maxlen PROBES: when the alarm ends a split hold, the split times are the watched passes
+        self.times = {True: collections.deque(maxlen=SplitCheck.PROBES),
+                      False: collections.deque(maxlen=SplitCheck.PROBES)}
+        self.verdict = None
+        self.hold = 0
+        self.plan = collections.deque([True, False] * SplitCheck.PROBES)   # the probe: alternating
+        self.cpu = self.wall = 0.0
+        self.watched = 0
+
+    def next_split(self):
+        return self.plan.popleft() if self.plan else bool(self.verdict)
+
+    def due(self):
+        """True when the plan is done and both kinds have times (a pass that raised is not
+        recorded: a kind without times gets one more pass)."""
+        if self.plan:
+            return False
+        for kind in (True, False):
+            if not self.times[kind]:
+                self.plan.append(kind)
+                return False
+        return True
+
+    def decide(self, verdict, hold, retry):
+        """Hold ``verdict`` for ``hold`` passes, then try the other kind ``retry`` times against the
+        held kind's latest passes (the other kind's older times are dropped: conditions may have
+        changed since)."""
+        self.verdict, self.hold = verdict, hold
+        self.times[not verdict].clear()
+        self.plan = collections.deque([verdict] * hold + [not verdict] * retry)
+        self.cpu = self.wall = 0.0
+        self.watched = 0

@@ -41,7 +41,7 @@ class DaemonPool:
     process) the caller does that worker's share itself and the batch never takes much longer than
     on one thread. A worker waits on a queue (sleeping, not spinning). The first error is re-raised
     in the caller once every piece taken has finished. ``run`` returns the CPU seconds the threads
-    spent in the batch and its wall seconds (SplitCheck's measure of what the split gained)."""
+    spent in the batch and its wall seconds (SplitCheck's measures)."""
 
     def __init__(self, threads):
         self._tasks = queue.SimpleQueue()
@@ -112,9 +112,12 @@ class ElementwiseKernels:
         if self.threads == 1 or size < MIN_ELEMENTS or length < 2:
             part(slice(None))
             return
-        key = (part.__code__, int(key_size or size).bit_length())
+        work = int(key_size or size)
+        key = (part.__code__, work.bit_length())
         if ADAPTIVE and not self.check.split(key):
+            start = time.perf_counter()
             part(slice(None))
+            self.check.record(key, time.perf_counter() - start, work)
             return
         if self._pool is None:
             self._pool = DaemonPool(self.threads - 1)   # the caller is the other thread
@@ -122,7 +125,8 @@ class ElementwiseKernels:
             self._pool.grow(self.threads - 1)
         step = -(-length // min(length, self.threads * PIECES_PER_THREAD))
         cpu, wall = self._pool.run(part, [slice(i, i + step) for i in range(0, length, step)])
-        self.check.record(key, cpu, wall)
+        if ADAPTIVE:
+            self.check.record(key, wall, work, cpu)
 
     def matmul(self, a, b):
         """numpy.matmul(a, b) with a stacked (3-D) operand, split over the stacked axis: each

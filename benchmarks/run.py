@@ -1,7 +1,7 @@
 """Race xpnet against PyTorch on full training steps of the same networks, in one process.
 
     python benchmarks/run.py --device cpu --models big,medium,lenet5,seed001-m8,cnn3x3 \
-        --batch-size 16,64,128 --repeats 15 --warmup 3 --threads 2 --out benchmarks/results/
+        --batch-size 16,64,128 --repeats 15 --warmup 20 --threads 2 --out benchmarks/results/
 
 Each model is built in xpnet (Sequential of xpnet layers) and in torch.nn with the same weights;
 each (model, batch size) pair is one cell. One step is what training does per batch, measured the
@@ -47,7 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", default=",".join(map(str, BATCH_SIZES)),
                    help="comma list of batch sizes; every model runs at each (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=15, help="timed steps per framework and model")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps per framework first")
+    p.add_argument("--warmup", type=int, default=20,
+                   help="untimed steps per framework first (xpnet's CPU pool times each call site split "
+                        "and alone in its first passes: cpu_threads.SplitCheck; 20 steps cover that)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for both (default: all cores)")
     p.add_argument("--ops", choices=("fast", "reference"), default="fast", help="xpnet conv/pool ops")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")

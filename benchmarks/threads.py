@@ -31,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", default="1,2", help="comma list of pool thread counts, alternated")
     p.add_argument("--repeats", type=int, default=10, help="timed steps per thread count")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=20, help="untimed steps per thread count first (SplitCheck's probes)")
     p.add_argument("--load", type=int, default=0, metavar="N", help="N busy processes beside it")
     p.add_argument("--blas", choices=("one", "follow"), default="one")
     p.add_argument("--split", choices=("auto", "always"), default="auto",
