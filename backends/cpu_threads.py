@@ -21,6 +21,7 @@ Threads of xpnet's pool: ``$XPNET_NUM_THREADS``, else ``$OMP_NUM_THREADS``, else
 """
 import collections
 import os
+import threading
 
 
 def thread_count():
@@ -125,9 +126,20 @@ class SplitCheck:
         self.sites = {}   # key -> _Site
         self.last_gain = {}   # key -> the gain its last verdict measured
         self.split_passes = self.alone_passes = self.holds = self.alarms = 0
+        self._lock = threading.Lock()   # one backend used by several threads (needed without a GIL)
 
     def split(self, key):
         """True when the pass ``key`` should be split over the pool now."""
+        with self._lock:
+            return self._split(key)
+
+    def record(self, key, wall_s, work, cpu_s=None):
+        """A pass of ``key`` over ``work`` units took ``wall_s`` seconds: split over the pool when
+        ``cpu_s`` (its pieces' CPU seconds) is given, else alone on the calling thread."""
+        with self._lock:
+            self._record(key, wall_s, work, cpu_s)
+
+    def _split(self, key):
         site = self.sites.get(key)
         if site is None:
             site = self.sites[key] = _Site()
@@ -137,10 +149,10 @@ class SplitCheck:
         self.alone_passes += 1
         return False
 
-    def record(self, key, wall_s, work, cpu_s=None):
-        """A pass of ``key`` over ``work`` units took ``wall_s`` seconds: split over the pool when
-        ``cpu_s`` (its pieces' CPU seconds) is given, else alone on the calling thread."""
-        site = self.sites[key]
+    def _record(self, key, wall_s, work, cpu_s):
+        site = self.sites.get(key)
+        if site is None:   # the site was never asked about (a caller outside the pool's plan)
+            return
         split = cpu_s is not None
         site.times[split].append(wall_s / max(work, 1))
         if split and site.verdict:   # a pass of a split hold: the alarm
