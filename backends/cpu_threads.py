@@ -21,6 +21,7 @@ Threads of xpnet's pool: ``$XPNET_NUM_THREADS``, else ``$OMP_NUM_THREADS``, else
 """
 import collections
 import os
+import statistics
 import threading
 
 
@@ -166,7 +167,7 @@ class SplitCheck:
                 site.cpu = site.wall = site.watched = 0
         if not site.due():
             return
-        gain = _median(site.times[False]) / max(_median(site.times[True]), 1e-30)
+        gain = statistics.median(site.times[False]) / max(statistics.median(site.times[True]), 1e-30)
         self.last_gain[key] = gain
         verdict = gain >= self.GAIN
         longest = self.MAX_SPLIT_HOLD_PASSES if verdict else self.MAX_HOLD_PASSES
@@ -184,12 +185,6 @@ class SplitCheck:
                 "alarms": self.alarms, "sites": len(self.sites),
                 "sites_alone_now": sum(s.verdict is False for s in self.sites.values()),
                 "last_gains": [round(g, 2) for g in gains]}
-
-
-def _median(values):
-    v = sorted(values)
-    n = len(v)
-    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
 
 
 class _Site:
