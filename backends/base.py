@@ -212,6 +212,13 @@ class Backend:
         threads (NumPy) splits only work worth it. The parts must write disjoint outputs."""
         part(slice(None))
 
+    def background(self, fn):
+        """Start ``fn()`` on a thread beside the caller and return a handle whose ``result()``
+        waits for its value, or None where the backend has no thread to spare (here, and the NumPy
+        backend on one thread): the caller then runs fn when it needs the value. Only for work
+        whose result does not depend on where it runs."""
+        return None
+
     # -- captured steps (CUDA graphs) -------------------------------------------------------------
     def capture_stream(self):
         """A context in which a captured step and everything around it run (one stream on CUDA,

@@ -82,6 +82,10 @@ class NumpyBackend(Backend):
     def split(self, part, length, size):
         self._kernels.split(part, length, size)
 
+    def background(self, fn):
+        """fn() on the kernels' background thread (None on one thread: see Backend.background)."""
+        return self._kernels.background(fn)
+
     def matmul_t(self, a, b, trans_a=False, trans_b=False):
         """The base's matmul of the transposed views, split over the stack (same bits)."""
         return self._kernels.matmul(a.transpose(0, 2, 1) if trans_a else a,

@@ -94,6 +94,50 @@ class DaemonPool:
         return sum(cpu), wall
 
 
+class Pending:
+    """The result of one ``fn()`` that a background thread runs (``Background.start``)."""
+
+    def __init__(self, fn):
+        self._fn = fn
+        self._done = threading.Event()
+        self._value = self._error = None
+
+    def _run(self):
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # handed to the caller of result(), who re-raises it
+            self._error = exc
+        finally:
+            self._fn = None
+            self._done.set()
+
+    def result(self):
+        """Wait for fn() and return its value (or raise its error)."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class Background:
+    """One daemon thread that runs jobs in the order they come, beside the caller's work (work
+    that would otherwise wait between two steps, such as the next batches' augmentation). It
+    is not one of the pool's workers, so the pool's split passes never wait behind a job."""
+
+    def __init__(self):
+        self._jobs = queue.SimpleQueue()
+        threading.Thread(target=self._work, name="xpnet-background", daemon=True).start()
+
+    def _work(self):
+        while True:
+            self._jobs.get()._run()
+
+    def start(self, fn):
+        job = Pending(fn)
+        self._jobs.put(job)
+        return job
+
+
 class ElementwiseKernels:
     """relu_forward, multiply, dropout_forward, matmul: threaded versions of the hottest
     expressions, and ``split`` to run any ``part(slice)`` over pieces of a leading axis."""
@@ -101,7 +145,17 @@ class ElementwiseKernels:
     def __init__(self, threads=None):
         self.threads = max(1, int(threads or thread_count()))
         self._pool = None
+        self._background = None
         self.check = SplitCheck()
+
+    def background(self, fn):
+        """A ``Pending`` for fn() run on the background thread, or None on one thread (where it
+        would only take turns with the caller: the caller runs fn itself when it needs it)."""
+        if self.threads == 1:
+            return None
+        if self._background is None:
+            self._background = Background()
+        return self._background.start(fn)
 
     def split(self, part, length, size):
         """Run ``part(s)`` for slices ``s`` that cover range(length), on the pool when ``size``

@@ -341,6 +341,43 @@ def test_fit_batch_serves_each_batch_as_the_plain_call(monkeypatch, chunk_bytes,
     assert sum(not np.array_equal(s, x[order[i * 8:i * 8 + 8]]) for i, s in enumerate(served[:3])) >= 2
 
 
+def test_fit_batch_makes_the_next_block_on_the_background_thread(monkeypatch):
+    """With more than one thread, fit_batch starts the next block (two batches here) on the
+    backend's background thread when it serves a block's first batch, and takes it from there when
+    its batches come: the same batches and generator counters as the plain call, every block after
+    the first made in the background, none made for a jump in the order (it is dropped)."""
+    import threading
+    import xpnet.augment as A
+    b = get_backend("numpy")
+    monkeypatch.setattr(b._kernels, "threads", 2)
+    x = np.random.default_rng(8).random((64, 1, 10, 10)).astype(np.float32)
+    monkeypatch.setattr(RandomAffine, "CHUNK_BYTES", 2 * 8 * x[0].nbytes)   # two batches a block
+    made_on = []
+    warp_chunk = A.RandomAffine._warp_chunk
+
+    def recording(self, *args, **kwargs):
+        made_on.append(threading.current_thread().name)
+        return warp_chunk(self, *args, **kwargs)
+
+    monkeypatch.setattr(A.RandomAffine, "_warp_chunk", recording)
+    order = b.rng(1, 2).permutation(64)
+    ahead, plain = (RandomAffine(rotation=25, scale=None, zoom=0.2, shift=(0.2, 0.2), probability=0.4)
+                    for _ in range(2))
+    r_ahead, r_plain = b.rng(0, 7), b.rng(0, 7)
+    spans = [(i, i + 8) for i in range(0, 32, 8)] + [(48, 56), (56, 64)]   # then a jump: 32-47 skipped
+    for start, stop in spans:
+        if start == 48:  # the plain call's generator skips the two batches' draws too
+            for r in (r_ahead, r_plain):
+                r.advance(2 * 7 * 8)
+        got = ahead.fit_batch(x, order, start, stop, r_ahead)
+        np.testing.assert_array_equal(got, plain(x[order[start:stop]], r_plain))
+        assert r_ahead.counter == r_plain.counter
+    # blocks 0-15 (here), 16-31 (background), 32-47 (background, dropped at the jump), 48-63 (here)
+    # (48-63 is the order's last block: nothing after it is started)
+    assert made_on == [threading.current_thread().name, "xpnet-background", "xpnet-background",
+                       threading.current_thread().name]
+
+
 @pytest.mark.parametrize("shape, dtype", [((9, 1, 28, 28), "float32"), ((5, 3, 17, 23), "float32"),
                                           ((4, 2, 12, 12), "float64"), ((3, 1, 8, 8), "float16"),
                                           ((4, 1, 60, 60), "float16")])  # 64 x 64 frame: not exact in float16

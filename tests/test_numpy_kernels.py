@@ -143,3 +143,31 @@ def test_pool_errors_reach_the_caller():
     with pytest.raises(ZeroDivisionError, match="piece 3"):
         pool.run(part, list(range(6)))
     pool.run(lambda i: None, list(range(6)))   # the pool still works afterwards
+
+
+def test_background_jobs_run_beside_the_caller_in_order_and_hand_back_errors():
+    """ElementwiseKernels.background: None on one thread (the caller runs the work itself); with
+    more, jobs run in the order started on the one "xpnet-background" thread, while the caller
+    goes on (a job waits here until the caller lets it finish), and an error reaches result()."""
+    import threading
+    assert ElementwiseKernels(1).background(lambda: 1) is None
+    assert get_backend("strict").background(lambda: 1) is None
+    k = ElementwiseKernels(2)
+    gate, names = threading.Event(), []
+
+    def first():
+        names.append(threading.current_thread().name)
+        assert gate.wait(10)
+        return "first"
+
+    def second():
+        names.append(threading.current_thread().name)
+        raise ValueError("second's error")
+
+    a, b = k.background(first), k.background(second)
+    assert names in ([], ["xpnet-background"])   # started, and waiting for the gate: the caller goes on
+    gate.set()
+    assert a.result() == "first"
+    with pytest.raises(ValueError, match="second's error"):
+        b.result()
+    assert names == ["xpnet-background", "xpnet-background"]

@@ -359,16 +359,18 @@ class RandomAffine(Augmenter):
         batch after batch of stop - start) are gathered together and their picked images (about
         CHUNK) warped in one pass of array operations, instead of one per batch; each later call
         then returns its batch's rows of that block (a view) and advances the generator by the
-        batch's draws, as before. Same numbers, same bits."""
+        batch's draws, as before. Where the backend has a thread to spare (``backend.background``:
+        NumPy on more than one thread) the block after this one is made on it while the steps
+        train on this one. Same numbers, same bits."""
         n = stop - start
-        chunk = self.__dict__.get("_chunk")
-        if chunk is not None and chunk["n"] == n and chunk["order"]() is order and chunk["x"]() is x_all:
-            i, off = divmod(start - chunk["start"], n)
-            if (off == 0 and 0 <= i < chunk["count"] and getattr(rng, "_key", None) == chunk["key"]
-                    and rng._device is None and rng.counter == chunk["counter"] + i * chunk["per"]
-                    and chunk["config"] == self._config()):
-                rng.advance(chunk["per"])  # the batch's draws, taken from the look-ahead
-                return chunk["rows"][i * n:(i + 1) * n]
+        rows = self._serve(self.__dict__.get("_chunk"), x_all, order, start, n, rng)
+        if rows is None:
+            made = self.__dict__.pop("_next", None)   # (its first row, the pending block)
+            if made is not None and made[0] == start:
+                self._chunk = made[1].result()
+                rows = self._serve(self._chunk, x_all, order, start, n, rng)
+        if rows is not None:
+            return rows
         xb = x_all[order[start:stop]]
         backend = _backend(xb)
         if self.probability <= 0.0 or backend.few_launches:
@@ -378,9 +380,43 @@ class RandomAffine(Augmenter):
         plan = self._ahead(rng, xb, keep)
         if plan is None:
             return self._warp_picked(xb, rng, keep)
-        chunk = self._chunk = self._warp_chunk(x_all, order, start, n, plan, plan.index(rng), keep, rng)
+        chunk = self._chunk = self._warp_chunk(x_all, order, start, n, plan, plan.index(rng), keep, rng._key)
+        self._make_next(x_all, order, chunk)
         rng.advance(plan.per)
         return chunk["rows"][:n]
+
+    def _serve(self, chunk, x_all, order, start, n, rng):
+        """This batch's rows from the block ``chunk`` (advancing the generator by its draws), or
+        None when the block does not hold it as the generator stands; starts the next block in
+        the background when this is the block's first batch."""
+        if chunk is None or chunk["n"] != n or chunk["order"]() is not order or chunk["x"]() is not x_all:
+            return None
+        i, off = divmod(start - chunk["start"], n)
+        if not (off == 0 and 0 <= i < chunk["count"] and getattr(rng, "_key", None) == chunk["key"]
+                and rng._device is None and rng.counter == chunk["counter"] + i * chunk["per"]
+                and chunk["config"] == self._config()):
+            return None
+        if i == 0:
+            self._make_next(x_all, order, chunk)
+        rng.advance(chunk["per"])  # the batch's draws, taken from the look-ahead
+        return chunk["rows"][i * n:(i + 1) * n]
+
+    def _make_next(self, x_all, order, chunk):
+        """Start the block after ``chunk`` on the backend's background thread, when there is one
+        and the block's picks and maps are in the same look-ahead plan."""
+        plan, n = chunk["plan"], chunk["n"]
+        j = (chunk["counter"] - plan.start) // plan.per + chunk["count"]
+        start = chunk["start"] + chunk["count"] * n
+        self.__dict__.pop("_next", None)
+        if j >= len(plan.batches) or start + n > order.shape[0]:
+            return
+        keep = _backend(chunk["rows"]).warp_constants
+        key = chunk["key"]
+        pending = _backend(chunk["rows"]).background(
+            lambda: self._warp_chunk(x_all, order, start, n, plan, j, keep, key, split=False))
+        if pending is not None:
+            self._next = (start, pending)
+            self.made_ahead = self.__dict__.get("made_ahead", 0) + 1
 
     CHUNK = 64  # about as many picked images fit_batch warps together (more leave the caches)
     CHUNK_BYTES = 4 << 20  # at most as many bytes of rows gathered ahead (at least one batch)
@@ -388,10 +424,11 @@ class RandomAffine(Augmenter):
     def _config(self):
         return (self.rotation, self.scale, self.zoom, self.shift, self.probability, self.fill)
 
-    def _warp_chunk(self, x_all, order, start, n, plan, j0, keep, rng):
+    def _warp_chunk(self, x_all, order, start, n, plan, j0, keep, key, split=True):
         """Batches j0, j0 + 1, ... of ``plan``, the batch j0 + i being rows
         order[start + i n : start + (i + 1) n] (as many as the plan, ``order`` and CHUNK_BYTES
-        allow), gathered as one block with their picked images warped."""
+        allow), gathered as one block with their picked images warped (on the backend's threads
+        when ``split``; the background thread warps them alone); ``key``: the generator's."""
         xp = plan.xp
         row_bytes = x_all.dtype.itemsize * math.prod(x_all.shape[1:])
         most = min((order.shape[0] - start) // n, max(1, self.CHUNK_BYTES // max(1, n * row_bytes)))
@@ -411,7 +448,7 @@ class RandomAffine(Augmenter):
 
             backend = _backend(rows)
             halves = ([slice(0, total // 2), slice(total // 2, total)]
-                      if total > 1 and getattr(backend, "threads", 1) > 1 else [slice(None)])
+                      if split and total > 1 and getattr(backend, "threads", 1) > 1 else [slice(None)])
 
             def part(s):  # each image is warped on its own: pieces of images give the same bits
                 for h in halves[s]:  # in two halves (more pieces of so few images cost more)
@@ -422,8 +459,8 @@ class RandomAffine(Augmenter):
             backend.split(part, len(halves), images.size * 16)  # about 16 passes over the images
         # weak references: the augmenter does not keep fit's data alive after fit returns
         return {"order": weakref.ref(order), "x": weakref.ref(x_all), "start": start, "n": n,
-                "count": count, "rows": rows, "key": rng._key, "per": plan.per,
-                "counter": plan.start + j0 * plan.per, "config": self._config()}
+                "count": count, "rows": rows, "key": key, "per": plan.per,
+                "counter": plan.start + j0 * plan.per, "config": self._config(), "plan": plan}
 
     def _ahead(self, rng, x, keep):
         """The current ``_Ahead`` for this generator and batch shape (made anew when the
