@@ -212,6 +212,13 @@ class Backend:
         threads (NumPy) splits only work worth it. The parts must write disjoint outputs."""
         part(slice(None))
 
+    def flat_update(self, fn, arrays):
+        """``fn(*arrays)`` for an optimizer's element-wise update of its flat 1-D buffers (the
+        parameters, the gradient, the moments): here one call; the NumPy backend runs it over
+        cache-sized pieces, on its threads. fn must be element-wise, so that pieces give the bits
+        of one call."""
+        fn(*arrays)
+
     def background(self, fn):
         """Start ``fn()`` on a thread beside the caller and return a handle whose ``result()``
         waits for its value, or None where the backend has no thread to spare (here, and the NumPy

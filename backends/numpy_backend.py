@@ -2,11 +2,18 @@
 BLAS limited to one thread (cpu_threads.py)."""
 import numpy
 
-from .base import Backend, adam_reference
+from .base import Backend
 from .cpu_threads import limit_blas
 from .host_memory import keep_freed_memory
-from .numpy_kernels import ElementwiseKernels
+from .numpy_kernels import PIECES_PER_THREAD, ElementwiseKernels
 from .random import _GOLDEN as GOLDEN, _finish as mix_splitmix64
+
+
+# Elements an optimizer's flat update (flat_update) handles in one go: 1 MiB of float32 per buffer,
+# so that Adam's four buffers and its temporaries stay in the L3 cache while its passes run over them
+# (measured here, 32 MiB L3: Adam over 5.5 million parameters 0.62x the time of whole-buffer passes
+# on one thread; 2**16 and 2**17 gained as much for large buffers and lost 5-25 % on small ones).
+FLAT_PIECE = 1 << 18
 
 
 class NumpyBackend(Backend):
@@ -65,13 +72,23 @@ class NumpyBackend(Backend):
         self._kernels.split(part, n, 8 * n)   # eight passes over the words
         return out
 
-    def adam_update(self, p, g, m, v, b1, b2, eps, lr, t, weight_decay, decoupled):
-        """The flat Adam/AdamW update (base.adam_reference, as optim.Adam._update does it) over
-        pieces of the flat buffers on the pool: element-wise, so the same bits."""
-        def part(s):
-            adam_reference(numpy, p[s], g[s], m[s], v[s], b1, b2, eps, lr, t, weight_decay, decoupled)
+    def flat_update(self, fn, arrays):
+        """fn over pieces of the flat buffers: the pool's pieces (when the pool splits the update),
+        each run in stretches of at most FLAT_PIECE elements, so that an update's passes (Adam:
+        about fifteen, with temporaries) run while a stretch's arrays are in the cache instead of
+        each pass streaming whole buffers through memory. Element-wise, so the bits of one call."""
+        n = arrays[0].shape[0]
+        count = max(1, min(n, self.threads * PIECES_PER_THREAD))
+        width = -(-n // count)
 
-        self._kernels.split(part, p.shape[0], 12 * p.size)
+        def part(s):
+            first, end, _ = s.indices(count)
+            stop = min(end * width, n)
+            for i in range(first * width, stop, FLAT_PIECE):
+                at = slice(i, min(i + FLAT_PIECE, stop))
+                fn(*(a[at] for a in arrays))
+
+        self._kernels.split(part, count, 3 * n * len(arrays))
 
     def ignore_float_errors(self):
         return numpy.errstate(over="ignore", invalid="ignore")

@@ -1,14 +1,18 @@
-"""Adam's and AdamW's flat update runs over pieces of the buffer on the CPU pool
-(NumpyBackend.adam_update): the same bits as the whole-array update (the formula written out here,
-independently of backends/base.adam_reference), on 1 and 3 threads with every pass split, for a
-model's flat step and for lone parameters (the plain per-parameter path)."""
+"""An optimizer's flat update runs over cache-sized pieces of the buffers on the CPU pool
+(NumpyBackend.flat_update): the same bits as the whole-array update (for Adam and AdamW the formula
+written out here, independently of backends/base.adam_reference), on 1 and 3 threads with every
+pass split, with pieces of 7 elements (many, uneven) and of the default size (one here), for a
+model's flat step and for lone parameters (the plain per-parameter path); and for every optimizer,
+against the same optimizer's update in one call."""
 import numpy as np
 import pytest
 
 import xpnet
+import xpnet.backends.numpy_backend as nb
 import xpnet.backends.numpy_kernels as nk
 from xpnet.backends import get_backend
-from xpnet.optim import Adam, AdamW
+from xpnet.backends.base import Backend
+from xpnet.optim import SGD, Adam, AdamW, RMSprop
 
 
 def reference(p, g, m, v, lr, t, b1, b2, eps, wd, decoupled):
@@ -28,10 +32,12 @@ def reference(p, g, m, v, lr, t, b1, b2, eps, wd, decoupled):
     p -= (np.float64(lr) / (1.0 - b1 ** np.float64(t))).astype(p.dtype) * (m / denom)
 
 
+@pytest.mark.parametrize("piece", [7, nb.FLAT_PIECE])
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("flat_step", [True, False])
 @pytest.mark.parametrize("kind, wd", [(Adam, 0.0), (Adam, 0.01), (AdamW, 0.05)])
-def test_the_split_update_gives_the_whole_updates_bits(threads, flat_step, kind, wd, monkeypatch):
+def test_the_split_update_gives_the_whole_updates_bits(piece, threads, flat_step, kind, wd, monkeypatch):
+    monkeypatch.setattr(nb, "FLAT_PIECE", piece)
     monkeypatch.setattr(nk, "MIN_ELEMENTS", 1)
     monkeypatch.setattr(nk, "ADAPTIVE", False)
     backend = get_backend("numpy")
@@ -55,3 +61,43 @@ def test_the_split_update_gives_the_whole_updates_bits(threads, flat_step, kind,
         reference(flat, g, m, v, 0.01, t, 0.9, 0.999, 1e-8, wd, kind is AdamW)
         got = np.concatenate([params[k].reshape(-1) for k in shapes])
         np.testing.assert_array_equal(got, flat)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("make", [lambda: SGD(lr=0.05), lambda: SGD(lr=0.05, momentum=0.8, decay=1e-3),
+                                  lambda: SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+                                  lambda: RMSprop(lr=0.01), lambda: Adam(lr=0.01, decay=1e-3),
+                                  lambda: AdamW(lr=0.01, weight_decay=0.05)])
+def test_every_optimizers_flat_update_over_pieces_equals_one_call(threads, make, monkeypatch):
+    """Each optimizer's flat step (the one fit uses) over pieces of 7 elements of a 100-element
+    buffer, split over 3 threads, against the same optimizer with the update in one call
+    (Backend.flat_update), five steps; the pieces path must really run (counted)."""
+    monkeypatch.setattr(nb, "FLAT_PIECE", 7)
+    monkeypatch.setattr(nk, "MIN_ELEMENTS", 1)
+    monkeypatch.setattr(nk, "ADAPTIVE", False)
+    backend = get_backend("numpy")
+    monkeypatch.setattr(backend._kernels, "threads", threads)
+    calls = []
+    pieces = nb.NumpyBackend.flat_update
+
+    def counted(self, fn, arrays):
+        calls.append(self)
+        pieces(self, fn, arrays)
+
+    monkeypatch.setattr(nb.NumpyBackend, "flat_update", counted)
+    shapes = {"w": (9, 10), "b": (10,)}
+    results = []
+    for one_call in (False, True):
+        buffer = np.random.default_rng(6).standard_normal(100).astype(np.float32)
+        params = {"w": buffer[:90].reshape(9, 10), "b": buffer[90:]}
+        opt = make().bind(backend)
+        if one_call:   # this optimizer's update as one call over the whole buffers
+            opt.backend = type("OneCall", (), {"flat_update": lambda self, fn, arrays: Backend.flat_update(self, fn, arrays)})()
+        opt.bind_flat(buffer, params)
+        grads_rng = np.random.default_rng(7)
+        for _ in range(5):
+            opt.step(params, {k: grads_rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()})
+        results.append(buffer.copy())
+    assert len(calls) == 5   # the pieces path ran for the first optimizer's five steps
+    np.testing.assert_array_equal(results[0], results[1])
+    assert not np.array_equal(results[0], np.random.default_rng(6).standard_normal(100).astype(np.float32))
