@@ -2,6 +2,7 @@
 
     python benchmarks/run.py --device cpu --models big,medium,lenet5,seed001-m8,cnn3x3 \
         --batch-size 16,64,128 --repeats 15 --warmup 20 --threads 2 --out benchmarks/results/
+    python benchmarks/run.py --rounds 3        # the whole sweep three times; each cell's median ratio
 
 Each model is built in xpnet (Sequential of xpnet layers) and in torch.nn with the same weights;
 each (model, batch size) pair is one cell. One step is what training does per batch, measured the
@@ -17,6 +18,11 @@ are reported with images/s, the ratio xpnet/torch, each framework's peak residen
 its own steps, and the nominal FLOPs of a step (direct convolution and dense products, forward
 and backward) with the GFLOP/s this implies. The JSON result records the machine, versions,
 thread counts and the load average before and after.
+
+Rounds: on a shared or virtual machine one cell's ratio moves by 0.1-0.2 between sweeps minutes
+apart (docs/benchmarks.md), so ``--rounds N`` runs the whole sweep N times, one after the other,
+and gives each cell its N ratios (``ratio_rounds``, with each round's step medians in ``rounds``)
+and their median (``ratio_median``); ``results`` keeps the first round's full record.
 
 Threads: both frameworks get ``--threads`` (default: all cores). PyTorch through
 ``torch.set_num_threads``; NumPy's BLAS through OMP/OPENBLAS/MKL_NUM_THREADS, which this script
@@ -59,6 +65,8 @@ def parse_args(argv=None):
                         "shared machine's load disturbs less (compare ratios only, with --threads 1)")
     p.add_argument("--load", type=int, default=0, metavar="N",
                    help="N busy CPU-bound processes run beside the benchmark (benchmarks/load.py)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the whole sweep this many times; each cell gets its ratios and their median")
     p.add_argument("--tag", default="", help="suffix for the result file name, e.g. threads1")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"),
                    help="folder for the JSON result ('' to skip writing)")
@@ -71,8 +79,9 @@ def parse_args(argv=None):
         args.batch_size = [int(b) for b in str(args.batch_size).split(",") if b.strip()]
     except ValueError:
         p.error(f"--batch-size must be a comma list of integers, got {args.batch_size!r}")
-    if not args.batch_size or min(args.batch_size) < 1 or args.repeats < 1 or args.warmup < 0 or args.load < 0:
-        p.error("--batch-size values and --repeats must be >= 1, --warmup and --load >= 0")
+    if not args.batch_size or min(args.batch_size) < 1 or args.repeats < 1 or args.warmup < 0 or args.load < 0 \
+            or args.rounds < 1:
+        p.error("--batch-size values, --repeats and --rounds must be >= 1, --warmup and --load >= 0")
     return args
 
 
@@ -357,14 +366,27 @@ def main(argv=None):
     load_before = os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc)
     results = []
+    cells = [(m, b) for m in args.models for b in args.batch_size]
     with BusyLoad(args.load) as load:
-        for name, batch in [(m, b) for m in args.models for b in args.batch_size]:
-            r = race(name, batch, args, xpnet, torch, np)
-            results.append(r)
-            print(f"{name:>10} b{batch:<3}: xpnet {r['xpnet']['median_s'] * 1e3:8.1f} ms  torch {r['torch']['median_s'] * 1e3:8.1f} ms"
-                  f"  ratio {r['ratio']:.3f}  ({r['xpnet']['images_per_s']:.0f} vs {r['torch']['images_per_s']:.0f} img/s,"
-                  f" {r['xpnet']['gflops']:.1f} vs {r['torch']['gflops']:.1f} GFLOP/s, peak RSS"
-                  f" {r['xpnet']['peak_rss_mb']:.0f} / {r['torch']['peak_rss_mb']:.0f} MB)", flush=True)
+        for round_ in range(args.rounds):
+            if args.rounds > 1:
+                print(f"round {round_ + 1} of {args.rounds}", flush=True)
+            for i, (name, batch) in enumerate(cells):
+                r = race(name, batch, args, xpnet, torch, np)
+                if round_ == 0:
+                    results.append(r)
+                summary = {"xpnet_s": r["xpnet"]["median_s"], "torch_s": r["torch"]["median_s"], "ratio": r["ratio"]}
+                results[i].setdefault("rounds", []).append(summary)
+                print(f"{name:>10} b{batch:<3}: xpnet {r['xpnet']['median_s'] * 1e3:8.1f} ms  torch {r['torch']['median_s'] * 1e3:8.1f} ms"
+                      f"  ratio {r['ratio']:.3f}  ({r['xpnet']['images_per_s']:.0f} vs {r['torch']['images_per_s']:.0f} img/s,"
+                      f" {r['xpnet']['gflops']:.1f} vs {r['torch']['gflops']:.1f} GFLOP/s, peak RSS"
+                      f" {r['xpnet']['peak_rss_mb']:.0f} / {r['torch']['peak_rss_mb']:.0f} MB)", flush=True)
+    for r in results:
+        r["ratio_rounds"] = [x["ratio"] for x in r["rounds"]]
+        r["ratio_median"] = statistics.median(r["ratio_rounds"])
+    if args.rounds > 1:
+        print(f"median of {args.rounds} rounds: " + ", ".join(
+            f"{r['model']} b{r['batch_size']} {r['ratio_median']:.2f}" for r in results), flush=True)
     report = {"date": started.isoformat(timespec="seconds"), "device": args.device,
               "command": " ".join([os.path.basename(sys.executable), "benchmarks/run.py"] + sys.argv[1:]),
               "settings": {k: v for k, v in vars(args).items() if k != "out"},

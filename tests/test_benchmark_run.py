@@ -33,7 +33,8 @@ def test_a_tiny_run_covers_every_cell(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--batch-size", "2,3",
                            "--repeats", "2", "--warmup", "1", "--threads", "1", "--tag", "t", "--clock", "cpu",
-                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+                           "--rounds", "3", "--out", str(tmp_path)], capture_output=True, text=True, env=env,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     (path,) = tmp_path.glob("*-t.json")
     report = json.loads(path.read_text())
@@ -42,6 +43,11 @@ def test_a_tiny_run_covers_every_cell(tmp_path):
     for r in report["results"]:
         assert len(r["xpnet"]["times_s"]) == len(r["torch"]["times_s"]) == 2
         assert r["ratio"] == pytest.approx(r["xpnet"]["median_s"] / r["torch"]["median_s"])
+        # three rounds: the first is the full record, each has its own medians, and the median ratio
+        assert len(r["rounds"]) == 3 and r["rounds"][0]["ratio"] == r["ratio"]
+        assert r["ratio_rounds"] == [x["ratio"] for x in r["rounds"]]
+        assert r["ratio_median"] == sorted(r["ratio_rounds"])[1]
+        assert all(x["ratio"] == pytest.approx(x["xpnet_s"] / x["torch_s"]) for x in r["rounds"])
     assert report["machine"]["threads"]["torch"] == 1
     assert report["machine"]["threads"]["OPENBLAS_NUM_THREADS"] == "1"
     assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1
@@ -49,7 +55,7 @@ def test_a_tiny_run_covers_every_cell(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["--batch-size", "16,x"], ["--batch-size", "0"], ["--warmup", "-1"],
-                                  ["--models", "huge"]])
+                                  ["--models", "huge"], ["--rounds", "0"]])
 def test_bad_arguments_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
         run.parse_args(argv)
