@@ -13,6 +13,7 @@ a Ctrl-C at any moment (even while the pool starts) never leaves the interpreter
 at exit, which a ThreadPoolExecutor's workers can (and a second Ctrl-C then prints a traceback).
 """
 import collections
+import os
 import queue
 import threading
 import time
@@ -126,6 +127,7 @@ class Background:
 
     def __init__(self):
         self._jobs = queue.SimpleQueue()
+        self.pid = os.getpid()   # a forked child has no such thread: it makes its own
         threading.Thread(target=self._work, name="xpnet-background", daemon=True).start()
 
     def _work(self):
@@ -153,7 +155,7 @@ class ElementwiseKernels:
         would only take turns with the caller: the caller runs fn itself when it needs it)."""
         if self.threads == 1:
             return None
-        if self._background is None:
+        if self._background is None or self._background.pid != os.getpid():
             self._background = Background()
         return self._background.start(fn)
 

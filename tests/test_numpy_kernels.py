@@ -171,3 +171,36 @@ def test_background_jobs_run_beside_the_caller_in_order_and_hand_back_errors():
     with pytest.raises(ValueError, match="second's error"):
         b.result()
     assert names == ["xpnet-background", "xpnet-background"]
+
+
+def test_a_forked_child_gets_its_own_background_thread():
+    """After os.fork the child has none of the parent's threads: a job handed to the parent's
+    background thread would never run and result() would wait forever. The child (here: a
+    process id that differs from the one the thread was made in) starts a thread of its own."""
+    k = ElementwiseKernels(2)
+    assert k.background(lambda: 1).result() == 1
+    first = k._background
+    assert k.background(lambda: 2).result() == 2 and k._background is first   # same process: kept
+    first.pid = -1                                                              # as if forked
+    assert k.background(lambda: 3).result() == 3 and k._background is not first
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork (POSIX)")
+def test_background_work_finishes_in_a_really_forked_child():
+    """The same with a real fork: the child's job finishes (an alarm ends the child after 20 s
+    if it waits forever)."""
+    import subprocess
+    import sys
+    code = (
+        "import os, signal\n"
+        "from xpnet.backends.numpy_kernels import ElementwiseKernels\n"
+        "k = ElementwiseKernels(2)\n"
+        "assert k.background(lambda: 1).result() == 1\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    signal.alarm(20)\n"
+        "    os._exit(0 if k.background(lambda: 7).result() == 7 else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "raise SystemExit(os.waitstatus_to_exitcode(status))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
