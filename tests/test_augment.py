@@ -341,6 +341,34 @@ def test_fit_batch_serves_each_batch_as_the_plain_call(monkeypatch, chunk_bytes,
     assert sum(not np.array_equal(s, x[order[i * 8:i * 8 + 8]]) for i, s in enumerate(served[:3])) >= 2
 
 
+def test_fit_with_blocks_made_in_the_background_trains_the_same_weights(monkeypatch):
+    """fit() on two threads with blocks of two batches, so that most blocks are made on the
+    background thread (counted), against the same fit with a plain per-batch callable: the same
+    weights, history and generator state after three epochs."""
+    import xpnet
+    from xpnet.layers import Dense, Flatten, ReLU
+    b = get_backend("numpy")
+    monkeypatch.setattr(b._kernels, "threads", 2)
+    host = np.random.default_rng(3).random((100, 1, 12, 12)).astype(np.float32)
+    labels = np.random.default_rng(4).integers(0, 3, 100)
+    monkeypatch.setattr(RandomAffine, "CHUNK_BYTES", 2 * 10 * host[0].nbytes)
+    results, made = [], []
+    for plain in (False, True):
+        aug = RandomAffine(rotation=25, scale=None, zoom=0.2, shift=(0.2, 0.2), probability=0.25)
+        m = xpnet.Sequential([Flatten(), Dense(8), ReLU(), Dense(3)], input_shape=(1, 12, 12),
+                             device="numpy", seed=5).compile(optimizer="adam")
+        history = m.fit(host, labels, augment=(lambda xb, rng: aug(xb, rng)) if plain else aug,
+                        epochs=3, batch_size=10, verbose=0)
+        made.append((aug.__dict__.get("made_ahead", 0), aug.__dict__.get("taken_ahead", 0)))
+        logs = {k: v for k, v in history.history.items() if k != "seconds"}
+        results.append(({k: m.backend.to_numpy(v) for k, v in m.parameters.items()}, logs,
+                        m._fit_rngs["augment"].get_state()))
+    # 5 blocks an epoch, 4 of them made ahead and served (the last block of an epoch starts none)
+    assert made[0] == (3 * 4, 3 * 4) and made[1] == (0, 0)
+    assert all(np.array_equal(results[0][0][k], results[1][0][k]) for k in results[0][0])
+    assert results[0][1] == results[1][1] and results[0][2] == results[1][2]
+
+
 def test_fit_batch_makes_the_next_block_on_the_background_thread(monkeypatch):
     """With more than one thread, fit_batch starts the next block (two batches here) on the
     backend's background thread when it serves a block's first batch, and takes it from there when
@@ -355,9 +383,9 @@ def test_fit_batch_makes_the_next_block_on_the_background_thread(monkeypatch):
     made_on = []
     warp_chunk = A.RandomAffine._warp_chunk
 
-    def recording(self, *args, **kwargs):
-        made_on.append(threading.current_thread().name)
-        return warp_chunk(self, *args, **kwargs)
+    def recording(self, x_all, order, start, *args, **kwargs):
+        made_on.append((start, threading.current_thread().name))
+        return warp_chunk(self, x_all, order, start, *args, **kwargs)
 
     monkeypatch.setattr(A.RandomAffine, "_warp_chunk", recording)
     order = b.rng(1, 2).permutation(64)
@@ -372,10 +400,11 @@ def test_fit_batch_makes_the_next_block_on_the_background_thread(monkeypatch):
         got = ahead.fit_batch(x, order, start, stop, r_ahead)
         np.testing.assert_array_equal(got, plain(x[order[start:stop]], r_plain))
         assert r_ahead.counter == r_plain.counter
+    b.background(lambda: None).result()   # jobs run in order: every block started is made now
     # blocks 0-15 (here), 16-31 (background), 32-47 (background, dropped at the jump), 48-63 (here)
     # (48-63 is the order's last block: nothing after it is started)
-    assert made_on == [threading.current_thread().name, "xpnet-background", "xpnet-background",
-                       threading.current_thread().name]
+    here = threading.current_thread().name
+    assert sorted(made_on) == [(0, here), (16, "xpnet-background"), (32, "xpnet-background"), (48, here)]
 
 
 @pytest.mark.parametrize("shape, dtype", [((9, 1, 28, 28), "float32"), ((5, 3, 17, 23), "float32"),

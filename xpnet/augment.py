@@ -369,6 +369,8 @@ class RandomAffine(Augmenter):
             if made is not None and made[0] == start:
                 self._chunk = made[1].result()
                 rows = self._serve(self._chunk, x_all, order, start, n, rng)
+                if rows is not None:
+                    self.taken_ahead = self.__dict__.get("taken_ahead", 0) + 1
         if rows is not None:
             return rows
         xb = x_all[order[start:stop]]
