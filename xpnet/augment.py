@@ -412,9 +412,9 @@ class RandomAffine(Augmenter):
         self.__dict__.pop("_next", None)
         if j >= len(plan.batches) or start + n > order.shape[0]:
             return
-        keep = _backend(chunk["rows"]).warp_constants
-        key = chunk["key"]
-        pending = _backend(chunk["rows"]).background(
+        backend, key = _backend(chunk["rows"]), chunk["key"]
+        keep = backend.warp_constants
+        pending = backend.background(
             lambda: self._warp_chunk(x_all, order, start, n, plan, j, keep, key, split=False))
         if pending is not None:
             self._next = (start, pending)

@@ -232,10 +232,10 @@ class Optimizer:
         self._device[1][1:] = (self.iterations + 1, t + 1)
         buffers = [flat] + [self._flat_state[s][0] for s in self.slots]
         kept = None if finite is None else [b.copy() for b in buffers]
-        slots, t = self.slots, d[2]
+        slots, count = self.slots, d[2]   # the device's step count (``t`` is the host's)
 
         def update(p, g, *moments):   # element-wise: the backend may run it over pieces
-            self._update(p, g, lr, dict(zip(slots, moments)), t)
+            self._update(p, g, lr, dict(zip(slots, moments)), count)
 
         self.backend.flat_update(update, [flat, g] + buffers[1:])
         if kept is not None:  # a skipped step: every buffer as it was, the step count too
