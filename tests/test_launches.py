@@ -61,20 +61,20 @@ def test_few_launch_layouts_give_the_same_bits_as_the_cpu_ones(monkeypatch, shap
     (what GPUs and the strict backend use) against the CPU's slice loops and blocks, on the same
     NumPy arrays."""
     from xpnet.backends.numpy_backend import NumpyBackend
-    from xpnet.ops import columns, spectral
+    from xpnet.ops import columns, layout
     r = np.random.default_rng(0)
     x = r.standard_normal(shape).astype(np.float32)
     W = r.standard_normal((4, shape[1], kernel, kernel)).astype(np.float32)
     planes = r.standard_normal((7, 5, 3, 2)).astype(np.float32)
-    monkeypatch.setattr(spectral, "TO_PLANES_BLOCK", 4)   # the CPU's transpose into planes in blocks
+    monkeypatch.setattr(layout, "TO_PLANES_BLOCK", 4)   # the CPU's transpose into planes in blocks
     results = []
     for few in (False, True):
         monkeypatch.setattr(NumpyBackend, "few_launches", few)
         y, cache = columns.forward(np, x, W, None, (1, 1), padding)
         cache.update(stride=(1, 1), padding=padding)
         dx, dW = columns.backward(np, np.ones_like(y), dict(cache, columns=None), True)
-        results.append((y, dx, dW, spectral._from_planes(np, planes), spectral._to_planes(np, x),
-                        spectral._to_planes(np, x[:, :, ::2])))   # not contiguous: one strided copy
+        results.append((y, dx, dW, layout.from_planes(np, planes), layout.to_planes(np, x),
+                        layout.to_planes(np, x[:, :, ::2])))   # not contiguous: one strided copy
     assert np.array_equal(results[0][4], x.transpose(2, 3, 0, 1))
     for a, b in zip(*results):
         assert np.array_equal(a, b)

@@ -6,7 +6,7 @@ import pytest
 
 import xpnet.backends.numpy_kernels as nk
 from xpnet.backends import get_backend
-from xpnet.ops import fast, gemm, spectral
+from xpnet.ops import fast, gemm, layout
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def small_splits(monkeypatch):
     monkeypatch.setattr(nk, "MIN_MACS", 1)
     monkeypatch.setattr(gemm, "PIECE_COLUMNS", 64)
     monkeypatch.setattr(gemm, "MIN_MACS", 1)
-    monkeypatch.setattr(spectral, "TO_PLANES_BLOCK", 4)   # several blocks of planes, one uneven
+    monkeypatch.setattr(layout, "TO_PLANES_BLOCK", 4)   # several blocks of planes, one uneven
     backend = get_backend("cpu")
     kept = backend._kernels.threads
     yield backend

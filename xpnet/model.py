@@ -179,6 +179,27 @@ def _link_relu_pool(layers, backend):
             layer.pool_after = after if link else None
 
 
+def _link_conv_pool(layers, backend):
+    """A Conv2D whose output goes only to a MaxPool2D with windows that tile it and no padding
+    (directly, or through a ReLU that the pooling applies: _link_relu_pool) hands its output on as
+    the NCHW view of its spectral route's planes, where launches are cheap (the CPU): the pooling
+    then works on planes, transposes only its pooled output, and sends its gradient back as planes
+    that the convolution's backward reads without a transpose (ops/layout.py). The same bits as
+    the NCHW path (tests/test_conv_pool_planes.py); the columns route ignores it."""
+    from .layers.activations import ReLU
+    from .layers.conv import Conv2D
+    from .layers.pooling import MaxPool2D
+    for i, layer in enumerate(layers):
+        if type(layer) is not Conv2D:
+            continue
+        after = layers[i + 1] if i + 1 < len(layers) else None
+        if type(after) is ReLU and getattr(after, "pool_after", None) is not None:
+            after = after.pool_after
+        layer.planes_out = (not backend.few_launches and getattr(layer, "relu_after", None) is None
+                            and type(after) is MaxPool2D and after.strides == after.pool_size
+                            and not any(after.pads))
+
+
 class Sequential(LayerStack, TrainingMixin):
     """Layers applied in order. ``input_shape`` excludes the batch axis, e.g. (1, 28, 28)."""
 
@@ -209,6 +230,7 @@ class Sequential(LayerStack, TrainingMixin):
         self.output_shape = shape
         _link_bias_relu(self.layers, self.backend)
         _link_relu_pool(self.layers, self.backend)
+        _link_conv_pool(self.layers, self.backend)
         return self
 
     @property

@@ -53,6 +53,8 @@ def _config_value(v):
 class Conv2D(Layer):
     """y = conv(x, W) + b with stride and "valid" / "same" / explicit zero padding."""
 
+    planes_out = False   # set by Sequential when a max pooling that reads planes comes next
+
     def __init__(self, filters, kernel_size, strides=1, padding="valid", use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel_regularizer=None,
                  name=None):
@@ -90,6 +92,10 @@ class Conv2D(Layer):
             y, self.cache = ops.conv2d_forward(self.xp, x, self.params["W"], None, self.strides, self.pads)
             self.cache["has_bias"] = True
             return relu.take(self.backend.bias_relu(y, self.params["b"], 1))
+        if self.planes_out and ops.current() == "fast":   # a max pooling reads the planes (model.py)
+            y, self.cache = ops.conv2d_forward(self.xp, x, self.params["W"], self.params.get("b"),
+                                               self.strides, self.pads, planes_out=True)
+            return y
         y, self.cache = ops.conv2d_forward(self.xp, x, self.params["W"], self.params.get("b"),
                                            self.strides, self.pads)
         return y

@@ -40,9 +40,11 @@ def _check_conv(x, W, b, stride, padding):
         raise ShapeError(f"conv2d: stride must be >= 1 and padding >= 0, got {stride} and {padding}")
 
 
-def conv2d_forward(xp, x, W, b, stride, padding, method=None):
+def conv2d_forward(xp, x, W, b, stride, padding, method=None, planes_out=False):
     """y (N, F, Ho, Wo) = cross-correlation of zero-padded x with W, plus b; cache for backward.
-    ``method`` ("spectral" or "columns") forces one; by default autotune.method_for picks it."""
+    ``method`` ("spectral" or "columns") forces one; by default autotune.method_for picks it.
+    ``planes_out``: the spectral route may return y as the NCHW view of its (Ho, Wo, N, F) planes
+    (layout.py; for a max pooling next, which pools planes)."""
     stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
     _check_conv(x, W, b, stride, padding)
     W = W if W.dtype == x.dtype else W.astype(x.dtype)
@@ -50,7 +52,10 @@ def conv2d_forward(xp, x, W, b, stride, padding, method=None):
         method = autotune.method_for(xp, x, W, stride, padding)
     elif method not in ("spectral", "columns"):
         raise ConfigError(f"conv2d method must be 'spectral' or 'columns', got {method!r}")
-    y, kept = (spectral if method == "spectral" else columns).forward(xp, x, W, b, stride, padding)
+    if method == "spectral":
+        y, kept = spectral.forward(xp, x, W, b, stride, padding, planes_out=planes_out)
+    else:
+        y, kept = columns.forward(xp, x, W, b, stride, padding)
     return y, dict(impl="fast", method=method, x_shape=tuple(x.shape), w_shape=tuple(W.shape),
                    stride=stride, padding=padding, y_shape=tuple(y.shape), dtype=x.dtype,
                    has_bias=b is not None, **kept)

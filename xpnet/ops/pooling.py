@@ -3,13 +3,16 @@
 Max pooling is an elementwise maximum over one strided view per window offset; its backward, and
 average pooling, work on reshaped windows when stride == pool (the usual case). On the NumPy
 backend, max pooling with stride == pool stores each window's winning offset (a uint8) in forward
-and its backward writes one strided view of dx per offset (``_winners_forward``). Max-pool ties send
+and its backward writes one strided view of dx per offset (``_winners_forward``); an input that is
+the NCHW view of a convolution's planes (layout.py) is pooled as planes, and its gradient goes back
+as planes (``_planes_forward``). Max-pool ties send
 the gradient to the first maximum in row-major window order, as the reference and PyTorch do; a NaN
 counts as the maximum. Arrays keep the input dtype throughout.
 """
 from ..backends import backend_of
 from ..errors import ShapeError
 from .geometry import out_size, window
+from .layout import from_planes, planes_of, to_planes
 
 
 def check_pool(x, pool, stride, what):
@@ -102,10 +105,11 @@ CHUNK_BYTES = 1 << 20   # of x per chunk (measured: 256 KiB-4 MiB within 10 %, 3
 
 class Winners:
     """The cache of ``_winners_forward``: per window the row-major offset i * pw + j of its first
-    maximum (uint8 while ph * pw <= 256), the input's shape, and the window."""
+    maximum (uint8 while ph * pw <= 256), the input's shape, and the window. ``planes``: the index
+    is laid out (Ho, Wo, N*C), as the input was (layout.py), else (N, C, Ho, Wo)."""
 
-    def __init__(self, index, x_shape, pool):
-        self.index, self.x_shape, self.pool = index, tuple(x_shape), pool
+    def __init__(self, index, x_shape, pool, planes=False):
+        self.index, self.x_shape, self.pool, self.planes = index, tuple(x_shape), pool, planes
 
 
 def _chunks(s, length, per):
@@ -114,11 +118,41 @@ def _chunks(s, length, per):
     return [slice(a, min(a + per, stop)) for a in range(start, stop, per)]
 
 
+def _fold(xp, m, k_of, view, count, scratch):
+    """m, k_of <- the maximum over ``count`` window offsets and the offset of its first maximum:
+    an offset replaces the current winner only when strictly greater, so ties keep the earliest; a
+    NaN is handled after the fold, only where there is one: the winner is the window's first NaN.
+    ``view(k)`` is offset k's values (shaped like m); scratch (buf, gt, later): buf None to compare
+    the views as they are, else an array each view is copied into first (NumPy's ufuncs on a
+    strided view loop element by element; a copy is its cheapest strided loop)."""
+    buf, gt, later = scratch
+    m[...] = view(0)
+    k_of[...] = 0
+    for k in range(1, count):
+        v = view(k)
+        if buf is not None:
+            xp.copyto(buf, v)
+            v = buf
+        xp.greater(v, m, out=gt)
+        xp.maximum(m, v, out=m)
+        # k is larger than every offset before it: max(k_of, k * gt) sets k where gt, without
+        # the branch per element of a masked copy (slow on random masks)
+        xp.multiply(gt, k_of.dtype.type(k), out=later)
+        xp.maximum(k_of, later, out=k_of)
+    if xp.isnan(m).any():   # a host check: these paths run on the NumPy backend only
+        for k in reversed(range(count)):
+            xp.copyto(k_of, k, where=xp.isnan(view(k)))
+
+
 def _winners_forward(xp, backend, x, ph, pw):
     """(y, cache) for stride == pool: y as in maxpool2d_forward_xp (the same ``maximum`` calls in
     the same order, so the same bits), plus the first maximum's offset: an offset replaces the
     current winner only when strictly greater, so ties keep the earliest. A NaN is handled after
-    the fold, only in chunks that have one: the winner is the window's first NaN."""
+    the fold, only in chunks that have one: the winner is the window's first NaN. An input that is
+    the NCHW view of planes is pooled as planes (``_planes_forward``)."""
+    planes = planes_of(x)
+    if planes is not None:
+        return _planes_forward(xp, backend, planes, ph, pw)
     n, c, h, w = x.shape
     ho, wo = h // ph, w // pw
     planes = x.reshape(n * c, h, w)
@@ -130,34 +164,32 @@ def _winners_forward(xp, backend, x, ph, pw):
         return planes[t, i:ho * ph:ph, j:wo * pw:pw]
 
     def part(s):   # planes s, on the backend's threads
-        buf = gt = later = None
+        scratch = None
         for t in _chunks(s, n * c, per):
-            m, k_of = y[t], index[t]
-            m[...] = view(t, 0, 0)
-            k_of[...] = 0
-            if buf is None or buf.shape != m.shape:
-                buf, gt, later = xp.empty_like(m), xp.empty(m.shape, dtype=bool), xp.empty_like(k_of)
-            for k in range(1, ph * pw):
-                xp.copyto(buf, view(t, *divmod(k, pw)))
-                xp.greater(buf, m, out=gt)
-                xp.maximum(m, buf, out=m)
-                # k is larger than every offset before it: max(k_of, k * gt) sets k where gt, without
-                # the branch per element of a masked copy (slow on random masks)
-                xp.multiply(gt, k_of.dtype.type(k), out=later)
-                xp.maximum(k_of, later, out=k_of)
-            if xp.isnan(m).any():   # a host check: this path runs on the NumPy backend only
-                for k in reversed(range(ph * pw)):
-                    xp.copyto(k_of, k, where=xp.isnan(view(t, *divmod(k, pw))))
+            if scratch is None or scratch[0].shape != y[t].shape:
+                scratch = (xp.empty_like(y[t]), xp.empty(y[t].shape, dtype=bool), xp.empty_like(index[t]))
+            _fold(xp, y[t], index[t], lambda k, t=t: view(t, *divmod(k, pw)), ph * pw, scratch)
 
     backend.split(part, n * c, x.size)
     y = y.reshape(n, c, ho, wo)
     return y, (Winners(index.reshape(n, c, ho, wo), x.shape, (ph, pw)), y, (ph, pw), (ph, pw))
 
 
+def _scatter(xp, k_of, d, target, pool, eq):
+    """target(i, j) <- d * (k_of == i * pw + j) for every window offset (i, j) of ``pool``; eq: a
+    bool scratch shaped like k_of."""
+    ph, pw = pool
+    for k in range(ph * pw):
+        xp.equal(k_of, k, out=eq)
+        xp.multiply(d, eq, out=target(*divmod(k, pw)))
+
+
 def _winners_backward(xp, backend, dy, winners):
     """dx for ``_winners_forward``'s cache: per window offset k, dy * (index == k) written into
     that offset's strided view of dx (the product, not a select, as the other paths: a non-winning
     cell gets 0 * dy, so -0.0 for a negative dy and NaN for a NaN one); cells no window covers get 0."""
+    if winners.planes:
+        return _planes_backward(xp, backend, dy, winners)
     n, c, h, w = winners.x_shape
     ph, pw = winners.pool
     ho, wo = dy.shape[2], dy.shape[3]
@@ -169,13 +201,9 @@ def _winners_backward(xp, backend, dy, winners):
     def part(s):   # planes s, on the backend's threads
         eq = None
         for t in _chunks(s, n * c, per):
-            k_of = index[t]
-            if eq is None or eq.shape != k_of.shape:
-                eq = xp.empty(k_of.shape, dtype=bool)
-            for k in range(ph * pw):
-                i, j = divmod(k, pw)
-                xp.equal(k_of, k, out=eq)
-                xp.multiply(dys[t], eq, out=dx[t, i:ho * ph:ph, j:wo * pw:pw])
+            if eq is None or eq.shape != index[t].shape:
+                eq = xp.empty(index[t].shape, dtype=bool)
+            _scatter(xp, index[t], dys[t], lambda i, j, t=t: dx[t, i:ho * ph:ph, j:wo * pw:pw], (ph, pw), eq)
             if ho * ph < h:
                 dx[t, ho * ph:, :] = 0
             if wo * pw < w:
@@ -183,6 +211,62 @@ def _winners_backward(xp, backend, dy, winners):
 
     backend.split(part, n * c, dx.size)
     return dx.reshape(n, c, h, w)
+
+
+# -- the same on planes (H, W, N*C): each window offset of a band of output rows is a slice whose
+# rows are N*C long and contiguous, so no copy is needed and every pass streams
+def _planes_forward(xp, backend, planes, ph, pw):
+    """``_winners_forward`` for an input given as planes (H, W, N, C): the same ``maximum`` and
+    ``greater`` of the same values in the same offset order, so the same y and index bits; y comes
+    back as a contiguous NCHW array, the index stays in planes order."""
+    h, w, n, c = planes.shape
+    ho, wo, nc = h // ph, w // pw, n * c
+    bands = planes[:ho * ph].reshape(ho, ph, w, nc)
+    y = xp.empty((ho, wo, nc), dtype=planes.dtype)
+    index = xp.empty((ho, wo, nc), dtype=xp.uint8 if ph * pw <= 256 else xp.int32)
+    per = max(1, CHUNK_BYTES // (ph * w * nc * planes.dtype.itemsize))
+
+    def view(t, k):   # window offset k of the output rows t: (rows, Wo, N*C), rows contiguous
+        i, j = divmod(k, pw)
+        return bands[t, i, j:wo * pw:pw]
+
+    def part(s):   # output rows s, on the backend's threads
+        scratch = None
+        for t in _chunks(s, ho, per):
+            if scratch is None or scratch[1].shape != y[t].shape:
+                scratch = (None, xp.empty(y[t].shape, dtype=bool), xp.empty_like(index[t]))
+            _fold(xp, y[t], index[t], lambda k, t=t: view(t, k), ph * pw, scratch)
+
+    backend.split(part, ho, planes.size)
+    out = from_planes(xp, y.reshape(ho, wo, n, c))
+    return out, (Winners(index, (n, c, h, w), (ph, pw), planes=True), out, (ph, pw), (ph, pw))
+
+
+def _planes_backward(xp, backend, dy, winners):
+    """``_winners_backward`` for a planes index: dx is written as planes (the same products of the
+    same values) and returned as their NCHW view, which the convolution before reads as planes."""
+    n, c, h, w = winners.x_shape
+    ph, pw = winners.pool
+    ho, wo, nc = dy.shape[2], dy.shape[3], n * c
+    dys = to_planes(xp, dy).reshape(ho, wo, nc)
+    dx = xp.empty((h, w, nc), dtype=dy.dtype)
+    bands = dx[:ho * ph].reshape(ho, ph, w, nc)
+    index = winners.index
+    per = max(1, CHUNK_BYTES // (ph * w * nc * dy.dtype.itemsize))
+
+    def part(s):   # output rows s, on the backend's threads
+        eq = None
+        for t in _chunks(s, ho, per):
+            if eq is None or eq.shape != index[t].shape:
+                eq = xp.empty(index[t].shape, dtype=bool)
+            _scatter(xp, index[t], dys[t], lambda i, j, t=t: bands[t, i, j:wo * pw:pw], (ph, pw), eq)
+            if wo * pw < w:
+                bands[t, :, wo * pw:] = 0
+
+    backend.split(part, ho, dx.size)
+    if ho * ph < h:
+        dx[ho * ph:] = 0
+    return dx.reshape(h, w, n, c).transpose(2, 3, 0, 1)
 
 
 def maxpool2d_backward_xp(xp, dy, cache):

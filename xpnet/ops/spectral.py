@@ -8,7 +8,7 @@ inverse(sum_n conj(DY) * X) on the kernel window. For 5x5 kernels on 14x14 to 28
 tens of channels this needs 3-4x fewer FLOPs than direct convolution.
 
 Layout inside: spatial axes first, (H, W, N, C), so the transforms are left-multiplications of
-large contiguous blocks and NCHW <-> planes is one 2-D transpose; NCHW only at the edges. Per
+large contiguous blocks and NCHW <-> planes is one 2-D transpose (layout.py); NCHW only at the edges. Per
 frequency bin the images are rows: a spectrum bin is (2N, C), the real parts of the N images over
 their imaginary parts. The complex product per bin is one real GEMM whose batch-sized operand
 carries the real form, Z = [[Xi, Xr], [-Xr, Xi]] (2N, 2C), against the kernel spectrum as it comes
@@ -26,52 +26,9 @@ from ..backends import backend_of
 from . import dft
 from .gemm import wide_matmul
 from .geometry import out_size, padded_hw
+from .layout import from_planes, to_planes
 
 DX_CHUNK_ELEMENTS = 1 << 18   # elements of Q per chunk of dX's product and combine (1 MiB of float32)
-TRANSPOSE_BLOCK = 12   # positions per block of the transpose back to NCHW: 12-16 were 1.5-2.6x faster than 64 here
-# planes per block of the transpose into planes (_to_planes): 256-512 were 1.7-3.2x faster than the
-# strided copy by rows of H it replaced (2026-12-01, one thread; blocks of positions gained nothing)
-TO_PLANES_BLOCK = 512
-
-
-def _to_planes(xp, x):
-    """(N, C, H, W) -> (H, W, N, C), the layout of the transforms: a 2-D transpose of (N*C, H*W).
-    On the CPU in blocks of TO_PLANES_BLOCK planes on the backend's threads (each block's planes
-    read once, whole, and written as runs of the block's width); where launches cost more
-    (``backend.few_launches``: GPUs) one strided copy."""
-    n, c, h, w = x.shape
-    out = xp.empty((h, w, n, c), dtype=x.dtype)
-    backend = backend_of(x)
-    if backend.few_launches or not x.flags.c_contiguous:
-        out[...] = x.transpose(2, 3, 0, 1)
-        return out
-    src, rows = x.reshape(n * c, h * w), out.reshape(h * w, n * c)
-
-    def blocks(s):   # blocks of planes s
-        for b in range(0, n * c, TO_PLANES_BLOCK)[s]:
-            rows[:, b:b + TO_PLANES_BLOCK] = src[b:b + TO_PLANES_BLOCK].T
-
-    backend.split(blocks, -(-n * c // TO_PLANES_BLOCK), x.size)
-    return out
-
-
-def _from_planes(xp, a):
-    """(H, W, N, C) -> (N, C, H, W): a 2-D transpose of (H*W, N*C). On the CPU in blocks of
-    positions (cache-sized) on the backend's threads; where launches cost more than strided copies
-    (``backend.few_launches``: GPUs) one strided copy."""
-    h, w, n, c = a.shape
-    backend = backend_of(a)
-    if backend.few_launches:
-        return xp.ascontiguousarray(a.transpose(2, 3, 0, 1))
-    cols = a.reshape(h * w, n * c)
-    out = xp.empty((n * c, h * w), dtype=a.dtype)
-
-    def blocks(s):   # blocks of positions s
-        for b in range(0, h * w, TRANSPOSE_BLOCK)[s]:
-            out[:, b:b + TRANSPOSE_BLOCK] = cols[b:b + TRANSPOSE_BLOCK].T
-
-    backend.split(blocks, -(-h * w // TRANSPOSE_BLOCK), a.size)
-    return out.reshape(n, c, h, w)
 
 
 def _kernel_spectrum(xp, W, dt, hp, wp):
@@ -124,8 +81,10 @@ def _dx_spectrum(xp, DY, K):
     return out
 
 
-def forward(xp, x, W, b, stride, padding):
-    """(y, what backward needs: the real form Z of the input spectrum and the kernel spectrum K)."""
+def forward(xp, x, W, b, stride, padding, planes_out=False):
+    """(y, what backward needs: the real form Z of the input spectrum and the kernel spectrum K).
+    With ``planes_out`` (on the CPU: launches cheap) y is the NCHW view of the output planes, not
+    a copy (layout.py: for a max pooling that reads planes)."""
     n, c, h, w = x.shape
     f, _, kh, kw = W.shape
     (sh, sw), (top, bottom, left, right) = stride, padding
@@ -134,7 +93,7 @@ def forward(xp, x, W, b, stride, padding):
     dt, khalf = x.dtype, hp // 2 + 1
     bins = khalf * wp
     K = _kernel_spectrum(xp, W, dt, hp, wp)                                      # (bins, 2C, F)
-    planes = _to_planes(xp, x)                                                   # (H, W, N, C)
+    planes = to_planes(xp, x)                                                   # (H, W, N, C)
     X = dft.spectrum(xp, planes, dft.forward_h(xp, dt, h, top, 1, hp),
                      dft.forward_w(xp, dt, w, left, 1, wp), hp, wp)              # (Kh, Wp, 2, N, C)
     Z = _real_form(xp, X.reshape(bins, 2 * n, c))                                # (bins, 2N, 2C)
@@ -144,7 +103,9 @@ def forward(xp, x, W, b, stride, padding):
         xp.add(zero_bin, (b if b.dtype == dt else b.astype(dt)).reshape(1, f) * (hp * wp), out=zero_bin)
     out = dft.image(xp, Y.reshape(khalf, wp, 2, n, f), dft.inverse_w(xp, dt, wo, 0, sw, wp),
                     dft.inverse_h(xp, dt, ho, 0, sh, hp, wp), ho, wo)            # (Ho, Wo, N, F)
-    return _from_planes(xp, out), {"Z": Z, "K": K}
+    if planes_out and not backend_of(out).few_launches:
+        return out.transpose(2, 3, 0, 1), {"Z": Z, "K": K}
+    return from_planes(xp, out), {"Z": Z, "K": K}
 
 
 def backward(xp, dy, cache, need_dx):
@@ -156,7 +117,7 @@ def backward(xp, dy, cache, need_dx):
     ho, wo = dy.shape[2], dy.shape[3]
     dt, khalf = dy.dtype, hp // 2 + 1
     bins = khalf * wp
-    planes = _to_planes(xp, dy)                                                  # (Ho, Wo, N, F)
+    planes = to_planes(xp, dy)                                                  # (Ho, Wo, N, F)
     DY = dft.spectrum(xp, planes, dft.forward_h(xp, dt, ho, 0, sh, hp),
                       dft.forward_w(xp, dt, wo, 0, sw, wp), hp, wp).reshape(bins, 2 * n, f)
     # db: the zero-frequency bin of DY is the sum of dy over positions
@@ -171,4 +132,4 @@ def backward(xp, dy, cache, need_dx):
     DX = _dx_spectrum(xp, DY, cache["K"])                                         # (bins, 2N, C)
     out = dft.image(xp, DX.reshape(khalf, wp, 2, n, c), dft.inverse_w(xp, dt, w, left, 1, wp),
                     dft.inverse_h(xp, dt, h, top, 1, hp, wp), h, w)              # (H, W, N, C)
-    return _from_planes(xp, out), dW, db
+    return from_planes(xp, out), dW, db
