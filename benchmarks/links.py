@@ -55,7 +55,8 @@ def time_cell(name, batch, threads, args, xpnet, np):
                 if type(layer).__name__ == kind:
                     setattr(layer, attribute, False)
         models[linked] = model
-    linked_layers = sum(bool(getattr(layer, attribute, False)) for layer in models[True].layers)
+    linked_layers, unlinked_layers = (sum(bool(getattr(layer, attribute, False)) for layer in models[k].layers)
+                                      for k in (True, False))
     backend = models[True].backend
     backend.set_threads(threads)
     rng = np.random.default_rng(0)
@@ -80,6 +81,7 @@ def time_cell(name, batch, threads, args, xpnet, np):
                 times[linked].append(time.perf_counter() - t0)
     on, off = statistics.median(times[True]), statistics.median(times[False])
     return {"model": name, "batch_size": batch, "threads": threads, "linked_layers": linked_layers,
+            "unlinked_layers": unlinked_layers,
             "linked_median_s": on, "unlinked_median_s": off, "ratio": on / off,
             "linked_times_s": times[True], "unlinked_times_s": times[False]}
 

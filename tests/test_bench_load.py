@@ -117,3 +117,24 @@ def test_handoff_py_measures_every_size(tmp_path):
     assert all(r["one_us"] > 0 and r["pool_8_pieces_us"] > 0 and (r.get("torch_2_us", 1) > 0) for r in report["split"])
     assert all(r["throughput_gain"] > 0 for r in report["together"])
     assert "| 2^12 |" in proc.stdout
+
+
+def test_links_py_times_a_model_with_and_without_its_link(tmp_path):
+    """benchmarks/links.py: both copies step in turn, per thread count; the linked copy has its
+    convolutions that precede a pooling linked, the other none (a wrong switch shows here)."""
+    import json
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "links.py"), "--models", "lenet5",
+                           "--batch-sizes", "2", "--threads", "1,2", "--repeats", "2", "--warmup", "0",
+                           "--out", str(tmp_path)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=root), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (path,) = tmp_path.glob("*-links-conv_pool-*.json")
+    report = json.loads(path.read_text())
+    assert [(r["model"], r["batch_size"], r["threads"]) for r in report["results"]] == [("lenet5", 2, 1), ("lenet5", 2, 2)]
+    for r in report["results"]:
+        assert (r["linked_layers"], r["unlinked_layers"]) == (2, 0)
+        assert len(r["linked_times_s"]) == len(r["unlinked_times_s"]) == 2
+        assert r["ratio"] == r["linked_median_s"] / r["unlinked_median_s"]
+    assert "lenet5 b2 2 thr (2 linked)" in proc.stdout
