@@ -4,7 +4,8 @@
 
 Two copies of a benchmarks/run.py model with the same weights, one as Sequential links it and one
 with the link switched off (``--link conv_pool``: Conv2D.planes_out, model._link_conv_pool), train
-step by step in turn (forward in training mode, cross-entropy, backward, Adam), so that both see the
+step by step in turn (forward in training mode, cross-entropy, backward without the input's gradient
+as in fit(), Adam), so that both see the
 same machine load; each pool thread count in ``--threads`` is a separate pair. The link changes no
 bits (tests/test_conv_pool_planes.py), so only the time is compared: the JSON (``--out``) keeps each
 cell's medians and the ratio linked / unlinked.
@@ -50,6 +51,7 @@ def time_cell(name, batch, threads, args, xpnet, np):
     models = {}
     for linked in (True, False):
         model = run.build_xpnet(xpnet, name, "cpu", "float32", 0)
+        model.layers[0].need_input_grad = False  # as fit() sets it: no gradient for the input images
         if not linked:
             for layer in model.layers:
                 if type(layer).__name__ == kind:
@@ -81,6 +83,7 @@ def time_cell(name, batch, threads, args, xpnet, np):
                 times[linked].append(time.perf_counter() - t0)
     on, off = statistics.median(times[True]), statistics.median(times[False])
     return {"model": name, "batch_size": batch, "threads": threads, "linked_layers": linked_layers,
+            "input_gradient": any(m.layers[0].need_input_grad for m in models.values()),
             "unlinked_layers": unlinked_layers,
             "linked_median_s": on, "unlinked_median_s": off, "ratio": on / off,
             "linked_times_s": times[True], "unlinked_times_s": times[False]}

@@ -4,7 +4,8 @@
     python benchmarks/threads.py --models medium --batch-size 16 --load 1      # point 3: one busy process
     python benchmarks/threads.py --models medium --batch-size 16 --load 1 --blas follow   # the old way
 
-xpnet's training step (forward in training mode, cross-entropy, backward, Adam) is timed with the CPU
+xpnet's training step (forward in training mode, cross-entropy, backward without the input's gradient
+as in fit(), Adam) is timed with the CPU
 backend's pool at each of ``--threads`` (default 1,2), the thread counts alternating step by step
 so that every count sees the same machine load; ``--load N`` runs N busy processes beside it
 (benchmarks/load.py). ``--blas one`` (default) is what xpnet does: NumPy's BLAS on one thread;
@@ -53,6 +54,7 @@ def time_model(name, args, xpnet, np, set_threads):
     from xpnet.losses import CrossEntropy
     from xpnet.optim import Adam
     model = run.build_xpnet(xpnet, name, "cpu", "float32", 0)
+    model.layers[0].need_input_grad = False  # as fit() sets it: no gradient for the input images
     backend = model.backend
     rng = np.random.default_rng(0)
     x = backend.asarray(rng.random((args.batch_size,) + tuple(model.input_shape)).astype("float32"))
@@ -79,6 +81,7 @@ def time_model(name, args, xpnet, np, set_threads):
     counts = {k: after[k] - before[k] for k in ("split_passes", "alone_passes", "holds")}
     counts["sites_alone_now"], counts["last_gains"] = after["sites_alone_now"], after["last_gains"]
     return {"model": name, "batch_size": args.batch_size, "split_check": counts,
+            "input_gradient": model.layers[0].need_input_grad,
             "threads": {str(t): {"median_s": statistics.median(v), "mean_s": statistics.mean(v),
                                  "ratio_to_first": statistics.median(v) / first, "times_s": v}
                         for t, v in times.items()}}

@@ -80,6 +80,7 @@ def test_threads_py_alternates_thread_counts(tmp_path):
     assert all(len(v["times_s"]) == 2 for v in r["threads"].values())
     assert report["load"]["processes"] == 1 and report["load"]["cpu_s"][0] > 0
     assert report["settings"]["split"] == "auto"
+    assert r["input_gradient"] is False   # the step is fit()'s: no gradient for the input images
     assert {"split_passes", "alone_passes", "holds", "sites_alone_now", "last_gains"} == set(r["split_check"])
 
 
@@ -134,7 +135,7 @@ def test_links_py_times_a_model_with_and_without_its_link(tmp_path):
     report = json.loads(path.read_text())
     assert [(r["model"], r["batch_size"], r["threads"]) for r in report["results"]] == [("lenet5", 2, 1), ("lenet5", 2, 2)]
     for r in report["results"]:
-        assert (r["linked_layers"], r["unlinked_layers"]) == (2, 0)
+        assert (r["linked_layers"], r["unlinked_layers"]) == (2, 0) and r["input_gradient"] is False
         assert len(r["linked_times_s"]) == len(r["unlinked_times_s"]) == 2
         assert r["ratio"] == r["linked_median_s"] / r["unlinked_median_s"]
     assert "lenet5 b2 2 thr (2 linked)" in proc.stdout
