@@ -1,12 +1,23 @@
 """benchmarks/load.py: the busy processes of `benchmarks/run.py --load N` run while the block
 runs, get CPU time, and are gone when it ends, also after an exception."""
 import os
+import subprocess
 import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from load import BusyLoad  # noqa: E402
+
+
+def run_benchmark(script, *args):
+    """benchmarks/<script> with ``args`` in a fresh interpreter; the finished process (it must have
+    exited 0)."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc
 
 
 def busy_for(seconds):
@@ -48,13 +59,8 @@ def test_run_py_records_the_load(tmp_path):
     """`benchmarks/run.py --load 1` runs one cell beside a busy process and records it."""
     pytest.importorskip("torch")
     import json
-    import subprocess
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "run.py"), "--models", "lenet5",
-                           "--batch-size", "2", "--repeats", "2", "--warmup", "1", "--threads", "2",
-                           "--load", "1", "--out", str(tmp_path)], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=root), timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    run_benchmark("run.py", "--models", "lenet5", "--batch-size", "2", "--repeats", "2", "--warmup", "1",
+                  "--threads", "2", "--load", "1", "--out", str(tmp_path))
     (path,) = tmp_path.glob("*-load1.json")
     report = json.loads(path.read_text())
     assert report["load"]["processes"] == 1 and report["load"]["cpu_s"][0] > 0
@@ -66,13 +72,8 @@ def test_run_py_records_the_load(tmp_path):
 def test_threads_py_alternates_thread_counts(tmp_path):
     """benchmarks/threads.py times 1 and 2 pool threads in one process, beside a busy process."""
     import json
-    import subprocess
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "threads.py"), "--models", "lenet5",
-                           "--batch-size", "2", "--repeats", "2", "--warmup", "0", "--load", "1",
-                           "--out", str(tmp_path)], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=root), timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    run_benchmark("threads.py", "--models", "lenet5", "--batch-size", "2", "--repeats", "2", "--warmup", "0",
+                  "--load", "1", "--out", str(tmp_path))
     (path,) = tmp_path.glob("*-load1-blas-one.json")
     report = json.loads(path.read_text())
     (r,) = report["results"]
@@ -100,16 +101,11 @@ def test_set_threads_is_checked():
 
 def test_handoff_py_measures_every_size(tmp_path):
     """benchmarks/handoff.py: the wake rows, and per size the split and the two-thread throughput."""
-    import json
-    import subprocess
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     import importlib.util
+    import json
     with_torch = importlib.util.find_spec("torch") is not None
-    proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "handoff.py"), "--sizes", "10,12",
-                           "--repeats", "3", "--out", str(tmp_path)] + ([] if with_torch else ["--no-torch"]),
-                          capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=root), timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_benchmark("handoff.py", "--sizes", "10,12", "--repeats", "3", "--out", str(tmp_path),
+                         *([] if with_torch else ["--no-torch"]))
     (path,) = tmp_path.glob("*-handoff.json")
     report = json.loads(path.read_text())
     assert [r["idle_gap_ms"] for r in report["wake"]] == [0.0, 0.5, 2.0]
@@ -124,13 +120,8 @@ def test_links_py_times_a_model_with_and_without_its_link(tmp_path):
     """benchmarks/links.py: both copies step in turn, per thread count; the linked copy has its
     convolutions that precede a pooling linked, the other none (a wrong switch shows here)."""
     import json
-    import subprocess
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "links.py"), "--models", "lenet5",
-                           "--batch-sizes", "2", "--threads", "1,2", "--repeats", "2", "--warmup", "0",
-                           "--out", str(tmp_path)], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=root), timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_benchmark("links.py", "--models", "lenet5", "--batch-sizes", "2", "--threads", "1,2", "--repeats",
+                         "2", "--warmup", "0", "--out", str(tmp_path))
     (path,) = tmp_path.glob("*-links-conv_pool-*.json")
     report = json.loads(path.read_text())
     assert [(r["model"], r["batch_size"], r["threads"]) for r in report["results"]] == [("lenet5", 2, 1), ("lenet5", 2, 2)]
