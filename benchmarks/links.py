@@ -45,13 +45,11 @@ def parse_args(argv=None):
 
 def time_cell(name, batch, threads, args, xpnet, np):
     import run
-    from xpnet.losses import CrossEntropy
-    from xpnet.optim import Adam
+    from threads import fit_step
     kind, attribute = LINKS[args.link]
     models = {}
     for linked in (True, False):
         model = run.build_xpnet(xpnet, name, "cpu", "float32", 0)
-        model.layers[0].need_input_grad = False  # as fit() sets it: no gradient for the input images
         if not linked:
             for layer in model.layers:
                 if type(layer).__name__ == kind:
@@ -64,16 +62,7 @@ def time_cell(name, batch, threads, args, xpnet, np):
     rng = np.random.default_rng(0)
     x = backend.asarray(rng.random((batch,) + tuple(models[True].input_shape)).astype("float32"))
     y = backend.asarray(rng.integers(0, 10, batch))
-    steps = {}
-    for linked, model in models.items():
-        loss, opt = CrossEntropy(), Adam(1e-3)
-
-        def step(model=model, loss=loss, opt=opt):
-            out = model.forward(x, training=True)
-            loss.forward(out, y)
-            model.backward(loss.backward())
-            opt.step(model.parameters, model.gradients)
-        steps[linked] = step
+    steps = {linked: fit_step(model, x, y) for linked, model in models.items()}
     times = {True: [], False: []}
     for i in range(args.warmup + args.repeats):
         for linked, step in steps.items():

@@ -49,16 +49,13 @@ def parse_args(argv=None):
     return args
 
 
-def time_model(name, args, xpnet, np, set_threads):
-    import run
+def fit_step(model, x, y):
+    """fit()'s training step on (x, y) for ``model`` as a function of no arguments: forward in
+    training mode, cross-entropy, backward without the input images' gradient (the first layer's
+    need_input_grad off, as fit() sets it), Adam."""
     from xpnet.losses import CrossEntropy
     from xpnet.optim import Adam
-    model = run.build_xpnet(xpnet, name, "cpu", "float32", 0)
-    model.layers[0].need_input_grad = False  # as fit() sets it: no gradient for the input images
-    backend = model.backend
-    rng = np.random.default_rng(0)
-    x = backend.asarray(rng.random((args.batch_size,) + tuple(model.input_shape)).astype("float32"))
-    y = backend.asarray(rng.integers(0, 10, args.batch_size))
+    model.layers[0].need_input_grad = False
     loss, opt = CrossEntropy(), Adam(1e-3)
 
     def step():
@@ -66,6 +63,17 @@ def time_model(name, args, xpnet, np, set_threads):
         loss.forward(out, y)
         model.backward(loss.backward())
         opt.step(model.parameters, model.gradients)
+    return step
+
+
+def time_model(name, args, xpnet, np, set_threads):
+    import run
+    model = run.build_xpnet(xpnet, name, "cpu", "float32", 0)
+    backend = model.backend
+    rng = np.random.default_rng(0)
+    x = backend.asarray(rng.random((args.batch_size,) + tuple(model.input_shape)).astype("float32"))
+    y = backend.asarray(rng.integers(0, 10, args.batch_size))
+    step = fit_step(model, x, y)
 
     times = {t: [] for t in args.threads}
     before = backend._kernels.check.report()  # the backend (and its counts) outlive one model

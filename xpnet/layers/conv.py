@@ -92,12 +92,10 @@ class Conv2D(Layer):
             y, self.cache = ops.conv2d_forward(self.xp, x, self.params["W"], None, self.strides, self.pads)
             self.cache["has_bias"] = True
             return relu.take(self.backend.bias_relu(y, self.params["b"], 1))
-        if self.planes_out and ops.current() == "fast":   # a max pooling reads the planes (model.py)
-            y, self.cache = ops.conv2d_forward(self.xp, x, self.params["W"], self.params.get("b"),
-                                               self.strides, self.pads, planes_out=True)
-            return y
+        # a max pooling that reads the spectral route's planes comes next (model._link_conv_pool)
+        planes = {"planes_out": True} if self.planes_out and ops.current() == "fast" else {}
         y, self.cache = ops.conv2d_forward(self.xp, x, self.params["W"], self.params.get("b"),
-                                           self.strides, self.pads)
+                                           self.strides, self.pads, **planes)
         return y
 
     def backward(self, grad):
