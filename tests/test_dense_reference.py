@@ -17,3 +17,22 @@ def test_dense_shapes(backend):
     assert model.output_shape == (7,)
     y = model.forward(backend.asarray(np.zeros((2, 3))))
     assert y.shape == (2, 7)
+
+
+def test_dense_one_sample_weight_gradient_has_the_gemm_bits(backend, rng):
+    """A batch of one takes a broadcast multiply for dW; its bits are the GEMM's, signed zeros
+    included (x = 0 against a negative gradient gives -0.0 in a multiply, +0.0 in the GEMM)."""
+    layer = build([Dense(9)], (40,), backend).layers[0]
+    x = rng.standard_normal((1, 40))
+    x[0, ::3] = 0.0
+    x[0, 1] = -0.0
+    layer.forward(backend.asarray(x), training=True)
+    grad = rng.standard_normal((1, 9))
+    grad[0, 2] = 0.0
+    layer.backward(backend.asarray(grad))
+    got = backend.to_numpy(layer.grads["W"])
+    want = backend.to_numpy(backend.asarray(x).T @ backend.asarray(grad))
+    assert got.shape == want.shape == (40, 9)
+    assert np.signbit(want).sum() < np.signbit(x.T * grad).sum()   # the case is exercised
+    np.testing.assert_array_equal(got.view(np.uint64 if got.itemsize == 8 else np.uint32),
+                                  want.view(np.uint64 if want.itemsize == 8 else np.uint32))

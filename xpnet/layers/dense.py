@@ -42,7 +42,15 @@ class Dense(Layer):
         return y
 
     def backward(self, grad):
-        self.grads["W"] = self.x.T @ grad
+        if self.x.shape[0] == 1:
+            # one sample (per-sample training): the product is an outer product, which a broadcast
+            # multiply makes 2-3x faster than a GEMM with an inner size of 1; "+= 0.0" turns its
+            # -0.0 (a zero times a negative) into the GEMM's +0.0, so the bits are the GEMM's
+            w = self.x.T * grad
+            w += 0.0
+            self.grads["W"] = w
+        else:
+            self.grads["W"] = self.x.T @ grad
         if self.use_bias:
             self.grads["b"] = grad.sum(axis=0)
         return grad @ self.params["W"].T if self.need_input_grad else None
