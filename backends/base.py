@@ -206,6 +206,11 @@ class Backend:
         """xp.matmul(a, b) (2-D or stacked 3-D); the NumPy backend splits it over its threads."""
         return self.xp.matmul(a, b)
 
+    def outer(self, a, b):
+        """a.T @ b for one-row matrices a (1, m) and b (1, n): a Dense layer's weight gradient for
+        a batch of one. Here the GEMM; the NumPy backend multiplies (the same bits)."""
+        return self.xp.matmul(a.T, b)
+
     def split(self, part, length, size):
         """Run ``part(s)`` for slices ``s`` covering range(length) of a leading axis (here: one
         call with slice(None)); ``size`` is the number of elements touched, so a backend with
@@ -216,8 +221,10 @@ class Backend:
         """``fn(*arrays)`` for an optimizer's element-wise update of its flat 1-D buffers (the
         parameters, the gradient, the moments): here one call; the NumPy backend runs it over
         cache-sized pieces, on its threads. fn must be element-wise, so that pieces give the bits
-        of one call."""
-        fn(*arrays)
+        of one call. An entry may be a list of 1-D arrays of one dtype, the parts of a buffer in
+        order (the optimizer's gradients, one per parameter): joined here; the NumPy backend reads
+        each piece from the parts and never joins the whole."""
+        fn(*(self.xp.concatenate(a) if isinstance(a, list) else a for a in arrays))
 
     def background(self, fn):
         """Start ``fn()`` on a thread beside the caller and return a handle whose ``result()``

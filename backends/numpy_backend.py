@@ -1,5 +1,8 @@
 """The CPU backend: NumPy, with threaded element-wise kernels and GEMMs (numpy_kernels.py) and the
 BLAS limited to one thread (cpu_threads.py)."""
+import bisect
+import itertools
+
 import numpy
 
 from .base import Backend
@@ -14,6 +17,29 @@ from .random import _GOLDEN as GOLDEN, _finish as mix_splitmix64
 # (measured here, 32 MiB L3: Adam over 5.5 million parameters 0.62x the time of whole-buffer passes
 # on one thread; 2**16 and 2**17 gained as much for large buffers and lost 5-25 % on small ones).
 FLAT_PIECE = 1 << 18
+
+
+class Parts:
+    """A 1-D buffer given as its parts in order (an optimizer's gradient per parameter, flat_update):
+    a slice is a view of the one part it lies in, or a join of the few it crosses, so the whole
+    buffer is never copied (5.5 million parameters: 22 MB and 3-4 ms a step saved)."""
+
+    def __init__(self, parts):
+        if len({p.dtype for p in parts}) > 1:   # a join would promote: join the whole, as the base
+            parts = [numpy.concatenate(parts)]
+        self.parts = parts
+        self.starts = list(itertools.accumulate((p.shape[0] for p in parts), initial=0))
+        self.shape = (self.starts[-1],)
+
+    def __getitem__(self, s):
+        start, stop = s.start, min(s.stop, self.shape[0])
+        i = bisect.bisect_right(self.starts, start) - 1
+        pieces = []
+        while start < stop:
+            end = min(stop, self.starts[i + 1])
+            pieces.append(self.parts[i][start - self.starts[i]:end - self.starts[i]])
+            start, i = end, i + 1
+        return pieces[0] if len(pieces) == 1 else numpy.concatenate(pieces)
 
 
 class NumpyBackend(Backend):
@@ -77,6 +103,7 @@ class NumpyBackend(Backend):
         each run in stretches of at most FLAT_PIECE elements, so that an update's passes (Adam:
         about fifteen, with temporaries) run while a stretch's arrays are in the cache instead of
         each pass streaming whole buffers through memory. Element-wise, so the bits of one call."""
+        arrays = [Parts(a) if isinstance(a, list) else a for a in arrays]
         n = arrays[0].shape[0]
         count = max(1, min(n, self.threads * PIECES_PER_THREAD))
         width = -(-n // count)
@@ -89,6 +116,27 @@ class NumpyBackend(Backend):
                 fn(*(a[at] for a in arrays))
 
         self._kernels.split(part, count, 3 * n * len(arrays))
+
+    def outer(self, a, b):
+        """The base's a.T @ b for one-row a (1, m), b (1, n) as a broadcast multiply, in row blocks
+        of at most FLAT_PIECE elements (the "+= 0.0" of a block runs while it is in the cache) on
+        the pool: 2-3x faster than OpenBLAS's GEMM with an inner size of 1 (5.5 million elements,
+        one thread: 5.3 against 12.7 ms). Each element is one product, as in the GEMM, whose sums
+        start from +0.0: adding 0.0 turns the multiply's -0.0 (zero times a negative) into +0.0,
+        so the bits are the GEMM's (tests/test_dense_reference.py)."""
+        m, n = a.shape[1], b.shape[1]
+        out = numpy.empty((m, n), dtype=numpy.result_type(a, b))
+        column, rows = a.reshape(m, 1), max(1, FLAT_PIECE // max(n, 1))
+
+        def part(s):
+            first, stop, _ = s.indices(m)
+            for i in range(first, stop, rows):
+                block = out[i:min(i + rows, stop)]
+                numpy.multiply(column[i:i + block.shape[0]], b, out=block)
+                block += 0.0
+
+        self._kernels.split(part, m, 2 * m * n)
+        return out
 
     def ignore_float_errors(self):
         return numpy.errstate(over="ignore", invalid="ignore")

@@ -36,3 +36,19 @@ def test_dense_one_sample_weight_gradient_has_the_gemm_bits(backend, rng):
     assert np.signbit(want).sum() < np.signbit(x.T * grad).sum()   # the case is exercised
     np.testing.assert_array_equal(got.view(np.uint64 if got.itemsize == 8 else np.uint32),
                                   want.view(np.uint64 if want.itemsize == 8 else np.uint32))
+
+
+def test_numpy_outer_over_blocks_and_threads_has_the_gemm_bits(rng):
+    """NumpyBackend.outer in several row blocks and on two threads: the GEMM's bits."""
+    from xpnet.backends.numpy_backend import FLAT_PIECE, NumpyBackend
+    nb = NumpyBackend()
+    nb.set_threads(2)
+    n = 300
+    m = 5 * (FLAT_PIECE // n) + 7            # five whole blocks and a part
+    a = rng.standard_normal((1, m)).astype(np.float32)
+    a[0, ::4] = 0.0
+    b = rng.standard_normal((1, n)).astype(np.float32)
+    b[0, 3] = -0.0
+    got, want = nb.outer(a, b), a.T @ b
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

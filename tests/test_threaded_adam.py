@@ -92,7 +92,7 @@ def test_every_optimizers_flat_update_over_pieces_equals_one_call(threads, make,
         params = {"w": buffer[:90].reshape(9, 10), "b": buffer[90:]}
         opt = make().bind(backend)
         if one_call:   # this optimizer's update as one call over the whole buffers
-            opt.backend = type("OneCall", (), {"flat_update": lambda self, fn, arrays: Backend.flat_update(self, fn, arrays)})()
+            opt.backend = type("OneCall", (), {"xp": np, "flat_update": lambda self, fn, arrays: Backend.flat_update(self, fn, arrays)})()
         opt.bind_flat(buffer, params)
         grads_rng = np.random.default_rng(7)
         for _ in range(5):

@@ -221,7 +221,7 @@ class Optimizer:
         flat, views, t = plan
         xp = self.xp
         self._ensure_flat_state(flat, views)
-        g = xp.concatenate([grads[k].reshape(-1) for k in views])
+        g = [grads[k].reshape(-1) for k in views]   # the flat gradient, as its parts (flat_update)
         for k in views:
             self.steps[k] = t + 1
         d = self._device_scalars(t)
