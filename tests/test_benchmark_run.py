@@ -17,7 +17,7 @@ import run  # noqa: E402
 import xpnet  # noqa: E402
 
 
-@pytest.mark.parametrize("name", run.MODELS)
+@pytest.mark.parametrize("name", run.MODELS + run.PER_SAMPLE)
 def test_the_torch_twin_has_the_same_weights_and_outputs(name):
     model = run.build_xpnet(xpnet, name, "cpu", "float64", seed=3)
     net = run.build_torch(torch, model).eval()
@@ -54,8 +54,35 @@ def test_a_tiny_run_covers_every_cell(tmp_path):
     assert report["settings"]["batch_size"] == [2, 3] and report["settings"]["clock"] == "cpu"
 
 
+def test_a_per_sample_cell_with_the_recipes_sgd(tmp_path):
+    """seed000-final at batch 1 with SGD and momentum (its recipe's optimizer) in both frameworks:
+    the cell runs and the JSON says which optimizer the steps used."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--models",
+                           "seed000-final", "--batch-size", "1", "--optimizer", "sgd-momentum",
+                           "--repeats", "2", "--warmup", "1", "--threads", "1", "--tag", "t",
+                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (path,) = tmp_path.glob("*-t.json")
+    report = json.loads(path.read_text())
+    assert report["settings"]["optimizer"] == "sgd-momentum"
+    (cell,) = report["results"]
+    assert (cell["model"], cell["batch_size"], cell["params"]) == ("seed000-final", 1, 5_539_850)
+    assert len(cell["xpnet"]["times_s"]) == len(cell["torch"]["times_s"]) == 2
+    assert cell["optimizer"] == {"xpnet": "SGD", "torch": "SGD", "momentum": 0.8}
+
+
+def test_the_optimizer_option_builds_the_same_optimizer_in_both():
+    assert run.OPTIMIZERS["sgd-momentum"] == ("SGD", {"lr": 1e-3, "momentum": 0.8})
+    for kind, hyper in run.OPTIMIZERS.values():
+        ours = getattr(xpnet.optim, kind)(**hyper)
+        theirs = getattr(torch.optim, kind)([torch.zeros(1, requires_grad=True)], **hyper)
+        assert ours.lr == theirs.defaults["lr"]
+        assert getattr(ours, "momentum", 0.0) == theirs.defaults.get("momentum", 0.0)
+
+
 @pytest.mark.parametrize("argv", [["--batch-size", "16,x"], ["--batch-size", "0"], ["--warmup", "-1"],
-                                  ["--models", "huge"], ["--rounds", "0"]])
+                                  ["--models", "huge"], ["--rounds", "0"], ["--optimizer", "lbfgs"]])
 def test_bad_arguments_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
         run.parse_args(argv)
