@@ -101,3 +101,20 @@ def test_every_optimizers_flat_update_over_pieces_equals_one_call(threads, make,
     assert len(calls) == 5   # the pieces path ran for the first optimizer's five steps
     np.testing.assert_array_equal(results[0], results[1])
     assert not np.array_equal(results[0], np.random.default_rng(6).standard_normal(100).astype(np.float32))
+
+
+def test_parts_read_the_gradient_without_joining_it():
+    """flat_update's gradient as its per-parameter parts (nb.Parts): a stretch inside one part is a
+    view of it, one across parts (an empty part among them) has their elements in order, and parts
+    of different dtypes are joined whole, as the base's concatenate would (the same promotion)."""
+    a, b, c = np.arange(5, dtype=np.float32), np.zeros(0, np.float32), np.arange(5, 12, dtype=np.float32)
+    parts = nb.Parts([a, b, c])
+    whole = np.concatenate([a, b, c])
+    assert parts.shape == (12,)
+    inside = parts[slice(6, 9)]
+    assert np.shares_memory(inside, c) and np.array_equal(inside, whole[6:9])
+    for s in (slice(0, 12), slice(3, 7), slice(4, 6), slice(5, 6), slice(0, 5), slice(10, 20)):
+        np.testing.assert_array_equal(parts[s], whole[s])
+    mixed = nb.Parts([a, c.astype(np.float64)])
+    assert len(mixed.parts) == 1 and mixed[slice(3, 7)].dtype == np.float64
+    np.testing.assert_array_equal(mixed[slice(3, 7)], np.concatenate([a, c.astype(np.float64)])[3:7])
