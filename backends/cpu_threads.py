@@ -64,7 +64,7 @@ def limit_blas():
     libraries = []
     for lib in blas.lib_controllers:
         info = lib.info()
-        libraries.append({k: info.get(k) for k in ("internal_api", "version", "threading_layer", "filepath")}
+        libraries.append({k: info.get(k) for k in ("internal_api", "version", "threading_layer", "architecture", "filepath")}
                          | {"threads_before": info.get("num_threads")})
         if wanted is not None:
             lib.set_num_threads(wanted)

@@ -221,24 +221,54 @@ def peak_rss_mb():
     return kb / 1024.0
 
 
-def machine_info(args, torch, np, backend):
-    cpu = platform.processor() or "unknown"
+def cpu_identity(path="/proc/cpuinfo"):
+    """The first CPU's name, vendor, family, model and vector extensions: "AMD EPYC" alone names
+    several generations (AVX2 only, or AVX-512)."""
+    ident = {"cpu": platform.processor() or "unknown", "vendor": None, "family": None, "model": None,
+             "simd": []}
+    fields = {"model name": "cpu", "vendor_id": "vendor", "cpu family": "family", "model": "model"}
     try:
-        with open("/proc/cpuinfo") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                if not line.strip():
+                    break  # the first processor's block ends here
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key in fields:
+                    ident[fields[key]] = int(value) if value.isdigit() else value
+                elif key == "flags":
+                    ident["simd"] = sorted(f for f in value.split() if f in SIMD_FLAGS)
     except OSError:
         pass
-    info = {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(),
+    return ident
+
+
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_tile")
+# How NumPy's OpenBLAS was told to run: the core type pins its kernels (a machine may set
+# OPENBLAS_CORETYPE=Haswell on a CPU with AVX-512, which halves its SGEMM: docs/benchmarks.md).
+BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def blas_kernels():
+    """The BLAS libraries NumPy loaded, with the kernels they chose (threadpoolctl's architecture)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return [{k: lib.get(k) for k in ("internal_api", "version", "architecture")}
+            for lib in threadpool_info() if lib.get("user_api") == "blas"]
+
+
+def machine_info(args, torch, np, backend):
+    ident = cpu_identity()
+    info = {"host": socket.gethostname(), **ident, "cores": os.cpu_count(),
             "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "python": platform.python_version(), "platform": platform.platform(),
             "numpy": np.__version__, "torch": torch.__version__,
             "threads": {"requested": args.threads, "torch": torch.get_num_threads(),
                         **{v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                           "MKL_NUM_THREADS", "OMP_WAIT_POLICY",
-                                                          "OPENBLAS_THREAD_TIMEOUT")}}}
+                                                          "OPENBLAS_THREAD_TIMEOUT")}},
+            "blas": {"kernels": blas_kernels(), **{v: os.environ.get(v) for v in BLAS_ENV}}}
     if args.device == "gpu":
         import cupy
         info.update(gpu=torch.cuda.get_device_name(0), cupy=cupy.__version__,

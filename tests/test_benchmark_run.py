@@ -51,6 +51,10 @@ def test_a_tiny_run_covers_every_cell(tmp_path):
     assert report["machine"]["threads"]["torch"] == 1
     assert report["machine"]["threads"]["OPENBLAS_NUM_THREADS"] == "1"
     assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1
+    # the BLAS's kernels and the variables that pin them are recorded (threadpoolctl is a test dependency)
+    blas = report["machine"]["blas"]
+    assert blas["OPENBLAS_CORETYPE"] == os.environ.get("OPENBLAS_CORETYPE")
+    assert blas["kernels"] and all(k["internal_api"] and k["architecture"] for k in blas["kernels"])
     assert report["settings"]["batch_size"] == [2, 3] and report["settings"]["clock"] == "cpu"
 
 
@@ -111,3 +115,15 @@ def test_the_layer_profile_counts_the_gemms_each_layer_executes():
     assert results[0]["steps"] == 5 and 0 < results[0]["overhead_percent_of_total"] < 100
     assert prof.gemm_flops((3, 5), (5, 7)) == 2 * 3 * 5 * 7
     assert prof.gemm_flops((10, 3, 5), (10, 5, 2)) == 2 * 10 * 3 * 5 * 2
+
+
+def test_the_cpu_identity_names_family_model_and_vector_extensions(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+                    "model name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512bw ht\n\n"
+                    "processor\t: 1\nvendor_id\t: GenuineIntel\nflags\t\t: avx\n")
+    assert run.cpu_identity(str(info)) == {"cpu": "AMD EPYC", "vendor": "AuthenticAMD", "family": 26,
+                                           "model": 2, "simd": ["avx", "avx2", "avx512bw", "avx512f",
+                                                                "fma", "sse4_2"]}
+    missing = run.cpu_identity(str(tmp_path / "none"))
+    assert missing["family"] is None and missing["simd"] == [] and missing["cpu"]

@@ -61,6 +61,9 @@ def test_info_lists_versions_and_backends(capsys):
     assert "backends: numpy, strict" in out
     assert "GPU:" in out
     assert "CPU threads: " in out and "NumPy's BLAS: " in out   # the pool and what it did to BLAS
+    threadpoolctl = pytest.importorskip("threadpoolctl")  # and the kernels it chose
+    arch = {lib["architecture"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"}
+    assert all(f"{a} kernels" in out for a in arch if a)
 
 
 def test_python_dash_m_xpnet_info():

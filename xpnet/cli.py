@@ -295,7 +295,9 @@ def cmd_info(args):
 def _cpu_threads_line(cpu):
     """How the CPU backend uses the cores: its pool's threads and what it did to NumPy's BLAS."""
     blas = cpu.blas
-    libs = ", ".join(f"{lib['internal_api']} {lib['version']} ({lib['threading_layer']})" for lib in blas["libraries"])
+    libs = ", ".join(f"{lib['internal_api']} {lib['version']} ({lib['threading_layer']}"
+                     + (f", {lib['architecture']} kernels" if lib.get("architecture") else "") + ")"
+                     for lib in blas["libraries"])
     if blas["controlled"]:
         state = f"{libs or 'no BLAS found'} limited to {blas['wanted']} thread(s)"
     else:
