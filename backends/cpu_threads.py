@@ -73,6 +73,47 @@ def limit_blas():
     return _REPORT
 
 
+# OpenBLAS's x86 kernels of the AVX2 generation and before, and the AVX-512 subsets its SkylakeX kernels use.
+PRE_AVX512_KERNELS = {"haswell", "zen", "sandybridge", "nehalem", "core2", "penryn", "dunnington",
+                      "prescott", "atom", "barcelona", "bulldozer", "piledriver", "steamroller",
+                      "excavator"}
+AVX512_FOR_SKYLAKEX = ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+    """The first CPU's feature flags (empty where the file cannot be read)."""
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def pinned_kernels_hint(libraries, environ=None, flags=None):
+    """A warning when ``$OPENBLAS_CORETYPE`` holds OpenBLAS to kernels older than AVX-512 on a CPU
+    that has it, else "". Some machines set the variable for all their programs; OpenBLAS left to
+    choose picks its SkylakeX kernels there, which ran SGEMM about twice as fast on an AVX-512 AMD
+    EPYC (docs/benchmarks.md). xpnet does not change the variable (it is the machine's choice, and
+    it is read when NumPy loads), it only says what it costs."""
+    environ = os.environ if environ is None else environ
+    core = environ.get("OPENBLAS_CORETYPE", "").strip()
+    if not core:
+        return ""
+    flags = cpu_flags() if flags is None else flags
+    if any(f not in flags for f in AVX512_FOR_SKYLAKEX):
+        return ""
+    pinned = sorted({lib.get("architecture") for lib in libraries if lib.get("internal_api") == "openblas"
+                     and str(lib.get("architecture")).lower() in PRE_AVX512_KERNELS})
+    if not pinned:
+        return ""
+    return (f"OPENBLAS_CORETYPE={core} holds OpenBLAS to its {', '.join(pinned)} kernels on a CPU with "
+            "AVX-512: unset it (before Python starts) to let OpenBLAS choose; its SkylakeX kernels ran "
+            "SGEMM about 2x as fast on an AVX-512 AMD EPYC")
+
+
 def blas_report():
     """What limit_blas() did (None before the first CPU backend was created)."""
     return _REPORT

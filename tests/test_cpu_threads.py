@@ -58,3 +58,28 @@ def test_bad_blas_threads_value_is_refused(monkeypatch):
     monkeypatch.setenv("XPNET_BLAS_THREADS", "many")
     with pytest.raises(ValueError, match="XPNET_BLAS_THREADS must be a positive whole number or 'keep'"):
         cpu_threads.blas_threads_wanted()
+
+
+AVX512 = frozenset("fpu avx avx2 fma avx512f avx512cd avx512bw avx512dq avx512vl".split())
+OPENBLAS_HASWELL = [{"internal_api": "openblas", "architecture": "Haswell"}]
+
+
+def test_a_core_type_that_holds_openblas_off_avx512_is_named():
+    from xpnet.backends.cpu_threads import pinned_kernels_hint
+    hint = pinned_kernels_hint(OPENBLAS_HASWELL, {"OPENBLAS_CORETYPE": "Haswell"}, AVX512)
+    assert "OPENBLAS_CORETYPE=Haswell" in hint and "Haswell kernels" in hint and "unset it" in hint
+    # nothing to say: the variable unset, a CPU without AVX-512, AVX-512 kernels, another BLAS
+    assert pinned_kernels_hint(OPENBLAS_HASWELL, {}, AVX512) == ""
+    assert pinned_kernels_hint(OPENBLAS_HASWELL, {"OPENBLAS_CORETYPE": "Haswell"}, AVX512 - {"avx512bw"}) == ""
+    assert pinned_kernels_hint([{"internal_api": "openblas", "architecture": "SkylakeX"}],
+                               {"OPENBLAS_CORETYPE": "SkylakeX"}, AVX512) == ""
+    assert pinned_kernels_hint([{"internal_api": "mkl", "architecture": None}],
+                               {"OPENBLAS_CORETYPE": "Haswell"}, AVX512) == ""
+
+
+def test_the_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    from xpnet.backends.cpu_threads import cpu_flags
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f\n")
+    assert cpu_flags(str(info)) == {"fpu", "avx2", "avx512f"}
+    assert cpu_flags(str(tmp_path / "missing")) == frozenset()

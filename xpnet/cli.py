@@ -302,7 +302,10 @@ def _cpu_threads_line(cpu):
         state = f"{libs or 'no BLAS found'} limited to {blas['wanted']} thread(s)"
     else:
         state = f"{libs + ' ' if libs else ''}left as it is: {blas['why']}"
-    return f"CPU threads: {cpu.threads} (XPNET_NUM_THREADS); NumPy's BLAS: {state} (XPNET_BLAS_THREADS)"
+    from .backends.cpu_threads import pinned_kernels_hint
+    hint = pinned_kernels_hint(blas["libraries"])
+    return (f"CPU threads: {cpu.threads} (XPNET_NUM_THREADS); NumPy's BLAS: {state} (XPNET_BLAS_THREADS)"
+            + (f"\nnote: {hint}" if hint else ""))
 
 
 def _compute_types(backend):
