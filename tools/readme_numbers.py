@@ -33,6 +33,11 @@ def _ms(seconds):
     return f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
 
 
+def _minutes(seconds):
+    minutes = round(seconds / 60)
+    return "1 minute" if minutes == 1 else f"{minutes} minutes"
+
+
 def _hours(seconds):
     hours = seconds / 3600
     return f"{hours:.0f} hours" if hours >= 10 else f"{hours:.1f} hours"
@@ -64,7 +69,7 @@ def speed_block(root, m):
             f"{_hours(epoch * recipe['epochs'])}. On an idle {bench['machine']['cores']}-core machine the "
             f"training step alone reached {best:.0f} images/s (batch {big.get('batch_size', 128)}, no "
             f"augmentation, {bench['date'][:10]}, `{spec['benchmark']}`): at least "
-            f"{60000 / best / 60:.0f} minutes per epoch and {_hours(60000 / best * recipe['epochs'])} for "
+            f"{_minutes(60000 / best)} per epoch and {_hours(60000 / best * recipe['epochs'])} for "
             "the recipe. Every run prints its own measured estimate after 45 steps; `--time-limit "
             "MINUTES` ends a run in time (with its checkpoint and test result). It is the model the "
             "whole project exists to move onto a GPU.", 100, break_on_hyphens=False)
