@@ -7,8 +7,10 @@ The run is tests/reliability_child.py (Dense + Dropout + Adam on synthetic data,
 one more test kills the main job (examples/train_mnist.py --quick) and continues it with --resume.
 XPNET_KILL_TRIALS sets the number of kills (default 6; the slow test does 40).
 """
+import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,11 +179,20 @@ def test_main_job_killed_and_resumed(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     folder = run_folder(out)
     assert checkpoint_epoch(folder) in (1, 2) and not (folder / "model.npz").exists()
-    resumed = subprocess.run([sys.executable, str(script), "--resume", str(folder)], env=env,
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    # parked as DEVELOPERS.md says a run is carried to the next session: only config.json and the
+    # checkpoint, in another folder
+    parked = tmp_path / "parked"
+    parked.mkdir()
+    for name in ("config.json", "last.npz"):
+        shutil.copy2(folder / name, parked / name)
     whole = xpnet.load(run_folder(tmp_path / "whole") / "model.npz")
-    again = xpnet.load(folder / "model.npz")
-    for key, value in whole.parameters.items():
-        np.testing.assert_array_equal(again.backend.to_numpy(again.parameters[key]),
-                                      whole.backend.to_numpy(value), err_msg=key)
+    for place in (folder, parked):
+        resumed = subprocess.run([sys.executable, str(script), "--resume", str(place)], env=env,
+                                 capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        again = xpnet.load(place / "model.npz")
+        for key, value in whole.parameters.items():
+            np.testing.assert_array_equal(again.backend.to_numpy(again.parameters[key]),
+                                          whole.backend.to_numpy(value), err_msg=f"{place.name}: {key}")
+        log = json.loads((place / "log.json").read_text())["epochs"]
+        assert [row["epoch"] for row in log] == [1, 2, 3, 4]   # the log rebuilt from the checkpoint
