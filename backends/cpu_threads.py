@@ -80,16 +80,29 @@ PRE_AVX512_KERNELS = {"haswell", "zen", "sandybridge", "nehalem", "core2", "penr
 AVX512_FOR_SKYLAKEX = ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
 
 
-def cpu_flags(path="/proc/cpuinfo"):
-    """The first CPU's feature flags (empty where the file cannot be read)."""
+def cpu_identity(path="/proc/cpuinfo"):
+    """The first CPU's {"name", "vendor", "family", "model", "flags"} (None and empty where the file
+    cannot be read or does not say)."""
+    ident = {"name": None, "vendor": None, "family": None, "model": None, "flags": frozenset()}
+    fields = {"model name": "name", "vendor_id": "vendor", "cpu family": "family", "model": "model"}
     try:
         with open(path) as fh:
             for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
+                if not line.strip():
+                    break  # the first processor's block ends here
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key in fields:
+                    ident[fields[key]] = int(value) if value.isdigit() else value
+                elif key == "flags":
+                    ident["flags"] = frozenset(value.split())
     except OSError:
         pass
-    return frozenset()
+    return ident
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+    """The first CPU's feature flags (empty where the file cannot be read)."""
+    return cpu_identity(path)["flags"]
 
 
 def pinned_kernels_hint(libraries, environ=None, flags=None):

@@ -224,22 +224,11 @@ def peak_rss_mb():
 def cpu_identity(path="/proc/cpuinfo"):
     """The first CPU's name, vendor, family, model and vector extensions: "AMD EPYC" alone names
     several generations (AVX2 only, or AVX-512)."""
-    ident = {"cpu": platform.processor() or "unknown", "vendor": None, "family": None, "model": None,
-             "simd": []}
-    fields = {"model name": "cpu", "vendor_id": "vendor", "cpu family": "family", "model": "model"}
-    try:
-        with open(path) as fh:
-            for line in fh:
-                if not line.strip():
-                    break  # the first processor's block ends here
-                key, _, value = (part.strip() for part in line.partition(":"))
-                if key in fields:
-                    ident[fields[key]] = int(value) if value.isdigit() else value
-                elif key == "flags":
-                    ident["simd"] = sorted(f for f in value.split() if f in SIMD_FLAGS)
-    except OSError:
-        pass
-    return ident
+    from xpnet.backends.cpu_threads import cpu_identity as read  # after the thread settings
+    ident = read(path)
+    return {"cpu": ident["name"] or platform.processor() or "unknown", "vendor": ident["vendor"],
+            "family": ident["family"], "model": ident["model"],
+            "simd": sorted(f for f in ident["flags"] if f in SIMD_FLAGS)}
 
 
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_tile")
