@@ -56,6 +56,10 @@ def parse_args(argv=None):
     p.add_argument("--overhead-steps", type=int, default=200,
                    help="timed fit steps per overhead model (the recipe's augmentation warps blocks of "
                         "batches now and then: the total-time column counts them, the medians do not)")
+    p.add_argument("--overhead-samples", type=int, default=60000,
+                   help="size of the overhead models' training set (random images; 60,000 as MNIST's, "
+                        "so that fit's blocks and shuffles come as often as in the recipe's run; the "
+                        "tables before 2026-12-01 18:45 used 8 batches)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all cores)")
@@ -66,8 +70,9 @@ def parse_args(argv=None):
     args.models = [m for m in args.models.split(",") if m]
     args.overhead_models = [m for m in args.overhead_models.split(",") if m]
     if args.repeats < 1 or args.warmup < 1 or args.batch_size < 1 or args.overhead_batch < 1 \
-            or args.overhead_steps < 1:
-        p.error("--repeats, --warmup, --overhead-steps and the batch sizes must be >= 1")
+            or args.overhead_steps < 1 or args.overhead_samples < args.overhead_batch:
+        p.error("--repeats, --warmup, --overhead-steps and the batch sizes must be >= 1, "
+                "and --overhead-samples at least one batch")
     return args
 
 
@@ -203,9 +208,10 @@ class _Timed:
         return self._timed(self.aug, xb, rng)
 
 
-def time_fit_steps(build, batch, repeats, warmup, augment=None):
+def time_fit_steps(build, batch, repeats, warmup, augment=None, samples=None):
     """Per-step seconds of each part of a real fit() on the NumPy backend: list of dicts with
-    keys layer names, "loss", "update", "train_step", "augment", "step"."""
+    keys layer names, "loss", "update", "train_step", "augment", "step". ``samples``: the
+    training set's size (default 8 batches)."""
     import numpy as np
     import xpnet
     model = build("numpy")
@@ -233,7 +239,7 @@ def time_fit_steps(build, batch, repeats, warmup, augment=None):
             acc.clear()
             self.t0 = clock()
 
-    n = batch * 8
+    n = samples or batch * 8
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (n,) + tuple(model.input_shape), dtype=np.uint8)
     y = rng.integers(0, 10, n)
@@ -318,6 +324,8 @@ def overhead_table(args, xpnet):
     from xpnet.augment import from_config
     lines = [f"### fit's own overhead per step, batch {args.overhead_batch}",
              "",
+             f"{args.overhead_steps} steps on a training set of {args.overhead_samples:,} random images.",
+             "",
              "| model | augmentation | step ms | train step ms | fit's loop ms | of which augmentation ms "
              "| overhead % | without augmentation % | overhead % of the total time |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -329,7 +337,8 @@ def overhead_table(args, xpnet):
 
         def build(device):
             return spec.build(device=device, seed=0, dtype="float32")
-        _, steps = time_fit_steps(build, args.overhead_batch, args.overhead_steps, args.warmup, augment)
+        _, steps = time_fit_steps(build, args.overhead_batch, args.overhead_steps, args.warmup, augment,
+                                  args.overhead_samples)
         step = median_of(steps, "step") * 1e3
         train = median_of(steps, "train_step") * 1e3
         loop = statistics.median(s["step"] - s["train_step"] for s in steps) * 1e3
@@ -342,7 +351,7 @@ def overhead_table(args, xpnet):
                      f"{pct:.1f} | {bare:.1f} | {total:.1f} |")
         results.append({"model": name, "step_ms": step, "train_step_ms": train, "loop_ms": loop,
                         "augment_ms": aug, "overhead_percent": pct, "overhead_percent_of_total": total,
-                        "steps": len(steps)})
+                        "steps": len(steps), "samples": args.overhead_samples})
     return "\n".join(lines), results
 
 

@@ -100,7 +100,8 @@ def test_the_layer_profile_counts_the_gemms_each_layer_executes():
     import argparse
     import profile_layers as prof
     args = argparse.Namespace(batch_size=16, repeats=1, warmup=1, overhead_batch=4,
-                              overhead_models=["seed001-m8"], overhead_steps=5)
+                              overhead_models=["seed001-m8"], overhead_steps=5,
+                              overhead_samples=64)
     text, rows = prof.layer_table("lenet5", args, np, xpnet, run, peak=50.0)
     by_label = {r[0].split(" ")[0]: r for r in rows}
     conv1, conv2 = by_label["conv2d"], by_label["conv2d_1"]
@@ -112,7 +113,7 @@ def test_the_layer_profile_counts_the_gemms_each_layer_executes():
     table, results = prof.overhead_table(args, xpnet)
     assert results[0]["model"] == "seed001-m8" and results[0]["augment_ms"] > 0
     assert 0 < results[0]["train_step_ms"] < results[0]["step_ms"]
-    assert results[0]["steps"] == 5 and 0 < results[0]["overhead_percent_of_total"] < 100
+    assert results[0]["steps"] == 5 and results[0]["samples"] == 64 and 0 < results[0]["overhead_percent_of_total"] < 100
     assert prof.gemm_flops((3, 5), (5, 7)) == 2 * 3 * 5 * 7
     assert prof.gemm_flops((10, 3, 5), (10, 5, 2)) == 2 * 10 * 3 * 5 * 2
 

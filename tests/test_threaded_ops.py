@@ -120,3 +120,33 @@ def test_columns_half_precision_sums_the_blocks_in_float32(monkeypatch):
     assert y.dtype == dW.dtype == dx.dtype == np.float16
     np.testing.assert_array_equal(dW, np.zeros((1, 1, 3, 3), np.float16))
     np.testing.assert_array_equal(dx, np.broadcast_to(dy, x.shape))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_spectral_chunks_of_z_give_the_bits_of_z_whole(small_splits, monkeypatch, dtype, need_dx):
+    """On the CPU the spectral route builds the real form Z chunk by chunk of bins (forward: Y = Z K;
+    backward: G = Z^T DY beside dX's Q = DY K^T) instead of once whole, as a GPU does: the same
+    bits as the products of Z whole, with chunks that do not divide the bins, on 1-3 threads."""
+    from xpnet.ops import spectral
+    from xpnet.backends.base import Backend
+    backend = small_splits
+    rng = np.random.default_rng(3)
+    bins, n, c, f = 23, 6, 5, 7
+    S = rng.standard_normal((bins, 2 * n, c)).astype(dtype)
+    K = rng.standard_normal((bins, 2 * c, f)).astype(dtype)
+    DY = rng.standard_normal((bins, 2 * n, f)).astype(dtype)
+    Z = Backend.spectral_matrices(backend, S.reshape(bins, 2, n, c)[:, ::-1].transpose(1, 0, 2, 3))
+    want = [np.matmul(Z, K), np.matmul(Z.transpose(0, 2, 1), DY)]
+    Q = np.matmul(DY, K.transpose(0, 2, 1))
+    want.append(np.concatenate([Q[:, :n, c:] - Q[:, n:, :c], Q[:, :n, :c] + Q[:, n:, c:]], axis=1))
+    monkeypatch.setattr(spectral, "Z_CHUNK_BYTES", 4 * (2 * n) * (2 * c) * S.itemsize)  # 4 bins a chunk
+    assert spectral._z_chunks(S) == (4, 6)
+    for threads in (1, 2, 3):
+        backend._kernels.threads = threads
+        G, DX = spectral._cpu_backward_products(np, S, DY, K, need_dx)
+        got = [spectral._cpu_forward_product(np, S, K), G] + ([DX] if need_dx else [])
+        assert DX is None or need_dx
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)

@@ -20,7 +20,12 @@ out of its transform, K = [Im; Re] (2C, F):
 
 so the only per-bin arrays with 2x2 blocks scale with the batch (Z, Q), and the kernel side is
 the transform's output (K) and the dW GEMM's output (G), each (bins, 2C, F), with no copies. On
-the CPU Q is made and combined in cache-sized chunks of bins and never exists whole.
+the CPU neither Z nor Q exists whole: forward builds Z in cache-sized chunks of bins, each chunk
+multiplied by K while it is in cache, and keeps the input spectrum (half Z's size) for backward,
+which builds the chunks again for G and makes and combines Q chunk by chunk beside them
+(``_cpu_forward_product``, ``_cpu_backward_products``). Each bin's GEMMs are the same calls on
+the same values as with Z whole, so the bits are the same (tests/test_threaded_ops.py); a GPU
+builds Z at once (one fused kernel) and keeps it.
 """
 from ..backends import backend_of
 from . import dft
@@ -29,6 +34,10 @@ from .geometry import out_size, padded_hw
 from .layout import from_planes, to_planes
 
 DX_CHUNK_ELEMENTS = 1 << 18   # elements of Q per chunk of dX's product and combine (1 MiB of float32)
+# Bytes of Z per chunk of bins on the CPU: 256 KiB-1 MiB within noise here (AMD EPYC, 1 MiB L2 per
+# core); the forward product of 544 bins of 256 x 64 (batch 128) took 11 ms instead of 18 ms with
+# Z whole on one thread, 7 instead of 15-18 ms on two (docs/benchmarks.md, "Spectral chunks")
+Z_CHUNK_BYTES = 512 << 10
 
 
 def _kernel_spectrum(xp, W, dt, hp, wp):
@@ -81,8 +90,78 @@ def _dx_spectrum(xp, DY, K):
     return out
 
 
+def _z_chunks(S):
+    """Bins per chunk of Z on the CPU (Z_CHUNK_BYTES of it) and the number of chunks."""
+    bins, n2, c = S.shape
+    chunk = max(1, Z_CHUNK_BYTES // (n2 * 2 * c * S.dtype.itemsize))
+    return chunk, -(-bins // chunk)
+
+
+def _build_z(xp, S, b, e, Z):
+    """Z (e - b, 2N, 2C) <- the real form [[Xi, Xr], [-Xr, Xi]] of the bins b:e of the spectrum S
+    (bins, 2N, C) = [Xr; Xi]: the same four block copies as spectral_matrices."""
+    n, c = S.shape[1] // 2, S.shape[2]
+    xr, xi = S[b:e, :n], S[b:e, n:]
+    Z[:, :n, :c] = xi
+    Z[:, :n, c:] = xr
+    xp.negative(xr, out=Z[:, n:, :c])
+    Z[:, n:, c:] = xi
+
+
+def _cpu_forward_product(xp, S, K):
+    """Y = Z @ K per bin (bins, 2N, F) from the spectrum S (bins, 2N, C), with Z built chunk by
+    chunk of bins on the backend's threads and multiplied while it is in cache: Z never exists
+    whole (the same per-bin GEMMs on the same values, so the same bits)."""
+    bins, n2, c = S.shape
+    f = K.shape[2]
+    Y = xp.empty((bins, n2, f), dtype=xp.result_type(S, K))
+    chunk, count = _z_chunks(S)
+
+    def part(s):   # chunks of bins s
+        Z = None
+        for b in range(0, bins, chunk)[s]:
+            e = min(b + chunk, bins)
+            if Z is None or Z.shape[0] != e - b:
+                Z = xp.empty((e - b, n2, 2 * c), dtype=S.dtype)
+            _build_z(xp, S, b, e, Z)
+            xp.matmul(Z, K[b:e], out=Y[b:e])
+
+    backend_of(S).split(part, count, bins * (n2 * (3 * c + f) + 2 * c * f))
+    return Y
+
+
+def _cpu_backward_products(xp, S, DY, K, need_dx):
+    """(G, DX or None) on the CPU: G = Z^T @ DY per bin (bins, 2C, F), with Z built again chunk by
+    chunk from the spectrum S, and, when ``need_dx``, dX per bin (bins, 2N, C) from Q = DY @ K^T as
+    in _dx_spectrum, made and combined for the same chunk while its DY is in cache. The same
+    per-bin GEMMs and combines, so the same bits as with Z whole."""
+    bins, n2, c = S.shape
+    n, f = n2 // 2, DY.shape[2]
+    dt = xp.result_type(S, DY)
+    G = xp.empty((bins, 2 * c, f), dtype=dt)
+    DX = xp.empty((bins, n2, c), dtype=DY.dtype) if need_dx else None
+    chunk, count = _z_chunks(S)
+
+    def part(s):   # chunks of bins s
+        Z = None
+        for b in range(0, bins, chunk)[s]:
+            e = min(b + chunk, bins)
+            if Z is None or Z.shape[0] != e - b:
+                Z = xp.empty((e - b, n2, 2 * c), dtype=S.dtype)
+            _build_z(xp, S, b, e, Z)
+            xp.matmul(Z.transpose(0, 2, 1), DY[b:e], out=G[b:e])
+            if need_dx:
+                Q = xp.matmul(DY[b:e], K[b:e].transpose(0, 2, 1))
+                xp.subtract(Q[:, :n, c:], Q[:, n:, :c], out=DX[b:e, :n])
+                xp.add(Q[:, :n, :c], Q[:, n:, c:], out=DX[b:e, n:])
+
+    backend_of(S).split(part, count, bins * (n2 * (3 * c + 2 * f) + 4 * c * f))
+    return G, DX
+
+
 def forward(xp, x, W, b, stride, padding, planes_out=False):
-    """(y, what backward needs: the real form Z of the input spectrum and the kernel spectrum K).
+    """(y, what backward needs: the real form Z of the input spectrum, or on the CPU the spectrum
+    itself, and the kernel spectrum K).
     With ``planes_out`` (on the CPU: launches cheap) y is the NCHW view of the output planes, not
     a copy (layout.py: for a max pooling that reads planes)."""
     n, c, h, w = x.shape
@@ -96,16 +175,20 @@ def forward(xp, x, W, b, stride, padding, planes_out=False):
     planes = to_planes(xp, x)                                                   # (H, W, N, C)
     X = dft.spectrum(xp, planes, dft.forward_h(xp, dt, h, top, 1, hp),
                      dft.forward_w(xp, dt, w, left, 1, wp), hp, wp)              # (Kh, Wp, 2, N, C)
-    Z = _real_form(xp, X.reshape(bins, 2 * n, c))                                # (bins, 2N, 2C)
-    Y = backend_of(Z).matmul(Z, K)                                               # (bins, 2N, F)
+    S = X.reshape(bins, 2 * n, c)
+    if backend_of(S).few_launches:
+        Z = _real_form(xp, S)                                                    # (bins, 2N, 2C)
+        Y, kept = backend_of(Z).matmul(Z, K), {"Z": Z, "K": K}                  # (bins, 2N, F)
+    else:
+        Y, kept = _cpu_forward_product(xp, S, K), {"S": S, "K": K}
     if b is not None:   # a constant adds hp*wp times itself to the real part of the zero bin
         zero_bin = Y[0, :n]
         xp.add(zero_bin, (b if b.dtype == dt else b.astype(dt)).reshape(1, f) * (hp * wp), out=zero_bin)
     out = dft.image(xp, Y.reshape(khalf, wp, 2, n, f), dft.inverse_w(xp, dt, wo, 0, sw, wp),
                     dft.inverse_h(xp, dt, ho, 0, sh, hp, wp), ho, wo)            # (Ho, Wo, N, F)
     if planes_out and not backend_of(out).few_launches:
-        return out.transpose(2, 3, 0, 1), {"Z": Z, "K": K}
-    return from_planes(xp, out), {"Z": Z, "K": K}
+        return out.transpose(2, 3, 0, 1), kept
+    return from_planes(xp, out), kept
 
 
 def backward(xp, dy, cache, need_dx):
@@ -123,13 +206,16 @@ def backward(xp, dy, cache, need_dx):
     # db: the zero-frequency bin of DY is the sum of dy over positions
     db = DY[0, :n].sum(axis=0) if cache["has_bias"] else None
     # dW: G = sum_n conj(DY) * X per bin, then the inverse transform on the kernel window
-    backend = backend_of(dy)  # its matmul_t multiplies by a transposed stack without copying it
-    G = backend.matmul_t(cache["Z"], DY, trans_a=True)                           # (bins, 2C, F)
+    if "Z" in cache:
+        backend = backend_of(dy)  # its matmul_t multiplies by a transposed stack without copying it
+        G = backend.matmul_t(cache["Z"], DY, trans_a=True)                       # (bins, 2C, F)
+        DX = _dx_spectrum(xp, DY, cache["K"]) if need_dx else None               # (bins, 2N, C)
+    else:
+        G, DX = _cpu_backward_products(xp, cache["S"], DY, cache["K"], need_dx)
     g = wide_matmul(xp, dft.kernel_inverse(xp, dt, kh, kw, hp, wp), G.reshape(2 * bins, c * f))
     dW = xp.ascontiguousarray(g.reshape(kh, kw, c, f).transpose(3, 2, 0, 1))    # (F, C, kh, kw)
     if not need_dx:
         return None, dW, db
-    DX = _dx_spectrum(xp, DY, cache["K"])                                         # (bins, 2N, C)
     out = dft.image(xp, DX.reshape(khalf, wp, 2, n, c), dft.inverse_w(xp, dt, w, left, 1, wp),
                     dft.inverse_h(xp, dt, h, top, 1, hp, wp), h, w)              # (H, W, N, C)
     return from_planes(xp, out), dW, db
