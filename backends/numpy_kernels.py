@@ -179,7 +179,11 @@ class ElementwiseKernels:
             self._pool = DaemonPool(self.threads - 1)   # the caller is the other thread
         elif self._pool.size < self.threads - 1:
             self._pool.grow(self.threads - 1)
-        step = -(-length // min(length, self.threads * PIECES_PER_THREAD))
+        pieces = self.threads * PIECES_PER_THREAD
+        # few rows (under two pieces' worth a thread: the stacked products of a DFT over 7-17
+        # frequency rows, a few blocks of planes): one row a piece, so that the threads' shares
+        # differ by one row at most (10 rows in pieces of 2 gave one thread 3 pieces, the other 2)
+        step = 1 if length < 2 * pieces else -(-length // pieces)
         cpu, wall = self._pool.run(part, [slice(i, i + step) for i in range(0, length, step)])
         if ADAPTIVE:
             self.check.record(key, wall, work, cpu)

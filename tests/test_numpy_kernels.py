@@ -98,6 +98,19 @@ def test_threaded_matmul_equals_one_call(threads, dtype, monkeypatch):
             assert out.dtype == np.dtype(dtype) and out.flags.c_contiguous
 
 
+def test_few_rows_go_one_a_piece_so_that_the_threads_shares_differ_by_one_row_at_most(monkeypatch):
+    """Under two pieces' worth of rows a thread, each row is a piece (10 rows on 2 threads: 10
+    pieces, not 5 of 2, which gave one thread 3 and the other 2); more rows keep PIECES_PER_THREAD
+    pieces a thread."""
+    monkeypatch.setattr(nk, "ADAPTIVE", False)
+    k = ElementwiseKernels(2)
+    pieces = 2 * nk.PIECES_PER_THREAD
+    for length, sizes in [(10, [1] * 10), (5 * pieces, [5] * pieces)]:
+        seen = []
+        k.split(lambda s: seen.append(len(range(length)[s])), length, MIN_ELEMENTS)
+        assert sorted(seen) == sizes
+
+
 def test_split_covers_the_axis_once():
     seen = []
     k = ElementwiseKernels(3)
