@@ -35,9 +35,11 @@ SPECTRAL_ADVANTAGE = 1.25
 # fitted with benchmarks/conv_routes.py: in two runs of its 42 shapes (3x3 and 5x5 kernels, batch 16
 # to 128, 3 to 128 channels), every shape whose routes differ by more than 15 % goes the faster way
 # for any value in about 87-104. Rerun with both routes as they are now (2026-11-30 22:50 UTC):
-# 0-87, only 64x11x11 at batch 16 (spectral 0.79x) on the wrong side at 95, the other batch-16 3x3
-# shapes level (0.90-1.06); the value stays until a quieter machine says more.
-KERNEL_PASS_FLOPS = 95
+# 0-87. On the AVX-512 AMD EPYC (2026-12-01, OpenBLAS's own kernels, two runs): 0-78, with the
+# spectral route 0.62-0.88x the columns route's time for 3x3 kernels on 7x7 to 14x14 frames at
+# batch 16. 75 is inside every bound the latest runs of both CPU kinds give
+# (benchmarks/results/2026-12-01-s10-conv-routes.log).
+KERNEL_PASS_FLOPS = 75
 
 # ... and its per-bin arrays must fit in this many bytes: the kernel spectrum K (bins, 2C, F), the
 # input spectrum's real form kept for backward (bins, 2N, 2C) and the output spectrum (bins, 2N, F)
