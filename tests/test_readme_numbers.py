@@ -80,3 +80,14 @@ def test_benchmark_cells_are_picked_by_model_and_batch():
     new["results"] = [dict(r, batch_size=b, tag=b) for r in old["results"] for b in (16, 64, 128)]
     assert rn._cell(new, "big")["tag"] == 128 and rn._cell(new, "medium", 64)["tag"] == 64
     assert rn._cell(old, "big") is next(r for r in old["results"] if r["model"] == "big")
+
+
+def test_a_cell_of_several_rounds_is_quoted_by_its_medians():
+    """A sweep of three rounds (--rounds 3): the README quotes the median xpnet and PyTorch times
+    and the median ratio over the rounds, not the first round's (one slow round moves nothing)."""
+    rn = tool()
+    one = {"xpnet": {"median_s": 0.2}, "torch": {"median_s": 0.3}, "ratio": 0.67}
+    assert rn._medians(one) == (0.2, 0.3, 0.67)
+    cell = dict(one, rounds=[{"xpnet_s": 0.19, "torch_s": 0.37}, {"xpnet_s": 0.15, "torch_s": 0.29},
+                             {"xpnet_s": 0.14, "torch_s": 0.30}], ratio_median=0.51)
+    assert rn._medians(cell) == (0.15, 0.30, 0.51)
