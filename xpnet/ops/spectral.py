@@ -108,6 +108,20 @@ def _build_z(xp, S, b, e, Z):
     Z[:, n:, c:] = xi
 
 
+def _z_chunks_built(xp, S, chunk, s):
+    """(b, e, Z) for each chunk b:e of bins among the chunks ``s``: Z (e - b, 2N, 2C) the chunk's
+    real form, built into one buffer reused from chunk to chunk (each caller keeps its own ``part``,
+    so that the pool times the forward and the backward passes apart)."""
+    bins, n2, c = S.shape
+    Z = None
+    for b in range(0, bins, chunk)[s]:
+        e = min(b + chunk, bins)
+        if Z is None or Z.shape[0] != e - b:
+            Z = xp.empty((e - b, n2, 2 * c), dtype=S.dtype)
+        _build_z(xp, S, b, e, Z)
+        yield b, e, Z
+
+
 def _cpu_forward_product(xp, S, K):
     """Y = Z @ K per bin (bins, 2N, F) from the spectrum S (bins, 2N, C), with Z built chunk by
     chunk of bins on the backend's threads and multiplied while it is in cache: Z never exists
@@ -118,12 +132,7 @@ def _cpu_forward_product(xp, S, K):
     chunk, count = _z_chunks(S)
 
     def part(s):   # chunks of bins s
-        Z = None
-        for b in range(0, bins, chunk)[s]:
-            e = min(b + chunk, bins)
-            if Z is None or Z.shape[0] != e - b:
-                Z = xp.empty((e - b, n2, 2 * c), dtype=S.dtype)
-            _build_z(xp, S, b, e, Z)
+        for b, e, Z in _z_chunks_built(xp, S, chunk, s):
             xp.matmul(Z, K[b:e], out=Y[b:e])
 
     backend_of(S).split(part, count, bins * (n2 * (3 * c + f) + 2 * c * f))
@@ -143,12 +152,7 @@ def _cpu_backward_products(xp, S, DY, K, need_dx):
     chunk, count = _z_chunks(S)
 
     def part(s):   # chunks of bins s
-        Z = None
-        for b in range(0, bins, chunk)[s]:
-            e = min(b + chunk, bins)
-            if Z is None or Z.shape[0] != e - b:
-                Z = xp.empty((e - b, n2, 2 * c), dtype=S.dtype)
-            _build_z(xp, S, b, e, Z)
+        for b, e, Z in _z_chunks_built(xp, S, chunk, s):
             xp.matmul(Z.transpose(0, 2, 1), DY[b:e], out=G[b:e])
             if need_dx:
                 Q = xp.matmul(DY[b:e], K[b:e].transpose(0, 2, 1))
