@@ -128,3 +128,27 @@ def test_the_cpu_identity_names_family_model_and_vector_extensions(tmp_path):
                                                                 "fma", "sse4_2"]}
     missing = run.cpu_identity(str(tmp_path / "none"))
     assert missing["family"] is None and missing["simd"] == [] and missing["cpu"]
+
+
+def test_the_ab_setting_tool_alternates_a_constant_and_puts_it_back():
+    """benchmarks/ab_setting.py: fit steps alternate between the two values (two each way), both
+    are timed, and the constant has its own value again afterwards."""
+    import ab_setting
+    from xpnet.ops import pooling
+    kept = pooling.CHUNK_BYTES
+    seen = []
+    original = pooling._chunks
+
+    def spy(s, length, per):   # the value each pooling pass runs with
+        seen.append(pooling.CHUNK_BYTES)
+        return original(s, length, per)
+    pooling._chunks = spy
+    try:
+        out = ab_setting.main(["--model", "lenet5", "--batch-size", "4", "--setting", "xpnet.ops.pooling.CHUNK_BYTES",
+                               "--values", "4096,8192", "--steps", "8", "--warmup", "2"])
+    finally:
+        pooling._chunks = original
+    assert out["steps"] == (4, 4) and out["a_ms"] > 0 and out["b_ms"] > 0
+    assert {4096, 8192} <= set(seen) and pooling.CHUNK_BYTES == kept
+    with pytest.raises(SystemExit):
+        ab_setting.parse_args(["--setting", "CHUNK_BYTES", "--values", "1,2"])

@@ -100,7 +100,12 @@ def maxpool2d_forward_xp(xp, x, pool, stride):
 # call per short row, about ten times slower than on contiguous memory. So each offset's view is
 # copied once into a contiguous buffer (a copy is NumPy's cheapest strided loop) and everything else
 # runs on contiguous arrays, a few hundred KiB of planes at a time so that they stay in the cache.
-CHUNK_BYTES = 1 << 20   # of x per chunk (measured: 256 KiB-4 MiB within 10 %, 32 KiB 3x slower)
+# of x per chunk (measured: 256 KiB-4 MiB within 10 % on one thread, 32 KiB 3x slower). 2 MiB
+# rather than 1: the step of the 3x3 CNN at batch 128 took 0.955-0.973x as long on two threads
+# (fewer, longer NumPy calls for the two threads to interleave), 0.98-1.00x at 64, the big,
+# medium and LeNet-5 steps 0.98-1.01x (benchmarks/ab_setting.py, 2026-12-01, AVX-512 EPYC;
+# benchmarks/results/2026-12-01-s10-pool-chunk-ab.log)
+CHUNK_BYTES = 2 << 20
 
 
 class Winners:
