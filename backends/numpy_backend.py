@@ -156,20 +156,6 @@ class NumpyBackend(Backend):
         return self._kernels.matmul(a.transpose(0, 2, 1) if trans_a else a,
                                     b.transpose(0, 2, 1) if trans_b else b)
 
-    def spectral_matrices(self, spec):
-        """The base's four block copies, over pieces of the bins on the pool (same bits)."""
-        _, bins, f, c = spec.shape
-        M = numpy.empty((bins, 2 * f, 2 * c), dtype=spec.dtype)
-
-        def blocks(s):
-            M[s, :f, :c] = spec[0, s]
-            M[s, :f, c:] = spec[1, s]
-            numpy.negative(spec[1, s], out=M[s, f:, :c])
-            M[s, f:, c:] = spec[0, s]
-
-        self._kernels.split(blocks, bins, M.size)
-        return M
-
     def affine_warp(self, x, matrices, fill=0.0, mode="constant"):
         """The base's warp, keeping its per-shape constants (pixel grid, gather offsets): same bits."""
         from xpnet.augment import affine_warp_xp

@@ -33,10 +33,9 @@ from .gemm import wide_matmul
 from .geometry import out_size, padded_hw
 from .layout import from_planes, to_planes
 
-DX_CHUNK_ELEMENTS = 1 << 18   # elements of Q per chunk of dX's product and combine (1 MiB of float32)
 # Bytes of Z per chunk of bins on the CPU: 256 KiB-1 MiB within noise here (AMD EPYC, 1 MiB L2 per
 # core); the forward product of 544 bins of 256 x 64 (batch 128) took 11 ms instead of 18 ms with
-# Z whole on one thread, 7 instead of 15-18 ms on two (docs/benchmarks.md, "Spectral chunks")
+# Z whole on one thread, 7 instead of 15-18 ms on two (docs/benchmarks.md, "Latest results")
 Z_CHUNK_BYTES = 512 << 10
 
 
@@ -51,8 +50,8 @@ def _kernel_spectrum(xp, W, dt, hp, wp):
 
 def _real_form(xp, S):
     """Z (bins, 2N, 2C) = [[Xi, Xr], [-Xr, Xi]] from a spectrum S (bins, 2N, C) = [Xr; Xi]: the
-    backend's spectral_matrices of (Xi, Xr) (one fused kernel on a GPU, block copies on the
-    threads of the CPU)."""
+    backend's spectral_matrices of (Xi, Xr) (one fused kernel on a GPU; the CPU builds Z in
+    chunks instead, _build_z)."""
     bins, n2, c = S.shape
     parts = S.reshape(bins, 2, n2 // 2, c)[:, ::-1].transpose(1, 0, 2, 3)     # (2, bins, N, C): Xi, Xr
     backend = backend_of(S)
@@ -62,31 +61,16 @@ def _real_form(xp, S):
 
 
 def _dx_spectrum(xp, DY, K):
-    """dX per bin (bins, 2N, C), real parts over imaginary parts: Q = DY @ K^T (bins, 2N, 2C), then
-    [Q(:N, C:) - Q(N:, :C); Q(:N, :C) + Q(N:, C:)]. Where launches cost (GPUs) one batched product
-    and two passes; on the CPU in chunks of bins on the backend's threads, each chunk's Q small
-    enough to be combined while it is still in cache (the same per-bin GEMMs, so the same bits)."""
+    """dX per bin (bins, 2N, C), real parts over imaginary parts, where Z is kept whole (GPUs):
+    Q = DY @ K^T (bins, 2N, 2C), one batched product, then [Q(:N, C:) - Q(N:, :C); Q(:N, :C) +
+    Q(N:, C:)] in two passes (the CPU makes them chunk by chunk: _cpu_backward_products)."""
     bins, n2, f = DY.shape
     c = K.shape[1] // 2
     n = n2 // 2
-    backend = backend_of(DY)
+    Q = backend_of(DY).matmul_t(DY, K, trans_b=True)
     out = xp.empty((bins, n2, c), dtype=DY.dtype)
-
-    def combine(Q, s):
-        xp.subtract(Q[:, :n, c:], Q[:, n:, :c], out=out[s, :n])
-        xp.add(Q[:, :n, :c], Q[:, n:, c:], out=out[s, n:])
-
-    if backend.few_launches:
-        combine(backend.matmul_t(DY, K, trans_b=True), slice(None))
-        return out
-    chunk = max(1, DX_CHUNK_ELEMENTS // (n2 * 2 * c))
-
-    def part(s):   # bins s, in chunks fixed by the shape
-        for b in range(0, bins, chunk)[s]:
-            e = min(b + chunk, bins)
-            combine(xp.matmul(DY[b:e], K[b:e].transpose(0, 2, 1)), slice(b, e))
-
-    backend.split(part, -(-bins // chunk), bins * (n2 * (f + 3 * c) + 2 * c * f))
+    xp.subtract(Q[:, :n, c:], Q[:, n:, :c], out=out[:, :n])
+    xp.add(Q[:, :n, :c], Q[:, n:, c:], out=out[:, n:])
     return out
 
 
