@@ -162,9 +162,11 @@ def replay_ms(np, shapes, cache, tries=5):
 
 
 # -- timing a real fit step ---------------------------------------------------------------------------
-def _instrument(model, enter, leave):
+def _instrument(model, enter, leave, layers=True):
     """Compile the model (Adam 1e-3, cross-entropy, accuracy) and call enter(key)/leave(key) around
-    every layer's forward/backward, the loss, the update and the whole training step."""
+    the whole training step and, with ``layers``, every layer's forward/backward, the loss and the
+    update (about 1 us each: the overhead table leaves them out, they would lengthen the
+    training step it divides by)."""
     from xpnet.optim import Adam
     model.compile(loss="cross_entropy", optimizer=Adam(lr=1e-3), metrics=("accuracy",))
 
@@ -179,12 +181,13 @@ def _instrument(model, enter, leave):
                 leave(key)
         setattr(obj, attr, timed)
 
-    for layer in model.layers:
-        wrap(layer, "forward", layer.name)
-        wrap(layer, "backward", layer.name)
-    wrap(model.loss, "forward", "loss")
-    wrap(model.loss, "backward", "loss")
-    wrap(model.optimizer, "step", "update")
+    if layers:
+        for layer in model.layers:
+            wrap(layer, "forward", layer.name)
+            wrap(layer, "backward", layer.name)
+        wrap(model.loss, "forward", "loss")
+        wrap(model.loss, "backward", "loss")
+        wrap(model.optimizer, "step", "update")
     wrap(model, "_train_step", "train_step")
 
 
@@ -208,10 +211,10 @@ class _Timed:
         return self._timed(self.aug, xb, rng)
 
 
-def time_fit_steps(build, batch, repeats, warmup, augment=None, samples=None):
+def time_fit_steps(build, batch, repeats, warmup, augment=None, samples=None, layers=True):
     """Per-step seconds of each part of a real fit() on the NumPy backend: list of dicts with
-    keys layer names, "loss", "update", "train_step", "augment", "step". ``samples``: the
-    training set's size (default 8 batches)."""
+    keys layer names, "loss", "update" (with ``layers``), "train_step", "augment", "step".
+    ``samples``: the training set's size (default 8 batches)."""
     import numpy as np
     import xpnet
     model = build("numpy")
@@ -223,7 +226,7 @@ def time_fit_steps(build, batch, repeats, warmup, augment=None, samples=None):
 
     def leave(key):
         acc[key] += clock() - started.pop(key)
-    _instrument(model, enter, leave)
+    _instrument(model, enter, leave, layers)
     if augment is not None:
         augment = _Timed(augment, enter, leave)
     steps = []
@@ -338,7 +341,7 @@ def overhead_table(args, xpnet):
         def build(device):
             return spec.build(device=device, seed=0, dtype="float32")
         _, steps = time_fit_steps(build, args.overhead_batch, args.overhead_steps, args.warmup, augment,
-                                  args.overhead_samples)
+                                  args.overhead_samples, layers=False)
         step = median_of(steps, "step") * 1e3
         train = median_of(steps, "train_step") * 1e3
         loop = statistics.median(s["step"] - s["train_step"] for s in steps) * 1e3
