@@ -42,7 +42,8 @@ SPECTRAL_ADVANTAGE = 1.25
 KERNEL_PASS_FLOPS = 75
 
 # ... and its per-bin arrays must fit in this many bytes: the kernel spectrum K (bins, 2C, F), the
-# input spectrum's real form kept for backward (bins, 2N, 2C) and the output spectrum (bins, 2N, F)
+# input spectrum's real form kept for backward (bins, 2N, 2C; the CPU keeps the spectrum itself,
+# half of that, so the budget is an upper bound there) and the output spectrum (bins, 2N, F)
 # (spectral.py). Beyond it
 # (very large images or batches) columns, whose buffer is chunked, keeps memory bounded.
 SPECTRAL_BYTES = 512 * 2 ** 20
