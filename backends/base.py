@@ -120,12 +120,7 @@ class Backend:
         """M = [[A, B], [-B, A]] (bins, 2F, 2C) from spec (2, bins, F, C) = (A, B): the per-bin
         real matrices of the spectral convolution (xpnet/ops/spectral.py)."""
         _, bins, f, c = spec.shape
-        M = self.xp.empty((bins, 2 * f, 2 * c), dtype=spec.dtype)
-        M[:, :f, :c] = spec[0]
-        M[:, :f, c:] = spec[1]
-        M[:, f:, :c] = -spec[1]
-        M[:, f:, c:] = spec[0]
-        return M
+        return real_form(self.xp, spec[0], spec[1], self.xp.empty((bins, 2 * f, 2 * c), dtype=spec.dtype))
 
     def bias_relu(self, y, b, axis=1):
         """(relu(y + b), mask) with b (F,) broadcast along ``axis`` of y: a bias and the ReLU that
@@ -270,3 +265,15 @@ class Backend:
 
     def __repr__(self):
         return f"<xpnet backend {self.name!r}>"
+
+
+def real_form(xp, a, b, out):
+    """out (bins, 2F, 2C) <- [[A, B], [-B, A]] for A, B (bins, F, C): four block copies (the
+    reference of ``Backend.spectral_matrices``; the CPU's spectral route fills chunks of bins with
+    it, xpnet/ops/spectral.py)."""
+    f, c = a.shape[1], a.shape[2]
+    out[:, :f, :c] = a
+    out[:, :f, c:] = b
+    xp.negative(b, out=out[:, f:, :c])
+    out[:, f:, c:] = a
+    return out

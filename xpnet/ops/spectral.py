@@ -28,6 +28,7 @@ the same values as with Z whole, so the bits are the same (tests/test_threaded_o
 builds Z at once (one fused kernel) and keeps it.
 """
 from ..backends import backend_of
+from ..backends.base import real_form
 from . import dft
 from .gemm import wide_matmul
 from .geometry import out_size, padded_hw
@@ -54,10 +55,9 @@ def _real_form(xp, S):
     chunks instead, _build_z)."""
     bins, n2, c = S.shape
     parts = S.reshape(bins, 2, n2 // 2, c)[:, ::-1].transpose(1, 0, 2, 3)     # (2, bins, N, C): Xi, Xr
-    backend = backend_of(S)
-    if backend.few_launches:   # the fused kernel reads a contiguous stack: copy it here, counted
-        parts = xp.ascontiguousarray(parts)
-    return backend.spectral_matrices(parts)
+    # only where launches cost (the CPU builds Z in chunks): the fused kernel reads a contiguous
+    # stack, so it is copied here, counted
+    return backend_of(S).spectral_matrices(xp.ascontiguousarray(parts))
 
 
 def _dx_spectrum(xp, DY, K):
@@ -83,13 +83,9 @@ def _z_chunks(S):
 
 def _build_z(xp, S, b, e, Z):
     """Z (e - b, 2N, 2C) <- the real form [[Xi, Xr], [-Xr, Xi]] of the bins b:e of the spectrum S
-    (bins, 2N, C) = [Xr; Xi]: the same four block copies as spectral_matrices."""
-    n, c = S.shape[1] // 2, S.shape[2]
-    xr, xi = S[b:e, :n], S[b:e, n:]
-    Z[:, :n, :c] = xi
-    Z[:, :n, c:] = xr
-    xp.negative(xr, out=Z[:, n:, :c])
-    Z[:, n:, c:] = xi
+    (bins, 2N, C) = [Xr; Xi]: the same four block copies as spectral_matrices (real_form)."""
+    n = S.shape[1] // 2
+    real_form(xp, S[b:e, n:], S[b:e, :n], Z)
 
 
 def _z_chunks_built(xp, S, chunk, s):
