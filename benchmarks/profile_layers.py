@@ -12,7 +12,9 @@ its operation trace on (every ``@``/``matmul``/``dot`` with its operand shapes, 
 layer running at the time); each distinct GEMM is then replayed alone on the NumPy backend with
 operands of those shapes (contiguous, float32) to time it. So per layer:
 
-* route: ``spectral`` or ``columns`` for a convolution (xpnet.ops.chooser), ``gemm`` for Dense;
+* route: ``spectral`` or ``columns`` for a convolution (xpnet.ops.chooser), ``columns+pool`` where
+  it ran with the max pooling after it in one pass (ops/conv_pool.py: the pooling's and the ReLU's
+  time are then in the convolution's row), ``gemm`` for Dense;
 * GFLOP: FLOPs the GEMMs really execute (2 per multiply-add; the spectral route's DFTs are GEMMs
   too and are counted), beside the nominal direct-convolution count;
 * GEMM ms and GFLOP/s: the replayed GEMM time and the rate it implies, against the machine's
@@ -185,6 +187,8 @@ def _instrument(model, enter, leave, layers=True):
         for layer in model.layers:
             wrap(layer, "forward", layer.name)
             wrap(layer, "backward", layer.name)
+            if hasattr(layer, "forward_pooled"):   # with the pooling after it (route "columns+pool")
+                wrap(layer, "forward_pooled", layer.name)
         wrap(model.loss, "forward", "loss")
         wrap(model.loss, "backward", "loss")
         wrap(model.optimizer, "step", "update")
@@ -274,6 +278,8 @@ def layer_table(name, args, np, xpnet, run, peak):
         if kind == "Conv2D":
             shape = (n,) + tuple(layer.input_shape)
             route = chooser.choose(shape, tuple(layer.params["W"].shape), layer.strides, layer.pads)
+            ran = layer.cache.get("method") if isinstance(getattr(layer, "cache", None), dict) else None
+            route = ran or route   # "columns+pool": this layer's time holds the pooling's (and ReLU's)
             f, c, kh, kw = layer.params["W"].shape
             hp, wp = padded_hw(layer.input_shape[1:], layer.pads)
             ho, wo = out_size(hp, kh, layer.strides[0]), out_size(wp, kw, layer.strides[1])

@@ -181,11 +181,14 @@ def _link_relu_pool(layers, backend):
 
 def _link_conv_pool(layers, backend):
     """A Conv2D whose output goes only to a MaxPool2D with windows that tile it and no padding
-    (directly, or through a ReLU that the pooling applies: _link_relu_pool) hands its output on as
-    the NCHW view of its spectral route's planes, where launches are cheap (the CPU): the pooling
-    then works on planes, transposes only its pooled output, and sends its gradient back as planes
-    that the convolution's backward reads without a transpose (ops/layout.py). The same bits as
-    the NCHW path (tests/test_conv_pool_planes.py); the columns route ignores it."""
+    (directly, or through a ReLU that the pooling applies: _link_relu_pool), where launches are
+    cheap (the CPU), is linked to that pooling. On the spectral route it hands its output on as
+    the NCHW view of its planes: the pooling then works on planes, transposes only its pooled
+    output, and sends its gradient back as planes that the convolution's backward reads without a
+    transpose (ops/layout.py; tests/test_conv_pool_planes.py). On the columns route the two (and
+    the ReLU) run as one pass over cache-sized groups of images (``pool_link``: Conv2D's
+    forward_pooled, ops/conv_pool.py; tests/test_conv_pool_fused.py), and Sequential skips the
+    pooling and the ReLU. The same bits as the layers apart, either way."""
     from .layers.activations import ReLU
     from .layers.conv import Conv2D
     from .layers.pooling import MaxPool2D
@@ -193,11 +196,13 @@ def _link_conv_pool(layers, backend):
         if type(layer) is not Conv2D:
             continue
         after = layers[i + 1] if i + 1 < len(layers) else None
-        if type(after) is ReLU and getattr(after, "pool_after", None) is not None:
+        relu = type(after) is ReLU and getattr(after, "pool_after", None) is not None
+        if relu:
             after = after.pool_after
         layer.planes_out = (not backend.few_launches and getattr(layer, "relu_after", None) is None
                             and type(after) is MaxPool2D and after.strides == after.pool_size
                             and not any(after.pads))
+        layer.pool_link = (after, relu) if layer.planes_out else None
 
 
 class Sequential(LayerStack, TrainingMixin):
@@ -263,10 +268,21 @@ class Sequential(LayerStack, TrainingMixin):
         x = self.check_input(x)
         swap = ops.current() == "fast"   # the reference pooling's gradient differs in -0.0 vs 0.0
         relu = False
+        self._taken = set()   # ids of the layers a convolution's fused pass ran (backward skips them)
+        until = None
         for layer in self.layers:
+            if until is not None:   # the ReLU and the pooling that the convolution before ran
+                self._taken.add(id(layer))
+                until = None if layer is until else until
+                continue
             if swap and getattr(layer, "pool_after", None) is not None:
                 relu = True   # the MaxPool2D after this ReLU applies it (see _link_relu_pool)
                 continue
+            if swap and getattr(layer, "pool_link", None) is not None:
+                y = layer.forward_pooled(x, training)   # None where the fused pass does not apply
+                if y is not None:
+                    x, until = y, layer.pool_link[0]
+                    continue
             x = layer.forward(x, training, relu=True) if relu else layer.forward(x, training)
             relu = False
         return x
@@ -275,7 +291,10 @@ class Sequential(LayerStack, TrainingMixin):
 
     def backward(self, grad):
         """Propagate d(loss)/d(output) back through every layer; returns d(loss)/d(input)."""
+        taken = getattr(self, "_taken", ())
         for layer in reversed(self.layers):
+            if id(layer) in taken:   # run by the convolution before it, whose backward takes grad
+                continue
             pool = getattr(layer, "pool_after", None)
             if pool is not None and pool.relu_mask is not None:   # the pooling applied this ReLU
                 grad = grad if layer.need_input_grad else None

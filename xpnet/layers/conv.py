@@ -54,6 +54,7 @@ class Conv2D(Layer):
     """y = conv(x, W) + b with stride and "valid" / "same" / explicit zero padding."""
 
     planes_out = False   # set by Sequential when a max pooling that reads planes comes next
+    pool_link = None     # (that MaxPool2D, whether it applies a ReLU): see forward_pooled
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel_regularizer=None,
@@ -96,6 +97,24 @@ class Conv2D(Layer):
         planes = {"planes_out": True} if self.planes_out and ops.current() == "fast" else {}
         y, self.cache = ops.conv2d_forward(self.xp, x, self.params["W"], self.params.get("b"),
                                            self.strides, self.pads, **planes)
+        return y
+
+    def forward_pooled(self, x, training=False):
+        """The output of the max pooling in ``pool_link`` (with the ReLU it applies), computed with
+        this convolution in one pass over cache-sized groups of images (ops/conv_pool.py: the
+        columns route on the CPU, the same bits), or None where that pass does not apply (the
+        spectral route, a GPU, the reference ops): then Sequential runs the layers one by one.
+        Sequential links the two (model._link_conv_pool) and skips the pooling, and the ReLU,
+        after a pass that took them; ``backward`` then takes the pooled output's gradient."""
+        if self.pool_link is None or ops.current() != "fast":
+            return None
+        from ..ops import fast
+        pool, relu = self.pool_link
+        done = fast.conv2d_pool_forward(self.xp, x, self.params["W"], self.params.get("b"), self.strides,
+                                        self.pads, pool.pool_size, relu)
+        if done is None:
+            return None
+        y, self.cache = done
         return y
 
     def backward(self, grad):

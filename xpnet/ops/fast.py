@@ -12,13 +12,16 @@ measurement once per shape on a GPU.
   on 14x14 to 28x28 images with tens of channels.
 * ``columns`` (columns.py): im2col and a GEMM per block of images, in batch chunks; few input
   channels, 3x3 and 1x1 kernels, large strides.
+* ``columns+pool`` (conv_pool.py, the CPU only): the columns route and the max pooling after it
+  in one pass over cache-sized groups of images (``conv2d_pool_forward``, for Sequential's link of
+  a convolution to its pooling); the same bits as the two apart.
 
 Pooling (pooling.py) works on strided views and reshaped windows. Convolution geometry (output
 sizes, padding, window slices) is in geometry.py, shared with the reference ops and the layers.
 Arrays keep the input dtype throughout.
 """
 from ..errors import ConfigError, ShapeError
-from . import autotune, columns, spectral
+from . import autotune, columns, conv_pool, spectral
 from .chooser import choose
 from .geometry import padded_hw
 from .pooling import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
@@ -61,6 +64,27 @@ def conv2d_forward(xp, x, W, b, stride, padding, method=None, planes_out=False):
                    has_bias=b is not None, **kept)
 
 
+def conv2d_pool_forward(xp, x, W, b, stride, padding, pool, relu=False):
+    """(y, cache) of the convolution, the max pooling with windows ``pool`` (ph, pw) that tile its
+    output (stride == pool, no padding) and, with ``relu``, the ReLU of the pooled values, in one
+    pass (conv_pool.py), when the convolution takes the columns route and the pass applies
+    (conv_pool.applies: the backend's launches cheap, many filters); None otherwise (then the
+    layers run apart). ``conv2d_backward`` takes the cache with
+    the pooled output's gradient."""
+    stride, padding, pool = (tuple(int(v) for v in t) for t in (stride, padding, pool))
+    _check_conv(x, W, b, stride, padding)
+    from ..backends import backend_of
+    if not conv_pool.applies(x, W, pool, backend_of(x)):
+        return None
+    W = W if W.dtype == x.dtype else W.astype(x.dtype)
+    if autotune.method_for(xp, x, W, stride, padding) != "columns":
+        return None
+    y, kept = conv_pool.forward(xp, x, W, b, stride, padding, pool, relu)
+    return y, dict(impl="fast", method="columns+pool", x_shape=tuple(x.shape), w_shape=tuple(W.shape),
+                   stride=stride, padding=padding, y_shape=tuple(y.shape), dtype=x.dtype,
+                   has_bias=b is not None, **kept)
+
+
 def conv2d_backward(xp, dy, cache, need_dx=True):
     """(dx or None, dW, db or None) for the cache of ``conv2d_forward`` of this module."""
     if not isinstance(cache, dict) or cache.get("impl") != "fast":
@@ -71,9 +95,11 @@ def conv2d_backward(xp, dy, cache, need_dx=True):
     dy = dy if dy.dtype == cache["dtype"] else dy.astype(cache["dtype"])
     if cache["method"] == "spectral":
         return spectral.backward(xp, dy, cache, need_dx)
+    if cache["method"] == "columns+pool":
+        return conv_pool.backward(xp, dy, cache, need_dx)
     dx, dW = columns.backward(xp, dy, cache, need_dx)
     return dx, dW, dy.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
 
 
-__all__ = ["choose", "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
-           "avgpool2d_forward", "avgpool2d_backward"]
+__all__ = ["choose", "conv2d_forward", "conv2d_pool_forward", "conv2d_backward", "maxpool2d_forward",
+           "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward"]

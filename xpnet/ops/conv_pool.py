@@ -1,0 +1,157 @@
+"""A columns-route convolution and the max pooling after it, in one pass over cache-sized groups
+of images (the CPU only; ``ops.fast``).
+
+Unlinked, the convolution writes its whole output (11 MB for 32 filters of 26x26 at batch 128),
+the pooling reads it back, and in backward the pooling writes the whole input gradient for the
+convolution to read back. Here each group of blocks that the columns route handles in one go
+(columns.GROUP_BYTES of columns) is convolved into a buffer and pooled while it is in cache; only
+the pooled output and each window's winning offset (pooling.Winners) are kept. Backward scatters
+the pooled gradient of the same group into a buffer and takes the columns route's products of it
+there. The full-size output and its gradient never exist.
+
+The same operations on the same values as the two layers apart: each block's GEMM, the bias, the
+fold over window offsets (``pooling._fold``: ties to the first maximum, NaN wins), the ReLU after
+the pooling (``model._link_relu_pool``), the scatter (``pooling._scatter``: 0 * dy elsewhere), the
+blocks' weight gradients summed over the blocks in order, and db summed per image plane and then
+over the images, the order of NumPy's ``dy.sum(axis=(0, 2, 3))``. So the same bits, on any number
+of threads (tests/test_conv_pool_fused.py). Only where launches are cheap (not
+``backend.few_launches``): a GPU runs the two layers' kernels.
+"""
+from ..backends import backend_of
+from . import columns, pooling
+from .pooling import Winners, _fold, _scatter
+
+# 0 runs the layers apart everywhere (the same bits, only slower): for benchmarks/ab_setting.py's
+# in-process comparison and for telling the two paths apart when debugging
+ENABLED = 1
+
+
+def applies(x, W, pool, backend):
+    """Whether the fused pass takes x (N, C, H, W) and W (F, C, kh, kw) into a ``pool`` (ph, pw)
+    pooling whose windows tile the output (stride == pool, no padding): where launches are cheap,
+    and where the output has at least as many values a position as the columns (F >= C*kh*kw): what
+    the pass saves is the output's trip through memory, and with few filters that is small. (The
+    3x3 CNN's first layer, 32 filters on 9 column rows, batch 64 and 128: forward and backward of
+    the two layers 0.78-0.93x the time apart on one and two threads; LeNet-5's, 6 filters on 25
+    rows: 0.99-1.05x; benchmarks/results/2026-12-01-s11-conv-pool-fused.log.)"""
+    ph, pw = pool
+    f, c, kh, kw = W.shape
+    return bool(ENABLED) and not backend.few_launches and ph * pw <= 256 and f >= c * kh * kw
+
+
+def _pooled_hw(g, pool):
+    return g.ho // pool[0], g.wo // pool[1]
+
+
+def _bands(count, size, m, group, r, g, itemsize):
+    """(first image, end image, groups) for the bands of the blocks r: consecutive groups of the
+    columns route (columns._groups) whose output, together, is about pooling.CHUNK_BYTES, so that
+    the pooling's passes are as long as when it runs on its own (a group of few filters holds a few
+    KiB of output: a fold over it is mostly the calls' own cost)."""
+    per_image = g.f * g.p * itemsize
+    band, start = [], None
+    for q, end, a, z in columns._groups(count, size, m, group, r):
+        start = a if start is None else start
+        band.append((q, end, a, z))
+        if (z - start) * per_image >= pooling.CHUNK_BYTES:
+            yield start, z, band
+            band, start = [], None
+    if band:
+        yield start, band[-1][3], band
+
+
+def forward(xp, x, W, b, stride, padding, pool, relu):
+    """(y, kept): y (N, F, Ho // ph, Wo // pw) the max pooling of the convolution of x (plus b),
+    then its ReLU when ``relu``; kept: what ``backward`` needs (the inputs, the weights, the
+    columns when one batch chunk held them, the winners, the ReLU's mask)."""
+    g = columns.Shape(x.shape, W.shape, stride, padding)
+    (ph, pw), (hq, wq) = pool, _pooled_hw(g, pool)
+    wm = W.reshape(g.f, g.k)
+    bias = None if b is None else b.astype(x.dtype).reshape(g.f, 1)
+    backend = backend_of(x)
+    y = xp.empty((g.n * g.f, hq, wq), dtype=x.dtype)
+    index = xp.empty((g.n * g.f, hq, wq), dtype=xp.uint8)
+    step = g.chunk(x)
+    for s in range(0, g.n, step):
+        part = x[s:s + step]
+        m = part.shape[0]
+        count, size = g.blocks(m)
+        cols = columns._column_buffer(xp, g, count, size, x.dtype)
+        group = g.group(size, x.itemsize)
+
+        def run(r, part=part, cols=cols, s=s, m=m, count=count, size=size, group=group):
+            out = scratch = None
+            for a, z, groups in _bands(count, size, m, group, r, g, x.itemsize):
+                if out is None or out.shape[0] != z - a:
+                    out = xp.empty((z - a, g.f, g.p), dtype=x.dtype)
+                for q, end, ga, gz in groups:
+                    columns._forward_blocks(xp, part[ga:gz], cols[q:end], wm, bias, out[ga - a:gz - a], g)
+                planes = out.reshape((z - a) * g.f, g.ho, g.wo)
+                t = slice((s + a) * g.f, (s + z) * g.f)
+                if scratch is None or scratch[0].shape != y[t].shape:
+                    scratch = (xp.empty_like(y[t]), xp.empty(y[t].shape, dtype=bool), xp.empty_like(index[t]))
+                _fold(xp, y[t], index[t],
+                      lambda k, p=planes: p[:, k // pw:hq * ph:ph, k % pw:wq * pw:pw], ph * pw, scratch)
+
+        backend.split(run, count, m * g.p * (g.k + g.f))
+    kept = {"inputs": x, "weights": W, "columns": cols if step >= g.n else None,
+            "winners": Winners(index.reshape(g.n, g.f, hq, wq), (g.n, g.f, g.ho, g.wo), (ph, pw)),
+            "relu_mask": None}
+    y = y.reshape(g.n, g.f, hq, wq)
+    if relu:
+        y, kept["relu_mask"] = backend.relu_forward(y)
+    return y, kept
+
+
+def backward(xp, dy, cache, need_dx):
+    """(dx or None, dW, db or None) for the pooled (and ReLU'd) output's gradient dy."""
+    x, W, winners = cache["inputs"], cache["weights"], cache["winners"]
+    g = columns.Shape(x.shape, W.shape, cache["stride"], cache["padding"])
+    (ph, pw), (hq, wq) = winners.pool, _pooled_hw(g, winners.pool)
+    backend = backend_of(dy)
+    if cache["relu_mask"] is not None:   # the ReLU's gradient first, on the pooled cells
+        dy = backend.multiply(dy, cache["relu_mask"])
+    dys = dy.reshape(g.n * g.f, hq, wq)
+    index = winners.index.reshape(g.n * g.f, hq, wq)
+    wt = W.reshape(g.f, g.k).T
+    dx = xp.empty((g.n, g.c, g.h, g.w), dtype=dy.dtype) if need_dx else None
+    planes_sum = xp.empty((g.n, g.f), dtype=dy.dtype) if cache["has_bias"] else None
+    step = g.chunk(dy)
+    total = None
+    for s in range(0, g.n, step):
+        part = x[s:s + step]
+        m = part.shape[0]
+        count, size = g.blocks(m)
+        cols = cache["columns"] if step >= g.n and cache["columns"] is not None else None
+        fresh = cols is None
+        if fresh:
+            cols = columns._column_buffer(xp, g, count, size, dy.dtype)
+        per_block = xp.empty((count, g.f, g.k), dtype=xp.result_type(dy.dtype, xp.float32))
+        group = g.group(size, dy.itemsize)
+
+        def run(r, part=part, cols=cols, fresh=fresh, per_block=per_block, s=s, m=m, count=count,
+                size=size, group=group):
+            grads = eq = None
+            for a, z, groups in _bands(count, size, m, group, r, g, dy.itemsize):
+                if grads is None or grads.shape[0] != (z - a) * g.f:
+                    grads = xp.empty(((z - a) * g.f, g.ho, g.wo), dtype=dy.dtype)
+                    eq = xp.empty(((z - a) * g.f, hq, wq), dtype=bool)
+                t = slice((s + a) * g.f, (s + z) * g.f)
+                _scatter(xp, index[t], dys[t], lambda i, j: grads[:, i:hq * ph:ph, j:wq * pw:pw], (ph, pw), eq)
+                if hq * ph < g.ho:
+                    grads[:, hq * ph:, :] = 0
+                if wq * pw < g.wo:
+                    grads[:, :hq * ph, wq * pw:] = 0
+                band = grads.reshape(z - a, g.f, g.p)
+                if planes_sum is not None:
+                    band.sum(axis=2, out=planes_sum[s + a:s + z])
+                for q, end, ga, gz in groups:
+                    columns._backward_blocks(xp, part[ga:gz], band[ga - a:gz - a], cols[q:end], fresh, wt,
+                                             per_block[q:end], None if dx is None else dx[s + ga:s + gz], g,
+                                             False)
+
+        backend.split(run, count, m * g.p * (g.k + 2 * g.f))
+        summed = per_block.sum(axis=0)       # one call over the blocks in order, as columns.backward
+        total = summed if total is None else total + summed
+    db = None if planes_sum is None else planes_sum.sum(axis=0)
+    return dx, total.astype(dy.dtype).reshape(g.f, g.c, g.kh, g.kw), db
