@@ -43,21 +43,26 @@ def _pooled_hw(g, pool):
     return g.ho // pool[0], g.wo // pool[1]
 
 
-def _bands(count, size, m, group, r, g, itemsize):
-    """(first image, end image, groups) for the bands of the blocks r: consecutive groups of the
-    columns route (columns._groups) whose output, together, is about pooling.CHUNK_BYTES, so that
-    the pooling's passes are as long as when it runs on its own (a group of few filters holds a few
-    KiB of output: a fold over it is mostly the calls' own cost)."""
-    per_image = g.f * g.p * itemsize
-    band, start = [], None
-    for q, end, a, z in columns._groups(count, size, m, group, r):
-        start = a if start is None else start
-        band.append((q, end, a, z))
-        if (z - start) * per_image >= pooling.CHUNK_BYTES:
-            yield start, z, band
-            band, start = [], None
-    if band:
-        yield start, band[-1][3], band
+def _band_blocks(count, size, g, itemsize, threads):
+    """Blocks per band: the unit a thread takes, convolved and pooled in turn. About
+    pooling.CHUNK_BYTES of output each, so that the pooling's passes are as long as when it runs on
+    its own, and as many bands as a multiple of the thread count (each band is one piece of the
+    pool's split, one NumPy call per pass: the more pieces, the shorter the calls and the more
+    often two threads wait for each other's GIL; on a VM such a wait costs 20-80 us). Results do
+    not depend on the bands: every pass is per image or per block."""
+    total = count * size * g.f * g.p * itemsize
+    bands = max(1, -(-total // pooling.CHUNK_BYTES))
+    if threads > 1 and count >= threads:
+        bands = -(-bands // threads) * threads
+    return -(-count // min(bands, count))
+
+
+def _bands(count, size, m, group, per_band, r):
+    """(first image, end image, groups) of the bands r of ``per_band`` blocks: each band's groups
+    as columns._groups gives them (group blocks at a time)."""
+    for q0 in range(0, count, per_band)[r]:
+        q1 = min(q0 + per_band, count)
+        yield q0 * size, min(q1 * size, m), list(columns._groups(count, size, m, group, slice(q0, q1)))
 
 
 def forward(xp, x, W, b, stride, padding, pool, relu):
@@ -78,10 +83,11 @@ def forward(xp, x, W, b, stride, padding, pool, relu):
         count, size = g.blocks(m)
         cols = columns._column_buffer(xp, g, count, size, x.dtype)
         group = g.group(size, x.itemsize)
+        per_band = _band_blocks(count, size, g, x.itemsize, getattr(backend, "threads", 1))
 
-        def run(r, part=part, cols=cols, s=s, m=m, count=count, size=size, group=group):
+        def run(r, part=part, cols=cols, s=s, m=m, count=count, size=size, group=group, per_band=per_band):
             out = scratch = None
-            for a, z, groups in _bands(count, size, m, group, r, g, x.itemsize):
+            for a, z, groups in _bands(count, size, m, group, per_band, r):
                 if out is None or out.shape[0] != z - a:
                     out = xp.empty((z - a, g.f, g.p), dtype=x.dtype)
                 for q, end, ga, gz in groups:
@@ -93,7 +99,7 @@ def forward(xp, x, W, b, stride, padding, pool, relu):
                 _fold(xp, y[t], index[t],
                       lambda k, p=planes: p[:, k // pw:hq * ph:ph, k % pw:wq * pw:pw], ph * pw, scratch)
 
-        backend.split(run, count, m * g.p * (g.k + g.f))
+        backend.split(run, -(-count // per_band), m * g.p * (g.k + g.f))
     kept = {"inputs": x, "weights": W, "columns": cols if step >= g.n else None,
             "winners": Winners(index.reshape(g.n, g.f, hq, wq), (g.n, g.f, g.ho, g.wo), (ph, pw)),
             "relu_mask": None}
@@ -128,11 +134,12 @@ def backward(xp, dy, cache, need_dx):
             cols = columns._column_buffer(xp, g, count, size, dy.dtype)
         per_block = xp.empty((count, g.f, g.k), dtype=xp.result_type(dy.dtype, xp.float32))
         group = g.group(size, dy.itemsize)
+        per_band = _band_blocks(count, size, g, dy.itemsize, getattr(backend, "threads", 1))
 
         def run(r, part=part, cols=cols, fresh=fresh, per_block=per_block, s=s, m=m, count=count,
-                size=size, group=group):
+                size=size, group=group, per_band=per_band):
             grads = eq = None
-            for a, z, groups in _bands(count, size, m, group, r, g, dy.itemsize):
+            for a, z, groups in _bands(count, size, m, group, per_band, r):
                 if grads is None or grads.shape[0] != (z - a) * g.f:
                     grads = xp.empty(((z - a) * g.f, g.ho, g.wo), dtype=dy.dtype)
                     eq = xp.empty(((z - a) * g.f, hq, wq), dtype=bool)
@@ -150,7 +157,7 @@ def backward(xp, dy, cache, need_dx):
                                              per_block[q:end], None if dx is None else dx[s + ga:s + gz], g,
                                              False)
 
-        backend.split(run, count, m * g.p * (g.k + 2 * g.f))
+        backend.split(run, -(-count // per_band), m * g.p * (g.k + 2 * g.f))
         summed = per_block.sum(axis=0)       # one call over the blocks in order, as columns.backward
         total = summed if total is None else total + summed
     db = None if planes_sum is None else planes_sum.sum(axis=0)
