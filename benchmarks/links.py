@@ -3,11 +3,13 @@
     python benchmarks/links.py --models cnn3x3,lenet5 --batch-sizes 16,64,128 --threads 1,2
 
 Two copies of a benchmarks/run.py model with the same weights, one as Sequential links it and one
-with the link switched off (``--link conv_pool``: Conv2D.planes_out, model._link_conv_pool), train
+with the link switched off (``--link conv_pool``: Conv2D.planes_out, the spectral route's planes
+handed to the pooling; ``--link conv_pool_fused``: Conv2D.pool_link, the columns route and the
+pooling in one pass, ops/conv_pool.py; both model._link_conv_pool), train
 step by step in turn (forward in training mode, cross-entropy, backward without the input's gradient
 as in fit(), Adam), so that both see the
 same machine load; each pool thread count in ``--threads`` is a separate pair. The link changes no
-bits (tests/test_conv_pool_planes.py), so only the time is compared: the JSON (``--out``) keeps each
+bits (tests/test_conv_pool_planes.py, tests/test_conv_pool_fused.py), so only the time is compared: the JSON (``--out``) keeps each
 cell's medians and the ratio linked / unlinked.
 """
 import argparse
@@ -19,7 +21,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LINKS = {"conv_pool": ("Conv2D", "planes_out")}
+LINKS = {"conv_pool": ("Conv2D", "planes_out", False), "conv_pool_fused": ("Conv2D", "pool_link", None)}
 
 
 def parse_args(argv=None):
@@ -46,14 +48,14 @@ def parse_args(argv=None):
 def time_cell(name, batch, threads, args, xpnet, np):
     import run
     from threads import fit_step
-    kind, attribute = LINKS[args.link]
+    kind, attribute, off = LINKS[args.link]
     models = {}
     for linked in (True, False):
         model = run.build_xpnet(xpnet, name, "cpu", "float32", 0)
         if not linked:
             for layer in model.layers:
                 if type(layer).__name__ == kind:
-                    setattr(layer, attribute, False)
+                    setattr(layer, attribute, off)
         models[linked] = model
     linked_layers, unlinked_layers = (sum(bool(getattr(layer, attribute, False)) for layer in models[k].layers)
                                       for k in (True, False))
