@@ -32,8 +32,8 @@ def applies(x, W, pool, backend):
     and where the output has at least as many values a position as the columns (F >= C*kh*kw): what
     the pass saves is the output's trip through memory, and with few filters that is small. (The
     3x3 CNN's first layer, 32 filters on 9 column rows, batch 64 and 128: forward and backward of
-    the two layers 0.78-0.93x the time apart on one and two threads; LeNet-5's, 6 filters on 25
-    rows: 0.99-1.05x; benchmarks/results/2026-12-01-s11-conv-pool-fused.log.)"""
+    the two layers 0.71-0.99x the time apart on one and two threads; LeNet-5's, 6 filters on 25
+    rows: 0.97-1.12x; benchmarks/results/2026-12-01-s11-conv-pool-fused.log.)"""
     ph, pw = pool
     f, c, kh, kw = W.shape
     return bool(ENABLED) and not backend.few_launches and ph * pw <= 256 and f >= c * kh * kw
