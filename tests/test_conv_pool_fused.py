@@ -15,6 +15,7 @@ from xpnet.backends import numpy_kernels as nk
 from xpnet.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 from xpnet.ops import autotune, columns, fast, pooling
 
+from .helpers import assert_fits_alike, assert_steps_alike
 from .test_pool_winners import special_values
 
 
@@ -35,11 +36,8 @@ def canonical_nan(a):
     return a
 
 
-def step(model, x, grad, training=True):
-    out = model.forward(x, training=training)
-    dx = model.backward(grad(out.shape))
-    return [out.tobytes(), dx.tobytes()] + [(canonical_nan(v) if name.endswith(".b") else v).tobytes()
-                                            for name, v in model.gradients.items()]
+def same_bias_nan(name, v):
+    return canonical_nan(v) if name.endswith(".b") else v
 
 
 def layers():   # as many filters as column rows or more: the fused pass takes each (conv_pool.applies)
@@ -83,14 +81,9 @@ def test_models_give_the_same_bits_fused(monkeypatch, threads, dtype, size, chun
     # the first layer's output gets ties, zeros, NaN and infinities through its bias
     fused.layers[0].params["b"][:] = apart.layers[0].params["b"][:] = [0, -0.0, np.nan, np.inf, -np.inf, 1, 0, 0, 0]
     grad = lambda shape: special_values(rng, shape, dtype)  # noqa: E731
-    for training in (True, False):
-        state = rng.bit_generator.state
-        a = step(fused, x, grad, training)
-        rng.bit_generator.state = state
-        b = step(apart, x, grad, training)
-        assert a == b
-        assert all(c.cache["method"] == "columns+pool" for c in convs)   # used, not only set
-        assert all(c.cache["method"] == "columns" for c in apart.layers if isinstance(c, Conv2D))
+    assert_steps_alike(fused, apart, x, grad, rng, same_bias_nan)
+    assert all(c.cache["method"] == "columns+pool" for c in convs)   # used, not only set
+    assert all(c.cache["method"] == "columns" for c in apart.layers if isinstance(c, Conv2D))
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -173,15 +166,8 @@ def test_a_fit_gives_the_same_weights_fused(monkeypatch):
         return [Conv2D(9, 3), ReLU(), MaxPool2D(2), Conv2D(81, 3, padding=1), ReLU(), MaxPool2D(2),
                 Flatten(), Dense(3)]
     fused, apart = models(net, (1, 14, 14))
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((40, 1, 14, 14)).astype(np.float32)
-    y = rng.integers(0, 3, 40)
-    for m in (fused, apart):
-        m.compile(optimizer="adam")
-        m.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert_fits_alike(fused, apart, (1, 14, 14))
     assert fused.layers[0].cache["method"] == fused.layers[3].cache["method"] == "columns+pool"
-    for a, b in zip(fused.get_weights(), apart.get_weights()):
-        assert a.tobytes() == b.tobytes()
 
 
 def test_bad_gradients_are_refused_by_shape():

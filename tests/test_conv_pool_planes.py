@@ -13,6 +13,7 @@ from xpnet.backends import get_backend
 from xpnet.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 from xpnet.ops import autotune, layout, pooling
 
+from .helpers import assert_fits_alike, assert_steps_alike
 from .test_pool_winners import SETTINGS, special_values, tiny_chunks  # noqa: F401  (a fixture)
 
 
@@ -64,12 +65,6 @@ def models(layers_fn, input_shape, seed=3):
     return linked, plain
 
 
-def step(model, x, g, training=True):
-    out = model.forward(x, training=training)
-    dx = model.backward(g(out.shape))
-    return [out.tobytes(), dx.tobytes()] + [v.tobytes() for v in model.gradients.values()]
-
-
 @pytest.mark.parametrize("method", ["spectral", "columns"])   # the columns route ignores the link
 @pytest.mark.parametrize("size", [12, 13, 16])   # 13: the last row and column of each pooling uncovered
 def test_models_give_the_same_bits_with_the_planes_link(monkeypatch, size, method):
@@ -85,12 +80,7 @@ def test_models_give_the_same_bits_with_the_planes_link(monkeypatch, size, metho
     x = special_values(rng, (6, 3, size, size), "float32")
     x[np.isnan(x) | np.isinf(x)] = 0.5   # NaN/inf through two convolutions would fill everything
     grad = lambda shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
-    for training in (True, False):
-        state = rng.bit_generator.state
-        a = step(linked, x, grad, training)
-        rng.bit_generator.state = state
-        b = step(plain, x, grad, training)
-        assert a == b
+    assert_steps_alike(linked, plain, x, grad, rng)
     pools = [layer for layer in linked.layers if isinstance(layer, MaxPool2D)]
     assert all(p.cache[0].planes == (method == "spectral") for p in pools)   # used, not only set
     assert not any(p.cache[0].planes for p in plain.layers if isinstance(p, MaxPool2D))
@@ -118,12 +108,5 @@ def test_a_fit_gives_the_same_weights_with_the_planes_link(monkeypatch):
         return [Conv2D(4, 5, padding=2), ReLU(), MaxPool2D(2), Conv2D(6, 5, padding=2), ReLU(),
                 MaxPool2D(2), Flatten(), Dense(3)]
     linked, plain = models(layers, (1, 12, 12))
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((40, 1, 12, 12)).astype(np.float32)
-    y = rng.integers(0, 3, 40)
-    for m in (linked, plain):
-        m.compile(optimizer="adam")
-        m.fit(x, y, epochs=2, batch_size=8, verbose=0)
-    for a, b in zip(linked.get_weights(), plain.get_weights()):
-        assert a.tobytes() == b.tobytes()
+    assert_fits_alike(linked, plain, (1, 12, 12))
     assert get_backend("cpu").few_launches is False
