@@ -95,7 +95,8 @@ def test_bad_arguments_are_refused(argv, capsys):
 
 def test_the_layer_profile_counts_the_gemms_each_layer_executes():
     """benchmarks/profile_layers.py on LeNet-5 at batch 16: GEMM FLOPs traced on the strict
-    backend equal the direct count for the columns convolution and the Dense layers, the spectral
+    backend equal the direct count for the columns convolution (which runs with its pooling on the
+    NumPy backend) and the Dense layers, the spectral
     layer executes fewer, and fit's overhead table has its rows."""
     import argparse
     import profile_layers as prof
@@ -105,7 +106,8 @@ def test_the_layer_profile_counts_the_gemms_each_layer_executes():
     text, rows = prof.layer_table("lenet5", args, np, xpnet, run, peak=50.0)
     by_label = {r[0].split(" ")[0]: r for r in rows}
     conv1, conv2 = by_label["conv2d"], by_label["conv2d_1"]
-    assert conv1[1] == "columns" and conv1[2] == conv1[3] == 2 * 2 * 16 * 28 * 28 * 6 * 25
+    # the route that ran: the columns route with the pooling after it in one pass (ops/conv_pool.py)
+    assert conv1[1] == "columns+pool" and conv1[2] == conv1[3] == 2 * 2 * 16 * 28 * 28 * 6 * 25
     assert conv2[1] == "spectral" and 0 < conv2[3] < conv2[2]
     for name, (fan_in, fan_out) in {"dense": (400, 120), "dense_1": (120, 84), "dense_2": (84, 10)}.items():
         assert by_label[name][1] == "gemm" and by_label[name][3] == by_label[name][2] == 3 * 2 * 16 * fan_in * fan_out
@@ -134,20 +136,20 @@ def test_the_ab_setting_tool_alternates_a_constant_and_puts_it_back():
     """benchmarks/ab_setting.py: fit steps alternate between the two values (two each way), both
     are timed, and the constant has its own value again afterwards."""
     import ab_setting
-    from xpnet.ops import pooling
+    from xpnet.ops import conv_pool, pooling
     kept = pooling.CHUNK_BYTES
     seen = []
-    original = pooling._chunks
+    original = conv_pool._band_blocks
 
-    def spy(s, length, per):   # the value each pooling pass runs with
+    def spy(*args):   # the value each pass of LeNet-5's first convolution and pooling runs with
         seen.append(pooling.CHUNK_BYTES)
-        return original(s, length, per)
-    pooling._chunks = spy
+        return original(*args)
+    conv_pool._band_blocks = spy
     try:
         out = ab_setting.main(["--model", "lenet5", "--batch-size", "4", "--setting", "xpnet.ops.pooling.CHUNK_BYTES",
                                "--values", "4096,8192", "--steps", "8", "--warmup", "2"])
     finally:
-        pooling._chunks = original
+        conv_pool._band_blocks = original
     assert out["steps"] == (4, 4) and out["a_ms"] > 0 and out["b_ms"] > 0
     assert {4096, 8192} <= set(seen) and pooling.CHUNK_BYTES == kept
     with pytest.raises(SystemExit):

@@ -57,11 +57,15 @@ def test_pooling_planes_gives_the_bits_of_pooling_nchw(tiny_chunks, ph, pw, n, c
 
 
 def models(layers_fn, input_shape, seed=3):
+    """The planes link on and off; the columns route's fused pass (tests/test_conv_pool_fused.py)
+    off in both, so that the poolings run as layers of their own."""
     linked = xpnet.Sequential(layers_fn(), input_shape=input_shape, seed=seed)
     plain = xpnet.Sequential(layers_fn(), input_shape=input_shape, seed=seed)
-    for layer in plain.layers:
-        if isinstance(layer, Conv2D):
-            layer.planes_out = False
+    for model in (linked, plain):
+        for layer in model.layers:
+            if isinstance(layer, Conv2D):
+                layer.pool_link = None
+                layer.planes_out = layer.planes_out and model is linked
     return linked, plain
 
 

@@ -28,15 +28,14 @@ ENABLED = 1
 
 def applies(x, W, pool, backend):
     """Whether the fused pass takes x (N, C, H, W) and W (F, C, kh, kw) into a ``pool`` (ph, pw)
-    pooling whose windows tile the output (stride == pool, no padding): where launches are cheap,
-    and where the output has at least as many values a position as the columns (F >= C*kh*kw): what
-    the pass saves is the output's trip through memory, and with few filters that is small. (The
-    3x3 CNN's first layer, 32 filters on 9 column rows, batch 64 and 128: forward and backward of
-    the two layers 0.71-0.99x the time apart on one and two threads; LeNet-5's, 6 filters on 25
-    rows: 0.97-1.12x; benchmarks/results/2026-12-01-s11-conv-pool-fused.log.)"""
+    pooling whose windows tile the output (stride == pool, no padding): where launches are cheap
+    (a GPU runs the layers' own kernels) and the window has at most 256 offsets (a uint8 index).
+    What the pass saves is the output's trip through memory, so it gains most with many filters:
+    the 3x3 CNN's first layer (32 filters on 9 column rows) 0.71-0.87x the time of the two layers
+    apart at batch 64 and 128, 16 and 32 filters of 5x5 0.87-0.98x, LeNet-5's 6 filters of 5x5
+    0.90-0.98x alone and its whole step 0.95-1.02x (benchmarks/results/2026-12-01-s11-conv-pool-fused.log)."""
     ph, pw = pool
-    f, c, kh, kw = W.shape
-    return bool(ENABLED) and not backend.few_launches and ph * pw <= 256 and f >= c * kh * kw
+    return bool(ENABLED) and not backend.few_launches and ph * pw <= 256
 
 
 def _pooled_hw(g, pool):

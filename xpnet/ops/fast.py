@@ -68,7 +68,7 @@ def conv2d_pool_forward(xp, x, W, b, stride, padding, pool, relu=False):
     """(y, cache) of the convolution, the max pooling with windows ``pool`` (ph, pw) that tile its
     output (stride == pool, no padding) and, with ``relu``, the ReLU of the pooled values, in one
     pass (conv_pool.py), when the convolution takes the columns route and the pass applies
-    (conv_pool.applies: the backend's launches cheap, many filters); None otherwise (then the
+    (conv_pool.applies: the backend's launches cheap); None otherwise (then the
     layers run apart). ``conv2d_backward`` takes the cache with the pooled output's gradient."""
     stride, padding, pool = (tuple(int(v) for v in t) for t in (stride, padding, pool))
     _check_conv(x, W, b, stride, padding)
