@@ -38,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--split", choices=("auto", "always"), default="auto",
                    help="auto: xpnet keeps passes that do not gain on one thread (default); always: the old way")
     p.add_argument("--out", default="", help="folder for a JSON result ('' to skip)")
+    p.add_argument("--tag", default="", help="suffix for the result file name, e.g. r2 for a second run")
     args = p.parse_args(argv)
     try:
         args.threads = [int(t) for t in args.threads.split(",")]
@@ -133,7 +134,8 @@ def main(argv=None):
         import run
         run.write_report(report, os.path.join(args.out, f"{started:%Y-%m-%d}-threads-{socket.gethostname()}"
                                                        f"-load{args.load}-blas-{args.blas}"
-                                                       + ("-split-always" if args.split == "always" else "") + ".json"))
+                                                       + ("-split-always" if args.split == "always" else "")
+                                                       + (f"-{args.tag}" if args.tag else "") + ".json"))
     return report
 
 

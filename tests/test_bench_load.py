@@ -73,8 +73,8 @@ def test_threads_py_alternates_thread_counts(tmp_path):
     """benchmarks/threads.py times 1 and 2 pool threads in one process, beside a busy process."""
     import json
     run_benchmark("threads.py", "--models", "lenet5", "--batch-size", "2", "--repeats", "2", "--warmup", "0",
-                  "--load", "1", "--out", str(tmp_path))
-    (path,) = tmp_path.glob("*-load1-blas-one.json")
+                  "--load", "1", "--out", str(tmp_path), "--tag", "r2")
+    (path,) = tmp_path.glob("*-load1-blas-one-r2.json")
     report = json.loads(path.read_text())
     (r,) = report["results"]
     assert set(r["threads"]) == {"1", "2"} and r["threads"]["1"]["ratio_to_first"] == 1.0
