@@ -1,13 +1,14 @@
-"""A columns-route convolution and the max pooling after it, in one pass over cache-sized groups
-of images (the CPU only; ``ops.fast``).
+"""A columns-route convolution and the max pooling after it, in one pass over bands of images
+(the CPU only; ``ops.fast``).
 
 Unlinked, the convolution writes its whole output (11 MB for 32 filters of 26x26 at batch 128),
 the pooling reads it back, and in backward the pooling writes the whole input gradient for the
-convolution to read back. Here each group of blocks that the columns route handles in one go
-(columns.GROUP_BYTES of columns) is convolved into a buffer and pooled while it is in cache; only
-the pooled output and each window's winning offset (pooling.Winners) are kept. Backward scatters
-the pooled gradient of the same group into a buffer and takes the columns route's products of it
-there. The full-size output and its gradient never exist.
+convolution to read back. Here the batch is cut into bands of blocks (``_band_blocks``: about
+pooling.CHUNK_BYTES of output each, one piece of the backend's split each); a band is convolved
+into a buffer group by group (the groups of blocks the columns route handles in one go) and
+pooled there; only the pooled output and each window's winning offset (pooling.Winners) are
+kept. Backward scatters the band's pooled gradient into a buffer and takes the columns route's
+products of it there, group by group. The full-size output and its gradient never exist.
 
 The same operations on the same values as the two layers apart: each block's GEMM, the bias, the
 fold over window offsets (``pooling._fold``: ties to the first maximum, NaN wins), the ReLU after
