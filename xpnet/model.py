@@ -186,7 +186,7 @@ def _link_conv_pool(layers, backend):
     the NCHW view of its planes: the pooling then works on planes, transposes only its pooled
     output, and sends its gradient back as planes that the convolution's backward reads without a
     transpose (ops/layout.py; tests/test_conv_pool_planes.py). On the columns route the two (and
-    the ReLU) run as one pass over cache-sized groups of images (``pool_link``: Conv2D's
+    the ReLU) run as one pass over bands of images (``pool_link``: Conv2D's
     forward_pooled, ops/conv_pool.py; tests/test_conv_pool_fused.py), and Sequential skips the
     pooling and the ReLU. The same bits as the layers apart, either way."""
     from .layers.activations import ReLU

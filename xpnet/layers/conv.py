@@ -101,7 +101,7 @@ class Conv2D(Layer):
 
     def forward_pooled(self, x, training=False):
         """The output of the max pooling in ``pool_link`` (with the ReLU it applies), computed with
-        this convolution in one pass over cache-sized groups of images (ops/conv_pool.py: the
+        this convolution in one pass over bands of images (ops/conv_pool.py: the
         columns route on the CPU, the same bits), or None where that pass does not apply (the
         spectral route, a GPU, the reference ops): then Sequential runs the layers one by one.
         Sequential links the two (model._link_conv_pool) and skips the pooling, and the ReLU,

@@ -13,7 +13,7 @@ measurement once per shape on a GPU.
 * ``columns`` (columns.py): im2col and a GEMM per block of images, in batch chunks; few input
   channels, 3x3 and 1x1 kernels, large strides.
 * ``columns+pool`` (conv_pool.py, the CPU only): the columns route and the max pooling after it
-  in one pass over cache-sized groups of images (``conv2d_pool_forward``, for Sequential's link of
+  in one pass over bands of images (``conv2d_pool_forward``, for Sequential's link of
   a convolution to its pooling); the same bits as the two apart.
 
 Pooling (pooling.py) works on strided views and reshaped windows. Convolution geometry (output
