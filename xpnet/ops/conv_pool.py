@@ -20,7 +20,7 @@ of threads (tests/test_conv_pool_fused.py). Only where launches are cheap (not
 """
 from ..backends import backend_of
 from . import columns, pooling
-from .pooling import Winners, _fold, _scatter
+from .pooling import Winners, _fold, _offset_view, _unpool
 
 # 0 runs the layers apart everywhere (the same bits, only slower): for benchmarks/ab_setting.py's
 # in-process comparison and for telling the two paths apart when debugging
@@ -57,6 +57,12 @@ def _band_blocks(count, size, g, itemsize, threads):
     return -(-count // min(bands, count))
 
 
+def _layout(g, m, itemsize, backend):
+    """(blocks, images per block, blocks per group, blocks per band) for a batch chunk of m images."""
+    count, size = g.blocks(m)
+    return count, size, g.group(size, itemsize), _band_blocks(count, size, g, itemsize, getattr(backend, "threads", 1))
+
+
 def _bands(count, size, m, group, per_band, r):
     """(first image, end image, groups) of the bands r of ``per_band`` blocks: each band's groups
     as columns._groups gives them (group blocks at a time)."""
@@ -80,10 +86,8 @@ def forward(xp, x, W, b, stride, padding, pool, relu):
     for s in range(0, g.n, step):
         part = x[s:s + step]
         m = part.shape[0]
-        count, size = g.blocks(m)
+        count, size, group, per_band = _layout(g, m, x.itemsize, backend)
         cols = columns._column_buffer(xp, g, count, size, x.dtype)
-        group = g.group(size, x.itemsize)
-        per_band = _band_blocks(count, size, g, x.itemsize, getattr(backend, "threads", 1))
 
         def run(r, part=part, cols=cols, s=s, m=m, count=count, size=size, group=group, per_band=per_band):
             out = scratch = None
@@ -96,8 +100,7 @@ def forward(xp, x, W, b, stride, padding, pool, relu):
                 t = slice((s + a) * g.f, (s + z) * g.f)
                 if scratch is None or scratch[0].shape != y[t].shape:
                     scratch = (xp.empty_like(y[t]), xp.empty(y[t].shape, dtype=bool), xp.empty_like(index[t]))
-                _fold(xp, y[t], index[t],
-                      lambda k, p=planes: p[:, k // pw:hq * ph:ph, k % pw:wq * pw:pw], ph * pw, scratch)
+                _fold(xp, y[t], index[t], lambda k, p=planes: _offset_view(p, k, pool, hq, wq), ph * pw, scratch)
 
         backend.split(run, -(-count // per_band), m * g.p * (g.k + g.f))
     kept = {"inputs": x, "weights": W, "columns": cols if step >= g.n else None,
@@ -127,14 +130,12 @@ def backward(xp, dy, cache, need_dx):
     for s in range(0, g.n, step):
         part = x[s:s + step]
         m = part.shape[0]
-        count, size = g.blocks(m)
+        count, size, group, per_band = _layout(g, m, dy.itemsize, backend)
         cols = cache["columns"] if step >= g.n and cache["columns"] is not None else None
         fresh = cols is None
         if fresh:
             cols = columns._column_buffer(xp, g, count, size, dy.dtype)
         per_block = xp.empty((count, g.f, g.k), dtype=xp.result_type(dy.dtype, xp.float32))
-        group = g.group(size, dy.itemsize)
-        per_band = _band_blocks(count, size, g, dy.itemsize, getattr(backend, "threads", 1))
 
         def run(r, part=part, cols=cols, fresh=fresh, per_block=per_block, s=s, m=m, count=count,
                 size=size, group=group, per_band=per_band):
@@ -144,11 +145,7 @@ def backward(xp, dy, cache, need_dx):
                     grads = xp.empty(((z - a) * g.f, g.ho, g.wo), dtype=dy.dtype)
                     eq = xp.empty(((z - a) * g.f, hq, wq), dtype=bool)
                 t = slice((s + a) * g.f, (s + z) * g.f)
-                _scatter(xp, index[t], dys[t], lambda i, j: grads[:, i:hq * ph:ph, j:wq * pw:pw], (ph, pw), eq)
-                if hq * ph < g.ho:
-                    grads[:, hq * ph:, :] = 0
-                if wq * pw < g.wo:
-                    grads[:, :hq * ph, wq * pw:] = 0
+                _unpool(xp, index[t], dys[t], grads, (ph, pw), eq)
                 band = grads.reshape(z - a, g.f, g.p)
                 if planes_sum is not None:
                     band.sum(axis=2, out=planes_sum[s + a:s + z])

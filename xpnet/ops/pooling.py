@@ -166,19 +166,36 @@ def _winners_forward(xp, backend, x, ph, pw):
     index = xp.empty((n * c, ho, wo), dtype=xp.uint8 if ph * pw <= 256 else xp.int32)
     per = max(1, CHUNK_BYTES // (h * w * x.dtype.itemsize))
 
-    def view(t, i, j):
-        return planes[t, i:ho * ph:ph, j:wo * pw:pw]
-
     def part(s):   # planes s, on the backend's threads
         scratch = None
         for t in _chunks(s, n * c, per):
             if scratch is None or scratch[0].shape != y[t].shape:
                 scratch = (xp.empty_like(y[t]), xp.empty(y[t].shape, dtype=bool), xp.empty_like(index[t]))
-            _fold(xp, y[t], index[t], lambda k, t=t: view(t, *divmod(k, pw)), ph * pw, scratch)
+            _fold(xp, y[t], index[t], lambda k, t=t: _offset_view(planes[t], k, (ph, pw), ho, wo), ph * pw,
+                  scratch)
 
     backend.split(part, n * c, x.size)
     y = y.reshape(n, c, ho, wo)
     return y, (Winners(index.reshape(n, c, ho, wo), x.shape, (ph, pw)), y, (ph, pw), (ph, pw))
+
+
+def _offset_view(planes, k, pool, ho, wo):
+    """Window offset k's values of every window of ``planes`` (P, H, W), shaped (P, Ho, Wo)."""
+    ph, pw = pool
+    i, j = divmod(k, pw)
+    return planes[:, i:ho * ph:ph, j:wo * pw:pw]
+
+
+def _unpool(xp, k_of, d, planes, pool, eq):
+    """planes (P, H, W) <- the gradient d (P, Ho, Wo) at each window's winning offset k_of (see
+    _scatter), and 0 on the rows and columns that no window covers."""
+    ph, pw = pool
+    ho, wo = d.shape[1], d.shape[2]
+    _scatter(xp, k_of, d, lambda i, j: _offset_view(planes, i * pw + j, pool, ho, wo), pool, eq)
+    if ho * ph < planes.shape[1]:
+        planes[:, ho * ph:, :] = 0
+    if wo * pw < planes.shape[2]:
+        planes[:, :ho * ph, wo * pw:] = 0
 
 
 def _scatter(xp, k_of, d, target, pool, eq):
@@ -209,11 +226,7 @@ def _winners_backward(xp, backend, dy, winners):
         for t in _chunks(s, n * c, per):
             if eq is None or eq.shape != index[t].shape:
                 eq = xp.empty(index[t].shape, dtype=bool)
-            _scatter(xp, index[t], dys[t], lambda i, j, t=t: dx[t, i:ho * ph:ph, j:wo * pw:pw], (ph, pw), eq)
-            if ho * ph < h:
-                dx[t, ho * ph:, :] = 0
-            if wo * pw < w:
-                dx[t, :ho * ph, wo * pw:] = 0
+            _unpool(xp, index[t], dys[t], dx[t], (ph, pw), eq)
 
     backend.split(part, n * c, dx.size)
     return dx.reshape(n, c, h, w)
