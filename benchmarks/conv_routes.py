@@ -54,7 +54,7 @@ def main(argv=None):
     sys.path.insert(0, ROOT)
     import numpy as np
     from xpnet.ops import chooser, fast
-    from xpnet.ops.geometry import out_size, padded_hw
+    from xpnet.ops.geometry import out_size, padded_hw, spectral_frame
     lo, hi = 0.0, float("inf")
     print("| batch | input | kernel | pad | chosen | spectral ms | columns ms | spectral/columns | bound |")
     print("|---:|---|---|---:|---|---:|---:|---:|---|")
@@ -64,6 +64,7 @@ def main(argv=None):
             s, col = time_routes(np, fast, (n, c, h, w), w_shape, padding, args.repeats)
             hp, wp = padded_hw((h, w), padding)
             ho, wo = out_size(hp, kh, 1), out_size(wp, kw, 1)
+            hp, wp = spectral_frame((h, w), (kh, kw), (1, 1), padding)   # the spectral route's frame
             direct = chooser.direct_flops(n, c, f, kh, kw, ho, wo)
             spectral = chooser.spectral_flops(n, c, f, h, w, ho, wo, hp, wp)
             per_unit = chooser.kernel_side(c, f, hp, wp) / chooser.KERNEL_PASS_FLOPS

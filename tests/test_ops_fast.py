@@ -128,8 +128,9 @@ def test_choose_prefers_spectral_for_wide_5x5_and_columns_for_one_channel():
     assert fast.choose((128, 32, 28, 28), (64, 32, 5, 5), (1, 1), (2, 2, 2, 2)) == "spectral"
     assert fast.choose((128, 1, 28, 28), (32, 1, 5, 5), (1, 1), (2, 2, 2, 2)) == "columns"
     assert fast.choose((128, 64, 14, 14), (64, 64, 1, 1), (1, 1), (0, 0, 0, 0)) == "columns"
-    # 512 -> 512 channels would need ~900 MB of per-bin kernel matrices and spectra
-    assert fast.choose((128, 512, 14, 14), (512, 512, 5, 5), (1, 1), (2, 2, 2, 2)) == "columns"
+    # 768 -> 768 channels would need ~1 GB of per-bin kernel matrices and spectra (144 bins of the
+    # 16x16 frame; 512 -> 512 needed 0.53 GB of the 18x18 frame's 180 bins, and fits in 16x16's)
+    assert fast.choose((128, 768, 14, 14), (768, 768, 5, 5), (1, 1), (2, 2, 2, 2)) == "columns"
 
 
 def test_dft_matrices_match_numpy_fft():

@@ -45,7 +45,7 @@ def method_for(xp, x, W, stride, padding):
     x_shape, w_shape = tuple(x.shape), tuple(W.shape)
     estimate = choose(x_shape, w_shape, stride, padding, x.itemsize)
     backend = backend_of(x)
-    if mode(backend) != "measure" or not spectral_fits(x_shape, w_shape, padding, x.itemsize):
+    if mode(backend) != "measure" or not spectral_fits(x_shape, w_shape, padding, x.itemsize, stride):
         return estimate
     key = (backend.name, x_shape, w_shape, tuple(stride), tuple(padding), str(x.dtype))
     if key not in _measured:

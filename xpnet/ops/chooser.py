@@ -9,7 +9,8 @@ complex product is a real GEMM twice as wide on each side):
 
 * direct (what "columns" executes): ``3 * 2 * N*Ho*Wo * F*C*kh*kw``: one GEMM of that size for each
   of forward, dW and dx.
-* spectral (``spectral_flops``): on the padded (Hp, Wp) frame only Kh = Hp//2 + 1 frequencies of
+* spectral (``spectral_flops``): on the route's (Hp, Wp) frame (``geometry.spectral_frame``: the
+  input plus the larger of each axis's two paddings) only Kh = Hp//2 + 1 frequencies of
   the H axis are kept (the input is real). ``transform`` is the forward DFT of ``planes`` images
   of nh x nw samples: the real H-transform (2 outputs, re and im, times Kh x nh x nw) then the
   complex W-transform (Kh rows of a (2 Wp) x (2 nw) real-form GEMM). ``inverse`` is the way back.
@@ -23,7 +24,7 @@ complex product is a real GEMM twice as wide on each side):
   at batch 16, where it was 1.3-1.9x slower than columns; with both routes as they are now the two
   are level there (docs/benchmarks.md, "Route choice").
 """
-from .geometry import out_size, padded_hw
+from .geometry import out_size, padded_hw, spectral_frame
 
 # The spectral route must need this many times fewer FLOPs than direct convolution to be chosen.
 # The model counts only GEMM FLOPs: the spectral route also pays NCHW <-> (H, W, C, N) layout
@@ -77,11 +78,11 @@ def direct_flops(n, c, f, kh, kw, ho, wo):
     return 3 * 2 * n * ho * wo * f * c * kh * kw
 
 
-def spectral_fits(x_shape, w_shape, padding, itemsize=4):
+def spectral_fits(x_shape, w_shape, padding, itemsize=4, stride=(1, 1)):
     """True when the spectral route's per-bin arrays fit in SPECTRAL_BYTES."""
     n, c, h, w = x_shape
     f = w_shape[0]
-    hp, wp = padded_hw((h, w), padding)
+    hp, wp = spectral_frame((h, w), w_shape[2:], stride, padding)
     bins = (hp // 2 + 1) * wp
     return itemsize * bins * (2 * c * f + 4 * n * c + 2 * n * f) <= SPECTRAL_BYTES
 
@@ -93,7 +94,8 @@ def choose(x_shape, w_shape, stride, padding, itemsize=4):
     f, _, kh, kw = w_shape
     hp, wp = padded_hw((h, w), padding)
     ho, wo = out_size(hp, kh, stride[0]), out_size(wp, kw, stride[1])
-    if not spectral_fits(x_shape, w_shape, padding, itemsize):
+    if not spectral_fits(x_shape, w_shape, padding, itemsize, stride):
         return "columns"
+    hp, wp = spectral_frame((h, w), (kh, kw), stride, padding)   # the frame the spectral route uses
     spectral = spectral_flops(n, c, f, h, w, ho, wo, hp, wp) + kernel_side(c, f, hp, wp)
     return "spectral" if SPECTRAL_ADVANTAGE * spectral < direct_flops(n, c, f, kh, kw, ho, wo) else "columns"

@@ -1,7 +1,10 @@
 """The spectral convolution route of ``ops.fast``.
 
-The 2-D DFT of the zero-padded frame, computed with dense DFT matrices (xpnet.ops.dft) so that
-every step is a GEMM. With X, Wh the spectra of the padded input and of the kernel, Y = sum_c X[c]
+The 2-D DFT of a zero-padded frame, computed with dense DFT matrices (xpnet.ops.dft) so that
+every step is a GEMM. The frame is the input plus the larger of each axis's two paddings
+(``geometry.spectral_frame``): a window that runs past its end wraps onto the leading padding's
+zeros, which is what the padded input has there, so "same" 5x5 kernels on 14x14 take a 16x16
+frame (144 frequency bins), not 18x18 (180). With X, Wh the spectra of the padded input and of the kernel, Y = sum_c X[c]
 * conj(Wh[f, c]) per frequency bin (a batched GEMM over bins), and y is the inverse transform
 sampled at the strided output positions. Backward reuses X: dX = sum_f DY[f] * Wh[f, c] and dW =
 inverse(sum_n conj(DY) * X) on the kernel window. For 5x5 kernels on 14x14 to 28x28 images with
@@ -31,13 +34,20 @@ from ..backends import backend_of
 from ..backends.base import real_form
 from . import dft
 from .gemm import wide_matmul
-from .geometry import out_size, padded_hw
+from .geometry import out_size, padded_hw, spectral_frame
 from .layout import from_planes, to_planes
 
 # Bytes of Z per chunk of bins on the CPU: 256 KiB-1 MiB within noise here (AMD EPYC, 1 MiB L2 per
 # core); the forward product of 544 bins of 256 x 64 (batch 128) took 11 ms instead of 18 ms with
 # Z whole on one thread, 7 instead of 15-18 ms on two (docs/benchmarks.md, "Latest results")
 Z_CHUNK_BYTES = 512 << 10
+
+# 1: the DFT frame is geometry.spectral_frame's, the smallest with no wrap-around into the results
+# ("same" 5x5 kernels on 14x14: 16x16, 144 bins); 0: the padded input's (18x18, 180 bins), as
+# before 2026-12-02. The results agree to rounding; only speed and the last bits differ. Read per
+# forward pass and kept in its cache (backward uses the forward's frame): for
+# benchmarks/ab_setting.py's in-process comparison.
+TIGHT_FRAME = 1
 
 
 def _kernel_spectrum(xp, W, dt, hp, wp):
@@ -153,6 +163,8 @@ def forward(xp, x, W, b, stride, padding, planes_out=False):
     (sh, sw), (top, bottom, left, right) = stride, padding
     hp, wp = padded_hw((h, w), (top, bottom, left, right))
     ho, wo = out_size(hp, kh, sh), out_size(wp, kw, sw)
+    if TIGHT_FRAME:                                                             # the DFT's frame
+        hp, wp = spectral_frame((h, w), (kh, kw), stride, padding)
     dt, khalf = x.dtype, hp // 2 + 1
     bins = khalf * wp
     K = _kernel_spectrum(xp, W, dt, hp, wp)                                      # (bins, 2C, F)
@@ -165,6 +177,7 @@ def forward(xp, x, W, b, stride, padding, planes_out=False):
         Y, kept = backend_of(Z).matmul(Z, K), {"Z": Z, "K": K}                  # (bins, 2N, F)
     else:
         Y, kept = _cpu_forward_product(xp, S, K), {"S": S, "K": K}
+    kept["frame"] = (hp, wp)
     if b is not None:   # a constant adds hp*wp times itself to the real part of the zero bin
         zero_bin = Y[0, :n]
         xp.add(zero_bin, (b if b.dtype == dt else b.astype(dt)).reshape(1, f) * (hp * wp), out=zero_bin)
@@ -180,7 +193,7 @@ def backward(xp, dy, cache, need_dx):
     n, c, h, w = cache["x_shape"]
     f, _, kh, kw = cache["w_shape"]
     (sh, sw), (top, bottom, left, right) = cache["stride"], cache["padding"]
-    hp, wp = padded_hw((h, w), (top, bottom, left, right))
+    hp, wp = cache["frame"]
     ho, wo = dy.shape[2], dy.shape[3]
     dt, khalf = dy.dtype, hp // 2 + 1
     bins = khalf * wp

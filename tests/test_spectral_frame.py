@@ -1,0 +1,92 @@
+"""The spectral route's DFT frame (geometry.spectral_frame): the input plus the larger of each
+axis's paddings, not both. Exact against the columns route in float64 for every gradient, and the
+smallest such frame: one cell fewer on either axis gives wrong numbers (so these tests can fail)."""
+import numpy as np
+import pytest
+
+from xpnet.ops import fast, spectral
+from xpnet.ops.geometry import padded_hw, spectral_frame
+
+# (n, c, h, w, f, kh, kw, stride, (top, bottom, left, right)): "same" 5x5 and 3x3, valid, strides,
+# lopsided paddings, padding larger than the kernel, one output per axis
+CASES = [
+    (2, 3, 14, 14, 4, 5, 5, (1, 1), (2, 2, 2, 2)),
+    (2, 3, 28, 28, 4, 5, 5, (1, 1), (2, 2, 2, 2)),
+    (2, 2, 13, 14, 3, 3, 3, (1, 1), (1, 1, 1, 1)),
+    (2, 2, 12, 13, 3, 3, 3, (2, 2), (0, 1, 0, 1)),
+    (2, 2, 11, 12, 3, 5, 5, (2, 2), (2, 2, 2, 2)),
+    (2, 2, 9, 10, 3, 3, 3, (1, 1), (4, 1, 0, 3)),
+    (2, 2, 10, 11, 3, 4, 4, (3, 3), (3, 2, 1, 2)),
+    (1, 2, 7, 8, 2, 3, 3, (1, 1), (5, 5, 0, 0)),
+    (1, 2, 4, 5, 2, 3, 3, (1, 1), (6, 0, 2, 7)),
+    (1, 1, 3, 4, 2, 3, 3, (4, 4), (3, 3, 3, 3)),
+]
+
+
+def _grads(method, case, seed=0):
+    n, c, h, w, f, kh, kw, stride, pad = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w))
+    W = rng.standard_normal((f, c, kh, kw))
+    b = rng.standard_normal(f)
+    y, cache = fast.conv2d_forward(np, x, W, b, stride, pad, method=method)
+    dy = rng.standard_normal(y.shape)
+    return (y,) + tuple(fast.conv2d_backward(np, dy, cache, True)), cache
+
+
+def _error(got, want):
+    return max(float(np.abs(a - e).max() / max(np.abs(e).max(), 1e-300)) for a, e in zip(got, want))
+
+
+def test_frame_sizes():
+    assert spectral_frame((14, 14), (5, 5), (1, 1), (2, 2, 2, 2)) == (16, 16)   # not 18
+    assert spectral_frame((28, 28), (5, 5), (1, 1), (2, 2, 2, 2)) == (30, 30)   # not 32
+    assert spectral_frame((13, 13), (3, 3), (1, 1), (0, 0, 0, 0)) == (13, 13)   # valid: as before
+    assert spectral_frame((9, 10), (3, 3), (1, 1), (4, 1, 0, 3)) == (13, 13)
+    for case in CASES:
+        n, c, h, w, f, kh, kw, stride, pad = case
+        frame, padded = spectral_frame((h, w), (kh, kw), stride, pad), padded_hw((h, w), pad)
+        assert all(kh <= s <= p for s, p in zip(frame, padded)), (case, frame, padded)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_spectral_frame_gives_the_columns_route_numbers(case):
+    got, cache = _grads("spectral", case)
+    want, _ = _grads("columns", case)
+    n, c, h, w, f, kh, kw, stride, pad = case
+    assert cache["frame"] == spectral_frame((h, w), (kh, kw), stride, pad)
+    assert _error(got, want) < 1e-12
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_one_cell_less_is_wrong(monkeypatch, axis):
+    """The frame is the smallest: shrunk by one cell on an axis, some case's numbers go wrong
+    (wrap-around reaches the results), which also shows the test above can fail."""
+    def shrunk(hw, kernel, stride, padding):
+        frame = list(spectral_frame(hw, kernel, stride, padding))
+        frame[axis] -= 1
+        return tuple(frame)
+
+    want = [_grads("columns", case)[0] for case in CASES]
+    monkeypatch.setattr(spectral, "spectral_frame", shrunk)
+    errors = [_error(_grads("spectral", case)[0], w) for case, w in zip(CASES, want)]
+    assert max(errors) > 1e-3, errors
+    # the "same" 5x5 cases of the benchmark models go wrong too, not only the odd ones
+    assert errors[0] > 1e-3 and errors[1] > 1e-3, errors
+
+
+def test_backward_takes_the_forward_frame(monkeypatch):
+    """TIGHT_FRAME is read per forward pass; backward uses the frame forward kept, so a switch in
+    between (benchmarks/ab_setting.py flips it between steps) cannot mix two frames."""
+    case = CASES[0]
+    want, _ = _grads("columns", case)
+    n, c, h, w, f, kh, kw, stride, pad = case
+    for first in (1, 0):
+        rng = np.random.default_rng(0)   # the draws of _grads, in its order
+        x, W, b = rng.standard_normal((n, c, h, w)), rng.standard_normal((f, c, kh, kw)), rng.standard_normal(f)
+        monkeypatch.setattr(spectral, "TIGHT_FRAME", first)
+        y, cache = fast.conv2d_forward(np, x, W, b, stride, pad, method="spectral")
+        assert cache["frame"] == (spectral_frame((h, w), (kh, kw), stride, pad) if first else padded_hw((h, w), pad))
+        monkeypatch.setattr(spectral, "TIGHT_FRAME", 1 - first)
+        got = (y,) + tuple(fast.conv2d_backward(np, rng.standard_normal(y.shape), cache, True))
+        assert _error(got, want) < 1e-12
