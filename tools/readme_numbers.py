@@ -65,7 +65,7 @@ def speed_block(root, m):
     return textwrap.fill(f"The default model on a CPU is slow. Trained with its recipe (batch {recipe['batch_size']}, "
             f"augmentation of every batch) on {images:,} images, it ran at {rate:.0f} images/s on "
             f"{spec['machine']}, on {spec['date']} (`{spec['run']}/`): one 60,000-image epoch would take "
-            f"about {epoch / 60:.0f} minutes there and the recipe's up to {recipe['epochs']} epochs about "
+            f"about {_minutes(epoch)} there and the recipe's up to {recipe['epochs']} epochs about "
             f"{_hours(epoch * recipe['epochs'])}. On an idle {bench['machine']['cores']}-core machine the "
             f"training step alone reached {best:.0f} images/s (batch {big.get('batch_size', 128)}, no "
             f"augmentation, {bench['date'][:10]}, `{spec['benchmark']}`): at least "
