@@ -83,10 +83,12 @@ def test_backward_takes_the_forward_frame(monkeypatch):
     n, c, h, w, f, kh, kw, stride, pad = case
     for first in (1, 0):
         rng = np.random.default_rng(0)   # the draws of _grads, in its order
-        x, W, b = rng.standard_normal((n, c, h, w)), rng.standard_normal((f, c, kh, kw)), rng.standard_normal(f)
+        x, W = rng.standard_normal((n, c, h, w)), rng.standard_normal((f, c, kh, kw))
+        b = rng.standard_normal(f)
         monkeypatch.setattr(spectral, "TIGHT_FRAME", first)
         y, cache = fast.conv2d_forward(np, x, W, b, stride, pad, method="spectral")
-        assert cache["frame"] == (spectral_frame((h, w), (kh, kw), stride, pad) if first else padded_hw((h, w), pad))
+        frame = spectral_frame((h, w), (kh, kw), stride, pad) if first else padded_hw((h, w), pad)
+        assert cache["frame"] == frame
         monkeypatch.setattr(spectral, "TIGHT_FRAME", 1 - first)
         got = (y,) + tuple(fast.conv2d_backward(np, rng.standard_normal(y.shape), cache, True))
         assert _error(got, want) < 1e-12

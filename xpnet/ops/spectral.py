@@ -4,11 +4,11 @@ The 2-D DFT of a zero-padded frame, computed with dense DFT matrices (xpnet.ops.
 every step is a GEMM. The frame is the input plus the larger of each axis's two paddings
 (``geometry.spectral_frame``): a window that runs past its end wraps onto the leading padding's
 zeros, which is what the padded input has there, so "same" 5x5 kernels on 14x14 take a 16x16
-frame (144 frequency bins), not 18x18 (180). With X, Wh the spectra of the padded input and of the kernel, Y = sum_c X[c]
-* conj(Wh[f, c]) per frequency bin (a batched GEMM over bins), and y is the inverse transform
-sampled at the strided output positions. Backward reuses X: dX = sum_f DY[f] * Wh[f, c] and dW =
-inverse(sum_n conj(DY) * X) on the kernel window. For 5x5 kernels on 14x14 to 28x28 images with
-tens of channels this needs 3-4x fewer FLOPs than direct convolution.
+frame (144 frequency bins), not 18x18 (180). With X, Wh the spectra of the padded input and of
+the kernel, Y = sum_c X[c] * conj(Wh[f, c]) per frequency bin (a batched GEMM over bins), and y is
+the inverse transform sampled at the strided output positions. Backward reuses X: dX = sum_f DY[f]
+* Wh[f, c] and dW = inverse(sum_n conj(DY) * X) on the kernel window. For 5x5 kernels on 14x14 to
+28x28 images with tens of channels this needs 3-4x fewer FLOPs than direct convolution.
 
 Layout inside: spatial axes first, (H, W, N, C), so the transforms are left-multiplications of
 large contiguous blocks and NCHW <-> planes is one 2-D transpose (layout.py); NCHW only at the edges. Per
