@@ -96,6 +96,6 @@ def choose(x_shape, w_shape, stride, padding, itemsize=4):
     ho, wo = out_size(hp, kh, stride[0]), out_size(wp, kw, stride[1])
     if not spectral_fits(x_shape, w_shape, padding, itemsize, stride):
         return "columns"
-    hp, wp = spectral_frame((h, w), (kh, kw), stride, padding)   # the frame the spectral route uses
-    spectral = spectral_flops(n, c, f, h, w, ho, wo, hp, wp) + kernel_side(c, f, hp, wp)
+    fh, fw = spectral_frame((h, w), (kh, kw), stride, padding)   # the frame the spectral route uses
+    spectral = spectral_flops(n, c, f, h, w, ho, wo, fh, fw) + kernel_side(c, f, fh, fw)
     return "spectral" if SPECTRAL_ADVANTAGE * spectral < direct_flops(n, c, f, kh, kw, ho, wo) else "columns"

@@ -34,7 +34,7 @@ from ..backends import backend_of
 from ..backends.base import real_form
 from . import dft
 from .gemm import wide_matmul
-from .geometry import out_size, padded_hw, spectral_frame
+from .geometry import output_hw, padded_hw, spectral_frame
 from .layout import from_planes, to_planes
 
 # Bytes of Z per chunk of bins on the CPU: 256 KiB-1 MiB within noise here (AMD EPYC, 1 MiB L2 per
@@ -160,11 +160,9 @@ def forward(xp, x, W, b, stride, padding, planes_out=False):
     a copy (layout.py: for a max pooling that reads planes)."""
     n, c, h, w = x.shape
     f, _, kh, kw = W.shape
-    (sh, sw), (top, bottom, left, right) = stride, padding
-    hp, wp = padded_hw((h, w), (top, bottom, left, right))
-    ho, wo = out_size(hp, kh, sh), out_size(wp, kw, sw)
-    if TIGHT_FRAME:                                                             # the DFT's frame
-        hp, wp = spectral_frame((h, w), (kh, kw), stride, padding)
+    (sh, sw), (top, _, left, _) = stride, padding
+    ho, wo = output_hw((h, w), (kh, kw), stride, padding, "conv2d")
+    hp, wp = spectral_frame((h, w), (kh, kw), stride, padding) if TIGHT_FRAME else padded_hw((h, w), padding)
     dt, khalf = x.dtype, hp // 2 + 1
     bins = khalf * wp
     K = _kernel_spectrum(xp, W, dt, hp, wp)                                      # (bins, 2C, F)
@@ -192,7 +190,7 @@ def backward(xp, dy, cache, need_dx):
     """(dx or None, dW, db or None) from the cache of ``forward`` (kept by ops.fast)."""
     n, c, h, w = cache["x_shape"]
     f, _, kh, kw = cache["w_shape"]
-    (sh, sw), (top, bottom, left, right) = cache["stride"], cache["padding"]
+    (sh, sw), (top, _, left, _) = cache["stride"], cache["padding"]
     hp, wp = cache["frame"]
     ho, wo = dy.shape[2], dy.shape[3]
     dt, khalf = dy.dtype, hp // 2 + 1
