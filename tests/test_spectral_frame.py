@@ -1,6 +1,8 @@
 """The spectral route's DFT frame (geometry.spectral_frame): the input plus the larger of each
 axis's paddings, not both. Exact against the columns route in float64 for every gradient, and the
-smallest such frame: one cell fewer on either axis gives wrong numbers (so these tests can fail)."""
+smallest such frame: one cell fewer on either axis gives wrong numbers (so these tests can fail).
+And the CPU's three-multiply (Gauss) per-bin products, through the whole convolution: exact
+against the columns route too, and taken by default from a batch of 96."""
 import numpy as np
 import pytest
 
@@ -92,3 +94,30 @@ def test_backward_takes_the_forward_frame(monkeypatch):
         monkeypatch.setattr(spectral, "TIGHT_FRAME", 1 - first)
         got = (y,) + tuple(fast.conv2d_backward(np, rng.standard_normal(y.shape), cache, True))
         assert _error(got, want) < 1e-12
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_three_multiplies_give_the_columns_route_numbers(monkeypatch, case):
+    monkeypatch.setattr(spectral, "GAUSS_MIN_BATCH", 1)
+    calls = []
+    real = spectral._gauss_combine
+    monkeypatch.setattr(spectral, "_gauss_combine", lambda *a: calls.append(1) or real(*a))
+    got, _ = _grads("spectral", case)
+    want, _ = _grads("columns", case)
+    assert len(calls) >= 3   # the forward product, G and dX each took three GEMMs
+    assert _error(got, want) < 1e-12
+
+
+def test_a_batch_of_96_takes_three_multiplies_by_default():
+    """The default threshold: 96 images take the three-GEMM products, 95 the real form."""
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal((3, 2, 3, 3))
+    for n, gauss in ((96, True), (95, False)):
+        x = rng.standard_normal((n, 2, 6, 6))
+        y, cache = fast.conv2d_forward(np, x, W, None, (1, 1), (1, 1, 1, 1), method="spectral")
+        assert spectral._three_multiply(cache["S"]) is gauss
+        dy = rng.standard_normal(y.shape)
+        dx, dW, _ = fast.conv2d_backward(np, dy, cache, True)
+        y_c, cache_c = fast.conv2d_forward(np, x, W, None, (1, 1), (1, 1, 1, 1), method="columns")
+        dx_c, dW_c, _ = fast.conv2d_backward(np, dy, cache_c, True)
+        assert _error((y, dx, dW), (y_c, dx_c, dW_c)) < 1e-12

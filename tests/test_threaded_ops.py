@@ -150,3 +150,46 @@ def test_spectral_chunks_of_z_give_the_bits_of_z_whole(small_splits, monkeypatch
         for a, b in zip(got, want):
             assert a.dtype == b.dtype and a.shape == b.shape
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_three_multiply_products_give_the_same_bits_on_any_thread_count_and_chunking(small_splits, monkeypatch,
+                                                                                     dtype, need_dx):
+    """From GAUSS_MIN_BATCH images the CPU's per-bin products take three real GEMMs (Gauss): the
+    same bits on 1-3 threads and in chunks that do or do not divide the bins, the numbers of the
+    real form Z whole (four GEMMs, what GPUs keep) to rounding, and not its bits (the three-GEMM
+    path really ran); one image under the threshold, the bits of Z whole again."""
+    from xpnet.ops import spectral
+    from xpnet.backends.base import Backend
+    backend = small_splits
+    rng = np.random.default_rng(4)
+    bins, n, c, f = 23, 6, 5, 7
+    S = rng.standard_normal((bins, 2 * n, c)).astype(dtype)
+    K = rng.standard_normal((bins, 2 * c, f)).astype(dtype)
+    DY = rng.standard_normal((bins, 2 * n, f)).astype(dtype)
+    Z = Backend.spectral_matrices(backend, S.reshape(bins, 2, n, c)[:, ::-1].transpose(1, 0, 2, 3))
+    Q = np.matmul(DY, K.transpose(0, 2, 1))
+    whole = [np.matmul(Z, K), np.matmul(Z.transpose(0, 2, 1), DY),
+             np.concatenate([Q[:, :n, c:] - Q[:, n:, :c], Q[:, :n, :c] + Q[:, n:, c:]], axis=1)][:3 if need_dx else 2]
+
+    def products(threads):
+        backend._kernels.threads = threads
+        G, DX = spectral._cpu_backward_products(np, S, DY, K, need_dx)
+        return [spectral._cpu_forward_product(np, S, K), G] + ([DX] if need_dx else [])
+
+    monkeypatch.setattr(spectral, "GAUSS_MIN_BATCH", n)
+    runs = []
+    for chunk_bins in (4, bins):
+        monkeypatch.setattr(spectral, "Z_CHUNK_BYTES", chunk_bins * (2 * n) * (2 * c) * S.itemsize)
+        runs += [products(threads) for threads in (1, 2, 3)]
+    tolerance = 1e-12 if dtype == "float64" else 1e-5
+    for run in runs:
+        for got, first, want in zip(run, runs[0], whole):
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, first)
+            assert np.abs(got - want).max() < tolerance * np.abs(want).max()
+    assert not any(np.array_equal(got, want) for got, want in zip(runs[0], whole))
+    monkeypatch.setattr(spectral, "GAUSS_MIN_BATCH", n + 1)
+    for got, want in zip(products(2), whole):
+        np.testing.assert_array_equal(got, want)

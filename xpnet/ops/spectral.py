@@ -28,7 +28,10 @@ multiplied by K while it is in cache, and keeps the input spectrum (half Z's siz
 which builds the chunks again for G and makes and combines Q chunk by chunk beside them
 (``_cpu_forward_product``, ``_cpu_backward_products``). Each bin's GEMMs are the same calls on
 the same values as with Z whole, so the bits are the same (tests/test_threaded_ops.py); a GPU
-builds Z at once (one fused kernel) and keeps it.
+builds Z at once (one fused kernel) and keeps it. From GAUSS_MIN_BATCH images the CPU takes three
+real GEMMs a bin instead of Z's four (Gauss's complex product: P1 = Xr Kr, P2 = Xi Ki, P3 = (Xr +
+Xi)(Kr - Ki), Re Y = P1 + P2, Im Y = P3 - P1 + P2), which is faster at large batches and agrees
+with Z to rounding; chunks and threads still give the same bits among themselves.
 """
 from ..backends import backend_of
 from ..backends.base import real_form
@@ -48,6 +51,15 @@ Z_CHUNK_BYTES = 512 << 10
 # forward pass and kept in its cache (backward uses the forward's frame): for
 # benchmarks/ab_setting.py's in-process comparison.
 TIGHT_FRAME = 1
+
+# Batch size from which the CPU's per-bin complex products take three real GEMMs (Gauss's product)
+# instead of the real form's four: 25 % fewer FLOPs, for an element-wise pass over the operands and
+# two over the output. The products alone (one thread, 5x5 and 3x3 layers of the benchmark models)
+# took 0.72-0.87x at batch 128, 0.86-0.96x at 64 and 0.85-1.5x at 16; whole fit() steps
+# (benchmarks/ab_setting.py, docs/benchmarks.md "Latest results") 0.93-0.97x at 128, 0.96-0.98x at
+# 96, 0.99-1.02x at 64. Read per call (a huge value turns it off). GPUs and the strict backend keep
+# Z whole and its one GEMM (few launches; a bin's three products and their combine would be more).
+GAUSS_MIN_BATCH = 96
 
 
 def _kernel_spectrum(xp, W, dt, hp, wp):
@@ -112,12 +124,29 @@ def _z_chunks_built(xp, S, chunk, s):
         yield b, e, Z
 
 
+def _gauss_combine(xp, A, B, T, sign):
+    """The last step of a three-multiply complex product: with A = P1, B = P3 and T = P2 in place,
+    A <- P1 + sign * P2 and B <- P3 - P1 + sign * P2 (in this order, so every path rounds alike)."""
+    combine = xp.add if sign > 0 else xp.subtract
+    xp.subtract(B, A, out=B)
+    combine(B, T, out=B)
+    combine(A, T, out=A)
+
+
+def _three_multiply(S):
+    """Whether the CPU's per-bin products of S (bins, 2N, C) take three real GEMMs (Gauss)."""
+    return S.shape[1] // 2 >= GAUSS_MIN_BATCH
+
+
 def _cpu_forward_product(xp, S, K):
-    """Y = Z @ K per bin (bins, 2N, F) from the spectrum S (bins, 2N, C), with Z built chunk by
-    chunk of bins on the backend's threads and multiplied while it is in cache: Z never exists
-    whole (the same per-bin GEMMs on the same values, so the same bits)."""
+    """Y = Z @ K per bin (bins, 2N, F) from the spectrum S (bins, 2N, C), chunk by chunk of bins
+    on the backend's threads, each chunk's operands made and multiplied while they are in cache.
+    From GAUSS_MIN_BATCH images: three real GEMMs a bin, P1 = Xr Kr, P2 = Xi Ki and P3 = (Xr +
+    Xi)(Kr - Ki) (K = [Ki; Kr]), then Re Y = P1 + P2 and Im Y = P3 - P1 + P2. Under it: the real
+    form Z, built per chunk and never whole (the same per-bin GEMMs on the same values as Z @ K,
+    so the same bits)."""
     bins, n2, c = S.shape
-    f = K.shape[2]
+    n, f = n2 // 2, K.shape[2]
     Y = xp.empty((bins, n2, f), dtype=xp.result_type(S, K))
     chunk, count = _z_chunks(S)
 
@@ -125,15 +154,27 @@ def _cpu_forward_product(xp, S, K):
         for b, e, Z in _z_chunks_built(xp, S, chunk, s):
             xp.matmul(Z, K[b:e], out=Y[b:e])
 
-    backend_of(S).split(part, count, bins * (n2 * (3 * c + f) + 2 * c * f))
+    def part_gauss(s):   # chunks of bins s, three GEMMs a bin
+        for b in range(0, bins, chunk)[s]:
+            e = min(b + chunk, bins)
+            xr, xi, ki, kr, re, im = S[b:e, :n], S[b:e, n:], K[b:e, :c], K[b:e, c:], Y[b:e, :n], Y[b:e, n:]
+            xp.matmul(xr, kr, out=re)
+            t = xp.matmul(xi, ki)
+            xp.matmul(xp.add(xr, xi), xp.subtract(kr, ki), out=im)
+            _gauss_combine(xp, re, im, t, 1)
+
+    backend_of(S).split(part_gauss if _three_multiply(S) else part, count, bins * (n2 * (3 * c + f) + 2 * c * f))
     return Y
 
 
 def _cpu_backward_products(xp, S, DY, K, need_dx):
-    """(G, DX or None) on the CPU: G = Z^T @ DY per bin (bins, 2C, F), with Z built again chunk by
-    chunk from the spectrum S, and, when ``need_dx``, dX per bin (bins, 2N, C) from Q = DY @ K^T as
-    in _dx_spectrum, made and combined for the same chunk while its DY is in cache. The same
-    per-bin GEMMs and combines, so the same bits as with Z whole."""
+    """(G, DX or None) on the CPU: G = Z^T @ DY per bin (bins, 2C, F) from the spectrum S and, when
+    ``need_dx``, dX per bin (bins, 2N, C) from Q = DY @ K^T as in _dx_spectrum, chunk by chunk of
+    bins while its DY is in cache. Three GEMMs a product from GAUSS_MIN_BATCH images, as in
+    _cpu_forward_product (G: P1 = Xr^T Dr, P2 = Xi^T Di, P3 = (Xr + Xi)^T (Dr - Di), Re = P1 + P2,
+    Im = P3 - P1 + P2; dX: P1 = Dr Kr^T, P2 = Di Ki^T, P3 = (Dr + Di)(Kr + Ki)^T, Re = P1 - P2,
+    Im = P3 - P1 - P2); under it Z is built again chunk by chunk and Q made and combined beside
+    it: the same per-bin GEMMs and combines, so the same bits as with Z whole."""
     bins, n2, c = S.shape
     n, f = n2 // 2, DY.shape[2]
     dt = xp.result_type(S, DY)
@@ -149,7 +190,23 @@ def _cpu_backward_products(xp, S, DY, K, need_dx):
                 xp.subtract(Q[:, :n, c:], Q[:, n:, :c], out=DX[b:e, :n])
                 xp.add(Q[:, :n, :c], Q[:, n:, c:], out=DX[b:e, n:])
 
-    backend_of(S).split(part, count, bins * (n2 * (3 * c + 2 * f) + 4 * c * f))
+    def part_gauss(s):   # chunks of bins s, three GEMMs a product
+        for b in range(0, bins, chunk)[s]:
+            e = min(b + chunk, bins)
+            xr, xi, dr, di = S[b:e, :n], S[b:e, n:], DY[b:e, :n], DY[b:e, n:]
+            xp.matmul(xr.transpose(0, 2, 1), dr, out=G[b:e, c:])
+            t = xp.matmul(xi.transpose(0, 2, 1), di)
+            xp.matmul(xp.add(xr, xi).transpose(0, 2, 1), xp.subtract(dr, di), out=G[b:e, :c])
+            _gauss_combine(xp, G[b:e, c:], G[b:e, :c], t, 1)
+            if need_dx:
+                ki, kr = K[b:e, :c], K[b:e, c:]
+                xp.matmul(dr, kr.transpose(0, 2, 1), out=DX[b:e, :n])
+                t = xp.matmul(di, ki.transpose(0, 2, 1))
+                xp.matmul(xp.add(dr, di), xp.add(kr, ki).transpose(0, 2, 1), out=DX[b:e, n:])
+                _gauss_combine(xp, DX[b:e, :n], DX[b:e, n:], t, -1)
+
+    backend_of(S).split(part_gauss if _three_multiply(S) else part, count,
+                        bins * (n2 * (3 * c + 2 * f) + 4 * c * f))
     return G, DX
 
 
