@@ -193,3 +193,22 @@ def test_three_multiply_products_give_the_same_bits_on_any_thread_count_and_chun
     monkeypatch.setattr(spectral, "GAUSS_MIN_BATCH", n + 1)
     for got, want in zip(products(2), whole):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("gauss_from", [1, 10 ** 9])
+def test_the_cpu_products_are_array_agnostic(monkeypatch, gauss_from):
+    """The CPU's chunked products (both forms) written against ``xp``: run on the strict backend's
+    arrays (which refuse NumPy calls), the same bits as on NumPy's. Nothing else runs them there:
+    the strict backend, like a GPU, keeps Z whole."""
+    from xpnet.ops import spectral
+    strict = get_backend("strict")
+    rng = np.random.default_rng(2)
+    bins, n, c, f = 5, 4, 3, 2
+    S, K, DY = (rng.standard_normal(s) for s in ((bins, 2 * n, c), (bins, 2 * c, f), (bins, 2 * n, f)))
+    monkeypatch.setattr(spectral, "GAUSS_MIN_BATCH", gauss_from)
+    want = [spectral._cpu_forward_product(np, S, K), *spectral._cpu_backward_products(np, S, DY, K, True)]
+    xs = [strict.asarray(a) for a in (S, K, DY)]
+    got = [spectral._cpu_forward_product(strict.xp, xs[0], xs[1]),
+           *spectral._cpu_backward_products(strict.xp, xs[0], xs[2], xs[1], True)]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(strict.to_numpy(a), b)
