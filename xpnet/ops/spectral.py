@@ -42,7 +42,7 @@ from .layout import from_planes, to_planes
 
 # Bytes of Z per chunk of bins on the CPU: 256 KiB-1 MiB within noise here (AMD EPYC, 1 MiB L2 per
 # core); the forward product of 544 bins of 256 x 64 (batch 128) took 11 ms instead of 18 ms with
-# Z whole on one thread, 7 instead of 15-18 ms on two (docs/benchmarks.md, "Latest results")
+# Z whole on one thread, 7 instead of 15-18 ms on two (docs/benchmarks.md, results of 2026-12-01 18:25)
 Z_CHUNK_BYTES = 512 << 10
 
 # 1: the DFT frame is geometry.spectral_frame's, the smallest with no wrap-around into the results
@@ -54,11 +54,12 @@ TIGHT_FRAME = 1
 
 # Batch size from which the CPU's per-bin complex products take three real GEMMs (Gauss's product)
 # instead of the real form's four: 25 % fewer FLOPs, for an element-wise pass over the operands and
-# two over the output. The products alone (one thread, 5x5 and 3x3 layers of the benchmark models)
-# took 0.72-0.87x at batch 128, 0.86-0.96x at 64 and 0.85-1.5x at 16; whole fit() steps
-# (benchmarks/ab_setting.py, docs/benchmarks.md "Latest results") 0.93-0.97x at 128, 0.96-0.98x at
-# 96, 0.99-1.02x at 64. Read per call (a huge value turns it off). GPUs and the strict backend keep
-# Z whole and its one GEMM (few launches; a bin's three products and their combine would be more).
+# two over the output. The products alone (one thread, the benchmark models' spectral layers) took
+# 0.84-1.00x the real form's time at batch 128, 0.85-1.03x at 96, 0.91-1.16x at 64; whole fit()
+# steps 0.93-0.97x at 128, 0.96-0.98x at 96, 0.99-1.02x at 64 (benchmarks/results/
+# 2026-12-02-s13-gauss-ab.log). Read per call (a huge value turns it off). GPUs and the strict
+# backend keep Z whole and its one GEMM (few launches; a bin's three products and their combine
+# would be more).
 GAUSS_MIN_BATCH = 96
 
 
