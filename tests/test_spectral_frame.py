@@ -121,3 +121,5 @@ def test_a_batch_of_96_takes_three_multiplies_by_default():
         y_c, cache_c = fast.conv2d_forward(np, x, W, None, (1, 1), (1, 1, 1, 1), method="columns")
         dx_c, dW_c, _ = fast.conv2d_backward(np, dy, cache_c, True)
         assert _error((y, dx, dW), (y_c, dx_c, dW_c)) < 1e-12
+    half = np.zeros((4, 2 * 96, 3), dtype=np.float16)   # half precision keeps the real form
+    assert spectral._three_multiply(half.astype(np.float32)) and not spectral._three_multiply(half)

@@ -135,8 +135,10 @@ def _gauss_combine(xp, A, B, T, sign):
 
 
 def _three_multiply(S):
-    """Whether the CPU's per-bin products of S (bins, 2N, C) take three real GEMMs (Gauss)."""
-    return S.shape[1] // 2 >= GAUSS_MIN_BATCH
+    """Whether the CPU's per-bin products of S (bins, 2N, C) take three real GEMMs (Gauss): from
+    GAUSS_MIN_BATCH images, in float32 or float64 (half precision keeps the real form: Gauss's
+    sums and its P3 - P1 + P2 would round in float16's 11 bits)."""
+    return S.shape[1] // 2 >= GAUSS_MIN_BATCH and S.dtype.itemsize >= 4
 
 
 def _cpu_forward_product(xp, S, K):
