@@ -122,6 +122,21 @@ def test_columns_half_precision_sums_the_blocks_in_float32(monkeypatch):
     np.testing.assert_array_equal(dx, np.broadcast_to(dy, x.shape))
 
 
+def _spectral_products_of_z_whole(backend, seed, dtype):
+    """(S, K, DY, [Y, G, DX]): a spectrum S (bins, 2N, C), kernel spectrum K and output gradient
+    DY, and the per-bin products made with the real form Z whole, as a GPU makes them."""
+    from xpnet.backends.base import Backend
+    rng = np.random.default_rng(seed)
+    bins, n, c, f = 23, 6, 5, 7
+    S = rng.standard_normal((bins, 2 * n, c)).astype(dtype)
+    K = rng.standard_normal((bins, 2 * c, f)).astype(dtype)
+    DY = rng.standard_normal((bins, 2 * n, f)).astype(dtype)
+    Z = Backend.spectral_matrices(backend, S.reshape(bins, 2, n, c)[:, ::-1].transpose(1, 0, 2, 3))
+    Q = np.matmul(DY, K.transpose(0, 2, 1))
+    return S, K, DY, [np.matmul(Z, K), np.matmul(Z.transpose(0, 2, 1), DY),
+                      np.concatenate([Q[:, :n, c:] - Q[:, n:, :c], Q[:, :n, :c] + Q[:, n:, c:]], axis=1)]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("need_dx", [True, False])
 def test_spectral_chunks_of_z_give_the_bits_of_z_whole(small_splits, monkeypatch, dtype, need_dx):
@@ -129,17 +144,9 @@ def test_spectral_chunks_of_z_give_the_bits_of_z_whole(small_splits, monkeypatch
     backward: G = Z^T DY beside dX's Q = DY K^T) instead of once whole, as a GPU does: the same
     bits as the products of Z whole, with chunks that do not divide the bins, on 1-3 threads."""
     from xpnet.ops import spectral
-    from xpnet.backends.base import Backend
     backend = small_splits
-    rng = np.random.default_rng(3)
-    bins, n, c, f = 23, 6, 5, 7
-    S = rng.standard_normal((bins, 2 * n, c)).astype(dtype)
-    K = rng.standard_normal((bins, 2 * c, f)).astype(dtype)
-    DY = rng.standard_normal((bins, 2 * n, f)).astype(dtype)
-    Z = Backend.spectral_matrices(backend, S.reshape(bins, 2, n, c)[:, ::-1].transpose(1, 0, 2, 3))
-    want = [np.matmul(Z, K), np.matmul(Z.transpose(0, 2, 1), DY)]
-    Q = np.matmul(DY, K.transpose(0, 2, 1))
-    want.append(np.concatenate([Q[:, :n, c:] - Q[:, n:, :c], Q[:, :n, :c] + Q[:, n:, c:]], axis=1))
+    S, K, DY, want = _spectral_products_of_z_whole(backend, 3, dtype)
+    n, c = S.shape[1] // 2, S.shape[2]
     monkeypatch.setattr(spectral, "Z_CHUNK_BYTES", 4 * (2 * n) * (2 * c) * S.itemsize)  # 4 bins a chunk
     assert spectral._z_chunks(S) == (4, 6)
     for threads in (1, 2, 3):
@@ -161,17 +168,10 @@ def test_three_multiply_products_give_the_same_bits_on_any_thread_count_and_chun
     real form Z whole (four GEMMs, what GPUs keep) to rounding, and not its bits (the three-GEMM
     path really ran); one image under the threshold, the bits of Z whole again."""
     from xpnet.ops import spectral
-    from xpnet.backends.base import Backend
     backend = small_splits
-    rng = np.random.default_rng(4)
-    bins, n, c, f = 23, 6, 5, 7
-    S = rng.standard_normal((bins, 2 * n, c)).astype(dtype)
-    K = rng.standard_normal((bins, 2 * c, f)).astype(dtype)
-    DY = rng.standard_normal((bins, 2 * n, f)).astype(dtype)
-    Z = Backend.spectral_matrices(backend, S.reshape(bins, 2, n, c)[:, ::-1].transpose(1, 0, 2, 3))
-    Q = np.matmul(DY, K.transpose(0, 2, 1))
-    whole = [np.matmul(Z, K), np.matmul(Z.transpose(0, 2, 1), DY),
-             np.concatenate([Q[:, :n, c:] - Q[:, n:, :c], Q[:, :n, :c] + Q[:, n:, c:]], axis=1)][:3 if need_dx else 2]
+    S, K, DY, whole = _spectral_products_of_z_whole(backend, 4, dtype)
+    bins, n, c = S.shape[0], S.shape[1] // 2, S.shape[2]
+    whole = whole[:3 if need_dx else 2]
 
     def products(threads):
         backend._kernels.threads = threads
