@@ -55,6 +55,7 @@ def main(argv=None):
     import numpy as np
     from xpnet.ops import chooser, fast
     from xpnet.ops.geometry import out_size, padded_hw, spectral_frame
+    from xpnet.ops.spectral import three_multiply
     lo, hi = 0.0, float("inf")
     print("| batch | input | kernel | pad | chosen | spectral ms | columns ms | spectral/columns | bound |")
     print("|---:|---|---|---:|---|---:|---:|---:|---|")
@@ -66,7 +67,7 @@ def main(argv=None):
             ho, wo = out_size(hp, kh, 1), out_size(wp, kw, 1)
             fh, fw = spectral_frame((h, w), (kh, kw), (1, 1), padding)   # the spectral route's frame
             direct = chooser.direct_flops(n, c, f, kh, kw, ho, wo)
-            spectral = chooser.spectral_flops(n, c, f, h, w, ho, wo, fh, fw)
+            spectral = chooser.spectral_flops(n, c, f, h, w, ho, wo, fh, fw, gauss=three_multiply(n, 4))
             per_unit = chooser.kernel_side(c, f, fh, fw) / chooser.KERNEL_PASS_FLOPS
             threshold = (direct / chooser.SPECTRAL_ADVANTAGE - spectral) / per_unit
             ratio = s / col

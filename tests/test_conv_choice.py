@@ -144,3 +144,20 @@ def test_small_batches_of_3x3_kernels_go_by_frame_and_channels_and_5x5_stay_spec
         assert chooser.choose((n, 6, 14, 14), (16, 6, 5, 5), (1, 1), valid) == "spectral"
         assert chooser.choose((n, 96, 14, 14), (128, 96, 5, 5), (1, 1), same2) == "spectral"
         assert chooser.choose((n, 16, 28, 28), (32, 16, 5, 5), (1, 1), same2) == "spectral"
+
+
+def test_the_estimate_prices_the_cpus_three_multiply_products(monkeypatch):
+    """From spectral.GAUSS_MIN_BATCH images (float32/float64) the CPU's per-bin products take three
+    real GEMMs, and the estimate prices the channel mixing at three quarters; below it, and in
+    half precision, at four."""
+    args = (32, 64, 13, 13, 11, 11, 13, 13)
+    for n in (95, 96, 128):
+        full, gauss = (chooser.spectral_flops(n, *args, gauss=g) for g in (False, True))
+        mix = 3 * n * 91 * 2 * (2 * 64) * (2 * 32)   # 91 bins; y, dW and dx each mix once
+        assert full - gauss == mix // 4
+    seen = []
+    real = chooser.spectral_flops
+    monkeypatch.setattr(chooser, "spectral_flops", lambda *a, **k: seen.append(k["gauss"]) or real(*a, **k))
+    for n, itemsize in ((95, 4), (96, 4), (128, 8), (128, 2)):
+        chooser.choose((n, 32, 13, 13), (64, 32, 3, 3), (1, 1), (0, 0, 0, 0), itemsize)
+    assert seen == [False, True, True, False]

@@ -14,7 +14,9 @@ complex product is a real GEMM twice as wide on each side):
   the H axis are kept (the input is real). ``transform`` is the forward DFT of ``planes`` images
   of nh x nw samples: the real H-transform (2 outputs, re and im, times Kh x nh x nw) then the
   complex W-transform (Kh rows of a (2 Wp) x (2 nw) real-form GEMM). ``inverse`` is the way back.
-  ``mix`` is the per-bin channel mixing, a (2F x 2C) by (2C x 1) product per image and bin. A
+  ``mix`` is the per-bin channel mixing, a (2F x 2C) by (2C x 1) product per image and bin, or
+  three quarters of that where the CPU takes Gauss's three real products instead
+  (``spectral.three_multiply``: from 96 images). A
   step transforms x (C planes) and dy (F planes), inverts y (F planes) and, when dx is needed, dx
   (C planes); it mixes channels twice (y and dW) plus once for dx.
 * the spectral route's kernel side (``kernel_side``): work that costs the same whatever the batch
@@ -25,6 +27,7 @@ complex product is a real GEMM twice as wide on each side):
   are level there (docs/benchmarks.md, "Route choice").
 """
 from .geometry import out_size, padded_hw, spectral_frame
+from .spectral import three_multiply
 
 # The spectral route must need this many times fewer FLOPs than direct convolution to be chosen.
 # The model counts only GEMM FLOPs: the spectral route also pays NCHW <-> (H, W, C, N) layout
@@ -50,8 +53,9 @@ KERNEL_PASS_FLOPS = 75
 SPECTRAL_BYTES = 512 * 2 ** 20
 
 
-def spectral_flops(n, c, f, h, w, ho, wo, hp, wp, need_dx=True):
-    """FLOPs of a spectral forward + backward (transforms + per-bin GEMMs); see the module doc."""
+def spectral_flops(n, c, f, h, w, ho, wo, hp, wp, need_dx=True, gauss=False):
+    """FLOPs of a spectral forward + backward (transforms + per-bin GEMMs); see the module doc.
+    ``gauss``: the per-bin products take three real GEMMs, not four."""
     kh = hp // 2 + 1
     bins = kh * wp
 
@@ -61,7 +65,7 @@ def spectral_flops(n, c, f, h, w, ho, wo, hp, wp, need_dx=True):
     def inverse(planes, nh, nw):
         return planes * (kh * 2 * (2 * nw) * (2 * wp) + 2 * nh * (2 * kh) * nw)
 
-    mix = bins * 2 * (2 * f) * (2 * c)
+    mix = bins * 2 * (2 * f) * (2 * c) * (3 if gauss else 4) // 4
     total = n * (transform(c, h, w) + inverse(f, ho, wo) + transform(f, ho, wo) + 2 * mix)
     if need_dx:
         total += n * (mix + inverse(c, h, w))
@@ -97,5 +101,6 @@ def choose(x_shape, w_shape, stride, padding, itemsize=4):
     if not spectral_fits(x_shape, w_shape, padding, itemsize, stride):
         return "columns"
     fh, fw = spectral_frame((h, w), (kh, kw), stride, padding)   # the frame the spectral route uses
-    spectral = spectral_flops(n, c, f, h, w, ho, wo, fh, fw) + kernel_side(c, f, fh, fw)
+    spectral = (spectral_flops(n, c, f, h, w, ho, wo, fh, fw, gauss=three_multiply(n, itemsize))
+                + kernel_side(c, f, fh, fw))
     return "spectral" if SPECTRAL_ADVANTAGE * spectral < direct_flops(n, c, f, kh, kw, ho, wo) else "columns"

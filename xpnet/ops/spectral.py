@@ -134,11 +134,16 @@ def _gauss_combine(xp, A, B, T, sign):
     combine(A, T, out=A)
 
 
-def _three_multiply(S):
-    """Whether the CPU's per-bin products of S (bins, 2N, C) take three real GEMMs (Gauss): from
+def three_multiply(n, itemsize):
+    """Whether the CPU's per-bin products for a batch of n take three real GEMMs (Gauss): from
     GAUSS_MIN_BATCH images, in float32 or float64 (half precision keeps the real form: Gauss's
-    sums and its P3 - P1 + P2 would round in float16's 11 bits)."""
-    return S.shape[1] // 2 >= GAUSS_MIN_BATCH and S.dtype.itemsize >= 4
+    sums and its P3 - P1 + P2 would round in float16's 11 bits). The chooser prices them so."""
+    return n >= GAUSS_MIN_BATCH and itemsize >= 4
+
+
+def _three_multiply(S):
+    """three_multiply for the spectrum S (bins, 2N, C)."""
+    return three_multiply(S.shape[1] // 2, S.dtype.itemsize)
 
 
 def _cpu_forward_product(xp, S, K):
