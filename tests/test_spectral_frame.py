@@ -123,3 +123,5 @@ def test_a_batch_of_96_takes_three_multiplies_by_default():
         assert _error((y, dx, dW), (y_c, dx_c, dW_c)) < 1e-12
     half = np.zeros((4, 2 * 96, 3), dtype=np.float16)   # half precision keeps the real form
     assert spectral._three_multiply(half.astype(np.float32)) and not spectral._three_multiply(half)
+    # ... in any operand: the sums of K's or DY's parts would be made in float16
+    assert not spectral._three_multiply(half.astype(np.float32), half, half.astype(np.float64))

@@ -16,7 +16,8 @@ complex product is a real GEMM twice as wide on each side):
   complex W-transform (Kh rows of a (2 Wp) x (2 nw) real-form GEMM). ``inverse`` is the way back.
   ``mix`` is the per-bin channel mixing, a (2F x 2C) by (2C x 1) product per image and bin, or
   three quarters of that where the CPU takes Gauss's three real products instead
-  (``spectral.three_multiply``: from 96 images). A
+  (``spectral.three_multiply``: from 96 images; the strict backend, which keeps the real form,
+  is priced the same, as the estimate is the CPU's). A
   step transforms x (C planes) and dy (F planes), inverts y (F planes) and, when dx is needed, dx
   (C planes); it mixes channels twice (y and dW) plus once for dx.
 * the spectral route's kernel side (``kernel_side``): work that costs the same whatever the batch

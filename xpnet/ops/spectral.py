@@ -141,9 +141,10 @@ def three_multiply(n, itemsize):
     return n >= GAUSS_MIN_BATCH and itemsize >= 4
 
 
-def _three_multiply(S):
-    """three_multiply for the spectrum S (bins, 2N, C)."""
-    return three_multiply(S.shape[1] // 2, S.dtype.itemsize)
+def _three_multiply(S, *others):
+    """three_multiply for the spectrum S (bins, 2N, C) and the other operands of its products (K,
+    DY): the narrowest dtype of them all decides (Gauss's sums are made in each operand's dtype)."""
+    return three_multiply(S.shape[1] // 2, min(a.dtype.itemsize for a in (S,) + others))
 
 
 def _cpu_forward_product(xp, S, K):
@@ -171,7 +172,7 @@ def _cpu_forward_product(xp, S, K):
             xp.matmul(xp.add(xr, xi), xp.subtract(kr, ki), out=im)
             _gauss_combine(xp, re, im, t, 1)
 
-    backend_of(S).split(part_gauss if _three_multiply(S) else part, count, bins * (n2 * (3 * c + f) + 2 * c * f))
+    backend_of(S).split(part_gauss if _three_multiply(S, K) else part, count, bins * (n2 * (3 * c + f) + 2 * c * f))
     return Y
 
 
@@ -213,7 +214,7 @@ def _cpu_backward_products(xp, S, DY, K, need_dx):
                 xp.matmul(xp.add(dr, di), xp.add(kr, ki).transpose(0, 2, 1), out=DX[b:e, n:])
                 _gauss_combine(xp, DX[b:e, :n], DX[b:e, n:], t, -1)
 
-    backend_of(S).split(part_gauss if _three_multiply(S) else part, count,
+    backend_of(S).split(part_gauss if _three_multiply(S, DY, K) else part, count,
                         bins * (n2 * (3 * c + 2 * f) + 4 * c * f))
     return G, DX
 
