@@ -137,3 +137,32 @@ def test_train_mnist_example_takes_time_limit(tmp_path, capsys):
     with open(os.path.join(tmp_path, folder, "result.json")) as f:
         result = json.load(f)
     assert result["stopped_by_time_limit"] and result["epochs_run"] == 1
+
+
+def test_a_time_limited_run_goes_on_with_resume(tmp_path, capsys):
+    """`--time-limit` keeps the checkpoint, and `--resume` continues from it (an ordinary finished
+    run is refused): the result is the uninterrupted run's, bit for bit, and config.json keeps the
+    time-limited sitting's result."""
+    common = ["--model", "quick-mlp", "--device", "cpu", "--epochs", "3", "--train-images", "300",
+              "--test-images", "100", "--quiet"]
+    assert cli.main(["train"] + common + ["--out", str(tmp_path / "whole")]) == 0
+    assert cli.main(["train"] + common + ["--out", str(tmp_path / "cut"), "--time-limit", "0.00001"]) == 0
+    (whole,), (cut,) = (os.listdir(tmp_path / d) for d in ("whole", "cut"))
+    whole, cut = str(tmp_path / "whole" / whole), str(tmp_path / "cut" / cut)
+
+    def result(folder):
+        with open(os.path.join(folder, "result.json")) as f:
+            return json.load(f)
+    assert result(cut)["stopped_by_time_limit"] and result(cut)["epochs_run"] == 1
+    assert cli.main(["train", "--resume", cut, "--quiet"]) == 0
+    done = result(cut)
+    assert not done["stopped_by_time_limit"] and done["resumed"] and done["epochs_run"] == 3
+    assert done["mistakes"] == result(whole)["mistakes"]
+    a, b = (xpnet.load(os.path.join(f, "model.npz")) for f in (whole, cut))
+    for k, v in a.parameters.items():
+        np.testing.assert_array_equal(b.parameters[k], v)
+    with open(os.path.join(cut, "config.json")) as f:
+        assert json.load(f)["resumed"][-1]["after_time_limit"]["epochs_run"] == 1
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", cut]) == 2   # now it has finished its epochs
+    assert "has finished" in capsys.readouterr().err

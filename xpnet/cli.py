@@ -86,7 +86,7 @@ def add_train_arguments(parser, dataset=True):
                         help="also write TensorBoard logs to DIR/<run folder name> (needs "
                              "xpnet[tensorboard]; view with `tensorboard --logdir DIR`)")
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
-                        help="continue an interrupted run from its folder (its config.json sets "
+                        help="continue an interrupted or time-limited run from its folder (its config.json sets "
                              "everything but --device, --plot, --quiet, --time-limit and "
                              "--tensorboard)")
     parser.add_argument("--distributed", action="store_true",

@@ -210,7 +210,8 @@ def _communicator(distributed, device):
 
 def resume_training(run_dir, device=None, verbose="auto", plot=False, command=None,
                     time_limit_minutes=None, distributed=False, tensorboard=None):
-    """Continue an interrupted run from its folder (config.json + fit's last.npz checkpoint);
+    """Continue an interrupted run, or one ended by its time limit, from its folder (config.json +
+    fit's last.npz checkpoint); a run that finished its epochs or stopped early is refused.
     ``time_limit_minutes`` is this call's own wall-clock budget. ``distributed`` as for
     run_training: every rank reads the same folder (a shared file system)."""
     from .backends import get_backend
@@ -231,8 +232,7 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
     if not isinstance(config, dict) or any(k not in config for k in needed):
         raise DataError(f"{path}: not a run configuration written by xpnet (it needs the keys "
                         f"{', '.join(needed)})")
-    if os.path.isfile(os.path.join(run_dir, "result.json")):
-        raise ConfigError(f"{run_dir} has finished (it has result.json); start a new run instead")
+    stopped = _stopped_by_time_limit(run_dir)
     if not os.path.isfile(checkpoint_path(run_dir)):
         raise DataError(f"{run_dir} has no checkpoint ({os.path.basename(checkpoint_path(run_dir))}): "
                         "no epoch had completed, so start the run again")
@@ -242,11 +242,32 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
         {"command": list(command) if command else [sys.executable] + sys.argv,
          "device": backend.name, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
          "time_limit_minutes": time_limit_minutes})
+    if stopped is not None:  # the time-limited sitting's result, kept here: result.json is rewritten
+        config["resumed"][-1]["after_time_limit"] = stopped
     if comm is not None:
         config["resumed"][-1]["distributed"] = {"ranks": comm.size, "communicator": comm.kind}
     data = _load_data(config)
     return _execute(config, run_dir, backend, data, verbose, plot, True, t_start, time_limit_minutes,
                     comm, tensorboard)
+
+
+def _stopped_by_time_limit(run_dir):
+    """None when the run folder has no result.json (an interrupted run); the result's summary when
+    the run was ended by its time limit (it goes on from its checkpoint); otherwise the run has
+    finished (all its epochs, or early stopping) and is not continued."""
+    from .errors import DataError
+    path = os.path.join(run_dir, "result.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read it: {exc}") from None
+    if not isinstance(result, dict) or not result.get("stopped_by_time_limit"):
+        raise ConfigError(f"{run_dir} has finished (it has result.json and was not stopped by a time "
+                          f"limit); start a new run instead")
+    return {k: result.get(k) for k in ("epochs_run", "test_error_percent", "mistakes", "time_limit_minutes")}
 
 
 def _check_minutes(value):
