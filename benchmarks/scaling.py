@@ -6,7 +6,8 @@
 Trains ``--steps`` steps of the model's training step (forward, backward, gradient all-reduce,
 Adam) at global batch ``--batch`` on MNIST images after one warm-up step, and prints one JSON line
 (from rank 0): images per second of the whole job, ranks, threads per rank. Set the threads per
-rank with OMP_NUM_THREADS (BLAS and xpnet's element-wise kernels read it at start-up).
+rank with XPNET_NUM_THREADS or OMP_NUM_THREADS (xpnet's thread pool reads them at start-up; NumPy's
+BLAS stays on one thread, backends/cpu_threads.py).
 """
 import argparse
 import json

@@ -23,8 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 
 def threads_per_rank(argv, environ=os.environ):
-    """With --distributed, share this machine's cores among its ranks: BLAS and xpnet's element-wise
-    kernels read OMP_NUM_THREADS when NumPy is imported, so it is set here, before (unless given).
+    """With --distributed, share this machine's cores among its ranks: xpnet's thread pool reads
+    OMP_NUM_THREADS (when XPNET_NUM_THREADS is not set) when it starts, so it is set here, before
+    (unless given); NumPy's BLAS stays on one thread (backends/cpu_threads.py).
     The launcher tells how many ranks share the machine (MPICH: MPI_LOCALNRANKS, Open MPI:
     OMPI_COMM_WORLD_LOCAL_SIZE)."""
     local = environ.get("MPI_LOCALNRANKS") or environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or ""

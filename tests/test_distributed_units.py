@@ -400,3 +400,24 @@ def test_one_gpu_per_rank_by_local_rank():
         select_device(2, 3, 2)
     with pytest.raises(BackendError, match="no CUDA GPU"):
         select_device(0, 1, 0)
+
+
+def test_a_user_error_on_a_rank_of_the_cli_aborts_the_job(monkeypatch, capsys):
+    """The CLI prints an XpnetError (a DistributedError included) as one line instead of letting it
+    reach sys.excepthook; in a job of several ranks it must still abort the job, or the other
+    ranks wait for this one in their next collective. Outside a job nothing is aborted."""
+    from xpnet import cli
+
+    def fail():
+        raise base.DistributedError("rank 1 of 2: allreduce of 8 values did not complete")
+    assert cli.guarded("xpnet train", fail) == 2   # no job: a plain status
+    aborted = []
+    guard = base.AbortOnError(aborted.append)
+    guard.install()
+    try:
+        assert cli.guarded("xpnet train", fail) == 2
+    finally:
+        guard.uninstall()
+    assert aborted == [2]
+    assert "xpnet train: error: rank 1 of 2" in capsys.readouterr().err
+    assert cli.guarded("xpnet train", fail) == 2 and aborted == [2]   # uninstalled: no abort

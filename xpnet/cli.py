@@ -518,6 +518,14 @@ def build_parser():
     return parser
 
 
+def _abort_distributed_job(code):
+    """A rank of a job of several (``--distributed``) that stops on a user error ends the whole job
+    (MPI_Abort), as an unhandled exception would: the others would wait for it in a collective."""
+    base = sys.modules.get("xpnet.distributed.base")   # imported only when a job was started
+    if base is not None:
+        base.abort_job(code)
+
+
 def guarded(label, func):
     """Run ``func()``; user errors and GPU out-of-memory become one line on stderr and a status.
     Ctrl-C ends with one line saying what was kept (and where to continue from); a second Ctrl-C
@@ -527,6 +535,7 @@ def guarded(label, func):
         return func()
     except XpnetError as exc:
         print(f"{label}: error: {exc}", file=sys.stderr)
+        _abort_distributed_job(2)
         return 2
     except KeyboardInterrupt as exc:
         from .errors import TrainingInterrupted
@@ -547,6 +556,7 @@ def guarded(label, func):
             raise
         print(f"{label}: error: the GPU ran out of memory ({exc}); try a smaller --batch-size, "
               "or --device cpu", file=sys.stderr)
+        _abort_distributed_job(1)
         return 1
     finally:
         if previous is not None:

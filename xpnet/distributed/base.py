@@ -116,9 +116,22 @@ def wait(test, deadline, on_timeout, spin=0.02):
             pause = min(0.002, pause * 2 or 0.00005)
 
 
+_INSTALLED = []   # the AbortOnError guards of this process's jobs of several ranks
+
+
+def abort_job(code):
+    """End the whole job when this process is a rank of a job of several (an installed
+    AbortOnError); otherwise do nothing. For a caller that handles an exception itself instead of
+    letting it reach sys.excepthook: the CLI prints a user error as one line and would otherwise
+    exit alone while the other ranks wait for it in a collective."""
+    if _INSTALLED:
+        _INSTALLED[-1].abort_now(code)
+
+
 class AbortOnError:
     """While installed, an unhandled exception on this rank prints its traceback and aborts the job
-    (as ``python -m mpi4py`` does), so the other ranks stop at once instead of waiting for it."""
+    (as ``python -m mpi4py`` does), so the other ranks stop at once instead of waiting for it
+    (``abort_job`` does the same for an exception that a caller has handled)."""
 
     def __init__(self, abort):
         self._abort = abort
@@ -128,11 +141,20 @@ class AbortOnError:
         if self._previous is None:
             self._previous = sys.excepthook
             sys.excepthook = self._hook
+            _INSTALLED.append(self)
 
     def uninstall(self):
         if self._previous is not None and sys.excepthook == self._hook:
             sys.excepthook = self._previous
         self._previous = None
+        if self in _INSTALLED:
+            _INSTALLED.remove(self)
+
+    def abort_now(self, code):
+        try:
+            sys.stderr.flush()
+        finally:
+            self._abort(code)
 
     def _hook(self, kind, value, tb):
         (self._previous or sys.__excepthook__)(kind, value, tb)
