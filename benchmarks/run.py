@@ -384,9 +384,10 @@ def main(argv=None):
     except ImportError:
         pass
     torch.set_num_threads(args.threads)
-    if args.device == "gpu":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if args.device == "gpu":   # TF32 for both frameworks or for neither, as CUPY_TF32 says
+        tf32 = os.environ.get("CUPY_TF32") == "1"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = True
     import xpnet
     from xpnet import ops
