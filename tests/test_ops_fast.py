@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from xpnet.backends.strict_backend import COUNTERS
 from xpnet.errors import ShapeError
-from xpnet.ops import dft, fast, reference as ref
+from xpnet.ops import autotune, dft, fast, reference as ref
 
 SETTINGS = settings(max_examples=6, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -23,8 +23,16 @@ def rel(a, b):
 
 @pytest.fixture(params=METHODS)
 def method(request, monkeypatch):
-    monkeypatch.setattr(fast, "choose", lambda *a, **k: request.param)
-    return request.param
+    """Every convolution of the test takes this route (autotune.method_for is what fast asks), and
+    the test fails if none did: the routes' forward passes are counted."""
+    monkeypatch.setattr(autotune, "method_for", lambda *a, **k: request.param)
+    ran = []
+    for name in METHODS:
+        module = getattr(fast, name)
+        real = module.forward
+        monkeypatch.setattr(module, "forward", lambda *a, _real=real, _name=name, **k: ran.append(_name) or _real(*a, **k))
+    yield request.param
+    assert ran and set(ran) == {request.param}, f"routes that ran: {sorted(set(ran))}"
 
 
 @st.composite

@@ -16,9 +16,14 @@ from .test_pool_winners import special_values
 
 
 def unlink(model):
+    """The layers apart, in their own order: no ReLU run by the pooling after it, and no
+    convolution running its ReLU and pooling in one pass (ops/conv_pool.py), which would apply the
+    ReLU after the pooling too."""
     for layer in model.layers:
         if isinstance(layer, ReLU):
             layer.pool_after = None
+        if isinstance(layer, Conv2D):
+            layer.pool_link, layer.planes_out = None, False
     return model
 
 
