@@ -105,6 +105,7 @@ def test_every_mappable_layer_in_a_functional_model():
     xs = [rng.random((7, 1, 28, 28), dtype=np.float32), rng.standard_normal((7, 12), dtype=np.float32)]
     outs = run_onnx(xpnet.onnx_export.to_onnx(model), {"image": xs[0], "features": xs[1]})
     refs = [model.backend.to_numpy(o) for o in model.forward(xs)]  # predict takes one input
+    assert len(outs) == len(refs) == 2   # zip below would hide a missing output
     for out, ref in zip(outs, refs):
         np.testing.assert_allclose(out, ref, atol=TOL, rtol=0)
 
