@@ -217,8 +217,12 @@ def test_resume_continues_an_interrupted_run_exactly(tmp_path, capsys):
     config["recipe"]["epochs"] = 3
     runner.write_json(os.path.join(folder, "config.json"), config)
 
+    first = read_json(folder, "log.json")["epochs"][0]
     assert cli.main(["train", "--resume", folder, "--quiet"]) == 0
     assert f"run folder: {folder}" in capsys.readouterr().out
+    # resumed, not retrained from the start (which would end with the same weights): the first
+    # sitting's epoch, its time included, is still the log's first
+    assert read_json(folder, "log.json")["epochs"][0] == first
     resumed = read_json(folder, "result.json")
     assert resumed["resumed"] and resumed["epochs_run"] == 3
     assert resumed["mistakes"] == whole["mistakes"] and resumed["best_epoch"] == whole["best_epoch"]

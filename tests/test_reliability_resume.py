@@ -190,6 +190,8 @@ def test_main_job_killed_and_resumed(tmp_path):
         resumed = subprocess.run([sys.executable, str(script), "--resume", str(place)], env=env,
                                  capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        # resumed from the checkpoint, not retrained from the start (the same weights either way)
+        assert "resumed from" in resumed.stdout + resumed.stderr and "epoch 1/4" not in resumed.stdout
         again = xpnet.load(place / "model.npz")
         for key, value in whole.parameters.items():
             np.testing.assert_array_equal(again.backend.to_numpy(again.parameters[key]),

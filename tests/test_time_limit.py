@@ -154,7 +154,11 @@ def test_a_time_limited_run_goes_on_with_resume(tmp_path, capsys):
         with open(os.path.join(folder, "result.json")) as f:
             return json.load(f)
     assert result(cut)["stopped_by_time_limit"] and result(cut)["epochs_run"] == 1
+    with open(os.path.join(cut, "log.json")) as f:
+        first = json.load(f)["epochs"][0]
     assert cli.main(["train", "--resume", cut, "--quiet"]) == 0
+    with open(os.path.join(cut, "log.json")) as f:   # resumed, not retrained: epoch 1 kept, time too
+        assert json.load(f)["epochs"][0] == first
     done = result(cut)
     assert not done["stopped_by_time_limit"] and done["resumed"] and done["epochs_run"] == 3
     assert done["mistakes"] == result(whole)["mistakes"]
