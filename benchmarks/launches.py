@@ -40,7 +40,8 @@ def count_step(model_name="seed001-tf", batch_size=16, by_function=False):
     x = model.backend.asarray(host.random((n,) + spec.input_shape, dtype=numpy.float32))
     y = model.backend.asarray(host.integers(0, 10, n))
     rngs = model._training_rngs()
-    model.layers[0].need_input_grad = False  # as fit() sets it: no gradient for the input images
+    for layer in model._input_grad_free():   # as fit() sets them: no gradient for the input images
+        layer.need_input_grad = False
     order = rngs["shuffle"].permutation(n)
 
     def step(b):

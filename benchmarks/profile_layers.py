@@ -63,8 +63,11 @@ def parse_args(argv=None):
                         "so that fit's blocks and shuffles come as often as in the recipe's run; the "
                         "tables before 2026-12-01 18:45 used 8 batches)")
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all cores)")
+    p.add_argument("--warmup", type=int, default=20,
+                   help="untimed steps first (SplitCheck times each site both ways in a step's first "
+                        "passes, as in benchmarks/run.py)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="xpnet's CPU threads (its pool; NumPy's BLAS runs on one; default: all cores)")
     p.add_argument("--overhead-only", action="store_true", help="skip the per-layer table")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time (default) or the process's CPU time (steadier under load)")
@@ -148,16 +151,23 @@ def trace_gemms(build, batch):
 
 
 def replay_ms(np, shapes, cache, tries=5):
-    """Median ms of one matmul with operands of these shapes (contiguous), cached per shape."""
+    """Median ms of one matmul with operands of these shapes (contiguous), cached per shape, run as
+    the CPU backend runs it in a step: stacked products split over its pool, 2-D ones by
+    gemm.wide_matmul (column pieces on the pool); NumPy's BLAS itself is on one thread. (Before
+    2026-12-02 a plain numpy.matmul, on one thread whatever --threads said.)"""
     if shapes not in cache:
+        from xpnet.backends import get_backend
+        from xpnet.ops.gemm import wide_matmul
+        backend = get_backend("cpu")
         a_shape, b_shape, dtype = shapes
         a = np.ones(a_shape, np.dtype(dtype))
         b = np.ones(b_shape, np.dtype(dtype))
-        np.matmul(a, b)
+        run = (lambda: wide_matmul(np, a, b)) if len(a_shape) == len(b_shape) == 2 else (lambda: backend.matmul(a, b))
+        run()
         ts = []
         for _ in range(tries):
             t0 = clock()
-            np.matmul(a, b)
+            run()
             ts.append(clock() - t0)
         cache[shapes] = statistics.median(ts) * 1e3
     return cache[shapes]

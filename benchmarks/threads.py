@@ -52,17 +52,20 @@ def parse_args(argv=None):
 
 def fit_step(model, x, y):
     """fit()'s training step on (x, y) for ``model`` as a function of no arguments: forward in
-    training mode, cross-entropy, backward without the input images' gradient (the first layer's
-    need_input_grad off, as fit() sets it), Adam."""
+    training mode, cross-entropy, backward without the input gradients fit() skips
+    (``_input_grad_free``), Adam over the flat parameter buffer (``_flat_parameters``), as fit()."""
     from xpnet.losses import CrossEntropy
     from xpnet.optim import Adam
-    model.layers[0].need_input_grad = False
+    for layer in model._input_grad_free():
+        layer.need_input_grad = False
     loss, opt = CrossEntropy(), Adam(1e-3)
+    model.optimizer = opt   # _flat_parameters binds the model's optimizer to the flat buffer
 
     def step():
         out = model.forward(x, training=True)
         loss.forward(out, y)
         model.backward(loss.backward())
+        model._flat_parameters()
         opt.step(model.parameters, model.gradients)
     return step
 

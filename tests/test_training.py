@@ -378,3 +378,31 @@ def test_nan_seen_at_a_progress_refresh_ends_the_epoch_early(monkeypatch):
     with pytest.raises(TrainingError, match="in epoch 1 \\(first non-finite at batch 1\\)"):
         m.fit(x * 1e25, np.eye(3, dtype=np.float32)[y], epochs=2, batch_size=4, verbose=1)
     assert m.optimizer.iterations == 6  # 24 batches, refreshes every 6: stopped at the first one
+
+
+def test_fit_skips_input_gradients_no_step_needs():
+    """A Flatten before the first Dense: that Dense's input gradient would only go back to the
+    Flatten (nothing to learn), so fit() turns it off as well as the first layer's, and restores
+    both flags afterwards; the later layers keep theirs."""
+    import numpy as np
+    import xpnet
+    from xpnet.layers import Dense, Flatten, ReLU
+    model = xpnet.Sequential([Flatten(), Dense(6), ReLU(), Dense(3)], input_shape=(1, 4, 4), seed=0)
+    model.compile(loss="cross_entropy", optimizer="sgd")
+    seen = []
+    real = type(model.layers[1]).backward
+
+    def spy(layer, grad):
+        out = real(layer, grad)
+        seen.append((layer.name, out is None))
+        return out
+    dense = type(model.layers[1])
+    dense.backward = spy
+    try:
+        x = np.random.default_rng(0).random((8, 1, 4, 4)).astype("float32")
+        model.fit(x, np.arange(8) % 3, epochs=1, batch_size=4, verbose=0)
+    finally:
+        dense.backward = real
+    assert seen and all(none == (name == model.layers[1].name) for name, none in seen)
+    assert all(layer.need_input_grad for layer in model.layers)
+    assert model._input_grad_free() == model.layers[:2]

@@ -208,6 +208,8 @@ def _link_conv_pool(layers, backend):
 class Sequential(LayerStack, TrainingMixin):
     """Layers applied in order. ``input_shape`` excludes the batch axis, e.g. (1, 28, 28)."""
 
+    layers_in_a_chain = True   # each layer feeds only the next (TrainingMixin._input_grad_free)
+
     def __init__(self, layers, input_shape=None, device="cpu", dtype="float32", seed=0, name=None):
         self._setup(device, dtype, seed, name or "sequential")
         self.layers = list(layers)

@@ -311,8 +311,8 @@ class TrainingMixin:
         ck_path = None if folder is None else checkpoint_path(folder)
         terminate_on_nan = any(isinstance(c, cbs.TerminateOnNaN) for c in cb)
 
-        first = self.layers[0] if self.layers else None
-        saved_flag = getattr(first, "need_input_grad", None)
+        skipped = self._input_grad_free()
+        saved_flags = [layer.need_input_grad for layer in skipped]
         progress = Progress(verbose if rank == 0 else 0, epochs, steps)
         captured = None
         if graph:
@@ -322,8 +322,8 @@ class TrainingMixin:
         epoch = int(initial_epoch)
         slowest = 0.0
         try:
-            if first is not None:
-                first.need_input_grad = False
+            for layer in skipped:
+                layer.need_input_grad = False
             cb.call("on_train_begin", {})
             if resume is True or (resume == "auto" and os.path.isfile(ck_path)):
                 meta = load_checkpoint(ck_path, self, rngs, callback_list)
@@ -373,8 +373,8 @@ class TrainingMixin:
                                       ck_path if saved_epoch is not None else None, folder) from None
         finally:
             progress.close()
-            if first is not None:
-                first.need_input_grad = saved_flag
+            for layer, flag in zip(skipped, saved_flags):
+                layer.need_input_grad = flag
             if dp is not None:
                 dp.detach()
             if captured is not None:
@@ -421,6 +421,20 @@ class TrainingMixin:
         self._check_values(triples)
         return xd, yd, xv, yv
 
+
+    def _input_grad_free(self):
+        """The layers whose input gradient no training step needs: the first; in a Sequential also
+        those after it up to the first layer with parameters (a Flatten before the first Dense: that
+        Dense's input gradient would only go back to the Flatten, which has nothing to learn; with
+        their flag off each returns None without computing it)."""
+        if not self.layers:
+            return []
+        if not getattr(self, "layers_in_a_chain", False):   # a graph: its inputs' layers decide
+            return self.layers[:1]
+        for i, layer in enumerate(self.layers):
+            if layer.params:
+                return self.layers[:i + 1]
+        return list(self.layers)
 
     def _train_step(self, xb, yb, dp=None):
         """Forward, loss, backward and the optimizer's update on one batch: (loss value, outputs),
