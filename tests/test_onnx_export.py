@@ -194,3 +194,22 @@ def test_trained_run_folder_round_trip(run, tmp_path, capsys):
     # trained logits reach |20|, where float32 spacing is 2e-6: 1e-5 relative to the logit size
     np.testing.assert_allclose(logits[:BATCH], ref, rtol=TOL, atol=TOL)
     assert np.array_equal(logits[:BATCH].argmax(axis=1), ref.argmax(axis=1))
+
+
+def test_export_refuses_to_write_over_its_model_or_a_non_file(tmp_path, capsys):
+    """`xpnet export m.npz m.npz` (or RUN_DIR RUN_DIR/model.npz) would replace the model with ONNX
+    bytes, and a device or folder as the output would be replaced too: refused, the model intact."""
+    model = xpnet.models.get("quick-mlp").build(device="cpu")
+    path = tmp_path / "m.npz"
+    model.save(path)
+    before = path.read_bytes()
+    (tmp_path / "folder.onnx").mkdir()
+    for out, message in ((path, "the model file itself"), (tmp_path / "folder.onnx", "not a regular file"),
+                         (tmp_path / "missing" / "m.onnx", "its folder does not exist")):
+        assert cli.main(["export", str(path), str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert cli.main(["export", str(tmp_path), str(path)]) == 2   # a folder's model.npz: the same file
+    os.replace(path, tmp_path / "model.npz")
+    assert cli.main(["export", str(tmp_path), str(tmp_path / "model.npz")]) == 2
+    assert "the model file itself" in capsys.readouterr().err
+    assert (tmp_path / "model.npz").read_bytes() == before

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from .backends import is_out_of_memory
-from .errors import XpnetError
+from .errors import ConfigError, XpnetError
 
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10")
 DEVICE_CHOICES = ("cpu", "gpu", "auto", "strict")
@@ -247,9 +247,15 @@ def cmd_export(args):
     path = args.model_file
     if os.path.isdir(path):  # a run folder: its trained model
         path = os.path.join(path, "model.npz")
+    out = args.out_file
+    if os.path.exists(out) and (not os.path.isfile(out) or (os.path.isfile(path) and os.path.samefile(out, path))):
+        what = "the model file itself" if os.path.isfile(out) else "not a regular file"
+        raise ConfigError(f"{out} is {what}: give export a new .onnx file to write")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise ConfigError(f"{out}: its folder does not exist")
     model = load_model(path, device="cpu", compile=False)
     try:
-        export_onnx(model, args.out_file, opset=args.opset)
+        export_onnx(model, out, opset=args.opset)
     except ImportError as exc:
         print(f"xpnet export: error: {exc}", file=sys.stderr)
         return 2
