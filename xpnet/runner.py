@@ -221,13 +221,9 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
     _check_minutes(time_limit_minutes)
     run_dir = os.fspath(run_dir)
     path = os.path.join(run_dir, "config.json")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{run_dir} is not a run folder: it has no config.json") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read it: {exc}") from None
+    if not os.path.exists(path):
+        raise DataError(f"{run_dir} is not a run folder: it has no config.json")
+    config = _read_json(path)
     needed = ("model", "dataset", "device", "dtype", "seed", "recipe", "limits", "data_dir")
     if not isinstance(config, dict) or any(k not in config for k in needed):
         raise DataError(f"{path}: not a run configuration written by xpnet (it needs the keys "
@@ -251,19 +247,24 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
                     comm, tensorboard)
 
 
+def _read_json(path):
+    """A run folder's JSON file, or a DataError naming it and what went wrong."""
+    from .errors import DataError
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read it: {exc}") from None
+
+
 def _stopped_by_time_limit(run_dir):
     """None when the run folder has no result.json (an interrupted run); the result's summary when
     the run was ended by its time limit (it goes on from its checkpoint); otherwise the run has
     finished (all its epochs, or early stopping) and is not continued."""
-    from .errors import DataError
     path = os.path.join(run_dir, "result.json")
     if not os.path.isfile(path):
         return None
-    try:
-        with open(path) as f:
-            result = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read it: {exc}") from None
+    result = _read_json(path)
     if not isinstance(result, dict) or not result.get("stopped_by_time_limit"):
         raise ConfigError(f"{run_dir} has finished (it has result.json and was not stopped by a time "
                           f"limit); start a new run instead")

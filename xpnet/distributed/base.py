@@ -158,10 +158,7 @@ class AbortOnError:
 
     def _hook(self, kind, value, tb):
         (self._previous or sys.__excepthook__)(kind, value, tb)
-        try:
-            sys.stderr.flush()
-        finally:
-            self._abort(1)
+        self.abort_now(1)
 
 
 class Watchdog:
