@@ -24,12 +24,21 @@ import os
 import statistics
 import threading
 
+from xpnet.errors import ConfigError
+
 
 def thread_count():
-    for var in ("XPNET_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "").strip()
+    """$XPNET_NUM_THREADS (a positive whole number, else a ConfigError), else $OMP_NUM_THREADS when
+    it is one number (other forms, such as OpenMP's "4,2" lists, are left to OpenMP), else the usable
+    cores."""
+    value = os.environ.get("XPNET_NUM_THREADS", "").strip()
+    if value:
         if value.isdigit() and int(value) > 0:
             return int(value)
+        raise ConfigError(f"XPNET_NUM_THREADS must be a positive whole number, got {value!r}")
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -41,7 +50,7 @@ def blas_threads_wanted():
     if value.isdigit() and int(value) > 0:
         return int(value)
     if value:
-        raise ValueError(f"XPNET_BLAS_THREADS must be a positive whole number or 'keep', got {value!r}")
+        raise ConfigError(f"XPNET_BLAS_THREADS must be a positive whole number or 'keep', got {value!r}")
     return 1
 
 

@@ -198,3 +198,28 @@ def test_main_job_killed_and_resumed(tmp_path):
                                           whole.backend.to_numpy(value), err_msg=f"{place.name}: {key}")
         log = json.loads((place / "log.json").read_text())["epochs"]
         assert [row["epoch"] for row in log] == [1, 2, 3, 4]   # the log rebuilt from the checkpoint
+
+
+def test_sigterm_stops_xpnet_train_like_ctrl_c(tmp_path):
+    """`kill` or `docker stop` (SIGTERM) during training: the last complete epoch stays in the
+    checkpoint, no half-written file is left, one line says where to continue, status 143."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "xpnet", "train", "--model", "quick-mlp", "--device", "cpu",
+           "--epochs", "1000", "--train-images", "3000", "--test-images", "100", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=str(ROOT))
+    for line in proc.stdout:  # progress lines: "epoch 3/1000 - ..." once the third epoch is done
+        if line.startswith("epoch 3/1000"):
+            break
+    time.sleep(random.uniform(0.0, 0.2))  # anywhere in the next epochs, checkpoint writes included
+    proc.send_signal(signal.SIGTERM)
+    err, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    (folder,) = list(tmp_path.iterdir())
+    saved = checkpoint_epoch(folder)
+    assert saved >= 3
+    assert err.strip().splitlines()[-1].startswith("xpnet train: stopped by SIGTERM during epoch ")
+    assert f"the last complete epoch ({saved}) is saved in {folder / 'last.npz'}; " \
+           f"continue with --resume {folder}" in err, err
+    assert "Traceback" not in err
+    assert not list(folder.glob("*.tmp")) and not (folder / "result.json").exists()

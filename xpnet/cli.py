@@ -107,7 +107,7 @@ def train_from_args(args, command):
             summary_writer_class()  # before any run folder is made
         except ImportError as exc:
             raise ConfigError(f"--tensorboard: {exc}") from None
-    if args.resume:
+    if args.resume is not None:
         given = [opt for opt, value in (
             ("--model", args.model), ("--dataset", getattr(args, "dataset", None)),
             ("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--data-dir", args.data_dir),
@@ -155,9 +155,9 @@ def family_main(prefix, default, description, argv=None):
     args = parser.parse_args(argv)
     if args.model not in family:
         parser.error(f"--model must be one of this report's models: {', '.join(family)}")
-    if args.resume and args.all:
+    if args.resume is not None and args.all:
         parser.error("--resume continues one run; it cannot be combined with --all")
-    if args.resume:
+    if args.resume is not None:
         if args.model != default:
             parser.error("--resume takes the model from the run's config.json; drop --model")
         args.model = None
@@ -535,7 +535,8 @@ def _abort_distributed_job(code):
 def guarded(label, func):
     """Run ``func()``; user errors and GPU out-of-memory become one line on stderr and a status.
     Ctrl-C ends with one line saying what was kept (and where to continue from); a second Ctrl-C
-    while the program winds down is ignored rather than breaking into interpreter shutdown."""
+    while the program winds down is ignored rather than breaking into interpreter shutdown.
+    SIGTERM (``kill``, ``docker stop``) stops the same way, with status 143."""
     previous = _interrupt_once()
     try:
         return func()
@@ -545,12 +546,13 @@ def guarded(label, func):
         return 2
     except KeyboardInterrupt as exc:
         from .errors import TrainingInterrupted
+        how = "stopped by SIGTERM" if _TERMINATED else "interrupted"
         if isinstance(exc, TrainingInterrupted):
             hint = f"continue with --resume {exc.folder}" if exc.folder else ""
-            print(f"{label}: interrupted during epoch {exc.epoch}: {exc.kept(hint)}", file=sys.stderr)
+            print(f"{label}: {how} during epoch {exc.epoch}: {exc.kept(hint)}", file=sys.stderr)
         else:
-            print(f"{label}: interrupted", file=sys.stderr)
-        return 130
+            print(f"{label}: {how}", file=sys.stderr)
+        return 143 if _TERMINATED else 130
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -567,27 +569,43 @@ def guarded(label, func):
     finally:
         if previous is not None:
             import signal
-            if signal.getsignal(signal.SIGINT) is previous:  # no Ctrl-C came: put it back
+            once, term = previous
+            if signal.getsignal(signal.SIGINT) is once:  # no Ctrl-C came: put it back
                 signal.signal(signal.SIGINT, signal.default_int_handler)
+            if signal.getsignal(signal.SIGTERM) is term:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_TERMINATED = []  # holds True once SIGTERM came
 
 
 def _interrupt_once():
     """From the first Ctrl-C on, ignore SIGINT: the first raises KeyboardInterrupt as usual, a
     second one (an impatient user) would otherwise land in interpreter shutdown as a traceback.
-    Returns the previous handler while it is still in place (restored by guarded)."""
+    SIGTERM, where it has its default action, raises the same KeyboardInterrupt (remembered in
+    _TERMINATED), so fit keeps its checkpoint, no half-written file is left and the exit says
+    where to continue. Returns the handlers it put in place (restored by guarded), or None."""
     import signal
     import threading
     if threading.current_thread() is not threading.main_thread():
         return None
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        return None  # SIGINT ignored (a background job) or handled by the caller: leave it
 
     def once(signum, frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig, handler in ((signal.SIGINT, once), (signal.SIGTERM, term)):
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, once)
-    return once
+    def term(signum, frame):
+        _TERMINATED.append(True)
+        once(signum, frame)
+
+    # SIGINT ignored (a background job) or handled by the caller: leave it; the same for SIGTERM
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, once)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, term)
+    return once, term
 
 
 def main(argv=None):

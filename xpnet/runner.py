@@ -47,19 +47,33 @@ def make_recipe(entry, quick=False, epochs=None, batch_size=None, overrides=None
         recipe["epochs"] = epochs
     if batch_size is not None:
         recipe["batch_size"] = batch_size
+    check_recipe(recipe)
+    return recipe
+
+
+def check_recipe(recipe, where=""):
+    """ConfigError (prefixed with ``where``) unless the recipe's epochs, batch size, validation
+    split and early stopping make sense together."""
     for key in ("epochs", "batch_size"):
         value = recipe.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        if not _positive_int(value):
+            raise ConfigError(f"{where}{key} must be a positive integer, got {value!r}")
     split = recipe.get("validation_split") or 0.0
-    if not 0.0 <= split < 1.0:
-        raise ConfigError(f"validation_split must be in [0, 1), got {split!r}")
-    monitor = (recipe.get("early_stopping") or {}).get("monitor", "val_loss")
-    if recipe.get("early_stopping") and monitor.startswith("val_") and not split:
-        raise ConfigError(f"early stopping monitors {monitor!r} but the recipe holds out no "
+    if isinstance(split, bool) or not isinstance(split, (int, float)) or not 0.0 <= split < 1.0:
+        raise ConfigError(f"{where}validation_split must be a number in [0, 1), got {split!r}")
+    stopping = recipe.get("early_stopping")
+    if stopping is not None and not isinstance(stopping, dict):
+        raise ConfigError(f"{where}early_stopping must be a dict of EarlyStopping's arguments or "
+                          f"None, got {stopping!r}")
+    monitor = (stopping or {}).get("monitor", "val_loss")
+    if stopping and str(monitor).startswith("val_") and not split:
+        raise ConfigError(f"{where}early stopping monitors {monitor!r} but the recipe holds out no "
                           "validation images (validation_split is 0); the test set is never used "
                           "for early stopping")
-    return recipe
+
+
+def _positive_int(value):
+    return not isinstance(value, bool) and isinstance(value, int) and value > 0
 
 
 def run_folder(out_dir, model_name, dataset):
@@ -161,9 +175,11 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
     if quick and train_images is None:
         train_images = QUICK_TRAIN_IMAGES
     for name, value in (("train_images", train_images), ("test_images", test_images)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        if value is not None and not _positive_int(value):
             raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
     _check_minutes(time_limit_minutes)
+    _check_folder(out_dir, "the output folder (out_dir)")
+    _check_folder(tensorboard, "the TensorBoard folder")
     comm = _communicator(distributed, device)
     backend = get_backend(device) if comm is None else comm.backend
     if verbose and comm is None and str(device).lower() == "auto" and not backend.is_gpu:
@@ -219,15 +235,16 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
     from .errors import DataError
     t_start = time.perf_counter()
     _check_minutes(time_limit_minutes)
+    _check_folder(tensorboard, "the TensorBoard folder")
     run_dir = os.fspath(run_dir)
+    if not run_dir:
+        raise ConfigError("the run folder to resume is an empty name; expected a folder written by "
+                          "xpnet train")
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
         raise DataError(f"{run_dir} is not a run folder: it has no config.json")
     config = _read_json(path)
-    needed = ("model", "dataset", "device", "dtype", "seed", "recipe", "limits", "data_dir")
-    if not isinstance(config, dict) or any(k not in config for k in needed):
-        raise DataError(f"{path}: not a run configuration written by xpnet (it needs the keys "
-                        f"{', '.join(needed)})")
+    _check_config(config, path)
     stopped = _stopped_by_time_limit(run_dir)
     if not os.path.isfile(checkpoint_path(run_dir)):
         raise DataError(f"{run_dir} has no checkpoint ({os.path.basename(checkpoint_path(run_dir))}): "
@@ -245,6 +262,52 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
     data = _load_data(config)
     return _execute(config, run_dir, backend, data, verbose, plot, True, t_start, time_limit_minutes,
                     comm, tensorboard)
+
+
+def _check_config(config, path):
+    """DataError naming config.json and the entry unless it is a run configuration xpnet can
+    continue (the keys it needs, each of the type it had when xpnet wrote it)."""
+    from . import datasets, models
+    from .errors import DataError
+    needed = ("model", "dataset", "device", "dtype", "seed", "recipe", "limits", "data_dir")
+    if not isinstance(config, dict) or any(k not in config for k in needed):
+        raise DataError(f"{path}: not a run configuration written by xpnet (it needs the keys "
+                        f"{', '.join(needed)})")
+
+    def bad(key, expected):
+        return DataError(f"{path}: {key} must be {expected}, got {config_value(key)!r}")
+
+    def config_value(key):
+        value = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    for key in ("model", "dataset", "device"):
+        if not isinstance(config[key], str):
+            raise bad(key, "a string")
+    if config["dtype"] not in ("float32", "float64"):
+        raise bad("dtype", "'float32' or 'float64'")
+    if isinstance(config["seed"], bool) or not isinstance(config["seed"], int) or config["seed"] < 0:
+        raise bad("seed", "a whole number >= 0")
+    if config["data_dir"] is not None and not isinstance(config["data_dir"], str):
+        raise bad("data_dir", "a folder name or null")
+    if config.get("mixed_precision") not in (None, "float16", "bfloat16"):
+        raise bad("mixed_precision", "'float16', 'bfloat16' or null")
+    if not isinstance(config["limits"], dict):
+        raise bad("limits", "an object with train_images and test_images")
+    for key in ("train_images", "test_images"):
+        value = config["limits"].get(key)
+        if value is not None and not _positive_int(value):
+            raise bad(f"limits.{key}", "a positive integer or null")
+    if not isinstance(config["recipe"], dict):
+        raise bad("recipe", "an object (the zoo recipe the run used)")
+    try:
+        models.get(config["model"])
+        datasets.info(config["dataset"])
+        check_recipe(config["recipe"], "recipe.")
+    except ConfigError as exc:
+        raise DataError(f"{path}: {exc}") from None
 
 
 def _read_json(path):
@@ -278,6 +341,22 @@ def _check_minutes(value):
         raise ConfigError(f"time_limit_minutes must be a positive number of minutes or None, got {value!r}")
 
 
+def _check_folder(path, what):
+    """ConfigError unless ``path`` (None: not asked for) is a folder, or one that can be made:
+    checked before training, so a file in the way does not fail the run at its end."""
+    if path is None:
+        return
+    path = os.path.abspath(os.fspath(path))
+    existing = path
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "it" if existing == path else existing
+        raise ConfigError(f"{what} {path} cannot be a folder: {where} is a file, expected a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: cannot write into {existing} (permission denied)")
+
+
 def _load_data(config):
     """(train, validation or None, test, dataset info) as host arrays, as ``config`` says."""
     from . import datasets
@@ -306,8 +385,9 @@ def _execute(config, folder, backend, data, verbose, plot, resume, t_start, time
                   validation_images=0 if validation is None else len(validation[1]))
     root = comm is None or comm.rank == 0  # data-parallel: rank 0 alone prints and writes files
     verbose = verbose if root else 0
-    if root:
-        write_json(os.path.join(folder, "config.json"), config)
+    config_path = os.path.join(folder, "config.json")
+    if root and not resume:
+        write_json(config_path, config)
 
     entry = models.get(config["model"])
     model = entry.build(tuple(info["image_shape"]), info["classes"], backend, seed, dtype)
@@ -322,6 +402,10 @@ def _execute(config, folder, backend, data, verbose, plot, resume, t_start, time
         if validation is not None:
             validation = (validation[0], datasets.one_hot(validation[1], info["classes"], dtype))
     callbacks = _callbacks(recipe, folder, tensorboard)
+    record = None
+    if root and resume:  # config.json with this sitting's entry once fit has taken the checkpoint:
+        record = _write_once(lambda: write_json(config_path, config))  # a refusal leaves it as it was
+        callbacks.insert(0, record)
     if verbose:
         callbacks.append(_estimate(recipe, backend))
     model.compile(loss=recipe.get("loss") or "cross_entropy", optimizer=_optimizer(recipe),
@@ -339,6 +423,8 @@ def _execute(config, folder, backend, data, verbose, plot, resume, t_start, time
                         checkpoint=folder, resume=resume, time_limit=time_limit, distributed=comm)
     backend.synchronize()
     fit_seconds = time.perf_counter() - t_fit
+    if record is not None:
+        record.write()  # no epoch was left to run
     if not root:
         return None  # the model is rank 0's too (same weights); rank 0 tests and writes it
 
@@ -364,6 +450,26 @@ def _execute(config, folder, backend, data, verbose, plot, resume, t_start, time
     result["seconds_total"] = time.perf_counter() - t_start
     write_json(os.path.join(folder, "result.json"), result)
     return result
+
+
+def _write_once(write):
+    """A callback that calls ``write()`` once: when fit begins its first epoch (after it has taken
+    the checkpoint it resumes from) or when its ``write()`` is called, whichever comes first."""
+    from .callbacks import Callback
+
+    class WriteOnce(Callback):
+        rank_zero_only = True
+        done = False
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.write()
+
+        def write(self):
+            if not self.done:
+                write()
+                self.done = True
+
+    return WriteOnce()
 
 
 def _optimizer(recipe):

@@ -1,0 +1,146 @@
+"""Bad input to `xpnet train` and run_training / resume_training: one line naming what was wrong
+and what was expected, found before any training, and nothing in the run folder changed."""
+import json
+import shutil
+
+import pytest
+
+from xpnet import cli, runner
+from xpnet.backends import cpu_threads
+from xpnet.errors import ConfigError
+
+SMALL = ["--model", "quick-mlp", "--device", "cpu", "--epochs", "1", "--train-images", "300",
+         "--test-images", "100", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished one-epoch run folder (config.json, last.npz, result.json, ...)."""
+    out = tmp_path_factory.mktemp("runs")
+    return runner.run_training("quick-mlp", device="cpu", out_dir=out, verbose=0, epochs=1,
+                               train_images=300, test_images=100)["run_dir"]
+
+
+@pytest.fixture
+def interrupted(finished_run, tmp_path):
+    """A copy of the run as a run interrupted after its last epoch: no result.json."""
+    folder = tmp_path / "interrupted"
+    shutil.copytree(finished_run, folder)
+    (folder / "result.json").unlink()
+    return folder
+
+
+def train(argv, capsys):
+    code = cli.main(["train"] + argv)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_a_file_as_the_output_folder_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        code, err = train(SMALL + ["--out", str(out)], capsys)
+        assert code == 2 and "Traceback" not in err
+        assert f"{tmp_path / 'afile'} is a file, expected a folder" in err or "it is a file" in err
+    assert (tmp_path / "afile").read_text() == "x"
+    # a missing folder is made, as mkdir -p would
+    code, _ = train(SMALL + ["--out", str(tmp_path / "new" / "runs")], capsys)
+    assert code == 0 and len(list((tmp_path / "new" / "runs").iterdir())) == 1
+
+
+def test_a_file_as_the_tensorboard_folder_is_refused_before_the_run_folder(tmp_path, capsys):
+    pytest.importorskip("tensorboardX")
+    (tmp_path / "afile").write_text("x")
+    code, err = train(SMALL + ["--out", str(tmp_path / "runs"), "--tensorboard",
+                               str(tmp_path / "afile")], capsys)
+    assert code == 2 and "the TensorBoard folder" in err and "it is a file, expected a folder" in err
+    assert not (tmp_path / "runs").exists()   # refused before training, not after it
+
+
+def test_resume_with_an_empty_name_is_refused_not_a_new_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = train(["--resume", ""] + SMALL, capsys)   # read as --resume: its options refused
+    assert code == 2 and "--resume takes the run's settings" in err
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(ConfigError, match="the run folder to resume is an empty name"):
+        runner.resume_training("", verbose=0)
+
+
+def test_a_refused_resume_leaves_config_json_as_it_was(interrupted, capsys):
+    before = (interrupted / "config.json").read_bytes()
+    good = (interrupted / "last.npz").read_bytes()
+    (interrupted / "last.npz").write_bytes(good[:1000])   # truncated checkpoint: refused by fit
+    code, err = train(["--resume", str(interrupted), "--quiet"], capsys)
+    assert code == 2 and "last.npz: not a readable .npz file" in err
+    assert (interrupted / "config.json").read_bytes() == before
+    # an accepted resume records its sitting (here with no epoch left to run)
+    (interrupted / "last.npz").write_bytes(good)
+    code, err = train(["--resume", str(interrupted), "--quiet"], capsys)
+    assert code == 0, err
+    resumed = json.loads((interrupted / "config.json").read_text())["resumed"]
+    assert len(resumed) == 1 and resumed[0]["command"][-2:] == [str(interrupted), "--quiet"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seed": "x"}, "seed must be a whole number >= 0, got 'x'"),
+    ({"seed": True}, "seed must be a whole number >= 0, got True"),
+    ({"limits": "x"}, "limits must be an object with train_images and test_images, got 'x'"),
+    ({"limits": {"train_images": -5}}, "limits.train_images must be a positive integer or null, got -5"),
+    ({"data_dir": 5}, "data_dir must be a folder name or null, got 5"),
+    ({"dtype": 3}, "dtype must be 'float32' or 'float64', got 3"),
+    ({"model": 7}, "model must be a string, got 7"),
+    ({"model": "nope"}, "unknown model 'nope'"),
+    ({"dataset": "nope"}, "unknown dataset 'nope'"),
+    ({"mixed_precision": "int8"}, "mixed_precision must be 'float16', 'bfloat16' or null, got 'int8'"),
+    ({"recipe": "x"}, "recipe must be an object"),
+    ({"recipe": {"validation_split": "x"}}, "recipe.validation_split must be a number in [0, 1), got 'x'"),
+    ({"recipe": {"epochs": 0}}, "recipe.epochs must be a positive integer, got 0"),
+    ({"recipe": {"batch_size": "64"}}, "recipe.batch_size must be a positive integer, got '64'"),
+    ({"recipe": {"early_stopping": 15}}, "recipe.early_stopping must be a dict"),
+])
+def test_a_malformed_config_json_is_named_not_a_traceback(interrupted, capsys, change, message):
+    path = interrupted / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in change.items():
+        if key == "recipe" and isinstance(value, dict):
+            config["recipe"].update(value)
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config))
+    before = path.read_bytes()
+    code, err = train(["--resume", str(interrupted), "--quiet"], capsys)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert f"{path}: {message}" in err
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("XPNET_BLAS_THREADS", "abc", "XPNET_BLAS_THREADS must be a positive whole number or 'keep', got 'abc'"),
+    ("XPNET_NUM_THREADS", "abc", "XPNET_NUM_THREADS must be a positive whole number, got 'abc'"),
+    ("XPNET_NUM_THREADS", "0", "XPNET_NUM_THREADS must be a positive whole number, got '0'"),
+])
+def test_a_bad_thread_variable_is_one_line(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        cpu_threads.blas_threads_wanted() if name == "XPNET_BLAS_THREADS" else cpu_threads.thread_count()
+
+
+def test_omp_num_threads_lists_are_left_to_openmp(monkeypatch):
+    monkeypatch.delenv("XPNET_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads.thread_count() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")   # OpenMP's nested form: not ours to refuse
+    assert cpu_threads.thread_count() >= 1
+
+
+def test_a_bad_thread_variable_stops_the_cli_with_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, XPNET_NUM_THREADS="abc")
+    proc = subprocess.run([sys.executable, "-m", "xpnet", "train"] + SMALL + ["--out", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("xpnet train: error: XPNET_NUM_THREADS must be a positive whole "
+                                   "number, got 'abc'")
