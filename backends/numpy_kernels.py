@@ -59,7 +59,9 @@ class DaemonPool:
         while True:
             self._tasks.get()()
 
-    def run(self, part, pieces):
+    def run(self, part, pieces, helpers=None):
+        """``part(piece)`` for every piece, by the caller and at most ``helpers`` workers (default:
+        all of them; fewer when the thread count was set lower after the pool grew)."""
         start = time.perf_counter()
         todo = collections.deque(pieces)
         done = queue.SimpleQueue()
@@ -83,7 +85,7 @@ class DaemonPool:
                 mark = now
                 done.put(result)
 
-        for _ in range(min(self.size, len(pieces) - 1)):
+        for _ in range(min(self.size if helpers is None else helpers, len(pieces) - 1)):
             self._tasks.put(drain)
         drain()
         errors = [done.get() for _ in pieces]
@@ -184,7 +186,8 @@ class ElementwiseKernels:
         # frequency rows, a few blocks of planes): one row a piece, so that the threads' shares
         # differ by one row at most (10 rows in pieces of 2 gave one thread 3 pieces, the other 2)
         step = 1 if length < 2 * pieces else -(-length // pieces)
-        cpu, wall = self._pool.run(part, [slice(i, i + step) for i in range(0, length, step)])
+        cpu, wall = self._pool.run(part, [slice(i, i + step) for i in range(0, length, step)],
+                                   self.threads - 1)
         if ADAPTIVE:
             self.check.record(key, wall, work, cpu)
 

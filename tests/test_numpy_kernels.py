@@ -1,4 +1,6 @@
 """The NumPy backend's threaded element-wise kernels equal the one-pass expressions bit for bit."""
+import time
+
 import numpy as np
 import pytest
 
@@ -109,6 +111,30 @@ def test_few_rows_go_one_a_piece_so_that_the_threads_shares_differ_by_one_row_at
         seen = []
         k.split(lambda s: seen.append(len(range(length)[s])), length, MIN_ELEMENTS)
         assert sorted(seen) == sizes
+
+
+def test_fewer_threads_after_more_use_only_that_many(monkeypatch):
+    """The pool keeps the workers it started; set to 2 threads after 4, a pass runs on the caller
+    and one worker (before, every worker of the pool helped: threads.py --threads 4,2 timed 4)."""
+    import threading
+    monkeypatch.setattr(nk, "ADAPTIVE", False)
+    k = ElementwiseKernels(4)
+    gate = threading.Barrier(4, timeout=10)
+
+    def part(s):   # each piece waits until 4 threads are in: the pool holds 3 workers + caller
+        gate.wait()
+
+    k.split(part, 4, MIN_ELEMENTS)
+    assert k._pool.size == 3
+    k.threads = 2
+    names = set()
+
+    def record(s):
+        names.add(threading.current_thread().name)
+        time.sleep(0.01)   # time for a third thread to join, were it asked
+
+    k.split(record, 40, MIN_ELEMENTS)
+    assert len(names) == 2 and threading.current_thread().name in names, names
 
 
 def test_split_covers_the_axis_once():
