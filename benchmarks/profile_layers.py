@@ -9,8 +9,10 @@ NumPy backend; every layer's forward and backward, the loss, the optimizer updat
 a whole (``on_batch_end`` to ``on_batch_end``) are timed, and the table gives medians over the
 timed steps. The GEMMs a layer executes are found by running one step on the strict backend with
 its operation trace on (every ``@``/``matmul``/``dot`` with its operand shapes, attributed to the
-layer running at the time); each distinct GEMM is then replayed alone on the NumPy backend with
-operands of those shapes (contiguous, float32) to time it. So per layer:
+layer running at the time), made to take the NumPy backend's code paths (its blocks and chunks, not
+the GPU's whole GEMMs); each distinct GEMM is then replayed alone on the NumPy backend with
+operands of those shapes (contiguous, float32) to time it, as the step runs it (see replay_ms).
+So per layer:
 
 * route: ``spectral`` or ``columns`` for a convolution (xpnet.ops.chooser), ``columns+pool`` where
   it ran with the max pooling after it in one pass (ops/conv_pool.py: the pooling's and the ReLU's
@@ -123,53 +125,78 @@ def gemm_flops(a, b):
 
 
 def trace_gemms(build, batch):
-    """{layer name or phase: [(a shape, b shape, dtype), ...]} of one fit step on the strict backend."""
+    """{layer name or phase: [(a shape, b shape, dtype, in a piece), ...]} of one fit step on the
+    strict backend, made to take the CPU backend's code paths (``few_launches`` off: blocks, chunks
+    and Gauss's three products as the NumPy backend runs them, not the GPU's whole GEMMs). "In a
+    piece": the GEMM ran inside ``backend.split`` (a piece of a pass that the NumPy backend spreads
+    over its threads, each GEMM on one thread)."""
     import numpy as np
     from xpnet.backends import strict_backend as sb
     model = build("strict")
+    backend = model.backend
     marks = []
     found = defaultdict(list)
     _instrument(model, lambda key: marks.append(key), lambda key: marks.pop())
+    pieces = []
+    base_split = type(backend).split
+
+    def split(self, part, length, size):
+        pieces.append(True)
+        try:
+            base_split(self, part, length, size)
+        finally:
+            pieces.pop()
+    backend.few_launches = False   # this instance only (get_backend's shared one: removed below)
+    backend.split = split.__get__(backend)
     x = np.random.default_rng(0).integers(0, 256, (batch,) + tuple(model.input_shape), dtype=np.uint8)
     y = np.random.default_rng(1).integers(0, 10, batch)
 
-    # one warm-up fit (caches, DFT matrices), then one traced step
-    model.fit(x, y, epochs=1, batch_size=batch, steps_per_epoch=1, verbose=0)
     original = sb._record
 
     def record(name, *args):
         if name in GEMM_NAMES:
             shapes = _gemm_shapes(sb._signature(args))
             if shapes is not None:
-                found[marks[-1] if marks else "fit loop"].append(shapes)
-    sb._record, sb.TRACE = record, []  # _call records only while a TRACE list exists
+                found[marks[-1] if marks else "fit loop"].append(shapes + (bool(pieces),))
     try:
+        # one warm-up fit (caches, DFT matrices), then one traced step
+        model.fit(x, y, epochs=1, batch_size=batch, steps_per_epoch=1, verbose=0)
+        sb._record, sb.TRACE = record, []  # _call records only while a TRACE list exists
         model.fit(x, y, epochs=1, batch_size=batch, steps_per_epoch=1, verbose=0)
     finally:
         sb._record, sb.TRACE = original, None
+        del backend.few_launches, backend.split
     return found
 
 
 def replay_ms(np, shapes, cache, tries=5):
     """Median ms of one matmul with operands of these shapes (contiguous), cached per shape, run as
-    the CPU backend runs it in a step: stacked products split over its pool, 2-D ones by
-    gemm.wide_matmul (column pieces on the pool); NumPy's BLAS itself is on one thread. (Before
-    2026-12-02 a plain numpy.matmul, on one thread whatever --threads said.)"""
+    the CPU backend runs it in a step: one made inside a pass's piece with numpy.matmul on one
+    thread, its time divided by the pool's thread count (the pieces run side by side); the others
+    with stacked products split over the pool, 2-D ones by gemm.wide_matmul (column pieces on the
+    pool). NumPy's BLAS itself is on one thread. (Before 2026-12-02 a plain numpy.matmul, on one
+    thread whatever --threads said; until 2026-12-02 15:00 the shapes were the strict backend's
+    whole GEMMs, not the blocks and chunks the CPU runs.)"""
     if shapes not in cache:
         from xpnet.backends import get_backend
         from xpnet.ops.gemm import wide_matmul
         backend = get_backend("cpu")
-        a_shape, b_shape, dtype = shapes
+        a_shape, b_shape, dtype, in_piece = shapes
         a = np.ones(a_shape, np.dtype(dtype))
         b = np.ones(b_shape, np.dtype(dtype))
-        run = (lambda: wide_matmul(np, a, b)) if len(a_shape) == len(b_shape) == 2 else (lambda: backend.matmul(a, b))
+        if in_piece:
+            run = lambda: np.matmul(a, b)   # noqa: E731
+        elif len(a_shape) == len(b_shape) == 2:
+            run = lambda: wide_matmul(np, a, b)   # noqa: E731
+        else:
+            run = lambda: backend.matmul(a, b)   # noqa: E731
         run()
         ts = []
         for _ in range(tries):
             t0 = clock()
             run()
             ts.append(clock() - t0)
-        cache[shapes] = statistics.median(ts) * 1e3
+        cache[shapes] = statistics.median(ts) * 1e3 / (backend.threads if in_piece else 1)
     return cache[shapes]
 
 
@@ -298,12 +325,12 @@ def layer_table(name, args, np, xpnet, run, peak):
             route = "gemm"
             nominal = 2 * n * layer.params["W"].size * (2 if i == 0 else 3)
         g = gemms.get(layer.name, [])
-        flops = sum(gemm_flops(a, b) for a, b, _ in g)
+        flops = sum(gemm_flops(a, b) for a, b, *_ in g)
         gemm_ms = sum(replay_ms(np, s, cache) for s in g)
         rows.append((f"{layer.name} ({kind})", route, nominal, flops, ms, gemm_ms))
     for key, label in (("loss", "loss (softmax cross-entropy)"), ("update", "Adam update (flat buffer)")):
         g = gemms.get(key, [])
-        rows.append((label, "", 0, sum(gemm_flops(a, b) for a, b, _ in g), median_of(steps, key) * 1e3,
+        rows.append((label, "", 0, sum(gemm_flops(a, b) for a, b, *_ in g), median_of(steps, key) * 1e3,
                      sum(replay_ms(np, s, cache) for s in g)))
     inner = [sum(s.get(l.name, 0.0) for l in model.layers) + s.get("loss", 0.0) + s.get("update", 0.0)
              for s in steps]

@@ -120,6 +120,21 @@ def test_the_layer_profile_counts_the_gemms_each_layer_executes():
     assert prof.gemm_flops((10, 3, 5), (10, 5, 2)) == 2 * 10 * 3 * 5 * 2
 
 
+def test_the_layer_profile_traces_the_gemms_the_cpu_runs():
+    """From 96 images the CPU's spectral products are Gauss's three GEMMs a bin on (N, C) halves,
+    run in pieces of a pass: the trace has those, not the strict backend's whole real-form Z
+    (2N rows), and the shared strict backend keeps its own paths afterwards."""
+    import profile_layers as prof
+    from xpnet.backends import get_backend
+    found = prof.trace_gemms(lambda device: run.build_xpnet(xpnet, "lenet5", device, "float32", 0), 96)
+    spectral = found["conv2d_1"]   # 6 -> 16 channels, 5x5, spectral route
+    products = {(a, b) for a, b, _, piece in spectral if piece and len(a) == 3}
+    assert products and all(a[1] in (6, 96) and 2 * 96 not in a for a, _ in products), products
+    assert any(a[1:] == (96, 6) for a, _ in products)   # Xr Kr: (bins, N, C) @ (bins, C, F)
+    assert get_backend("strict").few_launches is True
+    assert "few_launches" not in vars(get_backend("strict"))
+
+
 def test_the_cpu_identity_names_family_model_and_vector_extensions(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
