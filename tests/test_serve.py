@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 
 import numpy as np
@@ -224,6 +225,35 @@ def test_content_length_and_type_are_required(server):
     assert status == 415 and "application/json" in out["error"]
 
 
+def raw(server, data):
+    """Everything the server answers to ``data`` sent on a socket, until it closes; a server that
+    waits instead fails the test with a timeout rather than hanging it."""
+    import socket
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("lengths,expect", [(("5", "5"), False), (("100", "5"), False),
+                                            (("5", "100"), False), (("5", "5"), True)])
+def test_several_content_length_headers_get_400(server, lengths, expect):
+    head = "".join(f"Content-Length: {n}\r\n" for n in lengths)
+    head += "Expect: 100-continue\r\n" if expect else ""
+    answer = raw(server, (f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                          f"\r\n{head}\r\n[1,2]").encode())
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]  # not 100 Continue, not a wait
+    body = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert body["error"] == (f"2 Content-Length headers ('{lengths[0]}', '{lengths[1]}'); "
+                             f"send exactly one") and b"Connection: close" in answer
+    assert answer.count(b"HTTP/1.1 ") == 1  # one answer, no 100 Continue before it
+    answer = raw(server, b"GET /api/info HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                         b"Content-Length: 0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Content-Length headers" in answer
+
+
 @pytest.mark.parametrize("body,words", [
     (b"{not json", "bad JSON"), (b"\xff\xfe\x00", "bad JSON"), (b"", "bad JSON"),
     (b"[" * 200000, "bad JSON"), (b"[1, 2]", "expected a JSON object"),
@@ -234,6 +264,18 @@ def test_content_length_and_type_are_required(server):
 def test_malformed_bodies_get_400(server, body, words):
     status, _, _, out = post(server, body)
     assert status == 400 and words in out["error"], out
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_true_and_false_among_the_numbers_get_400(server, flag):
+    pixels = np.zeros((28, 28), dtype=int).tolist()
+    pixels[9][9:19] = [255] * 10
+    pixels[3][4] = flag  # a Python bool is an int: np.asarray alone takes it as 1 or 0
+    status, _, _, out = post(server, {"pixels": pixels})
+    assert status == 400 and out["error"] == ("not an image: pixels must be numbers 0..255, got "
+                                              "true/false among them")
+    status, _, _, out = post(server, {"pixels": [[flag] * 28] * 28})
+    assert status == 400 and out["error"] == "not an image: pixels must be numbers 0..255, got true/false"
 
 
 @pytest.mark.parametrize("shape", [(27, 28), (28, 27), (561, 100), (100, 561), (1, 784), (784, 1)])
@@ -312,6 +354,49 @@ def test_cli_serve_runs_until_interrupted():
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0 and "stopped" in out, err
         assert '"GET /api/info HTTP/1.1" 200' in err  # one access-log line per request
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_clients_that_hang_up_early_are_dropped_without_a_traceback(mnist_test):
+    import socket
+    import struct
+    proc = subprocess.Popen([sys.executable, "-m", "xpnet", "serve", RUN_DIR, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    err = []
+    reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        url = proc.stdout.readline().split(" on ")[1].split()[0]
+        host, port = url.split("//")[1].rstrip("/").rsplit(":", 1)
+        body = json.dumps({"pixels": on_canvas(mnist_test[0][0]).tolist()}).encode()
+        req = (f"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        for reset in (False, True, False, True):  # close, and close with a reset (linger 0)
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            if reset:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.sendall(req)
+            sock.close()  # before the answer comes
+        for _ in range(100):  # until the server saw all four go (as a rule a line each, fixed or not)
+            if sum("connection dropped" in line or "Exception occurred" in line for line in err) >= 4:
+                break
+            time.sleep(0.1)
+        still = urllib.request.Request(url + "api/predict", data=body,
+                                       headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(still, timeout=20) as r:  # still serving
+            assert json.loads(r.read())["class"] == mnist_test[1][0]
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+        reader.join(10)
+        text = "".join(err)
+        assert proc.returncode == 0, text
+        assert "Traceback" not in text and "Exception occurred" not in text, text
+        dropped = [line for line in err if "connection dropped: the client closed it" in line]
+        assert len(dropped) <= 4 and all(len(line) < 150 for line in dropped), text  # one at most
     finally:
         if proc.poll() is None:
             proc.kill()

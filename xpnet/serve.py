@@ -19,8 +19,9 @@ prediction in xpnet on the chosen device. Routes:
   ``misclassified.png``, ``config.json`` and ``result.json``.
 
 Bad requests get a 4xx status and ``{"error": message}``: 400 (bad JSON, not an image, wrong size,
-blank), 404 (unknown path), 405 (wrong method), 411 (no Content-Length), 413 (body over
-``MAX_BODY`` bytes, refused before it is read), 415 (not JSON).
+blank, more than one Content-Length), 404 (unknown path), 405 (wrong method), 411 (no
+Content-Length), 413 (body over ``MAX_BODY`` bytes, refused before it is read), 415 (not JSON). A
+client that closes its connection early is dropped with one log line, no traceback.
 """
 import json
 import os
@@ -159,9 +160,10 @@ def parse_pixels(body):
     except (ValueError, TypeError, RecursionError):
         raise RequestError(400, "not an image: pixels must be a 2-D list of rows of equal "
                                 "length") from None
-    if pixels.dtype.kind not in "iuf":
-        raise RequestError(400, f"not an image: pixels must be numbers 0..255, got "
-                                f"{'strings' if pixels.dtype.kind in 'US' else pixels.dtype.name}")
+    kind = pixels.dtype.kind
+    if kind not in "iuf":
+        got = "strings" if kind in "US" else "true/false" if kind == "b" else pixels.dtype.name
+        raise RequestError(400, f"not an image: pixels must be numbers 0..255, got {got}")
     if pixels.ndim != 2:
         raise RequestError(400, f"not an image: pixels must be a 2-D list (rows of grey values), "
                                 f"got {pixels.ndim} dimension(s)")
@@ -169,6 +171,8 @@ def parse_pixels(body):
     if not (MIN_SIDE <= h <= MAX_SIDE and MIN_SIDE <= w <= MAX_SIDE):
         raise RequestError(400, f"wrong size: the image is {h} x {w} pixels; each side must be "
                                 f"{MIN_SIDE} to {MAX_SIDE} (the page sends 280 x 280)")
+    if any(type(v) is bool for row in data["pixels"] for v in row):  # numbers mixed with true/false
+        raise RequestError(400, "not an image: pixels must be numbers 0..255, got true/false among them")
     pixels = pixels.astype(np.float64)
     if not np.isfinite(pixels).all() or pixels.min() < 0 or pixels.max() > 255:
         raise RequestError(400, "not an image: grey values must be finite numbers from 0 to 255")
@@ -181,6 +185,13 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
     protocol_version = "HTTP/1.1"  # keep-alive for the page; every answer has a Content-Length
     timeout = 30  # seconds a client may take to send its request
+
+    def handle(self):
+        try:
+            super().handle()
+        except ConnectionError as exc:  # the client went away (BrokenPipe, ConnectionReset): drop it
+            self.close_connection = True
+            self.log_message("connection dropped: the client closed it (%s)", type(exc).__name__)
 
     def do_GET(self):
         self._dispatch("GET")
@@ -207,6 +218,7 @@ class Handler(BaseHTTPRequestHandler):
         app = self.server.app
         path = self.path.partition("?")[0]
         try:
+            self._content_length()  # several: 400 on every path, the body's end is unknown
             if path == "/api/predict":
                 allowed = ("POST",)
             elif path in STATIC or path == "/api/info" or (
@@ -229,25 +241,39 @@ class Handler(BaseHTTPRequestHandler):
                 with open(app.run_file(name), "rb") as f:
                     self._send(200, f.read(), RUN_FILES[name])
         except RequestError as exc:
-            self._send_json(exc.status, {"error": exc.message, "status": exc.status}, exc.headers)
+            self._refuse(exc)
+
+    def _refuse(self, exc):
+        self._send_json(exc.status, {"error": exc.message, "status": exc.status}, exc.headers)
 
     def handle_expect_100(self):
-        """``Expect: 100-continue`` (curl sends it for big bodies): refuse an oversize body before
-        the client sends it."""
-        length = self.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > MAX_BODY:
-            self.close_connection = True
-            self._send_json(413, {"error": f"the body is {length} bytes; at most {MAX_BODY} are "
-                                           f"accepted", "status": 413})
+        """``Expect: 100-continue`` (curl sends it for big bodies): refuse an oversize body, or one
+        with several lengths, before the client sends it."""
+        try:
+            length = self._content_length() or ""
+            if length.isdigit() and int(length) > MAX_BODY:
+                self.close_connection = True
+                raise RequestError(413, f"the body is {length} bytes; at most {MAX_BODY} are accepted")
+        except RequestError as exc:
+            self._refuse(exc)
             return False
         return super().handle_expect_100()
+
+    def _content_length(self):
+        """The one Content-Length header's value, None without one; 400 for more than one."""
+        values = self.headers.get_all("Content-Length") or []
+        if len(values) > 1:  # RFC 9112 6.3: differing values must be refused; equal ones are too
+            self.close_connection = True
+            shown = ", ".join(repr(v) for v in values)
+            raise RequestError(400, f"{len(values)} Content-Length headers ({shown}); send exactly one")
+        return values[0] if values else None
 
     def _read_body(self):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self.close_connection = True
             raise RequestError(411, "send the body with a Content-Length, not chunked")
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        length = self.headers.get("Content-Length")
+        length = self._content_length()
         if length is None:
             raise RequestError(411, "a Content-Length header is required")
         try:
