@@ -228,6 +228,70 @@ def test_predict_refuses_wrong_sizes_and_formats(image_model, tmp_path, capsys):
     assert "not a PNG or IDX images file" in capsys.readouterr().err
 
 
+def png_header(width, height):
+    """The 8-byte PNG signature and an IHDR chunk (8-bit gray) claiming ``width`` x ``height``."""
+    import zlib
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+
+
+def test_predict_refuses_a_png_too_big_before_decoding_it(image_model, tmp_path, capsys, monkeypatch):
+    import time
+    import matplotlib.image as mpimg
+
+    def decode(*args, **kwargs):
+        raise AssertionError("the PNG was decoded")
+
+    monkeypatch.setattr(mpimg, "imread", decode)  # a 100000x100000 decode would take gigabytes
+    _, path = image_model
+    (tmp_path / "bomb.png").write_bytes(png_header(100000, 100000) + b"\0\0\0\0IEND\xaeB`\x82")
+    start = time.perf_counter()
+    assert cli.main(["predict", path, str(tmp_path / "bomb.png"), "--preprocess", "mnist"]) == 2
+    assert time.perf_counter() - start < 5
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        f"xpnet predict: error: {tmp_path / 'bomb.png'}: the PNG is 100000x100000 (10,000,000,000 "
+        f"pixels); xpnet predict reads at most {cli.MAX_PNG_PIXELS:,} pixels: resize it first\n")
+    (tmp_path / "wide.png").write_bytes(png_header(cli.MAX_PNG_PIXELS + 1, 1))
+    assert cli.main(["predict", path, str(tmp_path / "wide.png")]) == 2
+    assert "wide.png: the PNG is 40000001x1 " in capsys.readouterr().err
+    (tmp_path / "headless.png").write_bytes(png_header(28, 28)[:8] + b"\0\0\0\rIDAT" + bytes(13))
+    assert cli.main(["predict", path, str(tmp_path / "headless.png")]) == 2
+    assert "headless.png: cannot read this PNG: no IHDR header" in capsys.readouterr().err
+
+
+def test_predict_refuses_a_top_over_the_number_of_classes(image_model, tmp_path, capsys):
+    import matplotlib.image as mpimg
+    _, path = image_model
+    mpimg.imsave(tmp_path / "d.png", np.zeros((28, 28)), cmap="gray", vmin=0, vmax=1)
+    assert cli.main(["predict", path, str(tmp_path / "d.png"), "--top", "11"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        "xpnet predict: error: --top 11, but the model has 10 classes: give --top 10 or less\n")
+    assert cli.main(["predict", path, str(tmp_path / "d.png"), "--top", "10"]) == 0
+    assert " top 10: " in capsys.readouterr().out
+
+
+def test_predict_says_which_path_is_a_folder(image_model, tmp_path, capsys):
+    import shutil
+    _, path = image_model
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(path, run / "model.npz")
+    assert cli.main(["predict", path, str(run)]) == 2  # a folder for an image
+    assert capsys.readouterr().err == (f"xpnet predict: error: {run} is a folder; expected a PNG or "
+                                       "IDX images file\n")
+    assert cli.main(["predict", str(run), path]) == 2  # a run folder for its model file
+    assert capsys.readouterr().err == (f"xpnet predict: error: {run} is a folder, not a model file; "
+                                       f"give its {run / 'model.npz'}\n")
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["predict", str(tmp_path / "empty"), path]) == 2
+    assert capsys.readouterr().err == (f"xpnet predict: error: {tmp_path / 'empty'} is a folder, not a "
+                                       "model file; expected a .npz model file\n")
+    assert cli.main(["predict", path, path]) == 2  # the model file for an image
+    assert "m.npz: not a PNG or IDX images file" in capsys.readouterr().err
+
+
 def test_evaluate_counts_mistakes_on_the_test_set(image_model, capsys):
     model, path = image_model
     assert cli.main(["evaluate", path, "--dataset", "mnist", "--data-dir", os.path.join(ROOT, "data")]) == 0

@@ -211,10 +211,13 @@ def cmd_predict(args):
     for path in args.image_files:
         images, labels = read_images(path, model.input_shape, invert=args.invert,
                                      preprocess=args.preprocess)
+        probs = predict_probs(model, images, 256)
+        if args.top > probs.shape[1]:  # before anything is printed
+            raise ConfigError(f"--top {args.top}, but the model has {probs.shape[1]} classes: "
+                              f"give --top {probs.shape[1]} or less")
         if not args.invert and images.mean() > 0.5:
             print(f"note: {path} is mostly bright; MNIST-style models expect light strokes on a dark "
                   "background (try --invert)", file=sys.stderr)
-        probs = predict_probs(model, images, 256)
         if names is None:
             names = _class_names(args.dataset or _run_dataset(args.model_file), probs.shape[1])
         for label, p in zip(labels, probs):
@@ -399,6 +402,8 @@ def read_images(path, input_shape, invert=False, preprocess=None):
     if preprocess == "mnist" and tuple(input_shape) != (1, 28, 28):
         raise ConfigError(f"--preprocess mnist makes 28x28 gray digits, but the model takes input "
                           f"{tuple(input_shape)}")
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a folder; expected a PNG or IDX images file")
     if not os.path.isfile(path):
         raise DataError(f"no such image file: {path}")
     with open(path, "rb") as f:
@@ -435,9 +440,21 @@ def read_images(path, input_shape, invert=False, preprocess=None):
     return images, labels
 
 
+MAX_PNG_PIXELS = 40_000_000  # a 40-megapixel photo; a bigger header is refused before decoding
+
+
 def _read_png(path, channels):
-    """A PNG as float (channels, H, W) in [0, 1]: colour becomes gray for one channel."""
+    """A PNG as float (channels, H, W) in [0, 1]: colour becomes gray for one channel. The size in
+    its header is checked first: a tiny file can claim 100000x100000 pixels (gigabytes decoded)."""
     from .errors import DataError
+    with open(path, "rb") as f:
+        head = f.read(24)  # signature, then the IHDR chunk: length, type, width, height
+    if len(head) < 24 or head[12:16] != b"IHDR":
+        raise DataError(f"{path}: cannot read this PNG: no IHDR header after the signature")
+    w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if w * h > MAX_PNG_PIXELS:
+        raise DataError(f"{path}: the PNG is {w}x{h} ({w * h:,} pixels); xpnet predict reads at most "
+                        f"{MAX_PNG_PIXELS:,} pixels: resize it first")
     try:
         import matplotlib.image as mpimg
     except ImportError as exc:

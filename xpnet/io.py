@@ -105,6 +105,10 @@ load = load_model
 
 
 def _check_container(path):
+    if os.path.isdir(path):
+        inside = os.path.join(path, "model.npz")
+        raise DataError(f"{path} is a folder, not a model file; " + (
+            f"give its {inside}" if os.path.isfile(inside) else "expected a .npz model file"))
     if not os.path.isfile(path):
         raise DataError(f"no such model file: {path}")
     with open(path, "rb") as f:
