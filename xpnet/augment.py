@@ -8,8 +8,10 @@ image centre ((W - 1) / 2, (H - 1) / 2). A positive rotation turns the picture c
 as displayed (row 0 at the top), like ``numpy.rot90``; a positive shift moves it right / down.
 """
 import math
+import numbers
 import weakref
 
+from . import checks
 from .errors import ConfigError, ShapeError
 
 
@@ -228,24 +230,45 @@ def affine_matrices(xp, angle=0.0, scale_x=1.0, scale_y=1.0, shift_x=0.0, shift_
 
 
 def _probability(p, who):
-    if not 0.0 <= float(p) <= 1.0:
-        raise ConfigError(f"{who}: probability must be in [0, 1], got {p}")
-    return float(p)
+    return checks.number(p, who, "probability", low=0.0, high=1.0, want="in [0, 1]")
 
 
 def _fraction(value, who, name):
-    value = float(value)
-    if not 0.0 <= value < 1.0:
-        raise ConfigError(f"{who}: {name} must be a fraction in [0, 1), got {value}")
+    return checks.number(value, who, name, low=0.0, high=1.0, open_high=True,
+                         want="a fraction in [0, 1)")
+
+
+# the largest float32: a fill or a displacement beyond it is inf in float32 images
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _rotation(value, who):
+    """The max |angle| in degrees: a finite number >= 0 (None: 0). A NaN or infinite angle made
+    NaN sampling coordinates, and the NumPy gather then spun on their integer cast (a hang)."""
+    return checks.number(0.0 if value is None else value, who, "rotation", low=0.0,
+                         want="a finite max |angle| in degrees >= 0")
+
+
+def _fill(value, who):
+    """The value of pixels outside the image: finite, and within float32's range."""
+    return _within_float32(checks.number(value, who, "fill",
+                                         want="a finite number (the value outside the image)"),
+                           who, "fill")
+
+
+def _within_float32(value, who, name):
+    if abs(value) > _FLOAT32_MAX:
+        raise ConfigError(f"{who}: {name} must be within float32's range (|{name}| <= 3.4e38), "
+                          f"got {value!r}")
     return value
 
 
 def _pair(value, who, name):
     if value is None:
         return None
-    if isinstance(value, (int, float)):
+    if isinstance(value, numbers.Real):
         value = (value, value)
-    if len(value) != 2:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
         raise ConfigError(f"{who}: {name} must be a number or an (x, y) pair, got {value!r}")
     return tuple(_fraction(v, who, name) for v in value)
 
@@ -286,17 +309,15 @@ class RandomAffine(Augmenter):
     def __init__(self, rotation=25.0, scale=(0.2, 0.2), zoom=0.2, shift=(0.2, 0.2),
                  probability=0.5, fill=0.0):
         who = "RandomAffine"
-        self.rotation = float(rotation or 0.0)
-        if self.rotation < 0:
-            raise ConfigError(f"{who}: rotation is a max |angle| in degrees, got {rotation}")
+        self.rotation = _rotation(rotation, who)
         self.scale = _pair(scale, who, "scale")
-        self.zoom = _fraction(zoom or 0.0, who, "zoom")
+        self.zoom = _fraction(0.0 if zoom is None else zoom, who, "zoom")
         self.shift = _pair(shift, who, "shift") or (0.0, 0.0)
         if any(s > 0.5 for s in self.shift):
             raise ConfigError(f"{who}: shift fractions above 0.5 move the image out of view, "
                               f"got {shift}")
         self.probability = _probability(probability, who)
-        self.fill = float(fill)
+        self.fill = _fill(fill, who)
 
     def matrices(self, xp, rng, n, h, w):
         """The (N, 2, 3) inverse maps for a batch of n images of h x w pixels (draws 6 x n)."""
@@ -547,15 +568,13 @@ class KerasAffine(Augmenter):
     def __init__(self, rotation=25.0, zoom=0.2, shift=(0.2, 0.2), fill_mode="nearest", fill=0.0,
                  probability=1.0):
         who = "KerasAffine"
-        self.rotation = float(rotation or 0.0)
-        if self.rotation < 0:
-            raise ConfigError(f"{who}: rotation is a max |angle| in degrees, got {rotation}")
-        self.zoom = _fraction(zoom or 0.0, who, "zoom")
+        self.rotation = _rotation(rotation, who)
+        self.zoom = _fraction(0.0 if zoom is None else zoom, who, "zoom")
         self.shift = _pair(shift, who, "shift") or (0.0, 0.0)
         if fill_mode not in ("nearest", "constant"):
             raise ConfigError(f"{who}: fill_mode must be 'nearest' or 'constant', got {fill_mode!r}")
         self.fill_mode = fill_mode
-        self.fill = float(fill)
+        self.fill = _fill(fill, who)
         self.probability = _probability(probability, who)
 
     def matrices(self, xp, rng, n, h, w):
@@ -601,16 +620,20 @@ class ElasticDistortion(Augmenter):
     pixels and used to resample the image bilinearly (``fill`` outside).
     """
 
+    MAX_SIGMA = 1000.0
+
     def __init__(self, alpha=34.0, sigma=4.0, probability=0.5, fill=0.0):
         who = "ElasticDistortion"
-        self.alpha = float(alpha)
-        self.sigma = float(sigma)
-        if self.alpha < 0:
-            raise ConfigError(f"{who}: alpha must be >= 0, got {alpha}")
-        if self.sigma <= 0:
-            raise ConfigError(f"{who}: sigma must be > 0 pixels, got {sigma}")
+        # alpha: the smoothed field is within [-1, 1], so alpha within float32's range keeps the
+        # displacements finite (a NaN alpha made NaN coordinates and an IndexError in the gather)
+        self.alpha = _within_float32(checks.number(alpha, who, "alpha", low=0.0,
+                                                   want="a finite number of pixels >= 0"), who, "alpha")
+        # sigma: the kernel is cut at 4 sigma and its norm summed term by term, so a huge sigma
+        # took as long as it liked; beyond the size of any image the field is flat anyway
+        self.sigma = checks.number(sigma, who, "sigma", low=0.0, high=self.MAX_SIGMA, open_low=True,
+                                   want=f"> 0 pixels and at most {self.MAX_SIGMA:g}")
         self.probability = _probability(probability, who)
-        self.fill = float(fill)
+        self.fill = _fill(fill, who)
 
     def displacements(self, xp, rng, n, h, w, dtype):
         """Smoothed, scaled displacement fields (dx, dy), each (N, H, W)."""
