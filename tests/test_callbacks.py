@@ -103,8 +103,9 @@ def test_without_restore_the_last_weights_stay():
         assert np.array_equal(v, snaps.weights[-1][k])
 
 
-def test_early_stopping_warns_when_metric_missing():
-    with pytest.warns(UserWarning, match="'nope' is not in the logs"):
+def test_early_stopping_refuses_a_missing_metric():
+    # it used to warn once per epoch and never stop (a bad-input audit): now a ConfigError
+    with pytest.raises(ConfigError, match="EarlyStopping monitors 'nope' but the epoch's logs have loss"):
         fit(model(), [callbacks.EarlyStopping(monitor="nope")], epochs=1)
 
 

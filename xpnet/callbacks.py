@@ -14,12 +14,13 @@ Callbacks that write files set ``rank_zero_only = True``: in data-parallel train
 every rank, on the same globally reduced logs, so every rank takes the same decisions.
 """
 import csv
+import difflib
 import io
 import json
 import math
 import os
-import warnings
 
+from . import checks
 from .errors import ConfigError
 from .serialization import atomic_write_bytes
 
@@ -93,7 +94,7 @@ class History(Callback):
 
 
 def _mode(mode, monitor):
-    if mode not in ("auto", "min", "max"):
+    if not isinstance(mode, str) or mode not in ("auto", "min", "max"):
         raise ConfigError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode == "auto":
         return "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
@@ -105,12 +106,12 @@ class _Monitor(Callback):
 
     def __init__(self, monitor, mode, min_delta=0.0, min_delta_rel=0.0):
         super().__init__()
-        self.monitor = monitor
+        who = type(self).__name__
+        self.monitor = checks.text(monitor, who, "monitor (the name of a metric in the logs)")
         self.mode = _mode(mode, monitor)
-        if min_delta < 0 or min_delta_rel < 0:
-            raise ConfigError(f"min_delta and min_delta_rel must be >= 0, got {min_delta}, {min_delta_rel}")
-        self.min_delta = float(min_delta)
-        self.min_delta_rel = float(min_delta_rel)
+        # negative margins are refused (Keras takes abs(min_delta)): a sign is a mistake to report
+        self.min_delta = checks.number(min_delta, who, "min_delta", low=0.0)
+        self.min_delta_rel = checks.number(min_delta_rel, who, "min_delta_rel", low=0.0)
         self.best = math.inf if self.mode == "min" else -math.inf
 
     def improved(self, current):
@@ -124,11 +125,25 @@ class _Monitor(Callback):
         return current - self.best > margin
 
     def current(self, logs):
-        value = (logs or {}).get(self.monitor)
+        """The monitored value in this epoch's ``logs``; ConfigError when they do not have it (Keras
+        warns and carries on, so a typo or a val_* metric without validation data meant a callback
+        that never stopped, saved or restored anything)."""
+        logs = logs or {}
+        value = logs.get(self.monitor)
         if value is None:
-            warnings.warn(f"{type(self).__name__}: metric {self.monitor!r} is not in the logs "
-                          f"(available: {', '.join(sorted(logs or {}))})", stacklevel=3)
+            raise ConfigError(_missing_monitor(type(self).__name__, self.monitor, logs))
         return value
+
+
+def _missing_monitor(who, monitor, logs):
+    keys = list(logs)
+    text = (f"{who} monitors {monitor!r} but the epoch's logs have "
+            f"{', '.join(keys) if keys else 'no metrics'}")
+    if monitor.startswith("val_") and not any(k.startswith("val_") for k in keys):
+        return (text + "; val_* metrics need validation data: pass validation_data or "
+                "validation_split to fit(), or monitor a training metric such as 'loss'")
+    close = difflib.get_close_matches(monitor, keys, n=1)
+    return text + (f"; did you mean {close[0]!r}?" if close else "")
 
 
 class EarlyStopping(_Monitor):
@@ -144,11 +159,10 @@ class EarlyStopping(_Monitor):
     def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, min_delta_rel=0.0, mode="auto",
                  restore_best_weights=False, start_from_epoch=0, verbose=0):
         super().__init__(monitor, mode, min_delta, min_delta_rel)
-        if int(patience) != patience or patience < 0:
-            raise ConfigError(f"patience must be an integer >= 0, got {patience!r}")
-        self.patience = int(patience)
-        self.restore_best_weights = bool(restore_best_weights)
-        self.start_from_epoch = int(start_from_epoch)
+        who = "EarlyStopping"
+        self.patience = checks.whole(patience, who, "patience")
+        self.restore_best_weights = checks.flag(restore_best_weights, who, "restore_best_weights")
+        self.start_from_epoch = checks.whole(start_from_epoch, who, "start_from_epoch")
         self.verbose = verbose
         self.wait = 0
         self.best_epoch = None
@@ -160,10 +174,8 @@ class EarlyStopping(_Monitor):
         self.wait, self.best_epoch, self.stopped_epoch, self.best_weights = 0, None, None, None
 
     def on_epoch_end(self, epoch, logs=None):
+        current = self.current(logs)  # checked from the first epoch, monitored or not
         if epoch < self.start_from_epoch:
-            return
-        current = self.current(logs)
-        if current is None:
             return
         if self.improved(current):
             self.best, self.best_epoch, self.wait = float(current), int(epoch), 0
@@ -208,7 +220,9 @@ class LearningRateScheduler(Callback):
     """Set ``model.optimizer.lr = schedule(epoch)`` at the start of each epoch.
 
     ``schedule`` is an xpnet.schedules object, a config dict/name for ``schedules.get``, or a
-    callable ``epoch -> lr``.
+    callable ``epoch -> lr`` or, as in Keras, ``(epoch, lr) -> lr`` (given the optimizer's current
+    rate; which one is read from its signature). A rate that is not a finite number >= 0 is a
+    ConfigError naming the epoch.
     """
 
     def __init__(self, schedule, verbose=0):
@@ -218,9 +232,12 @@ class LearningRateScheduler(Callback):
         self.verbose = verbose
 
     def on_epoch_begin(self, epoch, logs=None):
-        lr = float(self.schedule(epoch))
-        if not math.isfinite(lr) or lr < 0:
-            raise ConfigError(f"the schedule gave an invalid learning rate {lr!r} for epoch {epoch}")
+        from .schedules import check_rate
+        if getattr(self.schedule, "wants_lr", False):
+            value = self.schedule(epoch, float(self.model.optimizer.lr))
+        else:
+            value = self.schedule(epoch)
+        lr = check_rate(value, epoch, f"LearningRateScheduler: the schedule {self.schedule!r}")
         self.model.optimizer.lr = lr
         if self.verbose:
             print(f"LearningRateScheduler: epoch {epoch + 1}: lr = {lr:.6g}")
@@ -232,12 +249,12 @@ class ReduceLROnPlateau(_Monitor):
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_delta=1e-4, cooldown=0,
                  min_lr=0.0, mode="auto", min_delta_rel=0.0, verbose=0):
         super().__init__(monitor, mode, min_delta, min_delta_rel)
-        if not 0 < factor < 1:
-            raise ConfigError(f"factor must be in (0, 1), got {factor!r}")
-        self.factor = float(factor)
-        self.patience = int(patience)
-        self.cooldown = int(cooldown)
-        self.min_lr = float(min_lr)
+        who = "ReduceLROnPlateau"
+        self.factor = checks.number(factor, who, "factor", low=0.0, high=1.0, open_low=True,
+                                    open_high=True)
+        self.patience = checks.whole(patience, who, "patience")
+        self.cooldown = checks.whole(cooldown, who, "cooldown")
+        self.min_lr = checks.number(min_lr, who, "min_lr", low=0.0)
         self.verbose = verbose
         self.wait = 0
         self.cooldown_counter = 0
@@ -248,8 +265,6 @@ class ReduceLROnPlateau(_Monitor):
 
     def on_epoch_end(self, epoch, logs=None):
         current = self.current(logs)
-        if current is None:
-            return
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.wait = 0
@@ -293,10 +308,19 @@ class ModelCheckpoint(_Monitor):
     def __init__(self, path_pattern, monitor="val_loss", save_best_only=False, mode="auto",
                  verbose=0):
         super().__init__(monitor, mode)
-        self.path_pattern = os.fspath(path_pattern)
-        self.save_best_only = bool(save_best_only)
+        self.path_pattern = _path(path_pattern, "ModelCheckpoint", "path_pattern")
+        self.save_best_only = checks.flag(save_best_only, "ModelCheckpoint", "save_best_only")
         self.verbose = verbose
         self.saved = []
+
+    def on_train_begin(self, logs=None):
+        """Refuse a path that cannot be written (a file where a folder must be, a folder where the
+        file goes) before the first epoch trains, rather than at its end."""
+        try:
+            first = self.path_pattern.format(epoch=1)  # the whole path when it needs no logs
+        except (KeyError, IndexError, ValueError):
+            first = None
+        _check_writable("ModelCheckpoint", self.path_pattern, first)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -323,6 +347,42 @@ class ModelCheckpoint(_Monitor):
         self.saved = list(state["saved"])
 
 
+def _path(path, who, name):
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise ConfigError(f"{who}: {name} must be a file path (str or os.PathLike), got "
+                          f"{type(path).__name__} {path!r}") from None
+
+
+_EXAMPLE_NAME = {"ModelCheckpoint": "model.npz", "CSVLogger": "log.csv", "JSONLogger": "log.json"}
+
+
+def _check_writable(who, pattern, path):
+    """ConfigError naming the path unless a file can be written there: ``path`` (the whole file
+    path, or None when it needs the epoch's logs) must not be a folder, and the folder it goes in
+    (made when missing) must not have a file in its place or on the way to it. Without ``path``
+    the folder part of ``pattern`` before its first ``{`` is checked."""
+    if path is not None:
+        full = os.path.abspath(path)
+        if os.path.isdir(full):
+            raise ConfigError(f"{who}: {path} is a folder; give the path of a file in it (e.g. "
+                              f"{os.path.join(path, _EXAMPLE_NAME.get(who, 'log'))})")
+        folder = os.path.dirname(full)
+    else:
+        cut = pattern.find("{")
+        folder = os.path.dirname(os.path.abspath((pattern if cut < 0 else pattern[:cut]) + "x"))
+    existing = folder
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{who}: cannot write {path if path is not None else pattern}: {existing} "
+                          f"is a file, where a folder is needed")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{who}: cannot write {path if path is not None else pattern}: no "
+                          f"permission to write into {existing}")
+
+
 def save_weights(model, path):
     """``model.save(path)`` when available, else a weights-only .npz (params and buffers)."""
     if hasattr(model, "save"):
@@ -342,7 +402,11 @@ class _FileLogger(Callback):
 
     def __init__(self, path):
         super().__init__()
-        self.path = os.fspath(path)
+        self.path = _path(path, type(self).__name__, "path")
+
+    def on_train_begin(self, logs=None):
+        """Refuse a path that cannot be written before the first epoch trains."""
+        _check_writable(type(self).__name__, self.path, self.path)
 
     def on_epoch_end(self, epoch, logs=None):
         atomic_write_bytes(self.path, self.render(self.model.history.rows()))

@@ -27,6 +27,7 @@ gradients together so that their global L2 norm is at most ``clipnorm``
 import math
 
 from .backends import backend_of
+from .checks import flag
 from .errors import ConfigError, ShapeError, TrainingError
 
 
@@ -372,7 +373,7 @@ class SGD(Optimizer):
 
     def __init__(self, lr=None, momentum=0.0, nesterov=False, weight_decay=0.0, **kw):
         self.momentum = _number("SGD", "momentum", momentum, low=0.0, high=1.0, open_high=True)
-        self.nesterov = bool(nesterov)
+        self.nesterov = flag(nesterov, "SGD", "nesterov")
         self.weight_decay = _number("SGD", "weight_decay", weight_decay, low=0.0)
         if self.nesterov and self.momentum == 0:
             raise ConfigError("SGD: nesterov=True needs momentum > 0")
@@ -462,7 +463,7 @@ class RMSprop(Optimizer):
         self.alpha = _number("RMSprop", "alpha", alpha, low=0.0, high=1.0, open_high=True)
         self.eps = _number("RMSprop", "eps", eps, low=0.0)
         self.momentum = _number("RMSprop", "momentum", momentum, low=0.0, high=1.0, open_high=True)
-        self.centered = bool(centered)
+        self.centered = flag(centered, "RMSprop", "centered")
         self.weight_decay = _number("RMSprop", "weight_decay", weight_decay, low=0.0)
         self.slots = ("square_avg",) + (("grad_avg",) if self.centered else ()) + \
             (("momentum",) if self.momentum else ())

@@ -4,7 +4,11 @@ Every schedule is a pure function of the epoch number, so a resumed run gets the
 uninterrupted one. ``get_config()`` returns {"type": ..., args...}; ``get(spec)`` rebuilds from a
 config dict, a name ("constant"), or returns a schedule object unchanged.
 """
+import inspect
 import math
+import numbers
+
+import numpy as np
 
 from .errors import ConfigError
 
@@ -206,18 +210,65 @@ class WarmupStepDecay(Schedule):
 
 
 class Lambda(Schedule):
-    """Wrap a plain callable ``epoch -> lr`` (not serializable)."""
+    """Wrap a plain callable ``epoch -> lr``, or Keras's ``(epoch, lr) -> lr`` (not serializable).
+
+    Which one is read from the signature: a callable that can take two positional arguments is
+    given the current rate too (``wants_lr``; LearningRateScheduler passes the optimizer's), one
+    that takes one is given the epoch alone. What it returns must be a finite number >= 0.
+    """
 
     def __init__(self, fn):
         if not callable(fn):
             raise ConfigError(f"a schedule must be callable epoch -> lr, got {type(fn).__name__}")
         self.fn = fn
+        self.wants_lr = _wants_lr(fn)
 
-    def __call__(self, epoch):
-        return float(self.fn(int(epoch)))
+    def __call__(self, epoch, lr=None):
+        if self.wants_lr:
+            if lr is None:
+                raise ConfigError(f"the schedule {self!r} takes (epoch, lr): give it the current "
+                                  f"learning rate too")
+            value = self.fn(int(epoch), lr)
+        else:
+            value = self.fn(int(epoch))
+        return check_rate(value, epoch, f"the schedule {self!r}")
 
     def get_config(self):
         return {"type": "Lambda", "fn": getattr(self.fn, "__name__", repr(self.fn))}
+
+
+def check_rate(value, epoch, who):
+    """``value`` (what a schedule gave for ``epoch``) as a float when it is a finite number >= 0
+    (a Python or NumPy number, or a 0-d NumPy array; not a bool or a string), else ConfigError
+    naming ``who``, the epoch and the value."""
+    number = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        number = True
+    lr = float(value) if number else math.nan
+    if not math.isfinite(lr) or lr < 0:
+        got = repr(value) if number else f"{type(value).__name__} {value!r}"
+        raise ConfigError(f"{who} gave an invalid learning rate {got} for epoch {int(epoch)} "
+                          f"(0-based): it must be a finite number >= 0")
+    return lr
+
+
+def _wants_lr(fn):
+    """True when ``fn`` can take (epoch, lr), False when it takes epoch alone; ConfigError when it
+    can take neither. A callable whose signature cannot be read is given the epoch alone."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in sig.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    varargs = any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values())
+    required_kw = [p.name for p in sig.parameters.values()
+                   if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+    if len(required) > 2 or required_kw or (not positional and not varargs):
+        raise ConfigError(f"a schedule must take epoch (epoch -> lr) or epoch and lr "
+                          f"((epoch, lr) -> lr), got {getattr(fn, '__name__', repr(fn))}{sig}")
+    return len(positional) >= 2 or varargs
 
 
 SCHEDULES = {cls.__name__: cls for cls in (Constant, StepDecay, ExponentialDecay, InverseTimeDecay,

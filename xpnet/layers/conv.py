@@ -2,6 +2,7 @@
 import numbers
 
 from .. import initializers, ops
+from ..checks import flag
 from ..ops import geometry
 from ..ops.geometry import resolve_padding
 from ..errors import ConfigError, ShapeError
@@ -64,7 +65,7 @@ class Conv2D(Layer):
         self.kernel_size = pair(kernel_size, "kernel_size", "Conv2D")
         self.strides = pair(strides, "strides", "Conv2D")
         self.padding = padding_spec(padding, "Conv2D")
-        self.use_bias = bool(use_bias)
+        self.use_bias = flag(use_bias, "Conv2D", "use_bias")
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
         initializers.get(kernel_initializer)

@@ -1,5 +1,6 @@
 """Fully connected layer: y = x @ W + b with W of shape (in, out)."""
 from .. import initializers
+from ..checks import flag
 from ..errors import ShapeError
 from .base import Layer, positive_int
 
@@ -9,7 +10,7 @@ class Dense(Layer):
                  bias_initializer="zeros", kernel_regularizer=None, name=None):
         super().__init__(name)
         self.units = positive_int(units, "units", "Dense")
-        self.use_bias = bool(use_bias)
+        self.use_bias = flag(use_bias, "Dense", "use_bias")
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
         initializers.get(kernel_initializer)  # ConfigError now for an unknown name, as in Conv2D
