@@ -332,3 +332,17 @@ def test_missing_folders_of_logs_and_checkpoints_are_still_made(tmp_path):
     assert (tmp_path / "new" / "m_1.npz").is_file() and (tmp_path / "a" / "b" / "log.csv").is_file()
 
 
+# -- merge layers ----------------------------------------------------------------------------------
+def test_merge_shape_errors_name_the_layer_not_none():
+    i = xpnet.Input((6,))
+    with pytest.raises(ShapeError) as info:
+        Add()([Dense(3)(i), Dense(4)(i)])
+    assert str(info.value).startswith("Add layer (unnamed): inputs must have one shape")
+    assert "None" not in str(info.value)
+    with pytest.raises(ShapeError, match=r"^layer 'sum' \(Add\): inputs must have one shape"):
+        Add(name="sum")([Dense(3)(i), Dense(4)(i)])
+    with pytest.raises(ShapeError) as info:
+        Concatenate()([Dense(3)(i)])
+    assert str(info.value).startswith("Concatenate layer (unnamed) needs a list of at least two")
+    with pytest.raises(ShapeError, match=r"^layer 'join' \(Concatenate\): inputs must have the same rank"):
+        Concatenate(name="join")([xpnet.Input((2, 3)), i])

@@ -24,7 +24,11 @@ class Merge(Layer):
         return self.merged_shape([tuple(s) for s in input_shape])
 
     def _label(self):
-        return f"layer {self.name!r} ({type(self).__name__})"
+        """The layer for messages: its name, or (unnamed: a layer is named when the Model is made,
+        after its shape checks) its class."""
+        if self.name:
+            return f"layer {self.name!r} ({type(self).__name__})"
+        return f"{type(self).__name__} layer (unnamed)"
 
     def check_input(self, xs):
         if not isinstance(xs, (list, tuple)) or len(xs) != len(self.input_shape):
