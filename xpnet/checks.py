@@ -5,21 +5,26 @@ expected and what it got, so that a typo fails where it was made instead of bein
 import math
 import numbers
 
-import numpy as np
-
 from .errors import ConfigError
+
+
+def is_bool(value):
+    """A Python bool, or a NumPy bool scalar (or 0-d bool array), found without importing NumPy
+    (the core gets its array library from a backend)."""
+    return isinstance(value, bool) or (getattr(getattr(value, "dtype", None), "kind", None) == "b"
+                                       and getattr(value, "shape", None) == ())
 
 
 def flag(value, owner, name):
     """``value`` as a bool when it is one (Python's or NumPy's), else ConfigError: a string such as
     "no" or "false", a number or None is refused rather than taken for its truth value."""
-    if isinstance(value, (bool, np.bool_)):
+    if is_bool(value):
         return bool(value)
     raise ConfigError(f"{owner}: {name} must be True or False, got {type(value).__name__} {value!r}")
 
 
 def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, numbers.Real) and not is_bool(value)
 
 
 def number(value, owner, name, low=None, high=None, open_low=False, open_high=False, want=None):

@@ -8,8 +8,7 @@ import inspect
 import math
 import numbers
 
-import numpy as np
-
+from .checks import is_bool
 from .errors import ConfigError
 
 
@@ -239,10 +238,10 @@ class Lambda(Schedule):
 
 def check_rate(value, epoch, who):
     """``value`` (what a schedule gave for ``epoch``) as a float when it is a finite number >= 0
-    (a Python or NumPy number, or a 0-d NumPy array; not a bool or a string), else ConfigError
-    naming ``who``, the epoch and the value."""
-    number = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+    (a Python or NumPy number, or a 0-d integer or float array; not a bool or a string), else
+    ConfigError naming ``who``, the epoch and the value."""
+    number = isinstance(value, numbers.Real) and not is_bool(value)
+    if getattr(value, "shape", None) == () and getattr(getattr(value, "dtype", None), "kind", "?") in "iuf":
         number = True
     lr = float(value) if number else math.nan
     if not math.isfinite(lr) or lr < 0:
