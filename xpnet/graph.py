@@ -8,13 +8,16 @@
 ``Model`` has the surface of ``Sequential`` (forward, backward, parameters, gradients, buffers,
 layers, summary, get_config/from_config, compile/fit/evaluate/predict), so training and model
 files work the same. Where a tensor feeds several layers, backward sums their gradients. A layer
-object may appear only once in a graph (it keeps the inputs of its last forward pass).
+object may appear only once in a graph (it keeps the inputs of its last forward pass). A layer
+built by another model joins a graph with its weights (shared) when its input shape agrees.
+fit/evaluate/predict take one input array: a Model with several inputs is not supported by them
+yet (forward takes the list).
 """
 from .errors import ConfigError, ShapeError
 from .layers import layer_from_config
 from .layers.base import BuildContext
 from .layers.merge import Add, Concatenate, Merge  # noqa: F401  (part of the functional API)
-from .model import LayerStack, name_layers
+from .model import LayerStack, _link_token, name_layers, unlink
 from .training import TrainingMixin
 
 
@@ -194,6 +197,9 @@ class Model(LayerStack, TrainingMixin):
 
     def forward(self, x, training=False):
         xs = self.check_input(x)
+        token = _link_token(self)
+        if any(getattr(layer, "_linked_by", None) is not token for layer in self.layers):
+            unlink(self.layers, token)   # a layer shared with a Sequential carries its links
         values = dict(zip(map(id, self.inputs), xs if self._multi_in else [xs]))
         for t in self.nodes:
             args = [values[id(p)] for p in t.inputs]

@@ -13,7 +13,7 @@ import zipfile
 
 
 from .errors import ConfigError, DataError, ShapeError, XpnetError
-from .serialization import load_npz, pack_state, save_npz_atomic, unpack_state
+from .serialization import check_writable, load_npz, pack_state, save_npz_atomic, unpack_state
 
 FORMAT = "xpnet.model"
 FORMAT_VERSION = 1
@@ -23,6 +23,15 @@ PARAM, BUFFER, OPTIM = "param/", "buffer/", "optimizer/"
 # -- saving ------------------------------------------------------------------------------------
 def save_model(model, path, optimizer=None, include_optimizer=True):
     """Write ``model`` (built) to ``path``; the optimizer defaults to the compiled one."""
+    if not hasattr(model, "state_arrays") or not hasattr(model, "backend"):
+        swapped = isinstance(model, (str, os.PathLike))
+        raise ConfigError(f"save_model(model, path): the first argument must be an xpnet model, got "
+                          f"{type(model).__name__} {model!r}"[:300]
+                          + (" (are the arguments the wrong way round?)" if swapped else ""))
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"save_model: path must be a file name (str or os.PathLike), got "
+                          f"{type(path).__name__}")
+    check_writable(path, "cannot save the model to")
     if not getattr(model, "built", True):  # a functional Model is built when it is made
         raise ConfigError("cannot save a model that is not built: give it an input_shape first")
     backend = model.backend
@@ -167,6 +176,7 @@ def _rebuild(path, header, device):
 
 def _restore_training(path, model, meta, arrays):
     """Recreate the optimizer (with its state) and compile the model when both are known."""
+    from .training import DEFAULT_METRICS
     opt_meta, info = meta.get("optimizer"), meta.get("compile")
     for key, value in (("optimizer", opt_meta), ("compile", info)):
         if value is not None and not isinstance(value, dict):
@@ -178,8 +188,11 @@ def _restore_training(path, model, meta, arrays):
         if optimizer is not None:
             kwargs["optimizer"] = optimizer
         try:
-            if info.get("metrics"):
-                kwargs["metrics"] = list(info["metrics"])
+            metrics = info.get("metrics")
+            if isinstance(metrics, list):
+                # ["accuracy"] is what the default compile saves (files do not say whether it was
+                # asked for): the default again drops it for a model with one output column
+                kwargs["metrics"] = DEFAULT_METRICS if metrics == ["accuracy"] else metrics
             model.compile(**kwargs)
         except (XpnetError, TypeError, ValueError) as exc:
             raise DataError(f"{path}: cannot recompile the model with {info!r}: {exc}") from exc

@@ -1,4 +1,6 @@
 """Sequential: a stack of layers with shape inference, forward, backward and a summary."""
+import numbers
+
 from . import ops
 from .backends import get_backend
 from .errors import ConfigError, ShapeError
@@ -31,6 +33,25 @@ def name_layers(layers):
         raise ConfigError("layer names must be unique: " + ", ".join(l.name for l in layers))
 
 
+def check_seed(seed, what, allow_none=False):
+    """``seed`` as an int >= 0 (an integer, not a bool, float or string), else ConfigError."""
+    if seed is None and allow_none:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ConfigError(f"{what} must be an integer >= 0{' or None' if allow_none else ''}, got "
+                          f"{type(seed).__name__} {seed!r}")
+    return int(seed)
+
+
+def _link_token(model):
+    """The object that marks the layers whose links (relu_after, pool_after, pool_link) this model
+    set last: a layer shared with another model may carry that model's links instead."""
+    token = getattr(model, "_links", None)
+    if token is None:
+        token = model._links = object()
+    return token
+
+
 class LayerStack:
     """What every model offers over its ``self.layers``: named parameters, gradients, buffers,
     weight penalties and counts. Shared by Sequential and the functional Model."""
@@ -43,7 +64,10 @@ class LayerStack:
             raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = self.xp.dtype(str(dtype))
         self.compute_dtype = self.dtype  # float16 while a mixed-precision step runs (xpnet/mixed.py)
-        self.seed = int(seed)
+        self.seed = check_seed(seed, f"{type(self).__name__}: seed")
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"{type(self).__name__}: name must be a string or None, got "
+                              f"{type(name).__name__} {name!r}")
         self.name = name
 
     # -- parameters -----------------------------------------------------------------------------
@@ -105,12 +129,19 @@ class LayerStack:
         Count and shapes are checked before anything is written; values are cast to the model's
         dtype and copied, so the caller's arrays and the model never share memory."""
         targets = self._weight_arrays()
+        if not isinstance(weights, (list, tuple)):
+            raise ConfigError(f"set_weights takes a list of arrays (as get_weights() returns), got "
+                              f"{type(weights).__name__}")
         weights = list(weights)
         if len(weights) != len(targets):
             raise ShapeError(f"set_weights: model {self.name!r} has {len(targets)} weight arrays "
                              f"({', '.join(n for n, _ in targets)}), got {len(weights)}")
         for i, ((name, target), w) in enumerate(zip(targets, weights)):
-            shape = tuple(getattr(w, "shape", ()))
+            if not hasattr(w, "shape") or not hasattr(w, "dtype"):
+                raise ShapeError(f"set_weights: weight {i} ({name}) must be an array of shape "
+                                 f"{tuple(target.shape)}, got {type(w).__name__}"
+                                 + ("; convert it with np.asarray" if isinstance(w, (list, tuple)) else ""))
+            shape = tuple(w.shape)
             if shape != tuple(target.shape):
                 raise ShapeError(f"set_weights: weight {i} ({name}) must have shape "
                                  f"{tuple(target.shape)}, got {shape}")
@@ -130,6 +161,7 @@ class LayerStack:
 
     def _table(self, title, rows, print_fn):
         """The summary table: a header row, one row per layer (3rd column right-aligned), the total."""
+        check_print_fn(print_fn)
         w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         line = "-" * (sum(w) + 3 * (len(w) - 1))
         out = [title, line]
@@ -143,6 +175,23 @@ class LayerStack:
         if print_fn:
             print_fn(text)
         return text
+
+
+def check_print_fn(print_fn):
+    if print_fn is not None and not callable(print_fn):
+        raise ConfigError(f"summary: print_fn must be a callable such as print, or None (only return "
+                          f"the text), got {type(print_fn).__name__} {print_fn!r}")
+
+
+def unlink(layers, token):
+    """Clear the links a Sequential set on ``layers`` (for a model that does not link them: the
+    functional Model) and mark them as ``token``'s."""
+    for layer in layers:
+        for attr, off in (("relu_after", None), ("pool_after", None), ("pool_link", None),
+                          ("planes_out", False)):
+            if getattr(layer, attr, off) is not off:
+                setattr(layer, attr, off)
+        layer._linked_by = token
 
 
 def _link_bias_relu(layers, backend):
@@ -211,7 +260,13 @@ class Sequential(LayerStack, TrainingMixin):
     layers_in_a_chain = True   # each layer feeds only the next (TrainingMixin._input_grad_free)
 
     def __init__(self, layers, input_shape=None, device="cpu", dtype="float32", seed=0, name=None):
-        self._setup(device, dtype, seed, name or "sequential")
+        self._setup(device, dtype, seed, name)
+        self.name = name or "sequential"
+        if isinstance(layers, Layer):
+            raise ConfigError(f"Sequential takes a list of layers, got a single {type(layers).__name__}; "
+                              f"write Sequential([{type(layers).__name__}(...)])")
+        if not isinstance(layers, (list, tuple)):
+            raise ConfigError(f"Sequential takes a list of layers, got {type(layers).__name__} {layers!r}")
         self.layers = list(layers)
         for layer in self.layers:
             if not isinstance(layer, Layer):
@@ -224,21 +279,50 @@ class Sequential(LayerStack, TrainingMixin):
 
     # -- building -------------------------------------------------------------------------------
     def build(self, input_shape):
-        if isinstance(input_shape, int):
+        """Build every layer for ``input_shape`` (without the batch axis). On a model that is
+        already built this is a no-op for the same shape (the weights are kept, as in Keras) and a
+        ConfigError for another one. A layer that another model already built is shared with it
+        (its weights are not re-initialised) when the shapes agree (xpnet.layers.base.Layer.build)."""
+        if isinstance(input_shape, numbers.Integral):
             input_shape = (input_shape,)
-        shape = tuple(int(d) for d in input_shape)
-        if not shape or any(d <= 0 for d in shape):
+        try:
+            shape = tuple(int(d) for d in input_shape)
+        except (TypeError, ValueError):
+            shape = None
+        if not shape or any(d <= 0 for d in shape) or any(isinstance(d, bool) for d in input_shape):
             raise ShapeError(f"input_shape must be a tuple of positive sizes without the batch axis, "
                              f"got {input_shape!r}")
-        self.input_shape = shape
+        if self.input_shape is not None:
+            if shape != tuple(self.input_shape):
+                raise ConfigError(f"model {self.name!r} is already built for input shape "
+                                  f"{('batch',) + tuple(self.input_shape)}; it cannot be rebuilt for "
+                                  f"{('batch',) + shape} (that would re-initialise its weights): make a "
+                                  f"new model")
+            return self
         ctx = BuildContext(self.backend, self.dtype, self.seed)
-        for layer in self.layers:
-            shape = layer.build(shape, ctx)
-        self.output_shape = shape
+        fresh = [layer for layer in self.layers if not layer.built]
+        out = shape
+        try:
+            for layer in self.layers:
+                out = layer.build(out, ctx)
+        except BaseException:
+            for layer in fresh:   # a failed build leaves the new layers unbuilt (a retry may fix it)
+                layer.unbuild()
+            raise
+        self.input_shape = shape
+        self.output_shape = out
+        self._link()
+        return self
+
+    def _link(self):
+        """Link fused neighbours (a bias and its ReLU, a ReLU and its pooling, a convolution and
+        its pooling) and mark the layers as linked by this model."""
         _link_bias_relu(self.layers, self.backend)
         _link_relu_pool(self.layers, self.backend)
         _link_conv_pool(self.layers, self.backend)
-        return self
+        token = _link_token(self)
+        for layer in self.layers:
+            layer._linked_by = token
 
     @property
     def built(self):
@@ -268,6 +352,9 @@ class Sequential(LayerStack, TrainingMixin):
 
     def forward(self, x, training=False):
         x = self.check_input(x)
+        token = _link_token(self)
+        if any(getattr(layer, "_linked_by", None) is not token for layer in self.layers):
+            self._link()   # a layer shared with another model carries that model's links
         swap = ops.current() == "fast"   # the reference pooling's gradient differs in -0.0 vs 0.0
         relu = False
         self._taken = set()   # ids of the layers a convolution's fused pass ran (backward skips them)

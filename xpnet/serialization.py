@@ -27,6 +27,32 @@ def _umask():
     return mask
 
 
+def unwritable_reason(path):
+    """Why a file cannot be written at ``path`` because of what the path names (a folder, a name
+    ending in a separator, a parent that is a file), or None. Permissions are not checked."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return "it is a folder; give a file name inside it"
+    if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
+        return "the name ends with a path separator (a folder); give a file name"
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        up = os.path.dirname(parent)
+        if up == parent:
+            break
+        parent = up
+    if parent and os.path.exists(parent) and not os.path.isdir(parent):
+        return f"{parent} is a file, not a folder"
+    return None
+
+
+def check_writable(path, what="cannot write"):
+    """DataError naming ``path`` when :func:`unwritable_reason` finds a reason."""
+    reason = unwritable_reason(path)
+    if reason is not None:
+        raise DataError(f"{what} {os.fspath(path)}: {reason}")
+
+
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename).
 
@@ -34,6 +60,16 @@ def atomic_write_bytes(path, data):
     owner-only mode of the temporary file, so results written from a container stay readable.
     """
     path = os.fspath(path)
+    check_writable(path)
+    try:
+        _atomic_write(path, data)
+    except (IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
+        # the path changed under us after check_writable: name the target, not the temp file
+        raise DataError(f"cannot write {path}: "
+                        f"{unwritable_reason(path) or exc.strerror or type(exc).__name__}") from exc
+
+
+def _atomic_write(path, data):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)

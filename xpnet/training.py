@@ -11,8 +11,9 @@ move host data batch by batch, so their memory does not grow with the input.
 ``validation_split`` holds out the LAST fraction of x/y (before any shuffling), as Keras does.
 The reported training ``loss`` is the objective (data loss + regularization penalty); ``val_loss``
 and ``evaluate()`` report the data loss alone. ``accuracy`` compares the argmax of the outputs with
-the label (or the argmax of a target row). ``lr`` is ``optimizer.current_lr()`` at the end of the
-epoch (the base rate set by schedules, after any inverse-time decay).
+the label (or the argmax of a target row); compile's default metrics leave it out for a model
+with one output column, where it would always be 1.0. ``lr`` is ``optimizer.current_lr()`` at
+the end of the epoch (the base rate set by schedules, after any inverse-time decay).
 """
 import contextlib
 import math
@@ -28,6 +29,7 @@ from .errors import ConfigError, DataError, ShapeError, TrainingError, TrainingI
 from .progress import Progress
 
 METRICS = {"accuracy": "accuracy", "acc": "accuracy"}
+DEFAULT_METRICS = ("accuracy",)   # compile's default: dropped for a model with one output column
 STREAMS = {"shuffle": zlib.crc32(b"xpnet.fit.shuffle"), "augment": zlib.crc32(b"xpnet.fit.augment")}
 History = cbs.History
 
@@ -74,28 +76,60 @@ def _length(name, a):
     return int(shape[0])
 
 
+def _check_array(where, name, a):
+    """DataError unless ``a`` is an array (NumPy or backend) with a batch axis. Lists and tuples
+    are refused, not converted: fit/evaluate/predict take arrays."""
+    if isinstance(a, (list, tuple)):
+        raise DataError(f"{where}: {name} is a {type(a).__name__}; pass a NumPy (or CuPy) array, e.g. "
+                        f"np.asarray({name})")
+    if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+        raise DataError(f"{where}: {name} must be a NumPy (or CuPy) array, got {type(a).__name__}")
+    if len(a.shape) == 0:
+        raise ShapeError(f"{where}: {name} must be an array with a batch axis, got a scalar array "
+                         f"(shape ())")
+
+
 class TrainingMixin:
     """compile/fit/evaluate/predict on top of forward/backward/parameters/gradients/buffers."""
 
     # -- configuration --------------------------------------------------------------------------
-    def compile(self, loss="cross_entropy", optimizer="adam", metrics=("accuracy",),
+    def compile(self, loss="cross_entropy", optimizer="adam", metrics=DEFAULT_METRICS,
                 mixed_precision=None):
         """Choose the loss (name or Loss), the optimizer (name or Optimizer) and the metrics; both
         get the model's backend. ``mixed_precision="float16"`` (or "mixed_float16", "bfloat16",
         a xpnet.mixed.MixedPrecision) trains in half precision with float32 master weights and
-        dynamic loss scaling (xpnet/mixed.py); None (the default) trains in the model's dtype."""
+        dynamic loss scaling (xpnet/mixed.py); None (the default) trains in the model's dtype.
+
+        metrics: a metric name or a list of them ("accuracy"), or None. "accuracy" compares the
+        argmax of the outputs with the class, so it needs one output per class: the default leaves
+        it out for a model with a single output column, and asking for it there is a ConfigError
+        at fit() or evaluate()."""
         from . import losses, mixed, optim
+        if isinstance(optimizer, type):
+            raise ConfigError(f"optimizer must be an Optimizer instance or a name: pass an instance, "
+                              f"e.g. optim.{optimizer.__name__}(), or a name such as 'adam', not the "
+                              f"class {optimizer.__name__}")
+        if isinstance(metrics, str):
+            names = [metrics]
+        elif metrics is None:
+            names = []
+        elif isinstance(metrics, (list, tuple)) and all(isinstance(m, str) for m in metrics):
+            names = list(metrics)
+        else:
+            raise ConfigError(f"metrics must be a metric name or a list of names such as "
+                              f"['accuracy'], got {metrics!r}")
+        unknown = [m for m in names if m not in METRICS]
+        if unknown:
+            raise ConfigError(f"unknown metric(s) {unknown}; available: {sorted(set(METRICS))}")
         self.loss = losses.get(loss).bind(self.backend)
         self.optimizer = optim.get(optimizer) if isinstance(optimizer, str) else optimizer
         if not hasattr(self.optimizer, "step"):
             raise ConfigError(f"optimizer must be a name or an Optimizer, got {type(optimizer).__name__}")
         if hasattr(self.optimizer, "bind"):
             self.optimizer.bind(self.backend)
-        names = [metrics] if isinstance(metrics, str) else list(metrics or [])
-        unknown = [m for m in names if m not in METRICS]
-        if unknown:
-            raise ConfigError(f"unknown metric(s) {unknown}; available: {sorted(set(METRICS))}")
         self.metrics = [METRICS[m] for m in names]
+        self._default_metrics = metrics is DEFAULT_METRICS
+        self._check_metrics()
         policy = mixed.get(mixed_precision)
         if policy is not None and not isinstance(self.optimizer, optim.Optimizer):
             raise ConfigError(f"mixed precision needs an xpnet optimizer (its update of float32 master "
@@ -114,11 +148,46 @@ class TrainingMixin:
             raise ConfigError("the model is not compiled: call model.compile(loss=..., optimizer=...) "
                               "before fit() or evaluate()")
 
+    def _check_metrics(self, where="compile"):
+        """Accuracy on a model with one output column is always 1.0 (the argmax of one value):
+        the default metrics leave it out there; asked for explicitly, it is a ConfigError."""
+        shape = getattr(self, "output_shape", None)
+        if "accuracy" not in (self.metrics or []) or not shape or isinstance(shape[0], (tuple, list)):
+            return
+        if tuple(shape) != (1,):
+            return
+        if getattr(self, "_default_metrics", False):
+            self.metrics = [m for m in self.metrics if m != "accuracy"]
+            return
+        if where != "compile":   # the model may be compiled before it is built: refuse at use
+            raise ConfigError(f"{where}: metric 'accuracy' needs one output per class, but model "
+                              f"{self.name!r} has one output column (its argmax is always 0, so "
+                              f"accuracy would always be 1.0); for regression compile without it "
+                              f"(metrics=None) and use a loss such as 'mse', or give the model one "
+                              f"output per class")
+
+    def _check_inputs(self, where, x, y=None):
+        """x (and y) must be arrays; the model must take one input (fit/evaluate/predict do not
+        support several yet)."""
+        inputs = getattr(self, "inputs", None)
+        if isinstance(inputs, list) and len(inputs) > 1:
+            raise ConfigError(f"{where}: model {self.name!r} has {len(inputs)} inputs, but fit, evaluate "
+                              f"and predict take one input array: models with several inputs are not "
+                              f"supported by them yet (model.forward([x1, x2, ...]) computes outputs)")
+        _check_array(where, "x", x)
+        if y is not None:
+            _check_array(where, "y", y)
+
     def _ensure_built(self, x):
         if self.input_shape is None:
             if not hasattr(self, "build"):
                 raise ConfigError("the model is not built")
             self.build(tuple(x.shape[1:]))
+
+    def _check_shape(self, x_dev_row, shape):
+        """Check the input's shape and dtype with the whole array's shape (``shape``) from one
+        converted row, without converting or copying the rest."""
+        self.check_input(self.xp.broadcast_to(x_dev_row, tuple(shape)))
 
     def _classes(self):
         shape = getattr(self, "output_shape", None) or getattr(self.layers[-1], "output_shape", None)
@@ -127,7 +196,8 @@ class TrainingMixin:
     def _training_rngs(self, seed=None):
         """The shuffler's and augmenter's generators (kept on the model; saved in checkpoints)."""
         if getattr(self, "_fit_rngs", None) is None or seed is not None:
-            seed = self.seed if seed is None else int(seed)
+            from .model import check_seed
+            seed = self.seed if seed is None else check_seed(seed, "fit: seed")
             self._fit_rngs = {k: self.backend.rng(seed, s) for k, s in STREAMS.items()}
         return self._fit_rngs
 
@@ -141,12 +211,17 @@ class TrainingMixin:
             yb = None if y is None else _targets_to_device(self.backend, y[start:stop], self.dtype)
             yield xb, yb
 
-    def _measure(self, x, y, batch_size):
-        """Device sums (loss_sum, correct) over x/y in eval mode; no host sync."""
+    def _measure(self, x, y, batch_size, bad=None):
+        """Device sums (loss_sum, correct) over x/y in eval mode; no host sync. With ``bad`` (a list)
+        it gets the device count of x's non-finite entries, batch by batch."""
         xp = self.xp
         loss_sum = xp.zeros((), dtype=xp.float64)
         correct = xp.zeros((), dtype=xp.int64)
+        if bad is not None:
+            bad.append(xp.zeros((), dtype=xp.int64))
         for xb, yb in self._batches(x, y, batch_size):
+            if bad is not None:
+                bad[0] = bad[0] + (~xp.isfinite(xb)).sum()
             out = self.forward(xb, training=False)
             loss_sum = loss_sum + self.loss.forward(out, yb).astype(xp.float64) * xb.shape[0]
             if self.metrics:
@@ -161,7 +236,9 @@ class TrainingMixin:
     def evaluate(self, x, y, batch_size=256, verbose=0):
         """{"loss": mean data loss, "accuracy": fraction correct} over x/y (eval mode, batched)."""
         self._require_compiled()
+        self._check_inputs("evaluate", x, y)
         self._ensure_built(x)
+        self._check_metrics("evaluate")
         batch_size = _check_batch_size(batch_size)
         n = _length("x", x)
         if n == 0:
@@ -169,10 +246,16 @@ class TrainingMixin:
         if _length("y", y) != n:
             raise DataError(f"evaluate: x has {n} samples but y has {_length('y', y)}; they must match")
         y_dev = _targets_to_device(self.backend, y, self.dtype)
-        self.check_input(_inputs_to_device(self.backend, x[:1], self.dtype))
+        self._check_shape(_inputs_to_device(self.backend, x[:1], self.dtype), x.shape)
         self._check_values([("evaluate", None, y_dev)])
-        loss_sum, correct = self._measure(x, y_dev, batch_size)
-        host = self.backend.to_numpy(self.xp.stack([loss_sum, correct.astype(self.xp.float64)]))
+        # x moves batch by batch: its non-finite entries are counted on the way (same sync)
+        bad = [] if getattr(x.dtype, "kind", "") == "f" else None
+        loss_sum, correct = self._measure(x, y_dev, batch_size, bad)
+        sums = [loss_sum, correct.astype(self.xp.float64)] + [b.astype(self.xp.float64) for b in bad or []]
+        host = self.backend.to_numpy(self.xp.stack(sums))
+        if bad and host[2] > 0:
+            raise DataError(f"evaluate: x contains NaN or infinite values ({int(host[2])} entries); "
+                            f"clean or drop them first")
         result = {"loss": float(host[0]) / n}
         if self.metrics:
             result["accuracy"] = float(host[1]) / n
@@ -213,11 +296,13 @@ class TrainingMixin:
 
     def predict(self, x, batch_size=256):
         """Model outputs for x as a host NumPy array, computed batch by batch in eval mode."""
+        self._check_inputs("predict", x)
         self._ensure_built(x)
         batch_size = _check_batch_size(batch_size)
         n = _length("x", x)
         if n == 0:
             raise DataError(f"predict: the input is empty (x has shape {tuple(x.shape)})")
+        self._check_shape(_inputs_to_device(self.backend, x[:1], self.dtype), x.shape)
         out = None
         start = 0
         for xb, _ in self._batches(x, None, batch_size):
@@ -234,6 +319,11 @@ class TrainingMixin:
             checkpoint=None, resume=False, steps_per_epoch=None, seed=None, distributed=None,
             sync_batchnorm=True, time_limit=None, graph=False):
         """Train for epochs ``initial_epoch .. epochs-1``; returns a History.
+
+        x and y are arrays (NumPy or CuPy; lists are refused: np.asarray them), x one array (a
+        Model with several inputs is not supported by fit yet). initial_epoch: an integer from 0
+        to epochs (equal: nothing to train). shuffle: True or False. callbacks: a list of
+        xpnet.callbacks.Callback objects, or one. seed: an integer >= 0 or None.
 
         checkpoint=DIR writes DIR/last.npz after every epoch; resume=True continues from it (an error
         when it is missing), resume="auto" continues when it exists and starts afresh otherwise.
@@ -261,10 +351,38 @@ class TrainingMixin:
         """
         t_begin = time.monotonic()
         self._require_compiled()
+        self._check_inputs("fit", x, y)
         self._ensure_built(x)
+        self._check_metrics("fit")
         batch_size = _check_batch_size(batch_size)
         if not _is_whole(epochs, 0):
             raise ConfigError(f"epochs must be an integer >= 0, got {epochs!r}")
+        if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, numbers.Integral) \
+                or not 0 <= initial_epoch <= epochs:
+            raise ConfigError(f"initial_epoch must be an integer from 0 to epochs ({epochs!r}), got "
+                              f"{initial_epoch!r}")
+        if not (isinstance(shuffle, bool) or _is_bool_scalar(shuffle)):
+            raise ConfigError(f"shuffle must be True or False, got {type(shuffle).__name__} {shuffle!r}")
+        shuffle = bool(shuffle)
+        if callbacks is None:
+            callbacks = []
+        elif isinstance(callbacks, cbs.Callback):
+            callbacks = [callbacks]
+        elif not isinstance(callbacks, (list, tuple)):
+            raise ConfigError(f"callbacks must be a list of xpnet.callbacks.Callback objects (or one), "
+                              f"got {type(callbacks).__name__} {callbacks!r}")
+        if seed is not None:
+            from .model import check_seed
+            check_seed(seed, "fit: seed", allow_none=True)
+        if checkpoint is not None:
+            if not isinstance(checkpoint, (str, os.PathLike)):
+                raise ConfigError(f"checkpoint must be a folder name (str or os.PathLike), got "
+                                  f"{type(checkpoint).__name__}")
+            if os.path.exists(checkpoint) and not os.path.isdir(checkpoint):
+                raise DataError(f"fit: checkpoint={os.fspath(checkpoint)!r} is a file; it must name a "
+                                f"folder (fit writes last.npz in it)")
+            from .serialization import check_writable
+            check_writable(checkpoint_path(os.fspath(checkpoint)), "fit: cannot write the checkpoint")
         if not _is_real(validation_split) or not 0.0 <= float(validation_split) < 1.0:
             raise ConfigError(f"validation_split must be in [0, 1), got {validation_split!r}")
         if validation_split and validation_data is not None:
@@ -300,7 +418,7 @@ class TrainingMixin:
         history.stopped_by_time_limit = False
         self.history = history
         self.stop_training = False
-        callback_list = [history] + list(callbacks or [])
+        callback_list = [history] + list(callbacks)
         params = {"epochs": epochs, "batch_size": batch_size, "steps": steps, "samples": n,
                   "validation_samples": 0 if xv is None else len(xv), "initial_epoch": int(initial_epoch),
                   "time_limit": budget}
@@ -404,9 +522,11 @@ class TrainingMixin:
         yd = _targets_to_device(backend, y, self.dtype)
         if _length("x", xd) == 0:
             raise DataError(f"fit: the dataset is empty (x has shape {tuple(x.shape)})")
-        self.check_input(xd[:1])
+        self.check_input(xd)   # shape and dtype only (xd is in the model's dtype: no copy)
         triples = [("fit", xd if float_x else None, yd)]
         if x_val is not None:
+            _check_array("validation_data", "x_val", x_val)
+            _check_array("validation_data", "y_val", y_val)
             float_v = getattr(x_val.dtype, "kind", "") == "f"
             xv = _inputs_to_device(backend, x_val, self.dtype)
             yv = _targets_to_device(backend, y_val, self.dtype)
@@ -414,7 +534,7 @@ class TrainingMixin:
                 raise DataError("validation data is empty")
             if _length("y_val", yv) != _length("x_val", xv):
                 raise DataError(f"validation: x has {len(xv)} samples but y has {len(yv)}; they must match")
-            self.check_input(xv[:1])
+            self.check_input(xv)
             triples.append(("validation", xv if float_v else None, yv))
         else:
             xv = yv = None
@@ -639,6 +759,11 @@ class TrainingMixin:
 def _is_real(value):
     """A finite real number (not a bool, a string or None)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_bool_scalar(value):
+    """A NumPy (or CuPy) bool scalar such as np.bool_(False)."""
+    return getattr(getattr(value, "dtype", None), "kind", "") == "b" and getattr(value, "shape", None) == ()
 
 
 def _is_whole(value, minimum):

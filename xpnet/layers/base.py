@@ -33,6 +33,9 @@ class Layer:
     distributed = None  # while fit(distributed=...) trains: this rank's BatchShard (xpnet.distributed)
 
     def __init__(self, name=None):
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"{type(self).__name__}: name must be a string or None, got "
+                              f"{type(name).__name__} {name!r}")
         self.name = name
         self.params = {}
         self.grads = {}
@@ -45,8 +48,16 @@ class Layer:
 
     # -- construction -------------------------------------------------------------------------
     def build(self, input_shape, ctx):
-        """Infer shapes, create parameters; returns the output shape."""
-        self.input_shape = tuple(int(d) for d in input_shape)
+        """Infer shapes, create parameters; returns the output shape.
+
+        A layer that is already built keeps its parameters (a second model that lists it shares
+        them, as in Keras) when ``input_shape``, backend and dtype are those it was built with;
+        otherwise it is a ConfigError: the layer's weights belong to the model that built it."""
+        shape = tuple(int(d) for d in input_shape)
+        if self.built:
+            self._check_rebuild(shape, ctx)
+            return self.output_shape
+        self.input_shape = shape
         self.ctx = ctx
         self.backend = ctx.backend
         self.xp = ctx.xp
@@ -55,6 +66,28 @@ class Layer:
         self.create_params(ctx)
         self.built = True
         return self.output_shape
+
+    def _what(self):
+        kind = type(self).__name__
+        return f"layer {self.name!r} ({kind})" if self.name else f"a {kind} layer"
+
+    def _check_rebuild(self, shape, ctx):
+        label = self._what()
+        if shape != tuple(self.input_shape):
+            raise ConfigError(f"{label} is already built for input shape "
+                              f"{('batch',) + tuple(self.input_shape)} (by another model or an earlier "
+                              f"build), so it cannot be built again for {('batch',) + shape}; a layer "
+                              f"cannot be rebuilt: create a new layer for the new model")
+        if ctx.backend is not self.backend or ctx.dtype != self.dtype:
+            raise ConfigError(f"{label} is already built on backend {self.backend.name} with "
+                              f"{self.dtype}; this model uses {ctx.backend.name} with {ctx.dtype}; "
+                              f"create a new layer for it")
+
+    def unbuild(self):
+        """Back to the unbuilt state (a model whose build failed part way calls this)."""
+        self.params, self.grads, self.buffers = {}, {}, {}
+        self.input_shape = self.output_shape = None
+        self.built = False
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -79,7 +112,15 @@ class Layer:
 
     def check_input(self, x):
         """Raise ShapeError naming this layer when x does not fit its input shape."""
-        shape = tuple(getattr(x, "shape", ()))
+        if not self.built:
+            raise ConfigError(f"{self._what()} is not built, so it cannot "
+                              f"be called on an array; put it in a model (Sequential([...], "
+                              f"input_shape=...)) or call it on Input(...) to build a functional Model")
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise ShapeError(f"{self._what()} takes a NumPy or CuPy array, "
+                             f"got {type(x).__name__}" + ("; convert it with np.asarray(x)"
+                                                          if isinstance(x, (list, tuple)) else ""))
+        shape = tuple(x.shape)
         expected = ("batch",) + tuple(self.input_shape)
         if len(shape) != len(expected) or shape[1:] != tuple(self.input_shape):
             raise ShapeError(f"layer {self.name!r} ({type(self).__name__}) expected input of shape "
