@@ -27,6 +27,7 @@ gradients together so that their global L2 norm is at most ``clipnorm``
 import math
 
 from .backends import backend_of
+from . import checks
 from .checks import flag
 from .errors import ConfigError, ShapeError, TrainingError
 
@@ -71,23 +72,9 @@ def _either(owner, name, value, alias, alias_value, default):
 
 
 def _number(owner, name, value, low=None, high=None, open_low=False, open_high=False):
-    """``value`` as a finite float within the bounds, else ConfigError naming both."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{owner}: {name} must be a number, got {value!r}") from None
-    bad = not math.isfinite(v)
-    if low is not None:
-        bad = bad or v < low or (open_low and v == low)
-    if high is not None:
-        bad = bad or v > high or (open_high and v == high)
-    if bad:
-        lo = "" if low is None else ("(" if open_low else "[") + f"{low:g}"
-        hi = "" if high is None else f"{high:g}" + (")" if open_high else "]")
-        want = f"in {lo}, {hi}" if low is not None and high is not None else \
-            (f"{'>' if open_low else '>='} {low:g}" if low is not None else f"<= {high:g}")
-        raise ConfigError(f"{owner}: {name} must be a finite number {want}, got {value!r}")
-    return v
+    """``value`` as a finite float within the bounds, else ConfigError naming both (a string or a
+    bool is refused, not converted)."""
+    return checks.number(value, owner, name, low, high, open_low, open_high)
 
 
 # -- optimizers ----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import sys
 import time
 import zlib
 
-from . import callbacks as cbs
+from . import callbacks as cbs, checks
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .errors import ConfigError, DataError, ShapeError, TrainingError, TrainingInterrupted
 from .progress import Progress
@@ -361,7 +361,7 @@ class TrainingMixin:
                 or not 0 <= initial_epoch <= epochs:
             raise ConfigError(f"initial_epoch must be an integer from 0 to epochs ({epochs!r}), got "
                               f"{initial_epoch!r}")
-        if not (isinstance(shuffle, bool) or _is_bool_scalar(shuffle)):
+        if not checks.is_bool(shuffle):
             raise ConfigError(f"shuffle must be True or False, got {type(shuffle).__name__} {shuffle!r}")
         shuffle = bool(shuffle)
         if callbacks is None:
@@ -759,11 +759,6 @@ class TrainingMixin:
 def _is_real(value):
     """A finite real number (not a bool, a string or None)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_bool_scalar(value):
-    """A NumPy (or CuPy) bool scalar such as np.bool_(False)."""
-    return getattr(getattr(value, "dtype", None), "kind", "") == "b" and getattr(value, "shape", None) == ()
 
 
 def _is_whole(value, minimum):
