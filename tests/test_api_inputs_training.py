@@ -382,3 +382,23 @@ def test_set_weights_names_what_it_got():
     with pytest.raises(ConfigError, match="takes a list of arrays.*got dict"):
         m.set_weights({"dense.W": weights[0]})
     m.set_weights(tuple(weights))
+
+
+def test_a_last_batch_of_one_sample_before_a_dense_batchnorm_is_refused_before_training():
+    """33 samples in batches of 32 leave one sample over, and a BatchNorm after a Dense cannot
+    normalise one value per channel: refused before the first step (it stopped in the middle of
+    the first epoch with a ShapeError), while a convolution's BatchNorm (many positions) goes on."""
+    from xpnet.layers import BatchNorm, Flatten
+    r = np.random.default_rng(0)
+    y = np.arange(33) % 3
+    m = xpnet.Sequential([Dense(8), BatchNorm(), ReLU(), Dense(3)], input_shape=(5,), seed=0)
+    m.compile(loss="cross_entropy", optimizer=optim.Adam(0.01))
+    before = [m.backend.to_numpy(w).copy() for w in m.get_weights()]
+    with pytest.raises(ConfigError, match=r"last batch of each epoch would hold 1 sample \(33 samples in "
+                                          r"batches of 32\), and layer 'batch_norm' \(BatchNorm\)"):
+        m.fit(r.random((33, 5), dtype=np.float32), y, batch_size=32, verbose=0)
+    assert same(before, [m.backend.to_numpy(w) for w in m.get_weights()])
+    m.fit(r.random((33, 5), dtype=np.float32), y, batch_size=11, verbose=0)
+    c = xpnet.Sequential([Conv2D(4, 3), BatchNorm(), ReLU(), Flatten(), Dense(3)], input_shape=(1, 6, 6), seed=0)
+    c.compile(loss="cross_entropy", optimizer=optim.Adam(0.01))
+    c.fit(r.random((33, 1, 6, 6), dtype=np.float32), y, batch_size=32, verbose=0)

@@ -314,6 +314,20 @@ class TrainingMixin:
         return self.backend.to_numpy(out)
 
     # -- training -------------------------------------------------------------------------------
+    def _check_last_batch(self, n, batch_size):
+        """ConfigError before training when the epoch's last batch would hold one sample and a
+        BatchNorm sees one value per channel there (it needs two; PyTorch stops there too, in the
+        middle of the first epoch)."""
+        if n <= 1 or n % batch_size != 1:
+            return
+        for layer in getattr(self, "layers", []):
+            shape = getattr(layer, "input_shape", None)
+            if type(layer).__name__ == "BatchNorm" and shape and math.prod(shape[1:]) == 1:
+                raise ConfigError(f"the last batch of each epoch would hold 1 sample ({n} samples in "
+                                  f"batches of {batch_size}), and layer {layer.name!r} (BatchNorm) "
+                                  f"needs more than one value per channel in training: choose a "
+                                  f"batch size that does not leave 1 sample over, or drop a sample")
+
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             validation_split=0.0, callbacks=None, verbose="auto", augment=None, initial_epoch=0,
             checkpoint=None, resume=False, steps_per_epoch=None, seed=None, distributed=None,
@@ -412,6 +426,8 @@ class TrainingMixin:
             from .distributed.data_parallel import DataParallel
             dp = DataParallel(self, distributed, batch_size, n, steps_per_epoch, sync_batchnorm)
         rank = 0 if dp is None else distributed.rank
+        if dp is None and steps_per_epoch is None:
+            self._check_last_batch(n, batch_size)
         steps = math.ceil(n / batch_size) if steps_per_epoch is None else int(steps_per_epoch)
         total = n if steps_per_epoch is None else steps * batch_size
         history = History()
