@@ -402,3 +402,18 @@ def test_a_last_batch_of_one_sample_before_a_dense_batchnorm_is_refused_before_t
     c = xpnet.Sequential([Conv2D(4, 3), BatchNorm(), ReLU(), Flatten(), Dense(3)], input_shape=(1, 6, 6), seed=0)
     c.compile(loss="cross_entropy", optimizer=optim.Adam(0.01))
     c.fit(r.random((33, 1, 6, 6), dtype=np.float32), y, batch_size=32, verbose=0)
+
+
+@pytest.mark.parametrize("shape", [(6.5,), ("6",), (True,), (0,), (6, -1)])
+def test_an_input_shape_of_other_than_positive_whole_numbers_is_refused(shape):
+    """6.5 and "6" went through int() as 6."""
+    with pytest.raises(ShapeError, match="input_shape must be a tuple of positive sizes"):
+        xpnet.Sequential([Dense(3)], input_shape=shape)
+    assert xpnet.Sequential([Dense(3)], input_shape=(np.int64(6),)).input_shape == (6,)
+
+
+@pytest.mark.parametrize("shape", [(6.5,), ("6",), (True,), 0])
+def test_an_input_of_other_than_positive_whole_numbers_is_refused(shape):
+    with pytest.raises(ShapeError, match=r"Input: shape must be a tuple of positive sizes"):
+        Input(shape)
+    assert Input(784).shape == (784,)

@@ -5,7 +5,7 @@ expected and what it got, so that a typo fails where it was made instead of bein
 import math
 import numbers
 
-from .errors import ConfigError
+from .errors import ConfigError, ShapeError
 
 
 def is_bool(value):
@@ -71,3 +71,19 @@ def text(value, owner, name):
         raise ConfigError(f"{owner}: {name} must be a non-empty string, got {type(value).__name__} "
                           f"{value!r}")
     return value
+
+
+def input_dims(shape, what):
+    """An input shape without the batch axis (an int, or a sequence of them) as a tuple of positive
+    ints, else ShapeError "``what`` must be a tuple of positive sizes without the batch axis": 6.5,
+    "6" and True are refused, not converted."""
+    if isinstance(shape, numbers.Integral) and not is_bool(shape):
+        shape = (shape,)
+    try:
+        dims = tuple(int(d) for d in shape)
+        whole = all(isinstance(d, numbers.Integral) and not is_bool(d) for d in shape)
+    except (TypeError, ValueError):
+        dims, whole = (), False
+    if not dims or not whole or any(d <= 0 for d in dims):
+        raise ShapeError(f"{what} must be a tuple of positive sizes without the batch axis, got {shape!r}")
+    return dims

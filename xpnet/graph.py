@@ -13,6 +13,7 @@ built by another model joins a graph with its weights (shared) when its input sh
 fit/evaluate/predict take one input array: a Model with several inputs is not supported by them
 yet (forward takes the list).
 """
+from . import checks
 from .errors import ConfigError, ShapeError
 from .layers import layer_from_config
 from .layers.base import BuildContext
@@ -43,15 +44,7 @@ class SymbolicTensor:
 
 def Input(shape, name=None):
     """A model input: ``shape`` excludes the batch axis, e.g. ``(1, 28, 28)`` or ``784``."""
-    if isinstance(shape, int):
-        shape = (shape,)
-    try:
-        dims = tuple(int(d) for d in shape)
-    except (TypeError, ValueError):
-        raise ShapeError(f"Input: shape must be a tuple of positive sizes, got {shape!r}") from None
-    if not dims or any(d <= 0 for d in dims):
-        raise ShapeError(f"Input: shape must be a tuple of positive sizes without the batch axis, "
-                         f"got {shape!r}")
+    dims = checks.input_dims(shape, "Input: shape")
     return SymbolicTensor(dims, name=name)
 
 

@@ -1,7 +1,7 @@
 """Sequential: a stack of layers with shape inference, forward, backward and a summary."""
 import numbers
 
-from . import ops
+from . import checks, ops
 from .backends import get_backend
 from .errors import ConfigError, ShapeError
 from .layers.base import BuildContext, Layer
@@ -283,15 +283,7 @@ class Sequential(LayerStack, TrainingMixin):
         already built this is a no-op for the same shape (the weights are kept, as in Keras) and a
         ConfigError for another one. A layer that another model already built is shared with it
         (its weights are not re-initialised) when the shapes agree (xpnet.layers.base.Layer.build)."""
-        if isinstance(input_shape, numbers.Integral):
-            input_shape = (input_shape,)
-        try:
-            shape = tuple(int(d) for d in input_shape)
-        except (TypeError, ValueError):
-            shape = None
-        if not shape or any(d <= 0 for d in shape) or any(isinstance(d, bool) for d in input_shape):
-            raise ShapeError(f"input_shape must be a tuple of positive sizes without the batch axis, "
-                             f"got {input_shape!r}")
+        shape = checks.input_dims(input_shape, "input_shape")
         if self.input_shape is not None:
             if shape != tuple(self.input_shape):
                 raise ConfigError(f"model {self.name!r} is already built for input shape "
