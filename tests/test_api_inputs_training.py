@@ -417,3 +417,14 @@ def test_an_input_of_other_than_positive_whole_numbers_is_refused(shape):
     with pytest.raises(ShapeError, match=r"Input: shape must be a tuple of positive sizes"):
         Input(shape)
     assert Input(784).shape == (784,)
+
+
+def test_target_shape_messages_say_what_to_pass():
+    x = np.random.default_rng(0).random((24, 6), dtype=np.float32)
+    m = xpnet.Sequential([Dense(1)], input_shape=(6,)).compile(loss="mse", optimizer="adam")
+    with pytest.raises(ShapeError, match=r"got shape \(24,\);.*or one value per sample as y.reshape\(-1, 1\)"):
+        m.fit(x, np.zeros(24, np.float32), verbose=0)
+    m.fit(x, np.zeros((24, 1), np.float32), verbose=0)
+    m3 = xpnet.Sequential([Dense(3)], input_shape=(6,)).compile(loss="cross_entropy", optimizer="adam")
+    with pytest.raises(ShapeError, match=r"got \(24, 3\); for one-hot rows pass y.argmax\(axis=1\)"):
+        m3.fit(x, np.eye(3, dtype=np.int64)[np.arange(24) % 3], verbose=0)

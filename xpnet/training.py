@@ -59,12 +59,16 @@ def _targets_to_device(backend, y, dtype):
     a = y if _is_device(backend, y) else backend.asarray(y)
     if kind in "iu":
         if a.ndim != 1:
-            raise ShapeError(f"integer labels must have shape (N,), got {tuple(a.shape)}")
+            hint = (f"; for one-hot rows pass y.argmax(axis=1) (class ids) or y.astype('float32')"
+                    if a.ndim == 2 else "")
+            raise ShapeError(f"integer labels must have shape (N,), got {tuple(a.shape)}{hint}")
         return a if a.dtype == backend.xp.int64 else a.astype(backend.xp.int64)
     if kind == "f":
         if a.ndim < 2:
-            raise ShapeError(f"floating-point targets must be rows (N, K) such as one-hot vectors, got "
-                             f"shape {tuple(a.shape)}; pass class ids as integers (y.astype('int64'))")
+            raise ShapeError(f"floating-point targets must be rows (N, K) such as one-hot vectors or "
+                             f"regression targets, got shape {tuple(a.shape)}; pass class ids as "
+                             f"integers (y.astype('int64')), or one value per sample as "
+                             f"y.reshape(-1, 1)")
         return a if a.dtype == dtype else a.astype(dtype)
     raise DataError(f"y has dtype {a.dtype}; expected integer class ids or floating-point targets")
 
