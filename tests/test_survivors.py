@@ -494,6 +494,9 @@ def test_batchnorm_trains_on_two_values_per_channel_but_not_one(backend):
     m = xpnet.Sequential([Dense(4), BatchNorm(), Dense(3)], input_shape=(6,), device=backend).compile()
     m.fit(x[:4], y[:4], batch_size=2, epochs=1, shuffle=False, verbose=0)
     with pytest.raises(xpnet.ShapeError, match=r"'batch_norm' \(BatchNorm\) needs more than one value"):
+        m.forward(backend.asarray(x[:1]), training=True)
+    # fit says so before training when the last batch would hold one (tests/test_api_inputs_training.py)
+    with pytest.raises(xpnet.ConfigError, match=r"'batch_norm' \(BatchNorm\) needs more than one value"):
         m.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)   # the last batch holds one
 
 
