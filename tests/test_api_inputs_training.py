@@ -428,3 +428,18 @@ def test_target_shape_messages_say_what_to_pass():
     m3 = xpnet.Sequential([Dense(3)], input_shape=(6,)).compile(loss="cross_entropy", optimizer="adam")
     with pytest.raises(ShapeError, match=r"got \(24, 3\); for one-hot rows pass y.argmax\(axis=1\)"):
         m3.fit(x, np.eye(3, dtype=np.int64)[np.arange(24) % 3], verbose=0)
+
+
+def test_a_softmax_before_cross_entropy_is_warned_about():
+    """cross_entropy takes logits: a model ending with Softmax squashes twice, silently before."""
+    from xpnet.layers import LogSoftmax, Softmax
+    m = xpnet.Sequential([Dense(3), Softmax()], input_shape=(6,))
+    with pytest.warns(UserWarning, match=r"ends with a Softmax layer \('softmax'\) and the loss "
+                                         r"cross_entropy takes logits"):
+        m.compile(loss="cross_entropy", optimizer="adam")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        xpnet.Sequential([Dense(3)], input_shape=(6,)).compile(loss="cross_entropy", optimizer="adam")
+        xpnet.Sequential([Dense(3), LogSoftmax()], input_shape=(6,)).compile(loss="nll", optimizer="adam")
+        m.compile(loss="mse", optimizer="adam")

@@ -134,6 +134,7 @@ class TrainingMixin:
         self.metrics = [METRICS[m] for m in names]
         self._default_metrics = metrics is DEFAULT_METRICS
         self._check_metrics()
+        self._warn_double_softmax()
         policy = mixed.get(mixed_precision)
         if policy is not None and not isinstance(self.optimizer, optim.Optimizer):
             raise ConfigError(f"mixed precision needs an xpnet optimizer (its update of float32 master "
@@ -318,6 +319,20 @@ class TrainingMixin:
         return self.backend.to_numpy(out)
 
     # -- training -------------------------------------------------------------------------------
+    def _warn_double_softmax(self):
+        """A UserWarning when the last layer is Softmax and the loss takes logits (cross_entropy
+        applies its own softmax): the outputs would be squashed twice, the gradients shrink and
+        training crawls without any error (Keras's from_logits mix-up)."""
+        from .losses import CrossEntropy
+        last = (getattr(self, "layers", None) or [None])[-1]
+        if type(last).__name__ == "Softmax" and isinstance(self.loss, CrossEntropy):
+            import warnings
+            warnings.warn(f"the model ends with a Softmax layer ({last.name!r}) and the loss "
+                          f"cross_entropy takes logits (it applies its own softmax): the outputs are "
+                          f"squashed twice. Drop the Softmax layer (predict() then gives logits; "
+                          f"take their argmax or softmax), or end with LogSoftmax and loss='nll'",
+                          UserWarning, stacklevel=3)
+
     def _check_last_batch(self, n, batch_size):
         """ConfigError before training when the epoch's last batch would hold one sample and a
         BatchNorm sees one value per channel there (it needs two; PyTorch stops there too, in the
