@@ -215,6 +215,16 @@ def test_predict_idx_file_and_probabilities(image_model, tmp_path, capsys):
     assert "(p=0.1000)" in lines[2]
     probs = cli.predict_probs(model, images[:, None])
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    # the file's images stay uint8 (8x less than float64); each batch is scaled on its way in
+    read, _ = cli.read_images(str(tmp_path / "imgs-idx3-ubyte.gz"), (1, 28, 28))
+    assert read.dtype == np.uint8 and read.shape == (3, 1, 28, 28)
+    np.testing.assert_allclose(cli.predict_probs(model, read), cli.predict_probs(model, read / 255.0),
+                               rtol=1e-6)
+    inverted, _ = cli.read_images(str(tmp_path / "imgs-idx3-ubyte.gz"), (1, 28, 28), invert=True)
+    assert inverted.dtype == np.uint8 and np.array_equal(inverted, 255 - read)
+    write_idx_images(tmp_path / "two-idx3-ubyte.gz", images[:2])   # no blank one: it has no digit
+    centred, _ = cli.read_images(str(tmp_path / "two-idx3-ubyte.gz"), (1, 28, 28), preprocess="mnist")
+    assert centred.dtype.kind == "f" and centred.shape == (2, 1, 28, 28) and centred.max() == 1.0
 
 
 def test_predict_refuses_wrong_sizes_and_formats(image_model, tmp_path, capsys):

@@ -389,9 +389,11 @@ def predict_probs(model, x, batch_size=256):
 
 
 def read_images(path, input_shape, invert=False, preprocess=None):
-    """A PNG (gray or colour) or an IDX images file -> (float (N, C, H, W) in [0, 1], one label per
-    image naming its file). Images must have the model's size, unless ``preprocess="mnist"``: then
-    each is cropped, scaled and centred the way MNIST was made (xpnet.preprocess.mnist_style)."""
+    """A PNG (gray or colour) or an IDX images file -> (float (N, C, H, W) in [0, 1], or an IDX
+    file's own uint8 0..255 (predict_probs scales each batch: a large file is not held in float64),
+    one label per image naming its file). Images must have the model's size, unless
+    ``preprocess="mnist"``: then each is cropped, scaled and centred the way MNIST was made
+    (xpnet.preprocess.mnist_style)."""
     from .errors import ConfigError, DataError
     if preprocess not in (None, "none", "mnist"):
         raise ConfigError(f"preprocess must be 'none' or 'mnist', got {preprocess!r}")
@@ -413,8 +415,12 @@ def read_images(path, input_shape, invert=False, preprocess=None):
         labels = [path]
     elif head[:2] in (b"\x00\x00", b"\x1f\x8b"):
         from .datasets.idx import IMAGES_MAGIC, read_idx
-        images = read_idx(path, magic=IMAGES_MAGIC).astype(np.float64)[:, None] / 255
+        images = read_idx(path, magic=IMAGES_MAGIC)[:, None]
         labels = [f"{path}[{i}]" for i in range(len(images))]
+        if invert:
+            images, invert = np.subtract(255, images, dtype=np.uint8), False
+        if preprocess == "mnist":
+            images = images.astype(np.float64) / 255
     else:
         raise DataError(f"{path}: not a PNG or IDX images file")
     if invert:
