@@ -25,7 +25,7 @@ import zlib
 
 from . import callbacks as cbs, checks
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from .errors import ConfigError, DataError, ShapeError, TrainingError, TrainingInterrupted
+from .errors import ConfigError, DataError, ShapeError, TrainingError, TrainingInterrupted, XpnetError
 from .progress import Progress
 
 METRICS = {"accuracy": "accuracy", "acc": "accuracy"}
@@ -471,7 +471,7 @@ class TrainingMixin:
         if graph:
             from .capture import CapturedStep
             captured = CapturedStep(self, augment, rngs["augment"])
-        saved_epoch = None
+        saved_epoch = saving = None
         epoch = int(initial_epoch)
         slowest = 0.0
         try:
@@ -503,6 +503,7 @@ class TrainingMixin:
                         raise TrainingError(self._nan_message(epoch, logs, bad_batch, ck_path, saved_epoch))
                     break
                 if folder is not None:
+                    saving = epoch
                     if rank == 0:
                         save_checkpoint(ck_path, self, epoch, rngs, callback_list, self.stop_training)
                     saved_epoch = epoch
@@ -522,7 +523,10 @@ class TrainingMixin:
             cb.call("on_train_end", {})
         except KeyboardInterrupt:
             progress.close()  # the exception's message says what was kept (one message, no print)
-            raise TrainingInterrupted(epoch + 1, None if saved_epoch is None else saved_epoch + 1,
+            if saving is not None and saving != saved_epoch and rank == 0:
+                saved_epoch = _checkpoint_epoch(ck_path, saved_epoch)   # stopped in or after the save
+            current = epoch + 1 if saved_epoch is None or saved_epoch < epoch else saved_epoch + 2
+            raise TrainingInterrupted(current, None if saved_epoch is None else saved_epoch + 1,
                                       ck_path if saved_epoch is not None else None, folder) from None
         finally:
             progress.close()
@@ -810,6 +814,18 @@ def _seconds(time_limit):
         raise ConfigError(f"time_limit must be a positive number of seconds (or a timedelta), got "
                           f"{time_limit!r}")
     return float(time_limit)
+
+
+def _checkpoint_epoch(path, fallback):
+    """The epoch (0-based) the checkpoint at ``path`` holds, or ``fallback`` when it cannot be read:
+    after an interruption between writing a checkpoint and noting it, the file says which epoch it
+    kept."""
+    from .serialization import load_npz
+    try:
+        meta = load_npz(path)[1]
+        return int(meta["epoch"])
+    except (XpnetError, OSError, KeyError, TypeError, ValueError):
+        return fallback
 
 
 def _check_batch_size(batch_size):
