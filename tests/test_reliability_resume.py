@@ -217,7 +217,7 @@ def test_sigterm_stops_xpnet_train_like_ctrl_c(tmp_path):
     assert proc.returncode == 143, err
     (folder,) = list(tmp_path.iterdir())
     saved = checkpoint_epoch(folder)
-    assert saved >= 3
+    assert saved >= 2   # epoch 3 printed; its checkpoint may be the write that was interrupted
     assert err.strip().splitlines()[-1].startswith("xpnet train: stopped by SIGTERM during epoch ")
     assert f"the last complete epoch ({saved}) is saved in {folder / 'last.npz'}; " \
            f"continue with --resume {folder}" in err, err
@@ -247,3 +247,36 @@ def test_an_interrupt_right_after_a_checkpoint_names_that_checkpoints_epoch(tmp_
     assert (info.value.epoch, info.value.saved_epoch) == (3, 2)
     assert checkpoint_epoch(tmp_path) == 2
     assert "the last complete epoch (2) is saved in" in str(info.value)
+
+
+def test_an_interrupt_during_a_file_write_waits_for_the_write(tmp_path, monkeypatch):
+    """The command line's Ctrl-C/SIGTERM handlers call interrupts.interrupt(): inside an atomic
+    write it is held until the file is whole (no temporary file, no zipfile error in its place),
+    then raised; outside, at once. Without the deferral, ~1 in 20 runs of the SIGTERM test above
+    left log.csv.*.tmp or ended in zipfile's AttributeError."""
+    from xpnet import interrupts, serialization
+    calls = []
+    original = serialization._atomic_write
+
+    def write_with_an_interrupt(path, data):
+        interrupts.interrupt()   # as if SIGTERM came in the middle of the write
+        calls.append(path)
+        original(path, data)
+    monkeypatch.setattr(serialization, "_atomic_write", write_with_an_interrupt)
+    target = tmp_path / "log.csv"
+    with pytest.raises(KeyboardInterrupt):
+        serialization.atomic_write_bytes(target, b"a,b\n")
+    assert calls == [str(target)] and target.read_bytes() == b"a,b\n"
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(KeyboardInterrupt):
+        serialization.save_npz_atomic(tmp_path / "last.npz", {"w": np.ones(3)}, {"epoch": 2})
+    assert serialization.load_npz(tmp_path / "last.npz")[1] == {"epoch": 2}
+    with pytest.raises(KeyboardInterrupt):   # outside a write: at once
+        interrupts.interrupt()
+    with pytest.raises(ZeroDivisionError):   # a write's own error goes on; nothing is left pending
+        with interrupts.deferred():
+            interrupts.interrupt()
+            1 / 0
+    assert not interrupts._pending
+    with interrupts.deferred():   # and the next write is not interrupted by the dropped one
+        pass

@@ -610,6 +610,8 @@ def _interrupt_once():
     where to continue. Returns the handlers it put in place (restored by guarded), or None."""
     import signal
     import threading
+
+    from . import interrupts
     if threading.current_thread() is not threading.main_thread():
         return None
 
@@ -617,7 +619,7 @@ def _interrupt_once():
         for sig, handler in ((signal.SIGINT, once), (signal.SIGTERM, term)):
             if signal.getsignal(sig) is handler:
                 signal.signal(sig, signal.SIG_IGN)
-        raise KeyboardInterrupt
+        interrupts.interrupt()   # KeyboardInterrupt now, or when the file being written is whole
 
     def term(signum, frame):
         _TERMINATED.append(True)

@@ -11,6 +11,7 @@ import zipfile
 import numpy as np
 
 from .errors import DataError
+from .interrupts import deferred
 
 
 def _umask():
@@ -62,7 +63,8 @@ def atomic_write_bytes(path, data):
     path = os.fspath(path)
     check_writable(path)
     try:
-        _atomic_write(path, data)
+        with deferred():   # a Ctrl-C or SIGTERM from the command line waits for the write's end
+            _atomic_write(path, data)
     except (IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
         # the path changed under us after check_writable: name the target, not the temp file
         raise DataError(f"cannot write {path}: "
@@ -96,8 +98,9 @@ def save_npz_atomic(path, arrays, meta=None):
             raise DataError(f"refusing to save {k!r}: object arrays would need pickle")
     if meta is not None:
         payload["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    np.savez(buf, **payload)
-    atomic_write_bytes(path, buf.getvalue())
+    with deferred():   # zipfile interrupted half way raises its own AttributeError instead
+        np.savez(buf, **payload)
+        atomic_write_bytes(path, buf.getvalue())
 
 
 def _check_members(path):
