@@ -22,7 +22,7 @@ import os
 
 from . import checks
 from .errors import ConfigError
-from .serialization import atomic_write_bytes
+from .serialization import atomic_write_bytes, nearest_existing
 
 
 class Callback:
@@ -372,9 +372,7 @@ def _check_writable(who, pattern, path):
     else:
         cut = pattern.find("{")
         folder = os.path.dirname(os.path.abspath((pattern if cut < 0 else pattern[:cut]) + "x"))
-    existing = folder
-    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
+    existing = nearest_existing(folder)
     if not os.path.isdir(existing):
         raise ConfigError(f"{who}: cannot write {path if path is not None else pattern}: {existing} "
                           f"is a file, where a folder is needed")

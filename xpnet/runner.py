@@ -346,10 +346,9 @@ def _check_folder(path, what):
     checked before training, so a file in the way does not fail the run at its end."""
     if path is None:
         return
+    from .serialization import nearest_existing
     path = os.path.abspath(os.fspath(path))
-    existing = path
-    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
+    existing = nearest_existing(path)
     if not os.path.isdir(existing):
         where = "it" if existing == path else existing
         raise ConfigError(f"{what} {path} cannot be a folder: {where} is a file, expected a folder")

@@ -28,6 +28,15 @@ def _umask():
     return mask
 
 
+def nearest_existing(path):
+    """The absolute ``path`` itself when it exists, else its nearest ancestor that does: what a
+    file or folder made there would be created in (a file in that place blocks it)."""
+    path = os.path.abspath(os.fspath(path))
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
 def unwritable_reason(path):
     """Why a file cannot be written at ``path`` because of what the path names (a folder, a name
     ending in a separator, a parent that is a file), or None. Permissions are not checked."""
@@ -36,13 +45,8 @@ def unwritable_reason(path):
         return "it is a folder; give a file name inside it"
     if path.endswith(os.sep) or (os.altsep and path.endswith(os.altsep)):
         return "the name ends with a path separator (a folder); give a file name"
-    parent = os.path.dirname(os.path.abspath(path))
-    while parent and not os.path.exists(parent):
-        up = os.path.dirname(parent)
-        if up == parent:
-            break
-        parent = up
-    if parent and os.path.exists(parent) and not os.path.isdir(parent):
+    parent = nearest_existing(os.path.dirname(os.path.abspath(path)))
+    if os.path.exists(parent) and not os.path.isdir(parent):
         return f"{parent} is a file, not a folder"
     return None
 

@@ -411,10 +411,7 @@ class TrainingMixin:
             if not isinstance(checkpoint, (str, os.PathLike)):
                 raise ConfigError(f"checkpoint must be a folder name (str or os.PathLike), got "
                                   f"{type(checkpoint).__name__}")
-            if os.path.exists(checkpoint) and not os.path.isdir(checkpoint):
-                raise DataError(f"fit: checkpoint={os.fspath(checkpoint)!r} is a file; it must name a "
-                                f"folder (fit writes last.npz in it)")
-            from .serialization import check_writable
+            from .serialization import check_writable   # a file in the way of the folder, too
             check_writable(checkpoint_path(os.fspath(checkpoint)), "fit: cannot write the checkpoint")
         if not _is_real(validation_split) or not 0.0 <= float(validation_split) < 1.0:
             raise ConfigError(f"validation_split must be in [0, 1), got {validation_split!r}")
