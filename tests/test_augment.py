@@ -416,7 +416,8 @@ def test_fit_batch_makes_the_next_block_on_the_background_thread(monkeypatch):
 
 @pytest.mark.parametrize("shape, dtype", [((9, 1, 28, 28), "float32"), ((5, 3, 17, 23), "float32"),
                                           ((4, 2, 12, 12), "float64"), ((3, 1, 8, 8), "float16"),
-                                          ((4, 1, 60, 60), "float16")])  # 64 x 64 frame: not exact in float16
+                                          ((4, 1, 60, 60), "float16"),  # 64 x 64 frame: not exact in float16
+                                          ((16, 1, 8, 8), "float16")])  # 16 frames of 12 x 12: not exact
 def test_the_cpu_warp_path_gives_the_generic_paths_bits(shape, dtype):
     """_warp_centred's CPU path (per_corner: the grid without the 4-plane temporary, the flat
     indices made in the float dtype where whole numbers that large are exact, four unbuffered

@@ -57,19 +57,23 @@ def _bilinear(xp, x, grid, fill, limits, offsets, per_corner=False):
     g0 = xp.floor(grid)
     frac = grid - g0                                                # (N, 2, P): fx, fy
     xp.clip(g0, -2, limits, out=g0)
-    if per_corner and (h + 4) * wf <= 1 << (xp.finfo(g0.dtype).nmant + 1):
-        # cheaper on the CPU: y0 (W + 4) + x0 made in the grid's float dtype (whole numbers
-        # below 2 ** (mantissa bits + 1), so exact) and converted once, instead of converting
-        # x0 and y0 and combining them as integers: the same indices
+    exact = 1 << (xp.finfo(g0.dtype).nmant + 1)
+    if per_corner and n * c * (h + 4) * wf <= exact:
+        # cheaper on the CPU: every flat index y0 (W + 4) + x0 + the plane's offset made in the
+        # grid's float dtype (whole numbers below 2 ** (mantissa bits + 1), so exact in any order)
+        # and converted by the last addition itself, instead of converting x0 and y0 and
+        # combining them as integers: the same indices, two passes fewer
         flat = g0[:, 1] * wf
         flat += g0[:, 0]
-        flat = flat.astype(offsets.dtype)
+        flat = xp.add(flat[:, None, :], offsets[0].astype(g0.dtype), casting="unsafe",
+                      out=xp.empty((n, c, h * w), dtype=offsets.dtype))
     else:
         corner = g0.astype(offsets.dtype)                           # (x0, y0), clipped
         flat = corner[:, 1] * wf
         flat += corner[:, 0]
+        if per_corner:
+            flat = flat[:, None, :] + offsets[0]
     if per_corner:  # (4, N, C, P): c00, c10, c01, c11
-        flat = flat[:, None, :] + offsets[0]
         framed = framed.reshape(-1)
         corners = xp.empty((4,) + flat.shape, dtype=x.dtype)
         for k, step in enumerate((0, wf, 1, wf + 1)):
@@ -179,9 +183,12 @@ def _warp_centred(xp, x, k, fill, mode, constants, per_corner=False):
     uv, nearest, limits, offsets = constants
     # columns and rows of every output pixel together, (N, 2, H * W), in x's dtype:
     # m[0] u + m[1] v + (m[2] + centre) with (u, v) the pixel's centred column and row
-    if per_corner:  # the same operations without the (N, 2, 2, P) temporary: faster on the CPU
-        grid = k[:, :, 0:1] * uv[0]
-        grid += k[:, :, 1:2] * uv[1]
+    if per_corner:  # the same values without the (N, 2, 2, P) temporary: faster on the CPU
+        # m[0] u depends on the column only and m[1] v on the row only: (N, 2, W) and (N, 2, H)
+        # products, then one broadcast sum (a + b is b + a in floating point: the same bits)
+        cols = k[:, :, 0:1] * uv[0, :w]
+        rows = k[:, :, 1:2] * uv[1, ::w]
+        grid = (rows[:, :, :, None] + cols[:, :, None, :]).reshape(n, 2, h * w)
     else:
         terms = k[:, :, :2, None] * uv                              # (N, 2, 2, P)
         grid = terms[:, :, 0] + terms[:, :, 1]
