@@ -360,6 +360,49 @@ def test_cli_serve_runs_until_interrupted():
             proc.wait()
 
 
+def _handled(wfile):
+    """One ``GET /api/info`` through serve.Handler.handle(), the answer written to ``wfile``; the
+    server's stderr lines (the access log)."""
+    import io
+    import types
+    from xpnet import serve
+    handler = serve.Handler.__new__(serve.Handler)
+    handler.server = types.SimpleNamespace(quiet=False, app=types.SimpleNamespace(
+        info=lambda: {"model": "x"}, run_file=lambda name: None))
+    handler.client_address = ("127.0.0.1", 50000)
+    handler.rfile = io.BytesIO(b"GET /api/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    handler.wfile = wfile
+    err = io.StringIO()
+    real, sys.stderr = sys.stderr, err
+    try:
+        handler.handle()
+    finally:
+        sys.stderr = real
+    return err.getvalue().splitlines()
+
+
+def test_the_access_line_comes_after_the_answer_is_written():
+    """http.server logs the status when it is set, before the answer is written: a client that had
+    hung up got a "200" line and then the "dropped" one. The line now waits for the write."""
+    import io
+
+    class Gone(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, data):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    lines = _handled(Gone())
+    assert len(lines) == 1, lines
+    assert "connection dropped: the client closed it before the answer (200) was sent (BrokenPipeError)" in lines[0]
+    assert '"GET /api/info HTTP/1.1" 200' not in lines[0]
+    delivered = io.BytesIO()
+    lines = _handled(delivered)
+    assert len(lines) == 1 and '"GET /api/info HTTP/1.1" 200' in lines[0], lines
+    assert delivered.getvalue().startswith(b"HTTP/1.1 200") and delivered.getvalue().endswith(b'{"model": "x"}')
+
+
 def test_clients_that_hang_up_early_are_dropped_without_a_traceback(mnist_test):
     import socket
     import struct

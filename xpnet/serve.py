@@ -191,7 +191,21 @@ class Handler(BaseHTTPRequestHandler):
             super().handle()
         except ConnectionError as exc:  # the client went away (BrokenPipe, ConnectionReset): drop it
             self.close_connection = True
-            self.log_message("connection dropped: the client closed it (%s)", type(exc).__name__)
+            unsent = self.__dict__.pop("_unsent", None)
+            if unsent is not None:  # the answer's access line was held back (``_send``): not sent
+                self.log_message("connection dropped: the client closed it before the answer (%s) "
+                                 "was sent (%s)", unsent[0], type(exc).__name__)
+            else:
+                self.log_message("connection dropped: the client closed it (%s)", type(exc).__name__)
+
+    def log_request(self, code="-", size="-"):
+        """The access line: held back while ``_send`` writes the answer, so that a client that
+        hangs up first gets the "dropped" line alone, not a status line for an answer it never got
+        (http.server writes it when the status is set, before the headers and the body)."""
+        if "_unsent" in self.__dict__:
+            self._unsent = (getattr(code, "value", code), size)
+        else:
+            super().log_request(code, size)
 
     def do_GET(self):
         self._dispatch("GET")
@@ -299,6 +313,19 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(data).encode("utf-8"), "application/json", headers)
 
     def _send(self, status, body, ctype, headers=None):
+        self._unsent = None   # log_request holds the access line until the answer is written
+        try:
+            self._write(status, body, ctype, headers)
+        except ConnectionError:
+            raise   # handle() names the held status in its "dropped" line
+        except BaseException:
+            self.__dict__.pop("_unsent", None)
+            raise
+        held = self.__dict__.pop("_unsent", None)
+        if held is not None:
+            super().log_request(*held)
+
+    def _write(self, status, body, ctype, headers):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
