@@ -411,7 +411,10 @@ def read_images(path, input_shape, invert=False, preprocess=None):
     with open(path, "rb") as f:
         head = f.read(8)
     if head.startswith(b"\x89PNG"):
-        images = _read_png(path, input_shape[0])[None]
+        def fits(w, h):  # a PNG's size is in its header: refuse a wrong one before decoding
+            if preprocess is None and (h, w) != tuple(input_shape[1:]):
+                raise DataError(_wrong_size(path, f"{w}x{h}", input_shape))
+        images = _read_png(path, input_shape[0], fits)[None]
         labels = [path]
     elif head[:2] in (b"\x00\x00", b"\x1f\x8b"):
         from .datasets.idx import IMAGES_MAGIC, read_idx
@@ -423,8 +426,8 @@ def read_images(path, input_shape, invert=False, preprocess=None):
             images = images.astype(np.float64) / 255
     else:
         raise DataError(f"{path}: not a PNG or IDX images file")
-    if invert:
-        images = 1.0 - images
+    if invert:  # the PNG's own float64 array (an IDX file's uint8 was inverted above)
+        images = np.subtract(1.0, images, out=images)
     size = images.shape[1:]
     if preprocess == "mnist":
         from .preprocess import mnist_style
@@ -435,23 +438,29 @@ def read_images(path, input_shape, invert=False, preprocess=None):
         note = f"MNIST-preprocessed from {size[2]}x{size[1]}: bounding box to 20x20, centred by mass"
         labels = [f"{label} ({note})" for label in labels]
     elif size != tuple(input_shape):
-        channels, h, w = input_shape
-        what = (f"{size[2]}x{size[1]}" if size[0] == channels
+        what = (f"{size[2]}x{size[1]}" if size[0] == input_shape[0]
                 else f"{size[2]}x{size[1]} with {size[0]} channel(s)")
-        how = ("pass --preprocess mnist to crop, scale and centre the digit the way MNIST was made, "
-               f"or resize it to {w}x{h} yourself" if tuple(input_shape) == (1, 28, 28)
-               else f"resize it to {w}x{h} first")
-        raise DataError(f"{path}: the images are {what}, but the model takes {w}x{h} images "
-                        f"with {channels} channel(s); {how}")
+        raise DataError(_wrong_size(path, what, input_shape))
     return images, labels
 
 
+def _wrong_size(path, what, input_shape):
+    channels, h, w = input_shape
+    how = ("pass --preprocess mnist to crop, scale and centre the digit the way MNIST was made, "
+           f"or resize it to {w}x{h} yourself" if tuple(input_shape) == (1, 28, 28)
+           else f"resize it to {w}x{h} first")
+    return f"{path}: the images are {what}, but the model takes {w}x{h} images with {channels} channel(s); {how}"
+
+
 MAX_PNG_PIXELS = 40_000_000  # a 40-megapixel photo; a bigger header is refused before decoding
+PNG_ROWS = 256  # rows converted at a time: a 40-megapixel RGBA photo took 3.5 GB whole
 
 
-def _read_png(path, channels):
-    """A PNG as float (channels, H, W) in [0, 1]: colour becomes gray for one channel. The size in
-    its header is checked first: a tiny file can claim 100000x100000 pixels (gigabytes decoded)."""
+def _read_png(path, channels, fits=None):
+    """A PNG as float64 (channels, H, W) in [0, 1]: colour becomes gray for one channel. The size in
+    its header is checked first: a tiny file can claim 100000x100000 pixels (gigabytes decoded);
+    ``fits(w, h)`` may refuse it too. The decoded pixels are converted PNG_ROWS rows at a time
+    (each pixel on its own: the values of converting the image whole)."""
     from .errors import DataError
     with open(path, "rb") as f:
         head = f.read(24)  # signature, then the IHDR chunk: length, type, width, height
@@ -461,16 +470,29 @@ def _read_png(path, channels):
     if w * h > MAX_PNG_PIXELS:
         raise DataError(f"{path}: the PNG is {w}x{h} ({w * h:,} pixels); xpnet predict reads at most "
                         f"{MAX_PNG_PIXELS:,} pixels: resize it first")
+    if fits is not None:
+        fits(w, h)
     try:
         import matplotlib.image as mpimg
     except ImportError as exc:
         raise DataError("reading PNG files needs matplotlib: pip install 'xpnet[plot]'") from exc
     try:
-        img = np.asarray(mpimg.imread(path), dtype=np.float64)
+        raw = np.asarray(mpimg.imread(path))
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot read this PNG: {exc}") from exc
-    if img.max() > 1.0:  # 16-bit or integer PNGs
-        img = img / img.max()
+    peak = float(raw.max()) if raw.size else 0.0
+    out = np.empty(((1,) if channels == 1 else (3,)) + raw.shape[:2], dtype=np.float64)
+    for r in range(0, raw.shape[0], PNG_ROWS):
+        out[:, r:r + PNG_ROWS] = _png_rows(raw[r:r + PNG_ROWS], peak, channels)
+    return out
+
+
+def _png_rows(rows, peak, channels):
+    """Rows of a decoded PNG -> float64 (channels, rows, W) in [0, 1] (``peak``: the image's largest
+    value, over every channel)."""
+    img = rows.astype(np.float64)
+    if peak > 1.0:  # 16-bit or integer PNGs
+        img = img / peak
     if img.ndim == 3:
         if img.shape[2] == 4:  # composite on white, the way a viewer shows it
             img = img[..., :3] * img[..., 3:] + (1 - img[..., 3:])
