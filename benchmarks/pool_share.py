@@ -130,18 +130,21 @@ def main(argv=None):
     y = rng.integers(0, 10, count)
     backend = model.backend
     rec = Recorder(numpy_kernels)
-    results = {}
-    for threads in (2, 1):
-        backend.set_threads(threads)
-        if args.warmup:
-            model.fit(x[:b * args.warmup], y[:b * args.warmup], epochs=1, batch_size=b, verbose=0)
-        saved = rec.install()
-        try:
-            step = timed_fit(model, x, y, b, n, rec)
-        finally:
-            rec.uninstall(saved)
-        results[threads] = (step, {k: list(v) for k, v in rec.sites.items()}, dict(rec.pieces),
-                            rec.wake, rec.end_wait, rec.pool_wall)
+    results, kept = {}, backend.threads
+    try:
+        for threads in (2, 1):
+            backend.set_threads(threads)
+            if args.warmup:
+                model.fit(x[:b * args.warmup], y[:b * args.warmup], epochs=1, batch_size=b, verbose=0)
+            saved = rec.install()
+            try:
+                step = timed_fit(model, x, y, b, n, rec)
+            finally:
+                rec.uninstall(saved)
+            results[threads] = (step, {k: list(v) for k, v in rec.sites.items()}, dict(rec.pieces),
+                                rec.wake, rec.end_wait, rec.pool_wall)
+    finally:
+        backend.set_threads(kept)   # the backend is the process's: leave it as it was
     ms = lambda s: 1e3 * s / n   # noqa: E731  seconds summed over the steps -> ms a step
     step2, sites2, pieces2, wake, end_wait, pool_wall = results[2]
     step1, sites1 = results[1][0], results[1][1]

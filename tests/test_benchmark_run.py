@@ -169,3 +169,18 @@ def test_the_ab_setting_tool_alternates_a_constant_and_puts_it_back():
     assert {4096, 8192} <= set(seen) and pooling.CHUNK_BYTES == kept
     with pytest.raises(SystemExit):
         ab_setting.parse_args(["--setting", "CHUNK_BYTES", "--values", "1,2"])
+
+
+def test_the_pool_share_tool_times_the_sites_and_puts_the_pool_back(capsys):
+    """benchmarks/pool_share.py: a step on two threads and on one, the split passes' sites in the
+    table, and the pool's run, the kernels' _run and the thread count as they were afterwards."""
+    import pool_share
+    from xpnet.backends import get_backend, numpy_kernels
+    backend = get_backend("numpy")
+    kept = (numpy_kernels.DaemonPool.run, numpy_kernels.ElementwiseKernels._run, backend.threads)
+    assert pool_share.main(["--model", "cnn3x3", "--batch-size", "32", "--steps", "2", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "one thread" in out and "two threads" in out and "| conv_pool.py:" in out, out
+    assert (numpy_kernels.DaemonPool.run, numpy_kernels.ElementwiseKernels._run, backend.threads) == kept
+    with pytest.raises(SystemExit):
+        pool_share.parse_args(["--steps", "0"])
