@@ -27,17 +27,22 @@ import threading
 from xpnet.errors import ConfigError
 
 
+def _whole(value):
+    """True for ASCII digits only ("12"): str.isdigit() also takes "²", which int() refuses."""
+    return value.isascii() and value.isdigit()
+
+
 def thread_count():
     """$XPNET_NUM_THREADS (a positive whole number, else a ConfigError), else $OMP_NUM_THREADS when
     it is one number (other forms, such as OpenMP's "4,2" lists, are left to OpenMP), else the usable
     cores."""
     value = os.environ.get("XPNET_NUM_THREADS", "").strip()
     if value:
-        if value.isdigit() and int(value) > 0:
+        if _whole(value) and int(value) > 0:
             return int(value)
         raise ConfigError(f"XPNET_NUM_THREADS must be a positive whole number, got {value!r}")
     value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if value.isdigit() and int(value) > 0:
+    if _whole(value) and int(value) > 0:
         return int(value)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -47,7 +52,7 @@ def blas_threads_wanted():
     value = os.environ.get("XPNET_BLAS_THREADS", "").strip().lower()
     if value == "keep":
         return None
-    if value.isdigit() and int(value) > 0:
+    if _whole(value) and int(value) > 0:
         return int(value)
     if value:
         raise ConfigError(f"XPNET_BLAS_THREADS must be a positive whole number or 'keep', got {value!r}")
@@ -101,7 +106,7 @@ def cpu_identity(path="/proc/cpuinfo"):
                     break  # the first processor's block ends here
                 key, _, value = (part.strip() for part in line.partition(":"))
                 if key in fields:
-                    ident[fields[key]] = int(value) if value.isdigit() else value
+                    ident[fields[key]] = int(value) if _whole(value) else value
                 elif key == "flags":
                     ident["flags"] = frozenset(value.split())
     except OSError:
@@ -146,7 +151,7 @@ def split_mode():
     pass that is large enough, whatever it gains: the behaviour before SplitCheck, to compare)."""
     value = os.environ.get("XPNET_SPLIT", "auto").strip().lower() or "auto"
     if value not in ("auto", "always"):
-        raise ValueError(f"XPNET_SPLIT must be 'auto' or 'always', got {value!r}")
+        raise ConfigError(f"XPNET_SPLIT must be 'auto' or 'always', got {value!r}")
     return value
 
 

@@ -118,6 +118,9 @@ def test_a_malformed_config_json_is_named_not_a_traceback(interrupted, capsys, c
     ("XPNET_BLAS_THREADS", "abc", "XPNET_BLAS_THREADS must be a positive whole number or 'keep', got 'abc'"),
     ("XPNET_NUM_THREADS", "abc", "XPNET_NUM_THREADS must be a positive whole number, got 'abc'"),
     ("XPNET_NUM_THREADS", "0", "XPNET_NUM_THREADS must be a positive whole number, got '0'"),
+    # str.isdigit() takes a superscript two, which int() refuses (a ValueError traceback)
+    ("XPNET_NUM_THREADS", "\u00b2", "XPNET_NUM_THREADS must be a positive whole number, got '\u00b2'"),
+    ("XPNET_BLAS_THREADS", "\u00b2", "XPNET_BLAS_THREADS must be a positive whole number or 'keep', got '\u00b2'"),
 ])
 def test_a_bad_thread_variable_is_one_line(monkeypatch, name, value, message):
     monkeypatch.setenv(name, value)
@@ -130,6 +133,8 @@ def test_omp_num_threads_lists_are_left_to_openmp(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert cpu_threads.thread_count() == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "4,2")   # OpenMP's nested form: not ours to refuse
+    assert cpu_threads.thread_count() >= 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "\u00b2")   # not a number int() takes: left alone too
     assert cpu_threads.thread_count() >= 1
 
 
@@ -144,3 +149,37 @@ def test_a_bad_thread_variable_stops_the_cli_with_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("xpnet train: error: XPNET_NUM_THREADS must be a positive whole "
                                    "number, got 'abc'")
+
+
+@pytest.mark.parametrize("name, value, command, message", [
+    ("XPNET_OPS", "bogus", ["models"], "xpnet models: error: XPNET_OPS must be 'reference' or 'fast' (or unset), got 'bogus'"),
+    ("XPNET_SPLIT", "bogus", ["info"], "xpnet info: error: XPNET_SPLIT must be 'auto' or 'always', got 'bogus'"),
+])
+def test_a_bad_implementation_variable_is_one_line_from_every_command(name, value, command, message):
+    """$XPNET_OPS was read when xpnet was imported and $XPNET_SPLIT when the NumPy backend's kernels
+    were: both ended every command (even --help) in a traceback."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, **{name: value})
+    proc = subprocess.run([sys.executable, "-m", "xpnet"] + command, env=env, capture_output=True,
+                          text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 2 and proc.stderr.strip() == message, proc.stderr
+
+
+def test_a_bad_xpnet_ops_reaches_the_python_api_as_a_config_error_when_a_layer_computes():
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy as np, xpnet\n"
+            "from xpnet.layers import Conv2D, Flatten, Dense\n"
+            "m = xpnet.Sequential([Conv2D(2, 3), Flatten(), Dense(3)], input_shape=(1, 8, 8))\n"
+            "try:\n"
+            "    m.forward(m.backend.asarray(np.zeros((1, 1, 8, 8), np.float32)))\n"
+            "except xpnet.errors.ConfigError as exc:\n"
+            "    print('refused:', exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, XPNET_OPS="bogus"),
+                          capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "refused: XPNET_OPS must be 'reference' or 'fast' (or unset), got 'bogus'"

@@ -193,7 +193,8 @@ def test_split_mode_reads_the_environment(monkeypatch):
     monkeypatch.setenv("XPNET_SPLIT", "Always")
     assert split_mode() == "always"
     monkeypatch.setenv("XPNET_SPLIT", "sometimes")
-    with pytest.raises(ValueError, match="XPNET_SPLIT must be 'auto' or 'always', got 'sometimes'"):
+    from xpnet.errors import ConfigError   # one line from the command line, not a traceback
+    with pytest.raises(ConfigError, match="XPNET_SPLIT must be 'auto' or 'always', got 'sometimes'"):
         split_mode()
 
 

@@ -584,6 +584,8 @@ def guarded(label, func):
     SIGTERM (``kill``, ``docker stop``) stops the same way, with status 143."""
     previous = _interrupt_once()
     try:
+        from . import ops
+        ops.check()   # a bad $XPNET_OPS: this line, not a kernel's error halfway through
         return func()
     except XpnetError as exc:
         print(f"{label}: error: {exc}", file=sys.stderr)

@@ -45,4 +45,32 @@ def current():
     return _current
 
 
-use(os.environ.get("XPNET_OPS") or "fast")
+def _refusing(message):
+    def refused(*args, **kwargs):
+        raise ConfigError(message)
+    return refused
+
+
+def _from_environment():
+    """$XPNET_OPS's implementation (default "fast"). A bad value is not raised here, at import (a
+    traceback before any command could report it, and ``xpnet --help`` broken): every kernel
+    raises the ConfigError when a layer first computes, until ``use()`` picks one."""
+    global _refused
+    name = os.environ.get("XPNET_OPS") or "fast"
+    try:
+        use(name)
+    except ConfigError:
+        _refused = f"XPNET_OPS must be 'reference' or 'fast' (or unset), got {name!r}"
+        g = globals()
+        for fn in NAMES:
+            g[fn] = _refusing(_refused)
+
+
+def check():
+    """Raise the ConfigError of a bad $XPNET_OPS now (the command line checks it first thing)."""
+    if _current is None and _refused:
+        raise ConfigError(_refused)
+
+
+_refused = None
+_from_environment()
