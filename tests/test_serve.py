@@ -254,6 +254,15 @@ def test_several_content_length_headers_get_400(server, lengths, expect):
     assert answer.startswith(b"HTTP/1.1 400 ") and b"Content-Length headers" in answer
 
 
+def test_a_content_length_of_non_ascii_digits_with_expect_100_continue_gets_400(server):
+    """"\u00b2" (latin-1 byte B2) passes str.isdigit() but not int(): the Expect check raised a
+    ValueError in the handler (a traceback, the connection closed without an answer)."""
+    answer = raw(server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: \xb2\r\nExpect: 100-continue\r\n\r\n[1,2]")
+    final = answer.split(b"HTTP/1.1 ")[-1]
+    assert final.startswith(b"400 ") and b"bad Content-Length" in final, answer[:300]
+
+
 @pytest.mark.parametrize("body,words", [
     (b"{not json", "bad JSON"), (b"\xff\xfe\x00", "bad JSON"), (b"", "bad JSON"),
     (b"[" * 200000, "bad JSON"), (b"[1, 2]", "expected a JSON object"),

@@ -265,7 +265,7 @@ class Handler(BaseHTTPRequestHandler):
         with several lengths, before the client sends it."""
         try:
             length = self._content_length() or ""
-            if length.isdigit() and int(length) > MAX_BODY:
+            if length.isascii() and length.isdigit() and int(length) > MAX_BODY:
                 self.close_connection = True
                 raise RequestError(413, f"the body is {length} bytes; at most {MAX_BODY} are accepted")
         except RequestError as exc:
