@@ -1,6 +1,7 @@
 """Model files: round trips across backends and dtypes, and every refusal of a bad file."""
 import io
 import json
+import os
 import pickle
 
 import numpy as np
@@ -419,3 +420,50 @@ def test_functional_model_with_regularized_layer_round_trips(tmp_path):
     x = np.random.default_rng(0).standard_normal((2, 4)).astype("float32")
     np.testing.assert_array_equal(model.forward(x), again.forward(x))
     assert again.layers[-1].regularizers["W"].get_config() == {"type": "L2", "l": 1e-3}
+
+
+# -- writing and reading errors of the file system ----------------------------------------------
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"),
+                                   OSError(30, "Read-only file system"),
+                                   OSError(28, "No space left on device"),
+                                   OSError(36, "File name too long")])
+def test_a_failed_write_names_the_target_and_leaves_no_temp_file(tmp_path, monkeypatch, error):
+    """A save whose rename (or write) fails is a DataError naming the model file and the reason,
+    never the temporary file, and the temporary file is gone."""
+    import xpnet.serialization as ser
+    path = tmp_path / "m.npz"
+
+    def fail(src, dst):
+        error.filename, error.filename2 = src, dst  # what the OS error names: the temp file
+        raise error
+    monkeypatch.setattr(ser.os, "replace", fail)
+    with pytest.raises(DataError) as err:
+        save_model(small_model(), path)
+    message = str(err.value)
+    assert message == f"cannot write {path}: {error.strerror}"
+    assert ".tmp" not in message and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("path", ["/sys/m.npz", "/proc/m.npz"])
+def test_saving_where_the_system_refuses_is_a_data_error(path):
+    """/sys and /proc refuse new files, even to root: the OS reason, naming the target."""
+    if not os.path.isdir(os.path.dirname(path)):
+        pytest.skip(f"no {os.path.dirname(path)} here")
+    with pytest.raises(DataError, match=rf"^cannot write {path}: ") as err:
+        save_model(small_model(), path)
+    assert ".tmp" not in str(err.value)
+    assert not os.path.exists(path)
+
+
+def test_an_unreadable_model_file_is_a_data_error(saved, monkeypatch):
+    """open() refused (no read permission; simulated: the tests run as root) -> DataError."""
+    import builtins
+    _, path, _, _ = saved
+
+    def refuse(name, *args, **kwargs):
+        if os.fspath(name) == os.fspath(path):
+            raise PermissionError(13, "Permission denied", os.fspath(name))
+        return builtins.open(name, *args, **kwargs)
+    monkeypatch.setattr("xpnet.io.open", refuse, raising=False)
+    with pytest.raises(DataError, match=rf"^cannot read the model file {path}: Permission denied$"):
+        load_model(path)

@@ -213,3 +213,28 @@ def test_export_refuses_to_write_over_its_model_or_a_non_file(tmp_path, capsys):
     assert cli.main(["export", str(tmp_path), str(tmp_path / "model.npz")]) == 2
     assert "the model file itself" in capsys.readouterr().err
     assert (tmp_path / "model.npz").read_bytes() == before
+
+
+def test_export_where_writing_fails_is_one_line(tmp_path, capsys, monkeypatch):
+    """A read-only folder (simulated: the tests run as root), a full disk and /sys end with one
+    line naming the .onnx file and the reason, never the temporary file; nothing is left."""
+    import errno
+
+    import xpnet.serialization as ser
+    model = xpnet.models.get("quick-mlp").build(device="cpu")
+    model.save(tmp_path / "m.npz")
+    out = tmp_path / "out"
+    out.mkdir()
+    for code in (errno.EACCES, errno.EROFS, errno.ENOSPC):
+        def fail(src, dst, code=code):
+            raise OSError(code, os.strerror(code), src)
+        with monkeypatch.context() as m:
+            m.setattr(ser.os, "replace", fail)
+            assert cli.main(["export", str(tmp_path / "m.npz"), str(out / "m.onnx")]) == 2
+        err = capsys.readouterr().err
+        assert err == f"xpnet export: error: cannot write {out / 'm.onnx'}: {os.strerror(code)}\n"
+        assert os.listdir(out) == []
+    if os.path.isdir("/sys"):
+        assert cli.main(["export", str(tmp_path / "m.npz"), "/sys/m.onnx"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("xpnet export: error: cannot write /sys/m.onnx: ") and err.count("\n") == 1

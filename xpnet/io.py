@@ -120,8 +120,11 @@ def _check_container(path):
             f"give its {inside}" if os.path.isfile(inside) else "expected a .npz model file"))
     if not os.path.isfile(path):
         raise DataError(f"no such model file: {path}")
-    with open(path, "rb") as f:
-        head = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:   # no read permission, an I/O error, ...
+        raise DataError(f"cannot read the model file {path}: {exc.strerror or exc}") from exc
     if head[:1] == b"\x80":
         raise DataError(f"{path}: refusing to load a pickle; xpnet model files are .npz archives")
     if not zipfile.is_zipfile(path):

@@ -73,6 +73,10 @@ def atomic_write_bytes(path, data):
         # the path changed under us after check_writable: name the target, not the temp file
         raise DataError(f"cannot write {path}: "
                         f"{unwritable_reason(path) or exc.strerror or type(exc).__name__}") from exc
+    except OSError as exc:
+        # no permission, a read-only file system, a full disk, a name too long, ...: the error
+        # names the temporary file (or the folder); name the target and the reason instead
+        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def _atomic_write(path, data):
@@ -87,8 +91,10 @@ def _atomic_write(path, data):
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        try:
             os.unlink(tmp)
+        except OSError:
+            pass   # gone already, or the folder no longer lets us: the first error is the one to tell
         raise
 
 
