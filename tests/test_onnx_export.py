@@ -238,3 +238,48 @@ def test_export_where_writing_fails_is_one_line(tmp_path, capsys, monkeypatch):
         assert cli.main(["export", str(tmp_path / "m.npz"), "/sys/m.onnx"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("xpnet export: error: cannot write /sys/m.onnx: ") and err.count("\n") == 1
+
+
+def test_layers_and_inputs_named_like_the_graph_outputs(tmp_path, capsys):
+    """A layer named "output" (or "output_0"/"output_1" with two outputs), or an Input named
+    "output", made the same tensor name twice: ONNX's checker refused the graph (not SSA) with a
+    traceback. The graph outputs' names are reserved first; the file runs and matches xpnet."""
+    seq = xpnet.Sequential([Flatten(), Dense(10, name="output")], input_shape=(1, 28, 28),
+                           device="cpu", seed=1)
+    seq.save(tmp_path / "n.npz")
+    assert cli.main(["export", str(tmp_path / "n.npz"), str(tmp_path / "n.onnx")]) == 0
+    capsys.readouterr()
+    x = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
+    (out,) = run_onnx(str(tmp_path / "n.onnx"), {"input": x})
+    np.testing.assert_allclose(out, seq.predict(x), atol=TOL, rtol=0)
+
+    inp = Input((4,), name="output")
+    h = Dense(6, name="output_0")(inp)
+    two = Model(inp, [Dense(3, name="output_1")(h), Dense(2)(h)], device="cpu", seed=2)
+    x = np.random.default_rng(1).random((3, 4), dtype=np.float32)
+    outs = run_onnx(xpnet.onnx_export.to_onnx(two), {"output": x})
+    refs = [two.backend.to_numpy(o) for o in two.forward(x)]
+    assert len(outs) == len(refs) == 2
+    for out, ref in zip(outs, refs):
+        np.testing.assert_allclose(out, ref, atol=TOL, rtol=0)
+
+    one = Model(inp, Dense(3, name="output_1")(inp), device="cpu", seed=3)
+    proto = xpnet.onnx_export.to_onnx(one)
+    assert [o.name for o in proto.graph.output] == ["output_1"]
+    (out,) = run_onnx(proto, {"output": x})
+    np.testing.assert_allclose(out, one.backend.to_numpy(one.forward(x)), atol=TOL, rtol=0)
+
+
+def test_a_graph_the_checker_refuses_is_a_config_error(monkeypatch, tmp_path, capsys):
+    """onnx.checker.ValidationError (many lines) becomes a one-line ConfigError; nothing written."""
+    def refuse(proto, full_check=False):
+        raise onnx.checker.ValidationError("Graph must be in single static assignment (SSA) form\n\n"
+                                           "==> Context: Bad node spec")
+    monkeypatch.setattr(onnx.checker, "check_model", refuse)
+    model = xpnet.models.get("quick-mlp").build(device="cpu")
+    model.save(tmp_path / "m.npz")
+    assert cli.main(["export", str(tmp_path / "m.npz"), str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xpnet export: error: cannot export") and err.count("\n") == 1
+    assert "single static assignment" in err
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]

@@ -181,11 +181,14 @@ def to_onnx(model, opset=DEFAULT_OPSET):
     g = _Graph(onnx, model.backend)
     for name, _ in inputs:
         g.used.add(name)
+    # the graph's output names are reserved before any layer is named, as the inputs' are: a layer
+    # called "output" gets "output_1" for its tensor (an Input called "output" makes the graph's
+    # output "output_1"); a name made twice is not single static assignment and fails the checker
+    outputs = [g.name("output" if len(output_ids) == 1 else f"output_{i}")
+               for i in range(len(output_ids))]
     for layer, sources, key in steps:
         names[key] = _mapping(layer)(g, layer, [names[s] for s in sources])
-    outputs = [("output" if len(output_ids) == 1 else f"output_{i}") for i in range(len(output_ids))]
     for name, key in zip(outputs, output_ids):  # Identity gives each output its own name
-        g.used.add(name)
         g.nodes.append(helper.make_node("Identity", [names[key]], [name], name=name))
     out_shapes = model.output_shape if len(outputs) > 1 else [model.output_shape]
     f32 = onnx.TensorProto.FLOAT
@@ -201,7 +204,12 @@ def to_onnx(model, opset=DEFAULT_OPSET):
     helper.set_model_props(proto, {"xpnet_model": model.name, "input_scaling": INPUT_SCALING})
     # the IR version that came with this opset, so runtimes of that time can read the file
     proto.ir_version = helper.find_min_ir_version_for(list(proto.opset_import))
-    onnx.checker.check_model(proto, full_check=True)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:  # its message runs over many lines
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ConfigError(f"cannot export {model.name!r} to ONNX: the ONNX checker refuses the "
+                          f"graph: {first}") from exc
     return proto
 
 
