@@ -415,3 +415,24 @@ def test_gpu_without_cupy_is_a_clean_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("xpnet train: error:") and "pip install -e '.[cuda12]'" in err
     assert not os.listdir(tmp_path)
+
+
+def test_evaluate_reads_only_the_test_split(image_model, tmp_path, capsys):
+    """With only the two t10k files in --data-dir evaluate works (it asked for the train files),
+    and a truncated training file does not stop it."""
+    import shutil
+    model, path = image_model
+    source = os.path.join(ROOT, "data", "mnist")
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(os.path.join(source, name), data / name)
+    assert cli.main(["evaluate", path, "--data-dir", str(data)]) == 0
+    out = capsys.readouterr().out
+    x, y = xpnet.datasets.load("mnist", data_dir=data, split="test")
+    expected = int((cli.predict_probs(model, x).argmax(axis=1) != y).sum())
+    assert f"({expected} mistakes)" in out and "10000 images" in out
+    (data / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00")   # truncated
+    (data / "train-labels-idx1-ubyte.gz").write_bytes(b"")
+    assert cli.main(["evaluate", path, "--data-dir", str(data)]) == 0
+    assert f"({expected} mistakes)" in capsys.readouterr().out

@@ -387,3 +387,50 @@ def test_one_hot_and_to_float():
     np.testing.assert_allclose(f, [0.0, 0.2, 1.0], rtol=1e-7)
     with pytest.raises(DataError, match="expected uint8 images, got float64"):
         ds.to_float(np.zeros(3))
+
+
+def test_load_one_split_needs_reads_and_checks_only_its_files(isolated, monkeypatch):
+    """split="test" (what xpnet evaluate loads) or "train": only that split's files are looked
+    for, downloaded and read; without split the behaviour is unchanged."""
+    folder = isolated / "d"
+    parts = make_mnist(folder)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (folder / name).unlink()
+    x, y = ds.load("mnist", data_dir=folder, download=False, split="test")
+    assert x.shape == (3, 1, 28, 28)
+    np.testing.assert_array_equal(y, parts["t10k"][1])
+    with pytest.raises(DataError, match=r"missing train-images-idx3-ubyte\.gz, train-labels"):
+        ds.load("mnist", data_dir=folder, download=False)
+    with pytest.raises(DataError, match=r"Expected train-images-idx3-ubyte\.gz, train-labels-idx1-ubyte\.gz "
+                                        r"\(gzip, .*/d \(none of the files\)"):
+        ds.load("mnist", data_dir=folder, download=False, split="train")
+    write(folder / "train-images-idx3-ubyte.gz", b"\x1f\x8b\x08")   # truncated: the test split loads
+    write(folder / "train-labels-idx1-ubyte.gz", b"")
+    assert len(ds.load("mnist", data_dir=folder, split="test")[1]) == 3
+    with pytest.raises(DataError):
+        ds.load("mnist", data_dir=folder, split="train")
+    # a download fetches only the split's files
+    fetched = []
+    monkeypatch.setattr(ds, "fetch_from_mirrors", lambda mirrors, name, dest, md5: fetched.append(name))
+    with pytest.raises(DataError, match="files missing after download"):
+        ds.load("fashion-mnist", split="test")
+    assert fetched == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    with pytest.raises(ConfigError, match="split must be None"):
+        ds.load("mnist", data_dir=folder, split="val")
+
+
+def test_cifar_test_split_reads_only_the_test_batch(isolated):
+    batches = cifar_batches()
+    folder = isolated / "f" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    (folder / "test_batch.bin").write_bytes(batches["test_batch.bin"][0])
+    xt, yt = ds.load("cifar10", data_dir=isolated / "f", download=False, split="test")
+    assert xt.shape == (2, 3, 32, 32)
+    np.testing.assert_array_equal(yt, batches["test_batch.bin"][1])
+    with pytest.raises(DataError, match="data_batch_1.bin"):
+        ds.load("cifar10", data_dir=isolated / "f", download=False)
+    del batches["data_batch_2.bin"]   # a tar without a training batch: the test split still reads
+    make_cifar_tar(isolated / "t" / "cifar-10-binary.tar.gz", batches)
+    assert len(ds.load("cifar10", data_dir=isolated / "t", split="test")[1]) == 2
+    with pytest.raises(DataError, match=r"no data_batch_2\.bin inside the archive"):
+        ds.load("cifar10", data_dir=isolated / "t")

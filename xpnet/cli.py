@@ -193,7 +193,7 @@ def cmd_evaluate(args):
     from .io import load_model
     model = load_model(args.model_file, device=args.device, compile=False)
     dataset = args.dataset or _run_dataset(args.model_file) or "mnist"
-    (_, _), (x, y) = datasets.load(dataset, data_dir=args.data_dir)
+    x, y = datasets.load(dataset, data_dir=args.data_dir, split="test")  # no training images needed
     _check_images_fit(model, x, f"the {dataset} test images")
     probs = predict_probs(model, x, args.batch_size)
     pred = probs.argmax(axis=1)

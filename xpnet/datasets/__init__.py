@@ -78,19 +78,36 @@ def _idx_path(folder, filename):
     return None
 
 
-def _locate(key, folder):
-    """The dataset's paths inside ``folder`` (dict), or None if anything is missing."""
+SPLITS = ("train", "test")
+_IDX_PREFIX = {"train": "train-", "test": "t10k-"}
+
+
+def _check_split(split):
+    if split is not None and split not in SPLITS:
+        raise ConfigError(f"split must be None (both), 'train' or 'test', got {split!r}")
+
+
+def _files(key, split=None):
+    """The dataset's files that ``split`` needs (None: both splits; a CIFAR-10 tar holds both)."""
+    files = DATASETS[key]["files"]
+    if split is None or DATASETS[key]["format"] == "cifar":
+        return list(files)
+    return [f for f in files if f.startswith(_IDX_PREFIX[split])]
+
+
+def _locate(key, folder, split=None):
+    """The dataset's paths inside ``folder`` (dict), or None if anything ``split`` needs is missing."""
     if folder is None or not os.path.isdir(folder):
         return None
     if DATASETS[key]["format"] == "cifar":
-        found = cifar.find(folder)
+        found = cifar.find(folder, split)
         return {"cifar": found} if found else None
-    paths = {f: _idx_path(folder, f) for f in DATASETS[key]["files"]}
+    paths = {f: _idx_path(folder, f) for f in _files(key, split)}
     return None if None in paths.values() else paths
 
 
-def _not_found(key, places, download, failure=None):
-    lines = [f"{key}: dataset files not found. Expected {_wanted(key)} in one of:"]
+def _not_found(key, places, download, failure=None, split=None):
+    lines = [f"{key}: dataset files not found. Expected {_wanted(key, split)} in one of:"]
     for label, folder in places:
         if folder is None:
             lines.append(f"  {label}: " + ("XPNET_DATA not set" if "XPNET" in label else "-"))
@@ -105,66 +122,69 @@ def _not_found(key, places, download, failure=None):
     return DataError("\n".join(lines))
 
 
-def _download(key):
+def _download(key, split=None):
     spec = DATASETS[key]
     folder = cache_dir(key)
-    for filename in spec["files"]:
+    for filename in _files(key, split):
         dest = os.path.join(folder, filename)
         if not os.path.isfile(dest):
             fetch_from_mirrors(spec["mirrors"], filename, dest, spec["md5"][filename])
-    return _locate(key, folder)
+    return _locate(key, folder, split)
 
 
-def _wanted(key):
-    files = DATASETS[key]["files"]
+def _wanted(key, split=None):
+    files = _files(key, split)
     if DATASETS[key]["format"] == "cifar":
         return (f"{files[0]} or a {cifar.CIFAR_FOLDER}/ folder with "
-                + ", ".join(cifar.CIFAR_TRAIN + cifar.CIFAR_TEST))
+                + ", ".join(cifar._batches(split)))
     return ", ".join(files) + " (gzip, or uncompressed without .gz)"
 
 
-def _folder_state(key, folder):
+def _folder_state(key, folder, split=None):
     if not os.path.isdir(folder):
         return "no such folder" if not os.path.exists(folder) else "not a folder"
     if DATASETS[key]["format"] == "cifar":
         return "incomplete" if os.listdir(folder) else "empty"
-    missing = [f for f in DATASETS[key]["files"] if _idx_path(folder, f) is None]
-    if len(missing) == len(DATASETS[key]["files"]):
+    files = _files(key, split)
+    missing = [f for f in files if _idx_path(folder, f) is None]
+    if len(missing) == len(files):
         return "none of the files"
     return "missing " + ", ".join(missing)
 
 
-def _find_in_data_dir(key, data_dir):
+def _find_in_data_dir(key, data_dir, split=None):
     folders = [folder for _, folder in search_places(key, data_dir)[:2]]
     for folder in folders:
-        paths = _locate(key, folder)
+        paths = _locate(key, folder, split)
         if paths:
             return paths
-    where = "; ".join(f"{folder} ({_folder_state(key, folder)})" for folder in folders)
+    where = "; ".join(f"{folder} ({_folder_state(key, folder, split)})" for folder in folders)
     raise DataError(f"{key}: the data directory {os.fspath(data_dir)} holds no {key} dataset. "
-                    f"Expected {_wanted(key)} in {where}. Leave the data directory out to use the "
-                    "bundled or cached copy (or to download it)")
+                    f"Expected {_wanted(key, split)} in {where}. Leave the data directory out to "
+                    "use the bundled or cached copy (or to download it)")
 
 
-def find(name, data_dir=None, download=True):
+def find(name, data_dir=None, download=True, split=None):
     """Where the dataset's files are: a dict of paths (downloading them if allowed).
-    With ``data_dir`` only that folder (and its ``<name>/`` subfolder) is looked in."""
+    With ``data_dir`` only that folder (and its ``<name>/`` subfolder) is looked in. With
+    ``split`` ("train" or "test") only the files of that split are needed (and downloaded)."""
     key = _canonical(name)
+    _check_split(split)
     if data_dir is not None:
-        return _find_in_data_dir(key, data_dir)
+        return _find_in_data_dir(key, data_dir, split)
     places = search_places(key, data_dir)
     for _, folder in places:
-        paths = _locate(key, folder)
+        paths = _locate(key, folder, split)
         if paths:
             return paths
     if not download:
-        raise _not_found(key, places, download)
+        raise _not_found(key, places, download, split=split)
     try:
-        paths = _download(key)
+        paths = _download(key, split)
     except DataError as exc:
-        raise _not_found(key, places, download, failure=exc) from exc
+        raise _not_found(key, places, download, failure=exc, split=split) from exc
     if not paths:
-        raise _not_found(key, places, download, failure="files missing after download")
+        raise _not_found(key, places, download, failure="files missing after download", split=split)
     return paths
 
 
@@ -195,23 +215,28 @@ def _read_idx_pair(key, images_path, labels_path):
     return images.reshape(len(images), c, h, w), labels.astype(np.int64)
 
 
-def load(name, data_dir=None, download=True, verify=False):
-    """((x_train, y_train), (x_test, y_test)) as host arrays: uint8 NCHW images, int64 labels."""
+def load(name, data_dir=None, download=True, verify=False, split=None):
+    """((x_train, y_train), (x_test, y_test)) as host arrays: uint8 NCHW images, int64 labels.
+    With ``split="test"`` (or ``"train"``) only that pair, (x, y): only its files are looked for,
+    read and checked (``xpnet evaluate`` needs no training images)."""
     key = _canonical(name)
-    paths = find(key, data_dir, download)
+    _check_split(split)
+    paths = find(key, data_dir, download, split)
     if verify:
         _verify(key, paths)
+    parts = list(SPLITS) if split is None else [split]
     if DATASETS[key]["format"] == "cifar":
-        train, test = cifar.read(paths["cifar"])
+        pairs = cifar.read(paths["cifar"], split)
+        pairs = list(pairs) if split is None else [pairs]
     else:
-        train, test = (_read_idx_pair(key, paths[f"{part}-images-idx3-ubyte.gz"],
-                                      paths[f"{part}-labels-idx1-ubyte.gz"])
-                       for part in ("train", "t10k"))
+        pairs = [_read_idx_pair(key, paths[f"{_IDX_PREFIX[part]}images-idx3-ubyte.gz"],
+                                paths[f"{_IDX_PREFIX[part]}labels-idx1-ubyte.gz"])
+                 for part in parts]
     classes = len(DATASETS[key]["class_names"])
-    for part, (_, y) in zip(("train", "test"), (train, test)):
+    for part, (_, y) in zip(parts, pairs):
         if len(y) and y.max() >= classes:
             raise DataError(f"{key} {part}: label {int(y.max())} out of range 0..{classes - 1}")
-    return train, test
+    return tuple(pairs) if split is None else pairs[0]
 
 
 __all__ = ["load", "info", "find", "search_places", "cache_dir", "train_val_split", "one_hot",

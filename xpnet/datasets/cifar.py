@@ -39,13 +39,26 @@ def _check_size(size, where):
                         f"(30,730,000 bytes); refusing to read it")
 
 
-def read_tar(path):
-    """((x_train, y_train), (x_test, y_test)) from cifar-10-binary.tar.gz, read in memory."""
+def _batches(split):
+    """The batch files of ``split`` (None: both, "train" or "test")."""
+    return {None: CIFAR_TRAIN + CIFAR_TEST, "train": CIFAR_TRAIN, "test": CIFAR_TEST}[split]
+
+
+def _pairs(split, one):
+    """((x_train, y_train), (x_test, y_test)), or the one pair of ``split``, from ``one(name)``."""
+    if split is not None:
+        return _join([one(n) for n in _batches(split)])
+    return _join([one(n) for n in CIFAR_TRAIN]), _join([one(n) for n in CIFAR_TEST])
+
+
+def read_tar(path, split=None):
+    """((x_train, y_train), (x_test, y_test)) from cifar-10-binary.tar.gz, read in memory; with
+    ``split`` ("train" or "test") only that pair, and only its batches are read."""
     try:
         with tarfile.open(path, "r:*") as tar:
             members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
             parts = {}
-            for name in CIFAR_TRAIN + CIFAR_TEST:
+            for name in _batches(split):
                 if name not in members:
                     raise DataError(f"{path}: no {name} inside the archive; expected "
                                     f"{CIFAR_FOLDER}/ with {', '.join(CIFAR_TRAIN + CIFAR_TEST)}")
@@ -55,10 +68,10 @@ def read_tar(path):
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise DataError(f"{path}: not a readable CIFAR-10 binary tar (truncated or corrupt?): "
                         f"{exc}") from exc
-    return _join([parts[n] for n in CIFAR_TRAIN]), _join([parts[n] for n in CIFAR_TEST])
+    return _pairs(split, parts.__getitem__)
 
 
-def read_folder(folder):
+def read_folder(folder, split=None):
     """The same from an extracted ``cifar-10-batches-bin/`` folder."""
     def one(name):
         path = os.path.join(folder, name)
@@ -67,19 +80,20 @@ def read_folder(folder):
         _check_size(os.path.getsize(path), path)
         with open(path, "rb") as f:
             return parse_batch(f.read(), path)
-    return _join([one(n) for n in CIFAR_TRAIN]), _join([one(n) for n in CIFAR_TEST])
+    return _pairs(split, one)
 
 
-def find(folder):
-    """The tar or batch folder for CIFAR-10 inside ``folder``, or None."""
+def find(folder, split=None):
+    """The tar or batch folder for CIFAR-10 inside ``folder`` (a folder needs the batches of
+    ``split``: None for both), or None."""
     tar = os.path.join(folder, CIFAR_TAR)
     if os.path.isfile(tar):
         return tar
     for cand in (os.path.join(folder, CIFAR_FOLDER), folder):
-        if all(os.path.isfile(os.path.join(cand, n)) for n in CIFAR_TRAIN + CIFAR_TEST):
+        if all(os.path.isfile(os.path.join(cand, n)) for n in _batches(split)):
             return cand
     return None
 
 
-def read(path):
-    return read_folder(path) if os.path.isdir(path) else read_tar(path)
+def read(path, split=None):
+    return read_folder(path, split) if os.path.isdir(path) else read_tar(path, split)
