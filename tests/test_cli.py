@@ -417,6 +417,42 @@ def test_gpu_without_cupy_is_a_clean_error(tmp_path, capsys):
     assert not os.listdir(tmp_path)
 
 
+def _evaluate_err(capsys, argv):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_evaluate_refuses_a_model_that_does_not_fit_the_dataset_before_reading_it(tmp_path, capsys,
+                                                                                 monkeypatch):
+    """Several outputs (a broadcast ValueError before), another class count (a Dense(5) model on
+    MNIST printed 'error 94.57%'), another image shape (cifar10 on an MNIST model went to download
+    170 MB first): refused from the model and the dataset's metadata, no dataset file read."""
+    from xpnet.graph import Input, Model
+    from xpnet.layers import Flatten
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the dataset was loaded")
+    monkeypatch.setattr(xpnet.datasets, "load", no_load)
+    monkeypatch.setattr(xpnet.datasets, "find", no_load)
+    inp = Input((1, 28, 28))
+    h = Flatten()(inp)
+    Model(inp, [Dense(10)(h), Dense(10)(h)], seed=1).save(tmp_path / "two.npz")
+    xpnet.Sequential([Flatten(), Dense(5)], input_shape=(1, 28, 28)).save(tmp_path / "five.npz")
+    xpnet.Sequential([Flatten()], input_shape=(1, 28, 28)).save(tmp_path / "flat.npz")
+    xpnet.Sequential([Flatten(), Dense(10)], input_shape=(1, 28, 28)).save(tmp_path / "ten.npz")
+    cases = [(["two.npz"], "the model has 2 outputs; evaluate needs one"),
+             (["five.npz"], "the model gives 5 classes; mnist has 10"),
+             (["five.npz", "--dataset", "cifar10"],
+              "the cifar10 test images have shape (3, 32, 32) per image, but the model expects (1, 28, 28)"),
+             (["flat.npz", "--dataset", "fashion-mnist"], "the model gives 784 classes; fashion-mnist has 10"),
+             (["ten.npz", "--dataset", "cifar10"], "have shape (3, 32, 32) per image")]
+    for argv, message in cases:
+        err = _evaluate_err(capsys, ["evaluate", str(tmp_path / argv[0])] + argv[1:])
+        assert err.startswith("xpnet evaluate: error: ") and message in err, err
+
+
 def test_evaluate_reads_only_the_test_split(image_model, tmp_path, capsys):
     """With only the two t10k files in --data-dir evaluate works (it asked for the train files),
     and a truncated training file does not stop it."""

@@ -193,6 +193,7 @@ def cmd_evaluate(args):
     from .io import load_model
     model = load_model(args.model_file, device=args.device, compile=False)
     dataset = args.dataset or _run_dataset(args.model_file) or "mnist"
+    _check_model_fits_dataset(model, _dataset_info(dataset))  # before any file is read or downloaded
     x, y = datasets.load(dataset, data_dir=args.data_dir, split="test")  # no training images needed
     _check_images_fit(model, x, f"the {dataset} test images")
     probs = predict_probs(model, x, args.batch_size)
@@ -363,6 +364,26 @@ def _run_dataset(model_file):
 def _class_names(dataset, n):
     names = _dataset_info(dataset)["class_names"] if dataset else []
     return names if len(names) == n else [str(i) for i in range(n)]
+
+
+def _check_model_fits_dataset(model, info):
+    """ShapeError unless ``model`` takes one input of the dataset's image shape and gives one
+    output of a score per class; only the dataset's metadata is used, no file is read."""
+    from .errors import ShapeError
+    name = info["name"]
+    for kind, shape in (("inputs", model.input_shape), ("outputs", model.output_shape)):
+        if isinstance(shape, list):  # a functional model with several
+            raise ShapeError(f"the model has {len(shape)} {kind}; evaluate needs one")
+    image_shape = tuple(info["image_shape"])
+    if tuple(model.input_shape) != image_shape:
+        raise ShapeError(f"the {name} test images have shape {image_shape} per image, but the model "
+                         f"expects {tuple(model.input_shape)}")
+    classes, out = info["classes"], tuple(model.output_shape)
+    if len(out) != 1:
+        raise ShapeError(f"the model gives output of shape {out} per image; evaluate needs one "
+                         f"score per class ({classes} for {name})")
+    if out[0] != classes:
+        raise ShapeError(f"the model gives {out[0]} classes; {name} has {classes}")
 
 
 def _check_images_fit(model, x, what):
