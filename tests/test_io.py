@@ -467,3 +467,17 @@ def test_an_unreadable_model_file_is_a_data_error(saved, monkeypatch):
     monkeypatch.setattr("xpnet.io.open", refuse, raising=False)
     with pytest.raises(DataError, match=rf"^cannot read the model file {path}: Permission denied$"):
         load_model(path)
+
+
+def test_a_bad_thread_variable_is_not_blamed_on_the_model_file(saved, monkeypatch):
+    """XPNET_NUM_THREADS=abc: the backend is made before the rebuild that turns errors into
+    '<file>: the saved architecture does not rebuild', so the variable's message comes alone."""
+    import xpnet.backends as xb
+    from xpnet.errors import XpnetError
+    _, path, _, _ = saved
+    monkeypatch.setattr(xb, "_cache", {})   # the CPU backend is made (and reads the variable) anew
+    monkeypatch.setenv("XPNET_NUM_THREADS", "abc")
+    with pytest.raises(XpnetError) as err:
+        load_model(path)
+    assert str(err.value) == "XPNET_NUM_THREADS must be a positive whole number, got 'abc'"
+    assert not isinstance(err.value, DataError)

@@ -166,8 +166,12 @@ def _rebuild(path, header, device):
         config = {k: v for k, v in header.items() if k not in ("class", "dtype", "seed")}
     if not isinstance(config.get("layers"), list) or not config["layers"]:
         raise DataError(f"{path}: the model header lists no layers")
+    from .backends import get_backend
+    # the backend first, outside the try below: an unknown device or a bad XPNET_NUM_THREADS is
+    # the environment's or the caller's error, not the file's ("does not rebuild")
+    backend = get_backend(device)
     try:
-        return classes[cls_name].from_config(config, device=device, dtype=dtype, seed=seed)
+        return classes[cls_name].from_config(config, device=backend, dtype=dtype, seed=seed)
     except (ShapeError, ConfigError, TypeError, ValueError, KeyError, OverflowError) as exc:
         if isinstance(exc, DataError):
             raise
