@@ -481,3 +481,25 @@ def test_a_bad_thread_variable_is_not_blamed_on_the_model_file(saved, monkeypatc
         load_model(path)
     assert str(err.value) == "XPNET_NUM_THREADS must be a positive whole number, got 'abc'"
     assert not isinstance(err.value, DataError)
+
+
+@pytest.mark.parametrize("bad", [b"/tmp/m.npz", None, 3, ["m.npz"]])
+def test_load_model_and_export_onnx_check_the_path_type(bad, saved, monkeypatch):
+    """bytes gave an AttributeError, None or a number a raw TypeError: now a ConfigError as in
+    save_model, and export_onnx refuses before it builds the ONNX model; pathlib keeps working."""
+    import xpnet.onnx_export as ox
+    model, path, _, _ = saved
+    with pytest.raises(ConfigError, match=rf"^load_model: path must be a file name \(str or "
+                                          rf"os.PathLike\), got {type(bad).__name__}$"):
+        load_model(bad)
+
+    def not_built(*args, **kwargs):
+        raise AssertionError("the ONNX model was built")
+    with monkeypatch.context() as m:
+        m.setattr(ox, "to_onnx", not_built)
+        with pytest.raises(ConfigError, match=rf"^export_onnx: path must be a file name .*got "
+                                              rf"{type(bad).__name__}$"):
+            ox.export_onnx(model, bad)
+    assert load_model(path).name == "tiny"   # a pathlib.Path
+    pytest.importorskip("onnx")
+    assert ox.export_onnx(model, path.with_suffix(".onnx")) == str(path.with_suffix(".onnx"))

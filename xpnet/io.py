@@ -13,7 +13,7 @@ import zipfile
 
 
 from .errors import ConfigError, DataError, ShapeError, XpnetError
-from .serialization import check_writable, load_npz, pack_state, save_npz_atomic, unpack_state
+from .serialization import check_writable, file_name, load_npz, pack_state, save_npz_atomic, unpack_state
 
 FORMAT = "xpnet.model"
 FORMAT_VERSION = 1
@@ -95,7 +95,7 @@ def _optimizer_meta(opt, backend, arrays):
 # -- loading -----------------------------------------------------------------------------------
 def load_model(path, device="cpu", compile=True):
     """Rebuild a model saved by :func:`save_model` on ``device`` ("cpu", "gpu", "strict", ...)."""
-    path = os.fspath(path)
+    path = file_name(path, "load_model")
     _check_container(path)
     arrays, meta = load_npz(path)
     _check_header(path, meta)

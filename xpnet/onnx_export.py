@@ -9,8 +9,6 @@ images by 255 before feeding them, as xpnet does. Weights are written as float32
 model's dtype. Dropout is left out (the identity at inference); BatchNorm uses its running
 statistics. A layer without an ONNX mapping raises ConfigError naming it.
 """
-import os
-
 import numpy as np
 
 from .errors import ConfigError
@@ -215,7 +213,8 @@ def to_onnx(model, opset=DEFAULT_OPSET):
 
 def export_onnx(model, path, opset=DEFAULT_OPSET):
     """Write ``model`` to ``path`` as ONNX (atomically); returns the path. See the module doc."""
-    from .serialization import atomic_write_bytes
+    from .serialization import atomic_write_bytes, file_name
+    path = file_name(path, "export_onnx")   # before the whole ONNX model is built
     proto = to_onnx(model, opset)
     atomic_write_bytes(path, proto.SerializeToString())
-    return os.fspath(path)
+    return path

@@ -51,6 +51,17 @@ def unwritable_reason(path):
     return None
 
 
+def file_name(path, caller):
+    """``path`` (str or os.PathLike naming a str) as a str; ConfigError naming ``caller`` (such
+    as "load_model") for anything else: bytes, None, a number, ..."""
+    from .errors import ConfigError
+    name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
+    if not isinstance(name, str):
+        raise ConfigError(f"{caller}: path must be a file name (str or os.PathLike), got "
+                          f"{type(path).__name__}")
+    return name
+
+
 def check_writable(path, what="cannot write"):
     """DataError naming ``path`` when :func:`unwritable_reason` finds a reason."""
     reason = unwritable_reason(path)
