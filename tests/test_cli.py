@@ -472,3 +472,27 @@ def test_evaluate_reads_only_the_test_split(image_model, tmp_path, capsys):
     (data / "train-labels-idx1-ubyte.gz").write_bytes(b"")
     assert cli.main(["evaluate", path, "--data-dir", str(data)]) == 0
     assert f"({expected} mistakes)" in capsys.readouterr().out
+
+
+def test_summary_of_folders_typos_and_model_files_with_a_dataset(image_model, tmp_path, capsys):
+    """A run folder shows its model.npz (it was 'unknown model <folder>'), a folder without one
+    says so, a missing MODEL.NPZ is a missing file (not a zoo name), a typo gets the close name,
+    and --dataset with a model file is refused instead of silently ignored."""
+    import shutil
+    _, path = image_model
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(path, run / "model.npz")
+    assert cli.main(["summary", str(run)]) == 0
+    assert "flat_features (FlatFeatures)" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    for argv, message in (
+            ([str(tmp_path / "empty")], f"{tmp_path / 'empty'} is a folder with no model.npz in it"),
+            ([str(tmp_path / "model.NPZ")], f"no such model file: {tmp_path / 'model.NPZ'}"),
+            (["seed000-sgdx"], "unknown model 'seed000-sgdx'; did you mean seed000-sgd"),
+            ([path, "--dataset", "cifar10"], "--dataset applies to zoo model names")):
+        assert cli.main(["summary"] + argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("xpnet summary: error: ") and message in err and err.count("\n") == 1, err
+    assert cli.main(["summary", "quick-mlp", "--dataset", "cifar10"]) == 0   # a zoo name takes it
+    assert "(batch, 3, 32, 32)" in capsys.readouterr().out

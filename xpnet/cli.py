@@ -229,8 +229,20 @@ def cmd_predict(args):
 
 
 def cmd_summary(args):
+    from .errors import DataError
     target = args.target
-    if target.endswith(".npz") or os.path.isfile(target):
+    if os.path.isdir(target):  # a run folder: its trained model, as export takes it
+        inside = os.path.join(target, "model.npz")
+        if not os.path.isfile(inside):
+            raise DataError(f"{target} is a folder with no model.npz in it; give a model file, a run "
+                            "folder or a zoo model name (see `xpnet models`)")
+        target = inside
+    if target.lower().endswith(".npz") or os.path.isfile(target) or os.sep in target or \
+            (os.altsep and os.altsep in target):  # zoo names are never paths
+        if args.dataset is not None:
+            # a saved model has its own input shape and classes: --dataset would be ignored
+            raise ConfigError(f"--dataset applies to zoo model names (it sets their input shape); "
+                              f"{args.target} is a model file with its own")
         from .io import load_model
         model = load_model(target, device="cpu", compile=False)
     else:

@@ -11,6 +11,8 @@ early_stopping (EarlyStopping keyword arguments), loss, validation_split, datase
 reported_error (the report's test error in percent, None where it gives none), notes, targets
 ("labels", or "one_hot" for MSE) and clipvalue.
 """
+import difflib
+
 from ..errors import ConfigError
 from ..layers import Dense, Flatten, ReLU
 from . import seed000, seed001, seed002, seed003, seed004
@@ -52,7 +54,9 @@ def get(name):
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        raise ConfigError(f"unknown model {name!r}; expected one of: {', '.join(_REGISTRY)} "
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3) if isinstance(name, str) else []
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ConfigError(f"unknown model {name!r}; {hint}expected one of: {', '.join(_REGISTRY)} "
                           "(see `xpnet models`)") from None
 
 
