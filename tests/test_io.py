@@ -503,3 +503,14 @@ def test_load_model_and_export_onnx_check_the_path_type(bad, saved, monkeypatch)
     assert load_model(path).name == "tiny"   # a pathlib.Path
     pytest.importorskip("onnx")
     assert ox.export_onnx(model, path.with_suffix(".onnx")) == str(path.with_suffix(".onnx"))
+
+
+@pytest.mark.parametrize("key", ["input_shape", "dtype", "seed"])
+def test_a_null_header_field_is_named(saved, tmp_path, key):
+    """"input_shape": null rebuilt an unbuilt model and then complained of 'arrays this model
+    lacks'; a null field is now named as lacking."""
+    _, _, arrays, meta = saved
+    meta["model"][key] = None
+    bad = write_npz(tmp_path / "null.npz", arrays, meta)
+    with pytest.raises(DataError, match=rf"null\.npz: the model header lacks '{key}' \(it is null\)$"):
+        load_model(bad)

@@ -283,3 +283,14 @@ def test_a_graph_the_checker_refuses_is_a_config_error(monkeypatch, tmp_path, ca
     assert err.startswith("xpnet export: error: cannot export") and err.count("\n") == 1
     assert "single static assignment" in err
     assert sorted(os.listdir(tmp_path)) == ["m.npz"]
+
+
+def test_export_under_a_file_says_the_file_is_in_the_way(tmp_path, capsys):
+    """text.npz/x.onnx where text.npz is a file: not 'its folder does not exist'."""
+    model = xpnet.models.get("quick-mlp").build(device="cpu")
+    model.save(tmp_path / "m.npz")
+    (tmp_path / "text.npz").write_text("x")
+    for out in (tmp_path / "text.npz" / "x.onnx", tmp_path / "text.npz" / "sub" / "x.onnx"):
+        assert cli.main(["export", str(tmp_path / "m.npz"), str(out)]) == 2
+        assert capsys.readouterr().err == (f"xpnet export: error: cannot write {out}: "
+                                           f"{tmp_path / 'text.npz'} is a file, not a folder\n")

@@ -155,9 +155,10 @@ def _rebuild(path, header, device):
     classes = _model_classes()
     if not isinstance(cls_name, str) or cls_name not in classes:
         raise DataError(f"{path}: unknown model class {cls_name!r}; expected one of {sorted(classes)}")
-    lacking = [k for k in ("dtype", "seed", "input_shape") if k not in header]
+    lacking = [k for k in ("dtype", "seed", "input_shape") if header.get(k) is None]
     if lacking:
-        raise DataError(f"{path}: the model header lacks {lacking[0]!r}")
+        null = " (it is null)" if lacking[0] in header else ""
+        raise DataError(f"{path}: the model header lacks {lacking[0]!r}{null}")
     dtype, seed = header["dtype"], header["seed"]
     if dtype not in ("float32", "float64"):
         raise DataError(f"{path}: model dtype must be 'float32' or 'float64', got {dtype!r}")
