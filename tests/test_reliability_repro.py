@@ -19,7 +19,7 @@ def child_run(folder):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), PYTHONHASHSEED="random")
     subprocess.run([sys.executable, str(CHILD), str(folder / "ck"), str(folder / "w.npz"), "--epochs", "3"],
                    check=True, capture_output=True, env=env, timeout=120)
-    with np.load(folder / "w.npz") as z:
+    with np.load(folder / "w.npz", allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 

@@ -38,7 +38,7 @@ def start(folder, out, resume, slow=SLOW, epochs=EPOCHS):
 
 
 def weights(path):
-    with np.load(path) as z:
+    with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 
