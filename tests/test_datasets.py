@@ -434,3 +434,23 @@ def test_cifar_test_split_reads_only_the_test_batch(isolated):
     assert len(ds.load("cifar10", data_dir=isolated / "t", split="test")[1]) == 2
     with pytest.raises(DataError, match=r"no data_batch_2\.bin inside the archive"):
         ds.load("cifar10", data_dir=isolated / "t")
+
+
+def test_a_missing_xpnet_data_is_noted_once_when_the_data_comes_from_elsewhere(isolated, monkeypatch,
+                                                                              capsys):
+    """XPNET_DATA=/nonexistent silently used the repository's copy: now one line on stderr says
+    so; nothing when XPNET_DATA is unset, or exists."""
+    monkeypatch.setattr(ds, "_NOTED", set(), raising=False)
+    make_mnist(isolated / "repo_data" / "mnist")
+    assert len(ds.load("mnist", download=False)[1][1]) == 3
+    assert capsys.readouterr().err == ""
+    missing = isolated / "nonexistent"
+    monkeypatch.setenv("XPNET_DATA", str(missing))
+    ds.load("mnist", download=False)
+    ds.load("mnist", download=False)
+    assert capsys.readouterr().err == (f"xpnet: note: $XPNET_DATA ({missing}) does not exist; mnist is "
+                                       f"read from {isolated / 'repo_data' / 'mnist'} instead\n")
+    (isolated / "env").mkdir()
+    monkeypatch.setenv("XPNET_DATA", str(isolated / "env"))   # exists, without mnist: no note
+    ds.load("mnist", download=False)
+    assert capsys.readouterr().err == ""

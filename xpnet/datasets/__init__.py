@@ -176,9 +176,11 @@ def find(name, data_dir=None, download=True, split=None):
     for _, folder in places:
         paths = _locate(key, folder, split)
         if paths:
+            _note_missing_env(key, folder)
             return paths
     if not download:
         raise _not_found(key, places, download, split=split)
+    _note_missing_env(key, cache_dir(key))
     try:
         paths = _download(key, split)
     except DataError as exc:
@@ -186,6 +188,22 @@ def find(name, data_dir=None, download=True, split=None):
     if not paths:
         raise _not_found(key, places, download, failure="files missing after download", split=split)
     return paths
+
+
+_NOTED = set()
+
+
+def _note_missing_env(key, folder):
+    """One line on stderr (once per folder) when $XPNET_DATA is set but does not exist and the
+    data comes from ``folder`` instead: a typo there would otherwise go unnoticed. Quiet when
+    XPNET_DATA is unset or exists."""
+    env = os.environ.get("XPNET_DATA")
+    if not env or os.path.isdir(env) or (env, folder) in _NOTED:
+        return
+    _NOTED.add((env, folder))
+    import sys
+    print(f"xpnet: note: $XPNET_DATA ({env}) does not exist; {key} is read from {folder} instead",
+          file=sys.stderr)
 
 
 def _verify(key, paths):
