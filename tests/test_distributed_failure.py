@@ -8,8 +8,12 @@ which ends the job at once (MPICH's hydra kills the other ranks and names the de
 -disable-auto-cleanup it still ended the job here). A hang is seen by nobody but the other ranks:
 their collectives' deadline raises DistributedError and the job is aborted.
 """
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -101,3 +105,59 @@ def test_hung_rank_stops_the_job_within_the_timeout(tmp_path):
     assert "DistributedError" in r.stderr and "resume from the last checkpoint" in r.stderr
     assert TIMEOUT <= seconds < TIMEOUT + 60
     assert checkpoint_epoch(ck) == 1
+
+
+def _descendants(pid):
+    """Process ids below ``pid`` (Linux /proc), with their command lines."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append((int(entry), cmd))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child[0])
+    return out
+
+
+def test_sigterm_to_one_rank_of_the_cli_ends_the_whole_job(tmp_path):
+    """`kill` of one rank of `mpirun -n 2 train_mnist.py --distributed`: that rank says what was
+    kept and ends the job (MPI_Abort with 143) at once; the other rank does not wait out its
+    collective's deadline and then blame a dead rank."""
+    from tests.mpi_helpers import ENV, ROOT
+    require_mpi()
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("finds the ranks through /proc")
+    out = tmp_path / "runs"
+    cmd = [mpirun(), "-n", "2", sys.executable, str(ROOT / "examples" / "train_mnist.py"), "--distributed",
+           "--device", "cpu", "--quick", "--epochs", "1000", "--train-images", "1000",
+           "--test-images", "100", "--out", str(out)]
+    env = dict(os.environ, **ENV, XPNET_DIST_TIMEOUT="120")
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*/last.npz")) and time.monotonic() < deadline and job.poll() is None:
+            time.sleep(0.2)
+        ranks = [pid for pid, cmdline in _descendants(job.pid) if "train_mnist.py" in cmdline
+                 and "mpirun" not in cmdline and "hydra" not in cmdline]
+        assert len(ranks) == 2 and job.poll() is None, ranks
+        os.kill(max(ranks), signal.SIGTERM)
+        killed = time.monotonic()
+        stdout, stderr = job.communicate(timeout=100)
+        seconds = time.monotonic() - killed
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    assert job.returncode == 143, stdout[-2000:] + stderr[-2000:]
+    assert seconds < 30, seconds
+    assert "stopped by SIGTERM during epoch" in stderr and "continue with --resume" in stderr, stderr
+    assert "another rank has died" not in stderr

@@ -421,3 +421,24 @@ def test_a_user_error_on_a_rank_of_the_cli_aborts_the_job(monkeypatch, capsys):
     assert aborted == [2]
     assert "xpnet train: error: rank 1 of 2" in capsys.readouterr().err
     assert cli.guarded("xpnet train", fail) == 2 and aborted == [2]   # uninstalled: no abort
+
+
+def test_ctrl_c_or_sigterm_on_a_rank_of_the_cli_aborts_the_job(monkeypatch, capsys):
+    """A signal that stops one rank (its KeyboardInterrupt) ends the whole job with the rank's own
+    status (130, or 143 for SIGTERM) after its line, instead of leaving the others to wait for it
+    until their deadline."""
+    from xpnet import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+    aborted = []
+    guard = base.AbortOnError(aborted.append)
+    guard.install()
+    try:
+        assert cli.guarded("xpnet train", interrupted) == 130
+        monkeypatch.setattr(cli, "_TERMINATED", [True])
+        assert cli.guarded("xpnet train", interrupted) == 143
+    finally:
+        guard.uninstall()
+    assert aborted == [130, 143]
+    assert capsys.readouterr().err.splitlines() == ["xpnet train: interrupted", "xpnet train: stopped by SIGTERM"]

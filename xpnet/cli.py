@@ -618,7 +618,8 @@ def guarded(label, func):
     """Run ``func()``; user errors and GPU out-of-memory become one line on stderr and a status.
     Ctrl-C ends with one line saying what was kept (and where to continue from); a second Ctrl-C
     while the program winds down is ignored rather than breaking into interpreter shutdown.
-    SIGTERM (``kill``, ``docker stop``) stops the same way, with status 143."""
+    SIGTERM (``kill``, ``docker stop``) stops the same way, with status 143. In a job of several
+    ranks (``--distributed``) every one of these ends the whole job (MPI_Abort) after its line."""
     previous = _interrupt_once()
     try:
         from . import ops
@@ -636,7 +637,9 @@ def guarded(label, func):
             print(f"{label}: {how} during epoch {exc.epoch}: {exc.kept(hint)}", file=sys.stderr)
         else:
             print(f"{label}: {how}", file=sys.stderr)
-        return 143 if _TERMINATED else 130
+        code = 143 if _TERMINATED else 130
+        _abort_distributed_job(code)  # a signal to one rank ends the job: the others would wait
+        return code
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
