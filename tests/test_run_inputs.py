@@ -183,3 +183,43 @@ def test_a_bad_xpnet_ops_reaches_the_python_api_as_a_config_error_when_a_layer_c
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "refused: XPNET_OPS must be 'reference' or 'fast' (or unset), got 'bogus'"
+
+
+@pytest.mark.parametrize("variable, rank_variable, size", [
+    ("PMI_SIZE", "PMI_RANK", "2"), ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "4")])
+def test_several_processes_from_mpirun_without_distributed_are_refused(tmp_path, capsys, monkeypatch,
+                                                                      variable, rank_variable, size):
+    """`mpirun -n 2 xpnet train` without --distributed would start two separate runs (with
+    --resume, both writing into one folder): refused before any folder is made. Rank 0 says why;
+    the others end with status 2 and no line of their own."""
+    monkeypatch.setenv(variable, size)
+    monkeypatch.setenv(rank_variable, "0")
+    code, err = train(SMALL + ["--out", str(tmp_path / "runs")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert (f"error: this process is one of {size} started by an MPI launcher ({variable}={size}) but "
+            "--distributed was not given" in err) and "add --distributed, or run one process" in err
+    assert not (tmp_path / "runs").exists()
+    monkeypatch.setenv(rank_variable, "1")
+    with pytest.raises(SystemExit) as stop:
+        train(SMALL + ["--out", str(tmp_path / "runs")], capsys)
+    assert stop.value.code == 2 and capsys.readouterr().err == ""
+    assert not (tmp_path / "runs").exists()
+    assert cli.launcher_ranks({"PMI_SIZE": "1", "PMI_RANK": "0"}) is None   # one process: a plain run
+
+
+def test_a_run_folder_being_trained_is_not_resumed_by_a_second_process(interrupted, capsys):
+    """Two --resume of one folder at once would both write into it: the second one is refused while
+    the first (here: a lock held by this test) trains there, and nothing in the folder changes."""
+    before = (interrupted / "config.json").read_bytes()
+    lock = runner.lock_run(str(interrupted))
+    if lock is None:
+        pytest.skip("no flock here")
+    try:
+        code, err = train(["--resume", str(interrupted), "--quiet"], capsys)
+    finally:
+        runner.unlock_run(lock)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"error: {interrupted} is being trained by another process" in err
+    assert (interrupted / "config.json").read_bytes() == before
+    code, err = train(["--resume", str(interrupted), "--quiet"], capsys)   # released: it goes on
+    assert code == 0, err

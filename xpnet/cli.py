@@ -95,10 +95,41 @@ def add_train_arguments(parser, dataset=True):
                              "(docs/scaling.md)")
 
 
+# the size and rank of the job a process was started in, as MPI launchers set them
+LAUNCHER_VARIABLES = (("PMI_SIZE", "PMI_RANK"),                               # MPICH (hydra), Intel MPI
+                      ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"))       # Open MPI
+
+
+def launcher_ranks(environ=os.environ):
+    """(ranks, this process's rank or None, the variable) when an MPI launcher started this process
+    as one of several; None otherwise."""
+    for size_name, rank_name in LAUNCHER_VARIABLES:
+        size, rank = environ.get(size_name, ""), environ.get(rank_name, "")
+        if size.strip().isdigit() and int(size) > 1:
+            return int(size), int(rank) if rank.strip().isdigit() else None, size_name
+    return None
+
+
+def check_launch(args, environ=os.environ):
+    """Started by mpirun as one of several processes without --distributed, each would train on
+    its own (a --resume of one folder: all writing into it at once): refused. The first rank says
+    why; the others end with the same status, quietly (one line for the job)."""
+    launched = launcher_ranks(environ)
+    if launched is None or getattr(args, "distributed", False):
+        return
+    size, rank, variable = launched
+    if rank not in (None, 0):
+        raise SystemExit(2)
+    raise ConfigError(f"this process is one of {size} started by an MPI launcher ({variable}={size}) "
+                      f"but --distributed was not given, so each would train on its own: add "
+                      f"--distributed, or run one process")
+
+
 def train_from_args(args, command):
     """Run (or with --resume continue) training from ``add_train_arguments`` options."""
     from .errors import ConfigError
     from .runner import resume_training, run_training
+    check_launch(args)
     verbose = 0 if args.quiet else "auto"
     tensorboard = getattr(args, "tensorboard", None)
     if tensorboard:

@@ -210,8 +210,42 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
     else:  # rank 0 makes the folder, every rank uses it
         folder = comm.broadcast_text(run_folder(out_dir, entry.name, config["dataset"])
                                      if comm.rank == 0 else "")
-    return _execute(config, folder, backend, data, verbose, plot, False, t_start, time_limit_minutes,
-                    comm, tensorboard)
+    lock = lock_run(folder) if comm is None or comm.rank == 0 else None
+    try:
+        return _execute(config, folder, backend, data, verbose, plot, False, t_start,
+                        time_limit_minutes, comm, tensorboard)
+    finally:
+        unlock_run(lock)
+
+
+def lock_run(folder):
+    """An exclusive lock on the run folder while this process trains in it (the writing rank's):
+    a second process that would train in it at the same time (two --resume of one folder) gets a
+    ConfigError. The lock goes with the process, however it ends. Returns what unlock_run takes;
+    None where the system has no such locks (no fcntl, or a file system without them)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"{folder} is being trained by another process; wait for it to end (or "
+                          "stop it) before resuming") from None
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def unlock_run(lock):
+    if lock is not None:
+        os.close(lock)
 
 
 def _communicator(distributed, device):
@@ -259,9 +293,13 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
         config["resumed"][-1]["after_time_limit"] = stopped
     if comm is not None:
         config["resumed"][-1]["distributed"] = {"ranks": comm.size, "communicator": comm.kind}
-    data = _load_data(config)
-    return _execute(config, run_dir, backend, data, verbose, plot, True, t_start, time_limit_minutes,
-                    comm, tensorboard)
+    lock = lock_run(run_dir) if comm is None or comm.rank == 0 else None
+    try:
+        data = _load_data(config)
+        return _execute(config, run_dir, backend, data, verbose, plot, True, t_start,
+                        time_limit_minutes, comm, tensorboard)
+    finally:
+        unlock_run(lock)
 
 
 def _check_config(config, path):
