@@ -136,3 +136,25 @@ def test_threads_are_shared_among_the_ranks_of_a_machine():
     env = {"MPI_LOCALNRANKS": "2"}
     module.threads_per_rank(["--quick"], env)
     assert "OMP_NUM_THREADS" not in env
+
+
+def test_ranks_started_with_other_data_are_refused_before_the_run_folder(tmp_path):
+    """MPMD: rank 0 with 256 training images, rank 1 with 1024. Their collectives would pair up
+    wrongly (a bogus epoch, then a timeout); the ranks compare their sizes first and the job ends
+    at once with one kind of line naming both values, and no run folder."""
+    import subprocess
+    import sys
+
+    from tests.mpi_helpers import ENV, ROOT, mpirun
+    require_mpi()
+    out = tmp_path / "runs"
+    rank = [sys.executable, str(ROOT / "examples" / "train_mnist.py"), "--distributed", "--device",
+            "cpu", "--quick", "--epochs", "1", "--test-images", "100", "--out", str(out), "--train-images"]
+    cmd = [mpirun(), "-n", "1", *rank, "256", ":", "-n", "1", *rank, "1024"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, **ENV, XPNET_DIST_TIMEOUT="100"))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert ("error: the ranks disagree on the number of training samples: rank 0: 256, rank 1: 1024"
+            in r.stderr), r.stderr
+    assert "epoch 1/1" not in r.stdout + r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()

@@ -136,6 +136,31 @@ def test_data_parallel_refuses_what_cannot_be_sharded():
         DataParallel(model, object(), 4, 8, None)
 
 
+def test_ranks_with_other_sizes_are_refused_naming_each_ranks_value():
+    """Rank 1 holds 1024 training samples where rank 0 holds 256 (one all-reduce of every size):
+    a ConfigError naming both, before any step; agreeing ranks go on."""
+    backend = get_backend("numpy")
+    sizes = [("the number of training samples", 256), ("the steps per epoch", 4)]
+    comm = PeerComm(backend, 0, lambda k: [0.0, 1024.0, 0.0, 4.0])
+    with pytest.raises(ConfigError, match="the ranks disagree on the number of training samples: "
+                                          "rank 0: 256, rank 1: 1024; every rank must train on"):
+        DataParallel(_model(backend), comm, 4, 256, None).agree_sizes(sizes)
+    assert comm.calls == [("allreduce", 4)]
+    comm = PeerComm(backend, 1, lambda k: [256.0, 0.0, 4.0, 0.0])
+    DataParallel(_model(backend), comm, 4, 256, None).agree_sizes(sizes)
+
+
+def test_fit_checks_the_sizes_before_the_first_step():
+    """fit(distributed=) with a rank of other data stops before its first collective of a step."""
+    backend = get_backend("numpy")
+    model = _model(backend)
+    x, y = np.ones((8, 4)), np.zeros(8, dtype=np.int64)
+    comm = PeerComm(backend, 0, lambda k: np.r_[0.0, 16.0, np.zeros(k - 2)])
+    with pytest.raises(ConfigError, match="training samples: rank 0: 8, rank 1: 16"):
+        model.fit(x, y, epochs=1, batch_size=4, verbose=0, distributed=comm)
+    assert comm.calls == [("allreduce", 10)]
+
+
 # -- deadlines ---------------------------------------------------------------------------------
 def test_wait_gives_up_at_the_deadline():
     import time
@@ -441,4 +466,5 @@ def test_ctrl_c_or_sigterm_on_a_rank_of_the_cli_aborts_the_job(monkeypatch, caps
     finally:
         guard.uninstall()
     assert aborted == [130, 143]
-    assert capsys.readouterr().err.splitlines() == ["xpnet train: interrupted", "xpnet train: stopped by SIGTERM"]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["xpnet train: interrupted", "xpnet train: stopped by SIGTERM"]

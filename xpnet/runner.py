@@ -205,6 +205,13 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
         from .tensorboard_logs import summary_writer_class
         summary_writer_class()  # ImportError naming the extra, before the run folder exists
     data = _load_data(config)  # before the run folder exists, so a missing dataset leaves nothing
+    if comm is not None:  # ranks started with other data or settings: refused before the folder
+        from .distributed.data_parallel import agree_sizes
+        validation = 0 if data[1] is None else len(data[1][1])
+        agree_sizes(comm, [("the number of training samples", len(data[0][1])),
+                           ("the number of validation samples", validation),
+                           ("the batch size", recipe["batch_size"]),
+                           ("the number of epochs", recipe["epochs"])])
     if comm is None:
         folder = run_folder(out_dir, entry.name, config["dataset"])
     else:  # rank 0 makes the folder, every rank uses it

@@ -446,6 +446,11 @@ class TrainingMixin:
             self._check_last_batch(n, batch_size)
         steps = math.ceil(n / batch_size) if steps_per_epoch is None else int(steps_per_epoch)
         total = n if steps_per_epoch is None else steps * batch_size
+        if dp is not None:  # before the first collective of a step: the ranks must take the same steps
+            dp.agree_sizes([("the number of training samples", n),
+                            ("the number of validation samples", 0 if xv is None else len(xv)),
+                            ("the batch size", batch_size), ("the steps per epoch", steps),
+                            ("the number of epochs", epochs)])
         history = History()
         history.stopped_by_time_limit = False
         self.history = history

@@ -20,6 +20,25 @@ def shard_bounds(n, rank, size):
     return n * rank // size, n * (rank + 1) // size
 
 
+def agree_sizes(comm, sizes):
+    """Check, with one all-reduce, that every rank of ``comm`` has the same sizes (``sizes``: (what,
+    integer) pairs: sample counts, steps per epoch, ...); ConfigError naming each rank's value
+    otherwise. Ranks that read different data would issue different numbers of collectives, which
+    pair up wrongly: a bogus epoch, then a timeout."""
+    xp, size, k = comm.backend.xp, comm.size, len(sizes)
+    slots = xp.zeros((k * size,), dtype=xp.float64)
+    for i, (_, value) in enumerate(sizes):
+        slots[i * size + comm.rank] = float(value)
+    comm.allreduce(slots, "sum")
+    seen = [int(v) for v in comm.backend.to_numpy(slots)]
+    for i, (what, _) in enumerate(sizes):
+        values = seen[i * size:(i + 1) * size]
+        if len(set(values)) > 1:
+            raise ConfigError(f"the ranks disagree on {what}: " + ", ".join(
+                f"rank {r}: {v}" for r, v in enumerate(values)) + "; every rank must train on the "
+                "same data with the same settings")
+
+
 class FlatBuffer:
     """Arrays of several shapes packed into one flat device array (allocated once)."""
 
@@ -159,6 +178,10 @@ class DataParallel:
             raise DistributedError(f"the ranks disagree on {what}: " + ", ".join(
                 f"rank {r}: {v}" for r, v in enumerate(seen)) + "; every rank must read the same "
                 "checkpoint file (a folder on a file system shared by all machines)")
+
+    def agree_sizes(self, sizes):
+        """agree_sizes over this run's communicator."""
+        agree_sizes(self.comm, sizes)
 
     # -- per step -------------------------------------------------------------------------------
     def begin_batch(self, nb):
