@@ -1,6 +1,7 @@
 """Bad input to `xpnet train` and run_training / resume_training: one line naming what was wrong
 and what was expected, found before any training, and nothing in the run folder changed."""
 import json
+import os
 import shutil
 
 import pytest
@@ -223,3 +224,16 @@ def test_a_run_folder_being_trained_is_not_resumed_by_a_second_process(interrupt
     assert (interrupted / "config.json").read_bytes() == before
     code, err = train(["--resume", str(interrupted), "--quiet"], capsys)   # released: it goes on
     assert code == 0, err
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    """os.makedirs failing (a name over 255 characters, /proc) was a traceback: now one line naming
+    the folder and the reason, and nothing made."""
+    long = tmp_path / ("a" * 300)
+    code, err = train(SMALL + ["--out", str(long)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"error: cannot make the run folder {long}" in err and "File name too long" in err
+    assert list(tmp_path.iterdir()) == []
+    if os.path.isdir("/proc/self"):
+        with pytest.raises(ConfigError, match="cannot make the run folder /proc/x/"):
+            runner.run_folder("/proc/x", "m", "mnist")

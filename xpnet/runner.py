@@ -77,7 +77,8 @@ def _positive_int(value):
 
 
 def run_folder(out_dir, model_name, dataset):
-    """A new, empty folder ``<out_dir>/<YYYYmmdd-HHMMSS>-<model>-<dataset>[-N]``."""
+    """A new, empty folder ``<out_dir>/<YYYYmmdd-HHMMSS>-<model>-<dataset>[-N]``; ConfigError naming
+    the folder and the reason when it cannot be made (/sys or /proc, a name too long, ...)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = os.path.join(os.fspath(out_dir), f"{stamp}-{model_name}-{dataset}")
     path, n = base, 1
@@ -88,6 +89,9 @@ def run_folder(out_dir, model_name, dataset):
         except FileExistsError:
             n += 1
             path = f"{base}-{n}"
+        except OSError as exc:
+            raise ConfigError(f"cannot make the run folder {path}: {exc.strerror or exc}; expected an "
+                              f"output folder where folders can be made") from None
 
 
 def versions(backend):
