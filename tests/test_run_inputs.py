@@ -237,3 +237,16 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
     if os.path.isdir("/proc/self"):
         with pytest.raises(ConfigError, match="cannot make the run folder /proc/x/"):
             runner.run_folder("/proc/x", "m", "mnist")
+
+
+def test_resume_refuses_out_instead_of_ignoring_it(interrupted, tmp_path, capsys):
+    """--out with --resume was silently ignored (the run went on in RUN): refused like --epochs,
+    and nothing changed; without --out the default stays runs/."""
+    before = (interrupted / "config.json").read_bytes()
+    code, err = train(["--resume", str(interrupted), "--out", str(tmp_path / "elsewhere"), "--quiet"],
+                      capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"--resume takes the run's settings from {interrupted}/config.json; drop --out" in err
+    assert (interrupted / "config.json").read_bytes() == before
+    assert not (tmp_path / "elsewhere").exists()
+    assert cli.build_parser().parse_args(["train"]).out is None   # run_training gets "runs"

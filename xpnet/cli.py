@@ -60,7 +60,7 @@ def add_train_arguments(parser, dataset=True):
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="override the recipe's batch size")
     parser.add_argument("--data-dir", default=None, help="folder holding the dataset files")
-    parser.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
+    parser.add_argument("--out", default=None, help="parent folder of the run folder (default: runs)")
     parser.add_argument("--quick", action="store_true",
                         help="a 784-128-10 MLP on the first 20,000 images for 3 epochs: under a minute "
                              "on a CPU (about 6 %% test error; used by CI)")
@@ -144,7 +144,7 @@ def train_from_args(args, command):
             ("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--data-dir", args.data_dir),
             ("--quick", args.quick), ("--train-images", args.train_images),
             ("--test-images", args.test_images), ("--seed", args.seed), ("--dtype", args.dtype),
-            ("--mixed-precision", getattr(args, "mixed_precision", None)))
+            ("--mixed-precision", getattr(args, "mixed_precision", None)), ("--out", args.out))
             if value not in (None, False)]
         if given:
             raise ConfigError(f"--resume takes the run's settings from {args.resume}/config.json; "
@@ -156,7 +156,8 @@ def train_from_args(args, command):
     else:
         result = run_training(args.model, dataset=getattr(args, "dataset", "mnist"),
                               device=args.device or "auto", epochs=args.epochs,
-                              batch_size=args.batch_size, data_dir=args.data_dir, out_dir=args.out,
+                              batch_size=args.batch_size, data_dir=args.data_dir,
+                              out_dir="runs" if args.out is None else args.out,
                               quick=args.quick, seed=args.seed or 0, verbose=verbose, plot=args.plot,
                               dtype=args.dtype or "float32", command=command,
                               train_images=args.train_images, test_images=args.test_images,
