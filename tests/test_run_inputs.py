@@ -250,3 +250,51 @@ def test_resume_refuses_out_instead_of_ignoring_it(interrupted, tmp_path, capsys
     assert (interrupted / "config.json").read_bytes() == before
     assert not (tmp_path / "elsewhere").exists()
     assert cli.build_parser().parse_args(["train"]).out is None   # run_training gets "runs"
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("XPNET_PROGRESS_SECONDS", "abc", "XPNET_PROGRESS_SECONDS must be a number of seconds >= 0, got 'abc'"),
+    ("XPNET_PROGRESS_SECONDS", "-1", "XPNET_PROGRESS_SECONDS must be a number of seconds >= 0, got '-1'"),
+    ("XPNET_CONV_CHOICE", "bogus", "XPNET_CONV_CHOICE must be one of auto, estimate, measure, got 'bogus'"),
+])
+def test_a_bad_setting_is_refused_before_the_run_folder(tmp_path, capsys, monkeypatch, name, value,
+                                                        message):
+    """Refused only once fit began, these left a folder holding config.json alone (which cannot be
+    resumed): now refused before it is made."""
+    monkeypatch.setenv(name, value)
+    model = ["--model", "seed002-cnn"] if name == "XPNET_CONV_CHOICE" else []   # a convolution
+    code, err = train(SMALL + model + ["--out", str(tmp_path / "runs")], capsys)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+class TwoRanks:
+    """Rank 0 of a fake 2-rank job whose other rank holds the same values."""
+    rank, size, kind = 0, 2, "fake"
+
+    def __init__(self):
+        from xpnet.backends import get_backend
+        self.backend = get_backend("cpu")
+
+    def allreduce(self, buf, op="sum"):
+        buf[1::2] = buf[0::2]   # agree_sizes' slots: rank 1 holds what rank 0 holds
+        return buf
+
+    def broadcast(self, buf, root=0):
+        return buf
+
+    def broadcast_text(self, text, root=0):
+        return text
+
+
+@pytest.mark.parametrize("batch_size, images, message", [
+    (1, 300, "must be at least 2, got 1"), (64, 257, "the last batch of each epoch would hold 1 of 257")])
+def test_a_batch_the_ranks_cannot_share_is_refused_before_the_run_folder(tmp_path, batch_size,
+                                                                        images, message):
+    """mpirun -n 2 ... --distributed --batch-size 1 (or 257 images: a last batch of 1) was refused
+    by fit, after the run folder was made."""
+    with pytest.raises(ConfigError, match=message):
+        runner.run_training("quick-mlp", device="cpu", out_dir=tmp_path / "runs", verbose=0, epochs=1,
+                            batch_size=batch_size, train_images=images, test_images=100,
+                            distributed=TwoRanks())
+    assert not (tmp_path / "runs").exists()

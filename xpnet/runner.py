@@ -208,14 +208,16 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
     if tensorboard:
         from .tensorboard_logs import summary_writer_class
         summary_writer_class()  # ImportError naming the extra, before the run folder exists
+    _check_settings(backend)
     data = _load_data(config)  # before the run folder exists, so a missing dataset leaves nothing
     if comm is not None:  # ranks started with other data or settings: refused before the folder
-        from .distributed.data_parallel import agree_sizes
+        from .distributed.data_parallel import agree_sizes, check_batches
         validation = 0 if data[1] is None else len(data[1][1])
         agree_sizes(comm, [("the number of training samples", len(data[0][1])),
                            ("the number of validation samples", validation),
                            ("the batch size", recipe["batch_size"]),
                            ("the number of epochs", recipe["epochs"])])
+        check_batches(recipe["batch_size"], len(data[0][1]), comm.size)  # fit's, before the folder
     if comm is None:
         folder = run_folder(out_dir, entry.name, config["dataset"])
     else:  # rank 0 makes the folder, every rank uses it
@@ -257,6 +259,15 @@ def lock_run(folder):
 def unlock_run(lock):
     if lock is not None:
         os.close(lock)
+
+
+def _check_settings(backend):
+    """The environment settings that fit would refuse (XPNET_PROGRESS_SECONDS, XPNET_CONV_CHOICE),
+    checked before the run folder is made: a folder with only config.json cannot be resumed."""
+    from .ops import autotune
+    from .progress import line_interval_default
+    line_interval_default()
+    autotune.mode(backend)
 
 
 def _communicator(distributed, device):

@@ -20,6 +20,19 @@ def shard_bounds(n, rank, size):
     return n * rank // size, n * (rank + 1) // size
 
 
+def check_batches(batch_size, n, size, steps_per_epoch=None):
+    """ConfigError unless global batches of ``batch_size`` over ``n`` samples can be split among
+    ``size`` ranks: every rank needs at least one sample of each batch, the epoch's last one too."""
+    if batch_size < size:
+        raise ConfigError(f"batch_size is the global batch over all {size} ranks and must be at "
+                          f"least {size}, got {batch_size}")
+    last = n % batch_size
+    if steps_per_epoch is None and 0 < last < size:
+        raise ConfigError(f"the last batch of each epoch would hold {last} of {n} samples, fewer "
+                          f"than the {size} ranks; choose a batch_size for which n % batch_size is "
+                          f"0 or at least {size}, or pass steps_per_epoch")
+
+
 def agree_sizes(comm, sizes):
     """Check, with one all-reduce, that every rank of ``comm`` has the same sizes (``sizes``: (what,
     integer) pairs: sample counts, steps per epoch, ...); ConfigError naming each rank's value
@@ -118,15 +131,7 @@ class DataParallel:
         if comm.backend.name != model.backend.name:
             raise ConfigError(f"the communicator works on the {comm.backend.name} backend but the model "
                               f"on {model.backend.name}; build the model with device=comm.backend")
-        size = comm.size
-        if batch_size < size:
-            raise ConfigError(f"batch_size is the global batch over all {size} ranks and must be at "
-                              f"least {size}, got {batch_size}")
-        last = n % batch_size
-        if steps_per_epoch is None and 0 < last < size:
-            raise ConfigError(f"the last batch of each epoch would hold {last} of {n} samples, fewer "
-                              f"than the {size} ranks; choose a batch_size for which n % batch_size is "
-                              f"0 or at least {size}, or pass steps_per_epoch")
+        check_batches(batch_size, n, comm.size, steps_per_epoch)
         self.model, self.comm = model, comm
         self.xp = model.xp
         self.is_root = comm.rank == 0
