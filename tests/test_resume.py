@@ -191,3 +191,15 @@ def test_resume_auto(tmp_path):
     assert_same(full, resumed)
     with pytest.raises(xpnet.ConfigError, match="resume must be"):
         run("numpy", tmp_path, "a", 3, checkpoint=ck, resume="yes", cbs=[])
+
+
+def test_checkpoint_of_another_dtype_is_refused(tmp_path):
+    """fit(resume=True) with the model built in float64 from a float32 run's checkpoint: refused
+    (it was converted silently)."""
+    run("numpy", tmp_path, "a", 1, checkpoint=tmp_path, cbs=[])
+    x, y = data()
+    m = xpnet.Sequential([Dense(10), BatchNorm(), ReLU(), Dropout(0.3), Dense(3)], input_shape=(6,),
+                         seed=4, dtype="float64").compile(optimizer=optim.Adam(0.01))
+    with pytest.raises(TrainingError, match="holds a float32 model but this model is float64"):
+        m.fit(x, y, epochs=2, batch_size=16, validation_split=0.25, checkpoint=tmp_path, resume=True,
+              verbose=0)

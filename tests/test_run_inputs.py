@@ -298,3 +298,18 @@ def test_a_batch_the_ranks_cannot_share_is_refused_before_the_run_folder(tmp_pat
                             batch_size=batch_size, train_images=images, test_images=100,
                             distributed=TwoRanks())
     assert not (tmp_path / "runs").exists()
+
+
+def test_resuming_in_another_dtype_is_refused(interrupted, capsys):
+    """"dtype": "float64" in a float32 run's config.json made --resume convert the checkpoint
+    silently (another run from there on): refused, naming both dtypes, nothing changed."""
+    path = interrupted / "config.json"
+    config = json.loads(path.read_text())
+    assert config["dtype"] == "float32"
+    path.write_text(json.dumps(dict(config, dtype="float64")))
+    before = path.read_bytes()
+    code, err = train(["--resume", str(interrupted), "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert (f"last.npz: the checkpoint holds a float32 model but this model is float64; a run "
+            "continues in the dtype it was trained in (float32)") in err
+    assert path.read_bytes() == before

@@ -76,6 +76,11 @@ def load_checkpoint(path, model, rngs, callbacks):
     if meta.get("version") != VERSION:
         raise DataError(f"{path}: checkpoint version {meta.get('version')!r} is not supported "
                         f"(expected {VERSION})")
+    saved_dtype = meta.get("model", {}).get("dtype") if isinstance(meta.get("model"), dict) else None
+    if saved_dtype is not None and saved_dtype != str(model.dtype):  # mixed precision: the masters'
+        raise TrainingError(f"{path}: the checkpoint holds a {saved_dtype} model but this model is "
+                            f"{model.dtype}; a run continues in the dtype it was trained in "
+                            f"({saved_dtype}), or starts afresh in another")
     opt = model.optimizer
     saved_opt = meta["optimizer"]["class"]
     if saved_opt != type(opt).__name__:
