@@ -14,7 +14,7 @@ import ctypes
 import os
 import sys
 
-from xpnet.errors import BackendError, ConfigError
+from xpnet.errors import BackendError, ConfigError, NoGPUError
 
 from .base import Backend
 
@@ -44,12 +44,31 @@ def _import_cupy():
                            f"{INSTALL_HINT}") from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDA driver missing or broken
-        raise BackendError(f"CuPy is installed but no usable CUDA GPU was found ({exc}); "
-                           f"use device='cpu', or check the NVIDIA driver and {INSTALL_HINT}") from exc
+    except Exception as exc:  # no device, no driver (a container without --gpus), or a broken one
+        if getattr(exc, "status", None) == NO_DEVICE or "cudaErrorNoDevice" in str(exc) \
+                or _driver_missing():
+            raise NoGPUError(f"CuPy is installed but no CUDA GPU is visible ({exc}); {VISIBLE_HINT}") \
+                from exc
+        raise NoGPUError(f"CuPy is installed but no usable CUDA GPU was found ({exc})",
+                         f"use {{cpu}}, or check the NVIDIA driver and {INSTALL_HINT}") from exc
     if count < 1:
-        raise BackendError("CuPy is installed but no CUDA GPU is visible; use device='cpu'")
+        raise NoGPUError(f"CuPy is installed but no CUDA GPU is visible; {VISIBLE_HINT}")
     return cupy
+
+
+NO_DEVICE = 100  # cudaErrorNoDevice
+VISIBLE_HINT = ("nvidia-smi lists the GPUs of this machine, CUDA_VISIBLE_DEVICES may hide them, and a "
+                "Docker container sees them only when started with --gpus all")
+
+
+def _driver_missing():
+    """True when the NVIDIA driver's library cannot be loaded (no driver, or a container started
+    without --gpus): nothing to reinstall on the CuPy side."""
+    try:
+        ctypes.CDLL("nvcuda.dll" if os.name == "nt" else "libcuda.so.1")
+    except OSError:
+        return True
+    return False
 
 
 class CupyBackend(Backend):
@@ -361,6 +380,8 @@ def gpu_problem():
 def _first_kernel():
     try:
         cupy = _import_cupy()
+    except NoGPUError as exc:
+        return exc.reason  # why; the caller says what it does instead (the CPU)
     except BackendError as exc:
         return str(exc)
     try:

@@ -253,3 +253,56 @@ def test_info_prints_the_cupy_settings(monkeypatch, capsys):
     assert cli.main(["info"]) == 0
     assert ("CuPy settings: TF32 on (CUPY_TF32), memory pool limit none (CUPY_GPU_MEMORY_LIMIT), "
             "kernel cache ~/.cupy/kernel_cache") in capsys.readouterr().out
+
+
+# -- no GPU visible: the advice, in the API's and the command line's words ---------------------------
+class CudaError(RuntimeError):
+    def __init__(self, status, text):
+        super().__init__(text)
+        self.status = status
+
+
+def fake_cupy_without_device(monkeypatch, count=0, error=None):
+    """``import cupy`` gives a module whose runtime sees ``count`` devices (or raises ``error``)."""
+    import types
+
+    def device_count():
+        if error is not None:
+            raise error
+        return count
+    cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(
+        getDeviceCount=device_count)))
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+
+
+@pytest.mark.parametrize("count, error", [
+    (0, None), (0, CudaError(100, "cudaErrorNoDevice: no CUDA-capable device is detected"))])
+def test_no_visible_gpu_is_not_told_to_reinstall_cupy(monkeypatch, fresh_probe, capsys, tmp_path,
+                                                      count, error):
+    """A machine (or a container started without --gpus all) that shows no GPU: nothing to
+    reinstall. The API's message says device='cpu', the command line's --device cpu."""
+    fake_cupy_without_device(monkeypatch, count, error)
+    with pytest.raises(BackendError) as caught:
+        cupy_backend._import_cupy()
+    text = str(caught.value)
+    assert "no CUDA GPU is visible" in text and "--gpus all" in text and text.endswith("use device='cpu'")
+    assert "pip install" not in text
+    assert "pip install" not in cupy_backend.gpu_problem() and "device=" not in cupy_backend.gpu_problem()
+    code = cli.main(["train", "--device", "gpu", "--quick", "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "xpnet train: error: CuPy is installed but no CUDA GPU is visible" in err
+    assert err.rstrip().endswith("; use --device cpu") and "device='cpu'" not in err
+
+
+def test_a_broken_driver_still_names_the_driver_and_the_extras(monkeypatch, fresh_probe):
+    monkeypatch.setattr(cupy_backend, "_driver_missing", lambda: False)
+    fake_cupy_without_device(monkeypatch, error=CudaError(35, "cudaErrorInsufficientDriver: CUDA "
+                                                              "driver version is insufficient"))
+    with pytest.raises(BackendError, match=r"no usable CUDA GPU was found .*; use device='cpu', or "
+                                           r"check the NVIDIA driver and install CuPy"):
+        cupy_backend._import_cupy()
+    monkeypatch.setattr(cupy_backend, "_driver_missing", lambda: True)   # no libcuda: no GPU here
+    with pytest.raises(BackendError, match="no CUDA GPU is visible") as caught:
+        cupy_backend._import_cupy()
+    assert "pip install" not in str(caught.value)

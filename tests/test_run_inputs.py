@@ -8,7 +8,7 @@ import pytest
 
 from xpnet import cli, runner
 from xpnet.backends import cpu_threads
-from xpnet.errors import ConfigError
+from xpnet.errors import ConfigError, NoGPUError
 
 SMALL = ["--model", "quick-mlp", "--device", "cpu", "--epochs", "1", "--train-images", "300",
          "--test-images", "100", "--quiet"]
@@ -313,3 +313,26 @@ def test_resuming_in_another_dtype_is_refused(interrupted, capsys):
     assert (f"last.npz: the checkpoint holds a float32 model but this model is float64; a run "
             "continues in the dtype it was trained in (float32)") in err
     assert path.read_bytes() == before
+
+
+def test_resuming_a_gpu_run_without_a_gpu_says_to_give_device_cpu(interrupted, capsys, monkeypatch):
+    """A run trained on the GPU, resumed where no GPU is visible: the line says so and how to go on
+    on the CPU (it gave only CuPy's install hint), and nothing changes."""
+    import sys
+    import types
+
+    from xpnet.backends import cupy_backend
+    path = interrupted / "config.json"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), device="cupy")))
+    before = path.read_bytes()
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 0)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=types.SimpleNamespace(
+        runtime=runtime)))
+    monkeypatch.setattr(cupy_backend, "_probe", {})
+    code, err = train(["--resume", str(interrupted), "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"error: {interrupted} was trained on the GPU (cupy), which cannot be used here: CuPy" in err
+    assert err.rstrip().endswith("add --device cpu to continue it on the CPU") and "pip install" not in err
+    assert path.read_bytes() == before
+    with pytest.raises(NoGPUError, match="add device='cpu' to continue it on the CPU"):
+        runner.resume_training(str(interrupted), verbose=0)

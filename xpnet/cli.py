@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from .backends import is_out_of_memory
-from .errors import ConfigError, XpnetError
+from .errors import ConfigError, NoGPUError, XpnetError
 
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10")
 DEVICE_CHOICES = ("cpu", "gpu", "auto", "strict")
@@ -658,7 +658,8 @@ def guarded(label, func):
         ops.check()   # a bad $XPNET_OPS: this line, not a kernel's error halfway through
         return func()
     except XpnetError as exc:
-        print(f"{label}: error: {exc}", file=sys.stderr)
+        message = exc.worded("--device cpu") if isinstance(exc, NoGPUError) else exc
+        print(f"{label}: error: {message}", file=sys.stderr)
         _abort_distributed_job(2)
         return 2
     except KeyboardInterrupt as exc:

@@ -13,6 +13,19 @@ class BackendError(XpnetError, RuntimeError):
     """A backend was asked for that does not exist or cannot run here."""
 
 
+class NoGPUError(BackendError):
+    """No usable GPU. ``reason`` says why; ``remedy`` what to do, with ``{cpu}`` where the way to
+    ask for the CPU goes: the message words it for the Python API (``device='cpu'``), the command
+    line prints ``worded("--device cpu")``."""
+
+    def __init__(self, reason, remedy="use {cpu}"):
+        self.reason, self.remedy = reason, remedy
+        super().__init__(self.worded("device='cpu'"))
+
+    def worded(self, cpu):
+        return f"{self.reason}; {self.remedy.replace('{cpu}', cpu)}"
+
+
 class ConfigError(XpnetError, ValueError):
     """A model, layer, optimizer or recipe was configured with an invalid value."""
 

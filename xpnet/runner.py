@@ -288,7 +288,7 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
     run_training: every rank reads the same folder (a shared file system)."""
     from .backends import get_backend
     from .checkpoint import checkpoint_path
-    from .errors import DataError
+    from .errors import DataError, NoGPUError
     t_start = time.perf_counter()
     _check_minutes(time_limit_minutes)
     _check_folder(tensorboard, "the TensorBoard folder")
@@ -305,8 +305,14 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
     if not os.path.isfile(checkpoint_path(run_dir)):
         raise DataError(f"{run_dir} has no checkpoint ({os.path.basename(checkpoint_path(run_dir))}): "
                         "no epoch had completed, so start the run again")
-    comm = _communicator(distributed, device or config["device"])
-    backend = get_backend(device or config["device"]) if comm is None else comm.backend
+    try:
+        comm = _communicator(distributed, device or config["device"])
+        backend = get_backend(device or config["device"]) if comm is None else comm.backend
+    except NoGPUError as exc:
+        if device is not None:
+            raise
+        raise NoGPUError(f"{run_dir} was trained on the GPU ({config['device']}), which cannot be used "
+                         f"here: {exc.reason}", "add {cpu} to continue it on the CPU") from None
     config.setdefault("resumed", []).append(
         {"command": list(command) if command else [sys.executable] + sys.argv,
          "device": backend.name, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
