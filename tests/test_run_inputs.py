@@ -336,3 +336,14 @@ def test_resuming_a_gpu_run_without_a_gpu_says_to_give_device_cpu(interrupted, c
     assert path.read_bytes() == before
     with pytest.raises(NoGPUError, match="add device='cpu' to continue it on the CPU"):
         runner.resume_training(str(interrupted), verbose=0)
+
+
+def test_a_last_batch_of_one_before_a_batchnorm_is_refused_before_the_run_folder(tmp_path):
+    """seed001-tf ends Dense(10)-BatchNorm-Dense(10): 65 images in batches of 64 leave a last
+    batch of one sample, which fit refuses before training, but only after the run folder (with
+    just config.json, which cannot be resumed) was made."""
+    with pytest.raises(ConfigError, match=r"the last batch of each epoch would hold 1 sample \(65 samples "
+                                          r"in batches of 64\), and layer .* \(BatchNorm\)"):
+        runner.run_training("seed001-tf", device="cpu", out_dir=tmp_path / "runs", verbose=0, epochs=1,
+                            batch_size=64, train_images=65, test_images=100)
+    assert not (tmp_path / "runs").exists()

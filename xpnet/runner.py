@@ -218,6 +218,10 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
                            ("the batch size", recipe["batch_size"]),
                            ("the number of epochs", recipe["epochs"])])
         check_batches(recipe["batch_size"], len(data[0][1]), comm.size)  # fit's, before the folder
+    else:  # a BatchNorm that would see a last batch of one sample: fit's check, before the folder
+        info = data[3]
+        entry.build(tuple(info["image_shape"]), info["classes"], backend, seed,
+                    dtype)._check_last_batch(len(data[0][1]), recipe["batch_size"])
     if comm is None:
         folder = run_folder(out_dir, entry.name, config["dataset"])
     else:  # rank 0 makes the folder, every rank uses it
