@@ -514,3 +514,20 @@ def test_a_null_header_field_is_named(saved, tmp_path, key):
     bad = write_npz(tmp_path / "null.npz", arrays, meta)
     with pytest.raises(DataError, match=rf"null\.npz: the model header lacks '{key}' \(it is null\)$"):
         load_model(bad)
+
+
+def test_an_npz_this_process_cannot_read_is_named_as_such_not_as_corrupt(tmp_path, monkeypatch):
+    """A checkpoint without read permission was reported as 'not a readable .npz file (truncated
+    or corrupt?)': the file is fine, the permission is not. (Run as root, so the open is made to
+    fail.)"""
+    import errno
+    from xpnet import serialization
+    path = tmp_path / "last.npz"
+    serialization.save_npz_atomic(path, {"w": np.zeros(3, np.float32)}, {"a": 1})
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+    monkeypatch.setattr(serialization, "_check_members", denied)
+    with pytest.raises(DataError) as caught:
+        load_npz(path)
+    assert str(caught.value) == f"cannot read {path}: Permission denied"

@@ -168,6 +168,8 @@ def load_npz(path):
         raise
     except ValueError as exc:
         raise DataError(f"{path}: refusing to load: it holds pickled objects ({exc})") from exc
+    except (PermissionError, IsADirectoryError) as exc:   # the file is fine; this process cannot read it
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz file (truncated or corrupt?): {exc}") from exc
     except MemoryError as exc:
