@@ -496,3 +496,21 @@ def test_summary_of_folders_typos_and_model_files_with_a_dataset(image_model, tm
         assert err.startswith("xpnet summary: error: ") and message in err and err.count("\n") == 1, err
     assert cli.main(["summary", "quick-mlp", "--dataset", "cifar10"]) == 0   # a zoo name takes it
     assert "(batch, 3, 32, 32)" in capsys.readouterr().out
+
+
+def test_predict_refuses_a_dataset_whose_classes_the_model_does_not_give(tmp_path, capsys):
+    """A 5-class model with --dataset mnist (10 classes) printed its classes as numbers without a
+    word: the names asked for were dropped silently."""
+    import matplotlib.image as mpimg
+    from xpnet.layers import Flatten
+    model = xpnet.Sequential([Flatten(), Dense(5)], input_shape=(1, 28, 28), seed=1)
+    path = str(tmp_path / "five.npz")
+    model.save(path)
+    mpimg.imsave(tmp_path / "d.png", np.zeros((28, 28)), cmap="gray", vmin=0, vmax=1)
+    assert cli.main(["predict", path, str(tmp_path / "d.png"), "--dataset", "mnist"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        "xpnet predict: error: --dataset mnist has 10 classes, but the model gives 5: give the dataset "
+        "the model was trained on, or drop --dataset (classes are then numbered)\n")
+    assert cli.main(["predict", path, str(tmp_path / "d.png")]) == 0   # numbered without --dataset
+    assert "class " in capsys.readouterr().out

@@ -252,6 +252,10 @@ def cmd_predict(args):
             print(f"note: {path} is mostly bright; MNIST-style models expect light strokes on a dark "
                   "background (try --invert)", file=sys.stderr)
         if names is None:
+            if args.dataset is not None and _dataset_info(args.dataset)["classes"] != probs.shape[1]:
+                raise ConfigError(f"--dataset {args.dataset} has {_dataset_info(args.dataset)['classes']} "
+                                  f"classes, but the model gives {probs.shape[1]}: give the dataset the "
+                                  "model was trained on, or drop --dataset (classes are then numbered)")
             names = _class_names(args.dataset or _run_dataset(args.model_file), probs.shape[1])
         for label, p in zip(labels, probs):
             order = np.argsort(-p)[:args.top]
