@@ -347,3 +347,17 @@ def test_a_last_batch_of_one_before_a_batchnorm_is_refused_before_the_run_folder
         runner.run_training("seed001-tf", device="cpu", out_dir=tmp_path / "runs", verbose=0, epochs=1,
                             batch_size=64, train_images=65, test_images=100)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_resume_removes_temporary_files_a_killed_writer_left(interrupted, capsys):
+    """A rank killed by another rank's MPI_Abort (or a SIGKILL) in the middle of a checkpoint's
+    write left last.npz.<random>.tmp in the run folder for good; a resume, holding the folder's
+    lock, removes such files and leaves everything else."""
+    stale = [interrupted / "last.npz.k3j_x9a0.tmp", interrupted / "log.csv.abcdefgh.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a write")
+    mine = interrupted / "notes.tmp"   # not a name the atomic writer makes
+    mine.write_text("keep me")
+    code, err = train(["--resume", str(interrupted), "--quiet"], capsys)
+    assert code == 0, err
+    assert not any(path.exists() for path in stale) and mine.read_text() == "keep me"

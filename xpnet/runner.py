@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 
@@ -260,6 +261,24 @@ def lock_run(folder):
     return fd
 
 
+# serialization's atomic writes: NAME.<8 characters of tempfile.mkstemp>.tmp beside NAME
+_TEMPORARY = re.compile(r".+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files of atomic writes that a killed process left in a run folder (a
+    rank aborted by another's MPI_Abort in the middle of writing a checkpoint, a SIGKILL): called
+    with the folder's lock held, so no other process is writing them. The file they were meant to
+    replace is whole, since only a finished write replaces it."""
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if _TEMPORARY.fullmatch(name) and os.path.isfile(path):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass   # not ours to insist on: the run goes on either way
+
+
 def unlock_run(lock):
     if lock is not None:
         os.close(lock)
@@ -326,6 +345,8 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
     if comm is not None:
         config["resumed"][-1]["distributed"] = {"ranks": comm.size, "communicator": comm.kind}
     lock = lock_run(run_dir) if comm is None or comm.rank == 0 else None
+    if lock is not None:
+        remove_stale_temporaries(run_dir)
     try:
         data = _load_data(config)
         return _execute(config, run_dir, backend, data, verbose, plot, True, t_start,
