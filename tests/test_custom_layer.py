@@ -7,7 +7,7 @@ import pytest
 
 import xpnet
 import xpnet.layers as xlayers
-from xpnet.errors import ConfigError, DataError
+from xpnet.errors import ConfigError, DataError, ShapeError
 from xpnet.layers import Dense, Flatten, Layer
 from xpnet.testing import GradientCheckError, check_layer
 
@@ -108,3 +108,75 @@ def test_register_and_loading_a_model_that_names_a_layer(example, tmp_path, monk
     with pytest.raises(ConfigError, match="a different layer class is already registered as 'Dense'"):
         xlayers.register(clash)
     assert xlayers.register(example.Swish) is example.Swish
+
+
+def _tiny_fit(layer, mixed=None, functional=False):
+    """One epoch of a Dense -> ``layer`` -> Dense model on 32 random rows."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((32, 8)).astype(np.float32), rng.integers(0, 3, 32)
+    if functional:
+        inp = xpnet.Input((8,))
+        model = xpnet.Model(inp, Dense(3)(layer(Dense(4)(inp))))
+    else:
+        model = xpnet.Sequential([Dense(4), layer, Dense(3)], input_shape=(8,))
+    model.compile(loss="cross_entropy", optimizer="adam", mixed_precision=mixed)
+    return model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+
+
+class _Scale(Layer):
+    """x * w with a learned w of shape (4,); subclasses break the backward contract."""
+
+    def create_params(self, ctx):
+        self.params["w"] = self.xp.ones((4,), dtype=self.dtype)
+
+    def forward(self, x, training=False):
+        self.x = x
+        return x * self.params["w"]
+
+    def backward(self, grad):
+        self.grads["w"] = (grad * self.x).sum(axis=0)
+        return grad * self.params["w"]
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_fit_names_a_layer_whose_forward_or_backward_returns_the_wrong_shape(functional):
+    class BadInputGrad(_Scale):
+        def backward(self, grad):
+            return super().backward(grad).sum(axis=0)  # broadcasts in the Dense below: no error there
+
+    class BadOutput(_Scale):
+        def forward(self, x, training=False):
+            return super().forward(x)[:, :2]
+
+    with pytest.raises(ShapeError, match=r"layer 'bad_input_grad' \(BadInputGrad\): backward returned "
+                                         r"an input gradient of shape \(4,\), but its input has shape "
+                                         r"\(32, 4\)"):
+        _tiny_fit(BadInputGrad(name="bad_input_grad"), functional=functional)
+    with pytest.raises(ShapeError, match=r"layer 'bad_output' \(BadOutput\): forward returned shape "
+                                         r"\(32, 2\), but compute_output_shape says \(32, 4\)"):
+        _tiny_fit(BadOutput(name="bad_output"), functional=functional)
+
+
+@pytest.mark.parametrize("mixed", [None, "float16"])
+def test_fit_names_a_layer_whose_backward_sets_no_or_a_misshapen_parameter_gradient(mixed):
+    class NoGrad(_Scale):
+        def backward(self, grad):
+            out = super().backward(grad)
+            del self.grads["w"]
+            return out
+
+    class RowGrad(_Scale):  # forgot to sum over the batch: (32, 4) for a (4,) parameter
+        def backward(self, grad):
+            out = super().backward(grad)
+            self.grads["w"] = grad * self.x
+            return out
+
+    # mixed precision gathers the gradients into one flat buffer: a misshapen one used to shift
+    # every later gradient onto the wrong weights without an error
+    with pytest.raises(ConfigError, match=r"layer 'no_grad' \(NoGrad\): backward set no gradient "
+                                          r"for its parameter 'w'"):
+        _tiny_fit(NoGrad(), mixed)
+    with pytest.raises(ShapeError, match=r"layer 'row_grad' \(RowGrad\): backward set grads\['w'\] "
+                                         r"of shape \(32, 4\), but params\['w'\] has shape \(4,\)"):
+        _tiny_fit(RowGrad(), mixed)
+    assert _tiny_fit(_Scale())  # the contract kept: trains

@@ -16,7 +16,7 @@ yet (forward takes the list).
 from . import checks
 from .errors import ConfigError, ShapeError
 from .layers import layer_from_config
-from .layers.base import BuildContext
+from .layers.base import BuildContext, check_backward, check_forward
 from .layers.merge import Add, Concatenate, Merge  # noqa: F401  (part of the functional API)
 from .model import LayerStack, _link_token, name_layers, unlink
 from .training import TrainingMixin
@@ -198,6 +198,7 @@ class Model(LayerStack, TrainingMixin):
             args = [values[id(p)] for p in t.inputs]
             multi = getattr(t.layer, "multi_input", False)
             values[id(t)] = t.layer.forward(args if multi else args[0], training)
+            check_forward(t.layer, values[id(t)])
         outs = [values[id(t)] for t in self.outputs]
         return outs if self._multi_out else outs[0]
 
@@ -213,6 +214,7 @@ class Model(LayerStack, TrainingMixin):
             raise ShapeError(f"model {self.name!r} has {len(self.outputs)} outputs, got "
                              f"{len(grads)} gradients")
         acc, missing = {}, set()
+        batch = int(grads[0].shape[0])
 
         def add(t, g):
             if g is None:
@@ -231,6 +233,7 @@ class Model(LayerStack, TrainingMixin):
         for t in reversed(self.nodes):
             g = acc.pop(id(t))
             back = t.layer.backward(g)
+            check_backward(t.layer, back, batch)
             multi = getattr(t.layer, "multi_input", False)
             for parent, pg in zip(t.inputs, back if multi else [back]):
                 add(parent, pg)

@@ -4,7 +4,7 @@ import numbers
 from . import checks, ops
 from .backends import get_backend
 from .errors import ConfigError, ShapeError
-from .layers.base import BuildContext, Layer
+from .layers.base import BuildContext, Layer, check_backward, check_forward
 from .training import TrainingMixin
 
 
@@ -365,6 +365,7 @@ class Sequential(LayerStack, TrainingMixin):
                     x, until = y, layer.pool_link[0]
                     continue
             x = layer.forward(x, training, relu=True) if relu else layer.forward(x, training)
+            check_forward(layer, x)
             relu = False
         return x
 
@@ -373,6 +374,7 @@ class Sequential(LayerStack, TrainingMixin):
     def backward(self, grad):
         """Propagate d(loss)/d(output) back through every layer; returns d(loss)/d(input)."""
         taken = getattr(self, "_taken", ())
+        batch = int(grad.shape[0])
         for layer in reversed(self.layers):
             if id(layer) in taken:   # run by the convolution before it, whose backward takes grad
                 continue
@@ -381,6 +383,7 @@ class Sequential(LayerStack, TrainingMixin):
                 grad = grad if layer.need_input_grad else None
                 continue
             grad = layer.backward(grad)
+            check_backward(layer, grad, batch)
         return grad
 
     def summary(self, print_fn=print):

@@ -11,13 +11,25 @@ the first entry that disagrees and returns a short report otherwise. On ``device
 implicit NumPy conversion raises exactly where CuPy would, so a layer that passes there is written
 against ``xp`` only and will run on a GPU.
 """
+import contextlib
+
 import numpy as np
 
-from .errors import XpnetError
+from .errors import ConfigError, ShapeError, XpnetError
 
 
 class GradientCheckError(XpnetError, AssertionError):
     """An analytic gradient disagrees with finite differences (or a shape is wrong)."""
+
+
+@contextlib.contextmanager
+def _as_check_errors():
+    """The model's own checks of a layer's forward and backward (xpnet.layers.base.check_forward,
+    check_backward) reported as GradientCheckError, what a check here raises."""
+    try:
+        yield
+    except (ShapeError, ConfigError) as exc:
+        raise GradientCheckError(str(exc)) from exc
 
 
 def _host(backend, a):
@@ -43,11 +55,12 @@ def gradcheck_model(model, x, training=True, eps=1e-6, max_entries=24, seed=0, t
             r.set_state(s)
         return model.forward(x, training=training)
 
-    out = run()
-    g = backend.asarray(pick.standard_normal(tuple(out.shape)))
-    model.backward(g)  # warm any lazy state
-    out = run()
-    dx = _host(backend, model.backward(g))
+    with _as_check_errors():
+        out = run()
+        g = backend.asarray(pick.standard_normal(tuple(out.shape)))
+        model.backward(g)  # warm any lazy state
+        out = run()
+        dx = _host(backend, model.backward(g))
     analytic = {k: _host(backend, v) for k, v in model.gradients.items()}
 
     def loss():
@@ -90,7 +103,8 @@ def check_layer(layer, input_shape, device="cpu", batch=3, training=True, seed=0
     model = Sequential([layer], input_shape=tuple(input_shape), device=device, dtype="float64",
                        seed=seed)
     x = np.random.default_rng(seed).standard_normal((int(batch),) + tuple(input_shape))
-    out = model.forward(model.backend.asarray(x), training=training)
+    with _as_check_errors():
+        out = model.forward(model.backend.asarray(x), training=training)
     expected = (int(batch),) + tuple(layer.output_shape)
     if tuple(out.shape) != expected:
         raise GradientCheckError(f"{type(layer).__name__}: forward returned shape {tuple(out.shape)}, "

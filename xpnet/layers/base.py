@@ -13,6 +13,46 @@ def positive_int(value, what, owner):
     return int(value)
 
 
+def check_forward(layer, y):
+    """ShapeError naming ``layer`` unless its forward returned an array shaped (batch,) +
+    ``layer.output_shape``: a user's layer whose forward disagrees with compute_output_shape would
+    otherwise fail in the next layer, far from the cause."""
+    shape = getattr(y, "shape", None)
+    if shape is None or tuple(shape)[1:] != tuple(layer.output_shape):
+        got = f"shape {tuple(shape)}" if shape is not None else type(y).__name__
+        batch = shape[0] if shape else "batch"
+        raise ShapeError(f"{layer._what()}: forward returned {got}, but compute_output_shape says "
+                         f"{(batch,) + tuple(layer.output_shape)}")
+
+
+def check_backward(layer, grad_in, batch):
+    """ShapeError/ConfigError naming ``layer`` when its backward broke the contract: every
+    parameter needs a gradient in ``self.grads`` shaped like it, and the returned input gradient
+    (unless None or a list, as merge layers return) must be shaped (batch,) + input_shape. Without
+    this a wrong gradient fails in another layer or the optimizer, or (mixed precision, which
+    gathers the gradients into one buffer) silently updates the wrong weights."""
+    for k, p in layer.params.items():
+        g = layer.grads.get(k)
+        if g is None:
+            raise ConfigError(f"{layer._what()}: backward set no gradient for its parameter {k!r}; "
+                              f"set self.grads[{k!r}] (shaped like self.params[{k!r}], "
+                              f"{tuple(p.shape)}) in backward, or keep arrays that are not trained "
+                              f"out of self.params")
+        if tuple(getattr(g, "shape", ())) != tuple(p.shape):
+            raise ShapeError(f"{layer._what()}: backward set grads[{k!r}] of shape "
+                             f"{tuple(getattr(g, 'shape', ()))}, but params[{k!r}] has shape "
+                             f"{tuple(p.shape)}")
+    if grad_in is None or isinstance(grad_in, (list, tuple)):
+        return
+    expected = (batch,) + tuple(layer.input_shape)
+    shape = getattr(grad_in, "shape", None)
+    if shape is None or tuple(shape) != expected:
+        got = f"shape {tuple(shape)}" if shape is not None else type(grad_in).__name__
+        raise ShapeError(f"{layer._what()}: backward returned an input gradient of {got}, but "
+                         f"its input has shape {expected}: backward must return d(loss)/d(input), "
+                         f"shaped like the input")
+
+
 class BuildContext:
     """What a model hands each layer when it builds: the backend, its xp, dtype and seed."""
 
