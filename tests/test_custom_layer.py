@@ -180,3 +180,75 @@ def test_fit_names_a_layer_whose_backward_sets_no_or_a_misshapen_parameter_gradi
                                          r"of shape \(32, 4\), but params\['w'\] has shape \(4,\)"):
         _tiny_fit(RowGrad(), mixed)
     assert _tiny_fit(_Scale())  # the contract kept: trains
+
+
+class _Gain(Layer):
+    """x * k, k a constructor argument that its get_config() forgets (the base class's)."""
+
+    def __init__(self, k=1.0, name=None):
+        super().__init__(name)
+        self.k = k
+
+    def forward(self, x, training=False):
+        return x * self.k
+
+    def backward(self, grad):
+        return grad * self.k
+
+
+def test_saving_refuses_a_layer_whose_config_would_not_rebuild_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(xlayers, "LAYERS", dict(xlayers.LAYERS))
+
+    class Renamed(_Gain):  # a key __init__ does not take: the file would not load
+        def get_config(self):
+            return {"name": self.name, "gain": self.k}
+
+    class NumpyValue(_Gain):  # np.float32 is not JSON
+        def get_config(self):
+            return {"name": self.name, "k": np.float32(self.k)}
+
+    for cls, match in ((_Gain, r"layer 'gain' \(_Gain\): its get_config\(\) leaves out the "
+                               r"constructor argument k, so loading would rebuild it with the default"),
+                       (Renamed, r"layer 'gain' \(Renamed\): its get_config\(\) leaves out the "
+                                 r"constructor argument k"),
+                       (NumpyValue, r"layer 'gain' \(NumpyValue\): get_config\(\) must return JSON values")):
+        xlayers.register(cls)
+        model = xpnet.Sequential([Dense(4), cls(k=3.0, name="gain")], input_shape=(2,))
+        with pytest.raises(ConfigError, match=match):
+            model.save(tmp_path / "m.npz")
+        assert not (tmp_path / "m.npz").exists()  # before: written, and loaded as k=1 (or not at all)
+
+    class Own(_Gain):  # a from_config of its own decides what the config needs
+        def get_config(self):
+            return {"name": self.name, "gain": self.k}
+
+        @classmethod
+        def from_config(cls, config):
+            return cls(k=config["gain"], name=config["name"])
+
+    class Refused(Own):
+        @classmethod
+        def from_config(cls, config):
+            raise ConfigError("Refused: no")
+
+    xlayers.register(Own)
+    model = xpnet.Sequential([Dense(4), Own(k=3.0, name="gain")], input_shape=(2,))
+    assert xpnet.load(model.save(tmp_path / "own.npz")).layers[1].k == 3.0
+    xlayers.register(Refused)
+    model = xpnet.Sequential([Dense(4), Refused(k=3.0, name="gain")], input_shape=(2,))
+    with pytest.raises(ConfigError, match=r"the file would not load, because Refused.from_config"
+                                          r"\(get_config\(\)\) fails: Refused: no"):
+        model.save(tmp_path / "refused.npz")
+
+
+def test_model_checkpoint_refuses_a_layer_it_could_not_save_before_training(tmp_path):
+    model = xpnet.Sequential([Dense(4), _Gain(k=3.0), Dense(3)], input_shape=(8,))
+    model.compile(loss="cross_entropy", optimizer="sgd")
+    x, y = np.zeros((16, 8), np.float32), np.zeros(16, np.int64)
+    epochs = []
+    tracker = xpnet.callbacks.Callback()
+    tracker.on_epoch_end = lambda epoch, logs=None: epochs.append(epoch)
+    with pytest.raises(ConfigError, match=r"leaves out the constructor argument k"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[tracker, xpnet.callbacks.ModelCheckpoint(
+            str(tmp_path / "m{epoch}.npz"), monitor="loss")])
+    assert epochs == []  # refused in on_train_begin, not after the first epoch's work

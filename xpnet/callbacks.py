@@ -321,6 +321,10 @@ class ModelCheckpoint(_Monitor):
         except (KeyError, IndexError, ValueError):
             first = None
         _check_writable("ModelCheckpoint", self.path_pattern, first)
+        if hasattr(self.model, "save"):  # a layer save_model refuses: say so before epoch 1 trains
+            from .layers import check_config
+            for layer in self.model.layers:
+                check_config(layer)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}

@@ -34,6 +34,9 @@ def save_model(model, path, optimizer=None, include_optimizer=True):
     check_writable(path, "cannot save the model to")
     if not getattr(model, "built", True):  # a functional Model is built when it is made
         raise ConfigError("cannot save a model that is not built: give it an input_shape first")
+    from .layers import check_config
+    for layer in getattr(model, "layers", ()):  # before writing: a file that loads as another model
+        check_config(layer)                     # (or not at all) is worse than no file
     backend = model.backend
     arrays = {k: backend.to_numpy(v) for k, v in model.state_arrays().items()}
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "xpnet_version": _version(),

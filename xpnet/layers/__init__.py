@@ -32,6 +32,44 @@ def layer_from_config(index, spec):
         raise ConfigError(f"layer {index} ({kind}) has an invalid config {config!r}: {exc}") from exc
 
 
+def check_config(layer):
+    """``layer.get_config()`` once it is known that a model file can rebuild the layer from it,
+    else ConfigError naming the layer: the config must be JSON data, ``from_config`` must accept it
+    (else the file would not load), and, unless the class has its own ``from_config``, it must
+    give every ``__init__`` argument (one left out would come back at its default: a loaded model
+    that silently computes something else). ``save_model`` checks every layer before writing."""
+    import inspect
+    import json
+    cls = type(layer)
+    what = f"layer {layer.name!r} ({cls.__name__})"
+    config = layer.get_config()
+    if not isinstance(config, dict):
+        raise ConfigError(f"cannot save {what}: get_config() must return a dict of its constructor "
+                          f"arguments, got {type(config).__name__}")
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot save {what}: get_config() must return JSON values (numbers, "
+                          f"strings, lists, dicts; no NumPy scalars or arrays), got "
+                          f"{config!r}: {exc}") from None
+    if cls.from_config.__func__ is Layer.from_config.__func__:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        left_out = [p.name for p in params if p.name not in config
+                    and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if left_out:
+            raise ConfigError(f"cannot save {what}: its get_config() leaves out the constructor "
+                              f"argument{'s' if len(left_out) > 1 else ''} {', '.join(left_out)}, so "
+                              f"loading would rebuild it with the default{'s' if len(left_out) > 1 else ''}"
+                              f"; return every __init__ argument from get_config() "
+                              f"(docs/custom_layers.md)")
+    try:
+        cls.from_config(dict(config))
+    except (XpnetError, TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot save {what}: the file would not load, because {cls.__name__}."
+                          f"from_config(get_config()) fails: {exc}") from exc
+    return config
+
+
 def register(cls):
     """Register a Layer subclass by its class name, so that model files naming it load (a class
     decorator; returns ``cls``). Model files may only name registered layers."""
@@ -46,4 +84,4 @@ def register(cls):
     return cls
 
 
-__all__ = ["BuildContext", "Layer", "LAYERS", "Merge", "layer_from_config", "register"] + sorted(LAYERS)
+__all__ = ["BuildContext", "Layer", "LAYERS", "Merge", "check_config", "layer_from_config", "register"] + sorted(LAYERS)
