@@ -259,6 +259,24 @@ def test_a_skipped_epoch_is_logged_and_training_goes_on():
         m.optimizer.step({"a": m.xp.zeros(2)}, {"a": m.xp.zeros(2)}, finite=m.xp.asarray(True))
 
 
+def test_an_epoch_whose_every_step_was_skipped_warns_that_the_weights_did_not_change(recwarn):
+    """The log showed only a falling loss_scale while nothing trained; now a RuntimeWarning says so.
+    A run that skips some steps (the scale finding its level) is normal and stays quiet."""
+    x, y = data()
+    m = build(mlp(), precision=mixed.MixedPrecision("float16", initial_scale=1e30))
+    before = host(m)
+    with pytest.warns(RuntimeWarning, match=r"all 4 steps of epoch 1 were skipped .* so the weights "
+                                            r"did not change; the loss scale, halved at each skip, "
+                                            r"is now 6\.25e\+28"):
+        m.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert all(np.array_equal(before[k], v) for k, v in host(m).items())
+    recwarn.clear()
+    m = build(mlp(), precision=mixed.MixedPrecision("float16", initial_scale=2.0 ** 20))
+    m.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert 0 < scale_state(m)[2] < 8  # some of the 8 steps skipped, not all
+    assert not [w for w in recwarn if "were skipped" in str(w.message)]
+
+
 def test_run_folder_records_the_precision_and_the_loss_scale(tmp_path, capsys):
     argv = ["train", "--model", "quick-mlp", "--device", "cpu", "--epochs", "1", "--train-images", "256",
             "--test-images", "64", "--quiet", "--out", str(tmp_path)]

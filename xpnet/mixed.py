@@ -221,13 +221,24 @@ class MixedStep:
         """Device values for the epoch's sync: [scale, skipped steps in all]."""
         return [self.state[0], self.state[2]]
 
-    def after_sync(self, scale, skipped):
+    def after_sync(self, scale, skipped, epoch=None, steps=None):
         """Correct the optimizer's host step counters by the steps skipped since the last sync;
-        returns the loss scale for the log."""
+        returns the loss scale for the log. A RuntimeWarning when every one of the epoch's
+        ``steps`` was skipped: the weights did not move, which the log alone does not show."""
         new = int(round(skipped)) - self.skipped_seen
         if new > 0:
             self.model.optimizer.uncount(new)
         self.skipped_seen = int(round(skipped))
+        if steps and new >= steps:
+            import warnings
+            where = "" if epoch is None else f" of epoch {epoch + 1}"
+            warnings.warn(f"mixed precision: all {steps} steps{where} were skipped because the "
+                          f"float16 gradients were not finite (inf/NaN), so the weights did not "
+                          f"change; the loss scale, halved at each skip, is now {float(scale):g}. "
+                          f"A smaller MixedPrecision(initial_scale=...) gets there sooner; if it "
+                          f"keeps happening, the gradients overflow float16 at any scale (check the "
+                          f"inputs' range and the learning rate, or train without mixed precision)",
+                          RuntimeWarning, stacklevel=2)
         return float(scale)
 
     # -- checkpoints ----------------------------------------------------------------------------
