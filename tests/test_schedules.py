@@ -107,3 +107,23 @@ def test_get_by_name_and_callable():
 def test_errors(bad, match):
     with pytest.raises(ConfigError, match=match):
         bad()
+
+
+@pytest.mark.parametrize("bad, match", [
+    # these were a bare TypeError from float()/int() naming no schedule
+    (lambda: schedules.Constant(None), r"Constant: lr must be a number > 0, got NoneType None"),
+    (lambda: schedules.StepDecay(0.1, every=None), r"StepDecay: every must be an integer >= 1, got "
+                                                   r"NoneType None"),
+    (lambda: schedules.get({"type": "CosineDecay", "lr": 0.1, "epochs": [10]}),
+     r"CosineDecay: epochs must be an integer >= 1, got list \[10\]"),
+    # and these were converted: a string to its number, True to a learning rate of 1.0
+    (lambda: schedules.Constant("0.1"), r"Constant: lr must be a number > 0, got str '0.1'"),
+    (lambda: schedules.ExponentialDecay(True, 0.9), r"ExponentialDecay: lr must be a number > 0, got "
+                                                    r"bool True"),
+    (lambda: schedules.LinearWarmup(schedules.Constant(0.1), 2, start_lr="0"),
+     r"LinearWarmup: start_lr must be a number >= 0, got str '0'"),
+])
+def test_a_value_that_is_not_a_number_is_refused_naming_the_schedule(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        bad()
+    assert schedules.StepDecay(1, drop=0.5, every=2.0).every == 2  # ints and whole floats still do

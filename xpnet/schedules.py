@@ -8,21 +8,27 @@ import inspect
 import math
 import numbers
 
+from . import checks
 from .checks import is_bool
 from .errors import ConfigError
 
 
-def _positive(name, value, allow_zero=False):
+def _positive(owner, name, value, allow_zero=False):
+    """``value`` as a float when it is a finite number > 0 (>= 0 with ``allow_zero``), else
+    ConfigError naming the schedule: None, a string or a bool is refused, not converted."""
+    want = ">= 0" if allow_zero else "> 0"
+    if is_bool(value) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{type(owner).__name__}: {name} must be a number {want}, got "
+                          f"{type(value).__name__} {value!r}")
     value = float(value)
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+        raise ConfigError(f"{type(owner).__name__}: {name} must be {want}, got {value!r}")
     return value
 
 
-def _count(name, value, minimum=1):
-    if int(value) != value or int(value) < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+def _count(owner, name, value, minimum=1):
+    """``value`` as an int when it is a whole number >= ``minimum``, else ConfigError."""
+    return checks.whole(value, type(owner).__name__, name, minimum)
 
 
 class Schedule:
@@ -45,7 +51,7 @@ class Schedule:
 
 class Constant(Schedule):
     def __init__(self, lr):
-        self.lr = _positive("lr", lr)
+        self.lr = _positive(self, "lr", lr)
 
     def __call__(self, epoch):
         return self.lr
@@ -58,9 +64,9 @@ class StepDecay(Schedule):
     """lr * drop ** (epoch // every)."""
 
     def __init__(self, lr, drop=0.5, every=10):
-        self.lr = _positive("lr", lr)
-        self.drop = _positive("drop", drop)
-        self.every = _count("every", every)
+        self.lr = _positive(self, "lr", lr)
+        self.drop = _positive(self, "drop", drop)
+        self.every = _count(self, "every", every)
 
     def __call__(self, epoch):
         return self.lr * self.drop ** (int(epoch) // self.every)
@@ -73,9 +79,9 @@ class ExponentialDecay(Schedule):
     """lr * rate ** (epoch // every)  (staircase; ``every=1`` decays each epoch)."""
 
     def __init__(self, lr, rate, every=1):
-        self.lr = _positive("lr", lr)
-        self.rate = _positive("rate", rate)
-        self.every = _count("every", every)
+        self.lr = _positive(self, "lr", lr)
+        self.rate = _positive(self, "rate", rate)
+        self.every = _count(self, "every", every)
 
     def __call__(self, epoch):
         return self.lr * self.rate ** (int(epoch) // self.every)
@@ -88,8 +94,8 @@ class InverseTimeDecay(Schedule):
     """lr / (1 + decay * epoch)."""
 
     def __init__(self, lr, decay):
-        self.lr = _positive("lr", lr)
-        self.decay = _positive("decay", decay, allow_zero=True)
+        self.lr = _positive(self, "lr", lr)
+        self.decay = _positive(self, "decay", decay, allow_zero=True)
 
     def __call__(self, epoch):
         return self.lr / (1.0 + self.decay * int(epoch))
@@ -102,9 +108,9 @@ class CosineDecay(Schedule):
     """min_lr + (lr - min_lr) * (1 + cos(pi * epoch / epochs)) / 2, then min_lr after ``epochs``."""
 
     def __init__(self, lr, epochs, min_lr=0.0):
-        self.lr = _positive("lr", lr)
-        self.epochs = _count("epochs", epochs)
-        self.min_lr = _positive("min_lr", min_lr, allow_zero=True)
+        self.lr = _positive(self, "lr", lr)
+        self.epochs = _count(self, "epochs", epochs)
+        self.min_lr = _positive(self, "min_lr", min_lr, allow_zero=True)
         if self.min_lr > self.lr:
             raise ConfigError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
 
@@ -125,8 +131,8 @@ class LinearWarmup(Schedule):
 
     def __init__(self, schedule, warmup_epochs, start_lr=0.0):
         self.schedule = get(schedule)
-        self.warmup_epochs = _count("warmup_epochs", warmup_epochs, minimum=0)
-        self.start_lr = _positive("start_lr", start_lr, allow_zero=True)
+        self.warmup_epochs = _count(self, "warmup_epochs", warmup_epochs, minimum=0)
+        self.start_lr = _positive(self, "start_lr", start_lr, allow_zero=True)
 
     def __call__(self, epoch):
         epoch = int(epoch)
@@ -158,10 +164,10 @@ class WarmupHalving(Schedule):
     """
 
     def __init__(self, lr, k=5, late_start=20, late_every=3):
-        self.lr = _positive("lr", lr)
-        self.k = _count("k", k)
-        self.late_start = _count("late_start", late_start, minimum=0)
-        self.late_every = _count("late_every", late_every)
+        self.lr = _positive(self, "lr", lr)
+        self.k = _count(self, "k", k)
+        self.late_start = _count(self, "late_start", late_start, minimum=0)
+        self.late_every = _count(self, "late_every", late_every)
 
     def step(self, lr, epoch):
         """One application of the report's rule: the rate of ``epoch`` from that of ``epoch - 1``."""
@@ -192,10 +198,10 @@ class WarmupStepDecay(Schedule):
     """
 
     def __init__(self, lr, warmup_epochs=5, drop=0.5, every=5):
-        self.lr = _positive("lr", lr)
-        self.warmup_epochs = _count("warmup_epochs", warmup_epochs, minimum=0)
-        self.drop = _positive("drop", drop)
-        self.every = _count("every", every)
+        self.lr = _positive(self, "lr", lr)
+        self.warmup_epochs = _count(self, "warmup_epochs", warmup_epochs, minimum=0)
+        self.drop = _positive(self, "drop", drop)
+        self.every = _count(self, "every", every)
 
     def __call__(self, epoch):
         epoch = int(epoch)
