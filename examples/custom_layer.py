@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import xpnet  # noqa: E402
 from xpnet.cli import guarded, positive_int  # noqa: E402
+from xpnet.runner import check_folder  # noqa: E402
 from xpnet.errors import ConfigError  # noqa: E402
 from xpnet.layers import Conv2D, Dense, Flatten, Layer, MaxPool2D, register  # noqa: E402
 from xpnet.testing import check_layer  # noqa: E402
@@ -75,6 +76,7 @@ def main(argv=None):
 
 
 def run(args):
+    check_folder(args.out, "--out")   # before training: a file in the way would fail the save at the end
     # 1. gradients by finite differences, on NumPy and on the strict CuPy-like backend
     for device in ("cpu", "strict"):
         for shape, layer in (((7,), Swish()), ((2, 5, 5), Swish(beta=0.5)),

@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import xpnet  # noqa: E402
 from xpnet.cli import guarded, positive_int  # noqa: E402
+from xpnet.runner import check_folder  # noqa: E402
 from xpnet.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU  # noqa: E402
 
 
@@ -27,6 +28,7 @@ def main(argv=None):
 
 
 def run(args):
+    check_folder(args.out, "--out")   # before training: a file in the way would fail the save at the end
     (x_train, y_train), (x_test, y_test) = xpnet.datasets.load("mnist")
     x_train, y_train = x_train[:5000], y_train[:5000]  # uint8 (N, 1, 28, 28); fit scales by 1/255
 

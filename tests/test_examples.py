@@ -247,3 +247,22 @@ def test_resume_refusals(tmp_path, capsys):
     os.remove(os.path.join(done["run_dir"], "last.npz"))
     assert cli.main(["train", "--resume", done["run_dir"]]) == 2
     assert "has no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["custom_layer.py", "custom_model.py"])
+def test_custom_examples_refuse_an_unusable_out_before_training(script, tmp_path, capsys, monkeypatch):
+    """--out with a file in the way used to fail at the final save, after all the training."""
+    import importlib.util
+    import xpnet.layers as xlayers
+    monkeypatch.setattr(xlayers, "LAYERS", dict(xlayers.LAYERS))  # custom_layer.py registers Swish
+    spec = importlib.util.spec_from_file_location(script[:-3], os.path.join(ROOT, "examples", script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for out, where in ((blocker, "it"), (blocker / "sub", str(blocker))):
+        assert module.main(["--out", str(out), "--epochs", "1"]) == 2
+        captured = capsys.readouterr()
+        assert captured.err == (f"{script}: error: --out {out} cannot be a folder: {where} is a file, "
+                                f"expected a folder\n")
+        assert "epoch" not in captured.out and "check_layer" not in captured.out  # nothing ran

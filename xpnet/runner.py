@@ -183,8 +183,8 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
         if value is not None and not _positive_int(value):
             raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
     _check_minutes(time_limit_minutes)
-    _check_folder(out_dir, "the output folder (out_dir)")
-    _check_folder(tensorboard, "the TensorBoard folder")
+    check_folder(out_dir, "the output folder (out_dir)")
+    check_folder(tensorboard, "the TensorBoard folder")
     comm = _communicator(distributed, device)
     backend = get_backend(device) if comm is None else comm.backend
     if verbose and comm is None and str(device).lower() == "auto" and not backend.is_gpu:
@@ -314,7 +314,7 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
     from .errors import DataError, NoGPUError
     t_start = time.perf_counter()
     _check_minutes(time_limit_minutes)
-    _check_folder(tensorboard, "the TensorBoard folder")
+    check_folder(tensorboard, "the TensorBoard folder")
     run_dir = os.fspath(run_dir)
     if not run_dir:
         raise ConfigError("the run folder to resume is an empty name; expected a folder written by "
@@ -432,7 +432,7 @@ def _check_minutes(value):
         raise ConfigError(f"time_limit_minutes must be a positive number of minutes or None, got {value!r}")
 
 
-def _check_folder(path, what):
+def check_folder(path, what):
     """ConfigError unless ``path`` (None: not asked for) is a folder, or one that can be made:
     checked before training, so a file in the way does not fail the run at its end."""
     if path is None:
