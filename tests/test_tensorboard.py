@@ -149,6 +149,34 @@ def test_bad_histogram_freq():
             callbacks.TensorBoard("logs", histogram_freq=value)
 
 
+def test_a_log_dir_with_a_file_in_the_way_is_refused_before_training(tmp_path):
+    """It was a NotADirectoryError from tensorboardX after the first epoch had trained."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "validation").write_text("")
+    m = cnn()
+    x, y = data()
+    for log_dir, existing in ((blocker, blocker), (blocker / "run1", blocker),
+                              (tmp_path / "logs", tmp_path / "logs" / "validation")):
+        trained = []
+        spy = callbacks.Callback()
+        spy.on_epoch_end = lambda epoch, logs=None: trained.append(epoch)
+        with pytest.raises(xpnet.ConfigError, match=f"TensorBoard: cannot write logs into {log_dir}: "
+                                                    f"{existing} is a file, where a folder is needed"):
+            m.fit(x, y, epochs=1, verbose=0, callbacks=[spy, callbacks.TensorBoard(log_dir)])
+        assert trained == []
+
+
+def test_bad_log_dir_and_write_images_are_refused():
+    with pytest.raises(xpnet.ConfigError, match=r"TensorBoard: log_dir must be a folder path .*got "
+                                                r"NoneType None"):
+        callbacks.TensorBoard(None)  # was a TypeError from os.fspath
+    with pytest.raises(xpnet.ConfigError, match=r"TensorBoard: write_images must be True or False, "
+                                                r"got str 'no'"):
+        callbacks.TensorBoard("logs", write_images="no")  # was taken as True
+
+
 def test_cli_train_tensorboard(tmp_path, capsys):
     out, logs = tmp_path / "runs", tmp_path / "tb"
     assert cli.main(["train", "--quick", "--device", "cpu", "--epochs", "2", "--train-images", "600",

@@ -21,8 +21,10 @@ import itertools
 import os
 import warnings
 
+from . import checks
 from .callbacks import Callback
 from .errors import ConfigError
+from .serialization import nearest_existing
 
 EXTRA_HINT = "the TensorBoard callback needs tensorboardX: pip install 'xpnet[tensorboard]'"
 _files = itertools.count()
@@ -47,9 +49,13 @@ class TensorBoard(Callback):
         self._writer_class = summary_writer_class()
         if isinstance(histogram_freq, bool) or not isinstance(histogram_freq, int) or histogram_freq < 0:
             raise ConfigError(f"TensorBoard: histogram_freq must be an integer >= 0, got {histogram_freq!r}")
-        self.log_dir = os.fspath(log_dir)
+        try:
+            self.log_dir = os.fspath(log_dir)
+        except TypeError:
+            raise ConfigError(f"TensorBoard: log_dir must be a folder path (str or os.PathLike), got "
+                              f"{type(log_dir).__name__} {log_dir!r}") from None
         self.histogram_freq = histogram_freq
-        self.write_images = bool(write_images)
+        self.write_images = checks.flag(write_images, "TensorBoard", "write_images")
         self._writers = {}
         self._purge_step = None
         self._first_epoch = True
@@ -71,7 +77,20 @@ class TensorBoard(Callback):
         self._writers = {}
 
     # -- callback hooks ---------------------------------------------------------------------------
+    def _check_log_dir(self):
+        """ConfigError unless log_dir/train and log_dir/validation can be folders (a file in the
+        way, or no permission): before the first epoch trains, not at its end."""
+        for kind in ("train", "validation"):
+            existing = nearest_existing(os.path.join(self.log_dir, kind))
+            if not os.path.isdir(existing):
+                raise ConfigError(f"TensorBoard: cannot write logs into {self.log_dir}: {existing} is "
+                                  f"a file, where a folder is needed")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise ConfigError(f"TensorBoard: cannot write logs into {self.log_dir}: no permission "
+                                  f"to write into {existing}")
+
     def on_train_begin(self, logs=None):
+        self._check_log_dir()
         self._close()
         self._purge_step, self._first_epoch = None, True
         self._image_layer = self._filter_layer() if self.write_images else None
