@@ -152,6 +152,32 @@ def test_model_checkpoint_bad_pattern(tmp_path):
         fit(model(), [ck], epochs=1)
 
 
+def test_model_checkpoint_pattern_errors_come_before_training_and_as_config_errors(tmp_path):
+    """A val_* field without validation data, a positional field and unbalanced braces were found
+    only after the first epoch trained; an attribute or index on a value was a bare
+    AttributeError/TypeError."""
+    trained = []
+    spy = callbacks.Callback()
+    spy.on_epoch_end = lambda epoch, logs=None: trained.append(epoch)
+    for pattern, match in (
+            ("m-{val_loss:.3f}.npz", r"m-\{val_loss:.3f\}.npz' names val_loss, but this fit has no "
+                                     r"validation data: pass validation_data or validation_split to "
+                                     r"fit\(\), or name a training metric such as \{loss\}"),
+            ("m-{}.npz", r"has a positional field \{\}; name what goes there"),
+            ("m-{epoch.npz", r"cannot fill in '.*m-\{epoch.npz': expected '\}' before end of string")):
+        ck = callbacks.ModelCheckpoint(str(tmp_path / pattern))
+        with pytest.raises(ConfigError, match=match):
+            fit(model(), [spy, ck], epochs=1)
+        assert trained == []
+    ck = callbacks.ModelCheckpoint(str(tmp_path / "m-{val_loss:.3f}.npz"))  # with validation: fine
+    fit(model(), [ck], epochs=1, validation_split=0.25)
+    assert len(ck.saved) == 1
+    for pattern in ("m-{epoch.real.x}.npz", "m-{loss[0]}.npz"):
+        with pytest.raises(ConfigError, match=r"ModelCheckpoint: cannot fill in .*(has no attribute|"
+                                              r"not subscriptable)"):
+            fit(model(), [callbacks.ModelCheckpoint(str(tmp_path / pattern))], epochs=1)
+
+
 def test_csv_and_json_logs(tmp_path):
     csv_path, json_path = tmp_path / "log.csv", tmp_path / "log.json"
     x, y = data()

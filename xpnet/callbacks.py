@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import string
 
 from . import checks
 from .errors import ConfigError
@@ -315,16 +316,36 @@ class ModelCheckpoint(_Monitor):
 
     def on_train_begin(self, logs=None):
         """Refuse a path that cannot be written (a file where a folder must be, a folder where the
-        file goes) before the first epoch trains, rather than at its end."""
+        file goes), a pattern that cannot be filled in (unbalanced braces, a positional field, a
+        val_* metric when fit has no validation data) before the first epoch trains, rather than
+        at its end."""
+        self._check_pattern()
         try:
             first = self.path_pattern.format(epoch=1)  # the whole path when it needs no logs
-        except (KeyError, IndexError, ValueError):
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError):
             first = None
         _check_writable("ModelCheckpoint", self.path_pattern, first)
         if hasattr(self.model, "save"):  # a layer save_model refuses: say so before epoch 1 trains
             from .layers import check_config
             for layer in self.model.layers:
                 check_config(layer)
+
+    def _check_pattern(self):
+        pattern = self.path_pattern
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+        except ValueError as exc:
+            raise ConfigError(f"ModelCheckpoint: cannot fill in {pattern!r}: {exc}") from None
+        for field in fields:
+            key = field.split(".")[0].split("[")[0]
+            if not key or key.isdigit():
+                raise ConfigError(f"ModelCheckpoint: {pattern!r} has a positional field "
+                                  f"{{{field}}}; name what goes there, e.g. {{epoch:02d}} or "
+                                  f"{{loss:.4f}}")
+            if key.startswith("val_") and not self.params.get("validation_samples", 1):
+                raise ConfigError(f"ModelCheckpoint: {pattern!r} names {key}, but this fit has no "
+                                  f"validation data: pass validation_data or validation_split to "
+                                  f"fit(), or name a training metric such as {{{key[4:]}}}")
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -335,7 +356,7 @@ class ModelCheckpoint(_Monitor):
             self.best = float(current)
         try:
             path = self.path_pattern.format(epoch=epoch + 1, **logs)
-        except (KeyError, IndexError, ValueError) as exc:
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
             raise ConfigError(f"ModelCheckpoint: cannot fill in {self.path_pattern!r} "
                               f"(available keys: epoch, {', '.join(sorted(logs))}): {exc}") from exc
         save_weights(self.model, path)
