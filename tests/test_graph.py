@@ -148,6 +148,22 @@ def test_errors_name_the_problem():
         model.forward(np.ones((2, 4), dtype="uint8"))
 
 
+def test_merge_errors_say_where_the_inputs_come_from_and_merges_refuse_a_sequential():
+    x = Input(8, name="pixels")
+    a, b = Dense(4, name="left")(x), Dense(5)(x)
+    with pytest.raises(ShapeError, match=r"layer 'join' \(Add\): inputs must have one shape, got "
+                                         r"\[\(4,\), \(5,\)\]; the inputs come from layer 'left' "
+                                         r"\(Dense\) \('batch', 4\), a Dense layer \('batch', 5\)"):
+        Add(name="join")([a, b])
+    with pytest.raises(ShapeError, match=r"differ outside axis 1; the inputs come from Input 'pixels' "
+                                         r"\('batch', 2, 8\), an Input \('batch', 2, 5\)"):
+        Concatenate(axis=1)([Input((2, 8), name="pixels"), Input((2, 5))])
+    for merge in (Add(), Concatenate()):  # was TypeError: 'int' object is not iterable
+        with pytest.raises(ConfigError, match=f"{type(merge).__name__} merges several tensors, so it "
+                                              f"cannot be a layer of a Sequential"):
+            xpnet.Sequential([Dense(4), merge], input_shape=(8,))
+
+
 def test_config_round_trip_and_model_file(backend, rng, tmp_path):
     model = branchy(backend)
     x = backend.asarray(rng.standard_normal((3, 6)))

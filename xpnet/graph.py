@@ -62,9 +62,23 @@ def call_symbolic(layer, x):
         if (list(map(tuple, expected)) if multi else tuple(expected)) != shape:
             raise ShapeError(f"{label} was built for input {expected}, but was called on {shape}")
         out = layer.output_shape
-    else:
+    elif not multi:
         out = layer.compute_output_shape(shape)
+    else:
+        try:
+            out = layer.compute_output_shape(shape)
+        except ShapeError as exc:  # say where each mismatched input comes from
+            sources = ", ".join(f"{_source_label(t)} {('batch',) + t.shape}" for t in inputs)
+            raise ShapeError(f"{exc}; the inputs come from {sources}") from None
     return SymbolicTensor(out, layer, inputs)
+
+
+def _source_label(t):
+    """What produced symbolic tensor ``t``, for messages: Input 'name', layer 'name' (Kind), or
+    'a Kind layer' (layers are named only when the Model is made)."""
+    if t.is_input:
+        return f"Input {t.name!r}" if t.name else "an Input"
+    return t.layer._what()
 
 
 # -- the model ------------------------------------------------------------------------------------

@@ -271,6 +271,11 @@ class Sequential(LayerStack, TrainingMixin):
         for layer in self.layers:
             if not isinstance(layer, Layer):
                 raise ConfigError(f"Sequential takes Layer objects, got {type(layer).__name__}")
+            if getattr(layer, "multi_input", False):
+                kind = type(layer).__name__
+                raise ConfigError(f"{kind} merges several tensors, so it cannot be a layer of a "
+                                  f"Sequential (each layer there has one input); build a functional "
+                                  f"Model: x = Input(shape); ...; {kind}()([a, b])")
         name_layers(self.layers)
         self.input_shape = None
         self.output_shape = None
