@@ -252,3 +252,33 @@ def test_model_checkpoint_refuses_a_layer_it_could_not_save_before_training(tmp_
         model.fit(x, y, epochs=1, verbose=0, callbacks=[tracker, xpnet.callbacks.ModelCheckpoint(
             str(tmp_path / "m{epoch}.npz"), monitor="loss")])
     assert epochs == []  # refused in on_train_begin, not after the first epoch's work
+
+
+@pytest.mark.parametrize("device", ["cpu", "strict"])
+def test_a_weight_kept_outside_params_warns_when_the_layer_is_built(device):
+    """self.w made in create_params was silently never trained and never saved."""
+    class Stray(Layer):
+        def create_params(self, ctx):
+            self.w = self.xp.ones((4,), dtype=self.dtype)
+            self.count = 3  # not an array: fine
+
+        def forward(self, x, training=False):
+            return x * self.w
+
+        def backward(self, grad):
+            return grad * self.w
+
+    with pytest.warns(UserWarning, match=r"layer 'stray' \(Stray\): create_params made self.w, which "
+                                         r"is not in self.params or self.buffers, so fit\(\) will not "
+                                         r"train it and save\(\) will not keep it"):
+        xpnet.Sequential([Dense(4), Stray()], input_shape=(8,), device=device)
+
+    class Fixed(Stray):
+        constants = ("w",)
+
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        xpnet.Sequential([Dense(4), Fixed(), _Scale()], input_shape=(8,), device=device)
+        xpnet.Sequential([xpnet.layers.AvgPool2D(3, padding="same")], input_shape=(1, 5, 5),
+                         device=device)  # its constant share of real cells is declared

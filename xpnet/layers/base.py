@@ -103,9 +103,32 @@ class Layer:
         self.xp = ctx.xp
         self.dtype = ctx.dtype
         self.output_shape = tuple(int(d) for d in self.compute_output_shape(self.input_shape))
+        before = dict(vars(self))
         self.create_params(ctx)
+        self._warn_stray_arrays(before)
         self.built = True
         return self.output_shape
+
+    constants = ()  # names of float arrays create_params keeps on purpose outside params/buffers
+
+    def _warn_stray_arrays(self, before):
+        """A UserWarning naming every floating-point array attribute create_params made that is
+        neither in ``self.params`` (trained, saved) nor ``self.buffers`` (saved) nor listed in the
+        class's ``constants``: a weight kept as ``self.w`` is silently never trained or saved."""
+        kept = {id(v) for v in list(self.params.values()) + list(self.buffers.values())}
+        stray = [k for k, v in vars(self).items()
+                 if before.get(k) is not v and k not in self.constants and id(v) not in kept
+                 and getattr(getattr(v, "dtype", None), "kind", None) == "f"
+                 and getattr(v, "ndim", 0) > 0]
+        if stray:
+            import warnings
+            names = ", ".join(f"self.{k}" for k in stray)
+            warnings.warn(f"{self._what()}: create_params made {names}, which is not in self.params "
+                          f"or self.buffers, so fit() will not train it and save() will not keep it; "
+                          f"store weights as self.params[name] (and their gradients in "
+                          f"self.grads[name]), or list a fixed array in the class's "
+                          f"constants = ({', '.join(repr(k) for k in stray)},)",
+                          UserWarning, stacklevel=3)
 
     def _what(self):
         kind = type(self).__name__

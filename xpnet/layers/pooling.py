@@ -13,6 +13,7 @@ from .conv import output_hw, pair, spatial_input
 class _Pool2D(Layer):
     kind = None  # "max" or "avg"
     relu_mask = None  # after forward(..., relu=True): the mask of the ReLU applied to the output
+    constants = ("share",)  # avg pooling with padding: the share of real cells per window
 
     def __init__(self, pool_size=2, strides=None, padding="valid", name=None):
         super().__init__(name)
