@@ -102,6 +102,9 @@ def test_register_and_loading_a_model_that_names_a_layer(example, tmp_path, monk
     with pytest.raises(DataError, match=r"layer 2 has unknown type 'Swish'; model files may only "
                                         r"name registered layers"):
         xpnet.load(path)
+    with pytest.raises(DataError, match=r"; if Swish is a layer class of your own, import it and "
+                                        r"register it \(@xpnet.layers.register\) before loading$"):
+        xpnet.load(path)  # says how, not only what
     with pytest.raises(ConfigError, match="takes a Layer subclass"):
         xlayers.register(int)
     clash = type("Dense", (Layer,), {})

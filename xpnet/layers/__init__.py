@@ -22,7 +22,9 @@ def layer_from_config(index, spec):
     kind = spec.get("type") if isinstance(spec, dict) else None
     if not isinstance(kind, str) or kind not in LAYERS:
         raise ConfigError(f"layer {index} has unknown type {kind!r}; model files may only name "
-                          f"registered layers: {', '.join(sorted(LAYERS))}")
+                          f"registered layers: {', '.join(sorted(LAYERS))}"
+                          + (f"; if {kind} is a layer class of your own, import it and register it "
+                             f"(@xpnet.layers.register) before loading" if isinstance(kind, str) else ""))
     config = spec.get("config")
     if not isinstance(config, dict):
         raise ConfigError(f"layer {index} ({kind}) is malformed: {spec!r}")
