@@ -69,6 +69,15 @@ def test_bad_specs(spec, words):
         reg.get(spec)
 
 
+def test_a_bool_strength_is_refused_not_taken_as_one():
+    """L2(True) was a penalty of strength 1.0 (float(True)), swamping the loss without a word."""
+    for make in (lambda: reg.L2(True), lambda: reg.L1(np.bool_(True)), lambda: reg.L1L2(l2=True),
+                 lambda: reg.get({"type": "L2", "l": True})):
+        with pytest.raises(ConfigError, match=r"must be a number >= 0, got bool (np\.)?True"):
+            make()
+    assert reg.get("l2:1e-4").l == 1e-4 and reg.L2(0).l == 0.0  # strings from specs, zero: still fine
+
+
 def test_dense_kernel_regularizer_and_torch_weight_decay(backend):
     torch = pytest.importorskip("torch")
     l = 0.05

@@ -16,10 +16,13 @@ keep them in ``layer.regularizers`` ({param name: regularizer}).
 """
 import math
 
+from .checks import is_bool
 from .errors import ConfigError
 
 
 def _strength(cls_name, arg, value):
+    if is_bool(value):  # float(True) would be a strength of 1
+        raise ConfigError(f"{cls_name}: {arg} must be a number >= 0, got bool {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
