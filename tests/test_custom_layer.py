@@ -234,6 +234,12 @@ def test_saving_refuses_a_layer_whose_config_would_not_rebuild_it(tmp_path, monk
         def from_config(cls, config):
             raise ConfigError("Refused: no")
 
+    def my_init(rng, shape, dtype):  # xpnet's own layers save as before, a callable initializer too
+        return np.full(shape, 0.5, dtype)
+
+    model = xpnet.Sequential([Dense(4, kernel_initializer=my_init)], input_shape=(2,))
+    assert model.save(tmp_path / "init.npz")
+
     xlayers.register(Own)
     model = xpnet.Sequential([Dense(4), Own(k=3.0, name="gain")], input_shape=(2,))
     assert xpnet.load(model.save(tmp_path / "own.npz")).layers[1].k == 3.0
