@@ -291,3 +291,39 @@ def test_a_weight_kept_outside_params_warns_when_the_layer_is_built(device):
         xpnet.Sequential([Dense(4), Fixed(), _Scale()], input_shape=(8,), device=device)
         xpnet.Sequential([xpnet.layers.AvgPool2D(3, padding="same")], input_shape=(1, 5, 5),
                          device=device)  # its constant share of real cells is declared
+
+
+def test_skeleton_mistakes_in_a_layer_are_named():
+    """Each was an AttributeError, a bare NotImplementedError() or a TypeError from inside the model."""
+    class NoSuper(Layer):
+        def __init__(self, k=1.0):  # forgot super().__init__(name)
+            self.k = k
+
+    class NoForward(Layer):
+        pass
+
+    class NoBackward(Layer):
+        def forward(self, x, training=False):
+            return x
+
+    class NoShape(Layer):
+        def compute_output_shape(self, input_shape):
+            pass  # forgot the return
+
+    forgot = r"NoSuper: its __init__ did not call Layer.__init__, .*begin __init__ with super\(\).__init__\(name\)"
+    with pytest.raises(ConfigError, match=forgot):
+        xpnet.Sequential([Dense(4), NoSuper()], input_shape=(8,))
+    inp = xpnet.Input(8)
+    with pytest.raises(ConfigError, match=forgot):
+        NoSuper()(inp)
+    x = np.zeros((2, 8), np.float32)
+    with pytest.raises(ConfigError, match=r"layer 'no_forward' \(NoForward\) does not define forward"):
+        xpnet.Sequential([NoForward()], input_shape=(8,)).predict(x)
+    model = xpnet.Sequential([Dense(4), NoBackward(), Dense(2)], input_shape=(8,)).compile()
+    with pytest.raises(ConfigError, match=r"layer 'no_backward' \(NoBackward\) does not define backward"):
+        model.fit(x, np.zeros(2, np.int64), verbose=0)
+    returned_none = r"compute_output_shape\(\(4,\)\) returned None; it must return the per-sample output shape"
+    with pytest.raises(ShapeError, match=r"layer 'no_shape' \(NoShape\): " + returned_none):
+        xpnet.Sequential([Dense(4), NoShape()], input_shape=(8,))
+    with pytest.raises(ShapeError, match=r"a NoShape layer: " + returned_none):
+        NoShape()(Dense(4)(inp))

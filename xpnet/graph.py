@@ -16,7 +16,8 @@ yet (forward takes the list).
 from . import checks
 from .errors import ConfigError, ShapeError
 from .layers import layer_from_config
-from .layers.base import BuildContext, check_backward, check_forward
+from .layers.base import (BuildContext, check_backward, check_forward, check_initialised,
+                          output_shape_of)
 from .layers.merge import Add, Concatenate, Merge  # noqa: F401  (part of the functional API)
 from .model import LayerStack, _link_token, name_layers, unlink
 from .training import TrainingMixin
@@ -50,6 +51,7 @@ def Input(shape, name=None):
 
 def call_symbolic(layer, x):
     """Record ``layer(x)`` for symbolic ``x``; returns the output tensor (Layer.__call__ uses this)."""
+    check_initialised(layer)
     multi = isinstance(x, (list, tuple))
     inputs = list(x) if multi else [x]
     label = f"layer {layer.name!r} ({type(layer).__name__})" if layer.name else type(layer).__name__
@@ -63,7 +65,7 @@ def call_symbolic(layer, x):
             raise ShapeError(f"{label} was built for input {expected}, but was called on {shape}")
         out = layer.output_shape
     elif not multi:
-        out = layer.compute_output_shape(shape)
+        out = output_shape_of(layer, shape)
     else:
         try:
             out = layer.compute_output_shape(shape)

@@ -4,7 +4,7 @@ import numbers
 from . import checks, ops
 from .backends import get_backend
 from .errors import ConfigError, ShapeError
-from .layers.base import BuildContext, Layer, check_backward, check_forward
+from .layers.base import BuildContext, Layer, check_backward, check_forward, check_initialised
 from .training import TrainingMixin
 
 
@@ -271,6 +271,7 @@ class Sequential(LayerStack, TrainingMixin):
         for layer in self.layers:
             if not isinstance(layer, Layer):
                 raise ConfigError(f"Sequential takes Layer objects, got {type(layer).__name__}")
+            check_initialised(layer)
             if getattr(layer, "multi_input", False):
                 kind = type(layer).__name__
                 raise ConfigError(f"{kind} merges several tensors, so it cannot be a layer of a "

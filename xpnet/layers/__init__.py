@@ -90,4 +90,5 @@ def register(cls):
     return cls
 
 
-__all__ = ["BuildContext", "Layer", "LAYERS", "Merge", "check_config", "layer_from_config", "register"] + sorted(LAYERS)
+__all__ = ["BuildContext", "Layer", "LAYERS", "Merge", "check_config", "layer_from_config",
+           "register"] + sorted(LAYERS)

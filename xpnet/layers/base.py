@@ -53,6 +53,33 @@ def check_backward(layer, grad_in, batch):
                          f"shaped like the input")
 
 
+def check_initialised(layer):
+    """ConfigError naming ``layer``'s class when its ``__init__`` skipped ``Layer.__init__`` (a
+    subclass that forgot ``super().__init__(name)``): it has no name, params or grads, which
+    otherwise surfaces as an AttributeError far from the cause."""
+    if not all(k in vars(layer) for k in ("name", "params", "grads", "buffers")):
+        raise ConfigError(f"{type(layer).__name__}: its __init__ did not call Layer.__init__, so the "
+                          f"layer has no name, params or grads; begin __init__ with "
+                          f"super().__init__(name)")
+
+
+def output_shape_of(layer, input_shape):
+    """``layer.compute_output_shape(input_shape)`` as a tuple of ints, else ShapeError naming the
+    layer: a user's compute_output_shape that returns None or a bare int would otherwise fail as a
+    TypeError inside the model."""
+    shape = layer.compute_output_shape(input_shape)
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if not dims or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0
+                           for d in dims):
+        raise ShapeError(f"{layer._what()}: compute_output_shape({tuple(input_shape)}) "
+                         f"returned {shape!r}; it must return the per-sample output shape, a tuple "
+                         f"of positive ints (without the batch axis)")
+    return tuple(int(d) for d in dims)
+
+
 class BuildContext:
     """What a model hands each layer when it builds: the backend, its xp, dtype and seed."""
 
@@ -102,7 +129,7 @@ class Layer:
         self.backend = ctx.backend
         self.xp = ctx.xp
         self.dtype = ctx.dtype
-        self.output_shape = tuple(int(d) for d in self.compute_output_shape(self.input_shape))
+        self.output_shape = output_shape_of(self, self.input_shape)
         before = dict(vars(self))
         self.create_params(ctx)
         self._warn_stray_arrays(before)
@@ -160,10 +187,13 @@ class Layer:
 
     # -- computation --------------------------------------------------------------------------
     def forward(self, x, training=False):
-        raise NotImplementedError
+        raise ConfigError(f"{self._what()} does not define forward(self, x, training=False); a Layer "
+                          f"subclass must define forward and backward (docs/custom_layers.md)")
 
     def backward(self, grad):
-        raise NotImplementedError
+        raise ConfigError(f"{self._what()} does not define backward(self, grad), which training "
+                          f"needs; it returns d(loss)/d(input) and sets self.grads for each "
+                          f"parameter (docs/custom_layers.md)")
 
     def __call__(self, x, training=False):
         if getattr(x, "_xpnet_symbolic", False) or (isinstance(x, (list, tuple)) and x and
