@@ -17,7 +17,7 @@ from . import checks
 from .errors import ConfigError, ShapeError
 from .layers import layer_from_config
 from .layers.base import (BuildContext, check_backward, check_forward, check_initialised,
-                          output_shape_of)
+                          output_shape_of, user_layer)
 from .layers.merge import Add, Concatenate, Merge  # noqa: F401  (part of the functional API)
 from .model import LayerStack, _link_token, name_layers, unlink
 from .training import TrainingMixin
@@ -214,7 +214,8 @@ class Model(LayerStack, TrainingMixin):
             args = [values[id(p)] for p in t.inputs]
             multi = getattr(t.layer, "multi_input", False)
             values[id(t)] = t.layer.forward(args if multi else args[0], training)
-            check_forward(t.layer, values[id(t)])
+            if user_layer(t.layer):
+                check_forward(t.layer, values[id(t)])
         outs = [values[id(t)] for t in self.outputs]
         return outs if self._multi_out else outs[0]
 
@@ -249,7 +250,8 @@ class Model(LayerStack, TrainingMixin):
         for t in reversed(self.nodes):
             g = acc.pop(id(t))
             back = t.layer.backward(g)
-            check_backward(t.layer, back, batch)
+            if user_layer(t.layer):
+                check_backward(t.layer, back, batch)
             multi = getattr(t.layer, "multi_input", False)
             for parent, pg in zip(t.inputs, back if multi else [back]):
                 add(parent, pg)

@@ -4,7 +4,7 @@ import numbers
 from . import checks, ops
 from .backends import get_backend
 from .errors import ConfigError, ShapeError
-from .layers.base import BuildContext, Layer, check_backward, check_forward, check_initialised
+from .layers.base import BuildContext, Layer, check_backward, check_forward, check_initialised, user_layer
 from .training import TrainingMixin
 
 
@@ -371,7 +371,8 @@ class Sequential(LayerStack, TrainingMixin):
                     x, until = y, layer.pool_link[0]
                     continue
             x = layer.forward(x, training, relu=True) if relu else layer.forward(x, training)
-            check_forward(layer, x)
+            if user_layer(layer):
+                check_forward(layer, x)
             relu = False
         return x
 
@@ -389,7 +390,8 @@ class Sequential(LayerStack, TrainingMixin):
                 grad = grad if layer.need_input_grad else None
                 continue
             grad = layer.backward(grad)
-            check_backward(layer, grad, batch)
+            if user_layer(layer):
+                check_backward(layer, grad, batch)
         return grad
 
     def summary(self, print_fn=print):
