@@ -1,7 +1,7 @@
 """Layers. ``LAYERS`` maps a type name to its class; model files may only name these."""
 from ..errors import ConfigError, XpnetError
 from .activations import LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
-from .base import BuildContext, Layer
+from .base import BuildContext, Layer, xpnet_class
 from .batchnorm import BatchNorm
 from .conv import Conv2D
 from .dense import Dense
@@ -55,7 +55,7 @@ def check_config(layer):
         raise ConfigError(f"cannot save {what}: get_config() must return JSON values (numbers, "
                           f"strings, lists, dicts; no NumPy scalars or arrays), got "
                           f"{config!r}: {exc}") from None
-    if cls.__module__.split(".")[0] == "xpnet":
+    if xpnet_class(cls):
         return config  # xpnet's own layers: their configs are tested; one with a callable
         # initializer is still saved as before (the weights are in the file), loading names it
     if cls.from_config.__func__ is Layer.from_config.__func__:

@@ -1,5 +1,7 @@
 """The Layer contract: lazy shape inference, forward, backward, params/grads dicts."""
+import inspect
 import numbers
+import os
 import zlib
 
 from ..errors import ConfigError, ShapeError
@@ -14,6 +16,17 @@ def positive_int(value, what, owner):
 
 
 _USER_CLASSES = {}   # layer class -> whether it is a user's (not defined in xpnet itself)
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the xpnet folder
+
+
+def xpnet_class(cls):
+    """True for a class defined in a file of the xpnet package itself (its layers), False for a
+    user's (a script's, a test's, a notebook's)."""
+    try:
+        path = inspect.getfile(cls)
+    except (TypeError, OSError):   # defined interactively
+        return False
+    return os.path.abspath(path).startswith(_PACKAGE + os.sep)
 
 
 def user_layer(layer):
@@ -23,7 +36,7 @@ def user_layer(layer):
     cls = type(layer)
     user = _USER_CLASSES.get(cls)
     if user is None:
-        user = _USER_CLASSES[cls] = not (cls.__module__ == "xpnet" or cls.__module__.startswith("xpnet."))
+        user = _USER_CLASSES[cls] = not xpnet_class(cls)
     return user
 
 
