@@ -531,3 +531,22 @@ def test_an_npz_this_process_cannot_read_is_named_as_such_not_as_corrupt(tmp_pat
     with pytest.raises(DataError) as caught:
         load_npz(path)
     assert str(caught.value) == f"cannot read {path}: Permission denied"
+
+
+def test_a_model_with_an_initializer_function_of_the_users_loads_with_its_weights(tmp_path):
+    """Dense(3, kernel_initializer=my_fn) was saved naming 'my_fn', and the file did not load
+    ('unknown initializer'): the trained weights were out of reach. The file now records the
+    layer's default initializer, with a warning at saving; the weights are the saved ones."""
+    import xpnet
+    from xpnet.layers import Dense, Flatten
+
+    def my_fn(rng, shape, dtype):
+        return np.full(shape, 0.25, dtype=dtype)
+    model = xpnet.Sequential([Flatten(), Dense(3, kernel_initializer=my_fn)], input_shape=(1, 4, 4), seed=2)
+    model.layers[1].params["W"][...] = np.arange(48, dtype=np.float32).reshape(16, 3)
+    path = tmp_path / "m.npz"
+    with pytest.warns(UserWarning, match=r"layer 'dense' \(Dense\): its kernel_initializer 'my_fn' is a function"):
+        model.save(path)
+    loaded = xpnet.load_model(path)
+    np.testing.assert_array_equal(loaded.layers[1].params["W"], model.layers[1].params["W"])
+    assert loaded.layers[1].get_config()["kernel_initializer"] == "glorot_uniform"

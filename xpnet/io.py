@@ -64,6 +64,9 @@ def _model_config(model):
     header = {"class": type(model).__name__, "input_shape": _input_shape_json(model.input_shape),
               "dtype": model.dtype.name, "seed": int(model.seed)}
     header.update(model.get_config())
+    from .layers import savable_initializers
+    if isinstance(header.get("layers"), list):
+        savable_initializers(header["layers"])
     return header
 
 

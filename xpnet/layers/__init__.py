@@ -34,6 +34,32 @@ def layer_from_config(index, spec):
         raise ConfigError(f"layer {index} ({kind}) has an invalid config {config!r}: {exc}") from exc
 
 
+def savable_initializers(specs):
+    """Model-file layer entries ``{"type", "config"}`` (in place): an xpnet layer made with an
+    initializer function of the user's has the function's name in its config, which no model file
+    can name (loading refuses initializer names it does not know), so the file saved but never
+    loaded. Such a name is replaced by the layer's default initializer, with a warning naming the
+    layer: an initializer only makes the starting weights, and the file holds the trained ones."""
+    import inspect
+    import warnings
+    from .. import initializers
+    for spec in specs:
+        cls, config = LAYERS.get(spec.get("type")), spec.get("config")
+        if cls is None or not xpnet_class(cls) or not isinstance(config, dict):
+            continue
+        for key, value in list(config.items()):
+            if key.endswith("_initializer") and isinstance(value, str) \
+                    and value.lower() not in initializers.INITIALIZERS:
+                default = inspect.signature(cls.__init__).parameters[key].default
+                config[key] = default
+                warnings.warn(f"layer {config.get('name')!r} ({spec['type']}): its {key} {value!r} is "
+                              f"a function, which a model file cannot name; the file records the "
+                              f"default {default!r} (the saved weights are the trained ones; only a "
+                              f"model built anew from the config would start from the default)",
+                              UserWarning, stacklevel=4)
+    return specs
+
+
 def check_config(layer):
     """``layer.get_config()`` once it is known that a model file can rebuild the layer from it,
     else ConfigError naming the layer: the config must be JSON data and, for a layer class of the
