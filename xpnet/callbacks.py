@@ -23,7 +23,7 @@ import string
 
 from . import checks
 from .errors import ConfigError
-from .serialization import atomic_write_bytes, nearest_existing
+from .serialization import atomic_write_bytes, folder_problem
 
 
 class Callback:
@@ -397,13 +397,9 @@ def _check_writable(who, pattern, path):
     else:
         cut = pattern.find("{")
         folder = os.path.dirname(os.path.abspath((pattern if cut < 0 else pattern[:cut]) + "x"))
-    existing = nearest_existing(folder)
-    if not os.path.isdir(existing):
-        raise ConfigError(f"{who}: cannot write {path if path is not None else pattern}: {existing} "
-                          f"is a file, where a folder is needed")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{who}: cannot write {path if path is not None else pattern}: no "
-                          f"permission to write into {existing}")
+    problem = folder_problem(folder)
+    if problem:
+        raise ConfigError(f"{who}: cannot write {path if path is not None else pattern}: {problem}")
 
 
 def save_weights(model, path):

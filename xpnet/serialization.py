@@ -37,6 +37,17 @@ def nearest_existing(path):
     return path
 
 
+def folder_problem(folder):
+    """Why ``folder`` cannot be made or written into (what is in the way, or no permission), as the
+    end of a message, or None."""
+    existing = nearest_existing(folder)
+    if not os.path.isdir(existing):
+        return f"{existing} is a file, where a folder is needed"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write into {existing}"
+    return None
+
+
 def unwritable_reason(path):
     """Why a file cannot be written at ``path`` because of what the path names (a folder, a name
     ending in a separator, a parent that is a file), or None. Permissions are not checked."""

@@ -24,7 +24,7 @@ import warnings
 from . import checks
 from .callbacks import Callback
 from .errors import ConfigError
-from .serialization import nearest_existing
+from .serialization import folder_problem
 
 EXTRA_HINT = "the TensorBoard callback needs tensorboardX: pip install 'xpnet[tensorboard]'"
 _files = itertools.count()
@@ -81,13 +81,9 @@ class TensorBoard(Callback):
         """ConfigError unless log_dir/train and log_dir/validation can be folders (a file in the
         way, or no permission): before the first epoch trains, not at its end."""
         for kind in ("train", "validation"):
-            existing = nearest_existing(os.path.join(self.log_dir, kind))
-            if not os.path.isdir(existing):
-                raise ConfigError(f"TensorBoard: cannot write logs into {self.log_dir}: {existing} is "
-                                  f"a file, where a folder is needed")
-            if not os.access(existing, os.W_OK | os.X_OK):
-                raise ConfigError(f"TensorBoard: cannot write logs into {self.log_dir}: no permission "
-                                  f"to write into {existing}")
+            problem = folder_problem(os.path.join(self.log_dir, kind))
+            if problem:
+                raise ConfigError(f"TensorBoard: cannot write logs into {self.log_dir}: {problem}")
 
     def on_train_begin(self, logs=None):
         self._check_log_dir()
