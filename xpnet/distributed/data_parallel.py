@@ -33,23 +33,33 @@ def check_batches(batch_size, n, size, steps_per_epoch=None):
                           f"0 or at least {size}, or pass steps_per_epoch")
 
 
+def gather_integers(comm, values):
+    """Every rank's ``values`` (integers), with one all-reduce: a list per value, indexed by rank."""
+    xp, size = comm.backend.xp, comm.size
+    slots = xp.zeros((len(values) * size,), dtype=xp.float64)
+    for i, value in enumerate(values):
+        slots[i * size + comm.rank] = float(value)
+    comm.allreduce(slots, "sum")
+    seen = [int(v) for v in comm.backend.to_numpy(slots)]
+    return [seen[i * size:(i + 1) * size] for i in range(len(values))]
+
+
+def _disagreement(what, values):
+    """The message's start when the ranks' ``values`` differ, else None."""
+    if len(set(values)) > 1:
+        return f"the ranks disagree on {what}: " + ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+    return None
+
+
 def agree_sizes(comm, sizes):
     """Check, with one all-reduce, that every rank of ``comm`` has the same sizes (``sizes``: (what,
     integer) pairs: sample counts, steps per epoch, ...); ConfigError naming each rank's value
     otherwise. Ranks that read different data would issue different numbers of collectives, which
     pair up wrongly: a bogus epoch, then a timeout."""
-    xp, size, k = comm.backend.xp, comm.size, len(sizes)
-    slots = xp.zeros((k * size,), dtype=xp.float64)
-    for i, (_, value) in enumerate(sizes):
-        slots[i * size + comm.rank] = float(value)
-    comm.allreduce(slots, "sum")
-    seen = [int(v) for v in comm.backend.to_numpy(slots)]
-    for i, (what, _) in enumerate(sizes):
-        values = seen[i * size:(i + 1) * size]
-        if len(set(values)) > 1:
-            raise ConfigError(f"the ranks disagree on {what}: " + ", ".join(
-                f"rank {r}: {v}" for r, v in enumerate(values)) + "; every rank must train on the "
-                "same data with the same settings")
+    for (what, _), values in zip(sizes, gather_integers(comm, [value for _, value in sizes])):
+        problem = _disagreement(what, values)
+        if problem:
+            raise ConfigError(problem + "; every rank must train on the same data with the same settings")
 
 
 class FlatBuffer:
@@ -174,15 +184,10 @@ class DataParallel:
 
     def agree(self, value, what):
         """Check that every rank holds the same integer ``value``; DistributedError otherwise."""
-        xp, size = self.xp, self.comm.size
-        slots = xp.zeros((size,), dtype=xp.float64)
-        slots[self.comm.rank] = float(value)
-        self.comm.allreduce(slots, "sum")
-        seen = [int(v) for v in self.model.backend.to_numpy(slots)]
-        if len(set(seen)) > 1:
-            raise DistributedError(f"the ranks disagree on {what}: " + ", ".join(
-                f"rank {r}: {v}" for r, v in enumerate(seen)) + "; every rank must read the same "
-                "checkpoint file (a folder on a file system shared by all machines)")
+        problem = _disagreement(what, gather_integers(self.comm, [value])[0])
+        if problem:
+            raise DistributedError(problem + "; every rank must read the same checkpoint file (a "
+                                   "folder on a file system shared by all machines)")
 
     def agree_sizes(self, sizes):
         """agree_sizes over this run's communicator."""
