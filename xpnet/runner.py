@@ -9,6 +9,7 @@ model.npz (the trained model, see xpnet.io) and last.npz (fit's checkpoint, from
 ``resume_training(folder)`` continues an interrupted run). The validation set is split off the
 training images; the test set is used once, at the end, and never for early stopping or tuning.
 """
+import contextlib
 import importlib.metadata
 import json
 import math
@@ -228,12 +229,9 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
     else:  # rank 0 makes the folder, every rank uses it
         folder = comm.broadcast_text(run_folder(out_dir, entry.name, config["dataset"])
                                      if comm.rank == 0 else "")
-    lock = lock_run(folder) if comm is None or comm.rank == 0 else None
-    try:
+    with _training_in(folder, comm):
         return _execute(config, folder, backend, data, verbose, plot, False, t_start,
                         time_limit_minutes, comm, tensorboard)
-    finally:
-        unlock_run(lock)
 
 
 def lock_run(folder):
@@ -282,6 +280,19 @@ def remove_stale_temporaries(folder):
 def unlock_run(lock):
     if lock is not None:
         os.close(lock)
+
+
+@contextlib.contextmanager
+def _training_in(folder, comm, stale=False):
+    """The run folder locked by the writing process (rank 0 of a job) while the block trains in it;
+    with ``stale``, a killed writer's temporary files removed first (once the lock is held)."""
+    lock = lock_run(folder) if comm is None or comm.rank == 0 else None
+    try:
+        if stale and lock is not None:
+            remove_stale_temporaries(folder)
+        yield
+    finally:
+        unlock_run(lock)
 
 
 def _check_settings(backend):
@@ -344,15 +355,10 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
         config["resumed"][-1]["after_time_limit"] = stopped
     if comm is not None:
         config["resumed"][-1]["distributed"] = {"ranks": comm.size, "communicator": comm.kind}
-    lock = lock_run(run_dir) if comm is None or comm.rank == 0 else None
-    if lock is not None:
-        remove_stale_temporaries(run_dir)
-    try:
+    with _training_in(run_dir, comm, stale=True):
         data = _load_data(config)
         return _execute(config, run_dir, backend, data, verbose, plot, True, t_start,
                         time_limit_minutes, comm, tensorboard)
-    finally:
-        unlock_run(lock)
 
 
 def _check_config(config, path):
