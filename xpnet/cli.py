@@ -105,8 +105,8 @@ def launcher_ranks(environ=os.environ):
     as one of several; None otherwise."""
     for size_name, rank_name in LAUNCHER_VARIABLES:
         size, rank = environ.get(size_name, ""), environ.get(rank_name, "")
-        if size.strip().isdigit() and int(size) > 1:
-            return int(size), int(rank) if rank.strip().isdigit() else None, size_name
+        if size.strip().isdecimal() and int(size) > 1:   # isdecimal: what int() takes ("²" is a digit)
+            return int(size), int(rank) if rank.strip().isdecimal() else None, size_name
     return None
 
 
@@ -252,10 +252,11 @@ def cmd_predict(args):
             print(f"note: {path} is mostly bright; MNIST-style models expect light strokes on a dark "
                   "background (try --invert)", file=sys.stderr)
         if names is None:
-            if args.dataset is not None and _dataset_info(args.dataset)["classes"] != probs.shape[1]:
-                raise ConfigError(f"--dataset {args.dataset} has {_dataset_info(args.dataset)['classes']} "
-                                  f"classes, but the model gives {probs.shape[1]}: give the dataset the "
-                                  "model was trained on, or drop --dataset (classes are then numbered)")
+            classes = None if args.dataset is None else _dataset_info(args.dataset)["classes"]
+            if classes is not None and classes != probs.shape[1]:
+                raise ConfigError(f"--dataset {args.dataset} has {classes} classes, but the model gives "
+                                  f"{probs.shape[1]}: give the dataset the model was trained on, or drop "
+                                  "--dataset (classes are then numbered)")
             names = _class_names(args.dataset or _run_dataset(args.model_file), probs.shape[1])
         for label, p in zip(labels, probs):
             order = np.argsort(-p)[:args.top]
