@@ -185,6 +185,42 @@ def test_fit_names_a_layer_whose_backward_sets_no_or_a_misshapen_parameter_gradi
     assert _tiny_fit(_Scale())  # the contract kept: trains
 
 
+@pytest.mark.parametrize("mixed", [None, "float16"])
+@pytest.mark.parametrize("functional", [False, True])
+def test_fit_names_a_layer_whose_backward_returns_a_float64_input_gradient(mixed, functional):
+    """A float64 input gradient in a float32 model used to turn the Dense below float64 without a
+    word (its gradients and the work on them); now fit names the layer and the dtypes."""
+    class Wide(_Scale):
+        def backward(self, grad):
+            return super().backward(grad).astype("float64")
+
+    expected = "float32" if mixed is None else r"float16 or float32 \(mixed precision\)"
+    with pytest.raises(ConfigError, match=r"layer 'wide' \(Wide\): backward returned an input "
+                                          r"gradient of dtype float64, but the model computes in "
+                                          + expected + r": return it in the dtype of the input"):
+        _tiny_fit(Wide(), mixed, functional)
+
+
+def test_mixed_precision_takes_float16_and_float32_input_gradients_from_user_layers():
+    """No false alarm: in mixed precision a user layer computes in float16, and one after a
+    Softmax (which returns float32) gets float32 inputs and returns a float32 gradient."""
+    from xpnet.layers import Softmax
+
+    class InInputDtype(_Scale):   # as the error advises: the input gradient in x's dtype
+        def backward(self, grad):
+            return super().backward(grad).astype(self.x.dtype)
+
+    half = InInputDtype()
+    assert _tiny_fit(half, "float16") and half.x.dtype == np.float16
+    after = InInputDtype()
+    rng = np.random.default_rng(0)
+    model = xpnet.Sequential([Dense(4), Softmax(), after, Dense(3)], input_shape=(8,))
+    model.compile(loss="cross_entropy", optimizer="adam", mixed_precision="float16")
+    model.fit(rng.standard_normal((32, 8)).astype(np.float32), rng.integers(0, 3, 32), epochs=1,
+              batch_size=32, verbose=0)
+    assert after.x.dtype == np.float32
+
+
 class _Gain(Layer):
     """x * k, k a constructor argument that its get_config() forgets (the base class's)."""
 

@@ -251,7 +251,7 @@ class Model(LayerStack, TrainingMixin):
             g = acc.pop(id(t))
             back = t.layer.backward(g)
             if user_layer(t.layer):
-                check_backward(t.layer, back, batch)
+                check_backward(t.layer, back, batch, (self.dtype, self.compute_dtype))
             multi = getattr(t.layer, "multi_input", False)
             for parent, pg in zip(t.inputs, back if multi else [back]):
                 add(parent, pg)

@@ -391,7 +391,7 @@ class Sequential(LayerStack, TrainingMixin):
                 continue
             grad = layer.backward(grad)
             if user_layer(layer):
-                check_backward(layer, grad, batch)
+                check_backward(layer, grad, batch, (self.dtype, self.compute_dtype))
         return grad
 
     def summary(self, print_fn=print):

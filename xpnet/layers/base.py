@@ -52,12 +52,15 @@ def check_forward(layer, y):
                          f"{(batch,) + tuple(layer.output_shape)}")
 
 
-def check_backward(layer, grad_in, batch):
+def check_backward(layer, grad_in, batch, dtypes):
     """ShapeError/ConfigError naming ``layer`` when its backward broke the contract: every
     parameter needs a gradient in ``self.grads`` shaped like it, and the returned input gradient
     (unless None or a list, as merge layers return) must be shaped (batch,) + input_shape. Without
     this a wrong gradient fails in another layer or the optimizer, or (mixed precision, which
-    gathers the gradients into one buffer) silently updates the wrong weights."""
+    gathers the gradients into one buffer) silently updates the wrong weights. ``dtypes``: the
+    model's (master dtype, compute dtype), equal but under mixed precision; the input gradient
+    must be of one of them, or a float64 one in a float32 model turns every layer below it float64
+    (their gradients and the work on them), and a float32 one in a float64 model loses precision."""
     for k, p in layer.params.items():
         g = layer.grads.get(k)
         if g is None:
@@ -69,7 +72,12 @@ def check_backward(layer, grad_in, batch):
             raise ShapeError(f"{layer._what()}: backward set grads[{k!r}] of shape "
                              f"{tuple(getattr(g, 'shape', ()))}, but params[{k!r}] has shape "
                              f"{tuple(p.shape)}")
-    if grad_in is None or isinstance(grad_in, (list, tuple)):
+    if grad_in is None:
+        return
+    if isinstance(grad_in, (list, tuple)):  # a layer called on a list: one gradient an input
+        for g in grad_in:
+            if g is not None:
+                _check_dtype(layer, g, dtypes)
         return
     expected = (batch,) + tuple(layer.input_shape)
     shape = getattr(grad_in, "shape", None)
@@ -78,6 +86,24 @@ def check_backward(layer, grad_in, batch):
         raise ShapeError(f"{layer._what()}: backward returned an input gradient of {got}, but "
                          f"its input has shape {expected}: backward must return d(loss)/d(input), "
                          f"shaped like the input")
+    _check_dtype(layer, grad_in, dtypes)
+
+
+def _check_dtype(layer, grad_in, dtypes):
+    dtype = getattr(grad_in, "dtype", None)
+    if dtype is None or dtype not in dtypes:  # (None first: NumPy reads dtype(None) as float64)
+        got = type(grad_in).__name__ if dtype is None else f"dtype {dtype}"
+        raise ConfigError(f"{layer._what()}: backward returned an input gradient of {got}, but the "
+                          f"model computes in {_dtype_names(dtypes)}: return it in the dtype of "
+                          f"the input forward received (x.dtype)")
+
+
+def _dtype_names(dtypes):
+    """"float32", or "float16 or float32 (mixed precision)" where compute and master dtypes differ."""
+    master, compute = dtypes
+    if compute == master:
+        return str(master)
+    return f"{compute} or {master} (mixed precision)"
 
 
 def check_initialised(layer):
