@@ -220,6 +220,48 @@ def test_checkpoint_and_resume_keep_the_loss_scale(tmp_path, backend):
     assert all(np.array_equal(w0[k], w1[k]) for k in w0)
 
 
+def test_resuming_a_mixed_precision_checkpoint_without_it_is_refused(tmp_path):
+    """It used to continue in float32 and drop the loss scale without a word; now it is refused
+    before anything is loaded, and compiling with the same mixed precision continues the run."""
+    x, y = data()
+    policy = mixed.MixedPrecision("float16", initial_scale=2.0 ** 20, growth_interval=3)
+    build(mlp(), opt=optim.Adam(1e-3), precision=policy).fit(x, y, epochs=1, batch_size=16,
+                                                              verbose=0, checkpoint=tmp_path)
+    plain = build(mlp(), opt=optim.Adam(1e-3), precision=None)
+    before = host(plain)
+    for resume in (True, "auto"):
+        with pytest.raises(TrainingError, match=r"last\.npz: the checkpoint was trained with mixed "
+                                                r"precision 'float16' \(loss scale [0-9.e+]+\) but "
+                                                r"this model is compiled without mixed precision; "
+                                                r"compile it with mixed_precision='float16' to "
+                                                r"continue the run"):
+            plain.fit(x, y, epochs=2, batch_size=16, verbose=0, checkpoint=tmp_path, resume=resume)
+    assert all(np.array_equal(before[k], v) for k, v in host(plain).items())
+    again = build(mlp(), opt=optim.Adam(1e-3), precision=policy)
+    h = again.fit(x, y, epochs=2, batch_size=16, verbose=0, checkpoint=tmp_path, resume=True)
+    assert len(h.history["loss_scale"]) == 2  # (its exactness: the test above)
+
+
+def test_cli_resume_continues_in_mixed_precision_from_the_saved_loss_scale(tmp_path):
+    """--resume takes mixed precision from config.json and the loss scale from last.npz: a scale
+    written into the checkpoint (2**7, which the run itself never reaches) is the one it goes on
+    from."""
+    from xpnet.serialization import load_npz, save_npz_atomic
+    assert cli.main(["train", "--model", "quick-mlp", "--device", "cpu", "--epochs", "2",
+                     "--train-images", "256", "--test-images", "64", "--quiet", "--out",
+                     str(tmp_path / "runs"), "--mixed-precision", "float16",
+                     "--time-limit", "0.0001"]) == 0  # stops after its first epoch
+    folder = str(tmp_path / "runs" / os.listdir(tmp_path / "runs")[0])
+    ckpt = os.path.join(folder, "last.npz")
+    arrays, meta = load_npz(ckpt)
+    arrays["mixed/scale_state"] = np.array([2.0 ** 7, 0, 0], np.float32)
+    save_npz_atomic(ckpt, arrays, meta)
+    assert cli.main(["train", "--resume", folder, "--quiet"]) == 0
+    with open(os.path.join(folder, "log.json")) as f:
+        rows = json.load(f)["epochs"]
+    assert [row["loss_scale"] for row in rows] == [2.0 ** 15, 2.0 ** 7]
+
+
 # -- settings and refusals ---------------------------------------------------------------------
 def test_names_and_clear_errors():
     assert mixed.get("mixed_float16").compute == "float16" and mixed.get(None) is None

@@ -6,7 +6,8 @@ weights), and a JSON header with the completed epoch, the history, the random-ge
 (shuffler, augmenter, every layer's generator such as Dropout's) and the callbacks' scalar state.
 Array names: ``param/<name>``, ``buffer/<name>``, ``optim/<n>``, ``callback/<i>/<name>``, and
 ``mixed/scale_state`` under mixed precision (the loss scale, its run of finite steps and the
-skipped steps; a resumed run continues with that scale).
+skipped steps; a resumed run continues with that scale, and must be compiled with the same
+mixed precision: resuming such a checkpoint without it, which would drop the scale, is refused).
 Resuming needs the same stateful callbacks (History, EarlyStopping, ReduceLROnPlateau, ...) in the
 same order; stateless ones (loggers, TerminateOnNaN) may differ.
 """
@@ -81,6 +82,7 @@ def load_checkpoint(path, model, rngs, callbacks):
         raise TrainingError(f"{path}: the checkpoint holds a {saved_dtype} model but this model is "
                             f"{model.dtype}; a run continues in the dtype it was trained in "
                             f"({saved_dtype}), or starts afresh in another")
+    _check_precision(path, meta, arrays, getattr(model, "_mixed", None))
     opt = model.optimizer
     saved_opt = meta["optimizer"]["class"]
     if saved_opt != type(opt).__name__:
@@ -102,6 +104,29 @@ def load_checkpoint(path, model, rngs, callbacks):
     for (i, entry), cb in pairs:
         cb.set_state(entry["state"], {k: arrays[f"callback/{i}/{k}"] for k in entry["arrays"]})
     return meta
+
+
+def _check_precision(path, meta, arrays, mixed):
+    """TrainingError unless a checkpoint written under mixed precision is resumed under the same
+    compute type: without it the loss scale (and its count of finite steps) would be dropped in
+    silence; under another, a float16 scale would be applied to bfloat16 or the reverse. A float32
+    checkpoint may be continued in mixed precision (the scale starts at its initial value)."""
+    if "mixed/scale_state" not in arrays:
+        return
+    policy = meta.get("mixed_precision")
+    saved = policy.get("compute") if isinstance(policy, dict) else None
+    if saved not in ("float16", "bfloat16"):
+        raise DataError(f"{path}: the checkpoint holds a loss scale but its header names no mixed "
+                        f"precision (expected 'float16' or 'bfloat16', got {saved!r})")
+    now = None if mixed is None else mixed.policy.compute
+    if now == saved:
+        return
+    scale = float(arrays["mixed/scale_state"].reshape(-1)[0])
+    compiled = "without mixed precision" if now is None else f"with mixed precision {now!r}"
+    raise TrainingError(f"{path}: the checkpoint was trained with mixed precision {saved!r} (loss "
+                        f"scale {scale:g}) but this model is compiled {compiled}; compile it with "
+                        f"mixed_precision={saved!r} to continue the run (or resume=False to start "
+                        f"afresh)")
 
 
 def _callback_pairs(path, meta, callbacks):

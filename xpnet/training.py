@@ -360,6 +360,8 @@ class TrainingMixin:
 
         checkpoint=DIR writes DIR/last.npz after every epoch; resume=True continues from it (an error
         when it is missing), resume="auto" continues when it exists and starts afresh otherwise.
+        A checkpoint written under mixed precision continues only under the same one (compile's
+        mixed_precision), with its loss scale; without it, resuming is a TrainingError.
         augment: a callable ``aug(x_batch, rng) -> x_batch`` (e.g. xpnet.augment.RandomAffine) or
         its config dict ({"type": "RandomAffine", ...}).
         steps_per_epoch: batches per epoch (full batches; the data is re-shuffled when it runs out).
