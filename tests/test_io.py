@@ -333,6 +333,82 @@ def test_compiled_model_keeps_training_where_it_stopped(tmp_path):
         np.testing.assert_allclose(loaded.backend.to_numpy(loaded.parameters[k]), v, rtol=0, atol=1e-14)
 
 
+def _mixed_model(tmp_path):
+    """A float32 model trained one epoch in float16 (a scale that moves: 2**20, growth after 3
+    finite steps), saved to tmp_path/m.npz; returns it and its data."""
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((32, 4)).astype(np.float32), rng.integers(0, 3, 32)
+    model = small_model(dtype="float32")
+    model.compile(optimizer=xpnet.optim.Adam(lr=0.01), mixed_precision=xpnet.MixedPrecision(
+        "float16", initial_scale=2.0 ** 20, growth_interval=3))
+    model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    model.save(tmp_path / "m.npz")
+    return model, x, y
+
+
+def test_a_mixed_precision_model_loads_compiled_with_its_policy_and_loss_scale(tmp_path):
+    """The file used not to say that the model was trained in mixed precision: loaded, it went on
+    in float32 from a fresh loss scale. Now it goes on as the saved model does, bit for bit."""
+    model, x, y = _mixed_model(tmp_path)
+    loaded = load_model(tmp_path / "m.npz")
+    assert loaded.mixed_precision.get_config() == model.mixed_precision.get_config()
+    scale = model.backend.to_numpy(model._mixed.state)
+    assert np.array_equal(loaded.backend.to_numpy(loaded._mixed.state), scale)
+    assert scale[0] != 2.0 ** 20  # the scale had moved: a fresh one would differ
+    h0 = model.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    h1 = loaded.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    assert h1.history["loss_scale"] == h0.history["loss_scale"]
+    for k, v in model.parameters.items():
+        assert np.array_equal(loaded.backend.to_numpy(loaded.parameters[k]), v), k
+    assert load_model(tmp_path / "m.npz", compile=False).mixed_precision is None
+
+
+def test_files_without_the_mixed_precision_field_still_load_as_float32_training(tmp_path):
+    """No format break: a file written before the field existed (no "mixed_precision", no loss
+    scale) loads and compiles without mixed precision, as does one that says null."""
+    model = _mixed_model(tmp_path)[0]
+    arrays, meta = load_npz(tmp_path / "m.npz")
+    assert meta["mixed_precision"]["compute"] == "float16" and "loss_scale_state" in meta["compile"]
+    del meta["mixed_precision"], meta["compile"]["loss_scale_state"]
+    write_npz(tmp_path / "old.npz", arrays, meta)
+    old = load_model(tmp_path / "old.npz")
+    assert old.mixed_precision is None and old.optimizer.iterations == model.optimizer.iterations
+    plain = small_model(dtype="float32").compile(optimizer="adam")
+    plain.save(tmp_path / "plain.npz")
+    assert load_npz(tmp_path / "plain.npz")[1]["mixed_precision"] is None
+    assert load_model(tmp_path / "plain.npz").mixed_precision is None
+
+
+def test_a_bad_mixed_precision_header_is_a_data_error_naming_the_file(tmp_path):
+    _mixed_model(tmp_path)
+    arrays, meta = load_npz(tmp_path / "m.npz")
+    bad = tmp_path / "bad.npz"
+    for value in ["float16", 7, [], {"compute": "int8"}, {"compute": "float16", "initial_scale": -1},
+                  {"speed": "fast"}]:
+        write_npz(bad, arrays, dict(meta, mixed_precision=value))
+        with pytest.raises(DataError, match=r"bad\.npz: the header's mixed_precision is not a "
+                                            r"mixed-precision policy \(expected null or"):
+            load_model(bad)
+    for value in [None, "x", [1, 2], [0, 0, 0], [1e308 * 10, 0, 0], [1, True, 0]]:
+        write_npz(bad, arrays, dict(meta, compile=dict(meta["compile"], loss_scale_state=value)))
+        with pytest.raises(DataError, match=r"bad\.npz: compile\.loss_scale_state must be \[loss "
+                                            r"scale > 0, finite steps, skipped steps\]"):
+            load_model(bad)
+
+
+def test_a_policy_the_backend_cannot_compute_loads_without_it_and_warns(tmp_path):
+    """bfloat16 (a GPU's) on the NumPy backend: the model still loads, compiled in float32."""
+    model = _mixed_model(tmp_path)[0]
+    arrays, meta = load_npz(tmp_path / "m.npz")
+    meta["mixed_precision"]["compute"] = "bfloat16"
+    write_npz(tmp_path / "bf.npz", arrays, meta)
+    with pytest.warns(RuntimeWarning, match=r"bf\.npz was trained with mixed precision 'bfloat16', "
+                                            r"which cannot be used here .*compiled without it"):
+        loaded = load_model(tmp_path / "bf.npz")
+    assert loaded.mixed_precision is None
+    assert loaded.optimizer.iterations == model.optimizer.iterations
+
+
 @pytest.mark.parametrize("first,second", [("numpy", "strict"), ("strict", "numpy")])
 def test_every_zoo_layer_kind_round_trips(tmp_path, first, second):
     """Conv2D, BatchNorm (running statistics are buffers), pooling, dropout, reshape, activations."""

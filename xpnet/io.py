@@ -5,10 +5,15 @@
 
 The header names the model class, input shape, dtype, seed and, per layer, its type and
 ``get_config()``; the arrays are every parameter and buffer, plus the optimizer's state when
-asked. Loading never unpickles, accepts only registered layer types, and checks every array's
+asked. ``mixed_precision`` is the compiled mixed-precision policy's settings (null, or absent in
+files written before it was recorded: none); load_model compiles with it again, and the loss
+scale goes with the optimizer (``compile.loss_scale_state``), so training continues where it
+stopped. Loading never unpickles, accepts only registered layer types, and checks every array's
 name, shape and dtype against the freshly rebuilt model before copying it in.
 """
+import math
 import os
+import warnings
 import zipfile
 
 
@@ -39,8 +44,10 @@ def save_model(model, path, optimizer=None, include_optimizer=True):
         check_config(layer)                     # (or not at all) is worse than no file
     backend = model.backend
     arrays = {k: backend.to_numpy(v) for k, v in model.state_arrays().items()}
+    policy = getattr(model, "mixed_precision", None)
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "xpnet_version": _version(),
-            "model": _model_config(model), "optimizer": None, "compile": None}
+            "model": _model_config(model), "optimizer": None, "compile": None,
+            "mixed_precision": None if policy is None else policy.get_config()}
     if include_optimizer:
         opt = optimizer if optimizer is not None else getattr(model, "optimizer", None)
         if opt is not None:
@@ -86,7 +93,11 @@ def _compile_info(model):
         loss = type(loss).__name__
     metrics = [m if isinstance(m, str) else getattr(m, "name", type(m).__name__)
                for m in (getattr(model, "metrics", None) or [])]
-    return {"loss": loss, "metrics": metrics}
+    info = {"loss": loss, "metrics": metrics}
+    step = getattr(model, "_mixed", None)
+    if step is not None:  # the loss scale, its run of finite steps, the skipped steps
+        info["loss_scale_state"] = [float(v) for v in model.backend.to_numpy(step.state)]
+    return info
 
 
 def _optimizer_meta(opt, backend, arrays):
@@ -111,8 +122,9 @@ def load_model(path, device="cpu", compile=True):
         raise DataError(f"{path}: unexpected arrays {', '.join(unknown)} (not parameters, buffers "
                         "or optimizer state)")
     model.load_state_arrays(arrays, source=path, error=DataError)
+    policy = saved_policy(path, meta)
     if compile:
-        _restore_training(path, model, meta, arrays)
+        _restore_training(path, model, meta, arrays, policy)
     return model
 
 
@@ -188,8 +200,26 @@ def _rebuild(path, header, device):
                         f"has (corrupt or hostile sizes in the header?): {exc}") from exc
 
 
-def _restore_training(path, model, meta, arrays):
-    """Recreate the optimizer (with its state) and compile the model when both are known."""
+def saved_policy(path, meta):
+    """The MixedPrecision the file was trained with (its header's ``mixed_precision``), or None
+    when it says none or predates the field; DataError naming the file when it is malformed."""
+    from .mixed import MixedPrecision
+    config = meta.get("mixed_precision")
+    if config is None:
+        return None
+    try:
+        if not isinstance(config, dict):
+            raise TypeError(f"expected an object, got {type(config).__name__}")
+        return MixedPrecision(**config)
+    except (XpnetError, TypeError) as exc:
+        raise DataError(f"{path}: the header's mixed_precision is not a mixed-precision policy "
+                        f"(expected null or MixedPrecision's settings, as save_model writes them): "
+                        f"{exc}") from None
+
+
+def _restore_training(path, model, meta, arrays, policy=None):
+    """Recreate the optimizer (with its state) and compile the model when both are known, under
+    the saved mixed precision (``policy``) with its loss scale."""
     from .training import DEFAULT_METRICS
     opt_meta, info = meta.get("optimizer"), meta.get("compile")
     for key, value in (("optimizer", opt_meta), ("compile", info)):
@@ -207,11 +237,39 @@ def _restore_training(path, model, meta, arrays):
                 # ["accuracy"] is what the default compile saves (files do not say whether it was
                 # asked for): the default again drops it for a model with one output column
                 kwargs["metrics"] = DEFAULT_METRICS if metrics == ["accuracy"] else metrics
+            kwargs["mixed_precision"] = _offered(path, model.backend, policy)
             model.compile(**kwargs)
         except (XpnetError, TypeError, ValueError) as exc:
             raise DataError(f"{path}: cannot recompile the model with {info!r}: {exc}") from exc
+        if kwargs["mixed_precision"] is not None and "loss_scale_state" in info:
+            model._mixed.set_state(_scale_state(path, info["loss_scale_state"]))
     elif optimizer is not None:
         model.optimizer = optimizer
+
+
+def _offered(path, backend, policy):
+    """``policy`` where the backend computes in its type; else None, with a warning (a model
+    trained in bfloat16 on a GPU still loads on the CPU, compiled without mixed precision)."""
+    if policy is None:
+        return None
+    try:
+        backend.compute_dtype(policy.compute)
+    except ConfigError as exc:
+        warnings.warn(f"{path} was trained with mixed precision {policy.compute!r}, which cannot be "
+                      f"used here ({exc}); the model is compiled without it, in its own dtype",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return policy
+
+
+def _scale_state(path, values):
+    """The saved [loss scale, finite steps in a row, skipped steps], checked."""
+    if not (isinstance(values, list) and len(values) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    and v >= 0 for v in values) and values[0] > 0):
+        raise DataError(f"{path}: compile.loss_scale_state must be [loss scale > 0, finite steps, "
+                        f"skipped steps] (three finite numbers >= 0), got {values!r}"[:300])
+    return [float(v) for v in values]
 
 
 def _rebuild_optimizer(path, opt_meta, arrays, backend):
