@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -129,6 +130,22 @@ def test_reduce_lr_on_plateau():
     # (as in Keras it still counts one wait), e5 2 -> halve; e6 cooldown, e7 -> halve to min_lr
     assert h.history["lr"] == pytest.approx([0.01] * 4 + [0.005] * 2 + [0.0025] * 2 + [0.002] * 2)
     assert m.optimizer.lr == pytest.approx(0.002)  # clipped at min_lr
+
+
+def test_reduce_lr_on_plateau_warns_when_min_lr_is_not_below_the_rate():
+    """min_lr above the optimizer's lr meant no reduction ever, silently: one warning at the start
+    of fit names both; a min_lr below the rate gives none."""
+    rl = callbacks.ReduceLROnPlateau(monitor="score", factor=0.5, patience=1, min_delta=0, min_lr=0.05)
+    with pytest.warns(UserWarning, match=r"min_lr 0\.05 is not below the optimizer's learning rate "
+                      r"0\.01") as caught:
+        h = fit(model(lr=0.01), [Inject("score", [5, 5, 5, 5]), rl], epochs=4)
+    assert len([w for w in caught if "min_lr" in str(w.message)]) == 1
+    assert caught[0].filename == __file__  # points at the user's fit call
+    assert h.history["lr"] == [0.01] * 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rl = callbacks.ReduceLROnPlateau(monitor="score", patience=1, min_delta=0, min_lr=0.001)
+        fit(model(lr=0.01), [Inject("score", [5, 5]), rl], epochs=2)
 
 
 def test_model_checkpoint_files(tmp_path):

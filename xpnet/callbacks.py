@@ -20,6 +20,7 @@ import json
 import math
 import os
 import string
+import warnings
 
 from . import checks
 from .errors import ConfigError
@@ -261,8 +262,15 @@ class ReduceLROnPlateau(_Monitor):
         self.cooldown_counter = 0
 
     def on_train_begin(self, logs=None):
+        """Warn once when ``min_lr`` is not below the optimizer's rate: a reduction would never
+        lower it (Keras accepts this too, silently)."""
         self.best = math.inf if self.mode == "min" else -math.inf
         self.wait = self.cooldown_counter = 0
+        lr = float(self.model.optimizer.lr)
+        if self.min_lr > 0 and self.min_lr >= lr:
+            warnings.warn(f"ReduceLROnPlateau: min_lr {self.min_lr:g} is not below the optimizer's "
+                          f"learning rate {lr:g}, so this callback will never lower the rate; "
+                          f"expected a min_lr below {lr:g}", UserWarning, stacklevel=4)
 
     def on_epoch_end(self, epoch, logs=None):
         current = self.current(logs)
