@@ -79,3 +79,31 @@ def test_get_aliases_and_errors():
         init.get("orthogonal")
     with pytest.raises(ConfigError, match="empty weight"):
         init.he_normal(get_backend("numpy").rng(0), (0, 5), "float32")
+
+
+def test_layer_initializer_errors_name_the_layer_and_what_was_expected():
+    """Dense(4, kernel_initializer="bogus") said only "unknown initializer 'bogus'", and an
+    initializer function of another signature was taken, then failed at build with Python's bare
+    TypeError: both now name the layer, the argument and what it expects, when the layer is made."""
+    from xpnet.layers import BatchNorm, Conv2D, Dense
+    with pytest.raises(ConfigError, match=r"^a Dense layer: unknown kernel_initializer 'bogus'; "
+                       r"expected one of: .*glorot_uniform.*, or a callable f\(rng, shape, dtype\)$"):
+        Dense(4, kernel_initializer="bogus")
+    with pytest.raises(ConfigError, match=r"^a Conv2D layer: unknown bias_initializer 'nope'"):
+        Conv2D(2, 3, bias_initializer="nope")
+    keras_style = lambda shape, dtype=None: np.zeros(shape, dtype)  # noqa: E731
+    with pytest.raises(ConfigError, match=r"^layer 'head' \(Dense\): kernel_initializer "
+                       r"<lambda>\(shape, dtype=None\) cannot be called as f\(rng, shape, dtype\); "
+                       r"expected a callable taking the random generator"):
+        Dense(4, name="head", kernel_initializer=keras_style)
+
+    def two(rng, shape):
+        return rng.xp.ones(shape)
+    with pytest.raises(ConfigError, match=r"^a BatchNorm layer: beta_initializer two\(rng, shape\) "
+                       r"cannot be called as f\(rng, shape, dtype\)"):
+        BatchNorm(beta_initializer=two)
+    with pytest.raises(ConfigError, match=r"^initializer two\(rng, shape\) cannot be called"):
+        init.get(two)
+    # what binds is taken: extra arguments with defaults, *args
+    Dense(4, kernel_initializer=lambda rng, shape, dtype, scale=1.0: rng.xp.ones(shape, dtype))
+    Dense(4, kernel_initializer=lambda *args: args[0].xp.ones(args[1], args[2]))

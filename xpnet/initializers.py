@@ -16,6 +16,7 @@ fan_out = F * kh * kw; a vector of n entries has fan_in = fan_out = n.
 
 The normal ones are untruncated, as torch.nn.init's xavier_normal_ and kaiming_normal_.
 """
+import inspect
 import math
 
 from .errors import ConfigError
@@ -107,17 +108,40 @@ INITIALIZERS.update(xavier_uniform=glorot_uniform, xavier_normal=glorot_normal,
                     kaiming_uniform=he_uniform, kaiming_normal=he_normal)
 
 
-def get(name):
+SIGNATURE = "f(rng, shape, dtype)"
+
+
+def get(name, owner=None, argument="initializer"):
     """An initializer by name (case-insensitive), or a callable ``f(rng, shape, dtype)`` returned
-    unchanged."""
+    unchanged once it is seen to take those three arguments. Else ConfigError, starting with
+    ``owner`` (e.g. "layer 'd' (Dense)") when given and naming ``argument`` (e.g.
+    "kernel_initializer")."""
+    start = f"{owner}: " if owner else ""
     if callable(name):
+        _check_signature(name, start + argument)
         return name
     key = name.lower() if isinstance(name, str) else name
     try:
         return INITIALIZERS[key]
     except (KeyError, TypeError):
-        raise ConfigError(f"unknown initializer {name!r}; expected one of: "
-                          + ", ".join(sorted(INITIALIZERS))) from None
+        raise ConfigError(f"{start}unknown {argument} {name!r}; expected one of: "
+                          + ", ".join(sorted(INITIALIZERS)) + f", or a callable {SIGNATURE}") from None
 
 
-__all__ = ["fans", "get", "INITIALIZERS"] + sorted(INITIALIZERS)
+def _check_signature(fn, what):
+    """ConfigError unless ``fn(rng, shape, dtype)`` binds to ``fn``'s parameters (a callable whose
+    signature Python cannot read, such as some built-ins, is taken as it is)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        label = getattr(fn, "__name__", type(fn).__name__)
+        raise ConfigError(f"{what} {label}{signature} cannot be called as {SIGNATURE}; expected a "
+                          f"callable taking the random generator, the weight's shape and its dtype "
+                          f"(Keras's f(shape, dtype) lacks the generator)") from None
+
+
+__all__ = ["fans", "get", "INITIALIZERS", "SIGNATURE"] + sorted(INITIALIZERS)

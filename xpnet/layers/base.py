@@ -210,6 +210,12 @@ class Layer:
                           f"constants = ({', '.join(repr(k) for k in stray)},)",
                           UserWarning, stacklevel=3)
 
+    def _initializer(self, argument):
+        """The initializer held in ``self.<argument>`` (a name or a callable f(rng, shape, dtype)),
+        else a ConfigError naming this layer, the argument and what it expects."""
+        from .. import initializers
+        return initializers.get(getattr(self, argument), self._what(), argument)
+
     def _what(self):
         kind = type(self).__name__
         return f"layer {self.name!r} ({kind})" if self.name else f"a {kind} layer"

@@ -18,7 +18,6 @@ PyTorch's autocast and Keras's mixed policy do.
 """
 import numbers
 
-from .. import initializers
 from ..errors import ConfigError, ShapeError
 from .base import Layer
 
@@ -39,8 +38,8 @@ class BatchNorm(Layer):
         self.epsilon = float(epsilon)
         self.gamma_initializer = gamma_initializer
         self.beta_initializer = beta_initializer
-        initializers.get(gamma_initializer)
-        initializers.get(beta_initializer)
+        self._initializer("gamma_initializer")
+        self._initializer("beta_initializer")
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) < 1:
@@ -53,8 +52,8 @@ class BatchNorm(Layer):
     def create_params(self, ctx):
         rng = ctx.rng(self.name)
         n = self.input_shape[0]
-        self.params["gamma"] = initializers.get(self.gamma_initializer)(rng, (n,), self.dtype)
-        self.params["beta"] = initializers.get(self.beta_initializer)(rng, (n,), self.dtype)
+        self.params["gamma"] = self._initializer("gamma_initializer")(rng, (n,), self.dtype)
+        self.params["beta"] = self._initializer("beta_initializer")(rng, (n,), self.dtype)
         self.buffers["running_mean"] = self.xp.zeros((n,), dtype=self.dtype)
         self.buffers["running_var"] = self.xp.ones((n,), dtype=self.dtype)
 

@@ -1,7 +1,7 @@
 """2-D convolution on NCHW inputs: W (filters, channels, kh, kw), b (filters,)."""
 import numbers
 
-from .. import initializers, ops
+from .. import ops
 from ..checks import flag
 from ..ops import geometry
 from ..ops.geometry import resolve_padding
@@ -68,8 +68,8 @@ class Conv2D(Layer):
         self.use_bias = flag(use_bias, "Conv2D", "use_bias")
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
-        initializers.get(kernel_initializer)
-        initializers.get(bias_initializer)
+        self._initializer("kernel_initializer")
+        self._initializer("bias_initializer")
         if kernel_regularizer is not None:
             from ..regularizers import get as get_regularizer
             self.regularizers["W"] = get_regularizer(kernel_regularizer)
@@ -82,9 +82,9 @@ class Conv2D(Layer):
     def create_params(self, ctx):
         rng = ctx.rng(self.name)
         shape = (self.filters, self.input_shape[0]) + self.kernel_size
-        self.params["W"] = initializers.get(self.kernel_initializer)(rng, shape, self.dtype)
+        self.params["W"] = self._initializer("kernel_initializer")(rng, shape, self.dtype)
         if self.use_bias:
-            self.params["b"] = initializers.get(self.bias_initializer)(rng, (self.filters,), self.dtype)
+            self.params["b"] = self._initializer("bias_initializer")(rng, (self.filters,), self.dtype)
 
     def forward(self, x, training=False):
         relu = getattr(self, "relu_after", None)

@@ -1,5 +1,4 @@
 """Fully connected layer: y = x @ W + b with W of shape (in, out)."""
-from .. import initializers
 from ..checks import flag
 from ..errors import ShapeError
 from .base import Layer, positive_int
@@ -13,8 +12,8 @@ class Dense(Layer):
         self.use_bias = flag(use_bias, "Dense", "use_bias")
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
-        initializers.get(kernel_initializer)  # ConfigError now for an unknown name, as in Conv2D
-        initializers.get(bias_initializer)
+        self._initializer("kernel_initializer")
+        self._initializer("bias_initializer")
         if kernel_regularizer is not None:
             from ..regularizers import get as get_regularizer
             self.regularizers["W"] = get_regularizer(kernel_regularizer)
@@ -28,9 +27,9 @@ class Dense(Layer):
     def create_params(self, ctx):
         rng = ctx.rng(self.name)
         shape = (self.input_shape[0], self.units)
-        self.params["W"] = initializers.get(self.kernel_initializer)(rng, shape, self.dtype)
+        self.params["W"] = self._initializer("kernel_initializer")(rng, shape, self.dtype)
         if self.use_bias:
-            self.params["b"] = initializers.get(self.bias_initializer)(rng, (self.units,), self.dtype)
+            self.params["b"] = self._initializer("bias_initializer")(rng, (self.units,), self.dtype)
 
     def forward(self, x, training=False):
         self.x = x
