@@ -281,6 +281,21 @@ def test_bad_configs(make, match):
         make()
 
 
+@pytest.mark.parametrize("make", [
+    lambda v: callbacks.EarlyStopping(verbose=v),
+    lambda v: callbacks.ReduceLROnPlateau(verbose=v),
+    lambda v: callbacks.LearningRateScheduler(lambda e: 0.1, verbose=v),
+    lambda v: callbacks.ModelCheckpoint("m.npz", verbose=v),
+])
+def test_verbose_is_0_1_or_a_bool(make):
+    """verbose="yes" was kept and taken for its truth value; a callback's verbose is quiet or not."""
+    for bad in ("yes", 2, None, 0.5):
+        with pytest.raises(ConfigError, match=r"^\w+: verbose must be 0, 1, True or False, got "
+                           + type(bad).__name__):
+            make(bad)
+    assert [make(v).verbose for v in (0, 1, False, True, np.int64(1))] == [0, 1, 0, 1, 1]
+
+
 def test_scheduler_refuses_bad_rates():
     with pytest.raises(ConfigError, match="invalid learning rate"):
         fit(model(), [callbacks.LearningRateScheduler(lambda e: math.nan)], epochs=1)

@@ -165,7 +165,7 @@ class EarlyStopping(_Monitor):
         self.patience = checks.whole(patience, who, "patience")
         self.restore_best_weights = checks.flag(restore_best_weights, who, "restore_best_weights")
         self.start_from_epoch = checks.whole(start_from_epoch, who, "start_from_epoch")
-        self.verbose = verbose
+        self.verbose = checks.verbosity(verbose, who)
         self.wait = 0
         self.best_epoch = None
         self.stopped_epoch = None
@@ -231,7 +231,7 @@ class LearningRateScheduler(Callback):
         super().__init__()
         from . import schedules
         self.schedule = schedules.get(schedule)
-        self.verbose = verbose
+        self.verbose = checks.verbosity(verbose, "LearningRateScheduler")
 
     def on_epoch_begin(self, epoch, logs=None):
         from .schedules import check_rate
@@ -257,7 +257,7 @@ class ReduceLROnPlateau(_Monitor):
         self.patience = checks.whole(patience, who, "patience")
         self.cooldown = checks.whole(cooldown, who, "cooldown")
         self.min_lr = checks.number(min_lr, who, "min_lr", low=0.0)
-        self.verbose = verbose
+        self.verbose = checks.verbosity(verbose, who)
         self.wait = 0
         self.cooldown_counter = 0
 
@@ -319,7 +319,7 @@ class ModelCheckpoint(_Monitor):
         super().__init__(monitor, mode)
         self.path_pattern = _path(path_pattern, "ModelCheckpoint", "path_pattern")
         self.save_best_only = checks.flag(save_best_only, "ModelCheckpoint", "save_best_only")
-        self.verbose = verbose
+        self.verbose = checks.verbosity(verbose, "ModelCheckpoint")
         self.saved = []
 
     def on_train_begin(self, logs=None):

@@ -1,5 +1,5 @@
-"""Argument checks shared by constructors: a flag that must be a bool, a finite number in a range,
-a whole number >= a minimum. Each raises ConfigError naming the owner, the argument, what was
+"""Argument checks shared by constructors: a flag that must be a bool, a verbosity of 0 or 1, a
+finite number in a range, a whole number >= a minimum. Each raises ConfigError naming the owner, the argument, what was
 expected and what it got, so that a typo fails where it was made instead of being coerced
 (``bool("no")`` is True, ``float("nan")`` passes every ``<`` test)."""
 import math
@@ -21,6 +21,16 @@ def flag(value, owner, name):
     if is_bool(value):
         return bool(value)
     raise ConfigError(f"{owner}: {name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def verbosity(value, owner, name="verbose"):
+    """``value`` as 0 or 1 when it is one of them or a bool, else ConfigError: a callback's
+    ``verbose`` is quiet or not, and "yes", 2 or None is refused rather than taken for its truth
+    value."""
+    if is_bool(value) or (_is_number(value) and value in (0, 1)):
+        return int(value)
+    raise ConfigError(f"{owner}: {name} must be 0, 1, True or False, got {type(value).__name__} "
+                      f"{value!r}")
 
 
 def _is_number(value):
