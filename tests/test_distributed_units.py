@@ -12,9 +12,9 @@ import pytest
 from xpnet import distributed
 from xpnet.backends import get_backend
 from xpnet.distributed import base
-from xpnet.distributed.data_parallel import DataParallel, FlatBuffer, shard_bounds
+from xpnet.distributed.data_parallel import DataParallel, FlatBuffer, check_batches, shard_bounds
 from xpnet.distributed.nccl import NCCLCommunicator, decode_id, encode_id, select_device
-from xpnet.errors import BackendError, ConfigError
+from xpnet.errors import BackendError, BatchSizeError, ConfigError
 
 
 # -- generators: rows of a global batch -------------------------------------------------------
@@ -468,3 +468,19 @@ def test_ctrl_c_or_sigterm_on_a_rank_of_the_cli_aborts_the_job(monkeypatch, caps
     assert aborted == [130, 143]
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["xpnet train: interrupted", "xpnet train: stopped by SIGTERM"]
+
+
+def test_batches_the_ranks_cannot_share_are_worded_for_the_api_and_the_command_line():
+    """check_batches said batch_size (and steps_per_epoch, which the command line has not) to
+    `xpnet train --distributed --batch-size ...` too: the command line words it --batch-size."""
+    with pytest.raises(BatchSizeError) as small:
+        check_batches(1, 300, 2)
+    assert str(small.value) == "batch_size is the global batch over all 2 ranks and must be at least 2, got 1"
+    assert small.value.worded("--batch-size").startswith("--batch-size is the global batch over all 2 ranks")
+    with pytest.raises(BatchSizeError) as last:
+        check_batches(64, 257, 2)
+    assert str(last.value).endswith("; choose a batch_size that divides 257 or leaves at least 2 "
+                                    "samples over, or pass steps_per_epoch")
+    assert last.value.worded("--batch-size").endswith("; choose a --batch-size that divides 257 or "
+                                                      "leaves at least 2 samples over")
+    check_batches(64, 257, 2, steps_per_epoch=4)   # steps_per_epoch: no short last batch

@@ -8,7 +8,7 @@ import pytest
 
 from xpnet import cli, runner
 from xpnet.backends import cpu_threads
-from xpnet.errors import ConfigError, NoGPUError
+from xpnet.errors import BatchSizeError, ConfigError, NoGPUError
 
 SMALL = ["--model", "quick-mlp", "--device", "cpu", "--epochs", "1", "--train-images", "300",
          "--test-images", "100", "--quiet"]
@@ -347,6 +347,22 @@ def test_a_last_batch_of_one_before_a_batchnorm_is_refused_before_the_run_folder
         runner.run_training("seed001-tf", device="cpu", out_dir=tmp_path / "runs", verbose=0, epochs=1,
                             batch_size=64, train_images=65, test_images=100)
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_command_line_names_its_batch_size_option(tmp_path, capsys):
+    """xpnet train --batch-size 64 on 65 images before a BatchNorm: the line named fit's way out
+    ("or drop a sample") in API words; it now names --batch-size, and fit's words stay fit's."""
+    code, err = train(["--model", "seed001-tf", "--device", "cpu", "--epochs", "1", "--batch-size",
+                       "64", "--train-images", "65", "--test-images", "100", "--quiet", "--out",
+                       str(tmp_path / "runs")], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.rstrip().endswith("needs more than one value per channel in training: choose a "
+                                 "--batch-size that does not leave 1 sample over"), err
+    assert "batch_size" not in err and "drop a sample" not in err
+    with pytest.raises(BatchSizeError, match=r"choose a batch_size that does not leave 1 sample "
+                                             r"over, or drop a sample$"):
+        runner.run_training("seed001-tf", device="cpu", out_dir=tmp_path / "runs", verbose=0,
+                            epochs=1, batch_size=64, train_images=65, test_images=100)
 
 
 def test_a_resume_removes_temporary_files_a_killed_writer_left(interrupted, capsys):

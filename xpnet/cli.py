@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 from .backends import is_out_of_memory
-from .errors import ConfigError, NoGPUError, XpnetError
+from .errors import BatchSizeError, ConfigError, NoGPUError, XpnetError
 
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10")
 DEVICE_CHOICES = ("cpu", "gpu", "auto", "strict")
@@ -663,7 +663,8 @@ def guarded(label, func):
         ops.check()   # a bad $XPNET_OPS: this line, not a kernel's error halfway through
         return func()
     except XpnetError as exc:
-        message = exc.worded("--device cpu") if isinstance(exc, NoGPUError) else exc
+        message = exc.worded("--device cpu") if isinstance(exc, NoGPUError) else \
+            exc.worded("--batch-size") if isinstance(exc, BatchSizeError) else exc
         print(f"{label}: error: {message}", file=sys.stderr)
         _abort_distributed_job(2)
         return 2

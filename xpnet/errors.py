@@ -30,6 +30,20 @@ class ConfigError(XpnetError, ValueError):
     """A model, layer, optimizer or recipe was configured with an invalid value."""
 
 
+class BatchSizeError(ConfigError):
+    """A batch size that does not suit the data or the ranks. ``text`` says why, with
+    ``{batch_size}`` where the setting's name goes; ``api_only`` is a way out that only the Python
+    API has (``steps_per_epoch``, ...). The message words it for the API (``batch_size``, then
+    ``api_only``); the command line prints ``worded("--batch-size")``."""
+
+    def __init__(self, text, api_only=""):
+        self.text, self.api_only = text, api_only
+        super().__init__(self.worded("batch_size") + api_only)
+
+    def worded(self, batch_size):
+        return self.text.replace("{batch_size}", batch_size)
+
+
 class DataError(XpnetError, ValueError):
     """A dataset file or array is missing, corrupt or malformed."""
 

@@ -25,7 +25,8 @@ import zlib
 
 from . import callbacks as cbs, checks
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from .errors import ConfigError, DataError, ShapeError, TrainingError, TrainingInterrupted, XpnetError
+from .errors import (BatchSizeError, ConfigError, DataError, ShapeError, TrainingError,
+                     TrainingInterrupted, XpnetError)
 from .progress import Progress
 
 METRICS = {"accuracy": "accuracy", "acc": "accuracy"}
@@ -334,7 +335,7 @@ class TrainingMixin:
                           UserWarning, stacklevel=3)
 
     def _check_last_batch(self, n, batch_size):
-        """ConfigError before training when the epoch's last batch would hold one sample and a
+        """BatchSizeError before training when the epoch's last batch would hold one sample and a
         BatchNorm sees one value per channel there (it needs two; PyTorch stops there too, in the
         middle of the first epoch)."""
         if n <= 1 or n % batch_size != 1:
@@ -342,10 +343,11 @@ class TrainingMixin:
         for layer in getattr(self, "layers", []):
             shape = getattr(layer, "input_shape", None)
             if type(layer).__name__ == "BatchNorm" and shape and math.prod(shape[1:]) == 1:
-                raise ConfigError(f"the last batch of each epoch would hold 1 sample ({n} samples in "
-                                  f"batches of {batch_size}), and layer {layer.name!r} (BatchNorm) "
-                                  f"needs more than one value per channel in training: choose a "
-                                  f"batch size that does not leave 1 sample over, or drop a sample")
+                raise BatchSizeError(f"the last batch of each epoch would hold 1 sample ({n} samples "
+                                     f"in batches of {batch_size}), and layer {layer.name!r} "
+                                     f"(BatchNorm) needs more than one value per channel in "
+                                     f"training: choose a {{batch_size}} that does not leave 1 "
+                                     f"sample over", ", or drop a sample")
 
     def fit(self, x, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
             validation_split=0.0, callbacks=None, verbose="auto", augment=None, initial_epoch=0,

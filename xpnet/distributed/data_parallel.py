@@ -11,7 +11,7 @@ BatchNorm all-reduces its per-channel sums.
 """
 import json
 
-from ..errors import ConfigError
+from ..errors import BatchSizeError, ConfigError
 from .base import DistributedError
 
 
@@ -21,16 +21,16 @@ def shard_bounds(n, rank, size):
 
 
 def check_batches(batch_size, n, size, steps_per_epoch=None):
-    """ConfigError unless global batches of ``batch_size`` over ``n`` samples can be split among
+    """BatchSizeError unless global batches of ``batch_size`` over ``n`` samples can be split among
     ``size`` ranks: every rank needs at least one sample of each batch, the epoch's last one too."""
     if batch_size < size:
-        raise ConfigError(f"batch_size is the global batch over all {size} ranks and must be at "
-                          f"least {size}, got {batch_size}")
+        raise BatchSizeError(f"{{batch_size}} is the global batch over all {size} ranks and must be "
+                             f"at least {size}, got {batch_size}")
     last = n % batch_size
     if steps_per_epoch is None and 0 < last < size:
-        raise ConfigError(f"the last batch of each epoch would hold {last} of {n} samples, fewer "
-                          f"than the {size} ranks; choose a batch_size for which n % batch_size is "
-                          f"0 or at least {size}, or pass steps_per_epoch")
+        raise BatchSizeError(f"the last batch of each epoch would hold {last} of {n} samples, fewer "
+                             f"than the {size} ranks; choose a {{batch_size}} that divides {n} or "
+                             f"leaves at least {size} samples over", ", or pass steps_per_epoch")
 
 
 def gather_integers(comm, values):
