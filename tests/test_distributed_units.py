@@ -427,6 +427,21 @@ def test_one_gpu_per_rank_by_local_rank():
         select_device(0, 1, 0)
 
 
+def test_no_gpu_for_a_rank_says_how_to_ask_for_the_cpu_in_the_callers_words(capsys):
+    """It said "use --device cpu (MPI)" to xpnet.distributed.init("gpu") callers too: the API now
+    reads device='cpu' and the command line --device cpu."""
+    from xpnet.errors import NoGPUError
+    with pytest.raises(NoGPUError) as caught:
+        select_device(0, 1, 0)
+    assert str(caught.value) == ("no CUDA GPU is visible to this rank; use device='cpu' instead "
+                                 "(data-parallel over MPI on the CPUs)")
+    assert "--device" not in str(caught.value)
+    from xpnet import cli
+    assert cli.guarded("xpnet train", lambda: select_device(0, 1, 0)) == 2
+    assert capsys.readouterr().err == ("xpnet train: error: no CUDA GPU is visible to this rank; use "
+                                       "--device cpu instead (data-parallel over MPI on the CPUs)\n")
+
+
 def test_a_user_error_on_a_rank_of_the_cli_aborts_the_job(monkeypatch, capsys):
     """The CLI prints an XpnetError (a DistributedError included) as one line instead of letting it
     reach sys.excepthook; in a job of several ranks it must still abort the job, or the other

@@ -15,7 +15,7 @@ import json
 import sys
 import threading
 
-from ..errors import BackendError
+from ..errors import BackendError, NoGPUError
 from .base import Communicator, Watchdog
 
 INSTALL_HINT = ("NCCL comes with CuPy's CUDA wheels (pip install -e '.[cuda12]' from the checkout); check "
@@ -34,9 +34,11 @@ def import_nccl():
 
 
 def select_device(local_rank, local_size, device_count):
-    """The GPU of a rank: its local rank. More ranks on a machine than GPUs is an error."""
+    """The GPU of a rank: its local rank. More ranks on a machine than GPUs is an error; none is a
+    NoGPUError, which the command line words "--device cpu" and the API "device='cpu'"."""
     if device_count < 1:
-        raise BackendError("no CUDA GPU is visible to this rank; use --device cpu (MPI) instead")
+        raise NoGPUError("no CUDA GPU is visible to this rank",
+                         "use {cpu} instead (data-parallel over MPI on the CPUs)")
     if local_size > device_count:
         raise BackendError(f"{local_size} ranks run on this machine but it has {device_count} visible "
                            f"GPU(s); start at most {device_count} ranks per machine (one GPU each), "
