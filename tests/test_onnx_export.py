@@ -240,6 +240,54 @@ def test_export_where_writing_fails_is_one_line(tmp_path, capsys, monkeypatch):
         assert err.startswith("xpnet export: error: cannot write /sys/m.onnx: ") and err.count("\n") == 1
 
 
+def test_export_where_the_system_takes_no_new_files_says_so(tmp_path, capsys, monkeypatch):
+    """/proc/x.onnx (even as root) ended with the kernel's bare "No such file or directory", which
+    reads as a missing folder: the line now names the folder that takes no new files. Simulated
+    in tmp_path, then /proc itself where it refuses."""
+    import errno
+    import tempfile
+
+    import xpnet.serialization as ser
+    model = xpnet.models.get("quick-mlp").build(device="cpu")
+    model.save(tmp_path / "m.npz")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def refuse(*args, **kwargs):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(out / "m.onnx.x.tmp"))
+    with monkeypatch.context() as m:
+        m.setattr(ser.tempfile, "mkstemp", refuse)
+        with pytest.raises(xpnet.DataError) as caught:
+            xpnet.export_onnx(model, out / "m.onnx")
+    assert str(caught.value) == (f"cannot write {out / 'm.onnx'}: {out} does not take new files (the "
+                                 f"system answered \"No such file or directory\", as special file "
+                                 f"systems such as /proc and /sys do); give a path in an ordinary folder")
+    assert os.listdir(out) == []
+    try:
+        os.close(tempfile.mkstemp(dir="/proc")[0])
+        pytest.skip("/proc takes new files here")
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            pytest.skip(f"/proc refuses new files with {exc.strerror} here")
+    assert cli.main(["export", str(tmp_path / "m.npz"), "/proc/m.onnx"]) == 2
+    assert capsys.readouterr().err == ("xpnet export: error: cannot write /proc/m.onnx: /proc does not "
+                                       "take new files (the system answered \"No such file or "
+                                       "directory\", as special file systems such as /proc and /sys "
+                                       "do); give a path in an ordinary folder\n")
+
+
+def test_export_checks_its_folder_before_building_the_graph(tmp_path, monkeypatch):
+    """A folder without write permission is named before the ONNX graph is built (as save_model
+    and the file-writing callbacks check first), not by the write at the end."""
+    import xpnet.onnx_export as ox
+    model = xpnet.models.get("quick-mlp").build(device="cpu")
+    monkeypatch.setattr(ox, "to_onnx", lambda *a, **k: pytest.fail("built before the check"))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)   # the tests run as root
+    with pytest.raises(xpnet.DataError, match=rf"^cannot write {tmp_path / 'm.onnx'}: no permission "
+                                              rf"to write into {tmp_path}$"):
+        xpnet.export_onnx(model, tmp_path / "m.onnx")
+
+
 def test_layers_and_inputs_named_like_the_graph_outputs(tmp_path, capsys):
     """A layer named "output" (or "output_0"/"output_1" with two outputs), or an Input named
     "output", made the same tensor name twice: ONNX's checker refused the graph (not SSA) with a

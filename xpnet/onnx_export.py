@@ -213,8 +213,9 @@ def to_onnx(model, opset=DEFAULT_OPSET):
 
 def export_onnx(model, path, opset=DEFAULT_OPSET):
     """Write ``model`` to ``path`` as ONNX (atomically); returns the path. See the module doc."""
-    from .serialization import atomic_write_bytes, file_name
+    from .serialization import atomic_write_bytes, check_destination, file_name
     path = file_name(path, "export_onnx")   # before the whole ONNX model is built
+    check_destination(path)
     proto = to_onnx(model, opset)
     atomic_write_bytes(path, proto.SerializeToString())
     return path

@@ -3,6 +3,7 @@
 Writes go to a temporary file in the same folder, are flushed to disk, then renamed over the
 target, so a reader never sees a half-written file. Reads never unpickle.
 """
+import errno
 import json
 import os
 import tempfile
@@ -80,6 +81,29 @@ def check_writable(path, what="cannot write"):
         raise DataError(f"{what} {os.fspath(path)}: {reason}")
 
 
+def check_destination(path):
+    """DataError "cannot write PATH: why" when a file cannot be written at ``path`` for a reason
+    that shows before writing: what the path names (:func:`unwritable_reason`) or its folder
+    (:func:`folder_problem`: a file in the way, no permission)."""
+    check_writable(path)
+    problem = folder_problem(os.path.dirname(os.path.abspath(os.fspath(path))))
+    if problem is not None:
+        raise DataError(f"cannot write {os.fspath(path)}: {problem}")
+
+
+def write_failure(path, exc):
+    """Why writing ``path`` failed with the OSError ``exc``, for the end of a message. The system's
+    own words, except for ENOENT in a folder that exists: /proc, /sys and other special file
+    systems answer "No such file or directory" to a new file, which reads as a missing folder."""
+    if exc.errno == errno.ENOENT:
+        existing = nearest_existing(os.path.dirname(os.path.abspath(os.fspath(path))))
+        if os.path.isdir(existing):
+            return (f"{existing} does not take new files (the system answered "
+                    f"\"{exc.strerror}\", as special file systems such as /proc and /sys do); "
+                    f"give a path in an ordinary folder")
+    return exc.strerror or str(exc)
+
+
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename).
 
@@ -98,7 +122,7 @@ def atomic_write_bytes(path, data):
     except OSError as exc:
         # no permission, a read-only file system, a full disk, a name too long, ...: the error
         # names the temporary file (or the folder); name the target and the reason instead
-        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise DataError(f"cannot write {path}: {write_failure(path, exc)}") from exc
 
 
 def _atomic_write(path, data):
