@@ -499,3 +499,39 @@ def test_batches_the_ranks_cannot_share_are_worded_for_the_api_and_the_command_l
     assert last.value.worded("--batch-size").endswith("; choose a --batch-size that divides 257 or "
                                                       "leaves at least 2 samples over")
     check_batches(64, 257, 2, steps_per_epoch=4)   # steps_per_epoch: no short last batch
+
+
+class AgreeingComm:
+    """Rank ``rank`` of ``size`` whose peers hold what it holds (every all-reduce agrees)."""
+
+    def __init__(self, backend, rank, size):
+        self.backend, self.rank, self.size = backend, rank, size
+
+    def allreduce(self, buf, op="sum"):
+        groups = buf.reshape(-1, self.size)
+        groups[...] = groups[:, self.rank:self.rank + 1]
+        return buf
+
+
+def test_a_resume_on_ranks_that_cannot_share_the_batch_names_the_rank_counts_not_batch_size():
+    """A run resumed (--resume, which takes no --batch-size) on more ranks than its batch allows
+    was told to choose another --batch-size; it is now told how many ranks can take it."""
+    from xpnet import runner
+    config = {"recipe": {"batch_size": 50}, "distributed": {"ranks": 2},
+              "resumed": [{"device": "numpy"}]}   # the sitting being started
+    comm = AgreeingComm(get_backend("numpy"), 0, 3)
+    with pytest.raises(ConfigError) as caught:
+        runner._check_resume_ranks(config, "runs/x", 302, comm)
+    assert not isinstance(caught.value, BatchSizeError)   # nothing the CLI would word --batch-size
+    assert str(caught.value) == (
+        "runs/x cannot be resumed on 3 ranks: the last batch of each epoch would hold 2 of 302 "
+        "samples, fewer than the 3 ranks; --resume keeps the run's batch size (50), so resume it on "
+        "at most 2 ranks (it last trained on 2 ranks)")
+    config = {"recipe": {"batch_size": 2}, "resumed": [{"distributed": {"ranks": 2}}, {}]}
+    with pytest.raises(ConfigError, match=r"the global batch of 2 samples is smaller than the 3 ranks; "
+                       r"--resume keeps the run's batch size \(2\), so resume it on at most 2 ranks "
+                       r"\(it last trained on 2 ranks\)"):
+        runner._check_resume_ranks(config, "runs/x", 300, comm)
+    with pytest.raises(ConfigError, match=r"at most 2 ranks \(it last trained on 1 rank\)"):
+        runner._check_resume_ranks({"recipe": {"batch_size": 2}, "resumed": [{}]}, "runs/x", 300, comm)
+    runner._check_resume_ranks({"recipe": {"batch_size": 50}, "resumed": [{}]}, "runs/x", 303, comm)

@@ -19,7 +19,7 @@ import re
 import sys
 import time
 
-from .errors import ConfigError
+from .errors import BatchSizeError, ConfigError
 
 DEFAULT_MODEL = "seed001-tf"
 QUICK_MODEL = "quick-mlp"
@@ -357,8 +357,36 @@ def resume_training(run_dir, device=None, verbose="auto", plot=False, command=No
         config["resumed"][-1]["distributed"] = {"ranks": comm.size, "communicator": comm.kind}
     with _training_in(run_dir, comm, stale=True):
         data = _load_data(config)
+        if comm is not None:
+            _check_resume_ranks(config, run_dir, len(data[0][1]), comm)
         return _execute(config, run_dir, backend, data, verbose, plot, True, t_start,
                         time_limit_minutes, comm, tensorboard)
+
+
+def _ranks_before(config):
+    """The number of ranks the run trained on in its last sitting before this one (1: one process)."""
+    sittings = [config] + config.get("resumed", [])[:-1]
+    return int((sittings[-1].get("distributed") or {}).get("ranks", 1))
+
+
+def _check_resume_ranks(config, run_dir, n, comm):
+    """ConfigError, before fit, when the run's global batch cannot be shared by this job's ranks
+    (fit's check_batches); a resume keeps the batch size, so the way out is another rank count."""
+    from .distributed.data_parallel import agree_sizes, check_batches
+    batch = config["recipe"]["batch_size"]
+    agree_sizes(comm, [("the number of training samples", n)])
+    try:
+        check_batches(batch, n, comm.size)
+    except BatchSizeError:
+        last = n % batch
+        most = batch if last == 0 else min(batch, last)
+        why = (f"the global batch of {batch} samples is smaller than the {comm.size} ranks" if batch < comm.size
+               else f"the last batch of each epoch would hold {last} of {n} samples, fewer than the "
+                    f"{comm.size} ranks")
+        before = _ranks_before(config)
+        raise ConfigError(f"{run_dir} cannot be resumed on {comm.size} ranks: {why}; --resume keeps the "
+                          f"run's batch size ({batch}), so resume it on at most {most} ranks (it last "
+                          f"trained on {before} {'rank' if before == 1 else 'ranks'})") from None
 
 
 def _check_config(config, path):
