@@ -148,6 +148,35 @@ def test_reduce_lr_on_plateau_warns_when_min_lr_is_not_below_the_rate():
         fit(model(lr=0.01), [Inject("score", [5, 5]), rl], epochs=2)
 
 
+class Warns(callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        warnings.warn("epoch warning", UserWarning)
+
+    def on_batch_end(self, batch, logs=None):
+        warnings.warn("batch warning", UserWarning)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_callback_warnings_show_on_rank_zero_only(rank):
+    """In a data-parallel fit every rank runs ReduceLROnPlateau and the other shared callbacks on
+    the same logs, so each rank repeated their warnings; ranks other than 0 now keep quiet, as
+    they do for progress and log lines (the callbacks still run there)."""
+    m = model(lr=0.01)
+    rl = callbacks.ReduceLROnPlateau(monitor="loss", min_lr=0.05)
+    mine = Warns()
+    cbs = callbacks.CallbackList([rl, mine], m, {}, rank=rank)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cbs.call("on_train_begin", {})
+        with cbs.quiet():   # as fit calls the per-batch hooks
+            for hook in cbs.hooks("on_batch_end"):
+                hook(0, {})
+        cbs.call("on_epoch_end", 0, {"loss": 1.0})
+    seen = sorted(str(w.message).split(":")[0] for w in caught)
+    assert seen == ([] if rank else ["ReduceLROnPlateau", "batch warning", "epoch warning"])
+    assert rl.best == 1.0   # rank 1 ran the callback all the same
+
+
 def test_model_checkpoint_files(tmp_path):
     pattern = str(tmp_path / "m-{epoch:02d}-{score:.1f}.npz")
     ck = callbacks.ModelCheckpoint(pattern, monitor="score", save_best_only=True)

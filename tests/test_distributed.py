@@ -158,3 +158,32 @@ def test_ranks_started_with_other_data_are_refused_before_the_run_folder(tmp_pat
             in r.stderr), r.stderr
     assert "epoch 1/1" not in r.stdout + r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_a_callbacks_warning_shows_once_in_a_job(tmp_path):
+    """ReduceLROnPlateau's min_lr warning (and any other a callback gives) came once per rank; rank
+    0 alone shows it now, while both ranks still train with the callback."""
+    import subprocess
+    import sys
+
+    from tests.mpi_helpers import ENV, mpirun
+    require_mpi()
+    code = ("import numpy as np, xpnet\n"
+            "from xpnet import callbacks, distributed\n"
+            "from xpnet.layers import Dense\n"
+            "comm = distributed.init('cpu', timeout=100)\n"
+            "m = xpnet.Sequential([Dense(3)], input_shape=(4,), device=comm.backend, seed=0)\n"
+            "m.compile(optimizer=xpnet.optim.SGD(lr=0.01))\n"
+            "x = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)\n"
+            "rl = callbacks.ReduceLROnPlateau(monitor='loss', min_lr=0.05)\n"
+            "m.fit(x, np.arange(16) % 3, epochs=2, batch_size=8, verbose=0, callbacks=[rl], distributed=comm)\n"
+            "print(f'rank {comm.rank} trained, best loss {rl.best:.6f}', flush=True)\n")
+    r = subprocess.run([mpirun(), "-n", "2", sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, **ENV))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stderr.count("ReduceLROnPlateau: min_lr 0.05 is not below the optimizer's learning "
+                          "rate 0.01") == 1, r.stderr
+    import re
+    trained = sorted(re.findall(r"rank (\d) trained, best loss (\d+\.\d{6})", r.stdout))  # lines may interleave
+    assert [rank for rank, _ in trained] == ["0", "1"], r.stdout
+    assert trained[0][1] == trained[1][1]   # the same logs on both ranks

@@ -161,3 +161,30 @@ def test_sigterm_to_one_rank_of_the_cli_ends_the_whole_job(tmp_path):
     assert seconds < 30, seconds
     assert "stopped by SIGTERM during epoch" in stderr and "continue with --resume" in stderr, stderr
     assert "another rank has died" not in stderr
+
+
+def test_a_resume_on_too_many_ranks_is_refused_with_one_line_naming_the_rank_counts(tmp_path):
+    """`mpirun -n 3 xpnet train --distributed --resume RUN` of a run whose batch leaves 2 samples
+    over: every rank stops before training, the job fails, and the one error line says how many
+    ranks can resume it (it said to choose a --batch-size, which --resume does not take, and every
+    rank could print it)."""
+    from tests.mpi_helpers import ENV
+    from xpnet import cli
+    require_mpi()
+    assert cli.main(["train", "--model", "quick-mlp", "--device", "cpu", "--epochs", "3",
+                     "--train-images", "302", "--test-images", "100", "--batch-size", "50",
+                     "--time-limit", "0.00001", "--quiet", "--out", str(tmp_path)]) == 0
+    (run,) = tmp_path.iterdir()
+    with open(run / "config.json") as f:
+        config_before = f.read()
+    cmd = [mpirun(), "-n", "3", sys.executable, "-m", "xpnet", "train", "--distributed", "--resume",
+           str(run), "--device", "cpu", "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=dict(os.environ, **ENV))
+    assert r.returncode != 0, r.stdout + r.stderr
+    lines = [line for line in r.stderr.splitlines() if "xpnet train: error:" in line]
+    assert lines == [f"xpnet train: error: {run} cannot be resumed on 3 ranks: the last batch of each "
+                     f"epoch would hold 2 of 302 samples, fewer than the 3 ranks; --resume keeps the "
+                     f"run's batch size (50), so resume it on at most 2 ranks (it last trained on 1 "
+                     f"rank)"], r.stderr
+    with open(run / "config.json") as f:
+        assert f.read() == config_before   # a refused resume records no sitting

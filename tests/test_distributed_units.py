@@ -14,7 +14,7 @@ from xpnet.backends import get_backend
 from xpnet.distributed import base
 from xpnet.distributed.data_parallel import DataParallel, FlatBuffer, check_batches, shard_bounds
 from xpnet.distributed.nccl import NCCLCommunicator, decode_id, encode_id, select_device
-from xpnet.errors import BackendError, BatchSizeError, ConfigError
+from xpnet.errors import BackendError, BatchSizeError, ConfigError, on_every_rank
 
 
 # -- generators: rows of a global batch -------------------------------------------------------
@@ -535,3 +535,63 @@ def test_a_resume_on_ranks_that_cannot_share_the_batch_names_the_rank_counts_not
     with pytest.raises(ConfigError, match=r"at most 2 ranks \(it last trained on 1 rank\)"):
         runner._check_resume_ranks({"recipe": {"batch_size": 2}, "resumed": [{}]}, "runs/x", 300, comm)
     runner._check_resume_ranks({"recipe": {"batch_size": 50}, "resumed": [{}]}, "runs/x", 303, comm)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_an_error_every_rank_raises_is_printed_by_rank_zero_only(monkeypatch, capsys, rank):
+    """A refusal decided on values the ranks agree on (agree_sizes, the batch check) is raised by
+    every rank, and each printed the same line: a rank other than 0 now leaves the line to rank 0,
+    whose MPI_Abort ends it while it waits (here: the wait raises in its stead). Should rank 0 not
+    end the job within the grace period, it says the line itself and ends the job."""
+    from xpnet import cli
+    from xpnet.distributed.data_parallel import agree_sizes
+
+    class Ended(BaseException):
+        pass
+
+    def end_by_rank_zero(seconds):
+        assert seconds == base.ROOT_GRACE
+        raise Ended
+    monkeypatch.setattr(base.time, "sleep", end_by_rank_zero)
+    comm = PeerComm(get_backend("numpy"), rank, lambda k: np.r_[8.0, 8.0][:k] * (np.arange(k) != rank))
+    aborted = []
+    guard = base.AbortOnError(aborted.append, rank)
+    guard.install()
+    try:
+        if rank == 0:
+            assert cli.guarded("xpnet train", lambda: agree_sizes(comm, [("the batch size", 4)])) == 2
+        else:
+            with pytest.raises(Ended):
+                cli.guarded("xpnet train", lambda: agree_sizes(comm, [("the batch size", 4)]))
+    finally:
+        guard.uninstall()
+    err = capsys.readouterr().err
+    if rank == 0:
+        assert err.startswith("xpnet train: error: the ranks disagree on the batch size: rank 0: 4, rank 1: 8")
+        assert aborted == [2]
+    else:
+        assert err == "" and aborted == []
+
+
+def test_a_rank_that_rank_zero_leaves_running_reports_the_shared_error_itself(monkeypatch, capsys):
+    from xpnet import cli
+    waited = []
+    monkeypatch.setattr(base.time, "sleep", waited.append)
+    aborted = []
+    guard = base.AbortOnError(aborted.append, 1)
+    guard.install()
+    try:
+        def shared():
+            raise on_every_rank(BatchSizeError("{batch_size} is too small"))
+
+        def own():
+            raise base.DistributedError("rank 1 of 2: allreduce of 8 values did not complete")
+        assert cli.guarded("xpnet train", shared) == 2
+        assert cli.guarded("xpnet train", own) == 2
+    finally:
+        guard.uninstall()
+    assert waited == [base.ROOT_GRACE]   # only the shared error waits for rank 0; the own one does not
+    assert capsys.readouterr().err.splitlines() == [
+        "xpnet train: error: --batch-size is too small",
+        "xpnet train: error: rank 1 of 2: allreduce of 8 values did not complete"]
+    assert aborted == [2, 2]

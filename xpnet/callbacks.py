@@ -11,8 +11,10 @@ Callbacks that carry state across epochs implement ``get_state() -> (json_dict, 
 
 Callbacks that write files set ``rank_zero_only = True``: in data-parallel training
 (fit(..., distributed=comm)) only rank 0 calls them; the others (early stopping, schedules) run on
-every rank, on the same globally reduced logs, so every rank takes the same decisions.
+every rank, on the same globally reduced logs, so every rank takes the same decisions. Their
+warnings (warnings.warn) show on rank 0 only, as progress and log lines do.
 """
+import contextlib
 import csv
 import difflib
 import io
@@ -495,9 +497,16 @@ class CallbackList:
         return iter(self.callbacks)
 
     def call(self, hook, *args):
-        for cb in self.callbacks:
-            if self.rank == 0 or not cb.rank_zero_only:
-                getattr(cb, hook)(*args)
+        with self.quiet():
+            for cb in self.callbacks:
+                if self.rank == 0 or not cb.rank_zero_only:
+                    getattr(cb, hook)(*args)
+
+    def quiet(self):
+        """The context to call callbacks in: on a data-parallel rank other than 0 warnings are not
+        shown there (its callbacks see rank 0's logs and would repeat rank 0's warnings); on rank 0
+        nothing changes (a shared no-op context: no frame is added, so stacklevels hold)."""
+        return _LOUD if self.rank == 0 else _no_warnings()
 
     def hooks(self, hook):
         """The ``hook`` methods that ``call(hook, ...)`` would run, less the base class's no-ops:
@@ -510,6 +519,16 @@ class CallbackList:
                 if getattr(method, "__func__", None) is not base:
                     found.append(method)
         return found
+
+
+_LOUD = contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _no_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 from .tensorboard_logs import TensorBoard  # noqa: E402  (tensorboardX loads only when one is made)

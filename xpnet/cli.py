@@ -651,12 +651,20 @@ def _abort_distributed_job(code):
         base.abort_job(code)
 
 
+def _leave_to_root(exc):
+    """An error every rank of a job raises alike is rank 0's to print (distributed.base)."""
+    base = sys.modules.get("xpnet.distributed.base")
+    if base is not None:
+        base.leave_to_root(exc)
+
+
 def guarded(label, func):
     """Run ``func()``; user errors and GPU out-of-memory become one line on stderr and a status.
     Ctrl-C ends with one line saying what was kept (and where to continue from); a second Ctrl-C
     while the program winds down is ignored rather than breaking into interpreter shutdown.
     SIGTERM (``kill``, ``docker stop``) stops the same way, with status 143. In a job of several
-    ranks (``--distributed``) every one of these ends the whole job (MPI_Abort) after its line."""
+    ranks (``--distributed``) every one of these ends the whole job (MPI_Abort) after its line; an
+    error that every rank raises alike (``every_rank``) is rank 0's line alone."""
     previous = _interrupt_once()
     try:
         from . import ops
@@ -665,6 +673,7 @@ def guarded(label, func):
     except XpnetError as exc:
         message = exc.worded("--device cpu") if isinstance(exc, NoGPUError) else \
             exc.worded("--batch-size") if isinstance(exc, BatchSizeError) else exc
+        _leave_to_root(exc)   # another rank of a job: rank 0 says it and ends the job meanwhile
         print(f"{label}: error: {message}", file=sys.stderr)
         _abort_distributed_job(2)
         return 2

@@ -2,7 +2,17 @@
 
 
 class XpnetError(Exception):
-    """Base class of every error raised by xpnet on purpose."""
+    """Base class of every error raised by xpnet on purpose. ``every_rank`` is True on an error
+    that every rank of a data-parallel job raises alike (decided on values the ranks agreed on):
+    the command line then prints it on rank 0 only (``on_every_rank`` marks one)."""
+
+    every_rank = False
+
+
+def on_every_rank(exc):
+    """``exc``, marked as raised alike by every rank of a data-parallel job."""
+    exc.every_rank = True
+    return exc
 
 
 class ShapeError(XpnetError, ValueError):

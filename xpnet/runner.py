@@ -19,7 +19,7 @@ import re
 import sys
 import time
 
-from .errors import BatchSizeError, ConfigError
+from .errors import BatchSizeError, ConfigError, on_every_rank
 
 DEFAULT_MODEL = "seed001-tf"
 QUICK_MODEL = "quick-mlp"
@@ -219,7 +219,10 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
                            ("the number of validation samples", validation),
                            ("the batch size", recipe["batch_size"]),
                            ("the number of epochs", recipe["epochs"])])
-        check_batches(recipe["batch_size"], len(data[0][1]), comm.size)  # fit's, before the folder
+        try:   # fit's check, before the folder; on sizes the ranks agree on, so every rank fails it
+            check_batches(recipe["batch_size"], len(data[0][1]), comm.size)
+        except BatchSizeError as exc:
+            raise on_every_rank(exc)
     else:  # a BatchNorm that would see a last batch of one sample: fit's check, before the folder
         info = data[3]
         entry.build(tuple(info["image_shape"]), info["classes"], backend, seed,
@@ -384,9 +387,9 @@ def _check_resume_ranks(config, run_dir, n, comm):
                else f"the last batch of each epoch would hold {last} of {n} samples, fewer than the "
                     f"{comm.size} ranks")
         before = _ranks_before(config)
-        raise ConfigError(f"{run_dir} cannot be resumed on {comm.size} ranks: {why}; --resume keeps the "
+        raise on_every_rank(ConfigError(f"{run_dir} cannot be resumed on {comm.size} ranks: {why}; --resume keeps the "
                           f"run's batch size ({batch}), so resume it on at most {most} ranks (it last "
-                          f"trained on {before} {'rank' if before == 1 else 'ranks'})") from None
+                          f"trained on {before} {'rank' if before == 1 else 'ranks'})")) from None
 
 
 def _check_config(config, path):

@@ -119,6 +119,22 @@ def wait(test, deadline, on_timeout, spin=0.02):
 _INSTALLED = []   # the AbortOnError guards of this process's jobs of several ranks
 
 
+ROOT_GRACE = 10.0  # seconds another rank leaves rank 0 to report an error they all raise
+
+
+def job_rank():
+    """This process's rank in its job of several ranks (an installed AbortOnError), else None."""
+    return _INSTALLED[-1].rank if _INSTALLED else None
+
+
+def leave_to_root(exc):
+    """For an error that every rank raises alike (``exc.every_rank``) on a rank other than 0:
+    wait up to ROOT_GRACE seconds for rank 0 to report it and end the job (which ends this
+    process), so the job prints one line, not one per rank. Returns if rank 0 did not end it."""
+    if getattr(exc, "every_rank", False) and job_rank() not in (None, 0):
+        time.sleep(ROOT_GRACE)
+
+
 def abort_job(code):
     """End the whole job when this process is a rank of a job of several (an installed
     AbortOnError); otherwise do nothing. For a caller that handles an exception itself instead of
@@ -133,8 +149,9 @@ class AbortOnError:
     (as ``python -m mpi4py`` does), so the other ranks stop at once instead of waiting for it
     (``abort_job`` does the same for an exception that a caller has handled)."""
 
-    def __init__(self, abort):
+    def __init__(self, abort, rank=0):
         self._abort = abort
+        self.rank = int(rank)
         self._previous = None
 
     def install(self):

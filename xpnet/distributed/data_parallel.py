@@ -11,7 +11,7 @@ BatchNorm all-reduces its per-channel sums.
 """
 import json
 
-from ..errors import BatchSizeError, ConfigError
+from ..errors import BatchSizeError, ConfigError, on_every_rank
 from .base import DistributedError
 
 
@@ -59,7 +59,8 @@ def agree_sizes(comm, sizes):
     for (what, _), values in zip(sizes, gather_integers(comm, [value for _, value in sizes])):
         problem = _disagreement(what, values)
         if problem:
-            raise ConfigError(problem + "; every rank must train on the same data with the same settings")
+            raise on_every_rank(ConfigError(problem + "; every rank must train on the same data with "
+                                            "the same settings"))
 
 
 class FlatBuffer:
@@ -186,8 +187,8 @@ class DataParallel:
         """Check that every rank holds the same integer ``value``; DistributedError otherwise."""
         problem = _disagreement(what, gather_integers(self.comm, [value])[0])
         if problem:
-            raise DistributedError(problem + "; every rank must read the same checkpoint file (a "
-                                   "folder on a file system shared by all machines)")
+            raise on_every_rank(DistributedError(problem + "; every rank must read the same checkpoint "
+                                                 "file (a folder on a file system shared by all machines)"))
 
     def agree_sizes(self, sizes):
         """agree_sizes over this run's communicator."""

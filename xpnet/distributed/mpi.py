@@ -35,7 +35,7 @@ class MPICommunicator(Communicator):
         local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
         super().__init__(self.comm.Get_rank(), self.comm.Get_size(), local_rank, backend, timeout)
-        self._guard = AbortOnError(self.abort)
+        self._guard = AbortOnError(self.abort, self.rank)
         if self.size > 1:
             self._guard.install()
 
