@@ -198,6 +198,24 @@ def test_evaluate_refuses_non_finite_x():
     assert np.isfinite(m.evaluate(images, y)["loss"])
 
 
+@pytest.mark.parametrize("verbose", ["yes", 2, None, 0.5, "auto"])
+def test_evaluate_refuses_a_verbose_that_is_not_0_or_1(verbose, capsys):
+    """evaluate took any value for verbose by its truth ("no" printed, 2 was taken for 1); it is
+    now checked as the callbacks' verbose is (checks.verbosity), before any work."""
+    x, y = data()
+    m = mlp()
+    with pytest.raises(ConfigError) as caught:
+        m.evaluate(x, y, verbose=verbose)
+    assert str(caught.value) == (f"evaluate: verbose must be 0, 1, True or False, got "
+                                 f"{type(verbose).__name__} {verbose!r}")
+    for quiet in (0, False):
+        m.evaluate(x, y, verbose=quiet)
+    assert capsys.readouterr().err == ""
+    for loud in (1, True):
+        m.evaluate(x, y, verbose=loud)
+    assert capsys.readouterr().err.count("loss ") == 2
+
+
 # -- item 12: several inputs ---------------------------------------------------------------------
 def test_fit_evaluate_predict_say_several_inputs_are_not_supported():
     a, b = Input(6, name="a"), Input(6, name="b")

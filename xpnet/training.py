@@ -240,7 +240,9 @@ class TrainingMixin:
         return (xp.argmax(out, axis=1) == truth).sum().astype(xp.int64)
 
     def evaluate(self, x, y, batch_size=256, verbose=0):
-        """{"loss": mean data loss, "accuracy": fraction correct} over x/y (eval mode, batched)."""
+        """{"loss": mean data loss, "accuracy": fraction correct} over x/y (eval mode, batched);
+        ``verbose`` 1 (or True) prints them on one line to stderr, 0 (or False) does not."""
+        verbose = checks.verbosity(verbose, "evaluate")
         self._require_compiled()
         self._check_inputs("evaluate", x, y)
         self._ensure_built(x)
