@@ -124,6 +124,21 @@ def test_summary_of_a_model_file(image_model, capsys):
     assert cli.main(["summary", path]) == 0
     out = capsys.readouterr().out
     assert "Total params: 7,850" in out and "flat_features (FlatFeatures)" in out
+    assert "mixed precision" not in out   # the file records none
+
+
+def test_summary_shows_the_mixed_precision_a_model_file_records(tmp_path, capsys):
+    """The header's mixed_precision (which load_model compiles with) was not shown by summary."""
+    import xpnet
+    from xpnet.layers import Dense
+    model = xpnet.Sequential([Dense(3)], input_shape=(4,), device="cpu")
+    model.compile(optimizer="sgd", mixed_precision=xpnet.MixedPrecision("float16", initial_scale=1024))
+    path = model.save(str(tmp_path / "mixed.npz"))
+    assert cli.main(["summary", path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == ("mixed precision: float16 (initial_scale=1024.0, growth_interval=2000, "
+                         "growth_factor=2.0, backoff_factor=0.5)")
+    assert lines[-2] == "Total params: 15"
 
 
 def test_predict_png_gray_and_colour(image_model, tmp_path, capsys):

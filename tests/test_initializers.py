@@ -107,3 +107,39 @@ def test_layer_initializer_errors_name_the_layer_and_what_was_expected():
     # what binds is taken: extra arguments with defaults, *args
     Dense(4, kernel_initializer=lambda rng, shape, dtype, scale=1.0: rng.xp.ones(shape, dtype))
     Dense(4, kernel_initializer=lambda *args: args[0].xp.ones(args[1], args[2]))
+
+
+def test_what_a_users_initializer_returns_is_checked_when_the_layer_is_built():
+    """A callable's result was taken as it came: a wrong shape built, and a list or an int array
+    failed later, far from its cause (an AttributeError in fit). Now the build says which layer,
+    which argument, what came back and what was expected."""
+    import xpnet
+    from xpnet.layers import BatchNorm, Conv2D, Dense
+
+    def build(layer, shape=(4,), device="cpu"):
+        return xpnet.Sequential([layer], input_shape=shape, device=device)
+    expected = r"; expected an array of the numpy backend \(rng.xp\) of shape \(4, 3\) with a float dtype \(float32\)$"
+    for returned, got in [(lambda rng, shape, dtype: np.ones((2, 2), np.float32),
+                           r"ndarray of shape \(2, 2\) and dtype float32"),
+                          (lambda rng, shape, dtype: [[0.0] * 3] * 4, r"list \[\[0\.0, 0\.0, 0\.0\]"),
+                          (lambda rng, shape, dtype: np.ones(shape, np.int64),
+                           r"ndarray of shape \(4, 3\) and dtype int64")]:
+        with pytest.raises(ConfigError, match=r"^layer 'd' \(Dense\): kernel_initializer <lambda> "
+                           r"returned " + got + ".*" + expected):
+            build(Dense(3, name="d", kernel_initializer=returned))
+
+    def host_ones(rng, shape, dtype):
+        return np.ones(shape, dtype)
+    with pytest.raises(ConfigError, match=r"^layer '\w+' \(BatchNorm\): gamma_initializer host_ones returned "
+                       r"ndarray of shape \(2,\) and dtype float32, not an array of the strict backend; "
+                       r"expected an array of the strict backend \(rng.xp\) of shape \(2,\)"):
+        build(BatchNorm(gamma_initializer=host_ones), (2, 3, 3), "strict")
+    with pytest.raises(ConfigError, match=r"^layer '\w+' \(Conv2D\): bias_initializer <lambda> returned NoneType None; "):
+        build(Conv2D(2, 3, bias_initializer=lambda rng, shape, dtype: None), (1, 5, 5))
+    # what fits is taken as it is, on every backend; a float dtype other than the layer's too
+    for device in ("cpu", "strict"):
+        m = build(Dense(3, kernel_initializer=lambda rng, shape, dtype: rng.xp.full(shape, 0.5, dtype)),
+                  device=device)
+        assert float(m.backend.to_numpy(m.layers[0].params["W"]).sum()) == 6.0
+    m = build(Dense(3, kernel_initializer=lambda rng, shape, dtype: np.ones(shape, np.float64)))
+    assert m.layers[0].params["W"].dtype == np.float64

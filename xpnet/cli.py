@@ -280,9 +280,10 @@ def cmd_summary(args):
             # a saved model has its own input shape and classes: --dataset would be ignored
             raise ConfigError(f"--dataset applies to zoo model names (it sets their input shape); "
                               f"{args.target} is a model file with its own")
-        from .io import load_model
-        model = load_model(target, device="cpu", compile=False)
+        from .io import load_with_policy
+        model, policy = load_with_policy(target, device="cpu", compile=False)
     else:
+        policy = None
         from . import models
         entry = models.get(target)
         info = _dataset_info(args.dataset or entry.recipe.get("dataset") or "mnist")
@@ -291,6 +292,9 @@ def cmd_summary(args):
         recipe = ", ".join(f"{k}={v!r}" for k, v in dict(entry.recipe).items())
         print(f"recipe: {recipe}")
     model.summary()
+    if policy is not None:   # the file's header records it; load_model compiles with it
+        settings = ", ".join(f"{k}={v!r}" for k, v in policy.get_config().items() if k != "compute")
+        print(f"mixed precision: {policy.compute} ({settings})")
     return 0
 
 

@@ -128,6 +128,24 @@ def get(name, owner=None, argument="initializer"):
                           + ", ".join(sorted(INITIALIZERS)) + f", or a callable {SIGNATURE}") from None
 
 
+def check_result(value, shape, dtype, backend, what):
+    """``value``, what the initializer ``what`` returned for a weight of ``shape``, unless it is
+    not an array of ``backend`` with that shape and a float dtype: then ConfigError saying what
+    came back and what was expected (a list, or a wrong shape, failed later and far away)."""
+    shape = _shape(shape)
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    if backend.owns(value) and tuple(value.shape) == shape and kind == "f":
+        return value
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        got = f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
+        if not backend.owns(value):
+            got += f", not an array of the {backend.name} backend"
+    else:
+        got = f"{type(value).__name__} {value!r}"[:200]
+    raise ConfigError(f"{what} returned {got}; expected an array of the {backend.name} backend "
+                      f"(rng.xp) of shape {shape} with a float dtype ({dtype})")
+
+
 def _check_signature(fn, what):
     """ConfigError unless ``fn(rng, shape, dtype)`` binds to ``fn``'s parameters (a callable whose
     signature Python cannot read, such as some built-ins, is taken as it is)."""
@@ -144,4 +162,4 @@ def _check_signature(fn, what):
                           f"(Keras's f(shape, dtype) lacks the generator)") from None
 
 
-__all__ = ["fans", "get", "INITIALIZERS", "SIGNATURE"] + sorted(INITIALIZERS)
+__all__ = ["check_result", "fans", "get", "INITIALIZERS", "SIGNATURE"] + sorted(INITIALIZERS)

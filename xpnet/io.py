@@ -112,6 +112,12 @@ def _optimizer_meta(opt, backend, arrays):
 # -- loading -----------------------------------------------------------------------------------
 def load_model(path, device="cpu", compile=True):
     """Rebuild a model saved by :func:`save_model` on ``device`` ("cpu", "gpu", "strict", ...)."""
+    return load_with_policy(path, device, compile)[0]
+
+
+def load_with_policy(path, device="cpu", compile=True):
+    """(load_model's model, the MixedPrecision its file records or None): ``xpnet summary`` shows
+    the policy of a model it loads without compiling."""
     path = file_name(path, "load_model")
     _check_container(path)
     arrays, meta = load_npz(path)
@@ -125,7 +131,7 @@ def load_model(path, device="cpu", compile=True):
     policy = saved_policy(path, meta)
     if compile:
         _restore_training(path, model, meta, arrays, policy)
-    return model
+    return model, policy
 
 
 load = load_model

@@ -212,9 +212,18 @@ class Layer:
 
     def _initializer(self, argument):
         """The initializer held in ``self.<argument>`` (a name or a callable f(rng, shape, dtype)),
-        else a ConfigError naming this layer, the argument and what it expects."""
+        else a ConfigError naming this layer, the argument and what it expects. A callable's
+        result is checked when it is called (initializers.check_result; at build, never per step)."""
         from .. import initializers
-        return initializers.get(getattr(self, argument), self._what(), argument)
+        held = getattr(self, argument)
+        fn = initializers.get(held, self._what(), argument)
+        if not callable(held):   # a built-in, by name
+            return fn
+        label = f"{self._what()}: {argument} {getattr(held, '__name__', type(held).__name__)}"
+
+        def checked(rng, shape, dtype):
+            return initializers.check_result(fn(rng, shape, dtype), shape, dtype, self.backend, label)
+        return checked
 
     def _what(self):
         kind = type(self).__name__
