@@ -260,9 +260,9 @@ def test_custom_examples_refuse_an_unusable_out_before_training(script, tmp_path
     spec.loader.exec_module(module)
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    for out, where in ((blocker, "it"), (blocker / "sub", str(blocker))):
+    for out in (blocker, blocker / "sub"):
         assert module.main(["--out", str(out), "--epochs", "1"]) == 2
         captured = capsys.readouterr()
-        assert captured.err == (f"{script}: error: --out {out} cannot be a folder: {where} is a file, "
-                                f"expected a folder\n")
+        assert captured.err == (f"{script}: error: --out {out} cannot be used as a folder: {blocker} "
+                                f"is a file, where a folder is needed\n")
         assert "epoch" not in captured.out and "check_layer" not in captured.out  # nothing ran

@@ -42,11 +42,24 @@ def test_a_file_as_the_output_folder_is_refused_before_training(tmp_path, capsys
     for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
         code, err = train(SMALL + ["--out", str(out)], capsys)
         assert code == 2 and "Traceback" not in err
-        assert f"{tmp_path / 'afile'} is a file, expected a folder" in err or "it is a file" in err
+        assert f"{out} cannot be used as a folder: {tmp_path / 'afile'} is a file, where a folder is needed" in err
     assert (tmp_path / "afile").read_text() == "x"
     # a missing folder is made, as mkdir -p would
     code, _ = train(SMALL + ["--out", str(tmp_path / "new" / "runs")], capsys)
     assert code == 0 and len(list((tmp_path / "new" / "runs").iterdir())) == 1
+
+
+def test_check_folder_says_what_folder_problem_says(tmp_path, monkeypatch):
+    """runner.check_folder had its own copy of serialization.folder_problem's test, in other
+    words; it now words folder_problem's answer, a file in the way or no permission."""
+    from xpnet import runner, serialization
+    runner.check_folder(None, "--out")
+    runner.check_folder(tmp_path / "new" / "runs", "--out")   # made later, as mkdir -p would
+    monkeypatch.setattr(serialization.os, "access", lambda path, mode: path != str(tmp_path))
+    with pytest.raises(ConfigError) as caught:
+        runner.check_folder(tmp_path / "new", "the output folder (out_dir)")
+    assert str(caught.value) == (f"the output folder (out_dir) {tmp_path / 'new'} cannot be used as a "
+                                 f"folder: no permission to write into {tmp_path}")
 
 
 def test_a_file_as_the_tensorboard_folder_is_refused_before_the_run_folder(tmp_path, capsys):
@@ -54,7 +67,8 @@ def test_a_file_as_the_tensorboard_folder_is_refused_before_the_run_folder(tmp_p
     (tmp_path / "afile").write_text("x")
     code, err = train(SMALL + ["--out", str(tmp_path / "runs"), "--tensorboard",
                                str(tmp_path / "afile")], capsys)
-    assert code == 2 and "the TensorBoard folder" in err and "it is a file, expected a folder" in err
+    assert code == 2 and (f"the TensorBoard folder {tmp_path / 'afile'} cannot be used as a folder: "
+                          f"{tmp_path / 'afile'} is a file, where a folder is needed") in err
     assert not (tmp_path / "runs").exists()   # refused before training, not after it
 
 

@@ -474,14 +474,11 @@ def check_folder(path, what):
     checked before training, so a file in the way does not fail the run at its end."""
     if path is None:
         return
-    from .serialization import nearest_existing
+    from .serialization import folder_problem   # the one test of a folder, as callbacks use it
     path = os.path.abspath(os.fspath(path))
-    existing = nearest_existing(path)
-    if not os.path.isdir(existing):
-        where = "it" if existing == path else existing
-        raise ConfigError(f"{what} {path} cannot be a folder: {where} is a file, expected a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} {path}: cannot write into {existing} (permission denied)")
+    problem = folder_problem(path)
+    if problem is not None:
+        raise ConfigError(f"{what} {path} cannot be used as a folder: {problem}")
 
 
 def _load_data(config):
