@@ -150,17 +150,17 @@ def test_reduce_lr_on_plateau_warns_when_min_lr_is_not_below_the_rate():
 
 class Warns(callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
-        warnings.warn("epoch warning", UserWarning)
+        self.warn("epoch warning")
 
     def on_batch_end(self, batch, logs=None):
-        warnings.warn("batch warning", UserWarning)
+        self.warn("batch warning")
 
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_callback_warnings_show_on_rank_zero_only(rank):
     """In a data-parallel fit every rank runs ReduceLROnPlateau and the other shared callbacks on
-    the same logs, so each rank repeated their warnings; ranks other than 0 now keep quiet, as
-    they do for progress and log lines (the callbacks still run there)."""
+    the same logs, so each rank repeated their warnings; a callback's ``self.warn`` shows them on
+    rank 0 only, as progress and log lines are (the callbacks still run on the other ranks)."""
     m = model(lr=0.01)
     rl = callbacks.ReduceLROnPlateau(monitor="loss", min_lr=0.05)
     mine = Warns()
@@ -168,13 +168,37 @@ def test_callback_warnings_show_on_rank_zero_only(rank):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cbs.call("on_train_begin", {})
-        with cbs.quiet():   # as fit calls the per-batch hooks
-            for hook in cbs.hooks("on_batch_end"):
-                hook(0, {})
+        for hook in cbs.hooks("on_batch_end"):   # as fit calls the per-batch hooks
+            hook(0, {})
         cbs.call("on_epoch_end", 0, {"loss": 1.0})
     seen = sorted(str(w.message).split(":")[0] for w in caught)
     assert seen == ([] if rank else ["ReduceLROnPlateau", "batch warning", "epoch warning"])
     assert rl.best == 1.0   # rank 1 ran the callback all the same
+
+
+def _numpy_like_warning():
+    warnings.warn("overflow in a pass", RuntimeWarning)   # one site: the "default" filter shows it once
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_calling_callbacks_keeps_the_warnings_already_shown(rank):
+    """A warning from one place (NumPy's overflow, say) shows once under Python's default filter;
+    on ranks other than 0 the callbacks were called inside warnings.catch_warnings(), which resets
+    the record of what was shown each time it is left, so such a warning came again after every
+    callback call (every epoch, or every batch with a per-batch hook)."""
+    cbs = callbacks.CallbackList([Warns(), callbacks.EarlyStopping(monitor="loss", patience=9)],
+                                 model(), {}, rank=rank)
+    registry = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        for epoch in range(4):
+            warnings.warn_explicit("overflow in a pass", RuntimeWarning, "pass.py", 7, registry=registry)
+            for hook in cbs.hooks("on_batch_end"):
+                hook(0, {})
+            cbs.call("on_epoch_end", epoch, {"loss": 1.0})
+    overflow = [w for w in caught if "overflow" in str(w.message)]
+    assert len(overflow) == 1, [str(w.message) for w in caught]
 
 
 def test_model_checkpoint_files(tmp_path):

@@ -11,10 +11,10 @@ Callbacks that carry state across epochs implement ``get_state() -> (json_dict, 
 
 Callbacks that write files set ``rank_zero_only = True``: in data-parallel training
 (fit(..., distributed=comm)) only rank 0 calls them; the others (early stopping, schedules) run on
-every rank, on the same globally reduced logs, so every rank takes the same decisions. Their
-warnings (warnings.warn) show on rank 0 only, as progress and log lines do.
+every rank, on the same globally reduced logs, so every rank takes the same decisions. A
+callback warns through ``self.warn``, which shows the warning on rank 0 only, as progress and log
+lines are (a plain warnings.warn in a callback shows on every rank).
 """
-import contextlib
 import csv
 import difflib
 import io
@@ -31,6 +31,7 @@ from .serialization import atomic_write_bytes, folder_problem
 
 class Callback:
     rank_zero_only = False  # True for callbacks that write files: only rank 0 runs them
+    rank = 0                # the data-parallel rank it runs on (set by CallbackList)
 
     def __init__(self):
         self.model = None
@@ -41,6 +42,13 @@ class Callback:
 
     def set_params(self, params):
         self.params = dict(params)
+
+    def warn(self, message, category=UserWarning, stacklevel=1):
+        """warnings.warn(message) on rank 0 (and in a single process); nothing on the other
+        data-parallel ranks, whose callbacks see rank 0's logs and would repeat its warnings.
+        ``stacklevel`` counts from the caller of warn, as warnings.warn's does."""
+        if self.rank == 0:
+            warnings.warn(message, category, stacklevel=stacklevel + 1)
 
     def on_train_begin(self, logs=None):
         pass
@@ -270,9 +278,9 @@ class ReduceLROnPlateau(_Monitor):
         self.wait = self.cooldown_counter = 0
         lr = float(self.model.optimizer.lr)
         if self.min_lr > 0 and self.min_lr >= lr:
-            warnings.warn(f"ReduceLROnPlateau: min_lr {self.min_lr:g} is not below the optimizer's "
-                          f"learning rate {lr:g}, so this callback will never lower the rate; "
-                          f"expected a min_lr below {lr:g}", UserWarning, stacklevel=4)
+            self.warn(f"ReduceLROnPlateau: min_lr {self.min_lr:g} is not below the optimizer's "
+                      f"learning rate {lr:g}, so this callback will never lower the rate; "
+                      f"expected a min_lr below {lr:g}", UserWarning, stacklevel=4)
 
     def on_epoch_end(self, epoch, logs=None):
         current = self.current(logs)
@@ -492,21 +500,15 @@ class CallbackList:
                                   f"{type(cb).__name__}")
             cb.set_model(model)
             cb.set_params(params)
+            cb.rank = self.rank
 
     def __iter__(self):
         return iter(self.callbacks)
 
     def call(self, hook, *args):
-        with self.quiet():
-            for cb in self.callbacks:
-                if self.rank == 0 or not cb.rank_zero_only:
-                    getattr(cb, hook)(*args)
-
-    def quiet(self):
-        """The context to call callbacks in: on a data-parallel rank other than 0 warnings are not
-        shown there (its callbacks see rank 0's logs and would repeat rank 0's warnings); on rank 0
-        nothing changes (a shared no-op context: no frame is added, so stacklevels hold)."""
-        return _LOUD if self.rank == 0 else _no_warnings()
+        for cb in self.callbacks:
+            if self.rank == 0 or not cb.rank_zero_only:
+                getattr(cb, hook)(*args)
 
     def hooks(self, hook):
         """The ``hook`` methods that ``call(hook, ...)`` would run, less the base class's no-ops:
@@ -519,16 +521,6 @@ class CallbackList:
                 if getattr(method, "__func__", None) is not base:
                     found.append(method)
         return found
-
-
-_LOUD = contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _no_warnings():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 from .tensorboard_logs import TensorBoard  # noqa: E402  (tensorboardX loads only when one is made)

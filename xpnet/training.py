@@ -736,9 +736,8 @@ class TrainingMixin:
                 progress.batch_end(b, size, running)  # images/s of the whole job
             if on_batch:
                 logs = {"size": nb}
-                with cb.quiet():   # rank > 0: their warnings not shown
-                    for hook in on_batch:
-                        hook(b, logs)
+                for hook in on_batch:
+                    hook(b, logs)
             if running is not None and not math.isfinite(running["loss"]):
                 break  # no use finishing the epoch: fit() reports it at the epoch sync
         loss_sum, correct = self._epoch_sums(losses, sizes, preds, rows, order, yd, correct)
