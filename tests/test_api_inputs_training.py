@@ -198,22 +198,21 @@ def test_evaluate_refuses_non_finite_x():
     assert np.isfinite(m.evaluate(images, y)["loss"])
 
 
-@pytest.mark.parametrize("verbose", ["yes", 2, None, 0.5, "auto"])
-def test_evaluate_refuses_a_verbose_that_is_not_0_or_1(verbose, capsys):
-    """evaluate took any value for verbose by its truth ("no" printed, 2 was taken for 1); it is
-    now checked as the callbacks' verbose is (checks.verbosity), before any work."""
+@pytest.mark.parametrize("verbose", ["yes", 3, 0.5, "loud"])
+def test_evaluate_refuses_a_verbose_fit_would_refuse(verbose, capsys):
+    """evaluate took any value for verbose by its truth ("no" printed); it now takes what fit
+    takes ("auto", 0, 1, 2, True, False, None: one verbose for both calls), before any work."""
     x, y = data()
     m = mlp()
     with pytest.raises(ConfigError) as caught:
         m.evaluate(x, y, verbose=verbose)
-    assert str(caught.value) == (f"evaluate: verbose must be 0, 1, True or False, got "
-                                 f"{type(verbose).__name__} {verbose!r}")
-    for quiet in (0, False):
+    assert str(caught.value) == f"evaluate: verbose must be 'auto', 0, 1 or 2, got {verbose!r}"
+    for quiet in (0, False, None):
         m.evaluate(x, y, verbose=quiet)
     assert capsys.readouterr().err == ""
-    for loud in (1, True):
+    for loud in (1, True, 2, "auto"):
         m.evaluate(x, y, verbose=loud)
-    assert capsys.readouterr().err.count("loss ") == 2
+    assert capsys.readouterr().err.count("loss ") == 4
 
 
 # -- item 12: several inputs ---------------------------------------------------------------------

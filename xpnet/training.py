@@ -27,7 +27,7 @@ from . import callbacks as cbs, checks
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .errors import (BatchSizeError, ConfigError, DataError, ShapeError, TrainingError,
                      TrainingInterrupted, XpnetError)
-from .progress import Progress
+from .progress import Progress, resolve_verbose
 
 METRICS = {"accuracy": "accuracy", "acc": "accuracy"}
 DEFAULT_METRICS = ("accuracy",)   # compile's default: dropped for a model with one output column
@@ -241,8 +241,12 @@ class TrainingMixin:
 
     def evaluate(self, x, y, batch_size=256, verbose=0):
         """{"loss": mean data loss, "accuracy": fraction correct} over x/y (eval mode, batched);
-        ``verbose`` 1 (or True) prints them on one line to stderr, 0 (or False) does not."""
-        verbose = checks.verbosity(verbose, "evaluate")
+        ``verbose`` takes what fit's does ("auto", 0, 1, 2, True, False, None): anything but 0
+        (False, None) prints them on one line to stderr."""
+        try:
+            verbose = resolve_verbose(verbose)
+        except ConfigError as exc:
+            raise ConfigError(f"evaluate: {exc}") from None
         self._require_compiled()
         self._check_inputs("evaluate", x, y)
         self._ensure_built(x)
