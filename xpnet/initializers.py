@@ -129,13 +129,16 @@ def get(name, owner=None, argument="initializer"):
 
 
 def check_result(value, shape, dtype, backend, what):
-    """``value``, what the initializer ``what`` returned for a weight of ``shape``, unless it is
-    not an array of ``backend`` with that shape and a float dtype: then ConfigError saying what
-    came back and what was expected (a list, or a wrong shape, failed later and far away)."""
+    """``value``, what the initializer ``what`` returned for a weight of ``shape``, in the layer's
+    float ``dtype`` (another float dtype is converted, as assigning to a PyTorch parameter does:
+    kept, a float64 weight made the whole model float64 and its file unloadable as float32),
+    unless it is not an array of ``backend`` with that shape and a float dtype: then ConfigError
+    saying what came back and what was expected (a list, or a wrong shape, failed later and far
+    away)."""
     shape = _shape(shape)
     kind = getattr(getattr(value, "dtype", None), "kind", None)
     if backend.owns(value) and tuple(value.shape) == shape and kind == "f":
-        return value
+        return value.astype(dtype, copy=False)
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         got = f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
         if not backend.owns(value):
@@ -143,7 +146,7 @@ def check_result(value, shape, dtype, backend, what):
     else:
         got = f"{type(value).__name__} {value!r}"[:200]
     raise ConfigError(f"{what} returned {got}; expected an array of the {backend.name} backend "
-                      f"(rng.xp) of shape {shape} with a float dtype ({dtype})")
+                      f"(rng.xp) of shape {shape} with a float dtype (the layer's is {dtype})")
 
 
 def _check_signature(fn, what):
