@@ -201,6 +201,23 @@ def test_fit_names_a_layer_whose_backward_returns_a_float64_input_gradient(mixed
         _tiny_fit(Wide(), mixed, functional)
 
 
+def test_a_bottom_layers_input_gradient_is_not_dtype_checked_where_fit_throws_it_away():
+    """The first layer's input gradient is not used in fit (need_input_grad is off: nothing below
+    it trains), so a float64 one there harms nothing; the dtype check named it all the same and
+    stopped a model that trained before the check came."""
+    class First(_Scale):   # a float64 zeros gradient, as np.zeros(g.shape) gives
+        def backward(self, grad):
+            super().backward(grad)
+            return np.zeros(self.x.shape)
+
+    rng = np.random.default_rng(0)
+    model = xpnet.Sequential([First(), Dense(3)], input_shape=(4,))
+    model.compile(loss="cross_entropy", optimizer="adam")
+    history = model.fit(rng.standard_normal((32, 4)).astype(np.float32), rng.integers(0, 3, 32),
+                        epochs=1, batch_size=16, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
 def test_mixed_precision_takes_float16_and_float32_input_gradients_from_user_layers():
     """No false alarm: in mixed precision a user layer computes in float16, and one after a
     Softmax (which returns float32) gets float32 inputs and returns a float32 gradient."""

@@ -60,7 +60,9 @@ def check_backward(layer, grad_in, batch, dtypes):
     gathers the gradients into one buffer) silently updates the wrong weights. ``dtypes``: the
     model's (master dtype, compute dtype), equal but under mixed precision; the input gradient
     must be of one of them, or a float64 one in a float32 model turns every layer below it float64
-    (their gradients and the work on them), and a float32 one in a float64 model loses precision."""
+    (their gradients and the work on them), and a float32 one in a float64 model loses precision;
+    not checked where the model does not use it (``need_input_grad`` off: the layers below have
+    nothing to train, e.g. the first layer in fit)."""
     for k, p in layer.params.items():
         g = layer.grads.get(k)
         if g is None:
@@ -74,10 +76,11 @@ def check_backward(layer, grad_in, batch, dtypes):
                              f"{tuple(p.shape)}")
     if grad_in is None:
         return
+    used = getattr(layer, "need_input_grad", True)
     if isinstance(grad_in, (list, tuple)):  # a layer called on a list: one gradient an input
-        for g in grad_in:
-            if g is not None:
-                _check_dtype(layer, g, dtypes)
+        for i, g in enumerate(grad_in):
+            if g is not None and used:
+                _check_dtype(layer, g, dtypes, f"its input gradient {i} (of {len(grad_in)})")
         return
     expected = (batch,) + tuple(layer.input_shape)
     shape = getattr(grad_in, "shape", None)
@@ -86,14 +89,15 @@ def check_backward(layer, grad_in, batch, dtypes):
         raise ShapeError(f"{layer._what()}: backward returned an input gradient of {got}, but "
                          f"its input has shape {expected}: backward must return d(loss)/d(input), "
                          f"shaped like the input")
-    _check_dtype(layer, grad_in, dtypes)
+    if used:
+        _check_dtype(layer, grad_in, dtypes, "an input gradient")
 
 
-def _check_dtype(layer, grad_in, dtypes):
+def _check_dtype(layer, grad_in, dtypes, what):
     dtype = getattr(grad_in, "dtype", None)
     if dtype is None or dtype not in dtypes:  # (None first: NumPy reads dtype(None) as float64)
         got = type(grad_in).__name__ if dtype is None else f"dtype {dtype}"
-        raise ConfigError(f"{layer._what()}: backward returned an input gradient of {got}, but the "
+        raise ConfigError(f"{layer._what()}: backward returned {what} of {got}, but the "
                           f"model computes in {_dtype_names(dtypes)}: return it in the dtype of "
                           f"the input forward received (x.dtype)")
 
