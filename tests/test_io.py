@@ -389,6 +389,8 @@ def test_a_bad_mixed_precision_header_is_a_data_error_naming_the_file(tmp_path):
         with pytest.raises(DataError, match=r"bad\.npz: the header's mixed_precision is not a "
                                             r"mixed-precision policy \(expected null or"):
             load_model(bad)
+        # loaded without compiling (predict, serve, evaluate) the field is not read: no error
+        assert load_model(bad, compile=False).mixed_precision is None
     for value in [None, "x", [1, 2], [0, 0, 0], [1e308 * 10, 0, 0], [1, True, 0]]:
         write_npz(bad, arrays, dict(meta, compile=dict(meta["compile"], loss_scale_state=value)))
         with pytest.raises(DataError, match=r"bad\.npz: compile\.loss_scale_state must be \[loss "
@@ -403,8 +405,9 @@ def test_a_policy_the_backend_cannot_compute_loads_without_it_and_warns(tmp_path
     meta["mixed_precision"]["compute"] = "bfloat16"
     write_npz(tmp_path / "bf.npz", arrays, meta)
     with pytest.warns(RuntimeWarning, match=r"bf\.npz was trained with mixed precision 'bfloat16', "
-                                            r"which cannot be used here .*compiled without it"):
+                                            r"which cannot be used here .*compiled without it") as caught:
         loaded = load_model(tmp_path / "bf.npz")
+    assert caught[0].filename == __file__   # the warning points at the load_model call
     assert loaded.mixed_precision is None
     assert loaded.optimizer.iterations == model.optimizer.iterations
 

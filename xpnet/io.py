@@ -112,12 +112,19 @@ def _optimizer_meta(opt, backend, arrays):
 # -- loading -----------------------------------------------------------------------------------
 def load_model(path, device="cpu", compile=True):
     """Rebuild a model saved by :func:`save_model` on ``device`` ("cpu", "gpu", "strict", ...)."""
-    return load_with_policy(path, device, compile)[0]
+    return _load(path, device, compile, compile)[0]
 
 
 def load_with_policy(path, device="cpu", compile=True):
     """(load_model's model, the MixedPrecision its file records or None): ``xpnet summary`` shows
     the policy of a model it loads without compiling."""
+    return _load(path, device, compile, True)
+
+
+def _load(path, device, compile, policy_too):
+    """(model, policy): the header's mixed precision read only where ``policy_too`` (compiling, or
+    summary asks), so that predict, serve and evaluate, which load without compiling, are not
+    stopped by a damaged or newer mixed_precision field they do not use."""
     path = file_name(path, "load_model")
     _check_container(path)
     arrays, meta = load_npz(path)
@@ -128,7 +135,7 @@ def load_with_policy(path, device="cpu", compile=True):
         raise DataError(f"{path}: unexpected arrays {', '.join(unknown)} (not parameters, buffers "
                         "or optimizer state)")
     model.load_state_arrays(arrays, source=path, error=DataError)
-    policy = saved_policy(path, meta)
+    policy = saved_policy(path, meta) if policy_too else None
     if compile:
         _restore_training(path, model, meta, arrays, policy)
     return model, policy
@@ -263,7 +270,7 @@ def _offered(path, backend, policy):
     except ConfigError as exc:
         warnings.warn(f"{path} was trained with mixed precision {policy.compute!r}, which cannot be "
                       f"used here ({exc}); the model is compiled without it, in its own dtype",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=5)   # load_model's caller
         return None
     return policy
 

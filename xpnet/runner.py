@@ -388,7 +388,7 @@ def _check_resume_ranks(config, run_dir, n, comm):
                     f"{comm.size} ranks")
         before = _ranks_before(config)
         raise on_every_rank(ConfigError(f"{run_dir} cannot be resumed on {comm.size} ranks: {why}; --resume keeps the "
-                          f"run's batch size ({batch}), so resume it on at most {most} ranks (it last "
+                          f"run's batch size ({batch}), so resume it on at most {most} {'rank' if most == 1 else 'ranks'} (it last "
                           f"trained on {before} {'rank' if before == 1 else 'ranks'})")) from None
 
 

@@ -132,6 +132,11 @@ def leave_to_root(exc):
     wait up to ROOT_GRACE seconds for rank 0 to report it and end the job (which ends this
     process), so the job prints one line, not one per rank. Returns if rank 0 did not end it."""
     if getattr(exc, "every_rank", False) and job_rank() not in (None, 0):
+        for stream in (sys.stdout, sys.stderr):   # rank 0's abort may end this process in the sleep
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
         time.sleep(ROOT_GRACE)
 
 
