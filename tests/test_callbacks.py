@@ -176,6 +176,28 @@ def test_callback_warnings_show_on_rank_zero_only(rank):
     assert rl.best == 1.0   # rank 1 ran the callback all the same
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_callbacks_print_their_lines_on_rank_zero_only(rank, capsys):
+    """EarlyStopping, ReduceLROnPlateau, LearningRateScheduler and TerminateOnNaN printed their
+    verbose lines on every data-parallel rank (they run there on rank 0's logs); ``self.say``
+    prints on rank 0 only, as progress lines are."""
+    m = model(lr=0.01)
+    es = callbacks.EarlyStopping(monitor="loss", patience=1, verbose=1)
+    rl = callbacks.ReduceLROnPlateau(monitor="loss", patience=1, factor=0.5, verbose=1)
+    sched = callbacks.LearningRateScheduler(lambda e: 0.01, verbose=1)
+    nan = callbacks.TerminateOnNaN()
+    cbs = callbacks.CallbackList([es, rl, sched, nan], m, {}, rank=rank)
+    cbs.call("on_train_begin", {})
+    for epoch, loss in enumerate([1.0, 2.0, float("nan")]):
+        cbs.call("on_epoch_begin", epoch, {})
+        cbs.call("on_epoch_end", epoch, {"loss": loss})
+    out = capsys.readouterr().out
+    said = sorted({line.split(":")[0] for line in out.splitlines()})
+    assert said == ([] if rank else ["EarlyStopping", "LearningRateScheduler", "ReduceLROnPlateau",
+                                     "TerminateOnNaN"]), out
+    assert es.stopped_epoch >= 1 and m.stop_training   # rank 1 ran them all the same
+
+
 def _numpy_like_warning():
     warnings.warn("overflow in a pass", RuntimeWarning)   # one site: the "default" filter shows it once
 

@@ -43,6 +43,12 @@ class Callback:
     def set_params(self, params):
         self.params = dict(params)
 
+    def say(self, text):
+        """print(text) on rank 0 (and in a single process), as the progress lines are; the other
+        data-parallel ranks see rank 0's logs and would print the same lines."""
+        if self.rank == 0:
+            print(text)
+
     def warn(self, message, category=UserWarning, stacklevel=1):
         """warnings.warn(message) on rank 0 (and in a single process); nothing on the other
         data-parallel ranks, whose callbacks see rank 0's logs and would repeat its warnings.
@@ -199,16 +205,16 @@ class EarlyStopping(_Monitor):
             self.stopped_epoch = int(epoch)
             self.model.stop_training = True
             if self.verbose:
-                print(f"EarlyStopping: {self.monitor} has not improved for {self.wait} epochs "
-                      f"(best {self.best:.6g} at epoch {self.best_epoch + 1}); stopping after epoch "
-                      f"{epoch + 1}")
+                self.say(f"EarlyStopping: {self.monitor} has not improved for {self.wait} epochs "
+                         f"(best {self.best:.6g} at epoch {self.best_epoch + 1}); stopping after epoch "
+                         f"{epoch + 1}")
 
     def on_train_end(self, logs=None):
         if self.restore_best_weights and self.best_weights is not None:
             for name, arr in self.model.state_arrays().items():
                 arr[...] = self.best_weights[name]
             if self.verbose:
-                print(f"EarlyStopping: restored the weights of epoch {self.best_epoch + 1}")
+                self.say(f"EarlyStopping: restored the weights of epoch {self.best_epoch + 1}")
 
     def get_state(self):
         state = {"best": self.best, "wait": self.wait, "best_epoch": self.best_epoch,
@@ -252,7 +258,7 @@ class LearningRateScheduler(Callback):
         lr = check_rate(value, epoch, f"LearningRateScheduler: the schedule {self.schedule!r}")
         self.model.optimizer.lr = lr
         if self.verbose:
-            print(f"LearningRateScheduler: epoch {epoch + 1}: lr = {lr:.6g}")
+            self.say(f"LearningRateScheduler: epoch {epoch + 1}: lr = {lr:.6g}")
 
 
 class ReduceLROnPlateau(_Monitor):
@@ -300,7 +306,7 @@ class ReduceLROnPlateau(_Monitor):
             if new < old:
                 opt.lr = new
                 if self.verbose:
-                    print(f"ReduceLROnPlateau: epoch {epoch + 1}: lr {old:.6g} -> {new:.6g}")
+                    self.say(f"ReduceLROnPlateau: epoch {epoch + 1}: lr {old:.6g} -> {new:.6g}")
             self.cooldown_counter = self.cooldown
             self.wait = 0
 
@@ -380,7 +386,7 @@ class ModelCheckpoint(_Monitor):
         save_weights(self.model, path)
         self.saved.append(path)
         if self.verbose:
-            print(f"ModelCheckpoint: saved {path}")
+            self.say(f"ModelCheckpoint: saved {path}")
 
     def get_state(self):
         return {"best": self.best, "saved": list(self.saved)}, {}
@@ -485,7 +491,7 @@ class TerminateOnNaN(Callback):
         if loss is not None and not math.isfinite(loss):
             self.stopped_epoch = int(epoch)
             self.model.stop_training = True
-            print(f"TerminateOnNaN: epoch {epoch + 1}: loss is {loss}; stopping training")
+            self.say(f"TerminateOnNaN: epoch {epoch + 1}: loss is {loss}; stopping training")
 
 
 class CallbackList:

@@ -223,15 +223,16 @@ class MixedStep:
         """Device values for the epoch's sync: [scale, skipped steps in all]."""
         return [self.state[0], self.state[2]]
 
-    def after_sync(self, scale, skipped, epoch=None, steps=None):
+    def after_sync(self, scale, skipped, epoch=None, steps=None, quiet=False):
         """Correct the optimizer's host step counters by the steps skipped since the last sync;
         returns the loss scale for the log. A RuntimeWarning when every one of the epoch's
-        ``steps`` was skipped: the weights did not move, which the log alone does not show."""
+        ``steps`` was skipped: the weights did not move, which the log alone does not show (not on
+        data-parallel ranks other than 0, ``quiet``: rank 0 gives it for the job)."""
         new = int(round(skipped)) - self.skipped_seen
         if new > 0:
             self.model.optimizer.uncount(new)
         self.skipped_seen = int(round(skipped))
-        if steps and new >= steps:
+        if steps and new >= steps and not quiet:
             import warnings
             where = "" if epoch is None else f" of epoch {epoch + 1}"
             warnings.warn(f"mixed precision: all {steps} steps{where} were skipped because the "

@@ -774,7 +774,8 @@ class TrainingMixin:
             if self.metrics:
                 logs["val_accuracy"] = float(host[4]) / nv
         if mixed is not None:
-            logs["loss_scale"] = mixed.after_sync(host[at], host[at + 1], epoch, len(sizes))
+            logs["loss_scale"] = mixed.after_sync(host[at], host[at + 1], epoch, len(sizes),
+                                                  quiet=dp is not None and dp.comm.rank != 0)
         logs["lr"] = float(opt.current_lr() if hasattr(opt, "current_lr") else opt.lr)
         logs["seconds"] = time.perf_counter() - start_time
         return logs, (int(host[2]) if host[2] >= 0 else None)
