@@ -1,7 +1,7 @@
 """Argument checks shared by constructors: a flag that must be a bool, a verbosity of 0 or 1, a
-finite number in a range, a whole number >= a minimum. Each raises ConfigError naming the owner, the argument, what was
-expected and what it got, so that a typo fails where it was made instead of being coerced
-(``bool("no")`` is True, ``float("nan")`` passes every ``<`` test)."""
+finite number in a range, a whole number >= a minimum. Each raises ConfigError naming the owner,
+the argument, what was expected and what it got, so that a typo fails where it was made instead of
+being coerced (``bool("no")`` is True, ``float("nan")`` passes every ``<`` test)."""
 import math
 import numbers
 

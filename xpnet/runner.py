@@ -383,13 +383,18 @@ def _check_resume_ranks(config, run_dir, n, comm):
     except BatchSizeError:
         last = n % batch
         most = batch if last == 0 else min(batch, last)
-        why = (f"the global batch of {batch} samples is smaller than the {comm.size} ranks" if batch < comm.size
-               else f"the last batch of each epoch would hold {last} of {n} samples, fewer than the "
-                    f"{comm.size} ranks")
-        before = _ranks_before(config)
-        raise on_every_rank(ConfigError(f"{run_dir} cannot be resumed on {comm.size} ranks: {why}; --resume keeps the "
-                          f"run's batch size ({batch}), so resume it on at most {most} {'rank' if most == 1 else 'ranks'} (it last "
-                          f"trained on {before} {'rank' if before == 1 else 'ranks'})")) from None
+        why = (f"the global batch of {batch} samples is smaller than the {comm.size} ranks"
+               if batch < comm.size else
+               f"the last batch of each epoch would hold {last} of {n} samples, fewer than the "
+               f"{comm.size} ranks")
+        raise on_every_rank(ConfigError(
+            f"{run_dir} cannot be resumed on {comm.size} ranks: {why}; --resume keeps the run's batch "
+            f"size ({batch}), so resume it on at most {_ranks(most)} (it last trained on "
+            f"{_ranks(_ranks_before(config))})")) from None
+
+
+def _ranks(n):
+    return f"{n} rank" if n == 1 else f"{n} ranks"
 
 
 def _check_config(config, path):
