@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from xpnet.backends import get_backend
 from xpnet.errors import ConfigError, ShapeError
@@ -87,7 +87,23 @@ def test_conv_pool_random_shapes(backend, n, c, h, w, k, s, pad, seed):
     rng = np.random.default_rng(seed)
     model = build([Conv2D(2, k, strides=s, padding=pad), MaxPool2D(2, strides=1, padding="same")],
                   (c, h, w), backend, seed=seed)
-    gradcheck_model(model, rng.standard_normal((n, c, h, w)), max_entries=8)
+    x = rng.standard_normal((n, c, h, w))
+    # the maximum has no derivative where a window's two largest values nearly tie: finite
+    # differences there cross the kink (seed 622 with a gap of 2e-9 gave 0.33 against 0.35); exact
+    # ties (outputs that see only padding, equal to the bias) move together and stay in
+    assume(_pool_window_gap(to_np(backend, model.layers[0].forward(backend.asarray(x)))) > 1e-4)
+    gradcheck_model(model, x, max_entries=8)
+
+
+def _pool_window_gap(y):
+    """The smallest nonzero difference between the two largest values of a 2x2, stride-1 "same"
+    pooling window of ``y`` (N, C, H, W), windows of one value left out."""
+    padded = np.pad(y, ((0, 0), (0, 0), (0, 1), (0, 1)), constant_values=-np.inf)
+    windows = np.stack([padded[:, :, i:i + y.shape[2], j:j + y.shape[3]] for i in (0, 1) for j in (0, 1)])
+    top = np.sort(windows, axis=0)
+    gap = top[-1] - top[-2]
+    gap = gap[np.isfinite(gap) & (gap > 0)]
+    return float(gap.min()) if gap.size else np.inf
 
 
 # -- shapes -----------------------------------------------------------------------------------------
