@@ -148,6 +148,47 @@ def test_reduce_lr_on_plateau_warns_when_min_lr_is_not_below_the_rate():
         fit(model(lr=0.01), [Inject("score", [5, 5]), rl], epochs=2)
 
 
+def test_reduce_lr_on_plateau_does_not_warn_when_fit_continues_at_min_lr():
+    """Keras-style continued training: a second fit() after the callback had lowered the rate to
+    min_lr warned that min_lr was not below the rate, the rate it had set itself (and so did a new
+    callback with the same min_lr). Once the optimizer has stepped, its rate is not the user's."""
+    m = model(lr=0.01)
+    rl = callbacks.ReduceLROnPlateau(monitor="score", factor=0.5, patience=1, min_delta=0,
+                                     min_lr=0.005)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(m, [Inject("score", [5, 5, 5]), rl], epochs=3)
+        assert m.optimizer.lr == 0.005
+        fit(m, [Inject("score", [4, 4]), rl], epochs=2)
+        fresh = callbacks.ReduceLROnPlateau(monitor="score", patience=1, min_delta=0, min_lr=0.005)
+        fit(m, [Inject("score", [4, 4]), fresh], epochs=2)
+    with pytest.warns(UserWarning, match=r"min_lr 0\.005 is not below the optimizer's learning "
+                                         r"rate 0\.005"):
+        fit(model(lr=0.005), [Inject("score", [4, 4]), rl], epochs=2)  # a new model's own rate
+
+
+@pytest.mark.parametrize("order", ["scheduler first", "plateau first"])
+def test_reduce_lr_on_plateau_does_not_warn_about_a_rate_a_schedule_replaces(order):
+    """A LearningRateScheduler sets the rate at the start of each epoch, so the optimizer's rate
+    when fit starts is not the one training uses: a starting rate at min_lr warned falsely. The
+    check waits for the end of the first epoch, whichever callback runs first; a schedule that
+    keeps the user's rate (the Keras form given the current rate) still gets the warning."""
+    def callbacks_for(schedule):
+        rl = callbacks.ReduceLROnPlateau(monitor="score", factor=0.5, patience=1, min_delta=0,
+                                         min_lr=0.001)
+        sched = callbacks.LearningRateScheduler(schedule)
+        both = [sched, rl] if order == "scheduler first" else [rl, sched]
+        return [Inject("score", [5, 5, 5])] + both
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h = fit(model(lr=0.001), callbacks_for(lambda epoch: [0.0005, 0.01, 0.01][epoch]), epochs=3)
+    assert h.history["lr"] == [0.0005, 0.01, 0.01]   # a warm-up from under min_lr
+    with pytest.warns(UserWarning, match=r"min_lr 0\.001 is not below the optimizer's learning "
+                                         r"rate 0\.001") as caught:
+        fit(model(lr=0.001), callbacks_for(lambda epoch, lr: lr), epochs=3)
+    assert len([w for w in caught if "min_lr" in str(w.message)]) == 1
+
+
 class Warns(callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.warn("epoch warning")

@@ -276,19 +276,33 @@ class ReduceLROnPlateau(_Monitor):
         self.verbose = checks.verbosity(verbose, who)
         self.wait = 0
         self.cooldown_counter = 0
+        self._start_lr = None   # see _check_min_lr
 
     def on_train_begin(self, logs=None):
-        """Warn once when ``min_lr`` is not below the optimizer's rate: a reduction would never
-        lower it (Keras accepts this too, silently)."""
+        """Note the rate of an optimizer that has not stepped yet (the rate the user gave it), for
+        the min_lr check at the end of the first epoch (``_check_min_lr``)."""
         self.best = math.inf if self.mode == "min" else -math.inf
         self.wait = self.cooldown_counter = 0
-        lr = float(self.model.optimizer.lr)
-        if self.min_lr > 0 and self.min_lr >= lr:
+        opt = self.model.optimizer
+        self._start_lr = float(opt.lr) if getattr(opt, "iterations", 0) == 0 else None
+
+    def _check_min_lr(self):
+        """Warn once when ``min_lr`` is not below the rate the user gave the optimizer: a reduction
+        would never lower it (Keras accepts this too, silently). Other rates at or under min_lr are
+        no mistake: an optimizer that has stepped carries what earlier fits left (this callback's
+        own reductions down to min_lr, a schedule's rate), and a rate that a LearningRateScheduler
+        or another callback has changed by the end of the first epoch is not the one training
+        uses. The first epoch end comes before this callback can have lowered anything."""
+        start, self._start_lr = self._start_lr, None
+        if start is None or self.min_lr == 0 or start > self.min_lr:
+            return
+        if float(self.model.optimizer.lr) == start:
             self.warn(f"ReduceLROnPlateau: min_lr {self.min_lr:g} is not below the optimizer's "
-                      f"learning rate {lr:g}, so this callback will never lower the rate; "
-                      f"expected a min_lr below {lr:g}", UserWarning, stacklevel=4)
+                      f"learning rate {start:g}, so this callback will never lower the rate; "
+                      f"expected a min_lr below {start:g}", UserWarning, stacklevel=5)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._check_min_lr()
         current = self.current(logs)
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
