@@ -460,3 +460,26 @@ def test_a_softmax_before_cross_entropy_is_warned_about():
         xpnet.Sequential([Dense(3)], input_shape=(6,)).compile(loss="cross_entropy", optimizer="adam")
         xpnet.Sequential([Dense(3), LogSoftmax()], input_shape=(6,)).compile(loss="nll", optimizer="adam")
         m.compile(loss="mse", optimizer="adam")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_the_softmax_warning_shows_on_rank_zero_only(rank):
+    """Every rank of a data-parallel job compiles the same model, and every rank showed this
+    warning; rank 0 alone shows it now, as callbacks' warnings. The job's rank is faked as in
+    tests/test_distributed_units.py: an installed abort guard, as distributed.init() leaves."""
+    import warnings
+
+    from xpnet.distributed import base
+    from xpnet.layers import Softmax
+    guard = base.AbortOnError(lambda code: None, rank)
+    guard.install()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m = xpnet.Sequential([Dense(3), Softmax()], input_shape=(6,))
+            m.compile(loss="cross_entropy", optimizer="adam")
+    finally:
+        guard.uninstall()
+    shown = [str(w.message) for w in caught if "ends with a Softmax layer" in str(w.message)]
+    assert len(shown) == (0 if rank else 1)
+    assert m.loss is not None   # rank 1 compiled all the same

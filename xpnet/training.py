@@ -329,10 +329,17 @@ class TrainingMixin:
     def _warn_double_softmax(self):
         """A UserWarning when the last layer is Softmax and the loss takes logits (cross_entropy
         applies its own softmax): the outputs would be squashed twice, the gradients shrink and
-        training crawls without any error (Keras's from_logits mix-up)."""
+        training crawls without any error (Keras's from_logits mix-up).
+
+        In a data-parallel job every rank compiles the same model: rank 0 alone shows the warning,
+        as callbacks' warnings are. The rank is that of the job's communicator (``job_rank``),
+        which distributed.init() makes before the model is built on its backend; a model compiled
+        before init() cannot know it, and warns on every rank."""
+        from .distributed.base import job_rank
         from .losses import CrossEntropy
         last = (getattr(self, "layers", None) or [None])[-1]
-        if type(last).__name__ == "Softmax" and isinstance(self.loss, CrossEntropy):
+        if type(last).__name__ == "Softmax" and isinstance(self.loss, CrossEntropy) \
+                and job_rank() in (None, 0):
             import warnings
             warnings.warn(f"the model ends with a Softmax layer ({last.name!r}) and the loss "
                           f"cross_entropy takes logits (it applies its own softmax): the outputs are "
