@@ -242,6 +242,33 @@ def test_resuming_a_mixed_precision_checkpoint_without_it_is_refused(tmp_path):
     assert len(h.history["loss_scale"]) == 2  # (its exactness: the test above)
 
 
+def test_resuming_with_other_loss_scale_settings_is_refused(tmp_path):
+    """It used to continue from the saved scale (initial_scale ignored) but grow it with the new
+    growth_interval and growth_factor, without a word; now it is refused, naming both settings,
+    and the run's own policy continues it."""
+    x, y = data()
+    run = mixed.MixedPrecision("float16", initial_scale=2.0 ** 20, growth_interval=3)
+    build(mlp(), opt=optim.Adam(1e-3), precision=run).fit(x, y, epochs=1, batch_size=16, verbose=0,
+                                                           checkpoint=tmp_path)
+    other = build(mlp(), opt=optim.Adam(1e-3), precision=mixed.MixedPrecision(
+        "float16", initial_scale=8.0, growth_interval=3, growth_factor=4.0))
+    before = host(other)
+    with pytest.raises(TrainingError, match=r"last\.npz: the checkpoint was trained with the loss-scale "
+                                            r"settings initial_scale=1048576\.0, growth_factor=2\.0 "
+                                            r"but this model is compiled with initial_scale=8\.0, "
+                                            r"growth_factor=4\.0; a resumed run keeps its settings "
+                                            r"and its loss scale \([0-9.e+]+\): compile it with "
+                                            r"mixed_precision=MixedPrecision\(compute='float16', "
+                                            r"initial_scale=1048576\.0, growth_interval=3, "
+                                            r"growth_factor=2\.0, backoff_factor=0\.5\)"):
+        other.fit(x, y, epochs=2, batch_size=16, verbose=0, checkpoint=tmp_path, resume=True)
+    assert all(np.array_equal(before[k], v) for k, v in host(other).items())
+    assert scale_state(other)[0] == 8.0
+    again = build(mlp(), opt=optim.Adam(1e-3), precision=run)
+    assert len(again.fit(x, y, epochs=2, batch_size=16, verbose=0, checkpoint=tmp_path,
+                         resume=True).history["loss_scale"]) == 2
+
+
 def test_cli_resume_continues_in_mixed_precision_from_the_saved_loss_scale(tmp_path):
     """--resume takes mixed precision from config.json and the loss scale from last.npz: a scale
     written into the checkpoint (2**7, which the run itself never reaches) is the one it goes on

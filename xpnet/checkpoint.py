@@ -7,14 +7,15 @@ weights), and a JSON header with the completed epoch, the history, the random-ge
 Array names: ``param/<name>``, ``buffer/<name>``, ``optim/<n>``, ``callback/<i>/<name>``, and
 ``mixed/scale_state`` under mixed precision (the loss scale, its run of finite steps and the
 skipped steps; a resumed run continues with that scale, and must be compiled with the same
-mixed precision: resuming such a checkpoint without it, which would drop the scale, is refused).
+mixed precision and, for float16, the same loss-scale settings: resuming without it, which would
+drop the scale, or with other settings, which the saved scale would override in part, is refused).
 Resuming needs the same stateful callbacks (History, EarlyStopping, ReduceLROnPlateau, ...) in the
 same order; stateless ones (loggers, TerminateOnNaN) may differ.
 """
 import os
 
 from .backends import CounterRandom
-from .errors import DataError, TrainingError
+from .errors import ConfigError, DataError, TrainingError
 from .serialization import load_npz, pack_state, save_npz_atomic, unpack_state
 
 FORMAT, VERSION = "xpnet-checkpoint", 1
@@ -108,9 +109,10 @@ def load_checkpoint(path, model, rngs, callbacks):
 
 def _check_precision(path, meta, arrays, mixed):
     """TrainingError unless a checkpoint written under mixed precision is resumed under the same
-    compute type: without it the loss scale (and its count of finite steps) would be dropped in
-    silence; under another, a float16 scale would be applied to bfloat16 or the reverse. A float32
-    checkpoint may be continued in mixed precision (the scale starts at its initial value)."""
+    compute type (and for float16 the same loss-scale settings, _check_scale_settings): without it
+    the loss scale (and its count of finite steps) would be dropped in silence; under another, a
+    float16 scale would be applied to bfloat16 or the reverse. A float32 checkpoint may be
+    continued in mixed precision (the scale starts at its initial value)."""
     if "mixed/scale_state" not in arrays:
         return
     policy = meta.get("mixed_precision")
@@ -119,14 +121,47 @@ def _check_precision(path, meta, arrays, mixed):
         raise DataError(f"{path}: the checkpoint holds a loss scale but its header names no mixed "
                         f"precision (expected 'float16' or 'bfloat16', got {saved!r})")
     now = None if mixed is None else mixed.policy.compute
-    if now == saved:
-        return
     scale = float(arrays["mixed/scale_state"].reshape(-1)[0])
+    if now == saved:
+        _check_scale_settings(path, policy, mixed.policy, scale)
+        return
     compiled = "without mixed precision" if now is None else f"with mixed precision {now!r}"
     raise TrainingError(f"{path}: the checkpoint was trained with mixed precision {saved!r} (loss "
                         f"scale {scale:g}) but this model is compiled {compiled}; compile it with "
                         f"mixed_precision={saved!r} to continue the run (or resume=False to start "
                         f"afresh)")
+
+
+def _check_scale_settings(path, config, policy, scale):
+    """TrainingError unless float16's loss-scale settings (``config``: the checkpoint's, as
+    MixedPrecision.get_config wrote them; ``policy``: the compiled one) are the run's: the saved
+    scale and run of finite steps replace initial_scale, while growth_interval, growth_factor and
+    backoff_factor would change how that scale moves, so a request for other settings would be
+    half ignored and half applied, in silence. The run's own settings continue it, as PyTorch's
+    GradScaler.load_state_dict restores them; bfloat16 has no loss scale, so there is nothing to
+    compare."""
+    from .mixed import MixedPrecision
+    if not policy.dynamic:
+        return
+    try:
+        run = MixedPrecision(**config)
+    except (ConfigError, TypeError) as exc:
+        raise DataError(f"{path}: the header's mixed_precision is not a mixed-precision policy "
+                        f"(expected MixedPrecision's settings, as fit's checkpoints write them): "
+                        f"{exc}") from None
+    was, now = run.get_config(), policy.get_config()
+    differ = [k for k in was if was[k] != now[k]]
+    if not differ:
+        return
+    raise TrainingError(f"{path}: the checkpoint was trained with the loss-scale settings "
+                        f"{_listed(was, differ)} but this model is compiled with "
+                        f"{_listed(now, differ)}; a resumed run keeps its settings and its loss "
+                        f"scale ({scale:g}): compile it with mixed_precision={run!r} to continue the "
+                        f"run (or resume=False to start afresh with the new settings)")
+
+
+def _listed(config, keys):
+    return ", ".join(f"{k}={config[k]!r}" for k in keys)
 
 
 def _callback_pairs(path, meta, callbacks):

@@ -22,7 +22,10 @@ flag): no host sync, so the step stays capturable (fit(graph=True)). The host le
 of skipped steps at the epoch's one sync and corrects the optimizer's step counters then; the
 log gets ``loss_scale``. Evaluation and prediction use the float32 weights (as a saved model
 does). A saved model records the policy, and with its optimizer the loss scale (xpnet/io.py):
-load_model compiles with both, so training goes on in mixed precision. bfloat16 has float32's
+load_model compiles with both, so training goes on in mixed precision. A checkpoint (fit's
+resume) continues only under the policy it was written with: another compute type, or for
+float16 other loss-scale settings, is refused (xpnet/checkpoint.py), since the saved scale
+replaces initial_scale while the other settings would apply. bfloat16 has float32's
 exponent range, so it needs no loss scaling (scale 1, no skipping, as in Keras's
 "mixed_bfloat16"); which compute types a backend offers is the backend's business
 (``Backend.compute_dtype``): NumPy and the strict backend have float16 only.

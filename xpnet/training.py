@@ -376,7 +376,8 @@ class TrainingMixin:
         checkpoint=DIR writes DIR/last.npz after every epoch; resume=True continues from it (an error
         when it is missing), resume="auto" continues when it exists and starts afresh otherwise.
         A checkpoint written under mixed precision continues only under the same one (compile's
-        mixed_precision), with its loss scale; without it, resuming is a TrainingError.
+        mixed_precision; for float16 with the same loss-scale settings, as the run's own settings
+        go on with its saved scale), with its loss scale; otherwise resuming is a TrainingError.
         augment: a callable ``aug(x_batch, rng) -> x_batch`` (e.g. xpnet.augment.RandomAffine) or
         its config dict ({"type": "RandomAffine", ...}).
         steps_per_epoch: batches per epoch (full batches; the data is re-shuffled when it runs out).
