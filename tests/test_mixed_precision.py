@@ -369,6 +369,21 @@ def test_run_folder_records_the_precision_and_the_loss_scale(tmp_path, capsys):
     assert "drop --mixed-precision" in capsys.readouterr().err
 
 
+def test_run_training_refuses_loss_scale_settings_it_cannot_record(tmp_path):
+    """run_training trained a MixedPrecision(initial_scale=8) at the default 2**15 (the run folder
+    keeps the compute type alone, which it compiles with) while config.json's precision said 8;
+    now it is refused before a run folder is made."""
+    from xpnet import runner
+    with pytest.raises(ConfigError, match=r"run_training takes mixed_precision as a name \('float16' "
+                                          r"or 'bfloat16'\), which trains with the default loss-scale "
+                                          r"settings, got MixedPrecision\(compute='float16', "
+                                          r"initial_scale=8\.0, "):
+        runner.run_training("quick-mlp", device="cpu", epochs=1, train_images=256, test_images=64,
+                            verbose=0, out_dir=str(tmp_path),
+                            mixed_precision=mixed.MixedPrecision("float16", initial_scale=8.0))
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.timeout(600)
 def test_two_ranks_skip_the_same_steps_and_follow_one_process(tmp_path):
     """Data-parallel (mpirun -n 2): the unscaled float32 gradients are all-reduced before the

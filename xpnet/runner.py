@@ -171,7 +171,8 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
     ``train_images`` / ``test_images`` keep only the first N images of each split (smoke tests;
     both are recorded in config.json). ``tensorboard=DIR`` also writes TensorBoard logs to
     ``DIR/<run folder name>``. ``mixed_precision`` ("float16", "bfloat16" or None) is compile's
-    (xpnet/mixed.py); config.json records it with the precision actually used (``precision``).
+    (xpnet/mixed.py), with the default loss-scale settings; config.json records it with the
+    precision actually used (``precision``).
     """
     from . import datasets, mixed, models
     from .backends import get_backend
@@ -193,6 +194,7 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
         print(f"note: the GPU is not used, training runs on the CPU: {gpu_problem()}")
     policy = mixed.get(mixed_precision)
     if policy is not None:  # refused before the run folder exists
+        _check_default_scaling(policy)
         if str(dtype) != "float32":
             raise ConfigError(f"mixed precision keeps float32 master weights; drop --dtype {dtype}")
         backend.compute_dtype(policy.compute)
@@ -235,6 +237,18 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
     with _training_in(folder, comm):
         return _execute(config, folder, backend, data, verbose, plot, False, t_start,
                         time_limit_minutes, comm, tensorboard)
+
+
+def _check_default_scaling(policy):
+    """ConfigError for a MixedPrecision with other loss-scale settings than the defaults: a run
+    folder records the compute type alone (config.json ``mixed_precision``), which the run and
+    --resume compile with, so the settings would be dropped while ``precision`` claimed them."""
+    from .mixed import MixedPrecision
+    default = MixedPrecision(policy.compute)
+    if policy.get_config() != default.get_config():
+        raise ConfigError(f"run_training takes mixed_precision as a name ('float16' or 'bfloat16'), "
+                          f"which trains with the default loss-scale settings, got {policy!r}; "
+                          f"for other settings compile and fit the model yourself")
 
 
 def lock_run(folder):
