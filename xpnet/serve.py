@@ -39,6 +39,7 @@ from .preprocess import BOX, FIELD as SIDE, mnist_style  # noqa: F401 (BOX, SIDE
 
 MIN_SIDE, MAX_SIDE = 28, 560
 MAX_BODY = 2 * 1024 * 1024  # bytes: a 560 x 560 image of "255," fits
+CLOSE_WAIT = 5  # seconds server_close waits for the requests being answered
 STATIC = {"/": ("serve.html", "text/html; charset=utf-8"),
           "/serve.js": ("serve.js", "text/javascript; charset=utf-8"),
           "/serve.css": ("serve.css", "text/css; charset=utf-8")}
@@ -186,9 +187,11 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive for the page; every answer has a Content-Length
     timeout = 30  # seconds a client may take to send its request
 
-    def handle(self):
+    def handle_one_request(self):
+        """One request, answered and logged. From its request line to its log line it counts as
+        busy on the server, whose ``server_close`` (Ctrl-C) waits for it."""
         try:
-            super().handle()
+            super().handle_one_request()
         except ConnectionError as exc:  # the client went away (BrokenPipe, ConnectionReset): drop it
             self.close_connection = True
             unsent = self.__dict__.pop("_unsent", None)
@@ -197,6 +200,14 @@ class Handler(BaseHTTPRequestHandler):
                                  "was sent (%s)", unsent[0], type(exc).__name__)
             else:
                 self.log_message("connection dropped: the client closed it (%s)", type(exc).__name__)
+        finally:
+            if self.__dict__.pop("_busy", False):
+                self.server.end_request()
+
+    def parse_request(self):
+        self._busy = True   # the request line came: no longer an idle keep-alive connection
+        self.server.begin_request()
+        return super().parse_request()
 
     def log_request(self, code="-", size="-"):
         """The access line: held back while ``_send`` writes the answer, so that a client that
@@ -346,7 +357,29 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class Server(ThreadingHTTPServer):
-    daemon_threads = True
+    daemon_threads = True  # a connection kept alive between requests must not hold up Ctrl-C
+
+    def __init__(self, *args, **kwargs):
+        self.busy = 0   # requests whose line came and whose access line is not yet logged
+        self.idle = threading.Condition()
+        super().__init__(*args, **kwargs)   # calls server_close when it cannot bind
+
+    def begin_request(self):
+        with self.idle:
+            self.busy += 1
+
+    def end_request(self):
+        with self.idle:
+            self.busy -= 1
+            self.idle.notify_all()
+
+    def server_close(self):
+        """Stop listening, then wait (at most ``CLOSE_WAIT`` seconds) for the requests being
+        answered to be answered and logged: their threads are daemons, which the interpreter stops
+        at exit, so a Ctrl-C just after an answer was sent lost its access line."""
+        super().server_close()
+        with self.idle:
+            self.idle.wait_for(lambda: self.busy == 0, timeout=CLOSE_WAIT)
 
     @property
     def url(self):
@@ -373,7 +406,8 @@ def make_server(target, host="127.0.0.1", port=8000, device="cpu", quiet=False):
 
 
 def serve(target, host="127.0.0.1", port=8000, device="cpu", quiet=False, stream=sys.stdout):
-    """Run ``xpnet serve`` until Ctrl-C."""
+    """Run ``xpnet serve`` until Ctrl-C; the requests being answered then finish, access lines
+    included, before "stopped"."""
     server = make_server(target, host, port, device, quiet)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}: other machines can reach this page", file=sys.stderr)
@@ -381,7 +415,8 @@ def serve(target, host="127.0.0.1", port=8000, device="cpu", quiet=False, stream
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("stopped", file=stream)
+        pass
     finally:
-        server.server_close()
+        server.server_close()   # after the last answers and their access lines
+    print("stopped", file=stream)
     return 0
