@@ -2,6 +2,7 @@
 import numpy as np
 
 import xpnet
+from xpnet.layers import LeakyReLU, MaxPool2D, ReLU
 from xpnet.testing import gradcheck_model  # noqa: F401  (the public checker is the project's own)
 
 
@@ -11,6 +12,48 @@ def to_np(backend, a):
 
 def layer_rngs(model):
     return [layer.rng for layer in model.layers if hasattr(layer, "rng")]
+
+
+def pool_window_gap(y, pool):
+    """The smallest nonzero difference between the two largest values of a window of the built
+    MaxPool2D ``pool`` over ``y`` (N, C, H, W), with the layer's padding (-inf, which never wins);
+    windows of one real value left out, inf where no window is left."""
+    (kh, kw), (sh, sw), (oh, ow) = pool.pool_size, pool.strides, pool.output_shape[1:]
+    if kh * kw < 2:
+        return np.inf
+    top, bottom, left, right = pool.pads
+    padded = np.pad(y, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=-np.inf)
+    windows = np.stack([padded[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]
+                        for i in range(kh) for j in range(kw)])
+    ranked = np.sort(windows, axis=0)
+    gap = ranked[-1] - ranked[-2]
+    gap = gap[np.isfinite(gap) & (gap > 0)]
+    return float(gap.min()) if gap.size else np.inf
+
+
+def kink_margin(model, x):
+    """How near the training forward of ``model`` on ``x`` comes to a kink, where the function
+    has no derivative: the smallest nonzero |input| of a ReLU or LeakyReLU and the smallest
+    pool_window_gap of a MaxPool2D. Exact zeros and ties are left out: they come from padding,
+    ReLUs and Dropout, and stay put (or move together) when an input or a weight moves.
+
+    The layers run one by one, in float64, on a NumPy copy of the model whose generators start
+    where the model's do, so Dropout draws the masks the model's next forward (gradcheck_model's)
+    draws; the model itself is left as it is (its Dense or Conv2D may apply the next ReLU in one
+    pass and so never show that ReLU's input)."""
+    twin = xpnet.Sequential.from_config(model.get_config(), device="numpy", dtype="float64")
+    twin.set_weights(model.get_weights())
+    for mine, theirs in zip(layer_rngs(twin), layer_rngs(model)):
+        mine.set_state(theirs.get_state())
+    h, margin = np.asarray(x, dtype=np.float64), np.inf
+    for layer in twin.layers:
+        if isinstance(layer, (ReLU, LeakyReLU)):
+            near = np.abs(h[h != 0])
+            margin = min(margin, float(near.min()) if near.size else np.inf)
+        elif isinstance(layer, MaxPool2D):
+            margin = min(margin, pool_window_gap(h, layer))
+        h = layer.forward(h, training=True)
+    return margin
 
 
 def build(layers, input_shape, backend, dtype="float64", seed=0):

@@ -10,7 +10,7 @@ from xpnet.errors import ConfigError, ShapeError
 from xpnet.layers import (LAYERS, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, LeakyReLU,
                           LogSoftmax, MaxPool2D, ReLU, Reshape, Sigmoid, Softmax, Tanh)
 
-from .helpers import build, gradcheck_model, to_np
+from .helpers import build, gradcheck_model, pool_window_gap, to_np
 
 IMG = (3, 7, 7)
 
@@ -91,19 +91,9 @@ def test_conv_pool_random_shapes(backend, n, c, h, w, k, s, pad, seed):
     # the maximum has no derivative where a window's two largest values nearly tie: finite
     # differences there cross the kink (seed 622 with a gap of 2e-9 gave 0.33 against 0.35); exact
     # ties (outputs that see only padding, equal to the bias) move together and stay in
-    assume(_pool_window_gap(to_np(backend, model.layers[0].forward(backend.asarray(x)))) > 1e-4)
+    y = to_np(backend, model.layers[0].forward(backend.asarray(x)))
+    assume(pool_window_gap(y, model.layers[1]) > 1e-4)
     gradcheck_model(model, x, max_entries=8)
-
-
-def _pool_window_gap(y):
-    """The smallest nonzero difference between the two largest values of a 2x2, stride-1 "same"
-    pooling window of ``y`` (N, C, H, W), windows of one value left out."""
-    padded = np.pad(y, ((0, 0), (0, 0), (0, 1), (0, 1)), constant_values=-np.inf)
-    windows = np.stack([padded[:, :, i:i + y.shape[2], j:j + y.shape[3]] for i in (0, 1) for j in (0, 1)])
-    top = np.sort(windows, axis=0)
-    gap = top[-1] - top[-2]
-    gap = gap[np.isfinite(gap) & (gap > 0)]
-    return float(gap.min()) if gap.size else np.inf
 
 
 # -- shapes -----------------------------------------------------------------------------------------
