@@ -135,16 +135,18 @@ def check_stack(backend, specs, input_shape, batch):
     assert tuple(out.shape) == (batch,) + tuple(model.output_shape)
     assert np.isfinite(backend.to_numpy(out)).all()
     try:
-        # at a kink (a (Leaky)ReLU input near 0, a max-pool window's two largest values near a
-        # tie) there is no derivative: a central difference across it mixes the two sides and
-        # disagrees with backward by chance of the draw (exact zeros and ties stay in: kink_margin)
-        if kink_margin(model, x) <= NEAR_KINK:
-            event("left out: near a kink")  # counted in --hypothesis-show-statistics
-            reject()
-        gradcheck_model(model, x, training=True, eps=STEP, max_entries=3, tol=1e-5)
+        margin = kink_margin(model, x)  # runs the training forward the check runs
     except XpnetError as exc:  # e.g. BatchNorm refuses one value per channel in training
         assert str(exc)
         return "refused in training"
+    # at a kink (a (Leaky)ReLU input near 0, a max-pool window's two largest values near a tie)
+    # there is no derivative: a central difference across it mixes the two sides and disagrees
+    # with backward by chance of the draw (exact zeros and ties stay in: kink_margin)
+    if margin <= NEAR_KINK:
+        event("left out: near a kink")  # counted in --hypothesis-show-statistics
+        reject()
+    # outside the try: a GradientCheckError is an XpnetError too, and a wrong gradient must fail
+    gradcheck_model(model, x, training=True, eps=STEP, max_entries=3, tol=1e-5)
     with tempfile.TemporaryDirectory() as folder:  # every accepted stack survives save/load
         path = os.path.join(folder, "m.npz")
         model.save(path)
@@ -178,6 +180,13 @@ def test_random_layer_stacks_large(stack, batch):
 @given(specs=st.lists(LAYER, min_size=1, max_size=5), input_shape=INPUT_SHAPE, batch=ints(1, 4))
 def test_random_layer_arguments_large(specs, input_shape, batch):
     check_stack(xpnet.get_backend("numpy"), specs, input_shape, batch)
+
+
+def test_wrong_gradient_fails(backend, monkeypatch):
+    """A GradientCheckError is an XpnetError too, but not a refusal: check_stack raises it."""
+    monkeypatch.setattr(Tanh, "backward", lambda self, grad: grad * 2.0)
+    with pytest.raises(GradientCheckError, match="finite differences"):
+        check_stack(backend, [_plain(Dense, units=3), _plain(Tanh)], (4,), 2)
 
 
 @pytest.mark.parametrize("layer,x", [
