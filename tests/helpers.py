@@ -37,7 +37,8 @@ def kink_margin(model, x):
     pool_window_gap of a MaxPool2D. Exact zeros and ties are left out: they come from padding,
     ReLUs and Dropout, and stay put (or move together) when an input or a weight moves.
 
-    The layers run one by one, in float64, on a NumPy copy of the model whose generators start
+    The layers run one by one, in float64 (so the margins are a float64 model's, which every
+    caller builds), on a NumPy copy of the model whose generators start
     where the model's do, so Dropout draws the masks the model's next forward (gradcheck_model's)
     draws; the model itself is left as it is (its Dense or Conv2D may apply the next ReLU in one
     pass and so never show that ReLU's input)."""

@@ -167,6 +167,24 @@ def test_reduce_lr_on_plateau_does_not_warn_when_fit_continues_at_min_lr():
         fit(model(lr=0.005), [Inject("score", [4, 4]), rl], epochs=2)  # a new model's own rate
 
 
+def test_reduce_lr_on_plateau_checks_an_optimizer_once_even_when_its_steps_were_taken_back():
+    """float16's skipped steps are taken off the optimizer's ``iterations``: after a fit whose
+    every step was skipped and in which the callback lowered the rate to min_lr, the optimizer
+    read as unstepped again, and a second fit() warned about the rate the callback had set."""
+    from xpnet.mixed import MixedPrecision
+    m = model(lr=0.01)
+    m.compile(optimizer=m.optimizer,
+              mixed_precision=MixedPrecision("float16", initial_scale=1e30))  # every step overflows
+    rl = callbacks.ReduceLROnPlateau(monitor="score", factor=0.5, patience=1, min_delta=0,
+                                     min_lr=0.005)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*skipped.*")   # the all-steps-skipped warning
+        warnings.filterwarnings("error", message=".*min_lr.*")
+        fit(m, [Inject("score", [5, 5, 5]), rl], epochs=3)
+        assert m.optimizer.lr == 0.005 and m.optimizer.iterations == 0
+        fit(m, [Inject("score", [4, 4]), rl], epochs=2)
+
+
 @pytest.mark.parametrize("order", ["scheduler first", "plateau first"])
 def test_reduce_lr_on_plateau_does_not_warn_about_a_rate_a_schedule_replaces(order):
     """A LearningRateScheduler sets the rate at the start of each epoch, so the optimizer's rate

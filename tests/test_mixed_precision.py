@@ -382,6 +382,8 @@ def test_run_training_refuses_loss_scale_settings_it_cannot_record(tmp_path):
                             verbose=0, out_dir=str(tmp_path),
                             mixed_precision=mixed.MixedPrecision("float16", initial_scale=8.0))
     assert os.listdir(tmp_path) == []
+    # bfloat16 has no loss scale: its settings change nothing, so they are not refused
+    runner._check_default_scaling(mixed.MixedPrecision("bfloat16", initial_scale=8.0))
 
 
 @pytest.mark.timeout(600)

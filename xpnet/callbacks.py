@@ -262,7 +262,10 @@ class LearningRateScheduler(Callback):
 
 
 class ReduceLROnPlateau(_Monitor):
-    """Multiply the optimizer's lr by ``factor`` when ``monitor`` stalls for ``patience`` epochs."""
+    """Multiply the optimizer's lr by ``factor`` when ``monitor`` stalls for ``patience`` epochs.
+
+    Warns once, at the end of the first epoch (when the rate training uses is known), when
+    ``min_lr`` is not below the rate the optimizer started with."""
 
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_delta=1e-4, cooldown=0,
                  min_lr=0.0, mode="auto", min_delta_rel=0.0, verbose=0):
@@ -277,6 +280,7 @@ class ReduceLROnPlateau(_Monitor):
         self.wait = 0
         self.cooldown_counter = 0
         self._start_lr = None   # see _check_min_lr
+        self._checked = None    # the optimizer whose starting rate was checked
 
     def on_train_begin(self, logs=None):
         """Note the rate of an optimizer that has not stepped yet (the rate the user gave it), for
@@ -284,7 +288,8 @@ class ReduceLROnPlateau(_Monitor):
         self.best = math.inf if self.mode == "min" else -math.inf
         self.wait = self.cooldown_counter = 0
         opt = self.model.optimizer
-        self._start_lr = float(opt.lr) if getattr(opt, "iterations", 0) == 0 else None
+        fresh = getattr(opt, "iterations", 0) == 0 and opt is not self._checked
+        self._start_lr = float(opt.lr) if fresh else None
 
     def _check_min_lr(self):
         """Warn once when ``min_lr`` is not below the rate the user gave the optimizer: a reduction
@@ -292,9 +297,14 @@ class ReduceLROnPlateau(_Monitor):
         no mistake: an optimizer that has stepped carries what earlier fits left (this callback's
         own reductions down to min_lr, a schedule's rate), and a rate that a LearningRateScheduler
         or another callback has changed by the end of the first epoch is not the one training
-        uses. The first epoch end comes before this callback can have lowered anything."""
+        uses. The first epoch end comes before this callback can have lowered anything. An
+        optimizer is checked once: float16's skipped steps are taken off ``iterations``, so one
+        whose every step was skipped reads 0 again with the rate this callback lowered."""
         start, self._start_lr = self._start_lr, None
-        if start is None or self.min_lr == 0 or start > self.min_lr:
+        if start is None:
+            return
+        self._checked = self.model.optimizer
+        if self.min_lr == 0 or start > self.min_lr:
             return
         if float(self.model.optimizer.lr) == start:
             self.warn(f"ReduceLROnPlateau: min_lr {self.min_lr:g} is not below the optimizer's "

@@ -242,10 +242,11 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
 def _check_default_scaling(policy):
     """ConfigError for a MixedPrecision with other loss-scale settings than the defaults: a run
     folder records the compute type alone (config.json ``mixed_precision``), which the run and
-    --resume compile with, so the settings would be dropped while ``precision`` claimed them."""
+    --resume compile with, so the settings would be dropped while ``precision`` claimed them.
+    bfloat16 has no loss scale, so its settings change nothing and are not compared."""
     from .mixed import MixedPrecision
     default = MixedPrecision(policy.compute)
-    if policy.get_config() != default.get_config():
+    if policy.dynamic and policy.get_config() != default.get_config():
         raise ConfigError(f"run_training takes mixed_precision as a name ('float16' or 'bfloat16'), "
                           f"which trains with the default loss-scale settings, got {policy!r}; "
                           f"for other settings compile and fit the model yourself")

@@ -328,7 +328,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self._write(status, body, ctype, headers)
         except ConnectionError:
-            raise   # handle() names the held status in its "dropped" line
+            raise   # handle_one_request() names the held status in its "dropped" line
         except BaseException:
             self.__dict__.pop("_unsent", None)
             raise
