@@ -150,6 +150,25 @@ def test_ranks_with_other_sizes_are_refused_naming_each_ranks_value():
     DataParallel(_model(backend), comm, 4, 256, None).agree_sizes(sizes)
 
 
+def test_fit_compares_the_sizes_before_the_batch_check():
+    """A rank whose 9 samples leave a last batch of 1 for 2 ranks raised BatchSizeError alone,
+    while the rank holding 8 waited in the size agreement for it until the collectives' deadline:
+    the sizes are compared first, so both ranks name the disagreement. On sizes the ranks agree
+    on, the batch check fails on every rank alike, marked so (rank 0 alone prints it)."""
+    backend = get_backend("numpy")
+    x, y = np.ones((9, 4)), np.zeros(9, dtype=np.int64)
+    comm = PeerComm(backend, 0, lambda k: np.r_[0.0, 8.0, np.zeros(k - 2)])
+    with pytest.raises(ConfigError, match="training samples: rank 0: 9, rank 1: 8") as info:
+        _model(backend).fit(x, y, epochs=1, batch_size=4, verbose=0, distributed=comm)
+    assert not isinstance(info.value, BatchSizeError)
+    # rank 1's slots of the agreement (rank r's value i at i * 2 + r): samples 9, validation 0,
+    # batch 4, steps 3, epochs 1, as rank 0's
+    comm = PeerComm(backend, 0, lambda k: [0.0, 9.0, 0.0, 0.0, 0.0, 4.0, 0.0, 3.0, 0.0, 1.0])
+    with pytest.raises(BatchSizeError, match="last batch of each epoch would hold 1 of 9") as info:
+        _model(backend).fit(x, y, epochs=1, batch_size=4, verbose=0, distributed=comm)
+    assert getattr(info.value, "every_rank", False)
+
+
 def test_fit_checks_the_sizes_before_the_first_step():
     """fit(distributed=) with a rank of other data stops before its first collective of a step."""
     backend = get_backend("numpy")

@@ -26,7 +26,7 @@ import zlib
 from . import callbacks as cbs, checks
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .errors import (BatchSizeError, ConfigError, DataError, ShapeError, TrainingError,
-                     TrainingInterrupted, XpnetError)
+                     TrainingInterrupted, XpnetError, on_every_rank)
 from .progress import Progress, resolve_verbose
 
 METRICS = {"accuracy": "accuracy", "acc": "accuracy"}
@@ -326,6 +326,20 @@ class TrainingMixin:
         return self.backend.to_numpy(out)
 
     # -- training -------------------------------------------------------------------------------
+    def _data_parallel(self, comm, batch_size, n, steps_per_epoch, sync_batchnorm, sizes):
+        """fit's DataParallel over ``comm``, after the ranks agreed on ``sizes`` (before the first
+        collective of a step: the ranks must take the same steps). The sizes come first: a rank
+        whose data left it a batch the ranks cannot share raised BatchSizeError alone while the
+        others waited in the agreement for it, until the collectives' deadline; on sizes the ranks
+        agree on, every rank fails the batch check alike."""
+        from .distributed.data_parallel import DataParallel, agree_sizes, check_communicator
+        check_communicator(self, comm)
+        agree_sizes(comm, sizes)
+        try:
+            return DataParallel(self, comm, batch_size, n, steps_per_epoch, sync_batchnorm)
+        except BatchSizeError as exc:
+            raise on_every_rank(exc)
+
     def _warn_double_softmax(self):
         """A UserWarning when the last layer is Softmax and the loss takes logits (cross_entropy
         applies its own softmax): the outputs would be squashed twice, the gradients shrink and
@@ -455,20 +469,18 @@ class TrainingMixin:
 
         xd, yd, xv, yv = self._fit_data(x, y, validation_data, validation_split)
         n = _length("x", xd)
+        steps = math.ceil(n / batch_size) if steps_per_epoch is None else int(steps_per_epoch)
+        total = n if steps_per_epoch is None else steps * batch_size
         dp = None
         if distributed is not None:
-            from .distributed.data_parallel import DataParallel
-            dp = DataParallel(self, distributed, batch_size, n, steps_per_epoch, sync_batchnorm)
+            dp = self._data_parallel(distributed, batch_size, n, steps_per_epoch, sync_batchnorm, [
+                ("the number of training samples", n),
+                ("the number of validation samples", 0 if xv is None else len(xv)),
+                ("the batch size", batch_size), ("the steps per epoch", steps),
+                ("the number of epochs", epochs)])
         rank = 0 if dp is None else distributed.rank
         if dp is None and steps_per_epoch is None:
             self._check_last_batch(n, batch_size)
-        steps = math.ceil(n / batch_size) if steps_per_epoch is None else int(steps_per_epoch)
-        total = n if steps_per_epoch is None else steps * batch_size
-        if dp is not None:  # before the first collective of a step: the ranks must take the same steps
-            dp.agree_sizes([("the number of training samples", n),
-                            ("the number of validation samples", 0 if xv is None else len(xv)),
-                            ("the batch size", batch_size), ("the steps per epoch", steps),
-                            ("the number of epochs", epochs)])
         history = History()
         history.stopped_by_time_limit = False
         self.history = history

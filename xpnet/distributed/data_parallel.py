@@ -33,6 +33,17 @@ def check_batches(batch_size, n, size, steps_per_epoch=None):
                              f"leaves at least {size} samples over", ", or pass steps_per_epoch")
 
 
+def check_communicator(model, comm):
+    """ConfigError unless ``comm`` is a communicator (xpnet.distributed.init()) on ``model``'s backend."""
+    for attr in ("rank", "size", "allreduce", "broadcast", "backend"):
+        if not hasattr(comm, attr):
+            raise ConfigError(f"distributed must be a communicator from xpnet.distributed.init(), "
+                              f"got {type(comm).__name__}")
+    if comm.backend.name != model.backend.name:
+        raise ConfigError(f"the communicator works on the {comm.backend.name} backend but the model "
+                          f"on {model.backend.name}; build the model with device=comm.backend")
+
+
 def gather_integers(comm, values):
     """Every rank's ``values`` (integers), with one all-reduce: a list per value, indexed by rank."""
     xp, size = comm.backend.xp, comm.size
@@ -135,13 +146,7 @@ class DataParallel:
     """fit()'s helper for one data-parallel run of ``model`` over ``comm``."""
 
     def __init__(self, model, comm, batch_size, n, steps_per_epoch, sync_batchnorm=True):
-        for attr in ("rank", "size", "allreduce", "broadcast", "backend"):
-            if not hasattr(comm, attr):
-                raise ConfigError(f"distributed must be a communicator from xpnet.distributed.init(), "
-                                  f"got {type(comm).__name__}")
-        if comm.backend.name != model.backend.name:
-            raise ConfigError(f"the communicator works on the {comm.backend.name} backend but the model "
-                              f"on {model.backend.name}; build the model with device=comm.backend")
+        check_communicator(model, comm)
         check_batches(batch_size, n, comm.size, steps_per_epoch)
         self.model, self.comm = model, comm
         self.xp = model.xp
