@@ -191,8 +191,6 @@ def test_built_layer_can_join_a_graph_and_summary_lists_inbound():
 
 
 def test_fit_reduces_the_loss(rng):
-    if not hasattr(Model, "fit"):
-        pytest.skip("xpnet.training is not available")
     model = branchy("cpu", dtype="float32", seed=0)
     x = rng.standard_normal((64, 6)).astype("float32")
     y = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 0).astype("int64")

@@ -120,10 +120,8 @@ def test_hostile_header_is_refused(model_file, tmp_path, name):
 
 
 def test_hostile_compile_section(model_file, tmp_path):
-    """A loss name that is not a registered loss is refused (when training support is present)."""
+    """A loss name that is not a registered loss is refused."""
     _, arrays, meta, _ = model_file
-    if not hasattr(xpnet.Sequential, "compile"):
-        pytest.skip("Sequential.compile is not available yet")
     meta = json.loads(json.dumps(meta))
     meta["compile"] = {"loss": "os.system", "metrics": ["accuracy"]}
     path = tmp_path / "hostile.npz"
