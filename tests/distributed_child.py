@@ -6,7 +6,8 @@
 
 A small CNN with batch norm and dropout in float64 on synthetic 8x8 images (100 training, 30
 validation). ``--single`` trains in one process without MPI (the reference). Every rank writes
-OUT_DIR/rank<R>.npz (parameters and buffers) and OUT_DIR/rank<R>.json (the History). Rank r
+OUT_DIR/rank<R>.npz (parameters and buffers) and OUT_DIR/rank<R>.json (the History), and prints
+"rank R: epoch K" (1-based) as epoch K starts (a resumed run shows where it went on). Rank r
 builds its model with seed r, so only the broadcast of rank 0's weights and generator states
 makes the ranks agree. ``--die-at E:B`` makes rank 1 SIGKILL itself after batch B of epoch E
 (0-based); ``--hang-at E:B`` makes it SIGSTOP itself there.
@@ -53,6 +54,18 @@ def build(case, device, seed):
     return model
 
 
+class Epochs(callbacks.Callback):
+    """Prints "rank R: epoch K" (1-based) when epoch K starts: a resumed run shows where it went on."""
+
+    def __init__(self, rank):
+        super().__init__()
+        self.rank = rank
+
+    def on_epoch_begin(self, epoch, logs=None):
+        sys.stdout.write(f"rank {self.rank}: epoch {epoch + 1}\n")   # one write: whole lines
+        sys.stdout.flush()
+
+
 class Fault(callbacks.Callback):
     """Rank 1 kills or stops itself after batch ``batch`` of epoch ``epoch``."""
 
@@ -75,7 +88,7 @@ def train(args, comm=None):
     (x, y), val = data()
     rank = 0 if comm is None else comm.rank
     model = build(args.case, args.device if comm is None else comm.backend, seed=rank)
-    cbs = [callbacks.CSVLogger(os.path.join(args.out, f"log{rank}.csv"))]
+    cbs = [callbacks.CSVLogger(os.path.join(args.out, f"log{rank}.csv")), Epochs(rank)]
     if args.case == "adam":
         cbs.append(callbacks.LearningRateScheduler(xpnet.schedules.StepDecay(0.01, drop=0.5, every=1)))
     if args.die_at:

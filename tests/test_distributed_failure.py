@@ -9,6 +9,7 @@ which ends the job at once (MPICH's hydra kills the other ranks and names the de
 their collectives' deadline raises DistributedError and the job is aborted.
 """
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -68,7 +69,12 @@ def hydra():
     return "HYDRA" in r.stdout
 
 
-def test_killed_rank_stops_the_job_and_the_run_resumes_exactly(tmp_path):
+def started_epochs(stdout):
+    """(rank, epoch) of the child's "rank R: epoch K" lines, sorted (the ranks' lines interleave)."""
+    return sorted((int(r), int(e)) for r, e in re.findall(r"rank (\d+): epoch (\d+)", stdout))
+
+
+def test_killed_rank_stops_the_job_and_the_run_resumes_exactly(tmp_path, capsys):
     require_mpi()
     r, _, whole, _ = job(tmp_path, "whole")
     assert r.returncode == 0, r.stderr
@@ -85,13 +91,17 @@ def test_killed_rank_stops_the_job_and_the_run_resumes_exactly(tmp_path):
     # every rank loads the same checkpoint and the run continues to the same weights, bit for bit
     r, _ = run_job([out, "--epochs", EPOCHS, "--checkpoint", ck, "--resume", "--timeout", PATIENT])
     assert r.returncode == 0, r.stdout + r.stderr
+    # it went on after the checkpoint's epoch 2 (a run started afresh ends with the same weights)
+    assert started_epochs(r.stdout) == [(0, 3), (0, 4), (1, 3), (1, 4)], r.stdout
     a, b = weights(whole), weights(out)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert all(np.array_equal(b[k], weights(out, 1)[k]) for k in b)
     # the 2-rank checkpoint also resumes in one process, to the same weights up to rounding
     child = _child()
+    capsys.readouterr()
     child.main([str(alone), "--epochs", str(EPOCHS), "--checkpoint", str(tmp_path / "alone-ck"),
                 "--resume", "--single"])
+    assert started_epochs(capsys.readouterr().out) == [(0, 3), (0, 4)]
     c = weights(alone)
     assert max(float(np.abs(a[k] - c[k]).max() / np.abs(a[k]).max()) for k in a) < 1e-10
 
