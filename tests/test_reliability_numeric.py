@@ -52,7 +52,9 @@ def test_divergence_names_epoch_batch_and_last_checkpoint(backend, tmp_path):
     assert f"the last good checkpoint is {path} (epoch 2)" in message, message
     arrays, meta = load_npz(path)
     assert meta["epoch"] == 1  # 0-based: the checkpoint holds epoch 2, not the diverged one
-    assert all(np.isfinite(v).all() for k, v in arrays.items() if k.startswith("param/"))
+    params = {k: v for k, v in arrays.items() if k.startswith("param/")}
+    assert sorted(params) == sorted("param/" + k for k in model.parameters)  # every one, not none
+    assert all(np.isfinite(v).all() for v in params.values())
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
