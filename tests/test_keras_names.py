@@ -66,6 +66,7 @@ def test_get_weights_is_keras_ordered_host_copies(backend):
     for w in weights:
         w += 1.0  # editing the copies does not touch the model
     after = [backend.to_numpy(v) for v in m.state_arrays().values()]
+    assert len(before) == len(after) == len(weights)   # zip over empty lists would prove nothing
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
 
 

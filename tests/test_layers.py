@@ -135,8 +135,10 @@ def test_layers_keep_float32(backend, rng):
     assert y.dtype == np.float32
     dx = model.backward(backend.xp.ones_like(y))
     assert dx.dtype == np.float32
+    # every parameter's gradient and both BatchNorm buffers: over empty dicts all() proves nothing
+    assert set(model.gradients) == set(model.parameters) and len(model.parameters) == 6
     assert all(g.dtype == np.float32 for g in model.gradients.values())
-    assert all(b.dtype == np.float32 for b in model.buffers.values())
+    assert len(model.buffers) == 2 and all(b.dtype == np.float32 for b in model.buffers.values())
 
 
 # -- values -----------------------------------------------------------------------------------------
