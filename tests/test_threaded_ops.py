@@ -50,14 +50,22 @@ def test_ops_give_the_same_bits_on_any_thread_count(small_splits, method, dtype)
             np.testing.assert_array_equal(a, b)
 
 
-def test_wide_matmul_pieces_depend_on_the_shape_only():
+def test_wide_matmul_pieces_depend_on_the_shape_only(small_splits):
+    """Five column pieces (the last uneven) on 1-3 threads: a @ b's numbers, the same bits on any
+    thread count. (Without small_splits' MIN_MACS, 34 x 28 x 2563 multiply-adds were under the
+    threshold and ran as one a @ b: a first piece one column short passed.)"""
     assert gemm.column_pieces(100) == 1 and gemm.column_pieces(10 ** 6) == gemm.MAX_PIECES
     rng = np.random.default_rng(0)
     a = rng.standard_normal((34, 28)).astype("float32")
     b = rng.standard_normal((28, 5 * gemm.PIECE_COLUMNS + 3)).astype("float32")
-    out = gemm.wide_matmul(np, a, b)
-    np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
-    assert out.flags.c_contiguous and out.dtype == np.float32
+    assert gemm.column_pieces(b.shape[1]) == 5 and a.size * b.shape[1] >= gemm.MIN_MACS  # split
+    outs = []
+    for threads in (1, 2, 3):
+        small_splits._kernels.threads = threads
+        outs.append(gemm.wide_matmul(np, a, b))
+        np.testing.assert_allclose(outs[-1], a @ b, rtol=1e-5, atol=1e-5)
+        assert outs[-1].flags.c_contiguous and outs[-1].dtype == np.float32
+        np.testing.assert_array_equal(outs[-1], outs[0])
 
 
 @pytest.mark.parametrize("shape, kernel, stride, padding, bias", [
