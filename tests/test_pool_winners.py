@@ -18,7 +18,7 @@ SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
 
 @pytest.fixture
 def tiny_chunks(monkeypatch):
-    """Chunks of a few planes, split over 3 threads even for small arrays."""
+    """Chunks of a few planes, split over 3 threads even for small arrays (a test may set 1)."""
     monkeypatch.setattr(pooling, "CHUNK_BYTES", 64)
     monkeypatch.setattr(nk, "MIN_ELEMENTS", 1)
     monkeypatch.setattr(nk, "ADAPTIVE", False)   # every pass through the pool, gain or not
@@ -63,10 +63,14 @@ def test_winners_path_gives_the_bits_of_the_xp_path(tiny_chunks, ph, pw, n, c, e
     rng = np.random.default_rng(seed)
     x = special_values(rng, (n, c, ph + extra_h, pw + extra_w), dtype, negative)
     dy = special_values(rng, (n, c, (ph + extra_h) // ph, (pw + extra_w) // pw), dtype)
-    (y, dx), (y_s, dx_s) = both_paths(x, dy, (ph, pw))
-    assert y.dtype == y_s.dtype and dx.dtype == dx_s.dtype and dx.shape == x.shape
-    assert y.tobytes() == y_s.tobytes()
-    assert dx.tobytes() == dx_s.tobytes()
+    # 3 threads give each of these at most 12 planes a pool piece of its own (one chunk a piece);
+    # 1 thread runs them in one part, in several chunks of CHUNK_BYTES (the last one shorter)
+    for threads in (3, 1):
+        tiny_chunks.set_threads(threads)
+        (y, dx), (y_s, dx_s) = both_paths(x, dy, (ph, pw))
+        assert y.dtype == y_s.dtype and dx.dtype == dx_s.dtype and dx.shape == x.shape
+        assert y.tobytes() == y_s.tobytes()
+        assert dx.tobytes() == dx_s.tobytes()
 
 
 def test_winners_path_matches_the_reference_and_frees_the_input():
