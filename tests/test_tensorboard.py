@@ -49,6 +49,22 @@ def as_f32(values):
     return [float(np.float32(v)) for v in values]
 
 
+def assert_filter_grid(event, w):
+    """The image ``event`` shows the filters ``w`` (N <= 8, 1, h, w) side by side, each scaled to
+    its own [0, 1] (gray), to within one of 255 levels: checked by decoding the PNG."""
+    import io
+
+    from PIL import Image
+    low = w.min(axis=(1, 2, 3), keepdims=True)
+    span = w.max(axis=(1, 2, 3), keepdims=True) - low
+    span[span == 0] = 1.0
+    want = np.concatenate(list(((w - low) / span)[:, 0]), axis=1) * 255
+    got = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB")).astype(np.float64)
+    assert got.shape == want.shape + (3,)
+    assert (got == got[..., :1]).all()   # gray
+    assert np.abs(got[..., 0] - want).max() <= 1
+
+
 def test_scalars_match_history(tmp_path):
     x, y = data()
     model = cnn()
@@ -90,6 +106,7 @@ def test_histograms_and_filter_images(tmp_path):
     assert [e.step for e in images] == [0, 2]
     assert images[0].width > 3 and images[0].height >= 3  # a grid of the four 3x3 kernels
     assert images[0].encoded_image_string.startswith(b"\x89PNG")
+    assert_filter_grid(images[-1], model.backend.to_numpy(model.layers[0].params["W"]))  # the final ones
 
 
 def test_dense_first_layer_images_every_epoch_without_histograms(tmp_path):
@@ -100,6 +117,8 @@ def test_dense_first_layer_images_every_epoch_without_histograms(tmp_path):
               callbacks=[callbacks.TensorBoard(tmp_path, write_images=True)])
     train = read(tmp_path / "train")
     assert [e.step for e in train.Images("dense/filters")] == [0, 1]
+    w = model.backend.to_numpy(model.layers[1].params["W"])   # (64, 5): one 8x8 image per unit
+    assert_filter_grid(train.Images("dense/filters")[-1], w.T.reshape(5, 1, 8, 8))
     assert not train.Tags()["histograms"]
     flat = xpnet.Sequential([Dense(2)], input_shape=(7,), device="cpu")
     flat.compile(loss="cross_entropy", optimizer=optim.SGD(0.1))
