@@ -215,16 +215,13 @@ def run_training(model_name=None, dataset=None, device="auto", epochs=None, batc
     _check_settings(backend)
     data = _load_data(config)  # before the run folder exists, so a missing dataset leaves nothing
     if comm is not None:  # ranks started with other data or settings: refused before the folder
-        from .distributed.data_parallel import agree_sizes, check_batches
+        from .distributed.data_parallel import agree_then_check_batches
         validation = 0 if data[1] is None else len(data[1][1])
-        agree_sizes(comm, [("the number of training samples", len(data[0][1])),
-                           ("the number of validation samples", validation),
-                           ("the batch size", recipe["batch_size"]),
-                           ("the number of epochs", recipe["epochs"])])
-        try:   # fit's check, before the folder; on sizes the ranks agree on, so every rank fails it
-            check_batches(recipe["batch_size"], len(data[0][1]), comm.size)
-        except BatchSizeError as exc:
-            raise on_every_rank(exc)
+        agree_then_check_batches(comm, [("the number of training samples", len(data[0][1])),
+                                        ("the number of validation samples", validation),
+                                        ("the batch size", recipe["batch_size"]),
+                                        ("the number of epochs", recipe["epochs"])],
+                                 recipe["batch_size"], len(data[0][1]))   # fit's checks, before the folder
     else:  # a BatchNorm that would see a last batch of one sample: fit's check, before the folder
         info = data[3]
         entry.build(tuple(info["image_shape"]), info["classes"], backend, seed,

@@ -26,7 +26,7 @@ import zlib
 from . import callbacks as cbs, checks
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .errors import (BatchSizeError, ConfigError, DataError, ShapeError, TrainingError,
-                     TrainingInterrupted, XpnetError, on_every_rank)
+                     TrainingInterrupted, XpnetError)
 from .progress import Progress, resolve_verbose
 
 METRICS = {"accuracy": "accuracy", "acc": "accuracy"}
@@ -327,18 +327,13 @@ class TrainingMixin:
 
     # -- training -------------------------------------------------------------------------------
     def _data_parallel(self, comm, batch_size, n, steps_per_epoch, sync_batchnorm, sizes):
-        """fit's DataParallel over ``comm``, after the ranks agreed on ``sizes`` (before the first
-        collective of a step: the ranks must take the same steps). The sizes come first: a rank
-        whose data left it a batch the ranks cannot share raised BatchSizeError alone while the
-        others waited in the agreement for it, until the collectives' deadline; on sizes the ranks
-        agree on, every rank fails the batch check alike."""
-        from .distributed.data_parallel import DataParallel, agree_sizes, check_communicator
+        """fit's DataParallel over ``comm``, after the ranks agreed on ``sizes`` and then on the
+        batches (``agree_then_check_batches``, as the command line does before its run folder),
+        before the first collective of a step: the ranks must take the same steps."""
+        from .distributed.data_parallel import DataParallel, agree_then_check_batches, check_communicator
         check_communicator(self, comm)
-        agree_sizes(comm, sizes)
-        try:
-            return DataParallel(self, comm, batch_size, n, steps_per_epoch, sync_batchnorm)
-        except BatchSizeError as exc:
-            raise on_every_rank(exc)
+        agree_then_check_batches(comm, sizes, batch_size, n, steps_per_epoch)
+        return DataParallel(self, comm, batch_size, n, steps_per_epoch, sync_batchnorm)
 
     def _warn_double_softmax(self):
         """A UserWarning when the last layer is Softmax and the loss takes logits (cross_entropy

@@ -74,6 +74,18 @@ def agree_sizes(comm, sizes):
                                             "the same settings"))
 
 
+def agree_then_check_batches(comm, sizes, batch_size, n, steps_per_epoch=None):
+    """agree_sizes on ``sizes``, then check_batches: on sizes every rank shares, a batch the ranks
+    cannot share fails on every rank alike (marked on_every_rank: rank 0 alone prints it). The
+    other way round, a rank whose own count failed the batch check stopped alone while the others
+    waited for it in the agreement until the collectives' deadline."""
+    agree_sizes(comm, sizes)
+    try:
+        check_batches(batch_size, n, comm.size, steps_per_epoch)
+    except BatchSizeError as exc:
+        raise on_every_rank(exc)
+
+
 class FlatBuffer:
     """Arrays of several shapes packed into one flat device array (allocated once)."""
 
