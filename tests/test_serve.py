@@ -390,6 +390,128 @@ def test_cli_serve_interrupted_before_an_access_line_still_writes_it():
                 "sys.exit(main(sys.argv[1:]))\n")
     err = _serve_one_then_interrupt(["-c", slow_log])
     assert '"GET /api/info HTTP/1.1" 200' in err
+    assert "cut off" not in err   # it finished within the wait: no warning
+
+
+def _with_a_request_held(server):
+    """Start a ``GET /api/info`` that the server keeps answering until the returned Event is set;
+    return once the server counts it busy."""
+    import socket
+    answering, release = threading.Event(), threading.Event()
+    info = server.app.info
+
+    def held():
+        answering.set()
+        release.wait(20)
+        return info()
+
+    server.app.info = held
+    host, port = server.server_address[:2]
+    client = socket.create_connection((host, port), timeout=20)
+    client.sendall(b"GET /api/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answering.wait(20)
+    return release, client
+
+
+def test_requests_still_answered_after_close_wait_are_counted_in_a_warning(monkeypatch, capsys):
+    """server_close waits CLOSE_WAIT seconds; a request still busy after it was cut off without a
+    trace. One line on stderr now counts it, even with quiet (which silences access lines only)."""
+    from xpnet import serve
+    monkeypatch.setattr(serve, "CLOSE_WAIT", 0.2)
+    server = make_server(RUN_DIR, port=0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    release, client = _with_a_request_held(server)
+    try:
+        server.shutdown()
+        server.server_close()
+        err = capsys.readouterr().err
+        assert err == ("warning: stopped waiting after 0.2 s: 1 request still being answered was "
+                       "cut off, not logged and perhaps not answered\n"), err
+    finally:
+        release.set()
+        client.close()
+        thread.join(10)
+
+
+def test_an_interrupt_during_the_close_wait_stops_it_and_serve_still_says_stopped(monkeypatch, capsys):
+    """A KeyboardInterrupt (a second Ctrl-C) during server_close's wait stops it at once: the
+    requests cut off are counted on stderr, and serve() ends as after one Ctrl-C."""
+    import io
+    from xpnet import serve
+
+    def second_ctrl_c(predicate, timeout=None):
+        raise KeyboardInterrupt
+
+    def first_ctrl_c(self, *args, **kwargs):
+        threading.Thread(target=self.handle_request, daemon=True).start()   # accepts one connection
+        held.extend(_with_a_request_held(self))
+        self.idle.wait_for = second_ctrl_c
+        raise KeyboardInterrupt
+
+    held = []
+    monkeypatch.setattr(serve.Server, "serve_forever", first_ctrl_c)
+    out = io.StringIO()
+    try:
+        code = serve.serve(RUN_DIR, port=0, quiet=True, stream=out)
+    except KeyboardInterrupt:   # raised on, it would end the test session
+        pytest.fail("the KeyboardInterrupt of the close wait went out of serve()")
+    finally:
+        if held:
+            release, client = held
+            release.set()
+            client.close()
+    assert code == 0 and out.getvalue().splitlines()[1:] == ["stopped"], out.getvalue()
+    err = capsys.readouterr().err
+    assert err == ("warning: stopped waiting (interrupted): 1 request still being answered was cut "
+                   "off, not logged and perhaps not answered\n"), err
+
+
+def test_cli_serve_a_second_ctrl_c_stops_the_close_wait():
+    """The command line ignores SIGINT from the first Ctrl-C on (cli.guarded), so a second Ctrl-C
+    did nothing while serve waited (up to CLOSE_WAIT, here 60 s) for a request still being
+    answered. It now stops the wait at once, counts the request it cut off, and ends as one
+    Ctrl-C does. The script says "answering" when the request is busy and "waiting" once the wait
+    has begun, so each SIGINT is sent at its moment."""
+    import socket
+    script = ("import sys, threading\n"
+              "from xpnet import serve\n"
+              "serve.CLOSE_WAIT = 60\n"
+              "class Announced(threading.Condition):\n"
+              "    def wait_for(self, predicate, timeout=None):\n"
+              "        print('waiting', flush=True)\n"
+              "        return super().wait_for(predicate, timeout)\n"
+              "init = serve.Server.__init__\n"
+              "def announced(self, *args, **kwargs):\n"
+              "    init(self, *args, **kwargs)\n"
+              "    self.idle = Announced()\n"
+              "serve.Server.__init__ = announced\n"
+              "def held(self):\n"
+              "    print('answering', flush=True)\n"
+              "    threading.Event().wait()\n"
+              "serve.App.info = held\n"
+              "from xpnet.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, "serve", RUN_DIR, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving "), line + proc.stderr.read()
+        host, port = line.split(" on ")[1].split()[0].split("//")[1].rstrip("/").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=20) as client:
+            client.sendall(b"GET /api/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert proc.stdout.readline() == "answering\n"
+            proc.send_signal(signal.SIGINT)
+            assert proc.stdout.readline() == "waiting\n"
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=20)   # well before the 60 s wait ends
+        assert proc.returncode == 0 and out == "stopped\n", out + err
+        assert err.splitlines() == ["warning: stopped waiting (interrupted): 1 request still being "
+                                    "answered was cut off, not logged and perhaps not answered"], err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _handled(wfile):

@@ -23,8 +23,10 @@ blank, more than one Content-Length), 404 (unknown path), 405 (wrong method), 41
 Content-Length), 413 (body over ``MAX_BODY`` bytes, refused before it is read), 415 (not JSON). A
 client that closes its connection early is dropped with one log line, no traceback.
 """
+import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -376,10 +378,29 @@ class Server(ThreadingHTTPServer):
     def server_close(self):
         """Stop listening, then wait (at most ``CLOSE_WAIT`` seconds) for the requests being
         answered to be answered and logged: their threads are daemons, which the interpreter stops
-        at exit, so a Ctrl-C just after an answer was sent lost its access line."""
+        at exit, so a Ctrl-C just after an answer was sent lost its access line. The requests still
+        busy when the wait ends (after ``CLOSE_WAIT`` seconds, or at a KeyboardInterrupt, which
+        goes on) are cut off with no access line: a warning on stderr counts them, even with
+        ``quiet``, as it is no access line but the only trace they leave."""
         super().server_close()
-        with self.idle:
-            self.idle.wait_for(lambda: self.busy == 0, timeout=CLOSE_WAIT)
+        try:
+            with self.idle:
+                if self.idle.wait_for(lambda: self.busy == 0, timeout=CLOSE_WAIT):
+                    return
+        except KeyboardInterrupt:
+            self._cut_off("stopped waiting (interrupted)")
+            raise
+        self._cut_off(f"stopped waiting after {CLOSE_WAIT} s")
+
+    def _cut_off(self, why):
+        """The warning for the requests still busy (read without the lock: an interrupt may have
+        landed while it was held)."""
+        n = self.busy
+        if n > 0:
+            what = "1 request still being answered was" if n == 1 else \
+                f"{n} requests still being answered were"
+            print(f"warning: {why}: {what} cut off, not logged and perhaps not answered",
+                  file=sys.stderr, flush=True)
 
     @property
     def url(self):
@@ -407,16 +428,43 @@ def make_server(target, host="127.0.0.1", port=8000, device="cpu", quiet=False):
 
 def serve(target, host="127.0.0.1", port=8000, device="cpu", quiet=False, stream=sys.stdout):
     """Run ``xpnet serve`` until Ctrl-C; the requests being answered then finish, access lines
-    included, before "stopped"."""
+    included, before "stopped". A second Ctrl-C stops that wait at once (``server_close`` counts
+    the requests it cut off) and still ends with "stopped"."""
     server = make_server(target, host, port, device, quiet)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}: other machines can reach this page", file=sys.stderr)
     print(f"serving {server.app.model_file} on {server.url}  (Ctrl-C to stop)", file=stream, flush=True)
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()   # after the last answers and their access lines
+        try:
+            with _second_ctrl_c_stops_the_wait(sigint):
+                server.server_close()   # after the last answers and their access lines
+        except KeyboardInterrupt:
+            pass   # server_close named the requests it cut off
     print("stopped", file=stream)
     return 0
+
+
+@contextlib.contextmanager
+def _second_ctrl_c_stops_the_wait(before):
+    """Let Ctrl-C raise KeyboardInterrupt again for the block (``serve``'s wait for the requests
+    being answered) if the first one turned it off. The command line (``cli.guarded``) ignores
+    SIGINT from the first Ctrl-C on, so that a second one cannot break into a checkpoint being
+    written or into interpreter shutdown. Here there is nothing to protect but access lines, and
+    a user who presses Ctrl-C again wants out now, as with uvicorn or gunicorn; after the block
+    SIGINT is ignored again. ``before`` is SIGINT's handler while serving: ignored then (a
+    background job), it stays ignored."""
+    rearm = (threading.current_thread() is threading.main_thread()
+             and before not in (signal.SIG_IGN, None)
+             and signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+    if rearm:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if rearm:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
