@@ -1,12 +1,13 @@
 """The NumPy backend's threaded ops (stacked GEMMs, wide products in column pieces, the plane
 transposes, max pooling, the spectral weight gradient) give the same bits on 1, 2 and 3 threads:
-a training step's outputs and gradients do not depend on the thread count."""
+a training step's outputs and gradients do not depend on the thread count. And those bits are the
+reference ops' numbers: the same wrong answer on every thread count fails too."""
 import numpy as np
 import pytest
 
 import xpnet.backends.numpy_kernels as nk
 from xpnet.backends import get_backend
-from xpnet.ops import fast, gemm, layout
+from xpnet.ops import fast, gemm, layout, reference
 
 
 @pytest.fixture
@@ -24,30 +25,58 @@ def small_splits(monkeypatch):
     backend._kernels.threads = kept
 
 
+def inputs(dtype):
+    """x, W, b and dy of a "same" 5x5 convolution, and the output gradients of the two poolings of
+    its output (2x2 stride 2; 3x3 stride 2, overlapping): the same draws on every call."""
+    rng = np.random.default_rng(7)
+    shapes = (6, 5, 14, 13), (7, 5, 5, 5), (7,), (6, 7, 14, 13), (6, 7, 7, 6), (6, 7, 6, 6)
+    return [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+
+
 def run_ops(backend, threads, method, dtype):
     backend._kernels.threads = threads
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((6, 5, 14, 13)).astype(dtype)
-    W = rng.standard_normal((7, 5, 5, 5)).astype(dtype)
-    b = rng.standard_normal(7).astype(dtype)
-    dy = rng.standard_normal((6, 7, 14, 13)).astype(dtype)
+    x, W, b, dy, dp_out, dq_out = inputs(dtype)
     y, cache = fast.conv2d_forward(np, x, W, b, (1, 1), (2, 2, 2, 2), method=method)
     dx, dW, db = fast.conv2d_backward(np, dy, cache, need_dx=True)
     p, pcache = fast.maxpool2d_forward(np, y, (2, 2), (2, 2))
-    dp = fast.maxpool2d_backward(np, rng.standard_normal(p.shape).astype(dtype), pcache)
+    dp = fast.maxpool2d_backward(np, dp_out, pcache)
     q, qcache = fast.maxpool2d_forward(np, y, (3, 3), (2, 2))          # overlapping windows
-    dq = fast.maxpool2d_backward(np, rng.standard_normal(q.shape).astype(dtype), qcache)
-    return [a for a in (y, dx, dW, db, p, dp, q, dq) if a is not None]
+    dq = fast.maxpool2d_backward(np, dq_out, qcache)
+    return [y, dx, dW, db, p, dp, q, dq]
+
+
+def reference_ops(y, dtype):
+    """run_ops' arrays by xpnet.ops.reference in float64, from the same draws. The poolings pool
+    ``y``, run_ops' convolution output: pooling the reference's own y, a near-tie rounded the other
+    way in float32 would move a window's winner, an error of order one that is no bug."""
+    x, W, b, dy, dp_out, dq_out = (a.astype(np.float64) for a in inputs(dtype))
+    y_r, cache = reference.conv2d_forward(np, x, W, b, (1, 1), (2, 2, 2, 2))
+    dx, dW, db = reference.conv2d_backward(np, dy, cache)
+    y = y.astype(np.float64)
+    p, pcache = reference.maxpool2d_forward(np, y, (2, 2), (2, 2))
+    q, qcache = reference.maxpool2d_forward(np, y, (3, 3), (2, 2))
+    return [y_r, dx, dW, db, p, reference.maxpool2d_backward(np, dp_out, pcache),
+            q, reference.maxpool2d_backward(np, dq_out, qcache)]
 
 
 @pytest.mark.parametrize("method", ["spectral", "columns"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_ops_give_the_same_bits_on_any_thread_count(small_splits, method, dtype):
+    """The same bits on 1-3 threads, and the reference's numbers: the same wrong answer on every
+    thread count fails too (1e-3 added to y or dW did, which passed the bits alone). To 1e-12 of
+    each array's largest value in float64, 3e-6 in float32: the routes' rounding is under 1e-6
+    here, 1e-3 on dW is 1e-5 of it."""
     one = run_ops(small_splits, 1, method, dtype)
     for threads in (2, 3):
         for a, b in zip(one, run_ops(small_splits, threads, method, dtype)):
             assert a.dtype == b.dtype and a.shape == b.shape
             np.testing.assert_array_equal(a, b)
+    tolerance = 1e-12 if dtype == "float64" else 3e-6
+    names = "y", "dx", "dW", "db", "p", "dp", "q", "dq"
+    for name, got, want in zip(names, one, reference_ops(one[0], dtype)):
+        assert got.shape == want.shape, name
+        error = np.abs(got - want).max() / np.abs(want).max()
+        assert error < tolerance, (name, error)
 
 
 def test_wide_matmul_pieces_depend_on_the_shape_only(small_splits):
