@@ -1,6 +1,7 @@
 """Shared fixtures: every backend-aware test runs on each available backend.
 
 XPNET_TEST_BACKENDS=numpy,strict (comma list) restricts the set; cupy joins when a GPU works.
+XPNET_FUZZ_SEED=N gives the hypothesis tests new draws (tests/helpers.fuzz_settings).
 """
 import os
 
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 
 from xpnet.backends import available, get_backend
+
+from .helpers import fuzz_seed
 
 
 def _backend_names():
@@ -51,3 +54,19 @@ def _default_sigint_for_children():
 
 
 _default_sigint_for_children()
+
+
+def pytest_configure(config):
+    """A malformed XPNET_FUZZ_SEED stops the run before collection, with one line."""
+    try:
+        fuzz_seed()
+    except ValueError:
+        raise pytest.UsageError(f"XPNET_FUZZ_SEED must be an integer, not {os.environ['XPNET_FUZZ_SEED']!r}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz tests' seed, after every run that set one (-q too, where no header is printed): the
+    same XPNET_FUZZ_SEED draws the same examples again (tests/helpers.fuzz_settings)."""
+    chosen = fuzz_seed()
+    if chosen is not None:
+        terminalreporter.write_line(f"hypothesis fuzz draws: XPNET_FUZZ_SEED={chosen}")

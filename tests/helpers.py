@@ -1,9 +1,30 @@
-"""Test helpers: finite-difference gradient checks and host/device conversion."""
+"""Test helpers: finite-difference gradient checks, host/device conversion, hypothesis settings."""
+import os
+
 import numpy as np
+from hypothesis import seed, settings
 
 import xpnet
 from xpnet.layers import LeakyReLU, MaxPool2D, ReLU
 from xpnet.testing import gradcheck_model  # noqa: F401  (the public checker is the project's own)
+
+
+def fuzz_seed():
+    """XPNET_FUZZ_SEED as an int, or None where it is unset or empty."""
+    value = os.environ.get("XPNET_FUZZ_SEED", "").strip()
+    return int(value) if value else None
+
+
+def fuzz_settings(**kw):
+    """The hypothesis settings of the fuzz tests, as a test decorator. Without XPNET_FUZZ_SEED the
+    draws are derandomized: fixed by the test's source, the same on every CI run, and never new.
+    XPNET_FUZZ_SEED=N draws from seed N instead (hypothesis.seed, which also turns the example
+    database off): another N explores other draws, the same N gives the same ones again, which is
+    how a failure found that way is reproduced (conftest prints the seed after the run)."""
+    chosen = fuzz_seed()
+    if chosen is None:
+        return settings(derandomize=True, **kw)
+    return lambda test: seed(chosen)(settings(derandomize=False, **kw)(test))
 
 
 def to_np(backend, a):

@@ -2,14 +2,16 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, strategies as st
 
 from xpnet.backends.strict_backend import COUNTERS
 from xpnet.errors import ShapeError
 from xpnet.ops import autotune, dft, fast, reference as ref
 
-SETTINGS = settings(max_examples=6, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+from .helpers import fuzz_settings
+
+SETTINGS = fuzz_settings(max_examples=6, deadline=None,
+                         suppress_health_check=[HealthCheck.function_scoped_fixture])
 METHODS = ("spectral", "columns")
 
 

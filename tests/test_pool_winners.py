@@ -6,14 +6,16 @@ ties, -0.0 beside 0.0, NaN and infinities in x and in dy, all-negative windows, 
 last rows/columns no window covers, float16/32/64, and small chunks split over several threads."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, strategies as st
 
 import xpnet.backends.numpy_kernels as nk
 from xpnet.backends import get_backend
 from xpnet.ops import pooling, reference as ref
 
-SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+from .helpers import fuzz_settings
+
+SETTINGS = fuzz_settings(max_examples=60, deadline=None,
+                         suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 import xpnet
@@ -21,8 +21,10 @@ from xpnet.errors import DataError, XpnetError
 from xpnet.layers import Dense, ReLU
 from xpnet.serialization import load_npz, save_npz_atomic
 
-FUZZ = settings(max_examples=30, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+from .helpers import fuzz_settings
+
+FUZZ = fuzz_settings(max_examples=30, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")
