@@ -3,14 +3,14 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, strategies as st
 
 from xpnet.backends import get_backend
 from xpnet.errors import ConfigError, ShapeError
 from xpnet.layers import (LAYERS, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, Flatten, LeakyReLU,
                           LogSoftmax, MaxPool2D, ReLU, Reshape, Sigmoid, Softmax, Tanh)
 
-from .helpers import build, gradcheck_model, pool_window_gap, to_np
+from .helpers import build, fuzz_settings, gradcheck_model, pool_window_gap, to_np
 
 IMG = (3, 7, 7)
 
@@ -79,7 +79,7 @@ def test_batchnorm_gradients(backend, rng, training, conv):
     gradcheck_model(model, x, training=training)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzz_settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(4, 8), w=st.integers(4, 8),
        k=st.integers(1, 4), s=st.integers(1, 3), pad=st.sampled_from(["valid", "same", 1, (0, 2)]),
        seed=st.integers(0, 2 ** 16))

@@ -667,7 +667,8 @@ def guarded(label, func):
     Ctrl-C ends with one line saying what was kept (and where to continue from); a second Ctrl-C
     while the program winds down is ignored rather than breaking into interpreter shutdown
     (``xpnet serve`` lets it end its wait for the requests being answered: serve.serve).
-    SIGTERM (``kill``, ``docker stop``) stops the same way, with status 143. In a job of several
+    SIGTERM (``kill``, ``docker stop``) stops the same way, with status 143 (``xpnet serve``, a
+    server stopped on purpose, says "stopped" and ends with 0 after either). In a job of several
     ranks (``--distributed``) every one of these ends the whole job (MPI_Abort) after its line; an
     error that every rank raises alike (``every_rank``) is rank 0's line alone."""
     previous = _interrupt_once()

@@ -381,8 +381,8 @@ class Server(ThreadingHTTPServer):
         busy when the wait ends (after ``CLOSE_WAIT`` seconds, or at a KeyboardInterrupt, which
         goes on) are cut off with no access line: a warning on stderr counts them, even with
         ``quiet``, as it is no access line but the only trace they leave."""
-        super().server_close()
         try:
+            super().server_close()
             with self.idle:
                 if self.idle.wait_for(lambda: self.busy == 0, timeout=CLOSE_WAIT):
                     return
@@ -461,9 +461,16 @@ def _second_ctrl_c_stops_the_wait(before):
              and before not in (signal.SIG_IGN, None)
              and signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
     if rearm:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _second_ctrl_c)
     try:
         yield
     finally:
-        if rearm:
+        if rearm and signal.getsignal(signal.SIGINT) is _second_ctrl_c:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _second_ctrl_c(signum, frame):
+    """The second Ctrl-C: ignore any further one (the warning and "stopped" are still to be
+    printed, then interpreter shutdown, as after the first), then stop the wait."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
