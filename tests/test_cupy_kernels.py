@@ -1,7 +1,8 @@
 """The CuPy backend's fused kernels (backends/cupy_kernels.py) against the pure-xp reference.
 
-They need a CUDA GPU (NVRTC compiles them on first use, which needs a device): on a machine
-without one these tests are skipped.
+They run the kernels on a CUDA GPU: on a machine without one these tests are skipped. That every
+kernel compiles needs no GPU (only the CuPy and NVRTC wheels): tests/test_cupy_compile.py, which
+CI runs after `make test` (.ci/run).
 """
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ pytestmark = pytest.mark.gpu
 def gpu():
     from xpnet.backends.cupy_backend import gpu_available
     if not gpu_available():
-        pytest.skip("no usable CUDA GPU / CuPy on this machine: the fused kernels cannot be compiled")
+        pytest.skip("no usable CUDA GPU / CuPy on this machine: these tests run the fused kernels on "
+                    "the device (tests/test_cupy_compile.py compiles them without one)")
     return get_backend("cupy")
 
 
