@@ -17,7 +17,7 @@ def _backend_names():
     wanted = os.environ.get("XPNET_TEST_BACKENDS")
     names = available()
     if wanted:
-        names = [n for n in wanted.split(",") if n in names or n == "cupy"]
+        names = [n.strip() for n in wanted.split(",") if n.strip() in names or n.strip() == "cupy"]
     return names
 
 
@@ -56,8 +56,18 @@ def _default_sigint_for_children():
 _default_sigint_for_children()
 
 
+TEST_BACKENDS = ("numpy", "strict", "cupy")
+
+
 def pytest_configure(config):
-    """A malformed XPNET_FUZZ_SEED stops the run before collection, with one line."""
+    """A malformed XPNET_FUZZ_SEED, or a name in XPNET_TEST_BACKENDS that is no backend (it was
+    dropped silently, and the run shrank with no skip to show it), stops the run before
+    collection, with one line."""
+    wanted = [n.strip() for n in os.environ.get("XPNET_TEST_BACKENDS", "").split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in TEST_BACKENDS]
+    if unknown:
+        raise pytest.UsageError(f"XPNET_TEST_BACKENDS names {', '.join(map(repr, unknown))}; expected a "
+                                f"comma list of {', '.join(TEST_BACKENDS)}")
     try:
         fuzz_seed()
     except ValueError:

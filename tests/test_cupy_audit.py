@@ -19,6 +19,8 @@ import os
 import numpy as np
 import pytest
 
+from .helpers import skip_unless_required
+
 pytestmark = pytest.mark.cupy_audit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +29,7 @@ NUMPY_ONLY = {"backends/numpy_backend.py", "backends/numpy_kernels.py", "backend
 
 def import_cupy():
     if importlib.util.find_spec("cupy") is None:
-        pytest.skip("CuPy is not installed; the audit needs only its wheel, no GPU: "
+        skip_unless_required("CuPy is not installed; the audit needs only its wheel, no GPU: "
                     "pip install --no-deps cupy-cuda13x cuda-pathfinder")
     import cupy
     return cupy

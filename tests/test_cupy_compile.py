@@ -13,19 +13,21 @@ import pytest
 
 from xpnet.backends import cupy_kernels
 
+from .helpers import skip_unless_required
+
 pytestmark = pytest.mark.cupy_audit
 
 
 @pytest.fixture(scope="module")
 def compiler():
     if importlib.util.find_spec("cupy") is None:
-        pytest.skip("CuPy is not installed; compiling needs its wheel and NVRTC, no GPU: "
+        skip_unless_required("CuPy is not installed; compiling needs its wheel and NVRTC, no GPU: "
                     "pip install --no-deps cupy-cuda13x cuda-pathfinder nvidia-cuda-nvrtc")
     from cupy.cuda import nvrtc
     try:
         nvrtc.getVersion()
     except Exception as exc:  # the NVRTC library is not installed
-        pytest.skip(f"NVRTC is not available ({type(exc).__name__}: {exc}); "
+        skip_unless_required(f"NVRTC is not available ({type(exc).__name__}: {exc}); "
                     "pip install --no-deps nvidia-cuda-nvrtc")
     from xpnet.backends import cupy_compile
     return cupy_compile
