@@ -257,10 +257,6 @@ def test_callbacks_print_their_lines_on_rank_zero_only(rank, capsys):
     assert es.stopped_epoch >= 1 and m.stop_training   # rank 1 ran them all the same
 
 
-def _numpy_like_warning():
-    warnings.warn("overflow in a pass", RuntimeWarning)   # one site: the "default" filter shows it once
-
-
 @pytest.mark.parametrize("rank", [0, 1])
 def test_calling_callbacks_keeps_the_warnings_already_shown(rank):
     """A warning from one place (NumPy's overflow, say) shows once under Python's default filter;
