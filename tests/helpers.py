@@ -28,8 +28,9 @@ def fuzz_settings(**kw):
     """The hypothesis settings of the fuzz tests, as a test decorator. Without XPNET_FUZZ_SEED the
     draws are derandomized: fixed by the test's source, the same on every CI run, and never new.
     XPNET_FUZZ_SEED=N draws from seed N instead (hypothesis.seed, which takes precedence over
-    derandomize and also turns the example database off): another N explores other draws, the same N gives the same ones again, which is
-    how a failure found that way is reproduced (conftest prints the seed after the run)."""
+    derandomize and also turns the example database off): another N explores other draws, the
+    same N gives the same ones again, which is how a failure found that way is reproduced
+    (conftest prints the seed after the run)."""
     from hypothesis import seed, settings   # here: conftest imports this module for fuzz_seed alone
     chosen = fuzz_seed()
     if chosen is None:
