@@ -12,7 +12,7 @@ import pytest
 from xpnet import distributed
 from xpnet.backends import get_backend
 from xpnet.distributed import base
-from xpnet.distributed.data_parallel import DataParallel, FlatBuffer, check_batches, shard_bounds
+from xpnet.distributed.data_parallel import DataParallel, FlatBuffer, agree_sizes, check_batches, shard_bounds
 from xpnet.distributed.nccl import NCCLCommunicator, decode_id, encode_id, select_device
 from xpnet.errors import BackendError, BatchSizeError, ConfigError, on_every_rank
 
@@ -144,10 +144,10 @@ def test_ranks_with_other_sizes_are_refused_naming_each_ranks_value():
     comm = PeerComm(backend, 0, lambda k: [0.0, 1024.0, 0.0, 4.0])
     with pytest.raises(ConfigError, match="the ranks disagree on the number of training samples: "
                                           "rank 0: 256, rank 1: 1024; every rank must train on"):
-        DataParallel(_model(backend), comm, 4, 256, None).agree_sizes(sizes)
+        agree_sizes(comm, sizes)
     assert comm.calls == [("allreduce", 4)]
     comm = PeerComm(backend, 1, lambda k: [256.0, 0.0, 4.0, 0.0])
-    DataParallel(_model(backend), comm, 4, 256, None).agree_sizes(sizes)
+    agree_sizes(comm, sizes)
 
 
 def test_fit_compares_the_sizes_before_the_batch_check():
@@ -563,7 +563,6 @@ def test_an_error_every_rank_raises_is_printed_by_rank_zero_only(monkeypatch, ca
     whose MPI_Abort ends it while it waits (here: the wait raises in its stead). Should rank 0 not
     end the job within the grace period, it says the line itself and ends the job."""
     from xpnet import cli
-    from xpnet.distributed.data_parallel import agree_sizes
 
     class Ended(BaseException):
         pass

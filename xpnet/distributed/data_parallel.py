@@ -207,10 +207,6 @@ class DataParallel:
             raise on_every_rank(DistributedError(problem + "; every rank must read the same checkpoint "
                                                  "file (a folder on a file system shared by all machines)"))
 
-    def agree_sizes(self, sizes):
-        """agree_sizes over this run's communicator."""
-        agree_sizes(self.comm, sizes)
-
     # -- per step -------------------------------------------------------------------------------
     def begin_batch(self, nb):
         """Rows [lo, hi) of a global batch of nb for this rank; sets the loss-gradient scale."""
