@@ -77,10 +77,54 @@ def test_warmup_halving_other_k():
     assert s.values(14) == [1, 2, 3, 3, 3, 3, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 0.75, 0.75]
 
 
+def test_epoch_bias_correction_factors():
+    s = schedules.EpochBiasCorrection(schedules.WarmupHalving(1e-3, k=5, late_start=20, late_every=3))
+    inner = s.schedule.values(60)
+    for e, want in ((0, 0.316), (4, 0.172), (9, 0.153), (19, 0.160), (49, 0.222)):
+        assert s.factor(e) == pytest.approx(want, abs=1e-3)
+        assert s(e) == pytest.approx(inner[e] * want, abs=1e-3 * inner[e])
+    assert s.factor(20_000) == pytest.approx(1.0)
+
+
+def _last_step(lr, epochs, steps, t_of):
+    """The size of the last Adam step of ``epochs`` epochs of ``steps`` steps on a constant
+    gradient 1 (beta 0.9/0.999, eps 1e-8), its bias corrections taken at t_of(epoch, step)."""
+    m = v = 0.0
+    for e in range(epochs):
+        for k in range(steps):
+            m, v = 0.9 * m + 0.1, 0.999 * v + 0.001
+            t = t_of(e, e * steps + k + 1)
+            step = lr * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)) ** 0.5 + 1e-8)
+    return step
+
+
+@pytest.mark.parametrize("epochs", [3, 5, 12])
+def test_epoch_bias_correction_gives_an_epoch_counting_adams_steps(epochs):
+    # an Adam whose t is the epoch number (t = epoch + 1, seed 001's author's code) against a
+    # per-step Adam at the scaled rate: the same step once the moving averages have settled
+    epoch_t = _last_step(1e-3, epochs, 2000, lambda e, k: e + 1)
+    scaled = schedules.EpochBiasCorrection(schedules.Constant(1e-3))(epochs - 1)
+    per_step = _last_step(scaled, epochs, 2000, lambda e, k: k)
+    assert per_step == pytest.approx(epoch_t, rel=2e-3)
+    assert epoch_t < 0.3 * 1e-3     # the effect is large: not a rounding-level check
+
+
+def test_seed001_m12_scaled_lr_is_m12_times_the_factor():
+    from xpnet import models
+    m12 = schedules.get(models.get("seed001-m12").recipe["schedule"])
+    scaled = schedules.get(models.get("seed001-m12-scaled-lr").recipe["schedule"])
+    assert isinstance(scaled, schedules.EpochBiasCorrection)
+    for e in range(60):
+        assert scaled(e) == pytest.approx(m12(e) * scaled.factor(e), rel=1e-12)
+    rest = {k: v for k, v in models.get("seed001-m12-scaled-lr").recipe.items() if k not in ("schedule", "notes")}
+    assert rest == {k: v for k, v in models.get("seed001-m12").recipe.items() if k not in ("schedule", "notes")}
+
+
 @pytest.mark.parametrize("s", [schedules.Constant(0.1), schedules.StepDecay(0.1, 0.3, 4),
                                schedules.ExponentialDecay(0.1, 0.9, 2), schedules.InverseTimeDecay(0.1, 0.01),
                                schedules.CosineDecay(0.1, 10, 0.001), schedules.WarmupHalving(1e-3, 5),
-                               schedules.LinearWarmup(schedules.CosineDecay(0.1, 10), 3, 0.01)])
+                               schedules.LinearWarmup(schedules.CosineDecay(0.1, 10), 3, 0.01),
+                               schedules.EpochBiasCorrection(schedules.WarmupHalving(1e-3, 5), 0.8, 0.99)])
 def test_config_round_trip(s):
     again = schedules.get(s.get_config())
     assert type(again) is type(s)
@@ -97,6 +141,8 @@ def test_get_by_name_and_callable():
 
 @pytest.mark.parametrize("bad, match", [
     (lambda: schedules.Constant(-1), "lr must be > 0"),
+    (lambda: schedules.EpochBiasCorrection(schedules.Constant(0.1), beta_1=1.0), "beta_1 must be < 1, got 1.0"),
+    (lambda: schedules.EpochBiasCorrection(schedules.Constant(0.1), beta_2=0), "beta_2 must be > 0"),
     (lambda: schedules.StepDecay(0.1, every=0), "every must be an integer >= 1"),
     (lambda: schedules.CosineDecay(0.1, 10, min_lr=1.0), "min_lr"),
     (lambda: schedules.get("nope"), "unknown schedule 'nope'"),
