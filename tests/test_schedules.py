@@ -109,15 +109,18 @@ def test_epoch_bias_correction_gives_an_epoch_counting_adams_steps(epochs):
     assert epoch_t < 0.3 * 1e-3     # the effect is large: not a rounding-level check
 
 
-def test_seed001_m12_scaled_lr_is_m12_times_the_factor():
+@pytest.mark.parametrize("name", ["seed001-m10", "seed001-m12"])
+def test_seed001_scaled_lr_variants_are_the_recipe_times_the_factor(name):
     from xpnet import models
-    m12 = schedules.get(models.get("seed001-m12").recipe["schedule"])
-    scaled = schedules.get(models.get("seed001-m12-scaled-lr").recipe["schedule"])
-    assert isinstance(scaled, schedules.EpochBiasCorrection)
+    plain, variant = models.get(name), models.get(name + "-scaled-lr")
+    base = schedules.get(plain.recipe["schedule"])
+    scaled = schedules.get(variant.recipe["schedule"])
+    assert isinstance(scaled, schedules.EpochBiasCorrection) and scaled.schedule.get_config() == base.get_config()
     for e in range(60):
-        assert scaled(e) == pytest.approx(m12(e) * scaled.factor(e), rel=1e-12)
-    rest = {k: v for k, v in models.get("seed001-m12-scaled-lr").recipe.items() if k not in ("schedule", "notes")}
-    assert rest == {k: v for k, v in models.get("seed001-m12").recipe.items() if k not in ("schedule", "notes")}
+        assert scaled(e) == pytest.approx(base(e) * scaled.factor(e), rel=1e-12)
+    rest = lambda r: {k: v for k, v in r.items() if k not in ("schedule", "notes")}  # noqa: E731
+    assert rest(variant.recipe) == rest(plain.recipe)
+    assert [type(l).__name__ for l in variant.build().layers] == [type(l).__name__ for l in plain.build().layers]
 
 
 @pytest.mark.parametrize("s", [schedules.Constant(0.1), schedules.StepDecay(0.1, 0.3, 4),
