@@ -350,10 +350,10 @@ def test_it_binds_to_127_0_0_1_by_default_and_reports_a_busy_port():
         server.server_close()
 
 
-def _serve_one_then_interrupt(python_args):
-    """Run ``python python_args serve RUN_DIR --port 0``, get /api/info once, send SIGINT: the
-    server's stderr, once it has exited."""
-    proc = subprocess.Popen([sys.executable, *python_args, "serve", RUN_DIR, "--port", "0"],
+def _serve_one_then_interrupt(python_args, options=()):
+    """Run ``python python_args serve RUN_DIR --port 0 options``, get /api/info once, send SIGINT:
+    the server's stderr, once it has exited."""
+    proc = subprocess.Popen([sys.executable, *python_args, "serve", RUN_DIR, "--port", "0", *options],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         line = proc.stdout.readline()
@@ -374,6 +374,10 @@ def _serve_one_then_interrupt(python_args):
 def test_cli_serve_runs_until_interrupted():
     err = _serve_one_then_interrupt(["-m", "xpnet"])
     assert '"GET /api/info HTTP/1.1" 200' in err  # one access-log line per request
+
+
+def test_cli_serve_quiet_writes_no_access_lines():
+    assert _serve_one_then_interrupt(["-m", "xpnet"], ["--quiet"]).strip() == ""
 
 
 def test_cli_serve_interrupted_before_an_access_line_still_writes_it():

@@ -387,7 +387,7 @@ def _compute_types(backend):
 
 def cmd_serve(args):
     from .serve import serve
-    return serve(args.target, host=args.host, port=args.port, device=args.device)
+    return serve(args.target, host=args.host, port=args.port, device=args.device, quiet=args.quiet)
 
 
 def cmd_models(args):
@@ -643,6 +643,8 @@ def build_parser():
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
+    p.add_argument("--quiet", action="store_true",
+                   help="no access line per request (warnings and errors still go to stderr)")
     p.set_defaults(func=cmd_serve)
     return parser
 
