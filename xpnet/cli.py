@@ -308,10 +308,8 @@ def cmd_export(args):
     if os.path.exists(out) and (not os.path.isfile(out) or (os.path.isfile(path) and os.path.samefile(out, path))):
         what = "the model file itself" if os.path.isfile(out) else "not a regular file"
         raise ConfigError(f"{out} is {what}: give export a new .onnx file to write")
-    from .serialization import unwritable_reason
-    blocked = unwritable_reason(out)  # such as a file where its folder would be
-    if blocked is not None:
-        raise ConfigError(f"cannot write {out}: {blocked}")
+    from .serialization import check_destination
+    check_destination(out)   # export_onnx's own check, here before the model is loaded
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise ConfigError(f"{out}: its folder does not exist")
     model = load_model(path, device="cpu", compile=False)
