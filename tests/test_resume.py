@@ -73,6 +73,22 @@ def test_two_plus_two_equals_four(backend, tmp_path):
     assert [float(r["loss"]) for r in rows] == h_full.history["loss"]
 
 
+def test_reduce_lr_on_plateau_resumes_its_wait(tmp_path):
+    """The test above cannot see ReduceLROnPlateau: its scheduler sets the rate at every epoch's
+    start, over any reduction. Alone, a wait of 1 saved after epoch 2 must bring the halving of
+    epoch 3's end into epoch 4, as in the run without a break."""
+    def cbs():
+        return [callbacks.ReduceLROnPlateau(monitor="loss", patience=2, factor=0.5, min_delta=10.0)]
+
+    full, h_full = run("numpy", tmp_path, "a", 4, cbs=cbs())
+    assert h_full.history["lr"] == [0.01, 0.01, 0.01, 0.005]
+    ck = tmp_path / "ck"
+    run("numpy", tmp_path, "b", 2, checkpoint=ck, cbs=cbs())
+    resumed, h = run("numpy", tmp_path, "b", 4, checkpoint=ck, resume=True, cbs=cbs())
+    assert h.history["lr"] == h_full.history["lr"]
+    assert_same(full, resumed)
+
+
 def test_resume_after_a_finished_run_continues(tmp_path):
     full, _ = run("numpy", tmp_path, "a", 5, cbs=[])
     ck = tmp_path / "ck"
