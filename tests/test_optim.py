@@ -222,19 +222,32 @@ def test_state_dict_round_trip(backend, case):
         np.testing.assert_array_equal(backend.to_numpy(dev[k]), straight[k])
 
 
+@pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_step_does_not_sync(case):
+def test_step_does_not_sync(case, flat):
+    """flat: the parameters as views of one buffer (bind_flat), the update fit() runs, where the
+    rate and step count are device scalars; without it a host read of the rate in an update
+    (float(lr)) synced on every step of fit unseen."""
     backend = get_backend("strict")
     make, _ = CASES[case]
     params, grads = _start()
     opt = make()
     opt.decay, opt.clipnorm, opt.clipvalue = 1e-3, 1.0, 2.0
     dev = {k: backend.asarray(v.astype(np.float32)) for k, v in params.items()}
+    if flat:
+        buffer = backend.xp.concatenate([p.reshape(-1) for p in dev.values()])
+        views, offset = {}, 0
+        for k, p in dev.items():
+            views[k] = buffer[offset:offset + p.size].reshape(p.shape)
+            offset += p.size
+        dev = views
+        opt.bind_flat(buffer, views)
     dev_grads = [{k: backend.asarray(v.astype(np.float32)) for k, v in g.items()} for g in grads]
     before = COUNTERS["syncs"]
     for g in dev_grads:
         opt.step(dev, g)
     assert COUNTERS["syncs"] == before
+    assert (getattr(opt, "_device", None) is not None) == flat  # the flat step ran (or did not)
     assert all(v.dtype == np.float32 for v in dev.values())  # float32 stays float32
     assert all(v.dtype == np.float32 for buffers in opt.state.values() for v in buffers.values())
 
