@@ -4,6 +4,8 @@ communicator's GPU-only logic (device selection, buffer pointers, NCCL types and
 id, the event watchdog) through a fake ``cupy.cuda.nccl`` and a fake CuPy backend: no GPU here,
 so the NCCL path has not run on real hardware."""
 import ctypes
+import threading
+import time
 import types
 
 import numpy as np
@@ -307,6 +309,7 @@ class FakeEvent:
 
 STREAM = types.SimpleNamespace(ptr=4242)
 USED_DEVICES = []
+DEVICE_THREADS = []   # the thread that made each USED_DEVICES entry
 
 
 class FakeDevice:
@@ -315,6 +318,7 @@ class FakeDevice:
 
     def use(self):
         USED_DEVICES.append(self.device)
+        DEVICE_THREADS.append(threading.current_thread())
 
 
 FAKE_CUPY = types.SimpleNamespace(ndarray=FakeArray, cuda=types.SimpleNamespace(
@@ -412,6 +416,12 @@ def test_nccl_communicator_passes_device_pointers_types_and_the_stream():
     assert control.barriers == 1 and comm.backend.syncs == 1
     comm._use_device()  # what the watchdog thread runs first: this rank's GPU
     assert USED_DEVICES and set(USED_DEVICES) == {3}
+    # and the watchdog thread itself runs it (its thread_init): calling it here alone could not
+    # fail when the communicator left it out of its Watchdog
+    deadline = time.monotonic() + 10
+    while comm.watchdog._thread not in DEVICE_THREADS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert comm.watchdog._thread in DEVICE_THREADS, "the watchdog thread never chose the rank's GPU"
     comm.close()
     assert comm.comm.destroyed and control.closed
 
