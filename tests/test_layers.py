@@ -241,7 +241,8 @@ def test_conv2d_params_and_regularizer(backend, rng):
     np.testing.assert_allclose(to_np(backend, conv.grads["W"]), W, rtol=1e-12)
 
 
-def test_need_input_grad_off_skips_dx(backend, rng):
+def test_need_input_grad_off_skips_dx(backend, rng, monkeypatch):
+    from xpnet import ops
     model = build([Conv2D(2, 3), BatchNorm(), MaxPool2D(), Flatten(), Dense(3)], IMG, backend)
     x = backend.asarray(x_img(rng))
     g = backend.asarray(rng.standard_normal((2, 3)))
@@ -249,8 +250,17 @@ def test_need_input_grad_off_skips_dx(backend, rng):
     model.backward(g)
     reference = {k: to_np(backend, v) for k, v in model.gradients.items()}
     model.layers[0].need_input_grad = False
+    asked, real = [], ops.conv2d_backward
+
+    def spy(*args, need_dx=True):
+        asked.append(need_dx)
+        return real(*args, need_dx=need_dx)
+
+    monkeypatch.setattr(ops, "conv2d_backward", spy)
     model.forward(x, training=True)
     assert model.backward(g) is None
+    # the dx itself is skipped, not computed and dropped: a None returned alone could not tell
+    assert asked == [False]
     for k, v in model.gradients.items():
         np.testing.assert_allclose(to_np(backend, v), reference[k], rtol=1e-12)
 
