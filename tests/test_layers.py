@@ -207,7 +207,8 @@ def test_batchnorm_running_stats_and_eval(backend, rng):
     np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-12)
     # eval: the running statistics, not the batch's
     x2 = rng.standard_normal((2, 3, 4, 5))
-    rm, rv = to_np(backend, bn.buffers["running_mean"]), to_np(backend, bn.buffers["running_var"])
+    # copies: on NumPy to_np hands back the buffers themselves, which an update in place would move too
+    rm, rv = (to_np(backend, bn.buffers[k]).copy() for k in ("running_mean", "running_var"))
     y2 = to_np(backend, model.forward(backend.asarray(x2), training=False))
     np.testing.assert_allclose(y2, (x2 - rm[None, :, None, None]) / np.sqrt(rv[None, :, None, None] + 1e-3),
                                rtol=1e-12)
