@@ -269,19 +269,23 @@ def test_peek_gives_the_next_numbers_without_drawing_them():
 @pytest.mark.parametrize("shape", [(3, 1, 28, 28), (2, 3, 9, 13), (1, 1, 5, 4)])
 @pytest.mark.parametrize("mode", ["constant", "nearest"])
 def test_numpy_warp_with_kept_constants_equals_the_reference(shape, mode):
-    """The NumPy backend's affine_warp (constants kept per shape, a gather per neighbour) against
-    the base backend's (constants made per call, one gather), far outside the image too."""
+    """The NumPy backend's affine_warp (constants kept per shape and dtype, a gather per neighbour)
+    against the base backend's (constants made per call, one gather), far outside the image too;
+    float64 images of the same shape first, so that float32 ones taking their constants would show."""
     from xpnet.backends.base import Backend
     b = get_backend("numpy")
+    b.warp_constants.clear()   # a cache: none kept for these shapes by earlier tests
     r = np.random.default_rng(1)
-    host = r.random(shape).astype(np.float32)
-    for shift in (3.0, 40.0):
-        m = affine_matrices(np, angle=r.uniform(-40, 40, shape[0]), scale_x=r.uniform(0.5, 1.5, shape[0]),
-                            scale_y=r.uniform(0.5, 1.5, shape[0]), shift_x=r.uniform(-shift, shift, shape[0]),
-                            shift_y=r.uniform(-shift, shift, shape[0]))
-        for _ in range(2):  # the second call takes the kept constants
-            np.testing.assert_array_equal(b.affine_warp(host, m, 0.25, mode),
-                                          Backend.affine_warp(b, host, m, 0.25, mode))
+    for dtype in (np.float64, np.float32):
+        host = r.random(shape).astype(dtype)
+        for shift in (3.0, 40.0):
+            n = shape[0]
+            m = affine_matrices(np, angle=r.uniform(-40, 40, n), scale_x=r.uniform(0.5, 1.5, n),
+                                scale_y=r.uniform(0.5, 1.5, n), shift_x=r.uniform(-shift, shift, n),
+                                shift_y=r.uniform(-shift, shift, n))
+            for _ in range(2):  # the second call takes the kept constants
+                np.testing.assert_array_equal(b.affine_warp(host, m, 0.25, mode),
+                                              Backend.affine_warp(b, host, m, 0.25, mode))
 
 
 @pytest.mark.parametrize("fit_args", [dict(epochs=3, batch_size=16),                  # 100 = 6 x 16 + 4
