@@ -199,7 +199,7 @@ def test_split_mode_reads_the_environment(monkeypatch):
 
 
 def test_the_pool_reports_its_threads_cpu_time():
-    """DaemonPool.run returns the pieces' CPU seconds and the batch's wall seconds."""
+    """DaemonPool.run returns the pieces' CPU seconds (the workers' too) and the batch's wall seconds."""
     pool = nk.DaemonPool(1)
     a = np.random.default_rng(0).standard_normal((2, 400, 400)).astype(np.float32)
 
@@ -209,6 +209,18 @@ def test_the_pool_reports_its_threads_cpu_time():
 
     cpu, wall = pool.run(part, [slice(0, 1), slice(1, 2)])
     assert 0 < cpu and 0 < wall and cpu < 3 * wall + 0.05
+    # the worker's piece counts too (the alarm reads waiting from it): one piece each, made so by
+    # a barrier, each spinning 0.05 s of its own thread's CPU time
+    gate = threading.Barrier(2, timeout=10)
+
+    def spin(_):
+        gate.wait()
+        start = time.thread_time()
+        while time.thread_time() - start < 0.05:
+            pass
+
+    cpu, _ = pool.run(spin, [0, 1])
+    assert cpu >= 0.1, cpu
 
 
 def test_passes_in_flight_at_once_never_break_a_site():
