@@ -352,6 +352,30 @@ def test_fit_batch_serves_each_batch_as_the_plain_call(monkeypatch, chunk_bytes,
     assert sum(not np.array_equal(s, x[order[i * 8:i * 8 + 8]]) for i, s in enumerate(served[:3])) >= 2
 
 
+def test_a_kept_block_is_served_to_its_own_generator_and_settings_only():
+    """fit_batch keeps the block of the next batches it made: after the augmenter's settings
+    change, or for another generator standing where the block's would, the batch is made anew,
+    as the plain call makes it (the tests above keep one generator and one setting, so serving
+    such a batch from the block could not fail them)."""
+    b = get_backend("numpy")
+    x = np.random.default_rng(8).random((64, 1, 10, 10)).astype(np.float32)
+    order = b.rng(1, 2).permutation(64)
+    ahead, plain = (RandomAffine(rotation=25, scale=None, zoom=0.2, shift=(0.2, 0.2), probability=0.4)
+                    for _ in range(2))
+    r_ahead, r_plain = b.rng(0, 7), b.rng(0, 7)
+    np.testing.assert_array_equal(ahead.fit_batch(x, order, 0, 8, r_ahead), plain(x[order[:8]], r_plain))
+    for aug in (ahead, plain):
+        aug.probability = 0.9
+    np.testing.assert_array_equal(ahead.fit_batch(x, order, 8, 16, r_ahead),
+                                  plain(x[order[8:16]], r_plain))
+    o_ahead, o_plain = b.rng(0, 9), b.rng(0, 9)   # another generator, at the first one's count
+    for r in (o_ahead, o_plain):
+        r.advance(r_ahead.counter)
+    np.testing.assert_array_equal(ahead.fit_batch(x, order, 16, 24, o_ahead),
+                                  plain(x[order[16:24]], o_plain))
+    assert o_ahead.counter == o_plain.counter == r_ahead.counter + 7 * 8
+
+
 def test_fit_with_blocks_made_in_the_background_trains_the_same_weights(monkeypatch):
     """fit() on two threads with blocks of two batches, so that most blocks are made on the
     background thread (counted), against the same fit with a plain per-batch callable: the same
