@@ -8,13 +8,16 @@ from xpnet.layers import LeakyReLU, MaxPool2D, ReLU
 from xpnet.testing import gradcheck_model  # noqa: F401  (the public checker is the project's own)
 
 
-def skip_unless_required(reason):
-    """pytest.skip(reason), or pytest.fail(reason) where XPNET_REQUIRE_CUPY_WHEEL=1: .ci/run sets
-    it for the CuPy audit once it has installed the wheels, so that a wheel that installs but does
-    not load fails the step instead of skipping every test of it while CI stays green."""
+def skip_unless_required(reason, need="CUPY_WHEEL"):
+    """pytest.skip(reason), or pytest.fail(reason) where XPNET_REQUIRE_<need>=1. .ci/run sets
+    XPNET_REQUIRE_CUPY_WHEEL for the CuPy audit once it has installed the wheels, and
+    XPNET_REQUIRE_MPI for the suite (its test extra installs mpi4py and MPICH), so that a wheel
+    or an MPI that installs but does not work fails CI instead of skipping its tests while CI
+    stays green."""
     import pytest
-    if os.environ.get("XPNET_REQUIRE_CUPY_WHEEL", "").strip() == "1":
-        pytest.fail(f"XPNET_REQUIRE_CUPY_WHEEL=1 but: {reason}")
+    name = f"XPNET_REQUIRE_{need}"
+    if os.environ.get(name, "").strip() == "1":
+        pytest.fail(f"{name}=1 but: {reason}")
     pytest.skip(reason)
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import skip_unless_required
+
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = ROOT / "tests" / "distributed_child.py"
 # One BLAS / element-wise thread per rank: two ranks share the 2-core CI machine.
@@ -51,9 +53,10 @@ def mpi_problem():
 
 
 def require_mpi():
+    """Skip with mpi_problem()'s reason (fail where XPNET_REQUIRE_MPI=1, as in CI)."""
     problem = mpi_problem()
     if problem:
-        pytest.skip(problem)
+        skip_unless_required(problem, "MPI")
 
 
 def run_job(args, ranks=2, timeout=180, mpi_flags=(), env=None):
