@@ -76,8 +76,20 @@ def test_malformed_npy_header(tmp_path):
 
 
 def test_object_dtype_member_is_refused_unread(tmp_path):
+    """Refused from its header (the member named), not by np.load's allow_pickle=False after it."""
     path = write_zip(tmp_path / "obj.npz", {"param/x.npy": npy_member((2,), descr="|O", payload=bytes(16))})
-    with pytest.raises(DataError, match="pickled objects"):
+    with pytest.raises(DataError, match=r"member param/x\.npy holds pickled objects"):
+        load_npz(path)
+
+
+def test_allow_pickle_false_refuses_an_object_member_on_its_own(tmp_path, monkeypatch):
+    """The second guard: with the header check above skipped, np.load (allow_pickle=False) still
+    refuses a real pickle, which with allow_pickle=True would be unpickled and returned."""
+    import xpnet.serialization as ser
+    path = tmp_path / "obj.npz"
+    np.savez(path, w=np.array([print, "payload"], dtype=object))
+    monkeypatch.setattr(ser, "_check_members", lambda path: None)
+    with pytest.raises(DataError, match=r"obj\.npz: refusing to load: it holds pickled objects"):
         load_npz(path)
 
 
