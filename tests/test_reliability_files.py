@@ -115,6 +115,8 @@ HOSTILE = {
     "type=list": lambda m: m["model"]["layers"][0].__setitem__("type", ["Dense"]),
     "layers=string": lambda m: m["model"].__setitem__("layers", "Dense"),
     "layer names clash": _layer0("name", "dense_1"),
+    # the clash above is refused by the weights' names too; a layer without weights only by the check
+    "layer names clash, no weights": lambda m: m["model"]["layers"][1]["config"].__setitem__("name", "dense"),
     "optimizer=string": lambda m: m.__setitem__("optimizer", "adam"),
     "optimizer=os.system": lambda m: m.__setitem__("optimizer", {"class": "os.system", "config": {}}),
     "compile=list": lambda m: m.__setitem__("compile", ["cross_entropy"]),
