@@ -227,13 +227,17 @@ def test_random_idx_headers_never_crash(tmp_path, header, tail):
     assert out.dtype == np.uint8 and out.size == len(header + tail) - 4 - 4 * out.ndim
 
 
-@pytest.mark.parametrize("content", [b"", b"\x1f\x8b", b"\x00\x00\x0d\x01" + struct.pack(">I", 4) + bytes(16),
-                                     b"\x00\x00\x08\xff" + bytes(8)])
-def test_idx_odd_files(tmp_path, content):
-    """Empty file, a bare gzip magic, float-typed IDX, 255 declared dimensions."""
+@pytest.mark.parametrize("content, words", [
+    (b"", "truncated IDX header"), (b"\x1f\x8b", "corrupt or truncated gzip stream"),
+    (b"\x00\x00\x0d\x01" + struct.pack(">I", 4) + bytes(16), "not an unsigned-byte IDX file"),
+    (b"\x00\x00\x08\xff" + bytes(8), "truncated IDX dimensions: expected 1020 bytes")])
+def test_idx_odd_files(tmp_path, content, words):
+    """Empty file, a bare gzip magic, float-typed IDX, 255 declared dimensions: each refused for
+    its own reason (without the type check the float file was refused as 'more data than the
+    header')."""
     path = tmp_path / "odd.idx"
     path.write_bytes(content)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=rf"odd\.idx: {words}"):
         idx.read_idx(path)
 
 
