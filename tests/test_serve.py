@@ -147,6 +147,27 @@ def test_predictions_from_many_threads_at_once_agree(server, mnist_test):
         assert int(np.argmax(results[k])) == y[k]
 
 
+def test_forward_passes_never_overlap(mnist_test):
+    """The test above passes without App's lock (these outputs do not depend on the per-call state
+    the layers keep): here each forward pass is held open a moment, and none may start meanwhile."""
+    app = App(RUN_DIR)
+    forward, inside, most = app.model.forward, [], []
+
+    def held(*args, **kwargs):
+        inside.append(1)
+        most.append(len(inside))
+        time.sleep(0.05)
+        inside.pop()
+        return forward(*args, **kwargs)
+    app.model.forward = held
+    threads = [threading.Thread(target=app.probabilities, args=(mnist_test[0][k],)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert len(most) == 4 and max(most) == 1, most
+
+
 def test_a_model_file_works_without_a_run_folder(tmp_path, mnist_test):
     shutil.copy(os.path.join(RUN_DIR, "model.npz"), tmp_path / "m.npz")
     with running_server(str(tmp_path / "m.npz")) as s:
