@@ -208,7 +208,8 @@ def test_export_refuses_to_write_over_its_model_or_a_non_file(tmp_path, capsys):
                          (tmp_path / "missing" / "m.onnx", "its folder does not exist")):
         assert cli.main(["export", str(path), str(out)]) == 2
         assert message in capsys.readouterr().err
-    assert cli.main(["export", str(tmp_path), str(path)]) == 2   # a folder's model.npz: the same file
+    assert cli.main(["export", str(tmp_path), str(path)]) == 2   # the folder has no model.npz yet
+    assert "no such model file" in capsys.readouterr().err          # (the same file: just below)
     os.replace(path, tmp_path / "model.npz")
     assert cli.main(["export", str(tmp_path), str(tmp_path / "model.npz")]) == 2
     assert "the model file itself" in capsys.readouterr().err
