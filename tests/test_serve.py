@@ -215,6 +215,7 @@ def test_an_oversize_body_gets_413_before_it_is_read(server):
     out = json.loads(response.read())
     conn.close()
     assert response.status == 413 and str(MAX_BODY) in out["error"]
+    assert response.getheader("Connection") == "close"   # the unread body is no next request
 
 
 def test_an_oversize_body_announced_with_expect_100_continue_gets_413_not_100(server):
@@ -245,9 +246,10 @@ def test_content_length_and_type_are_required(server):
     status, _, _, out = request(server, "POST", "/api/predict", b"{}", {"Content-Length": "lots",
                                                                        "Content-Type": "application/json"})
     assert status == 400 and "Content-Length" in out["error"]
-    status, _, _, out = request(server, "POST", "/api/predict", b'{"pixels": []}',
-                                {"Content-Type": "text/plain"})
+    status, headers, _, out = request(server, "POST", "/api/predict", b'{"pixels": []}',
+                                      {"Content-Type": "text/plain"})
     assert status == 415 and "application/json" in out["error"]
+    assert headers["Connection"] == "close"   # its body was not read: no next request on it
 
 
 def raw(server, data):
