@@ -243,9 +243,9 @@ def test_content_length_and_type_are_required(server):
     response = conn.getresponse()
     assert response.status == 411 and "Content-Length" in json.loads(response.read())["error"]
     conn.close()
-    status, _, _, out = request(server, "POST", "/api/predict", b"{}", {"Content-Length": "lots",
-                                                                       "Content-Type": "application/json"})
-    assert status == 400 and "Content-Length" in out["error"]
+    status, headers, _, out = request(server, "POST", "/api/predict", b"{}", {
+        "Content-Length": "lots", "Content-Type": "application/json"})
+    assert status == 400 and "Content-Length" in out["error"] and headers["Connection"] == "close"
     status, headers, _, out = request(server, "POST", "/api/predict", b'{"pixels": []}',
                                       {"Content-Type": "text/plain"})
     assert status == 415 and "application/json" in out["error"]
