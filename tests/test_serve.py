@@ -298,6 +298,23 @@ def test_a_chunked_body_gets_411_and_a_body_cut_short_gets_400(server):
     assert answer.startswith(b"HTTP/1.1 400 ") and b"the body ended after 5 of 100 bytes" in answer, answer[:300]
 
 
+@pytest.mark.parametrize("first", [b"POST / HTTP/1.1", b"POST /nothing HTTP/1.1", b"GET /api/info HTTP/1.1"])
+def test_a_body_no_route_reads_is_not_taken_for_the_next_request(server, first):
+    """A 405, a 404 or a GET answered without reading the request's body left the body on the
+    connection, read as the next request line: the request after it got "501 Unsupported method
+    ('{}GET')" (a body that was a request would have been answered). The connection now closes."""
+    answer = raw(server, first + b"\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+                 b"GET /api/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in answer, answer[-300:]
+    # a body that was read (a refusal after reading it) keeps the connection for the next request
+    body = json.dumps({"pixels": np.zeros((28, 28), dtype=int).tolist()}).encode()
+    answer = raw(server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                 + b"GET /api/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"blank" in answer
+    assert answer.count(b"HTTP/1.1 200 ") == 1 and b'"dataset": "mnist"' in answer, answer[-300:]
+
+
 def test_a_content_length_of_non_ascii_digits_with_expect_100_continue_gets_400(server):
     """"\u00b2" (latin-1 byte B2) passes str.isdigit() but not int(): the Expect check raised a
     ValueError in the handler (a traceback, the connection closed without an answer)."""

@@ -20,7 +20,8 @@ prediction in xpnet on the chosen device. Routes:
 
 Bad requests get a 4xx status and ``{"error": message}``: 400 (bad JSON, not an image, wrong size,
 blank, more than one Content-Length), 404 (unknown path), 405 (wrong method), 411 (no
-Content-Length), 413 (body over ``MAX_BODY`` bytes, refused before it is read), 415 (not JSON). A
+Content-Length), 413 (body over ``MAX_BODY`` bytes, refused before it is read), 415 (not JSON). An
+answer that leaves the request's body unread closes the connection (the body is no next request). A
 client that closes its connection early is dropped with one log line, no traceback.
 """
 import contextlib
@@ -243,6 +244,10 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method):
         app = self.server.app
         path = self.path.partition("?")[0]
+        # a body this request brings and no route reads (a refusal, a GET with a body) would be
+        # read as the next request on the connection: it is closed after the answer instead
+        self._body_unread = "Transfer-Encoding" in self.headers or \
+            (self.headers.get("Content-Length") or "0").strip() != "0"
         try:
             self._content_length()  # several: 400 on every path, the body's end is unknown
             if path == "/api/predict":
@@ -319,6 +324,7 @@ class Handler(BaseHTTPRequestHandler):
         if len(body) != length:
             self.close_connection = True
             raise RequestError(400, f"the body ended after {len(body)} of {length} bytes")
+        self._body_unread = False
         return body
 
     def _send_json(self, status, data, headers=None):
@@ -338,6 +344,8 @@ class Handler(BaseHTTPRequestHandler):
             super().log_request(*held)
 
     def _write(self, status, body, ctype, headers):
+        if self.__dict__.get("_body_unread"):
+            self.close_connection = True
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
