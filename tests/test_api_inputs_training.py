@@ -56,9 +56,11 @@ def test_a_built_layer_is_refused_for_another_input_shape_and_the_first_model_st
 
 
 def test_a_built_layer_is_refused_on_another_dtype():
+    """Both dtypes named: "float64" alone is the argument given back."""
     d = Dense(3)
     xpnet.Sequential([d], input_shape=(6,), dtype="float32")
-    with pytest.raises(ConfigError, match="float64"):
+    with pytest.raises(ConfigError, match=r"layer 'dense' \(Dense\) is already built on backend \w+ "
+                                          r"with float32; this model uses \w+ with float64"):
         xpnet.Sequential([d], input_shape=(6,), dtype="float64")
 
 
