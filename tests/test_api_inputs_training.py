@@ -157,7 +157,8 @@ def test_initial_epoch_must_be_an_integer_from_0_to_epochs(initial):
     x, y = data()
     m = mlp()
     before = m.get_weights()
-    with pytest.raises(ConfigError, match="initial_epoch"):
+    expected = f"initial_epoch must be an integer from 0 to epochs (3), got {initial!r}"
+    with pytest.raises(ConfigError, match=re.escape(expected)):   # not only the argument's name
         m.fit(x, y, epochs=3, initial_epoch=initial, verbose=0)
     assert same(m.get_weights(), before)
 
