@@ -484,8 +484,11 @@ def test_pooling_backward_refuses_a_gradient_of_the_wrong_shape(backend):
 
 
 def test_batchnorm_checks_initializers_when_made():
+    """The layer, the argument and the choices: "nope" alone is the value given back."""
     for kwargs in ({"gamma_initializer": "nope"}, {"beta_initializer": "nope"}):
-        with pytest.raises(xpnet.ConfigError, match="nope"):
+        (argument,) = kwargs
+        with pytest.raises(xpnet.ConfigError, match=rf"^a BatchNorm layer: unknown {argument} 'nope'; "
+                                                    r"expected one of: .*ones.*zeros"):
             BatchNorm(**kwargs)
 
 
