@@ -226,3 +226,9 @@ def test_missing_tensorboardx_names_the_extra(tmp_path, monkeypatch, capsys):
                      "--tensorboard", str(tmp_path / "tb")]) == 2
     assert "xpnet[tensorboard]" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "runs") and not os.path.exists(tmp_path / "tb")
+    # run_training checks it too (the command line above refuses before calling it)
+    from xpnet.runner import run_training
+    with pytest.raises(ImportError, match=r"xpnet\[tensorboard\]"):
+        run_training("quick-mlp", device="cpu", out_dir=tmp_path / "api", verbose=0, epochs=1,
+                     train_images=64, test_images=32, tensorboard=tmp_path / "tb")
+    assert not os.path.exists(tmp_path / "api") and not os.path.exists(tmp_path / "tb")
