@@ -112,7 +112,9 @@ def test_non_finite_rotation_is_refused_at_once_instead_of_hanging_fit():
     (lambda: ElasticDistortion(fill=NAN), "fill"),
 ])
 def test_augmenter_arguments_must_be_finite_numbers_in_range(make, name):
-    with pytest.raises(ConfigError, match=rf"^(RandomAffine|KerasAffine|ElasticDistortion): {name} "):
+    # what it must be and what it got, not only the argument's name
+    with pytest.raises(ConfigError, match=rf"^(RandomAffine|KerasAffine|ElasticDistortion): {name} "
+                                          r"must be .+, got \S"):
         make()
 
 
