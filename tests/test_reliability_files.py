@@ -135,6 +135,32 @@ def test_hostile_header_is_refused(model_file, tmp_path, name):
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("edit, what", [
+    (_layer0("units", 2 * 10 ** 7), r"layer 'dense' \(Dense\)'s kernel_initializer weights would have shape "
+                                   r"\(5, 20000000\) \(100,000,000 values\)"),
+    (lambda m: m["model"].__setitem__("input_shape", [10 ** 8]), r"shape \(100000000, 4\) \(400,000,000 values\)")])
+def test_a_header_larger_than_its_arrays_is_refused_before_allocating(model_file, tmp_path, edit, what):
+    """Sizes a machine can allocate (100-400 million float64 values: 0.8-3.2 GB, drawn from the RNG) are no
+    MemoryError: the weights were made, then found not to fit the file's arrays. Each parameter is
+    now checked against the file's largest parameter array first (here 5 x 4 values)."""
+    import tracemalloc
+    _, arrays, meta, _ = model_file
+    meta = json.loads(json.dumps(meta))
+    edit(meta)
+    path = tmp_path / "big.npz"
+    save_npz_atomic(path, arrays, meta)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=what + r", more than the file's largest parameter array "
+                                                  r"\(20 values\)") as info:
+            xpnet.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(info.value)
+    assert peak < 50 * 2 ** 20   # none of those gigabytes was allocated
+
+
 def test_hostile_compile_section(model_file, tmp_path):
     """A loss name that is not a registered loss is refused, as such ("os.system" alone also matched
     the compile section that the message echoes)."""

@@ -16,10 +16,12 @@ fan_out = F * kh * kw; a vector of n entries has fan_in = fan_out = n.
 
 The normal ones are untruncated, as torch.nn.init's xavier_normal_ and kaiming_normal_.
 """
+import contextlib
+import contextvars
 import inspect
 import math
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 
 def _shape(shape):
@@ -166,3 +168,33 @@ def _check_signature(fn, what):
 
 
 __all__ = ["check_result", "fans", "get", "INITIALIZERS", "SIGNATURE"] + sorted(INITIALIZERS)
+
+
+# While a model file is rebuilt (io._rebuild): (the file's largest parameter array's size, the file)
+_FILE_LIMIT = contextvars.ContextVar("xpnet_file_param_limit", default=None)
+
+
+@contextlib.contextmanager
+def file_limit(values, source):
+    """While a model file ``source`` is rebuilt: refuse, before allocating it, any parameter of
+    more than ``values`` values (the file's largest parameter array). A header with corrupt or
+    hostile sizes (``units`` 10**6 where the file holds a 128-unit layer) would otherwise have its
+    weights allocated and drawn, gigabytes perhaps, before the arrays are found not to fit."""
+    token = _FILE_LIMIT.set((int(values), source))
+    try:
+        yield
+    finally:
+        _FILE_LIMIT.reset(token)
+
+
+def check_size(shape, what):
+    """DataError naming the file when a parameter of ``shape`` would exceed ``file_limit``'s."""
+    limit = _FILE_LIMIT.get()
+    if limit is None:
+        return
+    values, source = limit
+    size = math.prod(int(d) for d in shape)
+    if size > values:
+        raise DataError(f"{source}: {what} would have shape {tuple(int(d) for d in shape)} ({size:,} values), "
+                        f"more than the file's largest parameter array ({values:,} values): corrupt or "
+                        f"hostile sizes in the header")

@@ -129,7 +129,8 @@ def _load(path, device, compile, policy_too):
     _check_container(path)
     arrays, meta = load_npz(path)
     _check_header(path, meta)
-    model = _rebuild(path, meta["model"], device)
+    params = [a.size for k, a in arrays.items() if k.startswith(PARAM)]
+    model = _rebuild(path, meta["model"], device, max(params, default=0))
     unknown = sorted(k for k in arrays if not k.startswith((PARAM, BUFFER, OPTIM)))
     if unknown:
         raise DataError(f"{path}: unexpected arrays {', '.join(unknown)} (not parameters, buffers "
@@ -181,7 +182,9 @@ def _model_classes():
     return {"Sequential": Sequential, "Model": Model}
 
 
-def _rebuild(path, header, device):
+def _rebuild(path, header, device, largest):
+    """The model the header describes, no parameter larger than ``largest`` values (the file's
+    largest parameter array: initializers.file_limit), with DataErrors naming the file."""
     cls_name = header.get("class")
     classes = _model_classes()
     if not isinstance(cls_name, str) or cls_name not in classes:
@@ -202,8 +205,10 @@ def _rebuild(path, header, device):
     # the backend first, outside the try below: an unknown device or a bad XPNET_NUM_THREADS is
     # the environment's or the caller's error, not the file's ("does not rebuild")
     backend = get_backend(device)
+    from .initializers import file_limit
     try:
-        return classes[cls_name].from_config(config, device=backend, dtype=dtype, seed=seed)
+        with file_limit(largest, path):
+            return classes[cls_name].from_config(config, device=backend, dtype=dtype, seed=seed)
     except (ShapeError, ConfigError, TypeError, ValueError, KeyError, OverflowError) as exc:
         if isinstance(exc, DataError):
             raise

@@ -221,11 +221,12 @@ class Layer:
         from .. import initializers
         held = getattr(self, argument)
         fn = initializers.get(held, self._what(), argument)
-        if not callable(held):   # a built-in, by name
-            return fn
         label = f"{self._what()}: {argument} {getattr(held, '__name__', type(held).__name__)}"
 
         def checked(rng, shape, dtype):
+            initializers.check_size(shape, f"{self._what()}'s {argument} weights")   # loading a file
+            if not callable(held):   # a built-in, by name
+                return fn(rng, shape, dtype)
             return initializers.check_result(fn(rng, shape, dtype), shape, dtype, self.backend, label)
         return checked
 
