@@ -28,12 +28,15 @@ def _case(name, seed=0):
         "ce_labels_smooth": (losses.CrossEntropy(label_smoothing=0.2), x, labels),
         "ce_onehot": (losses.CrossEntropy(), x, onehot),
         "ce_probs_smooth": (losses.CrossEntropy(label_smoothing=0.15), x, probs),
+        # rows summing to 1 - 5e-4 (check_targets allows 1e-3): on rows summing to 1 the gradient
+        # p * sum(q) - q is p - q, and a backward that dropped sum(q) passed every case
+        "ce_probs_near": (losses.CrossEntropy(), x, probs * (1 - 5e-4)),
         "nll_labels": (losses.NLL(), _log_softmax(x), labels),
         "nll_probs": (losses.NLL(), _log_softmax(x), probs),
     }[name]
 
 
-CASES = ["mse", "l1", "ce_labels", "ce_labels_smooth", "ce_onehot", "ce_probs_smooth",
+CASES = ["mse", "l1", "ce_labels", "ce_labels_smooth", "ce_onehot", "ce_probs_smooth", "ce_probs_near",
          "nll_labels", "nll_probs"]
 
 
