@@ -2,6 +2,8 @@
 transposes, max pooling, the spectral weight gradient) give the same bits on 1, 2 and 3 threads:
 a training step's outputs and gradients do not depend on the thread count. And those bits are the
 reference ops' numbers: the same wrong answer on every thread count fails too."""
+import types
+
 import numpy as np
 import pytest
 
@@ -83,16 +85,22 @@ def test_ops_give_the_same_bits_on_any_thread_count(small_splits, method, dtype)
 def test_wide_matmul_pieces_depend_on_the_shape_only(small_splits):
     """Five column pieces (the last uneven) on 1-3 threads: a @ b's numbers, the same bits on any
     thread count. (Without small_splits' MIN_MACS, 34 x 28 x 2563 multiply-adds were under the
-    threshold and ran as one a @ b: a first piece one column short passed.)"""
+    threshold and ran as one a @ b: a first piece one column short passed.) The pieces' widths are
+    checked too: OpenBLAS gives this product the same bits for other column splits, so pieces
+    that followed the thread count (2 + threads of them) passed the bits."""
     assert gemm.column_pieces(100) == 1 and gemm.column_pieces(10 ** 6) == gemm.MAX_PIECES
     rng = np.random.default_rng(0)
     a = rng.standard_normal((34, 28)).astype("float32")
     b = rng.standard_normal((28, 5 * gemm.PIECE_COLUMNS + 3)).astype("float32")
     assert gemm.column_pieces(b.shape[1]) == 5 and a.size * b.shape[1] >= gemm.MIN_MACS  # split
-    outs = []
+    width, outs = -(-b.shape[1] // 5), []   # 65 columns a piece, the last 63
     for threads in (1, 2, 3):
         small_splits._kernels.threads = threads
-        outs.append(gemm.wide_matmul(np, a, b))
+        widths = []
+        spy = types.SimpleNamespace(empty=np.empty, result_type=np.result_type,
+                                    matmul=lambda x, y, out: widths.append(y.shape[1]) or np.matmul(x, y, out=out))
+        outs.append(gemm.wide_matmul(spy, a, b))
+        assert sorted(widths) == [b.shape[1] - 4 * width] + [width] * 4
         np.testing.assert_allclose(outs[-1], a @ b, rtol=1e-5, atol=1e-5)
         assert outs[-1].flags.c_contiguous and outs[-1].dtype == np.float32
         np.testing.assert_array_equal(outs[-1], outs[0])
