@@ -173,7 +173,9 @@ def test_layer_matches_torch(backend, rng, case):
     model = build(layers, shape, backend, seed=3)
     for p in model.parameters.values():  # non-zero biases
         p[...] = backend.asarray(rng.standard_normal(tuple(p.shape)) * 0.5)
-    assert_close(compare(model, 2.0 * rng.standard_normal((3,) + shape), training=True))
+    x = 2.0 * rng.standard_normal((3,) + shape)
+    x.flat[::7] = 0.0   # ReLU's and LeakyReLU's kinks: torch's gradient there is 0 and alpha
+    assert_close(compare(model, x, training=True))
 
 
 def test_same_padding_matches_tensorflow_geometry(backend):
