@@ -1,5 +1,7 @@
 """Layers against PyTorch (float64, CPU) with identical weights: outputs, input gradients, every
-parameter gradient and BatchNorm's running statistics agree to a relative error below 1e-6."""
+parameter gradient and BatchNorm's running statistics agree to a relative error below 1e-8. (1e-6
+let a float64 model's Softmax and LogSoftmax computed in float32 pass; the largest error here is
+1.1e-9, seed001's dense.b gradient, rounding noise where the exact gradient is 0, the rest < 1e-11.)"""
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from .helpers import build, to_np
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
-TOL = 1e-6
+TOL = 1e-8
 
 
 @pytest.fixture(autouse=True, scope="module")
