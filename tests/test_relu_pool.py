@@ -111,6 +111,9 @@ def test_the_layers_keep_their_public_behaviour(backend, tmp_path):
     assert backend.to_numpy(relu.forward(xb)).tolist() == [[[[0.0, 2.0], [3.0, 0.0]]]]   # its own ReLU
     assert backend.to_numpy(pool.forward(xb)).tolist() == [[[[3.0]]]]                   # no ReLU
     assert backend.to_numpy(pool.forward(-xb, relu=True)).tolist() == [[[[4.0]]]]
+    # a negative maximum tells the two apart (a pooling that always applied the ReLU passed the above)
+    assert backend.to_numpy(pool.forward(xb - 5)).tolist() == [[[[-2.0]]]]
+    assert backend.to_numpy(pool.forward(xb - 5, relu=True)).tolist() == [[[[0.0]]]]
     assert [type(layer).__name__ for layer in m.layers][:3] == ["Conv2D", "ReLU", "MaxPool2D"]
     plain = unlink(cnn(backend))
     assert m.get_config() == plain.get_config()
