@@ -96,6 +96,20 @@ def test_the_cache_is_per_backend_and_shape(monkeypatch):
     assert all(c["method"] in ("spectral", "columns") for c in seen)
 
 
+def test_the_cache_tells_strides_paddings_and_dtypes_apart(monkeypatch):
+    """The same shapes under another stride, padding or dtype are measured again (a key of the
+    backend and the shapes alone passed every other test)."""
+    monkeypatch.setenv("XPNET_CONV_CHOICE", "measure")
+    b = get_backend("numpy")
+    cases = [(SAME, "float64"), (((2, 2), (2, 2, 2, 2)), "float64"), (((1, 1), (0, 0, 0, 0)), "float64"),
+             (SAME, "float32")]
+    for (stride, padding), dtype in cases:
+        x, W, bias = (a.astype(dtype) for a in arrays(b, *SPECTRAL_SHAPE))
+        fast.conv2d_forward(b.xp, x, W, bias, stride, padding)
+    seen = [(tuple(c["stride"]), tuple(c["padding"]), c["dtype"]) for c in autotune.choices()]
+    assert sorted(seen) == sorted((stride, padding, dtype) for (stride, padding), dtype in cases)
+
+
 def test_estimate_mode_and_memory_budget_never_measure(monkeypatch):
     monkeypatch.setattr(autotune, "measure", lambda *a, **k: pytest.fail("measured"))
     backend = get_backend("numpy")
