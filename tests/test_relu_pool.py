@@ -144,6 +144,7 @@ def test_a_functional_model_runs_the_layers_in_their_order(backend):
     g = np.random.default_rng(7).standard_normal((3, 3)).astype(np.float32)
     a, b = forward_backward(seq, x, g), forward_backward(fun, x, g)
     assert a[0] == b[0]
+    assert a[1] is not None and a[1] == b[1]   # the input gradients too (unchecked, a wrong one passed)
     assert a[2] == b[2]
 
 
