@@ -1,7 +1,7 @@
 """Layers against PyTorch (float64, CPU) with identical weights: outputs, input gradients, every
 parameter gradient and BatchNorm's running statistics agree to a relative error below 1e-8. (1e-6
 let a float64 model's Softmax and LogSoftmax computed in float32 pass; the largest error here is
-1.1e-9, seed001's dense.b gradient, rounding noise where the exact gradient is 0, the rest < 1e-11.)"""
+1.1e-11, seed001's dense.b gradient, rounding noise where the exact gradient is 0; the rest < 1e-12.)"""
 import numpy as np
 import pytest
 
@@ -25,10 +25,11 @@ def one_torch_thread():
 
 
 def rel(a, b):
-    """||a - b|| / ||b||, or ||a - b|| / 1e-6 when ||b|| < 1e-6: gradients that are zero in exact
-    arithmetic (a bias right before BatchNorm in training) are rounding noise on both sides."""
+    """||a - b|| / ||b||, or ||a - b|| / 1e-4 when ||b|| < 1e-4: gradients that are zero in exact
+    arithmetic (a bias right before BatchNorm in training) are rounding noise on both sides (about
+    1e-15, which over a floor of 1e-6 read 1.1e-9, too near TOL for other CPUs' rounding)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-6)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-4)
 
 
 def tensor(a):
