@@ -39,16 +39,20 @@ def test_dense_one_sample_weight_gradient_has_the_gemm_bits(backend, rng):
 
 
 def test_numpy_outer_over_blocks_and_threads_has_the_gemm_bits(rng):
-    """NumpyBackend.outer in several row blocks and on two threads: the GEMM's bits."""
+    """NumpyBackend.outer in several row blocks and on two threads: the GEMM's bits. Two threads
+    cut the rows in pieces smaller than a block (one block a piece), so one thread runs too: only
+    there does a part run through several blocks."""
     from xpnet.backends.numpy_backend import FLAT_PIECE, NumpyBackend
-    nb = NumpyBackend()
+    nb, one = NumpyBackend(), NumpyBackend()
     nb.set_threads(2)
+    one.set_threads(1)
     n = 300
     m = 5 * (FLAT_PIECE // n) + 7            # five whole blocks and a part
     a = rng.standard_normal((1, m)).astype(np.float32)
     a[0, ::4] = 0.0
     b = rng.standard_normal((1, n)).astype(np.float32)
     b[0, 3] = -0.0
-    got, want = nb.outer(a, b), a.T @ b
-    assert got.dtype == want.dtype and got.shape == want.shape
-    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    want = a.T @ b
+    for got in (nb.outer(a, b), one.outer(a, b)):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
