@@ -39,6 +39,9 @@ def test_linear_warmup():
     s = schedules.LinearWarmup(schedules.StepDecay(1.0, drop=0.5, every=10), warmup_epochs=4, start_lr=0.2)
     assert s.values(6) == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
     assert s(10) == 0.5
+    # the ramp ends at the inner schedule's rate at warmup_epochs, not at its first rate
+    s = schedules.LinearWarmup(schedules.StepDecay(1.0, drop=0.5, every=2), warmup_epochs=4, start_lr=0.1)
+    assert s.values(7) == pytest.approx([0.1, 0.1375, 0.175, 0.2125, 0.25, 0.25, 0.125], rel=1e-12)
 
 
 def test_warmup_halving_seed001_values():
@@ -126,9 +129,12 @@ def test_seed001_scaled_lr_variants_are_the_recipe_times_the_factor(name):
 @pytest.mark.parametrize("s", [schedules.Constant(0.1), schedules.StepDecay(0.1, 0.3, 4),
                                schedules.ExponentialDecay(0.1, 0.9, 2), schedules.InverseTimeDecay(0.1, 0.01),
                                schedules.CosineDecay(0.1, 10, 0.001), schedules.WarmupHalving(1e-3, 5),
+                               schedules.WarmupHalving(1e-3, 4, late_start=12, late_every=2),
+                               schedules.WarmupStepDecay(0.1, warmup_epochs=3, drop=0.7, every=4),
                                schedules.LinearWarmup(schedules.CosineDecay(0.1, 10), 3, 0.01),
                                schedules.EpochBiasCorrection(schedules.WarmupHalving(1e-3, 5), 0.8, 0.99)])
 def test_config_round_trip(s):
+    # arguments other than the defaults: a config that leaves one out rebuilds another schedule
     again = schedules.get(s.get_config())
     assert type(again) is type(s)
     assert again.values(25) == s.values(25)
