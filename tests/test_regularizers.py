@@ -52,7 +52,11 @@ def test_get_specs():
     for r in (reg.L1(0.2), reg.L2(3e-4), reg.L1L2(0.1, 0.2)):
         assert r.get_config()["type"] == type(r).__name__
         assert reg.get(r.get_config()) == r
+        # == compares configs: a config that leaves a strength out equals itself, so the penalty too
+        assert float(reg.get(r.get_config())(np, W)) == float(r(np, W))
     assert reg.L2(1e-4).get_config() == {"type": "L2", "l": 1e-4}
+    assert reg.L1L2(1e-5, 1e-4).get_config() == {"type": "L1L2", "l1": 1e-5, "l2": 1e-4}
+    assert float(reg.get("l1l2:1e-5,1e-4")(np, W)) == float(reg.L1L2(1e-5, 1e-4)(np, W))
 
 
 @pytest.mark.parametrize("spec,words", [
