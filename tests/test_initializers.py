@@ -40,7 +40,9 @@ def test_statistics_follow_the_formulas(backend, name, shape):
     n = w.size
     std = s / math.sqrt(3) if kind == "uniform" else s
     assert abs(w.mean()) < 4 * std / math.sqrt(n)
-    assert w.std() == pytest.approx(std, rel=0.03)
+    # the estimate's own spread is 0.2-0.5 % (these draws are off by 0.6 % at most); 3 % let a
+    # variance 2.1 / fan_in for 2 / fan_in pass
+    assert w.std() == pytest.approx(std, rel=0.015)
     if kind == "uniform":
         assert w.min() >= -s and w.max() < s
         assert w.min() < -0.99 * s and w.max() > 0.99 * s  # the whole range is used
