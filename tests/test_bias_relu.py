@@ -8,7 +8,9 @@ from xpnet.layers import Conv2D, Dense, Flatten, ReLU
 
 
 def build(device):
-    return xpnet.Sequential([Conv2D(4, 3, padding="same"), ReLU(), Flatten(), Dense(5), ReLU(), Dense(3)],
+    # biases drawn, not zeros: with zero biases a fused pass that dropped the bias gave the same values
+    return xpnet.Sequential([Conv2D(4, 3, padding="same", bias_initializer="uniform"), ReLU(), Flatten(),
+                             Dense(5, bias_initializer="uniform"), ReLU(), Dense(3)],
                             input_shape=(2, 6, 6), device=device, seed=1)
 
 
