@@ -60,6 +60,9 @@ def test_uint8_and_float_give_the_same_result():
     img = np.zeros((50, 40), dtype=np.uint8)
     img[10:30, 5:35] = 200
     np.testing.assert_allclose(mnist_style(img), mnist_style(img / 255.0))
+    # any scale: the brightest pixel becomes 1 (200 / 255 and 0.2 are not left as they are)
+    np.testing.assert_allclose(mnist_style(img), mnist_style(img / 1000.0))
+    assert mnist_style(img).max() == pytest.approx(1.0, abs=1e-12)
 
 
 def test_bad_input_is_refused_with_a_reason():
