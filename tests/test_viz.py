@@ -43,6 +43,10 @@ def test_confusion_matrix(tmp_path):
     other = read_png(viz.plot_confusion_matrix(y, one_hot, tmp_path / "c2.png",
                                                class_names=[f"c{i}" for i in range(10)]), "confusion")
     np.testing.assert_array_equal(img, other)
+    # the predictions are drawn: without its 47 mistakes the picture is another
+    perfect = read_png(viz.plot_confusion_matrix(y, y, tmp_path / "c3.png",
+                                                 class_names=[f"c{i}" for i in range(10)]), "confusion")
+    assert not np.array_equal(img, perfect)
     with pytest.raises(ShapeError, match="200 labels but y_pred has 3"):
         viz.plot_confusion_matrix(y, pred[:3], tmp_path / "bad.png")
     with pytest.raises(ShapeError, match="integer class ids"):
