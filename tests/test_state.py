@@ -39,16 +39,21 @@ def test_load_state_arrays_copies_in_and_checks_everything_first(backend):
     for k, v in host(target).items():
         np.testing.assert_array_equal(v, saved[k])
     before = host(target)
-    bad = dict(saved, **{"param/dense.W": np.zeros((5, 4))})
+    # the refused loads carry other values than the target holds, so that a write would show
+    other = {k: v + 1.0 for k, v in saved.items()}
+    bad = dict(other, **{"param/dense.W": np.zeros((5, 4))})
     with pytest.raises(TrainingError, match=r"src: array param/dense\.W has shape \(5, 4\)"):
         target.load_state_arrays(bad, source="src", error=TrainingError)
-    missing = {k: v for k, v in saved.items() if k != "buffer/batch_norm.running_var"}
+    last = dict(other, **{"buffer/batch_norm.running_var": np.zeros(4)})  # checked after the others
+    with pytest.raises(DataError, match=r"array buffer/batch_norm\.running_var has shape \(4,\)"):
+        target.load_state_arrays(last, error=DataError)
+    missing = {k: v for k, v in other.items() if k != "buffer/batch_norm.running_var"}
     with pytest.raises(DataError, match=r"missing arrays for buffer/batch_norm\.running_var"):
         target.load_state_arrays(missing, error=DataError)
     with pytest.raises(DataError, match=r"arrays this model lacks: param/extra\.W"):
-        target.load_state_arrays(dict(saved, **{"param/extra.W": np.zeros(1)}), error=DataError)
+        target.load_state_arrays(dict(other, **{"param/extra.W": np.zeros(1)}), error=DataError)
     with pytest.raises(DataError, match="dtype float32.*dtype float64"):
-        target.load_state_arrays({k: v.astype("float32") for k, v in saved.items()}, error=DataError)
+        target.load_state_arrays({k: v.astype("float32") for k, v in other.items()}, error=DataError)
     for k, v in host(target).items():  # nothing was written by any refused load
         np.testing.assert_array_equal(v, before[k])
     target.load_state_arrays({k: v.astype("float32") for k, v in saved.items()}, cast=True)
