@@ -36,12 +36,18 @@ def weights(m):
 
 
 @pytest.mark.parametrize("make", OPTIMIZERS)
-def test_flat_and_per_parameter_updates_are_identical(backend, make):
+def test_flat_and_per_parameter_updates_are_identical(backend, make, monkeypatch):
     x, y = data()
     flat, plain = model(backend, make()), per_parameter(model(backend, make()))
+    calls, update = [], backend.flat_update
+    monkeypatch.setattr(backend, "flat_update", lambda fn, arrays: (calls.append(fn), update(fn, arrays))[1])
+    steps = []
     for m in (flat, plain):
+        calls.clear()
         m.fit(x, y, epochs=2, batch_size=16, verbose=0)
+        steps.append(len(calls))
     assert getattr(flat, "_flat_views", None) is not None  # the flat path was taken
+    assert steps == [8, 0], steps  # by the optimizer's every step, and never by the plain model's
     wf, wp = weights(flat), weights(plain)
     assert list(wf) == list(wp)
     for k in wf:
