@@ -35,13 +35,18 @@ def weights(m):
     return {k: m.backend.to_numpy(v) for k, v in m.parameters.items()}
 
 
+def counted_flat_updates(backend, monkeypatch):
+    """A list that grows by one with each backend.flat_update call (the optimizer's flat step)."""
+    calls, update = [], backend.flat_update
+    monkeypatch.setattr(backend, "flat_update", lambda fn, arrays: (calls.append(fn), update(fn, arrays))[1])
+    return calls
+
+
 @pytest.mark.parametrize("make", OPTIMIZERS)
 def test_flat_and_per_parameter_updates_are_identical(backend, make, monkeypatch):
     x, y = data()
     flat, plain = model(backend, make()), per_parameter(model(backend, make()))
-    calls, update = [], backend.flat_update
-    monkeypatch.setattr(backend, "flat_update", lambda fn, arrays: (calls.append(fn), update(fn, arrays))[1])
-    steps = []
+    calls, steps = counted_flat_updates(backend, monkeypatch), []
     for m in (flat, plain):
         calls.clear()
         m.fit(x, y, epochs=2, batch_size=16, verbose=0)
@@ -75,21 +80,25 @@ def test_a_flat_step_is_a_few_operations_not_a_dozen_per_parameter():
     assert sb.LAUNCHES["calls"] - before <= 27
 
 
-def test_replaced_or_loaded_parameters_are_picked_up(backend):
+def test_replaced_or_loaded_parameters_are_picked_up(backend, monkeypatch):
     x, y = data()
     flat, plain = model(backend, optim.Adam(0.01)), per_parameter(model(backend, optim.Adam(0.01)))
+    calls, steps = counted_flat_updates(backend, monkeypatch), []
     for m in (flat, plain):
         m.fit(x, y, epochs=1, batch_size=16, verbose=0)
         layer = m.layers[0]
         layer.params["W"] = m.xp.zeros_like(layer.params["W"]) + 0.25  # a new array, not a view
+        calls.clear()
         m.fit(x, y, epochs=1, batch_size=16, verbose=0)
+        steps.append(len(calls))
+    assert steps == [4, 0], steps  # the flat model's steps after the replacement are flat ones
     wf, wp = weights(flat), weights(plain)
     assert all(np.array_equal(wf[k], wp[k]) for k in wf)
     # the flat buffer was rebuilt around the new array: the layer's W is the flat view again
     assert flat.layers[0].params["W"] is flat._flat_views[f"{flat.layers[0].name}.W"]
 
 
-def test_optimizer_state_loaded_into_a_flat_model_is_used(backend):
+def test_optimizer_state_loaded_into_a_flat_model_is_used(backend, monkeypatch):
     x, y = data()
     a = model(backend, optim.Adam(0.01))
     a.fit(x, y, epochs=1, batch_size=16, verbose=0)
@@ -101,12 +110,15 @@ def test_optimizer_state_loaded_into_a_flat_model_is_used(backend):
     unstepped = {k: v for k, v in state.items() if not k.startswith("step:")}
     b, c = model(backend, optim.Adam(0.01)), per_parameter(model(backend, optim.Adam(0.01)))
     none, moments, steps = (model(backend, optim.Adam(0.01)) for _ in range(3))
+    calls = counted_flat_updates(backend, monkeypatch)
     for m, loaded in ((b, state), (c, state), (none, None), (moments, zeroed), (steps, unstepped)):
         for k, v in a.parameters.items():
             m.parameters[k][...] = v
         if loaded is not None:
             m.optimizer.load_state_dict(loaded)
         m.fit(x, y, epochs=1, batch_size=16, verbose=0)
+        if m is b:
+            assert len(calls) == 4, len(calls)  # b's steps were flat ones
     wb, wc = weights(b), weights(c)
     assert all(np.array_equal(wb[k], wc[k]) for k in wb)
     for other in (none, moments, steps):
