@@ -124,6 +124,11 @@ def test_pack_and_unpack_nested_state_round_trip():
 
 
 def test_io_no_longer_branches_on_model_class_names():
+    import ast
     import inspect
     source = inspect.getsource(xio)
     assert "type(model).__name__ ==" not in source and "NODES" not in source
+    # nor spelled another way (`in`, `!=`, no spaces): no comparison involves a __name__
+    compares = [n.lineno for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Compare)
+                and any(isinstance(a, ast.Attribute) and a.attr == "__name__" for a in ast.walk(n))]
+    assert not compares, f"xpnet/io.py lines {compares} compare class names"
