@@ -59,8 +59,10 @@ def test_load_state_arrays_copies_in_and_checks_everything_first(backend):
         target.load_state_arrays({k: v.astype("float32") for k, v in other.items()}, error=DataError)
     for k, v in host(target).items():  # nothing was written by any refused load
         np.testing.assert_array_equal(v, before[k])
-    target.load_state_arrays({k: v.astype("float32") for k, v in saved.items()}, cast=True)
+    target.load_state_arrays({k: v.astype("float32") for k, v in other.items()}, cast=True)
     assert all(v.dtype == np.float64 for v in target.state_arrays().values())
+    for k, v in host(target).items():  # the values were written, through float32
+        np.testing.assert_array_equal(v, other[k].astype("float32"))
     target.load_state_arrays(dict(saved, **{"optim/0": np.zeros(2)}))  # other prefixes are not ours
 
 
