@@ -12,6 +12,8 @@ from xpnet.backends import strict_backend as sb
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import launches  # noqa: E402
 
+from .test_pool_winners import tiny_chunks  # noqa: E402,F401  (a fixture)
+
 # seed001-tf: 725 per step before the flat optimizer update (benchmarks/results/*-launches-before.json),
 # 375 with it, the four augmentation corners in one gather, cached splitmix64 steps and the
 # few-launch conv layouts (*-launches-fewer-launches.json); 136 with the fused kernels of
@@ -56,16 +58,18 @@ def test_the_figure_names_where_the_launches_come_from(tmp_path):
 
 @pytest.mark.parametrize("shape, kernel, padding", [((3, 1, 12, 12), 5, (2, 2, 2, 2)),
                                                     ((2, 6, 9, 9), 3, (1, 1, 1, 1))])
-def test_few_launch_layouts_give_the_same_bits_as_the_cpu_ones(monkeypatch, shape, kernel, padding):
+def test_few_launch_layouts_give_the_same_bits_as_the_cpu_ones(monkeypatch, tiny_chunks, shape, kernel,  # noqa: F811
+                                                               padding):
     """Columns by one gather of cached offsets and planes to and from NCHW by one strided copy
     (what GPUs and the strict backend use) against the CPU's slice loops and blocks, on the same
-    NumPy arrays."""
+    NumPy arrays; the blocks split over 3 threads (tiny_chunks), as large arrays' are."""
     from xpnet.backends.numpy_backend import NumpyBackend
     from xpnet.ops import columns, layout
     r = np.random.default_rng(0)
     x = r.standard_normal(shape).astype(np.float32)
     W = r.standard_normal((4, shape[1], kernel, kernel)).astype(np.float32)
     planes = r.standard_normal((7, 5, 3, 2)).astype(np.float32)
+    z = r.standard_normal((5, 2, 3, 4)).astype(np.float32)
     monkeypatch.setattr(layout, "TO_PLANES_BLOCK", 4)   # the CPU's transpose into planes in blocks
     results = []
     for few in (False, True):
@@ -74,7 +78,8 @@ def test_few_launch_layouts_give_the_same_bits_as_the_cpu_ones(monkeypatch, shap
         cache.update(stride=(1, 1), padding=padding)
         dx, dW = columns.backward(np, np.ones_like(y), dict(cache, columns=None), True)
         results.append((y, dx, dW, layout.from_planes(np, planes), layout.to_planes(np, x),
-                        layout.to_planes(np, x[:, :, ::2])))   # not contiguous: one strided copy
+                        layout.to_planes(np, x[:, :, ::2]),    # not contiguous: one strided copy
+                        layout.to_planes(np, z)))   # 10 planes: blocks of 4, 4 and 2
     assert np.array_equal(results[0][4], x.transpose(2, 3, 0, 1))
     for a, b in zip(*results):
         assert np.array_equal(a, b)
