@@ -93,10 +93,14 @@ def test_progress_lines_are_bounded_by_the_interval(capsys):
     assert stream.getvalue().count(" - step ") == 49  # every step but the last (the epoch line)
 
 
-def _fit_counts(verbose, callbacks=()):
+def _fit_counts(monkeypatch, verbose, callbacks=()):
+    """The strict backend's counters over a fit, and "waits": its synchronize() calls (a device wait
+    on a GPU; the strict backend's counters do not see them)."""
     import numpy as np
     import xpnet
-    from xpnet.backends.strict_backend import COUNTERS
+    from xpnet.backends.strict_backend import COUNTERS, StrictBackend
+    waits, wait = [], StrictBackend.synchronize
+    monkeypatch.setattr(StrictBackend, "synchronize", lambda self: (waits.append(1), wait(self))[1])
     from xpnet.layers import Dense, ReLU
     r = np.random.default_rng(0)
     x = r.standard_normal((200, 6)).astype(np.float32)
@@ -105,19 +109,19 @@ def _fit_counts(verbose, callbacks=()):
     m.compile(loss="cross_entropy", optimizer="adam", metrics=["accuracy"])
     before = dict(COUNTERS)
     m.fit(x, y, epochs=2, batch_size=4, verbose=verbose, callbacks=list(callbacks))
-    return {k: COUNTERS[k] - before[k] for k in COUNTERS}
+    return dict({k: COUNTERS[k] - before[k] for k in COUNTERS}, waits=len(waits))
 
 
 def test_progress_lines_and_the_estimate_add_no_host_sync(monkeypatch, capsys):
     """On the strict backend (which counts host syncs), progress lines after every step and the
     estimate cost exactly as many syncs as a silent run: none per batch."""
     from xpnet.progress import Estimate
-    silent = _fit_counts(0)
+    silent = _fit_counts(monkeypatch, 0)
     monkeypatch.setenv("XPNET_PROGRESS_SECONDS", "0")
-    loud = _fit_counts(2, [Estimate(after_steps=3, skip_steps=1, advice="advice", advice_after=0)])
+    loud = _fit_counts(monkeypatch, 2, [Estimate(after_steps=3, skip_steps=1, advice="advice", advice_after=0)])
     err = capsys.readouterr().err
     assert err.count(" - step ") == 2 * 49 and err.count("estimate: ") == 1 and "advice" in err
-    assert loud == silent
+    assert loud == dict(silent, waits=2) and silent["waits"] == 0   # the estimate's two timed waits only
     assert silent["syncs"] == 1 + 2  # validating the data, then one per epoch
 
 
