@@ -47,7 +47,7 @@ def test_sources_name_the_backends_xpnet_backends(folder):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             words = line.split()
             if words[:2] in (["from", "backends"], ["import", "backends"]) or \
-                    (words[:1] == ["from"] and words[1:2] and words[1].startswith("backends.")):
+                    (words[:1] in (["from"], ["import"]) and words[1:2] and words[1].startswith("backends.")):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not offenders, "import xpnet.backends, not backends: " + "; ".join(offenders)
 
