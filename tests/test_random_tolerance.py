@@ -12,7 +12,7 @@ touch them (the smallest nonzero float32 uniform is 2**-24).
 import numpy as np
 import pytest
 
-from xpnet.backends.random import CounterRandom
+from xpnet.backends.random import CounterRandom, _unit
 
 NORMAL_ULPS = {"float64": 8, "float32": 1}
 
@@ -81,3 +81,6 @@ def test_uniform_and_integer_draws_do_not_touch_transcendentals():
     np.testing.assert_array_equal(a.bernoulli_mask(0.3, 999), b.bernoulli_mask(0.3, 999))
     u = a.random(100_000, "float32")
     assert float(u[u > 0].min()) >= 2.0 ** -24  # never a denormal, which CuPy would flush to zero
+    # a sample's smallest value is near 1e-5 whatever the mapping: the words at the ends, as _unit maps them
+    words = np.array([0, 1, 255, 256, 0xFFFFFFFF], dtype=np.uint32)
+    np.testing.assert_array_equal(_unit(np, words, "float32"), [0, 0, 0, 2.0 ** -24, 1 - 2.0 ** -24])
