@@ -53,6 +53,10 @@ def test_sample_is_fixed_by_the_seed():
         found = tool.sites(ast.parse(f.read()))
     draw = lambda seed: random.Random(f"{seed}:optim").sample(found, 10)  # noqa: E731
     assert draw(16) == draw(16) != draw(17)
+    # the tool's own draw (the lines above only show what a seeded Random does)
+    everything, chosen = tool.sample("optim", 10, 16)
+    assert [site for _, _, site in everything] == found and len(chosen) == 10
+    assert tool.sample("optim", 10, 16)[1] == chosen != tool.sample("optim", 10, 17)[1]
 
 
 def _verdict(tmp_path, source, check):
