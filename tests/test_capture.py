@@ -78,6 +78,12 @@ def weights(m):
     return {k: m.backend.to_numpy(v) for k, v in m.parameters.items()}
 
 
+def rng_states(m):
+    """The host's records of the fit's and the dropout's generators (what a checkpoint saves)."""
+    return [r.get_state() for r in m._training_rngs().values()] + \
+        [layer.rng.get_state() for layer in m.layers if isinstance(layer, Dropout)]
+
+
 @pytest.mark.parametrize("make_opt", [lambda: optim.Adam(0.01, decay=0.01),
                                       lambda: optim.SGD(0.05, momentum=0.9, nesterov=True),
                                       lambda: optim.RMSprop(0.01, centered=True)])
@@ -88,6 +94,7 @@ def test_replayed_steps_give_the_numbers_of_ordinary_steps(replaying, make_opt):
     assert all(np.array_equal(w0[k], w1[k]) for k in w0)
     assert h0.history["loss"] == h1.history["loss"] and h0.history["lr"] == h1.history["lr"]
     assert graphed.optimizer.state_dict()["iterations"] == plain.optimizer.state_dict()["iterations"] == 15
+    assert rng_states(graphed) == rng_states(plain)   # the replays' draws recorded on the host
     # 3 epochs of 4 full batches and a partial one: the first full batch warms up, the second is
     # captured, then 10 replays; the partial batches run as ordinary steps
     assert len(replaying.traces) == 11
