@@ -34,7 +34,8 @@ EXPECTED = {
     **{f"seed001-m{i}": SEED001_MLP1 for i in (2, 3, 4, 5)},
     **{f"seed001-m{i}": SEED001_MLP2 for i in (6, 7, 8)},
     "seed001-m9": SEED001_SMALL, "seed001-m10": SEED001_SMALL, "seed001-m10-scaled-lr": SEED001_SMALL,
-    "seed001-m11": SEED001_WIDE, "seed001-m12": SEED001_WIDE, "seed001-m12-scaled-lr": SEED001_WIDE,
+    "seed001-m11": SEED001_WIDE, "seed001-m11-scaled-lr": SEED001_WIDE,
+    "seed001-m12": SEED001_WIDE, "seed001-m12-scaled-lr": SEED001_WIDE,
     "seed001-tf": 575_980,
     **{f"seed002-logreg-{p}": dense(784, 10) for p in ("none", "l1", "l2")},
     **{f"seed002-mlp-{p}": 623_290 for p in ("none", "l1", "l2")},  # the report's own count
@@ -57,7 +58,8 @@ def test_every_model_has_an_expected_count_and_seeds_are_covered():
         conv(96, 128, 5) + dense(128 * 7 * 7, 10) + bn(10) + dense(10, 10)
     assert {models.get(n).seed for n in models.names()} == {"000", "001", "002", "003", "004", None}
     plain = [f"seed001-m{i}" for i in range(1, 13)]
-    assert plain[:10] + ["seed001-m10-scaled-lr"] + plain[10:] + ["seed001-m12-scaled-lr"] == \
+    assert plain[:10] + ["seed001-m10-scaled-lr", "seed001-m11", "seed001-m11-scaled-lr", "seed001-m12",
+                                             "seed001-m12-scaled-lr"] == \
         [n for n in models.names() if n.startswith("seed001-m")]
     assert models.DEFAULT == "seed001-tf" and models.QUICK in models.names()
 

@@ -112,7 +112,7 @@ def test_epoch_bias_correction_gives_an_epoch_counting_adams_steps(epochs):
     assert epoch_t < 0.3 * 1e-3     # the effect is large: not a rounding-level check
 
 
-@pytest.mark.parametrize("name", ["seed001-m10", "seed001-m12"])
+@pytest.mark.parametrize("name", ["seed001-m10", "seed001-m11", "seed001-m12"])
 def test_seed001_scaled_lr_variants_are_the_recipe_times_the_factor(name):
     from xpnet import models
     plain, variant = models.get(name), models.get(name + "-scaled-lr")

@@ -134,6 +134,6 @@ def scaled_lr(spec, number):
                      "each epoch's rate times his Adam's bias-correction factor", recipe, layers=spec._layers)
 
 
-for _number in (10, 12):   # each after its model
+for _number in (10, 11, 12):   # each after its model
     _at = [s.name for s in SPECS].index(f"seed001-m{_number}")
     SPECS.insert(_at + 1, scaled_lr(SPECS[_at], _number))
