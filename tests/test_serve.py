@@ -499,72 +499,105 @@ def test_requests_still_answered_after_close_wait_are_counted_in_a_warning(monke
         thread.join(10)
 
 
-def test_an_interrupt_during_the_close_wait_stops_it_and_serve_still_says_stopped(monkeypatch, capsys):
-    """A KeyboardInterrupt (a second Ctrl-C) during server_close's wait stops it at once: the
-    requests cut off are counted on stderr, and serve() ends as after one Ctrl-C."""
+def test_a_ctrl_c_during_the_close_wait_stops_it_and_serve_still_says_stopped(monkeypatch, capsys):
+    """A second Ctrl-C during server_close's wait stops it at once: serve's SIGINT handler sets
+    stop_waiting (it raises nothing, so it cannot break the Condition's lock), the requests cut
+    off are counted on stderr, and serve() ends as after one Ctrl-C."""
     import io
     from xpnet import serve
+    monkeypatch.setattr(serve, "CLOSE_WAIT", 60)
+    waits = []
 
-    def second_ctrl_c(predicate, timeout=None):
-        raise KeyboardInterrupt
+    def second_ctrl_c(timeout=None):   # the signal arrives while the main thread waits
+        waits.append(timeout)
+        if len(waits) == 3:
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        return False
 
     def first_ctrl_c(self, *args, **kwargs):
         threading.Thread(target=self.handle_request, daemon=True).start()   # accepts one connection
         held.extend(_with_a_request_held(self))
-        self.idle.wait_for = second_ctrl_c
+        self.idle.wait = second_ctrl_c
         raise KeyboardInterrupt
 
     held = []
+    kept = signal.getsignal(signal.SIGINT)
     monkeypatch.setattr(serve.Server, "serve_forever", first_ctrl_c)
     out = io.StringIO()
     try:
         code = serve.serve(RUN_DIR, port=0, quiet=True, stream=out)
-    except KeyboardInterrupt:   # raised on, it would end the test session
-        pytest.fail("the KeyboardInterrupt of the close wait went out of serve()")
     finally:
         if held:
             release, client = held
             release.set()
             client.close()
     assert code == 0 and out.getvalue().splitlines()[1:] == ["stopped"], out.getvalue()
+    assert waits == [serve.POLL] * 3       # polled until the flag, not the 60 s
+    assert signal.getsignal(signal.SIGINT) is kept   # the handler from before the wait is back
     err = capsys.readouterr().err
     assert err == ("warning: stopped waiting (interrupted): 1 request still being answered was cut "
                    "off, not logged and perhaps not answered\n"), err
 
 
-def test_the_wait_rearms_ctrl_c_only_after_a_first_one_and_ignores_it_again_after():
-    """serve's wait lets a second Ctrl-C through only where the first turned SIGINT off (the
-    command line), only on the main thread, and only once: a third is ignored, and after the wait
-    SIGINT is ignored again. A background job that ignored SIGINT from the start stays as it was."""
+def test_a_keyboard_interrupt_in_server_close_is_counted_and_goes_on(monkeypatch, capsys):
+    """Called directly (SIGINT's default handler), server_close counts the requests a
+    KeyboardInterrupt cut off and lets it go on."""
+    from xpnet import serve
+    server = make_server(RUN_DIR, port=0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    release, client = _with_a_request_held(server)
+
+    def interrupted(timeout=None):
+        raise KeyboardInterrupt
+    try:
+        server.shutdown()
+        server.idle.wait = interrupted
+        with pytest.raises(KeyboardInterrupt):
+            server.server_close()
+        err = capsys.readouterr().err
+        assert err == ("warning: stopped waiting (interrupted): 1 request still being answered was "
+                       "cut off, not logged and perhaps not answered\n"), err
+    finally:
+        release.set()
+        client.close()
+        thread.join(10)
+
+
+def test_the_wait_takes_ctrl_c_once_on_the_main_thread_and_restores_the_handler_after():
+    """serve's wait installs a handler that sets the flag (once: a third Ctrl-C is ignored) on
+    the main thread, where SIGINT was not ignored while serving, and puts back the handler it
+    found: ignored after the command line's first Ctrl-C, the default for a library caller. A
+    background job that ignored SIGINT from the start, and any other thread, keep theirs."""
     from xpnet import serve
     kept = signal.getsignal(signal.SIGINT)
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)   # as cli.guarded leaves it after a first Ctrl-C
-        with serve._second_ctrl_c_stops_the_wait(signal.default_int_handler):
-            handler = signal.getsignal(signal.SIGINT)
-            assert handler not in (signal.SIG_IGN, signal.SIG_DFL)
-            with pytest.raises(KeyboardInterrupt):
-                handler(signal.SIGINT, None)       # the second Ctrl-C
-            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN   # a third is ignored
-        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-        with serve._second_ctrl_c_stops_the_wait(signal.default_int_handler):
-            assert signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, signal.SIG_DFL)
-        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN       # restored without a second
-        with serve._second_ctrl_c_stops_the_wait(signal.SIG_IGN):     # ignored from the start
+        for found in (signal.SIG_IGN, signal.default_int_handler):  # cli.guarded's, a caller's
+            signal.signal(signal.SIGINT, found)
+            stop = threading.Event()
+            with serve._ctrl_c_stops_the_wait(signal.default_int_handler, stop):
+                handler = signal.getsignal(signal.SIGINT)
+                assert handler not in (signal.SIG_IGN, signal.SIG_DFL, signal.default_int_handler)
+                assert not stop.is_set()
+                handler(signal.SIGINT, None)       # the second Ctrl-C: no exception
+                assert stop.is_set()
+                assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN   # a third is ignored
+            assert signal.getsignal(signal.SIGINT) == found
+            with serve._ctrl_c_stops_the_wait(signal.default_int_handler, threading.Event()):
+                assert signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, found)
+            assert signal.getsignal(signal.SIGINT) == found    # restored without a second
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with serve._ctrl_c_stops_the_wait(signal.SIG_IGN, threading.Event()):  # ignored from the start
             assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
         seen = []
 
         def off_main():
-            with serve._second_ctrl_c_stops_the_wait(signal.default_int_handler):
+            with serve._ctrl_c_stops_the_wait(signal.default_int_handler, threading.Event()):
                 seen.append(signal.getsignal(signal.SIGINT))
         thread = threading.Thread(target=off_main)
         thread.start()
         thread.join(10)
         assert seen == [signal.SIG_IGN]
-        signal.signal(signal.SIGINT, signal.default_int_handler)    # a library caller's Ctrl-C
-        with serve._second_ctrl_c_stops_the_wait(signal.default_int_handler):
-            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, kept)
 
@@ -581,9 +614,10 @@ def test_cli_serve_a_second_ctrl_c_stops_the_close_wait():
               "from xpnet import serve\n"
               "serve.CLOSE_WAIT = 60\n"
               "class Announced(threading.Condition):\n"
-              "    def wait_for(self, predicate, timeout=None):\n"
-              "        print('waiting', flush=True)\n"
-              "        return super().wait_for(predicate, timeout)\n"
+              "    def wait(self, timeout=None):\n"
+              "        if not getattr(self, 'said', False):\n"
+              "            self.said = print('waiting', flush=True) or True\n"
+              "        return super().wait(timeout)\n"
               "init = serve.Server.__init__\n"
               "def announced(self, *args, **kwargs):\n"
               "    init(self, *args, **kwargs)\n"

@@ -31,6 +31,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 
@@ -42,6 +43,7 @@ from .preprocess import BOX, FIELD as SIDE, mnist_style  # noqa: F401 (BOX, SIDE
 MIN_SIDE, MAX_SIDE = 28, 560
 MAX_BODY = 2 * 1024 * 1024  # bytes: a 560 x 560 image of "255," fits
 CLOSE_WAIT = 5  # seconds server_close waits for the requests being answered
+POLL = 0.1      # seconds between its looks at ``Server.stop_waiting`` (a second Ctrl-C)
 STATIC = {"/": ("serve.html", "text/html; charset=utf-8"),
           "/serve.js": ("serve.js", "text/javascript; charset=utf-8"),
           "/serve.css": ("serve.css", "text/css; charset=utf-8")}
@@ -188,6 +190,7 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
     protocol_version = "HTTP/1.1"  # keep-alive for the page; every answer has a Content-Length
     timeout = 30  # seconds a client may take to send its request
+    _body_unread = False  # set per request by _dispatch: the answer then closes the connection
 
     def handle_one_request(self):
         """One request, answered and logged. From its request line to its log line it counts as
@@ -300,8 +303,8 @@ class Handler(BaseHTTPRequestHandler):
         return values[0] if values else None
 
     def _read_body(self):
+        # a refusal here leaves the body unread (_body_unread): its answer closes the connection
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
             raise RequestError(411, "send the body with a Content-Length, not chunked")
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         length = self._content_length()
@@ -312,17 +315,13 @@ class Handler(BaseHTTPRequestHandler):
             if length < 0:
                 raise ValueError
         except ValueError:
-            self.close_connection = True
             raise RequestError(400, f"bad Content-Length: {length!r}") from None
         if length > MAX_BODY:
-            self.close_connection = True  # the body is never read
             raise RequestError(413, f"the body is {length} bytes; at most {MAX_BODY} are accepted")
         if ctype != "application/json":
-            self.close_connection = True
             raise RequestError(415, f"send Content-Type: application/json, not {ctype or 'nothing'}")
         body = self.rfile.read(length)
         if len(body) != length:
-            self.close_connection = True
             raise RequestError(400, f"the body ended after {len(body)} of {length} bytes")
         self._body_unread = False
         return body
@@ -344,7 +343,7 @@ class Handler(BaseHTTPRequestHandler):
             super().log_request(*held)
 
     def _write(self, status, body, ctype, headers):
-        if self.__dict__.get("_body_unread"):
+        if self._body_unread:
             self.close_connection = True
         self.send_response(status)
         self.send_header("Content-Type", ctype)
@@ -371,6 +370,7 @@ class Server(ThreadingHTTPServer):
     def __init__(self, *args, **kwargs):
         self.busy = 0   # requests whose line came and whose access line is not yet logged
         self.idle = threading.Condition()
+        self.stop_waiting = threading.Event()   # set by a second Ctrl-C: server_close stops waiting
         super().__init__(*args, **kwargs)   # calls server_close when it cannot bind
 
     def begin_request(self):
@@ -386,18 +386,28 @@ class Server(ThreadingHTTPServer):
         """Stop listening, then wait (at most ``CLOSE_WAIT`` seconds) for the requests being
         answered to be answered and logged: their threads are daemons, which the interpreter stops
         at exit, so a Ctrl-C just after an answer was sent lost its access line. The requests still
-        busy when the wait ends (after ``CLOSE_WAIT`` seconds, or at a KeyboardInterrupt, which
-        goes on) are cut off with no access line: a warning on stderr counts them, even with
-        ``quiet``, as it is no access line but the only trace they leave."""
+        busy when the wait ends (after ``CLOSE_WAIT`` seconds, once ``stop_waiting`` is set, or at
+        a KeyboardInterrupt, which goes on) are cut off with no access line: a warning on stderr
+        counts them, even with ``quiet``, as it is no access line but the only trace they leave.
+        ``serve`` sets ``stop_waiting`` from its SIGINT handler rather than raising there: an
+        exception landing inside the Condition's own release and re-acquire broke it ("cannot
+        release un-acquired lock")."""
         try:
             super().server_close()
+            deadline = time.monotonic() + CLOSE_WAIT
             with self.idle:
-                if self.idle.wait_for(lambda: self.busy == 0, timeout=CLOSE_WAIT):
+                while self.busy > 0 and not self.stop_waiting.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.idle.wait(min(left, POLL))
+                if self.busy == 0:
                     return
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:   # SIGINT's default handler (a caller's own thread or loop)
             self._cut_off("stopped waiting (interrupted)")
             raise
-        self._cut_off(f"stopped waiting after {CLOSE_WAIT} s")
+        self._cut_off("stopped waiting (interrupted)" if self.stop_waiting.is_set()
+                      else f"stopped waiting after {CLOSE_WAIT} s")
 
     def _cut_off(self, why):
         """The warning for the requests still busy (read without the lock: an interrupt may have
@@ -448,37 +458,35 @@ def serve(target, host="127.0.0.1", port=8000, device="cpu", quiet=False, stream
         pass
     finally:
         try:
-            with _second_ctrl_c_stops_the_wait(sigint):
+            with _ctrl_c_stops_the_wait(sigint, server.stop_waiting):
                 server.server_close()   # after the last answers and their access lines
         except KeyboardInterrupt:
-            pass   # server_close named the requests it cut off
+            pass   # off the main thread: server_close named the requests it cut off
     print("stopped", file=stream)
     return 0
 
 
 @contextlib.contextmanager
-def _second_ctrl_c_stops_the_wait(before):
-    """Let Ctrl-C raise KeyboardInterrupt again for the block (``serve``'s wait for the requests
-    being answered) if the first one turned it off. The command line (``cli.guarded``) ignores
-    SIGINT from the first Ctrl-C on, so that a second one cannot break into a checkpoint being
-    written or into interpreter shutdown. Here there is nothing to protect but access lines, and
-    a user who presses Ctrl-C again wants out now, as with uvicorn or gunicorn; after the block
-    SIGINT is ignored again. ``before`` is SIGINT's handler while serving: ignored then (a
-    background job), it stays ignored."""
-    rearm = (threading.current_thread() is threading.main_thread()
-             and before not in (signal.SIG_IGN, None)
-             and signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
-    if rearm:
-        signal.signal(signal.SIGINT, _second_ctrl_c)
+def _ctrl_c_stops_the_wait(before, stop):
+    """For the block (``serve``'s wait for the requests being answered), let a Ctrl-C set
+    ``stop`` (``Server.stop_waiting``), once: a further one is ignored, the warning and "stopped"
+    being still to be printed. The command line (``cli.guarded``) ignores SIGINT from the first
+    Ctrl-C on, so that a second one cannot break into a checkpoint being written or into
+    interpreter shutdown; here there is nothing to protect but access lines, and a user who
+    presses Ctrl-C again wants out now, as with uvicorn or gunicorn. The handler sets a flag and
+    raises nothing: a KeyboardInterrupt could land inside the Condition's lock handling. After the
+    block SIGINT's handler is the one it had before. ``before`` is SIGINT's handler while serving:
+    ignored then (a background job), it stays ignored; signals are handled on the main thread
+    only, so elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread() or before in (signal.SIG_IGN, None):
+        yield
+        return
+
+    def stop_waiting(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stop.set()
+    kept = signal.signal(signal.SIGINT, stop_waiting)
     try:
         yield
     finally:
-        if rearm and signal.getsignal(signal.SIGINT) is _second_ctrl_c:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _second_ctrl_c(signum, frame):
-    """The second Ctrl-C: ignore any further one (the warning and "stopped" are still to be
-    printed, then interpreter shutdown, as after the first), then stop the wait."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_DFL if kept is None else kept)
