@@ -478,20 +478,33 @@ def _with_a_request_held(server):
     return release, client
 
 
-def test_requests_still_answered_after_close_wait_are_counted_in_a_warning(monkeypatch, capsys):
+@pytest.mark.parametrize("stop", ["close_wait", "keyboard_interrupt"])
+def test_requests_still_answered_when_the_close_wait_stops_are_counted_in_a_warning(monkeypatch, capsys, stop):
     """server_close waits CLOSE_WAIT seconds; a request still busy after it was cut off without a
-    trace. One line on stderr now counts it, even with quiet (which silences access lines only)."""
+    trace. One line on stderr now counts it, even with quiet (which silences access lines only).
+    Called directly (SIGINT's default handler), a KeyboardInterrupt in the wait is counted the same
+    way and goes on."""
     from xpnet import serve
     monkeypatch.setattr(serve, "CLOSE_WAIT", 0.2)
     server = make_server(RUN_DIR, port=0, quiet=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     release, client = _with_a_request_held(server)
+
+    def interrupted(timeout=None):
+        raise KeyboardInterrupt
     try:
         server.shutdown()
-        server.server_close()
+        if stop == "close_wait":
+            server.server_close()
+            why = "after 0.2 s"
+        else:
+            server.idle.wait = interrupted
+            with pytest.raises(KeyboardInterrupt):
+                server.server_close()
+            why = "(interrupted)"
         err = capsys.readouterr().err
-        assert err == ("warning: stopped waiting after 0.2 s: 1 request still being answered was "
+        assert err == (f"warning: stopped waiting {why}: 1 request still being answered was "
                        "cut off, not logged and perhaps not answered\n"), err
     finally:
         release.set()
@@ -537,31 +550,6 @@ def test_a_ctrl_c_during_the_close_wait_stops_it_and_serve_still_says_stopped(mo
     err = capsys.readouterr().err
     assert err == ("warning: stopped waiting (interrupted): 1 request still being answered was cut "
                    "off, not logged and perhaps not answered\n"), err
-
-
-def test_a_keyboard_interrupt_in_server_close_is_counted_and_goes_on(monkeypatch, capsys):
-    """Called directly (SIGINT's default handler), server_close counts the requests a
-    KeyboardInterrupt cut off and lets it go on."""
-    from xpnet import serve
-    server = make_server(RUN_DIR, port=0, quiet=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    release, client = _with_a_request_held(server)
-
-    def interrupted(timeout=None):
-        raise KeyboardInterrupt
-    try:
-        server.shutdown()
-        server.idle.wait = interrupted
-        with pytest.raises(KeyboardInterrupt):
-            server.server_close()
-        err = capsys.readouterr().err
-        assert err == ("warning: stopped waiting (interrupted): 1 request still being answered was "
-                       "cut off, not logged and perhaps not answered\n"), err
-    finally:
-        release.set()
-        client.close()
-        thread.join(10)
 
 
 def test_the_wait_takes_ctrl_c_once_on_the_main_thread_and_restores_the_handler_after():

@@ -214,6 +214,17 @@ class Layer:
                           f"constants = ({', '.join(repr(k) for k in stray)},)",
                           UserWarning, stacklevel=3)
 
+    def _kernel_and_bias(self, kernel_initializer, bias_initializer, kernel_regularizer):
+        """Keep and check a weight layer's initializers (kernel W, bias b) and W's regularizer;
+        ConfigErrors name this layer and the argument."""
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+        self._initializer("kernel_initializer")
+        self._initializer("bias_initializer")
+        if kernel_regularizer is not None:
+            from ..regularizers import get as get_regularizer
+            self.regularizers["W"] = get_regularizer(kernel_regularizer)
+
     def _initializer(self, argument):
         """The initializer held in ``self.<argument>`` (a name or a callable f(rng, shape, dtype)),
         else a ConfigError naming this layer, the argument and what it expects. A callable's

@@ -66,13 +66,7 @@ class Conv2D(Layer):
         self.strides = pair(strides, "strides", "Conv2D")
         self.padding = padding_spec(padding, "Conv2D")
         self.use_bias = flag(use_bias, "Conv2D", "use_bias")
-        self.kernel_initializer = kernel_initializer
-        self.bias_initializer = bias_initializer
-        self._initializer("kernel_initializer")
-        self._initializer("bias_initializer")
-        if kernel_regularizer is not None:
-            from ..regularizers import get as get_regularizer
-            self.regularizers["W"] = get_regularizer(kernel_regularizer)
+        self._kernel_and_bias(kernel_initializer, bias_initializer, kernel_regularizer)
 
     def compute_output_shape(self, input_shape):
         spatial_input(self, input_shape)

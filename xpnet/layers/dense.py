@@ -10,13 +10,7 @@ class Dense(Layer):
         super().__init__(name)
         self.units = positive_int(units, "units", "Dense")
         self.use_bias = flag(use_bias, "Dense", "use_bias")
-        self.kernel_initializer = kernel_initializer
-        self.bias_initializer = bias_initializer
-        self._initializer("kernel_initializer")
-        self._initializer("bias_initializer")
-        if kernel_regularizer is not None:
-            from ..regularizers import get as get_regularizer
-            self.regularizers["W"] = get_regularizer(kernel_regularizer)
+        self._kernel_and_bias(kernel_initializer, bias_initializer, kernel_regularizer)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 1:
