@@ -2,6 +2,7 @@
 and what was expected, found before any training, and nothing in the run folder changed."""
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -32,8 +33,26 @@ def interrupted(finished_run, tmp_path):
 
 
 def train(argv, capsys):
+    """`xpnet train ARGV`: (exit status, stderr). What it printed on stdout is checked here: nothing
+    when it was refused; after a run, one line with the test error and the run folder, whose
+    result.json holds the same numbers (the folder given to --resume, or a new one under --out)."""
     code = cli.main(["train"] + argv)
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    if code != 0:
+        assert out == "", out
+        return code, err
+    match = re.fullmatch(r"test error (\d+\.\d\d)% \((\d+) mistakes of 100\), run folder: (.+)\n", out)
+    assert match, out
+    folder = match.group(3)
+    with open(os.path.join(folder, "result.json")) as f:
+        result = json.load(f)
+    assert (match.group(1), int(match.group(2))) == (f"{result['test_error_percent']:.2f}",
+                                                    result["mistakes"]), (out, result)
+    assert result["test_samples"] == 100 and result["run_dir"] == folder
+    if "--resume" in argv:
+        assert folder == argv[argv.index("--resume") + 1] and result["resumed"]
+    else:
+        assert os.path.dirname(folder) == argv[argv.index("--out") + 1] and not result["resumed"]
     return code, err
 
 
