@@ -80,13 +80,17 @@ def test_time_limit_restores_the_best_weights_and_checkpoints(monkeypatch, tmp_p
     for k, v in m.parameters.items():
         np.testing.assert_array_equal(m.backend.to_numpy(v), snaps.weights[0][k])
         assert not np.array_equal(snaps.weights[-1][k], snaps.weights[0][k])
-    # the checkpoint is of the last epoch and not marked "stopped": it can be continued
-    monkeypatch.setattr(training, "time", __import__("time"))
+    # the checkpoint is of the last epoch and not marked "stopped": it can be continued, here
+    # with a time limit of its own that the two epochs left (10 s each) fit in exactly, though the
+    # four epochs before took 40 s: the resumed run ends at epoch 6, not stopped by the limit
+    clock = FakeClock(per_batch=5.0)
+    monkeypatch.setattr(training, "time", clock)
     again = small_model()
     stop2 = callbacks.EarlyStopping(monitor="loss", mode="max", patience=50, restore_best_weights=True)
     h2 = again.fit(x, y, epochs=6, batch_size=16, verbose=0, checkpoint=tmp_path, resume=True,
-                   callbacks=[stop2])
+                   callbacks=[Tick(clock), stop2], time_limit=20.0)
     assert h2.epoch == [0, 1, 2, 3, 4, 5] and not h2.stopped_by_time_limit
+    assert h2.params["time_limit"] == 20.0 and clock.now == 1020.0   # it ran epochs 5 and 6 only
 
 
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), "5", True, datetime.timedelta(0)])
