@@ -19,6 +19,39 @@ def read_png(path, kind):
     return img
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plot functions save, in order (to read back what each one drew)."""
+    figures, save = [], viz._save
+
+    def keep(fig, path):
+        figures.append(fig)
+        return save(fig, path)
+    monkeypatch.setattr(viz, "_save", keep)
+    return figures
+
+
+def test_history_plots_each_series_in_its_panel_by_epoch(tmp_path, drawn):
+    """Loss and accuracy in their own panels, training and validation labelled as such, epochs
+    numbered from 1, a missing value (None) a gap at its own epoch, not a shift of the ones after."""
+    logs = {"loss": [1.0, 0.5, 0.3], "val_loss": [1.1, None, 0.6], "accuracy": [0.5, 0.8, 0.9]}
+    viz.plot_history(logs, tmp_path / "curves.png")
+    (fig,) = drawn
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    assert sorted(panels) == ["Accuracy", "Loss"]
+    expected = {"Loss": {"training": [1.0, 0.5, 0.3], "validation": [1.1, np.nan, 0.6]},
+                "Accuracy": {"training": [0.5, 0.8, 0.9]}}
+    for title, series in expected.items():
+        ax = panels[title]
+        assert ax.get_xlabel() == "epoch"
+        lines = {line.get_label(): line for line in ax.lines}
+        assert sorted(lines) == sorted(series), (title, sorted(lines))
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == list(series)
+        for label, values in series.items():
+            np.testing.assert_array_equal(lines[label].get_xdata(), [1, 2, 3], err_msg=(title, label))
+            np.testing.assert_array_equal(lines[label].get_ydata(), values, err_msg=(title, label))
+
+
 def test_history_from_dict_and_history_object(tmp_path):
     from xpnet.callbacks import History
     logs = {"loss": [1.0, 0.5, 0.3], "val_loss": [1.1, 0.7, None], "accuracy": [0.5, 0.8, 0.9]}
@@ -51,6 +84,25 @@ def test_confusion_matrix(tmp_path):
         viz.plot_confusion_matrix(y, pred[:3], tmp_path / "bad.png")
     with pytest.raises(ShapeError, match="integer class ids"):
         viz.plot_confusion_matrix(y.astype(float), pred, tmp_path / "bad.png")
+
+
+def test_confusion_matrix_counts_true_rows_against_predicted_columns(tmp_path, drawn):
+    """Row = true class, column = predicted class, each cell's count written in it, the class names
+    on the axes and the number of samples and errors in the title."""
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    pred = np.array([0, 1, 1, 1, 1, 2, 0, 2, 2])
+    viz.plot_confusion_matrix(y, pred, tmp_path / "c.png", class_names=["zero", "one", "two"])
+    counts = [[1, 2, 0],   # true 0: once right, twice taken for 1
+              [0, 2, 0],
+              [1, 0, 3]]   # true 2: once taken for 0
+    ax = drawn[0].axes[0]
+    np.testing.assert_array_equal(ax.images[0].get_array(), counts)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted", "true")
+    assert ax.get_title() == "9 samples, 3 errors"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["zero", "one", "two"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["zero", "one", "two"]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert cells == {(i, j): str(counts[i][j]) for i in range(3) for j in range(3)}
 
 
 def test_misclassified_grid_gray_rgb_and_none(tmp_path):
