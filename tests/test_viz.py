@@ -139,3 +139,29 @@ def test_class_weights_logreg_and_mlp_last_layer(tmp_path, backend):
     read_png(viz.plot_class_weights(mlp.layers[-1].params["W"], tmp_path / "w2.png"), "weights")
     with pytest.raises(ShapeError, match="do not form an image"):
         viz.plot_class_weights(np.ones((100, 10)), tmp_path / "x.png")
+
+
+def test_a_plot_failing_while_drawn_leaves_the_earlier_file_whole(tmp_path, monkeypatch):
+    """curves.png is redrawn after every run and resume: an error (or a kill) while the PNG is
+    drawn must leave the earlier picture, not half a file, and no temporary file beside it."""
+    from matplotlib.figure import Figure
+    path = viz.plot_history({"loss": [1.0, 0.5]}, tmp_path / "curves.png")
+    before = open(path, "rb").read()
+    savefig = Figure.savefig
+
+    def cut_short(self, fname, **kwargs):   # half the PNG, then the drawing fails
+        import io
+        buf = io.BytesIO()
+        savefig(self, buf, **kwargs)
+        data = buf.getvalue()
+        if hasattr(fname, "write"):
+            fname.write(data[:len(data) // 2])
+        else:
+            with open(fname, "wb") as f:
+                f.write(data[:len(data) // 2])
+        raise RuntimeError("drawing failed")
+    monkeypatch.setattr(Figure, "savefig", cut_short)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        viz.plot_history({"loss": [1.0, 0.5, 0.25]}, path)
+    assert open(path, "rb").read() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]

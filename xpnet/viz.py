@@ -27,10 +27,14 @@ def _figure(kind):
 
 
 def _save(fig, path):
+    """Render ``fig`` as PNG in memory, then write it atomically: a kill or an error while drawing
+    leaves the file as it was (a run folder's earlier curves.png), never half a PNG."""
+    import io
+    from .serialization import atomic_write_bytes
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=DPI, format="png")
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
