@@ -55,6 +55,8 @@ def test_load_state_arrays_copies_in_and_checks_everything_first(backend):
         target.load_state_arrays(missing, error=DataError)
     with pytest.raises(DataError, match=r"arrays this model lacks: param/extra\.W"):
         target.load_state_arrays(dict(other, **{"param/extra.W": np.zeros(1)}), error=DataError)
+    with pytest.raises(DataError, match=r"arrays this model lacks: buffer/batch_norm\.count"):
+        target.load_state_arrays(dict(other, **{"buffer/batch_norm.count": np.zeros(1)}), error=DataError)
     with pytest.raises(DataError, match="dtype float32.*dtype float64"):
         target.load_state_arrays({k: v.astype("float32") for k, v in other.items()}, error=DataError)
     for k, v in host(target).items():  # nothing was written by any refused load
