@@ -111,7 +111,9 @@ def test_model_files_store_the_models_own_config(tmp_path):
 
 
 def test_pack_and_unpack_nested_state_round_trip():
-    state = {"iterations": 3, "lr": 0.5, "m:w": np.arange(3.0), "nested": [None, {"a": np.ones((2, 2))}]}
+    # dict keys may be str or int (pack_state's contract): an int key must come back an int
+    state = {"iterations": 3, "lr": 0.5, "m:w": np.arange(3.0), "nested": [None, {"a": np.ones((2, 2))}],
+             7: True}
     arrays = {"optim/0": np.zeros(1)}  # an array already there: the next name is optim/1
     tree = json.loads(json.dumps(pack_state(state, arrays, "optim/", np.asarray)))
     assert sorted(arrays) == ["optim/0", "optim/1", "optim/2"]
@@ -121,6 +123,7 @@ def test_pack_and_unpack_nested_state_round_trip():
     np.testing.assert_array_equal(back["m:w"], state["m:w"])
     np.testing.assert_array_equal(back["nested"][1]["a"], np.ones((2, 2)))
     assert back["iterations"] == 3 and back["nested"][0] is None
+    assert back["lr"] == 0.5 and back[7] is True and "7" not in back
     with pytest.raises(DataError, match=r"f\.npz: the saved state refers to a missing array 'optim/9'"):
         unpack_state({"array": "optim/9"}, arrays, np.array, "f.npz")
     with pytest.raises(DataError, match="malformed state entry"):
