@@ -110,16 +110,23 @@ def test_optimizer_state_loaded_into_a_flat_model_is_used(backend, monkeypatch):
     unstepped = {k: v for k, v in state.items() if not k.startswith("step:")}
     b, c = model(backend, optim.Adam(0.01)), per_parameter(model(backend, optim.Adam(0.01)))
     none, moments, steps = (model(backend, optim.Adam(0.01)) for _ in range(3))
+    # a model that took flat steps of its own (8, a's 4) before the load: its flat moments and its
+    # device copies of the step counts must give way to the loaded ones
+    stepped = model(backend, optim.Adam(0.01))
+    stepped.fit(x, y, epochs=2, batch_size=16, verbose=0)
     calls = counted_flat_updates(backend, monkeypatch)
-    for m, loaded in ((b, state), (c, state), (none, None), (moments, zeroed), (steps, unstepped)):
+    for m, loaded in ((b, state), (c, state), (none, None), (moments, zeroed), (steps, unstepped),
+                      (stepped, state)):
         for k, v in a.parameters.items():
             m.parameters[k][...] = v
         if loaded is not None:
             m.optimizer.load_state_dict(loaded)
-        m.fit(x, y, epochs=1, batch_size=16, verbose=0)
+        # seed=3 (the models' own): stepped's shuffler starts again where the fresh models' start
+        m.fit(x, y, epochs=1, batch_size=16, verbose=0, seed=3)
         if m is b:
             assert len(calls) == 4, len(calls)  # b's steps were flat ones
     wb, wc = weights(b), weights(c)
     assert all(np.array_equal(wb[k], wc[k]) for k in wb)
+    assert all(np.array_equal(wb[k], v) for k, v in weights(stepped).items())
     for other in (none, moments, steps):
         assert not all(np.array_equal(wb[k], v) for k, v in weights(other).items())
