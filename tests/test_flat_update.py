@@ -130,3 +130,26 @@ def test_optimizer_state_loaded_into_a_flat_model_is_used(backend, monkeypatch):
     assert all(np.array_equal(wb[k], v) for k, v in weights(stepped).items())
     for other in (none, moments, steps):
         assert not all(np.array_equal(wb[k], v) for k, v in weights(other).items())
+
+
+def test_parameters_with_different_step_counts_keep_their_own(backend):
+    """Loaded step counts that differ between parameters (one trained for fewer steps, as a layer
+    frozen for a while) admit no flat step with one count: each parameter steps with its own
+    count, as on the per-parameter path."""
+    x, y = data()
+    a = model(backend, optim.Adam(0.01))
+    a.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    state = {k: backend.to_numpy(v) if hasattr(v, "shape") else v
+             for k, v in a.optimizer.state_dict().items()}
+    first = next(k for k in state if k.startswith("step:"))
+    state[first] = 1  # the others took 4
+    flat, plain = model(backend, optim.Adam(0.01)), per_parameter(model(backend, optim.Adam(0.01)))
+    for m in (flat, plain):
+        for k, v in a.parameters.items():
+            m.parameters[k][...] = v
+        m.optimizer.load_state_dict(state)
+        m.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    wf, wp = weights(flat), weights(plain)
+    assert all(np.array_equal(wf[k], wp[k]) for k in wf)
+    counts = {k: v for k, v in flat.optimizer.state_dict().items() if k.startswith("step:")}
+    assert counts == {k: 5 if k == first else 8 for k in counts}, counts
