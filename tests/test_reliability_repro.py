@@ -32,15 +32,24 @@ def test_two_processes_give_identical_weights(tmp_path):
         assert a[key].tobytes() == b[key].tobytes(), key
 
 
-def train_cnn(device, seed):
+def cnn(device, seed, dropout=True):
+    return xpnet.Sequential([Conv2D(3, 3, padding="same"), ReLU(), MaxPool2D(2), Flatten()]
+                            + ([Dropout(0.3)] if dropout else []) + [Dense(8), BatchNorm(), ReLU(), Dense(4)],
+                            input_shape=(1, 10, 10), device=device, seed=seed)
+
+
+def train_cnn(device, seed, init_seed=None, shuffle=True, dropout=True):
+    """The weights after 2 epochs; with ``init_seed``, from the initial weights of that seed (then
+    ``seed`` decides only fit's shuffling and the dropout masks)."""
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (96, 1, 10, 10), dtype=np.uint8)
     y = rng.integers(0, 4, 96)
-    model = xpnet.Sequential([Conv2D(3, 3, padding="same"), ReLU(), MaxPool2D(2), Flatten(), Dropout(0.3),
-                              Dense(8), BatchNorm(), ReLU(), Dense(4)],
-                             input_shape=(1, 10, 10), device=device, seed=seed)
+    model = cnn(device, seed, dropout)
+    if init_seed is not None:
+        for k, v in cnn(device, init_seed, dropout).parameters.items():
+            model.parameters[k][...] = v
     model.compile(loss="cross_entropy", optimizer="adam")
-    model.fit(x, y, epochs=2, batch_size=16, verbose=0, validation_split=0.25)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, validation_split=0.25, shuffle=shuffle)
     state = dict(model.parameters, **model.buffers)
     return {k: model.backend.to_numpy(v) for k, v in state.items()}
 
@@ -55,6 +64,11 @@ def test_same_seed_same_weights_across_backends_and_runs():
 def test_another_seed_changes_the_weights():
     a, b = train_cnn("cpu", 3), train_cnn("cpu", 4)
     assert any(not np.array_equal(a[k], b[k]) for k in a)
+    # from the same initial weights the seed still decides the shuffling and the dropout masks:
+    # each alone changes the weights (a seed that reached only the initializers would not)
+    for what, kwargs in (("the shuffling", dict(dropout=False)), ("the dropout masks", dict(shuffle=False))):
+        a, b = train_cnn("cpu", 3, **kwargs), train_cnn("cpu", 4, init_seed=3, **kwargs)
+        assert any(not np.array_equal(a[k], b[k]) for k in a), f"the seed does not reach {what}"
 
 
 def _gpu_or_skip():
