@@ -2,6 +2,7 @@
 tiny sizes, the same steps and packing), so it cannot fail on a typo when a GPU comes."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,14 @@ def test_steps_past_the_budget_are_skipped(tmp_path):
     proc = run_script("--dry-run", "--out", str(out), "--steps", "info", "--minutes", "0.05")
     summary = (out / "summary.txt").read_text()
     assert proc.returncode == 1 and "[info] skipped: the budget of 0.05 minutes is spent" in summary
+
+
+def test_a_step_gets_at_most_the_budget_left(tmp_path):
+    """Each step's cap (info: 60 s) is cut to what is left of --minutes."""
+    out = tmp_path / "out"
+    proc = run_script("--dry-run", "--out", str(out), "--steps", "info", "--minutes", "0.75")
+    caps = dict(re.findall(r"^== (\w+) \(cap (\d+)s\)", proc.stdout, re.M))
+    assert 0 < int(caps["info"]) <= 45, proc.stdout
 
 
 def test_bad_arguments(tmp_path):
