@@ -45,6 +45,11 @@ def test_dry_run_runs_every_step_and_packs_few_small_files(tmp_path):
     assert any(n.endswith("/model.npz") for n in names) and any(n.endswith("/curves.png") for n in names)
     assert result["model"] == "seed001-tf" and result["test_samples"] == 64
     assert result["time_limit_minutes"] is not None
+    # the training's cap is what the 9 minutes leave less 20 s, its time limit that cap less 60 s
+    train = re.search(r"^== train \(cap (\d+)s\): .* --time-limit ([\d.]+) ", proc.stdout, re.M)
+    cap = int(train[1])
+    assert cap <= 9 * 60 - 20, proc.stdout
+    assert train[2] == f"{max((cap - 60) / 60, 0.1):.2f}" and result["time_limit_minutes"] == float(train[2])
     bench = json.loads((out / "bench.json").read_text())
     assert [r["model"] for r in bench["results"]] == ["lenet5"]
     assert "<testsuite" in (out / "junit.xml").read_text()
