@@ -16,7 +16,7 @@ SCRIPT = os.path.join(ROOT, "scripts", "gpu_check.sh")
 
 def run_script(*args, env=None, timeout=600):
     return subprocess.run(["bash", SCRIPT, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, PYTHON=sys.executable, **(env or {})))
+                          timeout=timeout, env=dict(os.environ, **{"PYTHON": sys.executable, **(env or {})}))
 
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
@@ -53,6 +53,45 @@ def test_dry_run_runs_every_step_and_packs_few_small_files(tmp_path):
     bench = json.loads((out / "bench.json").read_text())
     assert [r["model"] for r in bench["results"]] == ["lenet5"]
     assert "<testsuite" in (out / "junit.xml").read_text()
+
+
+def test_the_gpu_run_gives_each_step_the_gpu_settings(tmp_path):
+    """Without --dry-run (the run on the lent GPU, which no CPU test runs for real): every command
+    is recorded by a stand-in for Python, which does nothing else, and is checked for the GPU's
+    settings: the tests on numpy,cupy without TF32 and without this file, the benchmark and the
+    full training (no subset) on the GPU."""
+    log = tmp_path / "commands.jsonl"
+    fake = tmp_path / "python"
+    fake.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                    "with open(os.environ['FAKE_LOG'], 'a') as f:\n"
+                    "    f.write(json.dumps({'argv': sys.argv[1:], 'backends': os.environ.get("
+                    "'XPNET_TEST_BACKENDS'), 'tf32': os.environ.get('CUPY_TF32')}) + '\\n')\n")
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    proc = run_script("--out", str(out), env={"PYTHON": str(fake), "FAKE_LOG": str(log), "CUPY_TF32": "1"})
+    summary = (out / "summary.txt").read_text()
+    assert proc.returncode == 0 and "status: all passed" in summary, summary
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+
+    def one(test):
+        found = [c for c in calls if test(c["argv"])]
+        assert len(found) == 1, calls
+        return found[0]
+
+    def value(argv, option):
+        return argv[argv.index(option) + 1]
+
+    assert one(lambda a: a[:2] == ["-m", "xpnet"])["argv"] == ["-m", "xpnet", "info"]
+    tests = one(lambda a: a[:2] == ["-m", "pytest"])
+    assert tests["backends"] == "numpy,cupy" and tests["tf32"] is None, tests
+    argv = tests["argv"][2:]  # after "-m pytest"
+    assert value(argv, "-m") == "not slow" and value(argv, "--timeout") == "120", argv
+    assert value(argv, "-n") == "8" and argv[-3:] == ["tests", "--ignore", "tests/test_gpu_check.py"], argv
+    bench = one(lambda a: a[0].endswith("/benchmarks/run.py"))["argv"]
+    assert value(bench, "--device") == "gpu" and value(bench, "--models") == "big,medium,lenet5", bench
+    train = one(lambda a: a[0].endswith("/examples/train_mnist.py"))["argv"]
+    assert value(train, "--device") == "gpu" and value(train, "--model") == "seed001-tf", train
+    assert float(value(train, "--time-limit")) > 5 and not {"--train-images", "--epochs"} & set(train), train
 
 
 def test_a_failing_step_is_reported_and_the_next_still_runs(tmp_path):
