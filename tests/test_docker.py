@@ -208,9 +208,19 @@ def pip_line(out):
 @pytest.mark.parametrize("target, extras", [("cpu", "[plot]"), ("cuda12", "[cuda12,plot]"),
                                             ("cuda13", "[cuda13,plot]")])
 def test_install_dry_run_targets(target, extras):
-    argv = pip_line(run_install("--dry-run", target).stdout)
+    out = run_install("--dry-run", target).stdout
+    argv = pip_line(out)
     assert argv[:4] == ["python3", "-m", "pip", "install"]
     assert argv[-1] == f"{ROOT}{extras}"
+    # every command, in order: no pip cache kept in the image's layer; the check runs from / so that
+    # it imports the installed package, not the checkout; a GPU target's check imports CuPy
+    commands = [shlex.split(l[2:]) for l in out.splitlines() if l.startswith("+ ")]
+    assert len(commands) == 3, out
+    pip, cd, check = commands
+    assert pip == ["python3", "-m", "pip", "install", "--no-cache-dir", f"{ROOT}{extras}"], out
+    assert cd == ["cd", "/"], out
+    assert check[:2] == ["python3", "-c"], out
+    assert check[2].startswith("import xpnet;" if target == "cpu" else "import cupy, xpnet;"), out
 
 
 def test_install_target_from_environment_and_extras():
