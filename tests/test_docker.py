@@ -165,6 +165,15 @@ def test_dockerfile_settings(dockerfile):
                                else ["/data", "/runs"])
     users = [a for k, a in instrs if k == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), f"{dockerfile} runs as root"
+    # every volume is writable by that user (a new volume starts as the image's folder): given to
+    # it (chown) or open to any user (chmod 1777, for `docker run --user`)
+    commands = [shlex.split(c) for k, a in instrs if k == "RUN" for c in a.split("&&")]
+    owned = {p for c in commands if c[:1] == ["chown"] and c[1].split(":")[0] == users[-1].split(":")[0]
+             for p in c[2:]}
+    open_to_all = {p for c in commands if c[:2] == ["chmod", "1777"] for p in c[2:]}
+    assert set(volumes) <= owned | open_to_all, (dockerfile, volumes, owned, open_to_all)
+    if dockerfile.endswith("gpu"):
+        assert "/cupy-cache" in open_to_all and "CUPY_CACHE_DIR=/cupy-cache" in env
     assert any(k == "WORKDIR" for k, _ in instrs)
     installs = [a for k, a in instrs if k == "RUN" and "docker/install.sh" in a]
     assert installs and "--editable" in installs[0], "the image must install the checkout in /app editable"
