@@ -42,6 +42,8 @@ CASES = {
                      lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.8, nesterov=True)),
     "sgd_weight_decay": (lambda: optim.SGD(lr=0.05, momentum=0.5, weight_decay=0.1),
                          lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5, weight_decay=0.1)),
+    "sgd_weight_decay_no_momentum": (lambda: optim.SGD(lr=0.05, weight_decay=0.2),
+                                     lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=0.2)),
     "adam": (lambda: optim.Adam(lr=0.01), lambda p: torch.optim.Adam(p, lr=0.01)),
     "adam_l2": (lambda: optim.Adam(lr=0.02, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.1),
                 lambda p: torch.optim.Adam(p, lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
