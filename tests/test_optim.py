@@ -316,6 +316,7 @@ def test_bad_step_inputs(backend):
     (lambda: optim.SGD(0.1, clipvalue=-1), "clipvalue"),
     (lambda: optim.get("adagrad"), "unknown optimizer 'adagrad'"),
     (lambda: optim.get("sgd", lr=0.1, betas=(0.9, 0.99)), "betas"),
+    (lambda: optim.get(optim.SGD(0.1), lr=0.2), r"optimizer object and extra arguments \['lr'\]"),
 ])
 def test_bad_config_raises_config_error(make, words):
     with pytest.raises(ConfigError, match=words):
