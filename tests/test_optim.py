@@ -160,6 +160,12 @@ def test_clip_functions_match_torch(backend):
         for k in g:
             assert _rel(backend.to_numpy(out[k]), tg[k].grad.numpy()) < 1e-12
             np.testing.assert_array_equal(backend.to_numpy(dev[k]), g[k])  # inputs untouched
+        # a None gradient (a frozen parameter) is kept as None and left out of the norm, as
+        # torch's clip_grad_norm_ leaves out parameters whose grad is None
+        frozen = optim.clip_by_global_norm({**dev, "frozen": None}, max_norm, xp)
+        assert frozen["frozen"] is None
+        for k in g:
+            np.testing.assert_array_equal(backend.to_numpy(frozen[k]), backend.to_numpy(out[k]))
     tg = {k: torch.tensor(v, requires_grad=True) for k, v in g.items()}
     for t in tg.values():
         t.grad = t.detach().clone()
@@ -168,6 +174,7 @@ def test_clip_functions_match_torch(backend):
     for k in g:
         np.testing.assert_array_equal(backend.to_numpy(out[k]), tg[k].grad.numpy())
         assert np.abs(backend.to_numpy(out[k])).max() == 0.7
+    assert optim.clip_by_value({"frozen": None}, 0.7) == {"frozen": None}
 
 
 @pytest.mark.parametrize("clipnorm,clipvalue", [(1.0, None), (None, 0.5), (2.0, 0.8)])
