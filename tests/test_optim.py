@@ -257,6 +257,32 @@ def test_state_dict_round_trip(backend, case):
         np.testing.assert_array_equal(backend.to_numpy(dev[k]), straight[k])
 
 
+@pytest.mark.parametrize("case", ROUND_TRIP)
+def test_loaded_state_takes_the_parameters_dtype(backend, case):
+    """Moments saved from float64 parameters and loaded for float32 ones become float32 buffers,
+    as fresh ones would be (not float64 buffers that make every later step float64 and the
+    next checkpoint float64), holding the loaded values."""
+    make, _ = CASES[case]
+    params, grads = _start(7)
+    saved_by, dev = make(), _dev(backend, params)
+    for g in grads[:2]:
+        saved_by.step(dev, {k: backend.asarray(v) for k, v in g.items()})
+    host = {k: _host(backend, v) if hasattr(v, "shape") else v for k, v in saved_by.state_dict().items()}
+    assert {v.dtype for v in host.values() if hasattr(v, "shape")} == {np.dtype(np.float64)}
+    loaded = make()
+    loaded.load_state_dict(host)
+    dev32 = {k: backend.asarray(_host(backend, v).astype(np.float32)) for k, v in dev.items()}
+    g = {k: v.astype(np.float32) for k, v in grads[2].items()}
+    loaded.step(dev32, {k: backend.asarray(v) for k, v in g.items()})
+    saved_by.step(dev, {k: backend.asarray(v.astype(np.float64)) for k, v in g.items()})
+    for slot, buffers in loaded.state.items():
+        assert set(buffers) == set(params)
+        for k, v in buffers.items():
+            assert v.dtype == np.float32, f"{slot}:{k} is {v.dtype}"
+            assert _rel(_host(backend, v), _host(backend, saved_by.state[slot][k])) < 1e-5
+    assert all(v.dtype == np.float32 for v in dev32.values())
+
+
 @pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_step_does_not_sync(case, flat):
