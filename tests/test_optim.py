@@ -120,6 +120,35 @@ def test_a_parameter_without_gradient_keeps_its_own_step_count_like_torch(backen
     assert opt.iterations == STEPS
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_flat_steps_after_skipped_gradients_match_torch(backend, case, monkeypatch):
+    """The flat update (bind_flat, fit's path) after steps where some gradients were None: while
+    the parameters' step counts differ the step must go per parameter, and once they are equal
+    again (here 2, after 3 iterations) the flat step must take the bias correction from the step
+    count and the inverse-time decay from the iterations, as torch does."""
+    make, make_torch = CASES[case]
+    params, grads = _start(8)
+    grads[0]["dense.b"] = None                                 # counts 1, 0, 1: per parameter
+    grads[2]["dense.W"] = grads[2]["conv2d.W"] = None          # counts 2, 2, 2 after 3 iterations
+    flat = backend.asarray(np.concatenate([v.reshape(-1) for v in params.values()]))
+    dev, offset = {}, 0
+    for k, v in params.items():
+        dev[k] = flat[offset:offset + v.size].reshape(v.shape)
+        offset += v.size
+    opt = make()
+    opt.decay = 0.3
+    opt.bind_flat(flat, dev)
+    calls, update = [], backend.flat_update
+    monkeypatch.setattr(backend, "flat_update", lambda *a: calls.append(1) or update(*a))
+    ours = []
+    for g in grads:
+        opt.step(dev, {k: None if v is None else backend.asarray(v) for k, v in g.items()})
+        ours.append({k: _host(backend, v) for k, v in dev.items()})
+    assert len(calls) == 3  # steps 4-6 went flat, steps 1-3 per parameter
+    assert opt.steps == {k: STEPS - 1 for k in params} and opt.iterations == STEPS
+    _assert_same(ours, _torch_run(make_torch, params, grads, decay=0.3))
+
+
 @pytest.mark.parametrize("case", ["sgd_momentum", "adam", "adamw", "rmsprop_centered_momentum"])
 def test_inverse_time_decay_matches_torch_lambda_lr(backend, case):
     make, make_torch = CASES[case]
