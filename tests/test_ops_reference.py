@@ -103,6 +103,23 @@ def test_maxpool_ties_go_to_first_maximum(backend):
     np.testing.assert_array_equal(dx, tx.grad.numpy())
 
 
+def test_maxpool_nan_counts_as_the_maximum(backend):
+    """Documented behaviour: a NaN in a window is its maximum, so the output is NaN and the
+    window's gradient goes to the NaN (not to the largest number), as in PyTorch."""
+    nan = np.nan
+    x = np.array([[[[1, 9, 3, 0], [nan, 2, 4, 1], [5, 6, 1, 1], [7, 8, 1, nan]]]], dtype=np.float64)
+    y, cache = ref.maxpool2d_forward(backend.xp, backend.asarray(x), (2, 2), (2, 2))
+    dx = backend.to_numpy(ref.maxpool2d_backward(backend.xp, backend.asarray(np.ones((1, 1, 2, 2))), cache))
+    np.testing.assert_array_equal(backend.to_numpy(y)[0, 0], [[nan, 4], [8, nan]])
+    expected = np.array([[0, 0, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 0, 1]], dtype=np.float64)
+    np.testing.assert_array_equal(dx[0, 0], expected)
+    tx = t(x, True)
+    ty = F.max_pool2d(tx, 2)
+    ty.sum().backward()
+    np.testing.assert_array_equal(backend.to_numpy(y), ty.detach().numpy())
+    np.testing.assert_array_equal(dx, tx.grad.numpy())
+
+
 def test_maxpool_ties_with_overlapping_windows(backend):
     x = np.zeros((1, 1, 3, 4))
     _, cache = ref.maxpool2d_forward(backend.xp, backend.asarray(x), (2, 2), (1, 1))
