@@ -62,13 +62,26 @@ def test_conv2d_matches_torch(backend, rng, x_shape, w_shape, stride, padding, b
     assert dx2 is None and rel(backend.to_numpy(dW2), tW.grad.numpy()) < 1e-12
 
 
-def test_conv2d_keeps_float32(backend, rng):
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv2d_keeps_float32(backend, rng, bias):
     xp = backend.xp
     x = backend.asarray(rng.standard_normal((1, 2, 5, 5)).astype(np.float32))
     W = backend.asarray(rng.standard_normal((3, 2, 3, 3)).astype(np.float32))
-    y, cache = ref.conv2d_forward(xp, x, W, None, (1, 1), (1, 1, 1, 1))
-    dx, dW, _ = ref.conv2d_backward(xp, xp.ones_like(y), cache)
+    b = backend.asarray(rng.standard_normal(3).astype(np.float32)) if bias else None
+    y, cache = ref.conv2d_forward(xp, x, W, b, (1, 1), (1, 1, 1, 1))
+    dx, dW, db = ref.conv2d_backward(xp, xp.ones_like(y), cache)
     assert y.dtype == dx.dtype == dW.dtype == np.float32
+    assert (db is None) if not bias else db.dtype == np.float32
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pool_keeps_float32(backend, rng, kind):
+    fwd, bwd = {"max": (ref.maxpool2d_forward, ref.maxpool2d_backward),
+                "avg": (ref.avgpool2d_forward, ref.avgpool2d_backward)}[kind]
+    x = backend.asarray(rng.standard_normal((2, 3, 7, 6)).astype(np.float32))
+    y, cache = fwd(backend.xp, x, (3, 2), (2, 2))
+    dx = bwd(backend.xp, backend.xp.ones_like(y), cache)
+    assert y.dtype == dx.dtype == np.float32 and tuple(dx.shape) == (2, 3, 7, 6)
 
 
 @pytest.mark.parametrize("x_shape,pool,stride", POOL_CASES)
