@@ -145,11 +145,21 @@ def test_maxpool_ties_with_overlapping_windows(backend):
 
 def test_ops_dispatcher_can_select_reference():
     from xpnet import ops
+    from xpnet.errors import ConfigError
+    from xpnet.ops import fast
     before = ops.current()
     try:
         ops.use("reference")
         assert ops.conv2d_forward is ref.conv2d_forward
         assert ops.maxpool2d_backward is ref.maxpool2d_backward
+        assert ops.current() == "reference"
+        assert len(ops.NAMES) == 6 and all(getattr(ops, n) is getattr(ref, n) for n in ops.NAMES)
+        ops.use("fast")
+        assert ops.current() == "fast"
+        assert all(getattr(ops, n) is getattr(fast, n) is not getattr(ref, n) for n in ops.NAMES)
+        with pytest.raises(ConfigError, match="unknown ops implementation 'slow'"):
+            ops.use("slow")
+        assert ops.current() == "fast" and ops.conv2d_forward is fast.conv2d_forward
     finally:
         if before:
             ops.use(before)
