@@ -4,6 +4,7 @@ on 1, 2 and 3 threads, with every pass split however small."""
 import numpy as np
 import pytest
 
+import xpnet.backends.numpy_backend as nb
 import xpnet.backends.numpy_kernels as nk
 from xpnet.backends import get_backend
 from xpnet.backends.random import CounterRandom
@@ -21,6 +22,15 @@ def test_the_backends_generator_draws_the_plain_generators_numbers(threads, monk
     monkeypatch.setattr(nk, "ADAPTIVE", False)
     backend = get_backend("numpy")
     monkeypatch.setattr(backend._kernels, "threads", threads)
+    calls, made = [], backend._splitmix64   # per call: the words asked for, the pieces made
+
+    def counted(start, n):
+        calls.append((n, []))
+        return made(start, n)
+
+    mix = nb.mix_splitmix64
+    monkeypatch.setattr(backend, "_splitmix64", counted)
+    monkeypatch.setattr(nb, "mix_splitmix64", lambda z: calls[-1][1].append(len(z)) or mix(z))
     fast, plain = backend.rng(2026, 12), CounterRandom(np, 2026, 12)
     assert fast._fused is not None and plain._fused is None
     for _ in range(2):   # the second round reuses the kept i * GOLDEN per size
@@ -29,4 +39,13 @@ def test_the_backends_generator_draws_the_plain_generators_numbers(threads, monk
             np.testing.assert_array_equal(a, b)
         assert fast.counter == plain.counter
     child_fast, child_plain = fast.spawn(4), plain.spawn(4)
+    before = len(calls)
     np.testing.assert_array_equal(child_fast.random((300,)), child_plain.random((300,)))
+    assert len(calls) == before + 1
+    # the words were made over pieces on 2 and 3 threads (in one piece on 1), and all of them
+    assert len(calls) == 23 and all(sum(pieces) == n for n, pieces in calls)
+    for n, pieces in calls:
+        if threads == 1 or n < 2:
+            assert pieces == [n]
+        else:
+            assert len(pieces) >= min(n, 2 * threads), (n, pieces)
