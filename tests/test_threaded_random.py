@@ -39,6 +39,7 @@ def test_the_backends_generator_draws_the_plain_generators_numbers(threads, monk
             np.testing.assert_array_equal(a, b)
         assert fast.counter == plain.counter
     child_fast, child_plain = fast.spawn(4), plain.spawn(4)
+    assert child_fast._fused is not None   # a layer's generator (Dropout's) makes its words threaded too
     before = len(calls)
     np.testing.assert_array_equal(child_fast.random((300,)), child_plain.random((300,)))
     assert len(calls) == before + 1
