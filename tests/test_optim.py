@@ -127,11 +127,13 @@ def test_flat_steps_after_skipped_gradients_match_torch(backend, case, monkeypat
     """The flat update (bind_flat, fit's path) after steps where some gradients were None: while
     the parameters' step counts differ the step must go per parameter, and once they are equal
     again (here 2, after 3 iterations) the flat step must take the bias correction from the step
-    count and the inverse-time decay from the iterations, as torch does."""
+    count and the inverse-time decay from the iterations, as torch does; a step with no gradient
+    at all (iterations move, the device's copy of them does not) is noticed by the next flat one."""
     make, make_torch = CASES[case]
     params, grads = _start(8)
     grads[0]["dense.b"] = None                                 # counts 1, 0, 1: per parameter
     grads[2]["dense.W"] = grads[2]["conv2d.W"] = None          # counts 2, 2, 2 after 3 iterations
+    grads += [{k: None for k in SHAPES}, {k: v * -0.5 for k, v in grads[1].items()}]
     flat = backend.asarray(np.concatenate([v.reshape(-1) for v in params.values()]))
     dev, offset = {}, 0
     for k, v in params.items():
@@ -146,8 +148,8 @@ def test_flat_steps_after_skipped_gradients_match_torch(backend, case, monkeypat
     for g in grads:
         opt.step(dev, {k: None if v is None else backend.asarray(v) for k, v in g.items()})
         ours.append({k: _host(backend, v) for k, v in dev.items()})
-    assert len(calls) == 3  # steps 4-6 went flat, steps 1-3 per parameter
-    assert opt.steps == {k: STEPS - 1 for k in params} and opt.iterations == STEPS
+    assert len(calls) == 4  # steps 4-6 and 8 went flat, steps 1-3 per parameter, step 7 nowhere
+    assert opt.steps == {k: STEPS for k in params} and opt.iterations == STEPS + 2
     _assert_same(ours, _torch_run(make_torch, params, grads, decay=0.3))
 
 
