@@ -128,8 +128,8 @@ def test_large_input_in_bounded_memory(what):
 
     small_peak, small_output = extra(3000)
     peak, output = extra(len(x))
-    print(f"{what}: input {x.nbytes / MB:.1f} MB, peak extra {peak / MB:.1f} MB (output {output / MB:.1f} MB); "
-          f"on 3,000 samples {small_peak / MB:.2f} MB (output {small_output / MB:.2f} MB)")
+    print(f"{what}: input {x.nbytes / MB:.1f} MB, peak extra {peak / MB:.1f} MB "
+          f"(output {output / MB:.1f} MB); on 3,000 samples {small_peak / MB:.2f} MB (output {small_output / MB:.2f} MB)")
     assert peak < output + 4 * MB, f"{what} held {peak / MB:.1f} MB for a {x.nbytes / MB:.1f} MB input"
     assert peak - output < small_peak - small_output + MB / 4, \
         f"{what}: {(peak - output) / MB:.2f} MB beside the output on 30,000 samples, " \
