@@ -7,7 +7,9 @@ images or pixels): ``x[:, :, i : i + sh*(Ho-1) + 1 : sh, j : j + sw*(Wo-1) + 1 :
 
 Max-pool ties: the whole gradient of a window goes to its FIRST maximal element in row-major
 window order (the lowest (i, j)), which is what PyTorch's CPU ``max_pool2d`` does. A NaN in a
-window counts as its maximum.
+window counts as its maximum; with several NaNs the gradient goes to the first of them (PyTorch's
+CPU kernel, which updates its maximum on every NaN, picks the last: NaN training has gone wrong
+either way).
 """
 from .geometry import out_size, pad, window
 
