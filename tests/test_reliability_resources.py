@@ -21,13 +21,16 @@ def rss_mb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB
 
 
-class RecordRSS(callbacks.Callback):
-    def __init__(self):
+class Record(callbacks.Callback):
+    """``measure()`` at each epoch's end: the RSS (rss_mb) or the live traced allocations (traced)."""
+
+    def __init__(self, measure):
         super().__init__()
+        self.measure = measure
         self.values = []
 
     def on_epoch_end(self, epoch, logs=None):
-        self.values.append(rss_mb())
+        self.values.append(self.measure())
 
 
 def cnn():
@@ -41,36 +44,33 @@ def data(n, seed=0):
     return rng.integers(0, 256, (n, 1, 12, 12), dtype=np.uint8), rng.integers(0, 10, n)
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc for RSS")
-def test_rss_is_flat_over_twenty_epochs(tmp_path):
+def twenty_epochs_then_eight_fits(measure, tmp_path):
+    """``measure()`` at the end of each of 20 epochs of the small CNN (512 images, validation, a
+    checkpoint every epoch), then after each of 8 more ``fit(epochs=1)`` calls."""
     x, y = data(512)
     model = cnn()
-    rss = RecordRSS()
-    model.fit(x, y, epochs=20, batch_size=32, verbose=0, callbacks=[rss], checkpoint=tmp_path,
+    record = Record(measure)
+    model.fit(x, y, epochs=20, batch_size=32, verbose=0, callbacks=[record], checkpoint=tmp_path,
               validation_split=0.1)
     refits = []
     for _ in range(8):
         model.fit(x, y, epochs=1, batch_size=32, verbose=0)
-        refits.append(rss_mb())
-    growth = rss.values[-1] - rss.values[2]
-    print(f"RSS epochs 3..20: {rss.values[2]:.1f} -> {rss.values[-1]:.1f} MB; "
+        refits.append(measure())
+    return record.values, refits
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc for RSS")
+def test_rss_is_flat_over_twenty_epochs(tmp_path):
+    epochs, refits = twenty_epochs_then_eight_fits(rss_mb, tmp_path)
+    growth = epochs[-1] - epochs[2]
+    print(f"RSS epochs 3..20: {epochs[2]:.1f} -> {epochs[-1]:.1f} MB; "
           f"8 more fit() calls: {refits[0]:.1f} -> {refits[-1]:.1f} MB")
-    assert growth < 4.0, rss.values
+    assert growth < 4.0, epochs
     assert refits[-1] - refits[0] < 4.0, refits
 
 
-class RecordTraced(callbacks.Callback):
-    """Python's traced allocations (NumPy's arrays included) still alive at each epoch's end."""
-
-    def __init__(self):
-        super().__init__()
-        self.values = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.values.append(traced())
-
-
 def traced():
+    """Python's traced allocations (NumPy's arrays included) still alive."""
     gc.collect()
     return tracemalloc.get_traced_memory()[0]
 
@@ -81,23 +81,15 @@ def test_traced_memory_is_flat_over_twenty_epochs(tmp_path):
     these 288 steps and 8 calls. The live allocations are nearly exact: measured 15-21 KB over
     epochs 3..20 (History's floats, the checkpoints' records) and 1.5-4 KB over the 8 calls, so a
     leak of about 50 B a step or 0.6 KB a call shows (not a float32 scalar's 35 B a step)."""
-    x, y = data(512)
-    model = cnn()
-    rec = RecordTraced()
     tracemalloc.start()
     try:
-        model.fit(x, y, epochs=20, batch_size=32, verbose=0, callbacks=[rec], checkpoint=tmp_path,
-                  validation_split=0.1)
-        refits = []
-        for _ in range(8):
-            model.fit(x, y, epochs=1, batch_size=32, verbose=0)
-            refits.append(traced())
+        epochs, refits = twenty_epochs_then_eight_fits(traced, tmp_path)
     finally:
         tracemalloc.stop()
-    growth = rec.values[-1] - rec.values[2]
+    growth = epochs[-1] - epochs[2]
     print(f"traced epochs 3..20: +{growth / 1024:.1f} KB; 8 more fit() calls: "
           f"+{(refits[-1] - refits[0]) / 1024:.1f} KB")
-    assert growth < 32 * 1024, rec.values
+    assert growth < 32 * 1024, epochs
     assert refits[-1] - refits[0] < 8 * 1024, refits
 
 
