@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e '.[plot,progress,threads]'
+	$(VENV)/bin/pip install -q -e '.[plot,progress,threads,compiled]'
 	touch $@
 
 $(VENV)/.test: $(VENV)/.installed

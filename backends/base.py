@@ -140,6 +140,24 @@ class Backend:
         from xpnet.ops.pooling import maxpool2d_backward_xp
         return maxpool2d_backward_xp(self.xp, dy, cache)
 
+    def window_max_2x2(self, x, m, k_of):
+        """m, k_of <- each 2x2 window's maximum of x and the offset of its first maximum in one
+        compiled pass, for x as planes (P, H, W) or as bands of planes (R, 2, W, Q)
+        (backends/compiled.py), or False: the caller runs ``pooling._fold``'s passes (here always;
+        the NumPy backend's compiled kernels give their bits)."""
+        return False
+
+    def unpool_2x2(self, k_of, d, x):
+        """x <- d at each 2x2 window's offset k_of, 0 * d elsewhere, in one compiled pass, or False:
+        the caller runs ``pooling._scatter``'s passes (as window_max_2x2)."""
+        return False
+
+    def fill_columns(self, x, cols, stride, top, left):
+        """cols (blocks, C, kh, kw, B, Ho, Wo) <- the im2col columns of x (m, C, H, W) in one
+        compiled pass (zeros for the padding and for images beyond m), or False: the caller runs
+        ``columns._fill``'s copies (as window_max_2x2)."""
+        return False
+
     def affine_warp(self, x, matrices, fill=0.0, mode="constant"):
         """Bilinear warp of each image of x (N, C, H, W) by its inverse map (N, 2, 3), in centred
         coordinates (xpnet/augment.py holds the reference and the conventions)."""

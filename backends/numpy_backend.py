@@ -5,6 +5,7 @@ import itertools
 
 import numpy
 
+from . import compiled
 from .base import Backend
 from .cpu_threads import limit_blas
 from .host_memory import keep_freed_memory
@@ -137,6 +138,15 @@ class NumpyBackend(Backend):
 
         self._kernels.split(part, m, 2 * m * n)
         return out
+
+    def window_max_2x2(self, x, m, k_of):
+        return compiled.window_max_2x2(x, m, k_of)
+
+    def unpool_2x2(self, k_of, d, x):
+        return compiled.unpool_2x2(k_of, d, x)
+
+    def fill_columns(self, x, cols, stride, top, left):
+        return compiled.fill_columns(x, cols, stride, top, left)
 
     def ignore_float_errors(self):
         return numpy.errstate(over="ignore", invalid="ignore")

@@ -369,7 +369,9 @@ def _cpu_threads_line(cpu):
         state = f"{libs + ' ' if libs else ''}left as it is: {blas['why']}"
     from .backends.cpu_threads import pinned_kernels_hint
     hint = pinned_kernels_hint(blas["libraries"])
+    from .backends import compiled
     return (f"CPU threads: {cpu.threads} (XPNET_NUM_THREADS); NumPy's BLAS: {state} (XPNET_BLAS_THREADS)"
+            + f"\ncompiled CPU kernels (2x2 max pooling): {compiled.describe()}"
             + (f"\nnote: {hint}" if hint else ""))
 
 

@@ -20,7 +20,7 @@ of threads (tests/test_conv_pool_fused.py). Only where launches are cheap (not
 """
 from ..backends import backend_of
 from . import columns, pooling
-from .pooling import Winners, _fold, _offset_view, _unpool
+from .pooling import Winners, _fold_windows, _unpool
 
 # 0 runs the layers apart everywhere (the same bits, only slower): for benchmarks/ab_setting.py's
 # in-process comparison and for telling the two paths apart when debugging
@@ -100,7 +100,7 @@ def forward(xp, x, W, b, stride, padding, pool, relu):
                 t = slice((s + a) * g.f, (s + z) * g.f)
                 if scratch is None or scratch[0].shape != y[t].shape:
                     scratch = (xp.empty_like(y[t]), xp.empty(y[t].shape, dtype=bool), xp.empty_like(index[t]))
-                _fold(xp, y[t], index[t], lambda k, p=planes: _offset_view(p, k, pool, hq, wq), ph * pw, scratch)
+                _fold_windows(xp, backend, y[t], index[t], planes, pool, scratch)
 
         backend.split(run, -(-count // per_band), m * g.p * (g.k + g.f))
     kept = {"inputs": x, "weights": W, "columns": cols if step >= g.n else None,
@@ -146,7 +146,7 @@ def backward(xp, dy, cache, need_dx):
                     grads = xp.empty(((z - a) * g.f, g.ho, g.wo), dtype=dy.dtype)
                     eq = xp.empty(((z - a) * g.f, hq, wq), dtype=bool)
                 t = slice((s + a) * g.f, (s + z) * g.f)
-                _unpool(xp, index[t], dys[t], grads, (ph, pw), eq)
+                _unpool(xp, backend, index[t], dys[t], grads, (ph, pw), eq)
                 band = grads.reshape(z - a, g.f, g.p)
                 if planes_sum is not None:
                     band.sum(axis=2, dtype=planes_sum.dtype, out=planes_sum[s + a:s + z])

@@ -150,6 +150,15 @@ def _fold(xp, m, k_of, view, count, scratch):
             xp.copyto(k_of, k, where=xp.isnan(view(k)))
 
 
+def _fold_windows(xp, backend, m, k_of, planes, pool, scratch):
+    """``_fold`` over the windows of planes (P, H, W) that tile them: one compiled pass for 2x2
+    windows where the backend has one (backends/compiled.py: the same bits), else _fold's passes."""
+    if tuple(pool) == (2, 2) and backend.window_max_2x2(planes, m, k_of):
+        return
+    ho, wo = m.shape[1], m.shape[2]
+    _fold(xp, m, k_of, lambda k: _offset_view(planes, k, pool, ho, wo), pool[0] * pool[1], scratch)
+
+
 def _winners_forward(xp, backend, x, ph, pw):
     """(y, cache) for stride == pool: y as in maxpool2d_forward_xp (the same ``maximum`` calls in
     the same order, so the same bits), plus the first maximum's offset: an offset replaces the
@@ -171,8 +180,7 @@ def _winners_forward(xp, backend, x, ph, pw):
         for t in _chunks(s, n * c, per):
             if scratch is None or scratch[0].shape != y[t].shape:
                 scratch = (xp.empty_like(y[t]), xp.empty(y[t].shape, dtype=bool), xp.empty_like(index[t]))
-            _fold(xp, y[t], index[t], lambda k, t=t: _offset_view(planes[t], k, (ph, pw), ho, wo), ph * pw,
-                  scratch)
+            _fold_windows(xp, backend, y[t], index[t], planes[t], (ph, pw), scratch)
 
     backend.split(part, n * c, x.size)
     y = y.reshape(n, c, ho, wo)
@@ -186,9 +194,12 @@ def _offset_view(planes, k, pool, ho, wo):
     return planes[:, i:ho * ph:ph, j:wo * pw:pw]
 
 
-def _unpool(xp, k_of, d, planes, pool, eq):
+def _unpool(xp, backend, k_of, d, planes, pool, eq):
     """planes (P, H, W) <- the gradient d (P, Ho, Wo) at each window's winning offset k_of (see
-    _scatter), and 0 on the rows and columns that no window covers."""
+    _scatter), and 0 on the rows and columns that no window covers: one compiled pass for 2x2
+    windows where the backend has one (backends/compiled.py: the same bits)."""
+    if tuple(pool) == (2, 2) and backend.unpool_2x2(k_of, d, planes):
+        return
     ph, pw = pool
     ho, wo = d.shape[1], d.shape[2]
     _scatter(xp, k_of, d, lambda i, j: _offset_view(planes, i * pw + j, pool, ho, wo), pool, eq)
@@ -226,7 +237,7 @@ def _winners_backward(xp, backend, dy, winners):
         for t in _chunks(s, n * c, per):
             if eq is None or eq.shape != index[t].shape:
                 eq = xp.empty(index[t].shape, dtype=bool)
-            _unpool(xp, index[t], dys[t], dx[t], (ph, pw), eq)
+            _unpool(xp, backend, index[t], dys[t], dx[t], (ph, pw), eq)
 
     backend.split(part, n * c, dx.size)
     return dx.reshape(n, c, h, w)
@@ -252,6 +263,8 @@ def _planes_forward(xp, backend, planes, ph, pw):
     def part(s):   # output rows s, on the backend's threads
         scratch = None
         for t in _chunks(s, ho, per):
+            if (ph, pw) == (2, 2) and backend.window_max_2x2(bands[t], y[t], index[t]):
+                continue   # one compiled pass (backends/compiled.py: the same bits)
             if scratch is None or scratch[1].shape != y[t].shape:
                 scratch = (None, xp.empty(y[t].shape, dtype=bool), xp.empty_like(index[t]))
             _fold(xp, y[t], index[t], lambda k, t=t: view(t, k), ph * pw, scratch)
@@ -276,6 +289,8 @@ def _planes_backward(xp, backend, dy, winners):
     def part(s):   # output rows s, on the backend's threads
         eq = None
         for t in _chunks(s, ho, per):
+            if (ph, pw) == (2, 2) and backend.unpool_2x2(index[t], dys[t], bands[t]):
+                continue   # one compiled pass, the uncovered columns included
             if eq is None or eq.shape != index[t].shape:
                 eq = xp.empty(index[t].shape, dtype=bool)
             _scatter(xp, index[t], dys[t], lambda i, j, t=t: bands[t, i, j:wo * pw:pw], (ph, pw), eq)

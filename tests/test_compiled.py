@@ -1,0 +1,249 @@
+"""The compiled 2x2 max-pooling kernels (backends/compiled.py, numba, optional) give the bits of
+NumPy's passes they replace (pooling._fold and pooling._scatter), on both layouts (planes
+(P, H, W) and bands of planes (R, 2, W, Q)), with ties, -0.0 beside 0.0, infinities, odd sizes,
+float32 and float64; a NaN hands the chunk back to NumPy's passes; and the pooling layers, the
+fused convolution + pooling and the planes path really run them (spied) with the same bits as with
+them switched off. Without numba the module skips; the rest of the suite then runs NumPy's passes."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+import xpnet.backends.compiled as compiled  # noqa: E402
+from xpnet.backends import get_backend  # noqa: E402
+from xpnet.ops import conv_pool, pooling  # noqa: E402
+from xpnet.ops.layout import to_planes  # noqa: E402
+
+DTYPES = (np.float32, np.float64)
+
+
+def tied(rng, shape, dtype):
+    """Values rounded to one decimal (many ties) with -0.0, 0.0 and +-inf sprinkled in, no NaN."""
+    a = np.round(rng.standard_normal(shape), 1)
+    r = rng.random(shape)
+    a[r < 0.15] = -0.0
+    a[(r >= 0.15) & (r < 0.25)] = 0.0
+    a[(r >= 0.25) & (r < 0.27)] = -np.inf
+    a[(r >= 0.27) & (r < 0.28)] = np.inf
+    return a.astype(dtype)
+
+
+def numpy_fold(x, ho, wo):
+    """pooling._fold's passes over planes (P, H, W) or bands (R, 2, W, Q): (m, k_of)."""
+    if x.ndim == 3:
+        m = np.empty((x.shape[0], ho, wo), x.dtype)
+        view = lambda k: pooling._offset_view(x, k, (2, 2), ho, wo)  # noqa: E731
+    else:
+        m = np.empty((x.shape[0], wo, x.shape[3]), x.dtype)
+        view = lambda k: x[:, k // 2, k % 2:wo * 2:2]  # noqa: E731
+    k_of = np.empty(m.shape, np.uint8)
+    pooling._fold(np, m, k_of, view, 4, (np.empty_like(m), np.empty(m.shape, bool), np.empty_like(k_of)))
+    return m, k_of
+
+
+def numpy_unpool(k_of, d, shape):
+    """pooling._scatter's passes (and zeros where no window covers) into planes or bands ``shape``."""
+    x = np.full(shape, 7.0, d.dtype)   # not zero: the uncovered cells must be written
+    wo = d.shape[1] if x.ndim == 4 else d.shape[2]
+    if x.ndim == 3:
+        target = lambda i, j: x[:, i:2 * d.shape[1]:2, j:2 * wo:2]  # noqa: E731
+        x[:, 2 * d.shape[1]:] = 0
+        x[:, :, 2 * wo:] = 0
+    else:
+        target = lambda i, j: x[:, i, j:2 * wo:2]  # noqa: E731
+        x[:, :, 2 * wo:] = 0
+    pooling._scatter(np, k_of, d, target, (2, 2), np.empty(k_of.shape, bool))
+    return x
+
+
+SHAPES = [(3, 2, 2), (4, 5, 7), (6, 8, 8), (2, 11, 11), (5, 26, 26)]
+BAND_SHAPES = [(1, 2, 2, 1), (3, 2, 5, 6), (4, 2, 8, 33), (2, 2, 11, 64)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + BAND_SHAPES)
+def test_window_max_gives_numpy_bits(shape, dtype):
+    rng = np.random.default_rng(sum(shape))
+    x = tied(rng, shape, dtype)
+    if x.ndim == 3:
+        ho, wo = shape[1] // 2, shape[2] // 2
+        m, k_of = np.empty((shape[0], ho, wo), dtype), np.empty((shape[0], ho, wo), np.uint8)
+    else:
+        ho, wo = 1, shape[2] // 2
+        m, k_of = np.empty((shape[0], wo, shape[3]), dtype), np.empty((shape[0], wo, shape[3]), np.uint8)
+    assert compiled.window_max_2x2(x, m, k_of) is True
+    want_m, want_k = numpy_fold(x, ho, wo)
+    assert m.tobytes() == want_m.tobytes()
+    assert k_of.tobytes() == want_k.tobytes()
+
+
+def test_signed_zero_ties_follow_numpy_maximum():
+    """numpy.maximum keeps the later of two equal operands (its value, -0.0 or 0.0), the offset
+    stays the first: both spelled out, so a kernel keeping the earlier value fails here."""
+    x = np.array([[[-0.0, 0.0], [-0.0, -0.0]], [[0.0, -0.0], [0.0, 0.0]]], np.float32)
+    m, k_of = np.empty((2, 1, 1), np.float32), np.empty((2, 1, 1), np.uint8)
+    assert compiled.window_max_2x2(x, m, k_of)
+    assert list(np.signbit(m).ravel()) == [True, False]   # the last of the window's four values
+    assert list(k_of.ravel()) == [0, 0]
+    assert (np.signbit(m) == np.signbit(numpy_fold(x, 1, 1)[0])).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + BAND_SHAPES)
+def test_unpool_gives_numpy_bits(shape, dtype):
+    rng = np.random.default_rng(sum(shape) + 1)
+    pooled = (shape[0], shape[1] // 2, shape[2] // 2) if len(shape) == 3 else (shape[0], shape[2] // 2, shape[3])
+    k_of = rng.integers(0, 4, pooled).astype(np.uint8)
+    d = tied(rng, pooled, dtype)
+    d[rng.random(pooled) < 0.05] = np.nan   # 0 * NaN is NaN at the other offsets
+    x = np.full(shape, 7.0, dtype)
+    assert compiled.unpool_2x2(k_of, d, x) is True
+    assert x.tobytes() == numpy_unpool(k_of, d, shape).tobytes()
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 4), (2, 2, 4, 5)])
+def test_a_nan_hands_the_chunk_back(shape):
+    x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    x.flat[5] = np.nan
+    pooled = (shape[0], shape[1] // 2, shape[2] // 2) if len(shape) == 3 else (shape[0], shape[2] // 2, shape[3])
+    m, k_of = np.empty(pooled, np.float32), np.empty(pooled, np.uint8)
+    assert compiled.window_max_2x2(x, m, k_of) is False
+    x.flat[5] = 5.0
+    assert compiled.window_max_2x2(x, m, k_of) is True
+
+
+def test_what_the_kernels_do_not_take(monkeypatch):
+    x = np.zeros((2, 4, 4), np.float32)
+    m, k_of, d = np.empty((2, 2, 2), np.float32), np.empty((2, 2, 2), np.uint8), np.ones((2, 2, 2), np.float32)
+    assert compiled.window_max_2x2(x, m, k_of) and compiled.unpool_2x2(k_of, d, x)
+    half = x.astype(np.float16)   # numba has no float16 arithmetic
+    assert not compiled.window_max_2x2(half, m.astype(np.float16), k_of)
+    assert not compiled.unpool_2x2(k_of, d.astype(np.float16), half)
+    strided = np.zeros((2, 4, 8), np.float32)[:, :, ::2]
+    assert not compiled.window_max_2x2(strided, m, k_of)
+    assert not compiled.unpool_2x2(k_of, d, strided)
+    assert not compiled.window_max_2x2(x, m, k_of.astype(np.int32))
+    monkeypatch.setattr(compiled, "ENABLED", 0)
+    assert not compiled.available() and not compiled.window_max_2x2(x, m, k_of)
+    assert not compiled.unpool_2x2(k_of, d, x)
+    monkeypatch.setattr(compiled, "ENABLED", 1)
+    monkeypatch.setattr(compiled, "numba", None)   # as without the extra installed
+    assert not compiled.available() and not compiled.window_max_2x2(x, m, k_of)
+
+
+@pytest.fixture
+def spied(monkeypatch):
+    """Counts of the four kernels' calls (the real kernels run)."""
+    calls = {}
+    for name in ("_window_max_2x2", "_band_max_2x2", "_unpool_2x2", "_band_unpool_2x2", "_fill_columns"):
+        real = getattr(compiled, name)
+
+        def spy(*args, real=real, name=name):
+            calls[name] = calls.get(name, 0) + 1
+            return real(*args)
+
+        monkeypatch.setattr(compiled, name, spy)
+    return calls
+
+
+def switched(monkeypatch, on, fn):
+    monkeypatch.setattr(compiled, "ENABLED", on)
+    return fn()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pooling_layers_run_the_kernels_with_the_same_bits(monkeypatch, spied, dtype):
+    rng = np.random.default_rng(3)
+    x = tied(rng, (4, 5, 9, 11), dtype)
+    dy = tied(rng, (4, 5, 4, 5), dtype)
+
+    def nchw():
+        y, cache = pooling.maxpool2d_forward(np, x, (2, 2), (2, 2))
+        return y, pooling.maxpool2d_backward(np, dy, cache)
+
+    def planes():   # x handed on as the NCHW view of planes (layout.py), as the spectral route does
+        view = to_planes(np, x).transpose(2, 3, 0, 1)
+        y, cache = pooling.maxpool2d_forward(np, view, (2, 2), (2, 2))
+        return y, np.ascontiguousarray(pooling.maxpool2d_backward(np, dy, cache))
+
+    for run, kernels in ((nchw, ("_window_max_2x2", "_unpool_2x2")), (planes, ("_band_max_2x2", "_band_unpool_2x2"))):
+        off = switched(monkeypatch, 0, run)
+        assert not any(spied.get(k) for k in kernels)
+        on = switched(monkeypatch, 1, run)
+        assert all(spied.get(k) for k in kernels), spied
+        assert [a.tobytes() for a in on] == [a.tobytes() for a in off]
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_fused_convolution_and_pooling_run_the_kernels_with_the_same_bits(monkeypatch, spied, relu):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 1, 12, 12)).astype(np.float32)
+    W = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+
+    def run():
+        y, kept = conv_pool.forward(np, x, W, b, (1, 1), (0, 0, 0, 0), (2, 2), relu)
+        kept.update(stride=(1, 1), padding=(0, 0, 0, 0), has_bias=True)
+        dy = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
+        return (y,) + tuple(conv_pool.backward(np, dy, kept, True))
+
+    off = switched(monkeypatch, 0, run)
+    assert not spied
+    on = switched(monkeypatch, 1, run)
+    assert spied.get("_window_max_2x2") and spied.get("_unpool_2x2") and spied.get("_fill_columns")
+    assert [a.tobytes() for a in on] == [a.tobytes() for a in off]
+
+
+def test_the_switch_from_the_environment():
+    code = "import xpnet.backends.compiled as c; print(c.available())"
+    env = dict(os.environ, XPNET_COMPILED="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    env["XPNET_COMPILED"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
+    env["XPNET_COMPILED"] = "yes"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "XPNET_COMPILED must be 0 or 1, got 'yes'" in out.stderr
+
+
+def test_the_backend_offers_the_kernels_only_on_numpy():
+    x, m, k_of = np.zeros((1, 2, 2), np.float32), np.empty((1, 1, 1), np.float32), np.empty((1, 1, 1), np.uint8)
+    assert get_backend("numpy").window_max_2x2(x, m, k_of) is True
+    strict = get_backend("strict")
+    assert strict.window_max_2x2(strict.asarray(x), strict.asarray(m), strict.asarray(k_of)) is False
+
+
+def test_describe_says_whether_they_run_and_why_not(monkeypatch):
+    import numba
+    assert compiled.describe() == f"on (numba {numba.__version__}; XPNET_COMPILED=0 turns them off)"
+    monkeypatch.setattr(compiled, "ENABLED", 0)
+    assert compiled.describe() == f"off (XPNET_COMPILED=0; numba {numba.__version__} installed)"
+    monkeypatch.setattr(compiled, "numba", None)
+    assert compiled.describe().startswith("off (numba not installed: pip install 'xpnet[compiled]'")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", [
+    ((5, 1, 28, 28), (6, 1, 5, 5), (1, 1), (2, 2, 2, 2)),     # LeNet-5's first layer: blocks of one image
+    ((7, 3, 9, 8), (4, 3, 3, 3), (1, 1), (0, 0, 0, 0)),       # blocks of several images, a partial last one
+    ((3, 2, 11, 10), (5, 2, 3, 2), (2, 3), (1, 2, 0, 3)),     # strides and uneven padding
+    ((2, 1, 4, 4), (2, 1, 5, 5), (1, 1), (3, 3, 3, 3)),       # windows mostly over the padding
+    ((4, 2, 7, 7), (3, 2, 3, 3), (3, 3), (4, 0, 4, 0)),       # rows wholly in the padding
+])
+def test_fill_columns_gives_numpy_values(monkeypatch, spied, dtype, x_shape, w_shape, stride, padding):
+    from xpnet.ops import columns
+    rng = np.random.default_rng(sum(x_shape))
+    x = tied(rng, x_shape, dtype)
+    g = columns.Shape(x.shape, w_shape, stride, padding)
+    count, size = g.blocks(x.shape[0])
+    got, want = (np.full((count, g.k, size, g.p), 7.0, dtype) for _ in range(2))   # not zero: all written
+    switched(monkeypatch, 0, lambda: columns._columns(np, x, want, g))
+    assert not spied
+    switched(monkeypatch, 1, lambda: columns._columns(np, x, got, g))
+    assert spied.get("_fill_columns") == 1
+    assert got.tobytes() == want.tobytes()
