@@ -152,12 +152,6 @@ class Backend:
         the caller runs ``pooling._scatter``'s passes (as window_max_2x2)."""
         return False
 
-    def fill_columns(self, x, cols, stride, top, left):
-        """cols (blocks, C, kh, kw, B, Ho, Wo) <- the im2col columns of x (m, C, H, W) in one
-        compiled pass (zeros for the padding and for images beyond m), or False: the caller runs
-        ``columns._fill``'s copies (as window_max_2x2)."""
-        return False
-
     def affine_warp(self, x, matrices, fill=0.0, mode="constant"):
         """Bilinear warp of each image of x (N, C, H, W) by its inverse map (N, 2, 3), in centred
         coordinates (xpnet/augment.py holds the reference and the conventions)."""

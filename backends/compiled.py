@@ -86,17 +86,6 @@ def unpool_2x2(k_of, d, x):
     return True
 
 
-def fill_columns(x, cols, stride, top, left):
-    """cols (blocks, C, kh, kw, B, Ho, Wo) <- the im2col columns of the images x (m, C, H, W),
-    unpadded: zeros for the padding (``top`` rows and ``left`` columns before the image, what lies
-    past its end) and for the last block's images beyond m. A copy, so the bits of
-    columns._fill's strided copies; False when not done (no numba or another dtype)."""
-    if not (_fits(x, cols) and cols.dtype == x.dtype and x.ndim == 4 and cols.ndim == 7):
-        return False
-    _fill_columns(x, cols, stride[0], stride[1], top, left)
-    return True
-
-
 if numba is not None:
     @numba.njit(nogil=True, cache=True)
     def _window_max_2x2(planes, m, k_of):   # returns whether some value was NaN
@@ -190,31 +179,3 @@ if numba is not None:
                         right[q] = g * d.dtype.type(k == 2 * i + 1)
                 for c in range(2 * wo, w):
                     bands[r, i, c, :] = zero
-
-    @numba.njit(nogil=True, cache=True)
-    def _fill_columns(x, cols, sh, sw, top, left):
-        m, _, h, w = x.shape
-        count, channels, kh, kw, size, ho, wo = cols.shape
-        zero = x.dtype.type(0)
-        for q in range(count):
-            for ch in range(channels):
-                for i in range(kh):
-                    for j in range(kw):
-                        # the outputs c whose input column c * sw + j - left lies inside the image
-                        first = max(0, -((j - left) // sw))
-                        end = min(wo, (w - 1 + left - j) // sw + 1)
-                        for b in range(size):
-                            n = q * size + b
-                            for r in range(ho):
-                                row = cols[q, ch, i, j, b, r]
-                                y = r * sh + i - top
-                                if n >= m or y < 0 or y >= h or end <= first:
-                                    row[:] = zero
-                                    continue
-                                src = x[n, ch, y]
-                                for c in range(first):
-                                    row[c] = zero
-                                for c in range(first, end):
-                                    row[c] = src[c * sw + j - left]
-                                for c in range(max(first, end), wo):
-                                    row[c] = zero

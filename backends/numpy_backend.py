@@ -145,9 +145,6 @@ class NumpyBackend(Backend):
     def unpool_2x2(self, k_of, d, x):
         return compiled.unpool_2x2(k_of, d, x)
 
-    def fill_columns(self, x, cols, stride, top, left):
-        return compiled.fill_columns(x, cols, stride, top, left)
-
     def ignore_float_errors(self):
         return numpy.errstate(over="ignore", invalid="ignore")
 

@@ -139,7 +139,7 @@ def test_what_the_kernels_do_not_take(monkeypatch):
 def spied(monkeypatch):
     """Counts of the four kernels' calls (the real kernels run)."""
     calls = {}
-    for name in ("_window_max_2x2", "_band_max_2x2", "_unpool_2x2", "_band_unpool_2x2", "_fill_columns"):
+    for name in ("_window_max_2x2", "_band_max_2x2", "_unpool_2x2", "_band_unpool_2x2"):
         real = getattr(compiled, name)
 
         def spy(*args, real=real, name=name):
@@ -194,7 +194,7 @@ def test_fused_convolution_and_pooling_run_the_kernels_with_the_same_bits(monkey
     off = switched(monkeypatch, 0, run)
     assert not spied
     on = switched(monkeypatch, 1, run)
-    assert spied.get("_window_max_2x2") and spied.get("_unpool_2x2") and spied.get("_fill_columns")
+    assert spied.get("_window_max_2x2") and spied.get("_unpool_2x2")
     assert [a.tobytes() for a in on] == [a.tobytes() for a in off]
 
 
@@ -226,24 +226,3 @@ def test_describe_says_whether_they_run_and_why_not(monkeypatch):
     monkeypatch.setattr(compiled, "numba", None)
     assert compiled.describe().startswith("off (numba not installed: pip install 'xpnet[compiled]'")
 
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("x_shape, w_shape, stride, padding", [
-    ((5, 1, 28, 28), (6, 1, 5, 5), (1, 1), (2, 2, 2, 2)),     # LeNet-5's first layer: blocks of one image
-    ((7, 3, 9, 8), (4, 3, 3, 3), (1, 1), (0, 0, 0, 0)),       # blocks of several images, a partial last one
-    ((3, 2, 11, 10), (5, 2, 3, 2), (2, 3), (1, 2, 0, 3)),     # strides and uneven padding
-    ((2, 1, 4, 4), (2, 1, 5, 5), (1, 1), (3, 3, 3, 3)),       # windows mostly over the padding
-    ((4, 2, 7, 7), (3, 2, 3, 3), (3, 3), (4, 0, 4, 0)),       # rows wholly in the padding
-])
-def test_fill_columns_gives_numpy_values(monkeypatch, spied, dtype, x_shape, w_shape, stride, padding):
-    from xpnet.ops import columns
-    rng = np.random.default_rng(sum(x_shape))
-    x = tied(rng, x_shape, dtype)
-    g = columns.Shape(x.shape, w_shape, stride, padding)
-    count, size = g.blocks(x.shape[0])
-    got, want = (np.full((count, g.k, size, g.p), 7.0, dtype) for _ in range(2))   # not zero: all written
-    switched(monkeypatch, 0, lambda: columns._columns(np, x, want, g))
-    assert not spied
-    switched(monkeypatch, 1, lambda: columns._columns(np, x, got, g))
-    assert spied.get("_fill_columns") == 1
-    assert got.tobytes() == want.tobytes()

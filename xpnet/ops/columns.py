@@ -103,9 +103,6 @@ def _fill(xp, part, cols, g, few):
     on the CPU, one gather by cached offsets where launches cost more (``few``)."""
     count, size = cols.shape[0], cols.shape[2]
     m = part.shape[0]
-    blocks = cols.reshape(count, g.c, g.kh, g.kw, size, g.ho, g.wo)
-    if not few and backend_of(part).fill_columns(part, blocks, (g.sh, g.sw), g.padding[0], g.padding[2]):
-        return   # one compiled pass (backends/compiled.py: the same values, copied)
     xpad = pad(xp, part, g.padding)
     if few:
         idx = _offsets(xp, backend_of(xpad), g.hp, g.wp, g.kh, g.kw, g.ho, g.wo, g.sh, g.sw)
@@ -114,6 +111,7 @@ def _fill(xp, part, cols, g, few):
             gathered = xp.concatenate([gathered, xp.zeros((count * size - m, g.k, g.p), dtype=cols.dtype)])
         cols[...] = gathered.reshape(count, size, g.k, g.p).transpose(0, 2, 1, 3)
         return
+    blocks = cols.reshape(count, g.c, g.kh, g.kw, size, g.ho, g.wo)
     full = min(count, m // size)
     if g.sh == 1:
         _fill_by_rows(xp, xpad, blocks, full, g)
