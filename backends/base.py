@@ -140,10 +140,10 @@ class Backend:
         from xpnet.ops.pooling import maxpool2d_backward_xp
         return maxpool2d_backward_xp(self.xp, dy, cache)
 
-    def window_max_2x2(self, x, m, k_of):
-        """m, k_of <- each 2x2 window's maximum of x and the offset of its first maximum in one
-        compiled pass, for x as planes (P, H, W) or as bands of planes (R, 2, W, Q)
-        (backends/compiled.py), or False: the caller runs ``pooling._fold``'s passes (here always;
+    def window_max_2x2(self, x, m, k_of, bias=None):
+        """m, k_of <- each 2x2 window's maximum of x (plus bias[p % F] on plane p, when given) and
+        the offset of its first maximum in one compiled pass, for x as planes (P, H, W) or as bands
+        of planes (R, 2, W, Q) (backends/compiled.py), or False: the caller runs ``pooling._fold``'s passes (here always;
         the NumPy backend's compiled kernels give their bits)."""
         return False
 

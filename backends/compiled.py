@@ -65,15 +65,24 @@ def _fits(*arrays):
             and all(a.flags.c_contiguous for a in arrays))
 
 
-def window_max_2x2(x, m, k_of):
+def window_max_2x2(x, m, k_of, bias=None):
     """m, k_of <- each 2x2 window's maximum of x and its offset, for x given as planes (P, H, W)
     with m (P, H // 2, W // 2), or as bands of planes (R, 2, W, Q) (two rows of (W, Q) positions a
-    band: the planes layout of layout.py) with m (R, W // 2, Q). False when not done (no numba,
-    another dtype, or a NaN in some window: the caller's NumPy passes then give every value)."""
+    band: the planes layout of layout.py) with m (R, W // 2, Q). ``bias`` (F,) (planes only):
+    added to each value first, plane p getting bias[p % F] (a convolution's output with its bias
+    not yet added: the same sums as adding it before). False when not done (no numba, another
+    dtype, or a NaN in some window: the caller's NumPy passes then give every value; x is never
+    written)."""
     if not (_fits(x, m, k_of) and k_of.dtype == numpy.uint8 and m.dtype == x.dtype
             and m.shape == k_of.shape and x.ndim in (3, 4) and m.ndim == 3):
         return False
-    return not (_window_max_2x2(x, m, k_of) if x.ndim == 3 else _band_max_2x2(x, m, k_of))
+    if x.ndim == 4:
+        return bias is None and not _band_max_2x2(x, m, k_of)
+    if bias is None:
+        bias = numpy.empty(0, dtype=x.dtype)
+    elif not (bias.dtype == x.dtype and bias.ndim == 1 and bias.shape[0] and x.shape[0] % bias.shape[0] == 0):
+        return False
+    return not _window_max_2x2(x, m, k_of, numpy.ascontiguousarray(bias))
 
 
 def unpool_2x2(k_of, d, x):
@@ -88,15 +97,19 @@ def unpool_2x2(k_of, d, x):
 
 if numba is not None:
     @numba.njit(nogil=True, cache=True)
-    def _window_max_2x2(planes, m, k_of):   # returns whether some value was NaN
+    def _window_max_2x2(planes, m, k_of, bias):   # returns whether some value was NaN
         count, ho, wo = m.shape
+        filters = bias.shape[0]
         nan = False
         for p in range(count):
+            add = bias[p % filters] if filters else planes.dtype.type(0)
             for r in range(ho):
                 top, bottom = planes[p, 2 * r], planes[p, 2 * r + 1]
                 m_row, k_row = m[p, r], k_of[p, r]
                 for c in range(wo):
                     a, b, e, f = top[2 * c], top[2 * c + 1], bottom[2 * c], bottom[2 * c + 1]
+                    if filters:
+                        a, b, e, f = a + add, b + add, e + add, f + add
                     nan |= (a != a) | (b != b) | (e != e) | (f != f)
                     best, k = a, numpy.uint8(0)
                     if b > best:

@@ -139,8 +139,8 @@ class NumpyBackend(Backend):
         self._kernels.split(part, m, 2 * m * n)
         return out
 
-    def window_max_2x2(self, x, m, k_of):
-        return compiled.window_max_2x2(x, m, k_of)
+    def window_max_2x2(self, x, m, k_of, bias=None):
+        return compiled.window_max_2x2(x, m, k_of, bias)
 
     def unpool_2x2(self, k_of, d, x):
         return compiled.unpool_2x2(k_of, d, x)

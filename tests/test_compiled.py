@@ -226,3 +226,27 @@ def test_describe_says_whether_they_run_and_why_not(monkeypatch):
     monkeypatch.setattr(compiled, "numba", None)
     assert compiled.describe().startswith("off (numba not installed: pip install 'xpnet[compiled]'")
 
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_window_max_adds_a_bias_per_filter_first(dtype):
+    """A convolution's output planes (images x filters) with the bias still to add: each plane p
+    gets bias[p % F] before the fold, the sums NumPy's ``planes += bias`` makes (-0.0 + 0.0 is 0.0,
+    inf - inf a NaN that hands the chunk back)."""
+    rng = np.random.default_rng(5)
+    filters = 3
+    x = tied(rng, (4 * filters, 6, 7), dtype)
+    bias = np.array([0.0, -0.5, 0.25], dtype)
+    m, k_of = np.empty((4 * filters, 3, 3), dtype), np.empty((4 * filters, 3, 3), np.uint8)
+    before = x.copy()
+    assert compiled.window_max_2x2(x, m, k_of, bias) is True
+    assert x.tobytes() == before.tobytes()   # the planes are read, not written
+    added = (x.reshape(4, filters, -1) + bias.reshape(filters, 1)).reshape(x.shape)
+    want_m, want_k = numpy_fold(added, 3, 3)
+    assert m.tobytes() == want_m.tobytes() and k_of.tobytes() == want_k.tobytes()
+    x[0, 0, 0] = np.inf
+    assert compiled.window_max_2x2(x, m, k_of, np.array([-np.inf, 0, 0], dtype)) is False
+    assert compiled.window_max_2x2(x, m, k_of, np.zeros(5, dtype)) is False        # 12 planes, 5 filters
+    assert compiled.window_max_2x2(x, m, k_of, bias.astype(np.float16)) is False  # another dtype
+    bands = np.zeros((2, 2, 4, 3), dtype)
+    assert compiled.window_max_2x2(bands, np.empty((2, 2, 3), dtype), np.empty((2, 2, 3), np.uint8), bias) is False

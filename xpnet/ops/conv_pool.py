@@ -88,19 +88,24 @@ def forward(xp, x, W, b, stride, padding, pool, relu):
         m = part.shape[0]
         count, size, group, per_band = _layout(g, m, x.itemsize, backend)
         cols = columns._column_buffer(xp, g, count, size, x.dtype)
+        # blocks of one image get their bias in the fold's pass (the GEMM writes their output in
+        # place, so it would be a pass of its own); larger blocks add it in their layout copy
+        late = bias if size == 1 else None
 
-        def run(r, part=part, cols=cols, s=s, m=m, count=count, size=size, group=group, per_band=per_band):
+        def run(r, part=part, cols=cols, s=s, m=m, count=count, size=size, group=group, per_band=per_band,
+                late=late):
             out = scratch = None
             for a, z, groups in _bands(count, size, m, group, per_band, r):
                 if out is None or out.shape[0] != z - a:
                     out = xp.empty((z - a, g.f, g.p), dtype=x.dtype)
                 for q, end, ga, gz in groups:
-                    columns._forward_blocks(xp, part[ga:gz], cols[q:end], wm, bias, out[ga - a:gz - a], g)
+                    columns._forward_blocks(xp, part[ga:gz], cols[q:end], wm, None if late is not None else bias,
+                                            out[ga - a:gz - a], g)
                 planes = out.reshape((z - a) * g.f, g.ho, g.wo)
                 t = slice((s + a) * g.f, (s + z) * g.f)
                 if scratch is None or scratch[0].shape != y[t].shape:
                     scratch = (xp.empty_like(y[t]), xp.empty(y[t].shape, dtype=bool), xp.empty_like(index[t]))
-                _fold_windows(xp, backend, y[t], index[t], planes, pool, scratch)
+                _fold_windows(xp, backend, y[t], index[t], planes, pool, scratch, late)
 
         backend.split(run, -(-count // per_band), m * g.p * (g.k + g.f))
     kept = {"inputs": x, "weights": W, "columns": cols if step >= g.n else None,

@@ -150,11 +150,16 @@ def _fold(xp, m, k_of, view, count, scratch):
             xp.copyto(k_of, k, where=xp.isnan(view(k)))
 
 
-def _fold_windows(xp, backend, m, k_of, planes, pool, scratch):
+def _fold_windows(xp, backend, m, k_of, planes, pool, scratch, bias=None):
     """``_fold`` over the windows of planes (P, H, W) that tile them: one compiled pass for 2x2
-    windows where the backend has one (backends/compiled.py: the same bits), else _fold's passes."""
-    if tuple(pool) == (2, 2) and backend.window_max_2x2(planes, m, k_of):
+    windows where the backend has one (backends/compiled.py: the same bits), else _fold's passes.
+    ``bias`` (F, 1) or None: a convolution's bias not yet added to its output planes, plane p
+    getting bias[p % F] first (in the compiled pass, else one NumPy pass as the convolution's)."""
+    if tuple(pool) == (2, 2) and backend.window_max_2x2(planes, m, k_of, None if bias is None else bias.reshape(-1)):
         return
+    if bias is not None:
+        outputs = planes.reshape(-1, bias.shape[0], planes.shape[1] * planes.shape[2])
+        outputs += bias
     ho, wo = m.shape[1], m.shape[2]
     _fold(xp, m, k_of, lambda k: _offset_view(planes, k, pool, ho, wo), pool[0] * pool[1], scratch)
 
