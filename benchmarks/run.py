@@ -451,8 +451,9 @@ def write_report(report, path):
 def _xpnet_cpu(args):
     if args.device != "cpu":
         return None
-    from xpnet.backends import cpu_threads, get_backend
-    return {"threads": get_backend("cpu").threads, "blas": cpu_threads.blas_report()}
+    from xpnet.backends import compiled, cpu_threads, get_backend
+    return {"threads": get_backend("cpu").threads, "blas": cpu_threads.blas_report(),
+            "compiled_kernels": compiled.describe()}
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def main(argv=None):
     import numpy as np
     import xpnet
     from load import BusyLoad
-    from xpnet.backends import cpu_threads
+    from xpnet.backends import compiled, cpu_threads
 
     def set_threads(backend, t):
         backend.set_threads(t)
@@ -129,7 +129,8 @@ def main(argv=None):
     report = {"date": started.isoformat(timespec="seconds"), "command": " ".join(["benchmarks/threads.py"] + sys.argv[1:]),
               "settings": vars(args), "cpu_count": os.cpu_count(), "load": load.report(),
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
-              "blas": cpu_threads.blas_report(), "numpy": np.__version__, "results": results}
+              "blas": cpu_threads.blas_report(), "compiled_kernels": compiled.describe(),
+              "numpy": np.__version__, "results": results}
     if args.load:
         print(f"load: {args.load} busy processes, CPU s each: {report['load']['cpu_s']}")
     if args.out:

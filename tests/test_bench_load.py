@@ -82,6 +82,8 @@ def test_threads_py_alternates_thread_counts(tmp_path):
     assert all(len(v["times_s"]) == 2 for v in r["threads"].values())
     assert report["load"]["processes"] == 1 and report["load"]["cpu_s"][0] > 0
     assert report["settings"]["split"] == "auto"
+    from xpnet.backends import compiled
+    assert report["compiled_kernels"] == compiled.describe()
     assert r["input_gradient"] is False   # the step is fit()'s: no gradient for the input images
     assert {"split_passes", "alone_passes", "holds", "sites_alone_now", "last_gains"} == set(r["split_check"])
 

@@ -59,6 +59,8 @@ def test_a_tiny_run_covers_every_cell(tmp_path):
     blas = report["machine"]["blas"]
     assert blas["OPENBLAS_CORETYPE"] == os.environ.get("OPENBLAS_CORETYPE")
     assert blas["kernels"] and all(k["internal_api"] and k["architecture"] for k in blas["kernels"])
+    from xpnet.backends import compiled   # whether the compiled kernels ran (backends/compiled.py)
+    assert report["xpnet_cpu"]["compiled_kernels"] == compiled.describe()
     assert report["settings"]["batch_size"] == [2, 3] and report["settings"]["clock"] == "cpu"
 
 
