@@ -17,17 +17,19 @@ Same bits as NumPy's passes (tests/test_compiled.py, against pooling._fold and _
   -0.0 for a negative dy, NaN for a NaN), as NumPy's multiply by the bool mask; 0 on the rows and
   columns no window covers.
 """
+import importlib.metadata
+import importlib.util
 import os
+import threading
 
 import numpy
 
 from xpnet.errors import ConfigError
 
-try:
-    import numba
-except ImportError:   # the optional extra is not installed: NumPy's passes run
-    numba = None
-
+# whether the optional extra is installed (numba itself is imported with the kernels, on first use)
+INSTALLED = importlib.util.find_spec("numba") is not None
+_kernels = None   # backends/compiled_kernels.py once loaded
+_loading = threading.Lock()
 
 
 def _switch():
@@ -46,16 +48,28 @@ DTYPES = (numpy.float32, numpy.float64)   # numba has no float16 arithmetic on t
 
 def available():
     """Whether the compiled kernels run (numba installed and not switched off)."""
-    return bool(ENABLED) and numba is not None
+    return bool(ENABLED) and INSTALLED
 
 
 def describe():
     """One line for ``xpnet info``: whether the kernels run, and why not."""
-    if numba is None:
+    if not INSTALLED:
         return "off (numba not installed: pip install 'xpnet[compiled]'; NumPy's passes run)"
+    version = importlib.metadata.version("numba")
     if not ENABLED:
-        return f"off (XPNET_COMPILED=0; numba {numba.__version__} installed)"
-    return f"on (numba {numba.__version__}; XPNET_COMPILED=0 turns them off)"
+        return f"off (XPNET_COMPILED=0; numba {version} installed)"
+    return f"on (numba {version}; XPNET_COMPILED=0 turns them off)"
+
+
+def kernels():
+    """The kernels' module, imported on first use (by one thread; the others wait for it)."""
+    global _kernels
+    if _kernels is None:
+        with _loading:
+            if _kernels is None:
+                from . import compiled_kernels
+                _kernels = compiled_kernels
+    return _kernels
 
 
 def _fits(*arrays):
@@ -77,12 +91,12 @@ def window_max_2x2(x, m, k_of, bias=None):
             and m.shape == k_of.shape and x.ndim in (3, 4) and m.ndim == 3):
         return False
     if x.ndim == 4:
-        return bias is None and not _band_max_2x2(x, m, k_of)
+        return bias is None and not kernels().band_max_2x2(x, m, k_of)
     if bias is None:
         bias = numpy.empty(0, dtype=x.dtype)
     elif not (bias.dtype == x.dtype and bias.ndim == 1 and bias.shape[0] and x.shape[0] % bias.shape[0] == 0):
         return False
-    return not _window_max_2x2(x, m, k_of, numpy.ascontiguousarray(bias))
+    return not kernels().window_max_2x2(x, m, k_of, numpy.ascontiguousarray(bias))
 
 
 def unpool_2x2(k_of, d, x):
@@ -91,104 +105,6 @@ def unpool_2x2(k_of, d, x):
     if not (_fits(d, x, k_of) and k_of.dtype == numpy.uint8 and x.dtype == d.dtype
             and d.shape == k_of.shape and x.ndim in (3, 4) and d.ndim == 3):
         return False
-    (_unpool_2x2 if x.ndim == 3 else _band_unpool_2x2)(k_of, d, x)
+    k = kernels()
+    (k.unpool_2x2 if x.ndim == 3 else k.band_unpool_2x2)(k_of, d, x)
     return True
-
-
-if numba is not None:
-    @numba.njit(nogil=True, cache=True)
-    def _window_max_2x2(planes, m, k_of, bias):   # returns whether some value was NaN
-        count, ho, wo = m.shape
-        filters = bias.shape[0]
-        nan = False
-        for p in range(count):
-            add = bias[p % filters] if filters else planes.dtype.type(0)
-            for r in range(ho):
-                top, bottom = planes[p, 2 * r], planes[p, 2 * r + 1]
-                m_row, k_row = m[p, r], k_of[p, r]
-                for c in range(wo):
-                    a, b, e, f = top[2 * c], top[2 * c + 1], bottom[2 * c], bottom[2 * c + 1]
-                    if filters:
-                        a, b, e, f = a + add, b + add, e + add, f + add
-                    nan |= (a != a) | (b != b) | (e != e) | (f != f)
-                    best, k = a, numpy.uint8(0)
-                    if b > best:
-                        k = numpy.uint8(1)
-                    if b >= best:
-                        best = b
-                    if e > best:
-                        k = numpy.uint8(2)
-                    if e >= best:
-                        best = e
-                    if f > best:
-                        k = numpy.uint8(3)
-                    if f >= best:
-                        best = f
-                    m_row[c], k_row[c] = best, k
-        return nan
-
-    @numba.njit(nogil=True, cache=True)
-    def _unpool_2x2(k_of, d, planes):
-        count, ho, wo = d.shape
-        h, w = planes.shape[1], planes.shape[2]
-        zero = d.dtype.type(0)
-        flat_k, flat_d = k_of.reshape(count * ho * wo), d.reshape(count * ho * wo)
-        for p in range(count):
-            for r in range(ho):
-                first = (p * ho + r) * wo
-                for i in range(2):
-                    row = 2 * r + i
-                    for c in range(wo):
-                        k, g = flat_k[first + c], flat_d[first + c]
-                        planes[p, row, 2 * c] = g * d.dtype.type(k == 2 * i)
-                        planes[p, row, 2 * c + 1] = g * d.dtype.type(k == 2 * i + 1)
-                    for c in range(2 * wo, w):
-                        planes[p, row, c] = zero
-            for row in range(2 * ho, h):
-                for c in range(w):
-                    planes[p, row, c] = zero
-
-    @numba.njit(nogil=True, cache=True)
-    def _band_max_2x2(bands, m, k_of):   # bands (R, 2, W, Q); each window's four values Q apart
-        count, wo, width = m.shape
-        nan = False
-        for r in range(count):
-            for c in range(wo):
-                a_row, b_row = bands[r, 0, 2 * c], bands[r, 0, 2 * c + 1]
-                e_row, f_row = bands[r, 1, 2 * c], bands[r, 1, 2 * c + 1]
-                m_row, k_row = m[r, c], k_of[r, c]
-                for q in range(width):
-                    a, b, e, f = a_row[q], b_row[q], e_row[q], f_row[q]
-                    nan |= (a != a) | (b != b) | (e != e) | (f != f)
-                    best, k = a, numpy.uint8(0)
-                    if b > best:
-                        k = numpy.uint8(1)
-                    if b >= best:
-                        best = b
-                    if e > best:
-                        k = numpy.uint8(2)
-                    if e >= best:
-                        best = e
-                    if f > best:
-                        k = numpy.uint8(3)
-                    if f >= best:
-                        best = f
-                    m_row[q], k_row[q] = best, k
-        return nan
-
-    @numba.njit(nogil=True, cache=True)
-    def _band_unpool_2x2(k_of, d, bands):
-        count, wo, width = d.shape
-        w = bands.shape[2]
-        zero = d.dtype.type(0)
-        for r in range(count):
-            for i in range(2):
-                for c in range(wo):
-                    k_row, d_row = k_of[r, c], d[r, c]
-                    left, right = bands[r, i, 2 * c], bands[r, i, 2 * c + 1]
-                    for q in range(width):
-                        k, g = k_row[q], d_row[q]
-                        left[q] = g * d.dtype.type(k == 2 * i)
-                        right[q] = g * d.dtype.type(k == 2 * i + 1)
-                for c in range(2 * wo, w):
-                    bands[r, i, c, :] = zero

@@ -131,7 +131,7 @@ def test_what_the_kernels_do_not_take(monkeypatch):
     assert not compiled.available() and not compiled.window_max_2x2(x, m, k_of)
     assert not compiled.unpool_2x2(k_of, d, x)
     monkeypatch.setattr(compiled, "ENABLED", 1)
-    monkeypatch.setattr(compiled, "numba", None)   # as without the extra installed
+    monkeypatch.setattr(compiled, "INSTALLED", False)   # as without the extra installed
     assert not compiled.available() and not compiled.window_max_2x2(x, m, k_of)
 
 
@@ -139,14 +139,15 @@ def test_what_the_kernels_do_not_take(monkeypatch):
 def spied(monkeypatch):
     """Counts of the four kernels' calls (the real kernels run)."""
     calls = {}
-    for name in ("_window_max_2x2", "_band_max_2x2", "_unpool_2x2", "_band_unpool_2x2"):
-        real = getattr(compiled, name)
+    module = compiled.kernels()
+    for name in ("window_max_2x2", "band_max_2x2", "unpool_2x2", "band_unpool_2x2"):
+        real = getattr(module, name)
 
         def spy(*args, real=real, name=name):
             calls[name] = calls.get(name, 0) + 1
             return real(*args)
 
-        monkeypatch.setattr(compiled, name, spy)
+        monkeypatch.setattr(module, name, spy)
     return calls
 
 
@@ -170,7 +171,7 @@ def test_max_pooling_layers_run_the_kernels_with_the_same_bits(monkeypatch, spie
         y, cache = pooling.maxpool2d_forward(np, view, (2, 2), (2, 2))
         return y, np.ascontiguousarray(pooling.maxpool2d_backward(np, dy, cache))
 
-    for run, kernels in ((nchw, ("_window_max_2x2", "_unpool_2x2")), (planes, ("_band_max_2x2", "_band_unpool_2x2"))):
+    for run, kernels in ((nchw, ("window_max_2x2", "unpool_2x2")), (planes, ("band_max_2x2", "band_unpool_2x2"))):
         off = switched(monkeypatch, 0, run)
         assert not any(spied.get(k) for k in kernels)
         on = switched(monkeypatch, 1, run)
@@ -194,7 +195,7 @@ def test_fused_convolution_and_pooling_run_the_kernels_with_the_same_bits(monkey
     off = switched(monkeypatch, 0, run)
     assert not spied
     on = switched(monkeypatch, 1, run)
-    assert spied.get("_window_max_2x2") and spied.get("_unpool_2x2")
+    assert spied.get("window_max_2x2") and spied.get("unpool_2x2")
     assert [a.tobytes() for a in on] == [a.tobytes() for a in off]
 
 
@@ -223,7 +224,7 @@ def test_describe_says_whether_they_run_and_why_not(monkeypatch):
     assert compiled.describe() == f"on (numba {numba.__version__}; XPNET_COMPILED=0 turns them off)"
     monkeypatch.setattr(compiled, "ENABLED", 0)
     assert compiled.describe() == f"off (XPNET_COMPILED=0; numba {numba.__version__} installed)"
-    monkeypatch.setattr(compiled, "numba", None)
+    monkeypatch.setattr(compiled, "INSTALLED", False)
     assert compiled.describe().startswith("off (numba not installed: pip install 'xpnet[compiled]'")
 
 
@@ -250,3 +251,15 @@ def test_window_max_adds_a_bias_per_filter_first(dtype):
     assert compiled.window_max_2x2(x, m, k_of, bias.astype(np.float16)) is False  # another dtype
     bands = np.zeros((2, 2, 4, 3), dtype)
     assert compiled.window_max_2x2(bands, np.empty((2, 2, 3), dtype), np.empty((2, 2, 3), np.uint8), bias) is False
+
+
+def test_numba_is_imported_only_when_a_kernel_first_runs():
+    """Importing numba takes about 0.3 s: not on every ``import xpnet`` or CLI start."""
+    code = ("import sys, numpy as np, xpnet\n"
+            "from xpnet.backends import get_backend, compiled\n"
+            "b = get_backend('numpy')\n"
+            "print('numba' in sys.modules, compiled.available())\n"
+            "b.window_max_2x2(np.zeros((1, 2, 2), np.float32), np.empty((1, 1, 1), np.float32), np.empty((1, 1, 1), np.uint8))\n"
+            "print('numba' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True"]

@@ -1,0 +1,104 @@
+"""The numba kernels of backends/compiled.py (which says what they compute and why), in a module of
+their own: importing numba takes about 0.3 s, so compiled.py imports this only when a kernel first
+runs, not with every ``import xpnet``. Compiled on first use per dtype and layout, and cached on
+disk (``cache=True``: numba's __pycache__ files beside this one, or its user cache)."""
+import numba
+import numpy
+
+
+@numba.njit(nogil=True, cache=True)
+def window_max_2x2(planes, m, k_of, bias):   # returns whether some value was NaN
+    count, ho, wo = m.shape
+    filters = bias.shape[0]
+    nan = False
+    for p in range(count):
+        add = bias[p % filters] if filters else planes.dtype.type(0)
+        for r in range(ho):
+            top, bottom = planes[p, 2 * r], planes[p, 2 * r + 1]
+            m_row, k_row = m[p, r], k_of[p, r]
+            for c in range(wo):
+                a, b, e, f = top[2 * c], top[2 * c + 1], bottom[2 * c], bottom[2 * c + 1]
+                if filters:
+                    a, b, e, f = a + add, b + add, e + add, f + add
+                nan |= (a != a) | (b != b) | (e != e) | (f != f)
+                best, k = a, numpy.uint8(0)
+                if b > best:
+                    k = numpy.uint8(1)
+                if b >= best:
+                    best = b
+                if e > best:
+                    k = numpy.uint8(2)
+                if e >= best:
+                    best = e
+                if f > best:
+                    k = numpy.uint8(3)
+                if f >= best:
+                    best = f
+                m_row[c], k_row[c] = best, k
+    return nan
+
+@numba.njit(nogil=True, cache=True)
+def unpool_2x2(k_of, d, planes):
+    count, ho, wo = d.shape
+    h, w = planes.shape[1], planes.shape[2]
+    zero = d.dtype.type(0)
+    flat_k, flat_d = k_of.reshape(count * ho * wo), d.reshape(count * ho * wo)
+    for p in range(count):
+        for r in range(ho):
+            first = (p * ho + r) * wo
+            for i in range(2):
+                row = 2 * r + i
+                for c in range(wo):
+                    k, g = flat_k[first + c], flat_d[first + c]
+                    planes[p, row, 2 * c] = g * d.dtype.type(k == 2 * i)
+                    planes[p, row, 2 * c + 1] = g * d.dtype.type(k == 2 * i + 1)
+                for c in range(2 * wo, w):
+                    planes[p, row, c] = zero
+        for row in range(2 * ho, h):
+            for c in range(w):
+                planes[p, row, c] = zero
+
+@numba.njit(nogil=True, cache=True)
+def band_max_2x2(bands, m, k_of):   # bands (R, 2, W, Q); each window's four values Q apart
+    count, wo, width = m.shape
+    nan = False
+    for r in range(count):
+        for c in range(wo):
+            a_row, b_row = bands[r, 0, 2 * c], bands[r, 0, 2 * c + 1]
+            e_row, f_row = bands[r, 1, 2 * c], bands[r, 1, 2 * c + 1]
+            m_row, k_row = m[r, c], k_of[r, c]
+            for q in range(width):
+                a, b, e, f = a_row[q], b_row[q], e_row[q], f_row[q]
+                nan |= (a != a) | (b != b) | (e != e) | (f != f)
+                best, k = a, numpy.uint8(0)
+                if b > best:
+                    k = numpy.uint8(1)
+                if b >= best:
+                    best = b
+                if e > best:
+                    k = numpy.uint8(2)
+                if e >= best:
+                    best = e
+                if f > best:
+                    k = numpy.uint8(3)
+                if f >= best:
+                    best = f
+                m_row[q], k_row[q] = best, k
+    return nan
+
+@numba.njit(nogil=True, cache=True)
+def band_unpool_2x2(k_of, d, bands):
+    count, wo, width = d.shape
+    w = bands.shape[2]
+    zero = d.dtype.type(0)
+    for r in range(count):
+        for i in range(2):
+            for c in range(wo):
+                k_row, d_row = k_of[r, c], d[r, c]
+                left, right = bands[r, i, 2 * c], bands[r, i, 2 * c + 1]
+                for q in range(width):
+                    k, g = k_row[q], d_row[q]
+                    left[q] = g * d.dtype.type(k == 2 * i)
+                    right[q] = g * d.dtype.type(k == 2 * i + 1)
+            for c in range(2 * wo, w):
+                bands[r, i, c, :] = zero
