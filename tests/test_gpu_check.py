@@ -129,3 +129,23 @@ def test_bad_arguments(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
     proc = run_script("--help")
     assert proc.returncode == 0 and "--dry-run" in proc.stdout
+
+
+def test_pack_warns_of_a_file_over_the_16_mib_that_come_back(tmp_path):
+    """The pack step checks every file in the output folder: one byte over 16 MiB is named in a
+    warning (summary.txt and stdout), one byte under is not. Python is a stand-in that does
+    nothing, so only the info step's commands run, and the files are sparse."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, size in (("big.bin", 16 * 2**20 + 1), ("small.bin", 16 * 2**20 - 1)):
+        with open(out / name, "wb") as f:
+            f.truncate(size)
+    proc = run_script("--out", str(out), "--steps", "info", env={"PYTHON": str(fake)})
+    summary = (out / "summary.txt").read_text()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warning = f"warning: big.bin is {16 * 2**20 + 1} bytes, over the 16 MiB that come back"
+    assert [line for line in summary.splitlines() if "warning" in line] == [warning], summary
+    assert warning in proc.stdout, proc.stdout
