@@ -161,6 +161,53 @@ def test_a_header_larger_than_its_arrays_is_refused_before_allocating(model_file
     assert peak < 50 * 2 ** 20   # none of those gigabytes was allocated
 
 
+def test_a_custom_layers_header_larger_than_its_arrays_is_refused_before_allocating(tmp_path, monkeypatch):
+    """A user's registered layer that draws its weights the way docs/custom_layers.md shows
+    (initializers.get("he_normal")(rng, shape, dtype), not through Layer._initializer) is held to
+    the file's largest parameter array too: units 2 * 10**6 in the header (10 million float64
+    values, 80 MB) is refused before the weights are drawn."""
+    import tracemalloc
+    from xpnet import initializers, layers as xlayers
+
+    monkeypatch.setattr(xlayers, "LAYERS", dict(xlayers.LAYERS))
+
+    @xlayers.register
+    class OwnDense(xlayers.Layer):
+        def __init__(self, units, name=None):
+            super().__init__(name)
+            self.units = int(units)
+
+        def compute_output_shape(self, input_shape):
+            return (self.units,)
+
+        def create_params(self, ctx):
+            shape = (self.input_shape[0], self.units)
+            self.params["W"] = initializers.get("he_normal")(ctx.rng(self.name), shape, self.dtype)
+
+        def forward(self, x, training=False):
+            return x @ self.params["W"]
+
+        def get_config(self):
+            return {"name": self.name, "units": self.units}
+
+    model = xpnet.Sequential([OwnDense(4, name="own")], input_shape=(5,), dtype="float64", seed=3)
+    arrays, meta = load_npz(model.save(tmp_path / "own.npz"))
+    meta["model"]["layers"][0]["config"]["units"] = 2 * 10 ** 6
+    path = tmp_path / "big.npz"
+    save_npz_atomic(path, arrays, meta)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"he_normal weights would have shape \(5, 2000000\) "
+                                            r"\(10,000,000 values\), more than the file's largest "
+                                            r"parameter array \(20 values\)") as info:
+            xpnet.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(info.value)
+    assert peak < 50 * 2 ** 20   # the 80 MB of weights were not drawn
+
+
 def test_hostile_compile_section(model_file, tmp_path):
     """A loss name that is not a registered loss is refused, as such ("os.system" alone also matched
     the compile section that the message echoes)."""

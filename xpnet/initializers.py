@@ -18,6 +18,7 @@ The normal ones are untruncated, as torch.nn.init's xavier_normal_ and kaiming_n
 """
 import contextlib
 import contextvars
+import functools
 import inspect
 import math
 
@@ -50,21 +51,36 @@ def _fans(name, shape):
     return fan_in, fan_out
 
 
+def _checked(fn):
+    """The initializer ``fn``, refusing first (check_size) a weight larger than ``file_limit``
+    allows: a user's own layer that calls an initializer itself (docs/custom_layers.md), not
+    through Layer._initializer, is held to the file's largest parameter array too."""
+    @functools.wraps(fn)
+    def initializer(rng, shape, dtype):
+        check_size(_shape(shape), f"{fn.__name__} weights")
+        return fn(rng, shape, dtype)
+    return initializer
+
+
+@_checked
 def zeros(rng, shape, dtype):
     """All zeros."""
     return rng.xp.zeros(_shape(shape), dtype=dtype)
 
 
+@_checked
 def ones(rng, shape, dtype):
     """All ones."""
     return rng.xp.ones(_shape(shape), dtype=dtype)
 
 
+@_checked
 def uniform(rng, shape, dtype):
     """Uniform in [-0.5, 0.5)."""
     return rng.uniform(-0.5, 0.5, _shape(shape), dtype)
 
 
+@_checked
 def glorot_uniform(rng, shape, dtype):
     """U(-a, a) with a = sqrt(6 / (fan_in + fan_out))."""
     fan_in, fan_out = _fans("glorot_uniform", shape)
@@ -72,18 +88,21 @@ def glorot_uniform(rng, shape, dtype):
     return rng.uniform(-limit, limit, _shape(shape), dtype)
 
 
+@_checked
 def glorot_normal(rng, shape, dtype):
     """N(0, std**2) with std = sqrt(2 / (fan_in + fan_out))."""
     fan_in, fan_out = _fans("glorot_normal", shape)
     return rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), _shape(shape), dtype)
 
 
+@_checked
 def he_normal(rng, shape, dtype):
     """N(0, std**2) with std = sqrt(2 / fan_in)."""
     fan_in, _ = _fans("he_normal", shape)
     return rng.normal(0.0, math.sqrt(2.0 / fan_in), _shape(shape), dtype)
 
 
+@_checked
 def he_uniform(rng, shape, dtype):
     """U(-a, a) with a = sqrt(6 / fan_in)."""
     fan_in, _ = _fans("he_uniform", shape)
@@ -91,12 +110,14 @@ def he_uniform(rng, shape, dtype):
     return rng.uniform(-limit, limit, _shape(shape), dtype)
 
 
+@_checked
 def lecun_normal(rng, shape, dtype):
     """N(0, std**2) with std = sqrt(1 / fan_in)."""
     fan_in, _ = _fans("lecun_normal", shape)
     return rng.normal(0.0, math.sqrt(1.0 / fan_in), _shape(shape), dtype)
 
 
+@_checked
 def lecun_uniform(rng, shape, dtype):
     """U(-a, a) with a = sqrt(3 / fan_in)."""
     fan_in, _ = _fans("lecun_uniform", shape)
