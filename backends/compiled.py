@@ -21,6 +21,7 @@ import importlib.metadata
 import importlib.util
 import os
 import threading
+import warnings
 
 import numpy
 
@@ -29,6 +30,7 @@ from xpnet.errors import ConfigError
 # whether the optional extra is installed (numba itself is imported with the kernels, on first use)
 INSTALLED = importlib.util.find_spec("numba") is not None
 _kernels = None   # backends/compiled_kernels.py once loaded
+_unusable = None  # why numba, though installed, could not be used here (its import error), once tried
 _loading = threading.Lock()
 
 
@@ -47,28 +49,47 @@ DTYPES = (numpy.float32, numpy.float64)   # numba has no float16 arithmetic on t
 
 
 def available():
-    """Whether the compiled kernels run (numba installed and not switched off)."""
-    return bool(ENABLED) and INSTALLED
+    """Whether the compiled kernels run (numba installed, usable and not switched off)."""
+    return bool(ENABLED) and INSTALLED and _unusable is None
+
+
+def _numba_version():
+    try:
+        return importlib.metadata.version("numba")
+    except importlib.metadata.PackageNotFoundError:   # a numba package without its metadata
+        return "of unknown version"
 
 
 def describe():
-    """One line for ``xpnet info``: whether the kernels run, and why not."""
+    """One line for ``xpnet info``: whether the kernels run, and why not (this loads them, so that
+    a numba that cannot be imported here says so)."""
     if not INSTALLED:
         return "off (numba not installed: pip install 'xpnet[compiled]'; NumPy's passes run)"
-    version = importlib.metadata.version("numba")
+    version = _numba_version()
     if not ENABLED:
         return f"off (XPNET_COMPILED=0; numba {version} installed)"
+    if kernels() is None:
+        return f"off (numba {version} is installed but cannot be imported: {_unusable}; NumPy's passes run)"
     return f"on (numba {version}; XPNET_COMPILED=0 turns them off)"
 
 
 def kernels():
-    """The kernels' module, imported on first use (by one thread; the others wait for it)."""
-    global _kernels
-    if _kernels is None:
+    """The kernels' module, imported on first use (by one thread; the others wait for it), or None
+    when numba is installed but cannot be imported here (say, a numba built for another NumPy
+    version, which refuses to import): then a warning says why, once, and NumPy's passes run."""
+    global _kernels, _unusable
+    if _kernels is None and _unusable is None:
         with _loading:
-            if _kernels is None:
-                from . import compiled_kernels
-                _kernels = compiled_kernels
+            if _kernels is None and _unusable is None:
+                try:
+                    from . import compiled_kernels
+                except Exception as exc:   # numba's own import errors are ImportError, but not only
+                    _unusable = f"{type(exc).__name__}: {exc}"
+                    warnings.warn(f"numba is installed but cannot be imported ({_unusable}): max pooling "
+                                  "runs NumPy's passes (the same results, slower); pip install -U numba, "
+                                  "or XPNET_COMPILED=0 to say so", RuntimeWarning, stacklevel=2)
+                else:
+                    _kernels = compiled_kernels
     return _kernels
 
 
@@ -90,13 +111,16 @@ def window_max_2x2(x, m, k_of, bias=None):
     if not (_fits(x, m, k_of) and k_of.dtype == numpy.uint8 and m.dtype == x.dtype
             and m.shape == k_of.shape and x.ndim in (3, 4) and m.ndim == 3):
         return False
+    k = kernels()
+    if k is None:
+        return False
     if x.ndim == 4:
-        return bias is None and not kernels().band_max_2x2(x, m, k_of)
+        return bias is None and not k.band_max_2x2(x, m, k_of)
     if bias is None:
         bias = numpy.empty(0, dtype=x.dtype)
     elif not (bias.dtype == x.dtype and bias.ndim == 1 and bias.shape[0] and x.shape[0] % bias.shape[0] == 0):
         return False
-    return not kernels().window_max_2x2(x, m, k_of, numpy.ascontiguousarray(bias))
+    return not k.window_max_2x2(x, m, k_of, numpy.ascontiguousarray(bias))
 
 
 def unpool_2x2(k_of, d, x):
@@ -106,5 +130,7 @@ def unpool_2x2(k_of, d, x):
             and d.shape == k_of.shape and x.ndim in (3, 4) and d.ndim == 3):
         return False
     k = kernels()
+    if k is None:
+        return False
     (k.unpool_2x2 if x.ndim == 3 else k.band_unpool_2x2)(k_of, d, x)
     return True

@@ -1,12 +1,22 @@
 """The numba kernels of backends/compiled.py (which says what they compute and why), in a module of
 their own: importing numba takes about 0.3 s, so compiled.py imports this only when a kernel first
 runs, not with every ``import xpnet``. Compiled on first use per dtype and layout, and cached on
-disk (``cache=True``: numba's __pycache__ files beside this one, or its user cache)."""
+disk where a folder is writable (``_compiled``)."""
 import numba
 import numpy
 
 
-@numba.njit(nogil=True, cache=True)
+def _compiled(fn):
+    """fn compiled (GIL released), its machine code cached on disk where numba finds a writable
+    folder (beside this file, else its user cache or $NUMBA_CACHE_DIR); where none is (a read-only
+    install and home folder), numba refuses to cache and it is compiled afresh in each process."""
+    try:
+        return numba.njit(nogil=True, cache=True)(fn)
+    except RuntimeError:   # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(fn)
+
+
+@_compiled
 def window_max_2x2(planes, m, k_of, bias):   # returns whether some value was NaN
     count, ho, wo = m.shape
     filters = bias.shape[0]
@@ -37,7 +47,7 @@ def window_max_2x2(planes, m, k_of, bias):   # returns whether some value was Na
                 m_row[c], k_row[c] = best, k
     return nan
 
-@numba.njit(nogil=True, cache=True)
+@_compiled
 def unpool_2x2(k_of, d, planes):
     count, ho, wo = d.shape
     h, w = planes.shape[1], planes.shape[2]
@@ -58,7 +68,7 @@ def unpool_2x2(k_of, d, planes):
             for c in range(w):
                 planes[p, row, c] = zero
 
-@numba.njit(nogil=True, cache=True)
+@_compiled
 def band_max_2x2(bands, m, k_of):   # bands (R, 2, W, Q); each window's four values Q apart
     count, wo, width = m.shape
     nan = False
@@ -86,7 +96,7 @@ def band_max_2x2(bands, m, k_of):   # bands (R, 2, W, Q); each window's four val
                 m_row[q], k_row[q] = best, k
     return nan
 
-@numba.njit(nogil=True, cache=True)
+@_compiled
 def band_unpool_2x2(k_of, d, bands):
     count, wo, width = d.shape
     w = bands.shape[2]

@@ -263,3 +263,45 @@ def test_numba_is_imported_only_when_a_kernel_first_runs():
             "print('numba' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True", "True"]
+
+
+def _pooled_in_a_child(tmp_path, env_extra, prelude=""):
+    """(stdout, stderr) of a child that pools and unpools a fixed array with the NumPy backend and
+    prints compiled.describe() and the result's bytes as hex."""
+    code = prelude + (
+        "import numpy as np\n"
+        "from xpnet.ops import pooling\n"
+        "from xpnet.backends import compiled\n"
+        "x = np.linspace(-3, 3, 2 * 3 * 6 * 8, dtype=np.float32).reshape(2, 3, 6, 8)[:, :, ::-1].copy()\n"
+        "y, cache = pooling.maxpool2d_forward(np, x, (2, 2), (2, 2))\n"
+        "dx = pooling.maxpool2d_backward(np, np.ones_like(y), cache)\n"
+        "print(compiled.available())\n"
+        "print(compiled.describe())\n"
+        "print(y.tobytes().hex() + dx.tobytes().hex())\n")
+    env = dict(os.environ, **env_extra)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.splitlines(), out.stderr
+
+
+def test_a_numba_that_cannot_be_imported_leaves_numpys_passes(tmp_path):
+    """numba installed but refusing to import (as a numba built for an older NumPy does): one
+    warning saying why, NumPy's passes with the same bits, and `xpnet info`'s line says why."""
+    fake = tmp_path / "numba"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise ImportError("Numba needs NumPy 2.3 or less. Got NumPy 2.4.")\n')
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    (on, line, bits), err = _pooled_in_a_child(tmp_path, {"PYTHONPATH": path})
+    (_, _, want), _ = _pooled_in_a_child(tmp_path, {"XPNET_COMPILED": "0"})
+    assert bits == want
+    assert on == "False"
+    assert "is installed but cannot be imported: ImportError: Numba needs NumPy 2.3 or less" in line
+    assert err.count("numba is installed but cannot be imported (ImportError: Numba needs NumPy") == 1
+
+
+def test_without_a_writable_cache_folder_the_kernels_compile_per_process(tmp_path):
+    """numba refuses cache=True when it finds no writable folder (a read-only install and home):
+    the kernels are then compiled without a disk cache, and run."""
+    prelude = "import numba.core.caching as caching\ncaching.CacheImpl._locator_classes = []\n"
+    (on, line, bits), _ = _pooled_in_a_child(tmp_path, {}, prelude)
+    (_, _, want), _ = _pooled_in_a_child(tmp_path, {"XPNET_COMPILED": "0"})
+    assert on == "True" and line.startswith("on (numba ") and bits == want
