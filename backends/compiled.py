@@ -96,11 +96,17 @@ def kernels():
     return _kernels
 
 
-def _fits(*arrays):
-    """Whether the kernels take these arrays: numba on, float32 or float64, each C-contiguous (the
-    callers' planes and chunks are; anything else takes NumPy's passes)."""
-    return (available() and arrays[0].dtype.type in DTYPES
-            and all(a.flags.c_contiguous for a in arrays))
+def _kernels_for(full, pooled, k_of):
+    """The kernels' module when they take these arrays, else None: numba on and importable, full
+    (planes, 3-D, or bands, 4-D) and pooled (3-D) float32 or float64 of one dtype, a uint8 offset
+    per pooled cell, all C-contiguous (the callers' planes and chunks are; anything else takes
+    NumPy's passes)."""
+    if not (available() and full.dtype.type in DTYPES and pooled.dtype == full.dtype
+            and k_of.dtype == numpy.uint8 and pooled.shape == k_of.shape
+            and full.ndim in (3, 4) and pooled.ndim == 3
+            and all(a.flags.c_contiguous for a in (full, pooled, k_of))):
+        return None
+    return kernels()
 
 
 def window_max_2x2(x, m, k_of, bias=None):
@@ -111,10 +117,7 @@ def window_max_2x2(x, m, k_of, bias=None):
     not yet added: the same sums as adding it before). False when not done (no numba, another
     dtype, or a NaN in some window: the caller's NumPy passes then give every value; x is never
     written)."""
-    if not (_fits(x, m, k_of) and k_of.dtype == numpy.uint8 and m.dtype == x.dtype
-            and m.shape == k_of.shape and x.ndim in (3, 4) and m.ndim == 3):
-        return False
-    k = kernels()
+    k = _kernels_for(x, m, k_of)
     if k is None:
         return False
     if x.ndim == 4:
@@ -129,10 +132,7 @@ def window_max_2x2(x, m, k_of, bias=None):
 def unpool_2x2(k_of, d, x):
     """x <- d at each 2x2 window's offset k_of, 0 * d at the other three, 0 where no window covers;
     x and d shaped as in window_max_2x2. False when not done (no numba or another dtype)."""
-    if not (_fits(d, x, k_of) and k_of.dtype == numpy.uint8 and x.dtype == d.dtype
-            and d.shape == k_of.shape and x.ndim in (3, 4) and d.ndim == 3):
-        return False
-    k = kernels()
+    k = _kernels_for(x, d, k_of)
     if k is None:
         return False
     (k.unpool_2x2 if x.ndim == 3 else k.band_unpool_2x2)(k_of, d, x)

@@ -16,6 +16,27 @@ def _compiled(fn):
         return numba.njit(nogil=True)(fn)
 
 
+@numba.njit(inline="always")
+def _first_max(a, b, e, f):
+    """(maximum, offset) of a window's four values in row-major order: the value as numpy.maximum
+    takes it offset by offset (the later of two that compare equal: +0.0 and -0.0), the offset of
+    the first maximum (it moves only on a strictly greater value)."""
+    best, k = a, numpy.uint8(0)
+    if b > best:
+        k = numpy.uint8(1)
+    if b >= best:
+        best = b
+    if e > best:
+        k = numpy.uint8(2)
+    if e >= best:
+        best = e
+    if f > best:
+        k = numpy.uint8(3)
+    if f >= best:
+        best = f
+    return best, k
+
+
 @_compiled
 def window_max_2x2(planes, m, k_of, bias):   # returns whether some value was NaN
     count, ho, wo = m.shape
@@ -31,20 +52,7 @@ def window_max_2x2(planes, m, k_of, bias):   # returns whether some value was Na
                 if filters:
                     a, b, e, f = a + add, b + add, e + add, f + add
                 nan |= (a != a) | (b != b) | (e != e) | (f != f)
-                best, k = a, numpy.uint8(0)
-                if b > best:
-                    k = numpy.uint8(1)
-                if b >= best:
-                    best = b
-                if e > best:
-                    k = numpy.uint8(2)
-                if e >= best:
-                    best = e
-                if f > best:
-                    k = numpy.uint8(3)
-                if f >= best:
-                    best = f
-                m_row[c], k_row[c] = best, k
+                m_row[c], k_row[c] = _first_max(a, b, e, f)
     return nan
 
 @_compiled
@@ -80,20 +88,7 @@ def band_max_2x2(bands, m, k_of):   # bands (R, 2, W, Q); each window's four val
             for q in range(width):
                 a, b, e, f = a_row[q], b_row[q], e_row[q], f_row[q]
                 nan |= (a != a) | (b != b) | (e != e) | (f != f)
-                best, k = a, numpy.uint8(0)
-                if b > best:
-                    k = numpy.uint8(1)
-                if b >= best:
-                    best = b
-                if e > best:
-                    k = numpy.uint8(2)
-                if e >= best:
-                    best = e
-                if f > best:
-                    k = numpy.uint8(3)
-                if f >= best:
-                    best = f
-                m_row[q], k_row[q] = best, k
+                m_row[q], k_row[q] = _first_max(a, b, e, f)
     return nan
 
 @_compiled
