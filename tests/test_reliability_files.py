@@ -135,6 +135,23 @@ def test_hostile_header_is_refused(model_file, tmp_path, name):
     assert str(path) in str(info.value)
 
 
+def _refused_before_allocating(tmp_path, arrays, meta, message):
+    """xpnet.load of a file with these arrays and header raises DataError matching ``message``,
+    naming the file, before allocating what the header asks for (under 50 MB traced)."""
+    import tracemalloc
+    path = tmp_path / "big.npz"
+    save_npz_atomic(path, arrays, meta)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=message) as info:
+            xpnet.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(info.value)
+    assert peak < 50 * 2 ** 20   # none of the weights the header asks for was drawn
+
+
 @pytest.mark.parametrize("edit, what", [
     (_layer0("units", 2 * 10 ** 7), r"layer 'dense' \(Dense\)'s kernel_initializer weights would have shape "
                                    r"\(5, 20000000\) \(100,000,000 values\)"),
@@ -143,22 +160,11 @@ def test_a_header_larger_than_its_arrays_is_refused_before_allocating(model_file
     """Sizes a machine can allocate (100-400 million float64 values: 0.8-3.2 GB, drawn from the RNG) are no
     MemoryError: the weights were made, then found not to fit the file's arrays. Each parameter is
     now checked against the file's largest parameter array first (here 5 x 4 values)."""
-    import tracemalloc
     _, arrays, meta, _ = model_file
     meta = json.loads(json.dumps(meta))
     edit(meta)
-    path = tmp_path / "big.npz"
-    save_npz_atomic(path, arrays, meta)
-    tracemalloc.start()
-    try:
-        with pytest.raises(DataError, match=what + r", more than the file's largest parameter array "
-                                                  r"\(20 values\)") as info:
-            xpnet.load(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert str(path) in str(info.value)
-    assert peak < 50 * 2 ** 20   # none of those gigabytes was allocated
+    _refused_before_allocating(tmp_path, arrays, meta, what + r", more than the file's largest parameter "
+                                                          r"array \(20 values\)")
 
 
 def test_a_custom_layers_header_larger_than_its_arrays_is_refused_before_allocating(tmp_path, monkeypatch):
@@ -166,7 +172,6 @@ def test_a_custom_layers_header_larger_than_its_arrays_is_refused_before_allocat
     (initializers.get("he_normal")(rng, shape, dtype), not through Layer._initializer) is held to
     the file's largest parameter array too: units 2 * 10**6 in the header (10 million float64
     values, 80 MB) is refused before the weights are drawn."""
-    import tracemalloc
     from xpnet import initializers, layers as xlayers
 
     monkeypatch.setattr(xlayers, "LAYERS", dict(xlayers.LAYERS))
@@ -193,19 +198,9 @@ def test_a_custom_layers_header_larger_than_its_arrays_is_refused_before_allocat
     model = xpnet.Sequential([OwnDense(4, name="own")], input_shape=(5,), dtype="float64", seed=3)
     arrays, meta = load_npz(model.save(tmp_path / "own.npz"))
     meta["model"]["layers"][0]["config"]["units"] = 2 * 10 ** 6
-    path = tmp_path / "big.npz"
-    save_npz_atomic(path, arrays, meta)
-    tracemalloc.start()
-    try:
-        with pytest.raises(DataError, match=r"he_normal weights would have shape \(5, 2000000\) "
-                                            r"\(10,000,000 values\), more than the file's largest "
-                                            r"parameter array \(20 values\)") as info:
-            xpnet.load(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert str(path) in str(info.value)
-    assert peak < 50 * 2 ** 20   # the 80 MB of weights were not drawn
+    _refused_before_allocating(tmp_path, arrays, meta, r"he_normal weights would have shape \(5, 2000000\) "
+                                                       r"\(10,000,000 values\), more than the file's largest "
+                                                       r"parameter array \(20 values\)")
 
 
 def test_hostile_compile_section(model_file, tmp_path):
