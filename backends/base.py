@@ -143,8 +143,8 @@ class Backend:
     def window_max_2x2(self, x, m, k_of, bias=None):
         """m, k_of <- each 2x2 window's maximum of x (plus bias[p % F] on plane p, when given) and
         the offset of its first maximum in one compiled pass, for x as planes (P, H, W) or as bands
-        of planes (R, 2, W, Q) (backends/compiled.py), or False: the caller runs ``pooling._fold``'s passes (here always;
-        the NumPy backend's compiled kernels give their bits)."""
+        of planes (R, 2, W, Q) (backends/compiled.py), or False: the caller runs ``pooling._fold``'s
+        passes (here always; the NumPy backend's compiled kernels give their bits)."""
         return False
 
     def unpool_2x2(self, k_of, d, x):

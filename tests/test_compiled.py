@@ -259,7 +259,8 @@ def test_numba_is_imported_only_when_a_kernel_first_runs():
             "from xpnet.backends import get_backend, compiled\n"
             "b = get_backend('numpy')\n"
             "print('numba' in sys.modules, compiled.available())\n"
-            "b.window_max_2x2(np.zeros((1, 2, 2), np.float32), np.empty((1, 1, 1), np.float32), np.empty((1, 1, 1), np.uint8))\n"
+            "b.window_max_2x2(np.zeros((1, 2, 2), np.float32), np.empty((1, 1, 1), np.float32),\n"
+            "                 np.empty((1, 1, 1), np.uint8))\n"
             "print('numba' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True", "True"]

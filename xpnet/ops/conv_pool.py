@@ -15,7 +15,9 @@ fold over window offsets (``pooling._fold``: ties to the first maximum, NaN wins
 the pooling (``model._link_relu_pool``), the scatter (``pooling._scatter``: 0 * dy elsewhere), the
 blocks' weight gradients summed over the blocks in order, and db summed per image plane and then
 over the images, the order of NumPy's ``dy.sum(axis=(0, 2, 3))``. So the same bits, on any number
-of threads (tests/test_conv_pool_fused.py). Only where launches are cheap (not
+of threads (tests/test_conv_pool_fused.py). For 2x2 windows the fold (with the bias of one-image
+blocks) and the scatter are one compiled pass each where the backend has them
+(backends/compiled.py, the same bits). Only where launches are cheap (not
 ``backend.few_launches``): a GPU runs the two layers' kernels.
 """
 from ..backends import backend_of

@@ -155,7 +155,8 @@ def _fold_windows(xp, backend, m, k_of, planes, pool, scratch, bias=None):
     windows where the backend has one (backends/compiled.py: the same bits), else _fold's passes.
     ``bias`` (F, 1) or None: a convolution's bias not yet added to its output planes, plane p
     getting bias[p % F] first (in the compiled pass, else one NumPy pass as the convolution's)."""
-    if tuple(pool) == (2, 2) and backend.window_max_2x2(planes, m, k_of, None if bias is None else bias.reshape(-1)):
+    flat_bias = None if bias is None else bias.reshape(-1)
+    if tuple(pool) == (2, 2) and backend.window_max_2x2(planes, m, k_of, flat_bias):
         return
     if bias is not None:
         outputs = planes.reshape(-1, bias.shape[0], planes.shape[1] * planes.shape[2])
