@@ -56,22 +56,21 @@ def window_max_2x2(planes, m, k_of, bias):   # returns whether some value was Na
     return nan
 
 @_compiled
-def unpool_2x2(k_of, d, planes):
+def unpool_2x2(k_of, d, planes, pick):   # pick: _picks' table, d's dtype
     count, ho, wo = d.shape
     h, w = planes.shape[1], planes.shape[2]
     zero = d.dtype.type(0)
-    flat_k, flat_d = k_of.reshape(count * ho * wo), d.reshape(count * ho * wo)
     for p in range(count):
         for r in range(ho):
-            first = (p * ho + r) * wo
-            for i in range(2):
-                row = 2 * r + i
-                for c in range(wo):
-                    k, g = flat_k[first + c], flat_d[first + c]
-                    planes[p, row, 2 * c] = g * d.dtype.type(k == 2 * i)
-                    planes[p, row, 2 * c + 1] = g * d.dtype.type(k == 2 * i + 1)
-                for c in range(2 * wo, w):
-                    planes[p, row, c] = zero
+            k_row, d_row = k_of[p, r], d[p, r]
+            top, bottom = planes[p, 2 * r], planes[p, 2 * r + 1]
+            for c in range(wo):
+                one, g = pick[k_row[c]], d_row[c]
+                top[2 * c], top[2 * c + 1] = g * one[0], g * one[1]
+                bottom[2 * c], bottom[2 * c + 1] = g * one[2], g * one[3]
+            for c in range(2 * wo, w):
+                top[c] = zero
+                bottom[c] = zero
         for row in range(2 * ho, h):
             for c in range(w):
                 planes[p, row, c] = zero
@@ -92,7 +91,7 @@ def band_max_2x2(bands, m, k_of):   # bands (R, 2, W, Q); each window's four val
     return nan
 
 @_compiled
-def band_unpool_2x2(k_of, d, bands):
+def band_unpool_2x2(k_of, d, bands, pick):
     count, wo, width = d.shape
     w = bands.shape[2]
     zero = d.dtype.type(0)
@@ -102,8 +101,7 @@ def band_unpool_2x2(k_of, d, bands):
                 k_row, d_row = k_of[r, c], d[r, c]
                 left, right = bands[r, i, 2 * c], bands[r, i, 2 * c + 1]
                 for q in range(width):
-                    k, g = k_row[q], d_row[q]
-                    left[q] = g * d.dtype.type(k == 2 * i)
-                    right[q] = g * d.dtype.type(k == 2 * i + 1)
+                    one, g = pick[k_row[q]], d_row[q]
+                    left[q], right[q] = g * one[2 * i], g * one[2 * i + 1]
             for c in range(2 * wo, w):
                 bands[r, i, c, :] = zero
