@@ -8,7 +8,8 @@
 #   XPNET_EXTRAS  extras added to the target's, comma separated (default: plot; "" for none)
 #   XPNET_DRY_RUN=1  print the commands instead of running them (same as --dry-run)
 # cuda12 adds the extra `cuda12` (cupy-cuda12x[ctk]: CuPy with its CUDA libraries), cuda13 adds `cuda13`
-# (cupy-cuda13x[ctk]), cpu adds none.
+# (cupy-cuda13x[ctk]), cpu adds `compiled` (numba: the CPU's compiled max-pooling kernels,
+# backends/compiled.py; the GPU targets do not need it).
 # Used by docker/Dockerfile.gpu and docker/Dockerfile.cpu; runs the same way outside Docker.
 set -euo pipefail
 
@@ -36,8 +37,8 @@ while [ "$#" -gt 0 ]; do
 done
 
 case "$target" in
-    cpu) gpu_extra="" ;;
-    cuda12|cuda13) gpu_extra="$target" ;;
+    cpu) gpu_extra=""; target_extra="compiled" ;;
+    cuda12|cuda13) gpu_extra="$target"; target_extra="$target" ;;
     *) die "unknown target '$target' (expected cpu, cuda12 or cuda13)" ;;
 esac
 
@@ -45,7 +46,7 @@ python="${PYTHON:-python3}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 [ -f "$root/pyproject.toml" ] || die "no pyproject.toml in $root (run this script from an xpnet checkout)"
 
-extras="$gpu_extra"
+extras="$target_extra"
 more="${XPNET_EXTRAS-plot}"
 if [ -n "$more" ]; then
     extras="${extras:+$extras,}$more"

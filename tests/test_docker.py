@@ -214,7 +214,7 @@ def pip_line(out):
     return shlex.split(lines[0][2:])
 
 
-@pytest.mark.parametrize("target, extras", [("cpu", "[plot]"), ("cuda12", "[cuda12,plot]"),
+@pytest.mark.parametrize("target, extras", [("cpu", "[compiled,plot]"), ("cuda12", "[cuda12,plot]"),
                                             ("cuda13", "[cuda13,plot]")])
 def test_install_dry_run_targets(target, extras):
     out = run_install("--dry-run", target).stdout
@@ -240,7 +240,7 @@ def test_install_target_from_environment_and_extras():
     check = [shlex.split(l[2:]) for l in out.splitlines() if l.startswith("+ ") and " -c " in l]
     assert check and check[0][-1].startswith("import cupy, xpnet"), out  # no device needed for that
     argv = pip_line(run_install("--dry-run", "--editable", "cpu", env={"XPNET_EXTRAS": ""}).stdout)
-    assert argv[-2:] == ["-e", str(ROOT)]
+    assert argv[-2:] == ["-e", f"{ROOT}[compiled]"]   # the CPU's target extra stays
 
 
 @pytest.mark.parametrize("args, message", [(["cuda11"], "unknown target 'cuda11'"),
@@ -256,6 +256,7 @@ def test_install_extras_match_pyproject():
     assert any(d.startswith("cupy-cuda12x") for d in extras["cuda12"])
     assert any(d.startswith("cupy-cuda13x") for d in extras["cuda13"])
     assert "plot" in extras
+    assert any(d.startswith("numba") for d in extras["compiled"])   # the cpu target's
 
 
 def test_pyproject_lists_every_package():
