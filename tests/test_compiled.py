@@ -304,7 +304,16 @@ def test_a_numba_that_cannot_be_imported_leaves_numpys_passes(tmp_path):
 def test_without_a_writable_cache_folder_the_kernels_compile_per_process(tmp_path):
     """numba refuses cache=True when it finds no writable folder (a read-only install and home):
     the kernels are then compiled without a disk cache, and run."""
-    prelude = "import numba.core.caching as caching\ncaching.CacheImpl._locator_classes = []\n"
-    (on, line, bits), _ = _pooled_in_a_child(tmp_path, {}, prelude)
+    # numba's own locator list emptied (an internal: the child checks that numba then really
+    # refuses cache=True, so that a numba whose internals moved fails here instead of passing)
+    (tmp_path / "probe_module.py").write_text("def probe():\n    return 0\n")   # a file numba could cache for
+    prelude = ("import sys, numba, numba.core.caching as caching\n"
+               "caching.CacheImpl._locator_classes = []\n"
+               f"sys.path.insert(0, {str(tmp_path)!r})\n"
+               "from probe_module import probe\n"
+               "try:\n    numba.njit(cache=True)(probe)\nexcept RuntimeError as exc:\n"
+               "    print('refused:', exc, file=sys.stderr)\n")
+    (on, line, bits), err = _pooled_in_a_child(tmp_path, {}, prelude)
+    assert "refused: cannot cache function 'probe'" in err, err
     (_, _, want), _ = _pooled_in_a_child(tmp_path, {"XPNET_COMPILED": "0"})
     assert on == "True" and line.startswith("on (numba ") and bits == want
