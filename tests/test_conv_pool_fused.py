@@ -13,7 +13,7 @@ from xpnet import ops
 from xpnet.backends import get_backend
 from xpnet.backends import numpy_kernels as nk
 from xpnet.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
-from xpnet.ops import autotune, columns, fast, pooling
+from xpnet.ops import autotune, columns, conv_pool, fast, pooling
 
 from .helpers import assert_fits_alike, assert_steps_alike
 from .test_pool_winners import special_values
@@ -47,13 +47,15 @@ def layers():
             Flatten(), Dense(5)]
 
 
-@pytest.fixture(params=[(1, 1), (1, 40000), (1, 1 << 20), (3, 1), (3, 40000)])
+@pytest.fixture(params=[(1, 1, 0), (1, 40000, 0), (1, 1 << 20, 0), (3, 1, 0), (3, 40000, 0),
+                        (1, 40000, 1 << 30), (3, 40000, 1 << 30)])
 def threads(request, monkeypatch):
     """One block a group, every pass through the pool on 1 or 3 threads; bands of one group
     (pooling.CHUNK_BYTES 1), of a few (also in the pieces of 3 blocks of 30 images on 3 threads), or
-    all of them."""
-    count, band = request.param
+    all of them; or each band one group (conv_pool.BAND_COLUMN_BYTES: its im2col in one call)."""
+    count, band, whole = request.param
     monkeypatch.setattr(columns, "GROUP_BYTES", 1)
+    monkeypatch.setattr(conv_pool, "BAND_COLUMN_BYTES", whole)
     monkeypatch.setattr(pooling, "CHUNK_BYTES", band)
     monkeypatch.setattr(nk, "MIN_ELEMENTS", 1)
     monkeypatch.setattr(nk, "ADAPTIVE", False)

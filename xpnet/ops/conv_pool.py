@@ -28,6 +28,18 @@ from .pooling import Winners, _fold_windows, _unpool
 # in-process comparison and for telling the two paths apart when debugging
 ENABLED = 1
 
+# Bytes of a band's columns up to which a band is one group: its im2col in one call over all its
+# images, then its blocks' GEMMs, instead of columns.GROUP_BYTES (512 KiB) at a time. A group's
+# im2col is about ten NumPy copies whatever its size, so LeNet-5's groups of 6 images made 220
+# short calls a forward pass, which two threads ran slower than one (the im2col of 128 images: 1.5
+# ms alone in groups of 6, 2.0 ms on two threads at once; 0.85 and 0.58 ms in one call per 64
+# images). Whole bands took 0.89x (LeNet-5 at 128) and 0.91x (at 64) the step on two threads, 0.94x
+# and 0.96x on one; LeNet-5 at 16 and the 3x3 CNN 0.97-1.02x (its groups held 21 images already;
+# benchmarks/results/2026-12-03-s22-whole-bands-ab.log). The columns
+# are then read back from L3 rather than L2 by the GEMMs: a bound keeps bands of wide columns (many
+# channels, large kernels) in groups. 0 turns it off. Results do not depend on it (bits).
+BAND_COLUMN_BYTES = 8 << 20
+
 
 def applies(x, W, pool, backend):
     """Whether the fused pass takes x (N, C, H, W) and W (F, C, kh, kw) into a ``pool`` (ph, pw)
@@ -60,9 +72,14 @@ def _band_blocks(count, size, g, itemsize, threads):
 
 
 def _layout(g, m, itemsize, backend):
-    """(blocks, images per block, blocks per group, blocks per band) for a batch chunk of m images."""
+    """(blocks, images per block, blocks per group, blocks per band) for a batch chunk of m images:
+    a group is the whole band where its columns fit in BAND_COLUMN_BYTES."""
     count, size = g.blocks(m)
-    return count, size, g.group(size, itemsize), _band_blocks(count, size, g, itemsize, getattr(backend, "threads", 1))
+    per_band = _band_blocks(count, size, g, itemsize, getattr(backend, "threads", 1))
+    group = g.group(size, itemsize)
+    if per_band * size * g.k * g.p * itemsize <= BAND_COLUMN_BYTES:
+        group = max(group, per_band)
+    return count, size, group, per_band
 
 
 def _bands(count, size, m, group, per_band, r):
