@@ -14,7 +14,8 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    # The comment lines after the shebang, up to the first other line, whatever their number.
+    sed -n '2,/^[^#]/s/^# \{0,1\}//p' "$0"
 }
 
 die() {

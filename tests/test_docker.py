@@ -243,6 +243,20 @@ def test_install_target_from_environment_and_extras():
     assert argv[-2:] == ["-e", f"{ROOT}[compiled]"]   # the CPU's target extra stays
 
 
+def test_install_help_is_the_whole_comment_block():
+    """--help prints the script's opening comments, all of them: a fixed line range dropped the
+    last line when a line was added above it."""
+    out = run_install("--help").stdout
+    header = []
+    for line in INSTALL.read_text().splitlines()[1:]:
+        if not line.startswith("#"):
+            break
+        header.append(line[2:] if line.startswith("# ") else line[1:])
+    assert out.splitlines() == header
+    assert header[0].startswith("Install xpnet from this checkout")
+    assert header[-1].startswith("Used by docker/Dockerfile.gpu and docker/Dockerfile.cpu")
+
+
 @pytest.mark.parametrize("args, message", [(["cuda11"], "unknown target 'cuda11'"),
                                            (["--fast"], "unknown option '--fast'")])
 def test_install_refuses_bad_arguments(args, message):
