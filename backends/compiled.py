@@ -98,15 +98,28 @@ def kernels():
 
 def _kernels_for(full, pooled, k_of):
     """The kernels' module when they take these arrays, else None: numba on and importable, full
-    (planes, 3-D, or bands, 4-D) and pooled (3-D) float32 or float64 of one dtype, a uint8 offset
-    per pooled cell, all C-contiguous (the callers' planes and chunks are; anything else takes
-    NumPy's passes)."""
-    if not (available() and full.dtype.type in DTYPES and pooled.dtype == full.dtype
+    (planes, 3-D, or bands, 4-D) and pooled (3-D) float32 or float64 of one dtype in the machine's
+    byte order (numba cannot type another), shaped as ``_fits`` says, a uint8 offset per pooled
+    cell, all C-contiguous (the callers' planes and chunks are; anything else takes NumPy's
+    passes)."""
+    if not (available() and full.dtype.type in DTYPES and full.dtype.isnative and pooled.dtype == full.dtype
             and k_of.dtype == numpy.uint8 and pooled.shape == k_of.shape
-            and full.ndim in (3, 4) and pooled.ndim == 3
+            and full.ndim in (3, 4) and pooled.ndim == 3 and _fits(full, pooled)
             and all(a.flags.c_contiguous for a in (full, pooled, k_of))):
         return None
     return kernels()
+
+
+def _fits(full, pooled):
+    """Whether pooled holds the 2x2 windows that tile full: (P, H // 2, W // 2) for planes
+    (P, H, W), (R, W // 2, Q) for bands (R, 2, W, Q). The kernels take the windows' count from
+    pooled and index without bounds checks, so a larger pooled array would read and write past
+    full."""
+    if full.ndim == 3:
+        count, h, w = full.shape
+        return pooled.shape == (count, h // 2, w // 2)
+    count, rows, w, width = full.shape
+    return rows == 2 and pooled.shape == (count, w // 2, width)
 
 
 def window_max_2x2(x, m, k_of, bias=None):

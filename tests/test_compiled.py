@@ -137,6 +137,50 @@ def test_what_the_kernels_do_not_take(monkeypatch):
     assert not compiled.available() and not compiled.window_max_2x2(x, m, k_of)
 
 
+def test_another_byte_order_takes_numpys_passes():
+    """A big-endian float32 array's dtype.type is float32, but numba refuses to type it (a
+    TypingError out of the pooling, where NumPy's passes pool it): the kernels take arrays in the
+    machine's byte order only, and the pooling gives the bits it gives native arrays."""
+    rng = np.random.default_rng(8)
+    x = tied(rng, (3, 2, 6, 7), np.float32)
+    dy = tied(rng, (3, 2, 3, 3), np.float32)
+    swap = x.dtype.newbyteorder()
+    planes = x.reshape(6, 6, 7).astype(swap)
+    m, k_of = np.empty((6, 3, 3), swap), np.empty((6, 3, 3), np.uint8)
+    assert not compiled.window_max_2x2(planes, m, k_of)
+    assert not compiled.unpool_2x2(k_of, m, planes)
+    bands = np.zeros((2, 2, 4, 3), swap)
+    assert not compiled.window_max_2x2(bands, np.empty((2, 2, 3), swap), np.empty((2, 2, 3), np.uint8))
+    y, cache = pooling.maxpool2d_forward(np, x, (2, 2), (2, 2))
+    dx = pooling.maxpool2d_backward(np, dy, cache)
+    y_s, cache_s = pooling.maxpool2d_forward(np, x.astype(swap), (2, 2), (2, 2))
+    dx_s = pooling.maxpool2d_backward(np, dy.astype(swap), cache_s)
+    assert y_s.dtype == dx_s.dtype == swap
+    assert y_s.astype(np.float32).tobytes() == y.tobytes() and dx_s.astype(np.float32).tobytes() == dx.tobytes()
+
+
+def test_arrays_shaped_otherwise_are_refused_before_the_kernels_index_them():
+    """The kernels index without bounds checks, taking the window count from the pooled array: a
+    pooled array with more windows than x holds (or bands of other than two rows) would read and
+    write past x. Only (P, H // 2, W // 2) for planes (P, H, W) and (R, W // 2, Q) for bands
+    (R, 2, W, Q) are taken; the memory around x stays as it was."""
+    memory = np.full(64, 7.0, np.float32)
+    x = memory[8:16].reshape(2, 2, 2)   # two planes of one window each, inside a larger buffer
+    for pooled in [(2, 2, 1), (2, 1, 2), (3, 1, 1), (1, 1, 1)]:
+        d, k_of = np.ones(pooled, np.float32), np.zeros(pooled, np.uint8)
+        assert not compiled.window_max_2x2(x, np.empty(pooled, np.float32), k_of), pooled
+        assert not compiled.unpool_2x2(k_of, d, x), pooled
+    bands = memory[16:40].reshape(2, 2, 2, 3)
+    for pooled in [(2, 2, 3), (2, 1, 4), (3, 1, 3)]:
+        d, k_of = np.ones(pooled, np.float32), np.zeros(pooled, np.uint8)
+        assert not compiled.window_max_2x2(bands, np.empty(pooled, np.float32), k_of), pooled
+        assert not compiled.unpool_2x2(k_of, d, bands), pooled
+    one_row = memory[16:28].reshape(2, 1, 2, 3)   # bands of one row
+    assert not compiled.unpool_2x2(np.zeros((2, 1, 3), np.uint8), np.ones((2, 1, 3), np.float32), one_row)
+    assert (memory == 7.0).all()
+    assert compiled.unpool_2x2(np.zeros((2, 1, 1), np.uint8), np.ones((2, 1, 1), np.float32), x)   # fits
+
+
 @pytest.fixture
 def spied(monkeypatch):
     """Counts of the four kernels' calls (the real kernels run)."""
