@@ -183,15 +183,17 @@ def test_arrays_shaped_otherwise_are_refused_before_the_kernels_index_them():
 
 @pytest.fixture
 def spied(monkeypatch):
-    """Counts of the four kernels' calls (the real kernels run)."""
+    """The four kernels' calls, by name: each call's arguments and result (the real kernels run;
+    a fold's result True is a NaN that handed its chunk back to NumPy's passes)."""
     calls = {}
     module = compiled.kernels()
     for name in ("window_max_2x2", "band_max_2x2", "unpool_2x2", "band_unpool_2x2"):
         real = getattr(module, name)
 
         def spy(*args, real=real, name=name):
-            calls[name] = calls.get(name, 0) + 1
-            return real(*args)
+            result = real(*args)
+            calls.setdefault(name, []).append((args, result))
+            return result
 
         monkeypatch.setattr(module, name, spy)
     return calls
@@ -222,26 +224,37 @@ def test_max_pooling_layers_run_the_kernels_with_the_same_bits(monkeypatch, spie
         assert not any(spied.get(k) for k in kernels)
         on = switched(monkeypatch, 1, run)
         assert all(spied.get(k) for k in kernels), spied
+        assert not any(result for _, result in spied[kernels[0]])   # no chunk handed back
         assert [a.tobytes() for a in on] == [a.tobytes() for a in off]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("relu", [False, True])
-def test_fused_convolution_and_pooling_run_the_kernels_with_the_same_bits(monkeypatch, spied, relu):
+@pytest.mark.parametrize("size, biased", [(12, False), (26, True)])
+def test_fused_convolution_and_pooling_run_the_kernels_with_the_same_bits(monkeypatch, spied, relu, dtype, size,
+                                                                          biased):
+    """Blocks of several images (10x10 outputs) add the bias in their layout copy; blocks of one
+    image (24x25 outputs, a column no window covers) leave it to the fold's pass, which must take
+    it (the bias of every filter in each call) and report no NaN."""
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((6, 1, 12, 12)).astype(np.float32)
-    W = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
-    b = rng.standard_normal(8).astype(np.float32)
+    x = rng.standard_normal((6, 1, size, size + 1)).astype(dtype)
+    W = rng.standard_normal((8, 1, 3, 3)).astype(dtype)
+    b = rng.standard_normal(8).astype(dtype)
 
     def run():
         y, kept = conv_pool.forward(np, x, W, b, (1, 1), (0, 0, 0, 0), (2, 2), relu)
         kept.update(stride=(1, 1), padding=(0, 0, 0, 0), has_bias=True)
-        dy = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
+        dy = np.linspace(-1, 1, y.size, dtype=dtype).reshape(y.shape)
         return (y,) + tuple(conv_pool.backward(np, dy, kept, True))
 
     off = switched(monkeypatch, 0, run)
     assert not spied
     on = switched(monkeypatch, 1, run)
     assert spied.get("window_max_2x2") and spied.get("unpool_2x2")
+    folds = spied["window_max_2x2"]
+    assert [len(args[3]) for args, _ in folds] == [8 if biased else 0] * len(folds)
+    assert not any(result for _, result in folds)   # no chunk handed back
+    assert [a.dtype for a in on] == [np.dtype(dtype)] * 4
     assert [a.tobytes() for a in on] == [a.tobytes() for a in off]
 
 
