@@ -124,6 +124,34 @@ def test_the_op_gives_the_bits_of_the_ops_apart_in_float16(threads, relu):
     assert np.isfinite(got[1]).all() and np.isfinite(got[2]).all()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_the_op_gives_the_bits_of_the_ops_apart_with_a_partial_last_block(threads, dtype, relu):
+    """29 images in 6 blocks of 5 (10x11 outputs, a column no window covers): the last block has
+    4 images and zero columns for the fifth, at the end of a band of its own, of a band's groups or
+    of a whole-band group (conv_pool.BAND_COLUMN_BYTES), on 1 or 3 threads; the ops' bits."""
+    rng = np.random.default_rng(11)
+    x = np.round(rng.standard_normal((29, 2, 12, 13)), 1).astype(dtype)
+    W = np.round(rng.standard_normal((5, 2, 3, 3)), 1).astype(dtype)
+    b = np.array([0, -0.0, 0.5, 1, -1], dtype)
+    assert columns.Shape(x.shape, W.shape, (1, 1), (0, 0, 0, 0)).blocks(29) == (6, 5)   # 30 places
+    done = fast.conv2d_pool_forward(np, x, W, b, (1, 1), (0, 0, 0, 0), (2, 2), relu)
+    assert done is not None and done[1]["method"] == "columns+pool"
+    y, cache = done
+    full, conv_cache = fast.conv2d_forward(np, x, W, b, (1, 1), (0, 0, 0, 0), method="columns")
+    pooled, pool_cache = fast.maxpool2d_forward(np, full, (2, 2), (2, 2))
+    mask = None
+    if relu:
+        pooled, mask = get_backend("numpy").relu_forward(pooled)
+    assert y.tobytes() == pooled.tobytes()
+    assert cache["winners"].index.tobytes() == pool_cache[0].index.tobytes()
+    dy = np.round(rng.standard_normal(y.shape), 1).astype(dtype)
+    got = fast.conv2d_backward(np, dy, cache, need_dx=True)
+    want = fast.conv2d_backward(np, fast.maxpool2d_backward(np, dy * mask if relu else dy, pool_cache),
+                                conv_cache, need_dx=True)
+    assert [a.tobytes() for a in got] == [a.tobytes() for a in want]
+
+
 def test_fused_gradients_match_finite_differences():
     m = xpnet.Sequential([Conv2D(9, 3), ReLU(), MaxPool2D(2), Conv2D(36, 2, padding=1), MaxPool2D(2),
                           Flatten(), Dense(3)], input_shape=(1, 9, 9), dtype="float64", seed=1)
