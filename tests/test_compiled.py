@@ -258,6 +258,37 @@ def test_fused_convolution_and_pooling_run_the_kernels_with_the_same_bits(monkey
     assert [a.tobytes() for a in on] == [a.tobytes() for a in off]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_nan_hands_back_only_its_chunk_of_planes(monkeypatch, spied, dtype):
+    """Planes pooled in chunks of one band of rows on 3 threads (odd sizes): the chunk with a NaN
+    takes NumPy's passes (the NaN wins), the others stay compiled; the bits of both off."""
+    import xpnet.backends.numpy_kernels as nk
+    monkeypatch.setattr(pooling, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(nk, "MIN_ELEMENTS", 1)
+    monkeypatch.setattr(nk, "ADAPTIVE", False)
+    backend = get_backend("numpy")
+    kept = backend.threads
+    backend.set_threads(3)
+    rng = np.random.default_rng(9)
+    x = tied(rng, (3, 4, 11, 9), dtype)
+    x[1, 2, 4, 5] = np.nan   # in the band of output row 2 only
+    dy = tied(rng, (3, 4, 5, 4), dtype)
+
+    def run():
+        y, cache = pooling.maxpool2d_forward(np, to_planes(np, x).transpose(2, 3, 0, 1), (2, 2), (2, 2))
+        return y, cache[0].index, np.ascontiguousarray(pooling.maxpool2d_backward(np, dy, cache))
+
+    try:
+        off = switched(monkeypatch, 0, run)
+        on = switched(monkeypatch, 1, run)
+    finally:
+        backend.set_threads(kept)
+    assert sorted(result for _, result in spied["band_max_2x2"]) == [False] * 4 + [True]
+    assert len(spied["band_unpool_2x2"]) == 5
+    assert np.isnan(on[0][1, 2, 2, 2]) and on[1][2, 2, 1 * 4 + 2] == 1   # the NaN (its window's offset 1) wins
+    assert [a.tobytes() for a in on] == [a.tobytes() for a in off]
+
+
 def test_the_switch_from_the_environment():
     code = "import xpnet.backends.compiled as c; print(c.available())"
     env = dict(os.environ, XPNET_COMPILED="0")
