@@ -181,6 +181,24 @@ def test_arrays_shaped_otherwise_are_refused_before_the_kernels_index_them():
     assert compiled.unpool_2x2(np.zeros((2, 1, 1), np.uint8), np.ones((2, 1, 1), np.float32), x)   # fits
 
 
+@pytest.mark.parametrize("shape, pooled", [((0, 4, 5), (0, 2, 2)), ((0, 2, 4, 3), (0, 2, 3)),
+                                           ((2, 2, 4, 0), (2, 2, 0))])
+def test_empty_arrays_pass_through_the_kernels(shape, pooled):
+    """No planes, no bands or bands of no positions: nothing read or written, no error."""
+    x, m = np.zeros(shape, np.float32), np.zeros(pooled, np.float32)
+    k_of = np.zeros(pooled, np.uint8)
+    assert compiled.window_max_2x2(x, m, k_of) is True
+    assert compiled.unpool_2x2(k_of, m, x) is True
+
+
+def test_an_empty_batch_pools_in_both_layouts():
+    x = np.zeros((0, 3, 5, 4), np.float32)
+    for view in (x, to_planes(np, x).transpose(2, 3, 0, 1)):
+        y, cache = pooling.maxpool2d_forward(np, view, (2, 2), (2, 2))
+        dx = pooling.maxpool2d_backward(np, np.zeros(y.shape, np.float32), cache)
+        assert y.shape == (0, 3, 2, 2) and dx.shape == x.shape
+
+
 @pytest.fixture
 def spied(monkeypatch):
     """The four kernels' calls, by name: each call's arguments and result (the real kernels run;
