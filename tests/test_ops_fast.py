@@ -170,6 +170,16 @@ def test_conv_errors_name_the_problem(backend):
         fast.conv2d_forward(xp, x, xp.zeros((4, 3, 9, 9)), None, (1, 1), (0, 0, 0, 0))
     with pytest.raises(ShapeError, match="another implementation"):
         fast.conv2d_backward(xp, xp.zeros((2, 4, 6, 6)), ("not", "ours"))
+    # an empty batch (or no channels, no filters): every route failed inside (UnboundLocalError in
+    # the columns routes, ZeroDivisionError in the spectral one); now one clear error before
+    W3 = xp.zeros((4, 3, 3, 3))
+    for method in ("columns", "spectral"):
+        with pytest.raises(ShapeError, match=r"at least one image.*x \(0, 3, 8, 8\)"):
+            fast.conv2d_forward(xp, xp.zeros((0, 3, 8, 8)), W3, None, (1, 1), (0, 0, 0, 0), method=method)
+    with pytest.raises(ShapeError, match="at least one image"):
+        fast.conv2d_pool_forward(xp, xp.zeros((0, 3, 8, 8)), W3, None, (1, 1), (0, 0, 0, 0), (2, 2))
+    with pytest.raises(ShapeError, match=r"W \(0, 3, 3, 3\)"):
+        fast.conv2d_forward(xp, x, xp.zeros((0, 3, 3, 3)), None, (1, 1), (0, 0, 0, 0))
     _, cache = fast.conv2d_forward(xp, x, xp.zeros((4, 3, 3, 3)), None, (1, 1), (0, 0, 0, 0))
     with pytest.raises(ShapeError, match=r"dy has shape \(2, 4, 5, 5\), expected \(2, 4, 6, 6\)"):
         fast.conv2d_backward(xp, xp.zeros((2, 4, 5, 5)), cache)

@@ -34,6 +34,9 @@ def _check_conv(x, W, b, stride, padding):
     if x.shape[1] != W.shape[1]:
         raise ShapeError(f"conv2d: x has {x.shape[1]} channels but W expects {W.shape[1]} "
                          f"(x {tuple(x.shape)}, W {tuple(W.shape)})")
+    if x.shape[0] == 0 or 0 in W.shape[:2]:   # the routes' blocks and DFT frames need one of each
+        raise ShapeError(f"conv2d needs at least one image, channel and filter, got x {tuple(x.shape)} "
+                         f"and W {tuple(W.shape)}")
     if b is not None and tuple(b.shape) != (W.shape[0],):
         raise ShapeError(f"conv2d: bias must have shape ({W.shape[0]},), got {tuple(b.shape)}")
     hp, wp = padded_hw(x.shape[2:], padding)
