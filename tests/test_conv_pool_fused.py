@@ -95,6 +95,19 @@ def test_models_give_the_same_bits_fused(monkeypatch, threads, dtype, size, chun
     assert all(c.cache["method"] == "columns" for c in apart.layers if isinstance(c, Conv2D))
 
 
+def fused_and_apart(x, W, b, relu):
+    """The fused op's (y, cache) on x and W (valid 3x3, 2x2 pooling), and the ops apart: the pooled
+    output, the pooling's and the convolution's caches, and the ReLU's mask (None without it)."""
+    done = fast.conv2d_pool_forward(np, x, W, b, (1, 1), (0, 0, 0, 0), (2, 2), relu)
+    assert done is not None and done[1]["method"] == "columns+pool"
+    full, conv_cache = fast.conv2d_forward(np, x, W, b, (1, 1), (0, 0, 0, 0), method="columns")
+    pooled, pool_cache = fast.maxpool2d_forward(np, full, (2, 2), (2, 2))
+    mask = None
+    if relu:
+        pooled, mask = get_backend("numpy").relu_forward(pooled)
+    return done[0], done[1], pooled, pool_cache, conv_cache, mask
+
+
 @pytest.mark.parametrize("relu", [False, True])
 def test_the_op_gives_the_bits_of_the_ops_apart_in_float16(threads, relu):
     rng = np.random.default_rng(7)
@@ -102,14 +115,7 @@ def test_the_op_gives_the_bits_of_the_ops_apart_in_float16(threads, relu):
     x[np.isnan(x) | np.isinf(x)] = 0.5
     W = (rng.standard_normal((9, 1, 3, 3)) * 0.3).astype(np.float16)
     b = np.array([0, -0.0, np.nan, np.inf, 2, 0, 0, 0, 0], np.float16)
-    done = fast.conv2d_pool_forward(np, x, W, b, (1, 1), (0, 0, 0, 0), (2, 2), relu)
-    assert done is not None and done[1]["method"] == "columns+pool"
-    y, cache = done
-    full, conv_cache = fast.conv2d_forward(np, x, W, b, (1, 1), (0, 0, 0, 0), method="columns")
-    pooled, pool_cache = fast.maxpool2d_forward(np, full, (2, 2), (2, 2))
-    mask = None
-    if relu:
-        pooled, mask = get_backend("numpy").relu_forward(pooled)
+    y, cache, pooled, pool_cache, conv_cache, mask = fused_and_apart(x, W, b, relu)
     assert y.dtype == np.float16 and y.tobytes() == pooled.tobytes()
     dy = special_values(rng, y.shape, "float16")
     # a NaN in dy makes nearly every weight and bias gradient NaN (the biases' NaN made alike): a
@@ -135,14 +141,7 @@ def test_the_op_gives_the_bits_of_the_ops_apart_with_a_partial_last_block(thread
     W = np.round(rng.standard_normal((5, 2, 3, 3)), 1).astype(dtype)
     b = np.array([0, -0.0, 0.5, 1, -1], dtype)
     assert columns.Shape(x.shape, W.shape, (1, 1), (0, 0, 0, 0)).blocks(29) == (6, 5)   # 30 places
-    done = fast.conv2d_pool_forward(np, x, W, b, (1, 1), (0, 0, 0, 0), (2, 2), relu)
-    assert done is not None and done[1]["method"] == "columns+pool"
-    y, cache = done
-    full, conv_cache = fast.conv2d_forward(np, x, W, b, (1, 1), (0, 0, 0, 0), method="columns")
-    pooled, pool_cache = fast.maxpool2d_forward(np, full, (2, 2), (2, 2))
-    mask = None
-    if relu:
-        pooled, mask = get_backend("numpy").relu_forward(pooled)
+    y, cache, pooled, pool_cache, conv_cache, mask = fused_and_apart(x, W, b, relu)
     assert y.tobytes() == pooled.tobytes()
     assert cache["winners"].index.tobytes() == pool_cache[0].index.tobytes()
     dy = np.round(rng.standard_normal(y.shape), 1).astype(dtype)
