@@ -20,6 +20,7 @@ Same bits as NumPy's passes (tests/test_compiled.py, against pooling._fold and _
   -0.0 for a negative dy, NaN for a NaN), as NumPy's multiply by the bool mask; 0 on the rows and
   columns no window covers.
 """
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -152,9 +153,7 @@ def unpool_2x2(k_of, d, x):
     return True
 
 
-_PICKS = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _picks(dtype):
     """The scatter's table: row k holds the four factors of a window whose offset is k (1 at k, 0
     at the others; all 0 for k >= 4, as NumPy's ``k_of == offset`` masks give), one row per uint8
@@ -163,9 +162,6 @@ def _picks(dtype):
     real data are random enough that about every other branch is mispredicted (the scatter for the
     3x3 CNN's first layer at batch 128 took 9.3-9.9 ms on one thread with random offsets, 1.8 ms
     with all offsets 0, 1.3 ms with the table for either)."""
-    table = _PICKS.get(dtype)
-    if table is None:
-        table = numpy.zeros((256, 4), dtype=dtype)
-        table[numpy.arange(4), numpy.arange(4)] = 1
-        table = _PICKS.setdefault(dtype, table)
+    table = numpy.zeros((256, 4), dtype=dtype)
+    table[numpy.arange(4), numpy.arange(4)] = 1
     return table

@@ -113,7 +113,7 @@ def forward(xp, x, W, b, stride, padding, pool, relu):
 
         def run(r, part=part, cols=cols, s=s, m=m, count=count, size=size, group=group, per_band=per_band,
                 late=late):
-            out = scratch = None
+            out, kept = None, {}
             for a, z, groups in _bands(count, size, m, group, per_band, r):
                 if out is None or out.shape[0] != z - a:
                     out = xp.empty((z - a, g.f, g.p), dtype=x.dtype)
@@ -122,9 +122,7 @@ def forward(xp, x, W, b, stride, padding, pool, relu):
                                             out[ga - a:gz - a], g)
                 planes = out.reshape((z - a) * g.f, g.ho, g.wo)
                 t = slice((s + a) * g.f, (s + z) * g.f)
-                if scratch is None or scratch[0].shape != y[t].shape:
-                    scratch = (xp.empty_like(y[t]), xp.empty(y[t].shape, dtype=bool), xp.empty_like(index[t]))
-                _fold_windows(xp, backend, y[t], index[t], planes, pool, scratch, late)
+                _fold_windows(xp, backend, y[t], index[t], planes, pool, kept, late)
 
         backend.split(run, -(-count // per_band), m * g.p * (g.k + g.f))
     kept = {"inputs": x, "weights": W, "columns": cols if step >= g.n else None,
@@ -164,13 +162,12 @@ def backward(xp, dy, cache, need_dx):
 
         def run(r, part=part, cols=cols, fresh=fresh, per_block=per_block, s=s, m=m, count=count,
                 size=size, group=group, per_band=per_band):
-            grads = eq = None
+            grads, kept = None, {}
             for a, z, groups in _bands(count, size, m, group, per_band, r):
                 if grads is None or grads.shape[0] != (z - a) * g.f:
                     grads = xp.empty(((z - a) * g.f, g.ho, g.wo), dtype=dy.dtype)
-                    eq = xp.empty(((z - a) * g.f, hq, wq), dtype=bool)
                 t = slice((s + a) * g.f, (s + z) * g.f)
-                _unpool(xp, backend, index[t], dys[t], grads, (ph, pw), eq)
+                _unpool(xp, backend, index[t], dys[t], grads, (ph, pw), kept)
                 band = grads.reshape(z - a, g.f, g.p)
                 if planes_sum is not None:
                     band.sum(axis=2, dtype=planes_sum.dtype, out=planes_sum[s + a:s + z])

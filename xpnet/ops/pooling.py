@@ -150,11 +150,22 @@ def _fold(xp, m, k_of, view, count, scratch):
             xp.copyto(k_of, k, where=xp.isnan(view(k)))
 
 
-def _fold_windows(xp, backend, m, k_of, planes, pool, scratch, bias=None):
+def _scratch(xp, kept, name, make, like):
+    """A scratch array for NumPy's passes: the one ``kept`` (a dict one thread keeps across its
+    chunks) holds under ``name`` when shaped like ``like``, else ``make()``, kept there. Made only
+    where NumPy's passes run, not where a compiled pass did the work."""
+    arrays = kept.get(name)
+    if arrays is None or arrays[0].shape != like.shape:
+        arrays = kept[name] = make()
+    return arrays
+
+
+def _fold_windows(xp, backend, m, k_of, planes, pool, kept, bias=None):
     """``_fold`` over the windows of planes (P, H, W) that tile them: one compiled pass for 2x2
-    windows where the backend has one (backends/compiled.py: the same bits), else _fold's passes.
-    ``bias`` (F, 1) or None: a convolution's bias not yet added to its output planes, plane p
-    getting bias[p % F] first (in the compiled pass, else one NumPy pass as the convolution's)."""
+    windows where the backend has one (backends/compiled.py: the same bits), else _fold's passes
+    (their scratch from ``kept``: see _scratch). ``bias`` (F, 1) or None: a convolution's bias not
+    yet added to its output planes, plane p getting bias[p % F] first (in the compiled pass, else
+    one NumPy pass as the convolution's)."""
     flat_bias = None if bias is None else bias.reshape(-1)
     if tuple(pool) == (2, 2) and backend.window_max_2x2(planes, m, k_of, flat_bias):
         return
@@ -162,6 +173,8 @@ def _fold_windows(xp, backend, m, k_of, planes, pool, scratch, bias=None):
         outputs = planes.reshape(-1, bias.shape[0], planes.shape[1] * planes.shape[2])
         outputs += bias
     ho, wo = m.shape[1], m.shape[2]
+    scratch = _scratch(xp, kept, "fold", lambda: (xp.empty_like(m), xp.empty(m.shape, dtype=bool),
+                                                   xp.empty_like(k_of)), m)
     _fold(xp, m, k_of, lambda k: _offset_view(planes, k, pool, ho, wo), pool[0] * pool[1], scratch)
 
 
@@ -182,11 +195,9 @@ def _winners_forward(xp, backend, x, ph, pw):
     per = max(1, CHUNK_BYTES // (h * w * x.dtype.itemsize))
 
     def part(s):   # planes s, on the backend's threads
-        scratch = None
+        kept = {}
         for t in _chunks(s, n * c, per):
-            if scratch is None or scratch[0].shape != y[t].shape:
-                scratch = (xp.empty_like(y[t]), xp.empty(y[t].shape, dtype=bool), xp.empty_like(index[t]))
-            _fold_windows(xp, backend, y[t], index[t], planes[t], (ph, pw), scratch)
+            _fold_windows(xp, backend, y[t], index[t], planes[t], (ph, pw), kept)
 
     backend.split(part, n * c, x.size)
     y = y.reshape(n, c, ho, wo)
@@ -200,14 +211,16 @@ def _offset_view(planes, k, pool, ho, wo):
     return planes[:, i:ho * ph:ph, j:wo * pw:pw]
 
 
-def _unpool(xp, backend, k_of, d, planes, pool, eq):
+def _unpool(xp, backend, k_of, d, planes, pool, kept):
     """planes (P, H, W) <- the gradient d (P, Ho, Wo) at each window's winning offset k_of (see
     _scatter), and 0 on the rows and columns that no window covers: one compiled pass for 2x2
-    windows where the backend has one (backends/compiled.py: the same bits)."""
+    windows where the backend has one (backends/compiled.py: the same bits), else _scatter's passes
+    (their scratch from ``kept``: see _scratch)."""
     if tuple(pool) == (2, 2) and backend.unpool_2x2(k_of, d, planes):
         return
     ph, pw = pool
     ho, wo = d.shape[1], d.shape[2]
+    eq = _scratch(xp, kept, "eq", lambda: (xp.empty(k_of.shape, dtype=bool),), k_of)[0]
     _scatter(xp, k_of, d, lambda i, j: _offset_view(planes, i * pw + j, pool, ho, wo), pool, eq)
     if ho * ph < planes.shape[1]:
         planes[:, ho * ph:, :] = 0
@@ -239,11 +252,9 @@ def _winners_backward(xp, backend, dy, winners):
     per = max(1, CHUNK_BYTES // (h * w * dy.dtype.itemsize))
 
     def part(s):   # planes s, on the backend's threads
-        eq = None
+        kept = {}
         for t in _chunks(s, n * c, per):
-            if eq is None or eq.shape != index[t].shape:
-                eq = xp.empty(index[t].shape, dtype=bool)
-            _unpool(xp, backend, index[t], dys[t], dx[t], (ph, pw), eq)
+            _unpool(xp, backend, index[t], dys[t], dx[t], (ph, pw), kept)
 
     backend.split(part, n * c, dx.size)
     return dx.reshape(n, c, h, w)
