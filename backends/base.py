@@ -218,10 +218,12 @@ class Backend:
         a batch of one. Here the GEMM; the NumPy backend multiplies (the same bits)."""
         return self.xp.matmul(a.T, b)
 
-    def split(self, part, length, size):
+    def split(self, part, length, size, shape=None):
         """Run ``part(s)`` for slices ``s`` covering range(length) of a leading axis (here: one
         call with slice(None)); ``size`` is the number of elements touched, so a backend with
-        threads (NumPy) splits only work worth it. The parts must write disjoint outputs."""
+        threads (NumPy) splits only work worth it, and ``shape`` (hashable, optional) tells its
+        check apart passes of one ``part`` with the same size but different speeds (a GEMM's
+        operand shapes). The parts must write disjoint outputs."""
         part(slice(None))
 
     def flat_update(self, fn, arrays):

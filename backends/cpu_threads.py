@@ -163,17 +163,24 @@ class SplitCheck:
     costs time; on a VM whose idle cores wake slowly and whose two cores share little memory
     bandwidth a split of a memory-bound pass loses even when nothing else runs (docs/benchmarks.md,
     benchmarks/handoff.py). So each site's passes are timed both ways, by the wall clock: a site is
-    the function that does a piece and the pass's size rounded to a power of 2, and a pass's time
-    per unit of work (elements, or multiply-adds for a GEMM) is what is compared, so that passes of
-    one site with different sizes compare. A new site alternates (split first) until it has
-    ``PROBES`` passes of each kind; the verdict splits when the median time per unit alone is at
-    least ``GAIN`` times the median split one, else keeps the site on the calling thread.
+    the function that does a piece, the pass's size (elements, or multiply-adds for a GEMM) and,
+    where the caller gives it, a shape (a GEMM's operand shapes: (32, 28) @ (28, n) and (28, 32) @
+    (32, n) have one size and differ in speed), so that a site's passes are the same work at the
+    same speed. (Until 2026-12-03 the size was rounded to a power of 2, which put passes of
+    different layers and shapes in one site; a probe alternating in step with them compared one
+    layer's split passes with another's alone passes.) A pass's time per unit of work is compared.
+    A new site alternates (split first) until it has ``PROBES`` passes of each kind; the verdict
+    splits when the median time per unit alone is at least ``GAIN`` times the median split one,
+    else keeps the site on the calling thread. At most ``MAX_SITES`` sites are kept (the oldest
+    goes first: sizes that came once, such as a last short batch, or a server's odd batches).
 
     A verdict holds for a number of passes, then ``RETRY_PASSES`` passes of the other kind try again
     against the held kind's latest ``PROBES`` passes. Each verdict that repeats the last one holds
-    twice as long, one that changes it starts over: alone from ``HOLD_PASSES`` up to
-    ``MAX_HOLD_PASSES`` (the split tries are then about 3 % of the site's passes), split from
-    ``HOLD_PASSES`` up to ``MAX_SPLIT_HOLD_PASSES`` (a pass that gains is rarely run alone to check).
+    twice as long (four times as long when it splits with a gain of at least ``CLEAR_GAIN``: a
+    retry alone of a pass that gains 1.5-2x costs as much as the gain of a few split passes), one
+    that changes it starts over: alone from ``HOLD_PASSES`` up to ``MAX_HOLD_PASSES`` (the split
+    tries are then about 3 % of the site's passes), split from ``HOLD_PASSES`` up to
+    ``MAX_SPLIT_HOLD_PASSES`` (a pass that gains is rarely run alone to check).
     While split, a cheaper alarm watches every pass: when over ``PROBES`` split passes the pieces'
     CPU seconds were less than ``GAIN`` times the wall seconds (the worker waited for a core: load
     came), the hold ends at once and the alone passes are tried. Counting passes rather than seconds
@@ -187,9 +194,11 @@ class SplitCheck:
     PROBES = 4
     RETRY_PASSES = 2
     GAIN = 1.1
+    CLEAR_GAIN = 1.3
     HOLD_PASSES = 8
     MAX_HOLD_PASSES = 64
     MAX_SPLIT_HOLD_PASSES = 512
+    MAX_SITES = 1024
 
     def __init__(self):
         self.sites = {}   # key -> _Site
@@ -211,6 +220,10 @@ class SplitCheck:
     def _split(self, key):
         site = self.sites.get(key)
         if site is None:
+            if len(self.sites) >= self.MAX_SITES:
+                oldest = next(iter(self.sites))
+                del self.sites[oldest]
+                self.last_gain.pop(oldest, None)
             site = self.sites[key] = _Site()
         if site.next_split():
             self.split_passes += 1
@@ -239,7 +252,8 @@ class SplitCheck:
         self.last_gain[key] = gain
         verdict = gain >= self.GAIN
         longest = self.MAX_SPLIT_HOLD_PASSES if verdict else self.MAX_HOLD_PASSES
-        hold = min(2 * site.hold, longest) if verdict is site.verdict else self.HOLD_PASSES
+        growth = 4 if verdict and gain >= self.CLEAR_GAIN else 2
+        hold = min(growth * site.hold, longest) if verdict is site.verdict else self.HOLD_PASSES
         if not verdict:
             self.holds += 1
         site.decide(verdict, hold, self.RETRY_PASSES)

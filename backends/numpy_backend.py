@@ -151,8 +151,8 @@ class NumpyBackend(Backend):
     def matmul(self, a, b):
         return self._kernels.matmul(a, b)
 
-    def split(self, part, length, size):
-        self._kernels.split(part, length, size)
+    def split(self, part, length, size, shape=None):
+        self._kernels.split(part, length, size, shape)
 
     def background(self, fn):
         """fn() on the kernels' background thread (None on one thread: see Backend.background)."""

@@ -161,17 +161,19 @@ class ElementwiseKernels:
             self._background = Background()
         return self._background.start(fn)
 
-    def split(self, part, length, size):
+    def split(self, part, length, size, shape=None):
         """Run ``part(s)`` for slices ``s`` that cover range(length), on the pool when ``size``
-        (elements touched) is large enough; the parts must write disjoint outputs."""
-        self._run(part, length, size)
+        (elements touched) is large enough; the parts must write disjoint outputs. ``shape``
+        (hashable) tells apart passes of one function with the same size that run at different
+        speeds (a GEMM's operand shapes), for SplitCheck."""
+        self._run(part, length, size, shape=shape)
 
-    def _run(self, part, length, size, key_size=None):
+    def _run(self, part, length, size, key_size=None, shape=None):
         if self.threads == 1 or size < MIN_ELEMENTS or length < 2:
             part(slice(None))
             return
         work = int(key_size or size)
-        key = (part.__code__, work.bit_length())
+        key = (part.__code__, work, shape)
         if ADAPTIVE and not self.check.split(key):
             start = time.perf_counter()
             part(slice(None))
@@ -209,7 +211,7 @@ class ElementwiseKernels:
         def part(s):
             numpy.matmul(a[s] if a.ndim == 3 else a, b[s] if b.ndim == 3 else b, out=out[s])
 
-        self._run(part, stacked, MIN_ELEMENTS, stacked * m * n * k)
+        self._run(part, stacked, MIN_ELEMENTS, stacked * m * n * k, shape=(a.shape, b.shape))
         return out
 
     def relu_forward(self, x):

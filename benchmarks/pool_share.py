@@ -86,14 +86,14 @@ class Recorder:
             rec.wake += (first_worker[0] - start) if first_worker else 0.0
             return out
 
-        def _run(kernels, part, length, size, key_size=None):
+        def _run(kernels, part, length, size, key_size=None, shape=None):
             code = part.__code__
             site = f"{os.path.basename(code.co_filename)}:{code.co_firstlineno} {code.co_qualname}"
             before, outer = kernels.check.split_passes, rec._current
             rec._current = site
             t0 = time.perf_counter()
             try:
-                return kernels_run(kernels, part, length, size, key_size)
+                return kernels_run(kernels, part, length, size, key_size, shape)
             finally:
                 dt = time.perf_counter() - t0
                 rec._current = outer

@@ -190,3 +190,19 @@ def test_the_pool_share_tool_times_the_sites_and_puts_the_pool_back(capsys):
     assert (numpy_kernels.DaemonPool.run, numpy_kernels.ElementwiseKernels._run, backend.threads) == kept
     with pytest.raises(SystemExit):
         pool_share.parse_args(["--steps", "0"])
+
+
+def test_the_split_sites_tool_lists_a_step_and_puts_the_pool_back():
+    """benchmarks/split_sites.py: one 2-thread step's pool passes by site, the old power-of-2
+    sites that held several sizes or shapes, and the kernels' _run and thread count as before."""
+    import split_sites
+    from xpnet.backends import get_backend, numpy_kernels
+    backend = get_backend("numpy")
+    kept = (numpy_kernels.ElementwiseKernels._run, backend.threads)
+    lines = split_sites.main(["--model", "medium", "--batch-size", "16"])
+    assert lines[0].split()[0].isdigit() and int(lines[0].split()[0]) > 10, lines
+    assert any("shapes ((" in line for line in lines), "the GEMMs give their shapes"
+    assert lines[-1].endswith("held passes of more than one (size, shape)")
+    assert (numpy_kernels.ElementwiseKernels._run, backend.threads) == kept
+    with pytest.raises(SystemExit):
+        split_sites.parse_args(["--batch-size", "0"])
