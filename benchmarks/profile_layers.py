@@ -140,10 +140,10 @@ def trace_gemms(build, batch):
     pieces = []
     base_split = type(backend).split
 
-    def split(self, part, length, size):
+    def split(self, part, length, size, shape=None):
         pieces.append(True)
         try:
-            base_split(self, part, length, size)
+            base_split(self, part, length, size, shape)
         finally:
             pieces.pop()
     backend.few_launches = False   # this instance only (get_backend's shared one: removed below)

@@ -126,14 +126,19 @@ def test_the_layer_profile_counts_the_gemms_each_layer_executes():
     assert prof.gemm_flops((10, 3, 5), (10, 5, 2)) == 2 * 10 * 3 * 5 * 2
 
 
-def test_the_layer_profile_traces_the_gemms_the_cpu_runs():
+def test_the_layer_profile_traces_the_gemms_the_cpu_runs(monkeypatch):
     """From 96 images the CPU's spectral products are Gauss's three GEMMs a bin on (N, C) halves,
     run in pieces of a pass: the trace has those, not the strict backend's whole real-form Z
-    (2N rows), and the shared strict backend keeps its own paths afterwards."""
+    (2N rows), and the shared strict backend keeps its own paths afterwards. The DFTs' wide
+    products are cut into column pieces here too (gemm.MIN_MACS lowered, as at 128 images), so
+    the trace's split takes what the backend's does (its ``shape``: without it this raised)."""
     import profile_layers as prof
     from xpnet.backends import get_backend
+    from xpnet.ops import gemm
+    monkeypatch.setattr(gemm, "MIN_MACS", 1)
     found = prof.trace_gemms(lambda device: run.build_xpnet(xpnet, "lenet5", device, "float32", 0), 96)
     spectral = found["conv2d_1"]   # 6 -> 16 channels, 5x5, spectral route
+    assert any(piece and len(a) == 2 and b[1] < 14 * 96 * 6 for a, b, _, piece in spectral), "column pieces"
     products = {(a, b) for a, b, _, piece in spectral if piece and len(a) == 3}
     assert products and all(a[1] in (6, 96) and 2 * 96 not in a for a, _ in products), products
     assert any(a[1:] == (96, 6) for a, _ in products)   # Xr Kr: (bins, N, C) @ (bins, C, F)
