@@ -129,11 +129,12 @@ class Backend:
         shape[axis] = -1
         return self.relu_forward(y + b.astype(y.dtype, copy=False).reshape(shape))
 
-    def maxpool2d_forward(self, x, pool, stride):
+    def maxpool2d_forward(self, x, pool, stride, planes_out=False):
         """(y, cache): max over each (ph, pw) window of x (N, C, H, W), no padding; a NaN in a
-        window gives NaN (xpnet/ops/pooling.py holds the reference)."""
+        window gives NaN (xpnet/ops/pooling.py holds the reference). ``planes_out``: where x is
+        the NCHW view of planes, y may be too (ops/layout.py)."""
         from xpnet.ops.pooling import maxpool2d_forward_xp
-        return maxpool2d_forward_xp(self.xp, x, pool, stride)
+        return maxpool2d_forward_xp(self.xp, x, pool, stride, planes_out)
 
     def maxpool2d_backward(self, dy, cache):
         """dx: each window's gradient to its first maximum in row-major window order."""

@@ -190,7 +190,7 @@ class CupyBackend(Backend):
         return (i32(x.shape[2]), i32(x.shape[3]), i32(ho), i32(wo), i32(pool[0]), i32(pool[1]),
                 i32(stride[0]), i32(stride[1]))
 
-    def maxpool2d_forward(self, x, pool, stride):
+    def maxpool2d_forward(self, x, pool, stride, planes_out=False):   # no planes on a GPU
         from xpnet.ops.pooling import check_pool, pooled_shape
         pool, stride = tuple(int(p) for p in pool), tuple(int(s) for s in stride)
         check_pool(x, pool, stride, "maxpool2d")

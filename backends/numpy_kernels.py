@@ -215,9 +215,10 @@ class ElementwiseKernels:
         return out
 
     def relu_forward(self, x):
-        """(maximum(x, 0), maximum(x, 0) > 0)."""
+        """(maximum(x, 0), maximum(x, 0) > 0), both laid out as x (the NCHW view of planes stays
+        one: ops/layout.py)."""
         y = numpy.empty_like(x)
-        mask = numpy.empty(x.shape, dtype=bool)
+        mask = numpy.empty_like(x, dtype=bool)
 
         def part(s):
             numpy.maximum(x[s], 0, out=y[s])
@@ -227,10 +228,11 @@ class ElementwiseKernels:
         return y, mask
 
     def multiply(self, a, b):
-        """a * b for two arrays of the same shape (b may be boolean); the result has a's dtype."""
+        """a * b for two arrays of the same shape (b may be boolean); the result has a's dtype
+        and a's layout (a gradient that is the NCHW view of planes stays one)."""
         if a.shape != b.shape or a.ndim == 0:
             return a * b
-        out = numpy.empty(a.shape, dtype=numpy.result_type(a, b))
+        out = numpy.empty_like(a, dtype=numpy.result_type(a, b))
 
         def part(s):
             numpy.multiply(a[s], b[s], out=out[s])
@@ -239,8 +241,9 @@ class ElementwiseKernels:
         return out
 
     def dropout_forward(self, x, keep, scale):
-        """(x * mask, mask) with mask = where(keep, scale, 0) in x's dtype, in one threaded pass."""
-        mask = numpy.empty(x.shape, dtype=x.dtype)
+        """(x * mask, mask) with mask = where(keep, scale, 0) in x's dtype, in one threaded pass;
+        y and mask laid out as x (give ``keep`` laid out so too: Dropout does)."""
+        mask = numpy.empty_like(x)
         y = numpy.empty_like(x)
         value = x.dtype.type(scale)
 

@@ -388,9 +388,9 @@ class StrictBackend(Backend):
         with fused("bias_relu"):
             return super().bias_relu(y, b, axis)
 
-    def maxpool2d_forward(self, x, pool, stride):
+    def maxpool2d_forward(self, x, pool, stride, planes_out=False):
         with fused("maxpool2d_forward"):
-            return super().maxpool2d_forward(x, pool, stride)
+            return super().maxpool2d_forward(x, pool, stride, planes_out)
 
     def maxpool2d_backward(self, dy, cache):
         with fused("maxpool2d_backward"):

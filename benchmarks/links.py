@@ -4,8 +4,10 @@
 
 Two copies of a benchmarks/run.py model with the same weights, one as Sequential links it and one
 with the link switched off (``--link conv_pool``: Conv2D.planes_out, the spectral route's planes
-handed to the pooling; ``--link conv_pool_fused``: Conv2D.pool_link, the columns route and the
-pooling in one pass, ops/conv_pool.py; both model._link_conv_pool), train
+handed to the pooling, with model._link_planes off in both copies; ``--link conv_pool_fused``:
+Conv2D.pool_link, the columns route and the pooling in one pass, ops/conv_pool.py; both
+model._link_conv_pool; ``--link planes``: model._link_planes, planes handed through ReLU and
+Dropout to the next convolution, off in the second copy when it is built), train
 step by step in turn (forward in training mode, cross-entropy, backward without the input's gradient
 as in fit(), Adam), so that both see the
 same machine load; each pool thread count in ``--threads`` is a separate pair. The link changes no
@@ -21,7 +23,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LINKS = {"conv_pool": ("Conv2D", "planes_out", False), "conv_pool_fused": ("Conv2D", "pool_link", None)}
+# link: (the class whose attribute is switched off after the build, or None: model._link_planes is
+# left out of the second copy's build instead; the attribute; its value when off)
+LINKS = {"conv_pool": ("Conv2D", "planes_out", False), "conv_pool_fused": ("Conv2D", "pool_link", None),
+         "planes": (None, "planes_out", False)}
 
 
 def parse_args(argv=None):
@@ -48,16 +53,24 @@ def parse_args(argv=None):
 def time_cell(name, batch, threads, args, xpnet, np):
     import run
     from threads import fit_step
+    import xpnet.model
     kind, attribute, off = LINKS[args.link]
     models = {}
+    kept = xpnet.model._link_planes
     for linked in (True, False):
-        model = run.build_xpnet(xpnet, name, "cpu", "float32", 0)
-        if not linked:
+        if args.link == "conv_pool" or (args.link == "planes" and not linked):
+            xpnet.model._link_planes = lambda layers, backend: None
+        try:
+            model = run.build_xpnet(xpnet, name, "cpu", "float32", 0)
+        finally:
+            xpnet.model._link_planes = kept
+        if not linked and kind is not None:
             for layer in model.layers:
                 if type(layer).__name__ == kind:
                     setattr(layer, attribute, off)
         models[linked] = model
-    linked_layers, unlinked_layers = (sum(bool(getattr(layer, attribute, False)) for layer in models[k].layers)
+    linked_layers, unlinked_layers = (sum(bool(getattr(layer, attribute, False)) for layer in models[k].layers
+                                          if kind is None or type(layer).__name__ == kind)
                                       for k in (True, False))
     backend = models[True].backend
     backend.set_threads(threads)

@@ -133,3 +133,17 @@ def test_links_py_times_a_model_with_and_without_its_link(tmp_path):
         assert len(r["linked_times_s"]) == len(r["unlinked_times_s"]) == 2
         assert r["ratio"] == r["linked_median_s"] / r["unlinked_median_s"]
     assert "lenet5 b2 2 thr (2 linked)" in proc.stdout
+
+
+def test_links_py_times_the_planes_link(tmp_path):
+    """--link planes: the second copy is built without model._link_planes; the big model's
+    convolutions before a convolution and its pooling before one are linked in the first copy only
+    (a wrong switch shows here)."""
+    import json
+    run_benchmark("links.py", "--models", "medium", "--batch-sizes", "2", "--threads", "2", "--repeats",
+                  "1", "--warmup", "0", "--link", "planes", "--out", str(tmp_path))
+    (path,) = tmp_path.glob("*-links-planes-*.json")
+    (r,) = json.loads(path.read_text())["results"]
+    # medium: conv-conv (the first, on the columns route, is flagged too), conv-pool, pool-conv,
+    # conv-conv, conv-pool: five flags linked, the two conv-pool ones unlinked
+    assert (r["linked_layers"], r["unlinked_layers"]) == (5, 2), r

@@ -254,6 +254,34 @@ def _link_conv_pool(layers, backend):
         layer.pool_link = (after, relu) if layer.planes_out else None
 
 
+def _link_planes(layers, backend):
+    """Where launches are cheap (the CPU), a Conv2D or a MaxPool2D whose output reaches a Conv2D
+    through nothing but ReLU and Dropout layers hands it on as the NCHW view of its planes
+    (``planes_out``; ops/layout.py): the ReLU and Dropout passes keep the layout (the backend's
+    element-wise kernels write their outputs and masks laid out as their inputs; Dropout lays its
+    keep mask out so), and the next convolution, on the spectral route, reads the planes without a
+    transpose. Backward, that convolution gives its input's gradient as planes again (its input was
+    planes), so the layers before read it without a transpose either. This takes two transposes
+    forward and two backward out of each such link (the big model at 128: 16 of the 24 million
+    elements its layout passes moved a step), with the same values in the same order, so the same
+    bits (tests/test_planes_through.py). A convolution on the columns route gives NCHW output
+    whatever the flag; a pooling gives planes only where it pooled planes (the input was planes)."""
+    from .layers.activations import ReLU
+    from .layers.conv import Conv2D
+    from .layers.dropout import Dropout
+    from .layers.pooling import MaxPool2D
+    if backend.few_launches:
+        return
+    for i, layer in enumerate(layers):
+        if type(layer) not in (Conv2D, MaxPool2D):
+            continue
+        j = i + 1
+        while j < len(layers) and type(layers[j]) in (ReLU, Dropout):
+            j += 1
+        if j < len(layers) and type(layers[j]) is Conv2D:
+            layer.planes_out = True
+
+
 class Sequential(LayerStack, TrainingMixin):
     """Layers applied in order. ``input_shape`` excludes the batch axis, e.g. (1, 28, 28)."""
 
@@ -318,6 +346,7 @@ class Sequential(LayerStack, TrainingMixin):
         _link_bias_relu(self.layers, self.backend)
         _link_relu_pool(self.layers, self.backend)
         _link_conv_pool(self.layers, self.backend)
+        _link_planes(self.layers, self.backend)
         token = _link_token(self)
         for layer in self.layers:
             layer._linked_by = token

@@ -54,7 +54,7 @@ def _config_value(v):
 class Conv2D(Layer):
     """y = conv(x, W) + b with stride and "valid" / "same" / explicit zero padding."""
 
-    planes_out = False   # set by Sequential when a max pooling that reads planes comes next
+    planes_out = False   # set by Sequential when a max pooling or a convolution reads planes next
     pool_link = None     # (that MaxPool2D, whether it applies a ReLU): see forward_pooled
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", use_bias=True,
@@ -88,7 +88,8 @@ class Conv2D(Layer):
             y, self.cache = ops.conv2d_forward(self.xp, x, self.params["W"], None, self.strides, self.pads)
             self.cache["has_bias"] = True
             return relu.take(self.backend.bias_relu(y, self.params["b"], 1))
-        # a max pooling that reads the spectral route's planes comes next (model._link_conv_pool)
+        # a max pooling or a convolution that reads the spectral route's planes comes next
+        # (model._link_conv_pool, model._link_planes)
         planes = {"planes_out": True} if self.planes_out and ops.current() == "fast" else {}
         y, self.cache = ops.conv2d_forward(self.xp, x, self.params["W"], self.params.get("b"),
                                            self.strides, self.pads, **planes)

@@ -3,6 +3,7 @@ by 1 / (1 - rate); in evaluation the layer is the identity."""
 import numbers
 
 from ..errors import ConfigError
+from ..ops.layout import planes_of, to_planes
 from .base import Layer
 
 
@@ -23,7 +24,10 @@ class Dropout(Layer):
         keep = 1.0 - self.rate
         # data-parallel: this rank's rows of the global batch's mask (the same masks as one process)
         rng = self.rng if self.distributed is None else self.distributed.rows(self.rng)
-        y, self.mask = self.backend.dropout_forward(x, rng.bernoulli_mask(keep, x.shape), 1.0 / keep)
+        mask = rng.bernoulli_mask(keep, x.shape)
+        if planes_of(x) is not None:   # x is the NCHW view of planes: the mask laid out as x
+            mask = to_planes(self.xp, mask).transpose(2, 3, 0, 1)   # (model._link_planes)
+        y, self.mask = self.backend.dropout_forward(x, mask, 1.0 / keep)
         return y
 
     def backward(self, grad):

@@ -13,6 +13,7 @@ from .conv import output_hw, pair, spatial_input
 class _Pool2D(Layer):
     kind = None  # "max" or "avg"
     relu_mask = None  # after forward(..., relu=True): the mask of the ReLU applied to the output
+    planes_out = False  # set by Sequential when a convolution comes next (model._link_planes)
     constants = ("share",)  # avg pooling with padding: the share of real cells per window
 
     def __init__(self, pool_size=2, strides=None, padding="valid", name=None):
@@ -50,7 +51,8 @@ class _Pool2D(Layer):
         if any(self.pads):
             x = self._pad(x, -self.xp.inf if self.kind == "max" else 0.0)
         if self.kind == "max":
-            y, self.cache = ops.maxpool2d_forward(self.xp, x, self.pool_size, self.strides)
+            planes = {"planes_out": True} if self.planes_out and ops.current() == "fast" else {}
+            y, self.cache = ops.maxpool2d_forward(self.xp, x, self.pool_size, self.strides, **planes)
             if relu:
                 y, self.relu_mask = self.backend.relu_forward(y)
             return y

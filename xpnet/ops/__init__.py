@@ -9,7 +9,9 @@ chosen per shape, reshaped pooling; see fast.py). Layers call the functions belo
         x (N, C, H, W); W (F, C, kh, kw); b (F,) or None; stride (sh, sw);
         padding (top, bottom, left, right) ints.  y (N, F, Ho, Wo).
     conv2d_backward(xp, dy, cache, need_dx=True) -> (dx or None, dW, db or None)
-    maxpool2d_forward(xp, x, pool, stride) -> (y, cache)        pool, stride: (h, w); no padding
+    maxpool2d_forward(xp, x, pool, stride, planes_out=False) -> (y, cache)
+        pool, stride: (h, w); no padding. planes_out: an input that is the NCHW view of planes
+        may give y so too (ops/layout.py; the reference ignores it).
     maxpool2d_backward(xp, dy, cache) -> dx
     avgpool2d_forward(xp, x, pool, stride) -> (y, cache)
     avgpool2d_backward(xp, dy, cache) -> dx

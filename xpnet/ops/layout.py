@@ -5,8 +5,10 @@ left-multiplications of large contiguous blocks; NCHW <-> planes is then one 2-D
 (N*C, H*W). A layer may also hand on its output as the NCHW *view* of a planes array (no copy:
 ``x.transpose(2, 3, 0, 1)``): max pooling then pools the planes, where every window offset is a
 slice of long contiguous rows, and returns its gradient the same way, so that the convolution's
-backward reads it as planes without a transpose (``planes_of``). Any other consumer reads the view
-as an ordinary NCHW array (same values, only slower strides).
+backward reads it as planes without a transpose (``planes_of``); a spectral convolution reads such
+an input as it is, and gives its gradient back so (model._link_planes: through ReLU and Dropout,
+whose CPU kernels keep the layout). Any other consumer reads the view as an ordinary NCHW array
+(same values, only slower strides).
 """
 from ..backends import backend_of
 

@@ -56,10 +56,11 @@ def check_pool_grad(dy, y):
         raise ShapeError(f"maxpool2d_backward: dy has shape {tuple(dy.shape)}, expected {tuple(y.shape)}")
 
 
-def maxpool2d_forward(xp, x, pool, stride):
+def maxpool2d_forward(xp, x, pool, stride, planes_out=False):
     """(y, cache): the backend's max pooling (one fused kernel on a GPU; the reference below on the
-    CPU backends)."""
-    return backend_of(x).maxpool2d_forward(x, pool, stride)
+    CPU backends). ``planes_out``: an input that is the NCHW view of planes may give its output as
+    such a view too (for a spectral convolution after it, through ReLU and Dropout: model.py)."""
+    return backend_of(x).maxpool2d_forward(x, pool, stride, planes_out)
 
 
 def maxpool2d_backward(xp, dy, cache):
@@ -67,7 +68,7 @@ def maxpool2d_backward(xp, dy, cache):
     return backend_of(dy).maxpool2d_backward(dy, cache)
 
 
-def maxpool2d_forward_xp(xp, x, pool, stride):
+def maxpool2d_forward_xp(xp, x, pool, stride, planes_out=False):
     """Max over each (ph, pw) window: ``maximum`` of one strided view per window offset.
 
     ``maximum`` propagates NaN, so a window holding a NaN yields NaN. No argmax is stored: the
@@ -79,7 +80,7 @@ def maxpool2d_forward_xp(xp, x, pool, stride):
     (ph, pw), (sh, sw) = pool, stride
     backend = backend_of(x)
     if (ph, pw) == (sh, sw) and not backend.few_launches:
-        return _winners_forward(xp, backend, x, ph, pw)
+        return _winners_forward(xp, backend, x, ph, pw, planes_out)
     ho, wo = out_size(x.shape[2], ph, sh), out_size(x.shape[3], pw, sw)
     y = xp.empty(x.shape[:2] + (ho, wo), dtype=x.dtype)
 
@@ -178,15 +179,16 @@ def _fold_windows(xp, backend, m, k_of, planes, pool, kept, bias=None):
     _fold(xp, m, k_of, lambda k: _offset_view(planes, k, pool, ho, wo), pool[0] * pool[1], scratch)
 
 
-def _winners_forward(xp, backend, x, ph, pw):
+def _winners_forward(xp, backend, x, ph, pw, planes_out=False):
     """(y, cache) for stride == pool: y as in maxpool2d_forward_xp (the same ``maximum`` calls in
     the same order, so the same bits), plus the first maximum's offset: an offset replaces the
     current winner only when strictly greater, so ties keep the earliest. A NaN is handled after
     the fold, only in chunks that have one: the winner is the window's first NaN. An input that is
-    the NCHW view of planes is pooled as planes (``_planes_forward``)."""
+    the NCHW view of planes is pooled as planes (``_planes_forward``; with ``planes_out`` its
+    output stays planes too)."""
     planes = planes_of(x)
     if planes is not None:
-        return _planes_forward(xp, backend, planes, ph, pw)
+        return _planes_forward(xp, backend, planes, ph, pw, planes_out)
     n, c, h, w = x.shape
     ho, wo = h // ph, w // pw
     planes = x.reshape(n * c, h, w)
@@ -262,10 +264,11 @@ def _winners_backward(xp, backend, dy, winners):
 
 # -- the same on planes (H, W, N*C): each window offset of a band of output rows is a slice whose
 # rows are N*C long and contiguous, so no copy is needed and every pass streams
-def _planes_forward(xp, backend, planes, ph, pw):
+def _planes_forward(xp, backend, planes, ph, pw, planes_out=False):
     """``_winners_forward`` for an input given as planes (H, W, N, C): the same ``maximum`` and
     ``greater`` of the same values in the same offset order, so the same y and index bits; y comes
-    back as a contiguous NCHW array, the index stays in planes order."""
+    back as a contiguous NCHW array (with ``planes_out``: as the NCHW view of its planes, for a
+    spectral convolution after it), the index stays in planes order."""
     h, w, n, c = planes.shape
     ho, wo, nc = h // ph, w // pw, n * c
     bands = planes[:ho * ph].reshape(ho, ph, w, nc)
@@ -287,7 +290,8 @@ def _planes_forward(xp, backend, planes, ph, pw):
             _fold(xp, y[t], index[t], lambda k, t=t: view(t, k), ph * pw, scratch)
 
     backend.split(part, ho, planes.size)
-    out = from_planes(xp, y.reshape(ho, wo, n, c))
+    y = y.reshape(ho, wo, n, c)
+    out = y.transpose(2, 3, 0, 1) if planes_out else from_planes(xp, y)
     return out, (Winners(index, (n, c, h, w), (ph, pw), planes=True), out, (ph, pw), (ph, pw))
 
 

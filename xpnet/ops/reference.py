@@ -65,7 +65,7 @@ def _pool_windows(xp, x, pool, stride):
     return wins, ho, wo                                                 # (N, C, ph*pw, Ho, Wo)
 
 
-def maxpool2d_forward(xp, x, pool, stride):
+def maxpool2d_forward(xp, x, pool, stride, planes_out=False):   # planes_out: a layout hint, unused here
     wins, ho, wo = _pool_windows(xp, x, pool, stride)
     arg = wins.argmax(axis=2)                                           # first maximum on ties
     y = xp.take_along_axis(wins, arg[:, :, None], axis=2)[:, :, 0]

@@ -38,7 +38,7 @@ from ..backends.base import real_form
 from . import dft
 from .gemm import wide_matmul
 from .geometry import output_hw, padded_hw, spectral_frame
-from .layout import from_planes, to_planes
+from .layout import from_planes, planes_of, to_planes
 
 # Bytes of Z per chunk of bins on the CPU: 256 KiB-1 MiB within noise here (AMD EPYC, 1 MiB L2 per
 # core); the forward product of 544 bins of 256 x 64 (batch 128) took 11 ms instead of 18 ms with
@@ -242,6 +242,8 @@ def forward(xp, x, W, b, stride, padding, planes_out=False):
     else:
         Y, kept = _cpu_forward_product(xp, S, K), {"S": S, "K": K}
     kept["frame"] = (hp, wp)
+    # an input given as the NCHW view of planes gets its gradient so too (model._link_planes)
+    kept["planes_in"] = planes_of(x) is not None
     if b is not None:   # a constant adds hp*wp times itself to the real part of the zero bin
         zero_bin = Y[0, :n]
         xp.add(zero_bin, (b if b.dtype == dt else b.astype(dt)).reshape(1, f) * (hp * wp), out=zero_bin)
@@ -279,4 +281,6 @@ def backward(xp, dy, cache, need_dx):
         return None, dW, db
     out = dft.image(xp, DX.reshape(khalf, wp, 2, n, c), dft.inverse_w(xp, dt, w, left, 1, wp),
                     dft.inverse_h(xp, dt, h, top, 1, hp, wp), h, w)              # (H, W, N, C)
+    if cache.get("planes_in") and not backend_of(out).few_launches:
+        return out.transpose(2, 3, 0, 1), dW, db
     return from_planes(xp, out), dW, db
