@@ -142,6 +142,19 @@ class Background:
         return job
 
 
+def in_memory_order(*arrays):
+    """The arrays with their axes in the order of their memory, where they all are one permutation
+    of C-contiguous arrays (the NCHW views of planes, ops/layout.py: (H, W, N, C) contiguous), so
+    that an element-wise pass over pieces of the first axis streams whole rows; else as they are.
+    Element-wise, the same values in the same places either way."""
+    a = arrays[0]
+    if a.flags.c_contiguous or a.ndim < 2:
+        return arrays
+    order = tuple(sorted(range(a.ndim), key=lambda i: -a.strides[i]))
+    views = tuple(v.transpose(order) for v in arrays)
+    return views if all(v.flags.c_contiguous for v in views) else arrays
+
+
 class ElementwiseKernels:
     """relu_forward, multiply, dropout_forward, matmul: threaded versions of the hottest
     expressions, and ``split`` to run any ``part(slice)`` over pieces of a leading axis."""
@@ -219,12 +232,13 @@ class ElementwiseKernels:
         one: ops/layout.py)."""
         y = numpy.empty_like(x)
         mask = numpy.empty_like(x, dtype=bool)
+        xs, ys, ms = in_memory_order(x, y, mask)
 
         def part(s):
-            numpy.maximum(x[s], 0, out=y[s])
-            numpy.greater(y[s], 0, out=mask[s])
+            numpy.maximum(xs[s], 0, out=ys[s])
+            numpy.greater(ys[s], 0, out=ms[s])
 
-        self._run(part, len(x), x.size)
+        self._run(part, len(xs), x.size)
         return y, mask
 
     def multiply(self, a, b):
@@ -233,11 +247,12 @@ class ElementwiseKernels:
         if a.shape != b.shape or a.ndim == 0:
             return a * b
         out = numpy.empty_like(a, dtype=numpy.result_type(a, b))
+        as_, bs, outs = in_memory_order(a, b, out)
 
         def part(s):
-            numpy.multiply(a[s], b[s], out=out[s])
+            numpy.multiply(as_[s], bs[s], out=outs[s])
 
-        self._run(part, len(a), a.size)
+        self._run(part, len(as_), a.size)
         return out
 
     def dropout_forward(self, x, keep, scale):
@@ -246,10 +261,11 @@ class ElementwiseKernels:
         mask = numpy.empty_like(x)
         y = numpy.empty_like(x)
         value = x.dtype.type(scale)
+        xs, ks, ms, ys = in_memory_order(x, keep, mask, y)
 
         def part(s):
-            numpy.multiply(keep[s], value, out=mask[s])
-            numpy.multiply(x[s], mask[s], out=y[s])
+            numpy.multiply(ks[s], value, out=ms[s])
+            numpy.multiply(xs[s], ms[s], out=ys[s])
 
-        self._run(part, len(x), x.size)
+        self._run(part, len(xs), x.size)
         return y, mask

@@ -149,3 +149,17 @@ def test_the_element_wise_kernels_keep_the_layout_of_planes():
     out0, m0 = backend.dropout_forward(x, keep, 1 / 0.7)
     assert layout.planes_of(out) is not None and layout.planes_of(m) is not None
     assert out.tobytes(order="C") == out0.tobytes() and m.tobytes(order="C") == m0.tobytes()
+
+
+def test_element_wise_passes_run_over_the_planes_in_memory_order():
+    """The kernels cut a pass over the first axis of the arrays' memory order: for the NCHW view
+    of planes that is H, whose pieces are long contiguous rows (over N, a piece of the view has
+    runs of a few images' channels). Arrays laid out differently are passed on as they are."""
+    from xpnet.backends.numpy_kernels import in_memory_order
+    x = np.zeros((4, 3, 6, 5), np.float32)
+    v, w = as_planes_view(x), as_planes_view(x + 1)
+    pv, pw = in_memory_order(v, w)
+    assert pv.shape == (6, 5, 4, 3) and pv.flags.c_contiguous and np.shares_memory(pv, v)
+    assert pw.flags.c_contiguous and np.shares_memory(pw, w)
+    assert all(a is b for a, b in zip(in_memory_order(v, x), (v, x))), "mixed layouts: as they are"
+    assert in_memory_order(x, x)[0] is x
