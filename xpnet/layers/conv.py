@@ -51,6 +51,13 @@ def _config_value(v):
     return list(v) if isinstance(v, tuple) else v
 
 
+def planes_kwargs(layer):
+    """{"planes_out": True} for a Conv2D or MaxPool2D that hands its output on as planes (a max
+    pooling or a convolution that reads planes comes next: model._link_conv_pool, _link_planes),
+    with the fast ops (the reference ops take no such hint), else {}."""
+    return {"planes_out": True} if layer.planes_out and ops.current() == "fast" else {}
+
+
 class Conv2D(Layer):
     """y = conv(x, W) + b with stride and "valid" / "same" / explicit zero padding."""
 
@@ -88,11 +95,8 @@ class Conv2D(Layer):
             y, self.cache = ops.conv2d_forward(self.xp, x, self.params["W"], None, self.strides, self.pads)
             self.cache["has_bias"] = True
             return relu.take(self.backend.bias_relu(y, self.params["b"], 1))
-        # a max pooling or a convolution that reads the spectral route's planes comes next
-        # (model._link_conv_pool, model._link_planes)
-        planes = {"planes_out": True} if self.planes_out and ops.current() == "fast" else {}
         y, self.cache = ops.conv2d_forward(self.xp, x, self.params["W"], self.params.get("b"),
-                                           self.strides, self.pads, **planes)
+                                           self.strides, self.pads, **planes_kwargs(self))
         return y
 
     def forward_pooled(self, x, training=False):

@@ -3,7 +3,7 @@ by 1 / (1 - rate); in evaluation the layer is the identity."""
 import numbers
 
 from ..errors import ConfigError
-from ..ops.layout import planes_of, to_planes
+from ..ops.layout import laid_out_as
 from .base import Layer
 
 
@@ -24,9 +24,8 @@ class Dropout(Layer):
         keep = 1.0 - self.rate
         # data-parallel: this rank's rows of the global batch's mask (the same masks as one process)
         rng = self.rng if self.distributed is None else self.distributed.rows(self.rng)
-        mask = rng.bernoulli_mask(keep, x.shape)
-        if planes_of(x) is not None:   # x is the NCHW view of planes: the mask laid out as x
-            mask = to_planes(self.xp, mask).transpose(2, 3, 0, 1)   # (model._link_planes)
+        # x may be the NCHW view of planes (model._link_planes): the mask laid out as x
+        mask = laid_out_as(self.xp, rng.bernoulli_mask(keep, x.shape), x)
         y, self.mask = self.backend.dropout_forward(x, mask, 1.0 / keep)
         return y
 

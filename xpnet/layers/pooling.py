@@ -7,7 +7,7 @@ from .. import ops
 from ..ops.geometry import pad, resolve_padding
 from ..errors import ConfigError
 from .base import Layer
-from .conv import output_hw, pair, spatial_input
+from .conv import output_hw, pair, planes_kwargs, spatial_input
 
 
 class _Pool2D(Layer):
@@ -51,8 +51,8 @@ class _Pool2D(Layer):
         if any(self.pads):
             x = self._pad(x, -self.xp.inf if self.kind == "max" else 0.0)
         if self.kind == "max":
-            planes = {"planes_out": True} if self.planes_out and ops.current() == "fast" else {}
-            y, self.cache = ops.maxpool2d_forward(self.xp, x, self.pool_size, self.strides, **planes)
+            y, self.cache = ops.maxpool2d_forward(self.xp, x, self.pool_size, self.strides,
+                                                  **planes_kwargs(self))
             if relu:
                 y, self.relu_mask = self.backend.relu_forward(y)
             return y

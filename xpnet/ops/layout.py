@@ -52,12 +52,15 @@ def to_planes(xp, x):
     return out
 
 
-def from_planes(xp, a):
+def from_planes(xp, a, view=False):
     """(H, W, N, C) -> (N, C, H, W) contiguous: a 2-D transpose of (H*W, N*C). On the CPU in blocks
     of positions (cache-sized) on the backend's threads; where launches cost more than strided
-    copies (``backend.few_launches``: GPUs) one strided copy."""
+    copies (``backend.few_launches``: GPUs) one strided copy. With ``view`` (a layer next reads
+    planes: model.py's links), on the CPU the NCHW view of ``a`` instead, no copy."""
     h, w, n, c = a.shape
     backend = backend_of(a)
+    if view and not backend.few_launches:
+        return a.transpose(2, 3, 0, 1)
     if backend.few_launches:
         return xp.ascontiguousarray(a.transpose(2, 3, 0, 1))
     cols = a.reshape(h * w, n * c)
@@ -69,3 +72,11 @@ def from_planes(xp, a):
 
     backend.split(blocks, -(-h * w // TRANSPOSE_BLOCK), a.size)
     return out.reshape(n, c, h, w)
+
+
+def laid_out_as(xp, a, like):
+    """The NCHW array ``a`` laid out as ``like``: where ``like`` is the NCHW view of planes, a's
+    values as such a view too (one to_planes copy), else ``a`` itself."""
+    if planes_of(like) is None:
+        return a
+    return from_planes(xp, to_planes(xp, a), view=True)

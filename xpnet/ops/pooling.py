@@ -290,8 +290,7 @@ def _planes_forward(xp, backend, planes, ph, pw, planes_out=False):
             _fold(xp, y[t], index[t], lambda k, t=t: view(t, k), ph * pw, scratch)
 
     backend.split(part, ho, planes.size)
-    y = y.reshape(ho, wo, n, c)
-    out = y.transpose(2, 3, 0, 1) if planes_out else from_planes(xp, y)
+    out = from_planes(xp, y.reshape(ho, wo, n, c), view=planes_out)
     return out, (Winners(index, (n, c, h, w), (ph, pw), planes=True), out, (ph, pw), (ph, pw))
 
 

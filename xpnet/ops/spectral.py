@@ -249,9 +249,7 @@ def forward(xp, x, W, b, stride, padding, planes_out=False):
         xp.add(zero_bin, (b if b.dtype == dt else b.astype(dt)).reshape(1, f) * (hp * wp), out=zero_bin)
     out = dft.image(xp, Y.reshape(khalf, wp, 2, n, f), dft.inverse_w(xp, dt, wo, 0, sw, wp),
                     dft.inverse_h(xp, dt, ho, 0, sh, hp, wp), ho, wo)            # (Ho, Wo, N, F)
-    if planes_out and not backend_of(out).few_launches:
-        return out.transpose(2, 3, 0, 1), kept
-    return from_planes(xp, out), kept
+    return from_planes(xp, out, view=planes_out), kept
 
 
 def backward(xp, dy, cache, need_dx):
@@ -281,6 +279,4 @@ def backward(xp, dy, cache, need_dx):
         return None, dW, db
     out = dft.image(xp, DX.reshape(khalf, wp, 2, n, c), dft.inverse_w(xp, dt, w, left, 1, wp),
                     dft.inverse_h(xp, dt, h, top, 1, hp, wp), h, w)              # (H, W, N, C)
-    if cache.get("planes_in") and not backend_of(out).few_launches:
-        return out.transpose(2, 3, 0, 1), dW, db
-    return from_planes(xp, out), dW, db
+    return from_planes(xp, out, view=cache.get("planes_in", False)), dW, db
