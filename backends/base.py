@@ -153,6 +153,13 @@ class Backend:
         the caller runs ``pooling._scatter``'s passes (as window_max_2x2)."""
         return False
 
+    def bin_products(self, kind, arrays, gauss, need_dx=True):
+        """A function (b0, b1) that makes the spectral route's per-bin products of the bins b0:b1
+        in one compiled call (backends/compiled.py's ``bin_products`` says which), or None: the
+        caller runs its own passes (here always; the NumPy backend's compiled calls give their
+        bits)."""
+        return None
+
     def affine_warp(self, x, matrices, fill=0.0, mode="constant"):
         """Bilinear warp of each image of x (N, C, H, W) by its inverse map (N, 2, 3), in centred
         coordinates (xpnet/augment.py holds the reference and the conventions)."""

@@ -1,4 +1,5 @@
-"""Compiled CPU kernels for the passes NumPy runs slowly: max pooling's 2x2 windows (optional).
+"""Compiled CPU kernels for the passes NumPy runs slowly: max pooling's 2x2 windows and the
+spectral route's per-bin complex products (optional).
 
 NumPy pools a 2x2 window by one pass per window offset over a strided view (pooling._fold), each
 a copy and three ufunc calls, and scatters the gradient back the same way (pooling._scatter): about
@@ -10,7 +11,14 @@ calls. The price: numba (with LLVM) is imported the first time a kernel runs, ab
 about 100 MB of memory more in that process (measured: 39 -> 143 MB resident; 156 MB where scipy
 is installed, which numba then imports too); ``$XPNET_COMPILED=0`` avoids both.
 
-Same bits as NumPy's passes (tests/test_compiled.py, against pooling._fold and _scatter):
+The spectral products (compiled_products.py, ``bin_products``) are NumPy's own calls, GEMMs included,
+made for a whole piece of frequency bins in one call that never takes the GIL, where NumPy's path
+makes about ten calls a chunk of bins, each taking and giving back the GIL: on two threads the
+pieces then run without waiting for each other. They need NumPy's wheels' BLAS (scipy-openblas,
+whose GEMM they call); with another BLAS NumPy's path runs.
+
+Same bits as NumPy's passes (tests/test_compiled.py, against pooling._fold and _scatter;
+tests/test_compiled_products.py, against the spectral route's NumPy path):
 - ``window_max_2x2``: per window the maximum and the offset (0..3, row-major) of its first
   maximum. The value follows ``numpy.maximum(m, v)`` offset by offset, which keeps the later
   operand when the two compare equal (+0.0 and -0.0), and the offset moves only when a value is
@@ -36,6 +44,8 @@ INSTALLED = importlib.util.find_spec("numba") is not None
 _kernels = None   # backends/compiled_kernels.py once loaded
 _unusable = None  # why numba, though installed, could not be used here (its import error), once tried
 _loading = threading.Lock()
+_products = None   # compiled_products.KERNELS once loaded
+_no_products = None   # why the spectral products are not compiled here (NumPy's BLAS), once tried
 
 
 def _switch():
@@ -74,7 +84,8 @@ def describe():
         return f"off (XPNET_COMPILED=0; numba {version} installed)"
     if kernels() is None:
         return f"off (numba {version} is installed but cannot be imported: {_unusable}; NumPy's passes run)"
-    return f"on (numba {version}; XPNET_COMPILED=0 turns them off)"
+    spectral = "on" if products() is not None else f"off: {_no_products}; NumPy's passes run"
+    return f"on (numba {version}; spectral products {spectral}; XPNET_COMPILED=0 turns them off)"
 
 
 def kernels():
@@ -165,3 +176,67 @@ def _picks(dtype):
     table = numpy.zeros((256, 4), dtype=dtype)
     table[numpy.arange(4), numpy.arange(4)] = 1
     return table
+
+
+def products():
+    """compiled_products.KERNELS, imported on first use, or None: numba unusable (``kernels()``
+    warns), or NumPy's BLAS not the one those kernels call (said by ``describe()``, no warning:
+    NumPy's path gives the same results)."""
+    global _products, _no_products
+    if _products is None and _no_products is None and kernels() is not None:
+        with _loading:
+            if _products is None and _no_products is None:
+                try:
+                    from .compiled_products import KERNELS
+                except ImportError as exc:
+                    _no_products = str(exc)
+                else:
+                    _products = KERNELS
+    return _products
+
+
+def _gemm_shapes(kind, n, c, f, gauss):
+    """(rows, columns) of each GEMM the kernel of ``kind`` makes for a bin: NumPy's matmul takes
+    a GEMV or a dot where one has a single row or column (other bits), so those stay NumPy's."""
+    if kind == "forward":
+        return [(n, f)] if gauss else [(2 * n, f)]
+    return [(c, f), (n, c)] if gauss else [(2 * c, f), (2 * n, 2 * c)]
+
+
+def bin_products(kind, arrays, gauss, need_dx=True):
+    """A function (b0, b1) that makes the spectral route's products of the frequency bins b0:b1
+    in one compiled call without the GIL (compiled_products.py: the bits of ops/spectral.py's
+    NumPy path), or None where that path must run (numba or its BLAS not here, another dtype,
+    arrays not C-contiguous, a product with one row or column). ``kind`` "forward": arrays (S, K,
+    Y), Y (bins, 2N, F) <- S (bins, 2N, C) times K (bins, 2C, F); "backward": (S, DY, K, G, DX),
+    G (bins, 2C, F) and, when ``need_dx``, DX (bins, 2N, C) (else None). ``gauss``: three real
+    GEMMs a complex product instead of the real form's one (spectral.three_multiply)."""
+    if not available():
+        return None
+    first = arrays[0]
+    given = [a for a in arrays if a is not None]
+    if not (first.dtype.type in DTYPES and first.dtype.isnative and first.ndim == 3
+            and all(a.dtype == first.dtype and a.ndim == 3 and a.flags.c_contiguous for a in given)):
+        return None
+    bins, n2, c = first.shape
+    n = n2 // 2
+    if kind == "forward":
+        S, K, Y = arrays
+        f = K.shape[2]
+        fits = K.shape == (bins, 2 * c, f) and Y.shape == (bins, n2, f)
+    else:
+        S, DY, K, G, DX = arrays
+        f = DY.shape[2]
+        fits = (DY.shape == (bins, n2, f) and K.shape == (bins, 2 * c, f) and G.shape == (bins, 2 * c, f)
+                and (DX is None if not need_dx else DX is not None and DX.shape == (bins, n2, c)))
+    if not (fits and n2 == 2 * n and min(n, c) >= 1
+            and all(min(shape) > 1 for shape in _gemm_shapes(kind, n, c, f, gauss))):
+        return None
+    table = products()
+    if table is None:
+        return None
+    kernel = table[kind][1 if gauss else 0]
+    if kind == "forward":
+        return lambda b0, b1: kernel(S, K, Y, max(b0, 0), min(b1, bins))
+    DX = DX if need_dx else numpy.empty((0, 0, 0), dtype=first.dtype)
+    return lambda b0, b1: kernel(S, DY, K, G, DX, max(b0, 0), min(b1, bins), need_dx)

@@ -145,6 +145,9 @@ class NumpyBackend(Backend):
     def unpool_2x2(self, k_of, d, x):
         return compiled.unpool_2x2(k_of, d, x)
 
+    def bin_products(self, kind, arrays, gauss, need_dx=True):
+        return compiled.bin_products(kind, arrays, gauss, need_dx)
+
     def ignore_float_errors(self):
         return numpy.errstate(over="ignore", invalid="ignore")
 

@@ -329,7 +329,12 @@ def test_the_backend_offers_the_kernels_only_on_numpy():
 
 def test_describe_says_whether_they_run_and_why_not(monkeypatch):
     import numba
-    assert compiled.describe() == f"on (numba {numba.__version__}; XPNET_COMPILED=0 turns them off)"
+    assert compiled.describe() == (f"on (numba {numba.__version__}; spectral products on; "
+                                   "XPNET_COMPILED=0 turns them off)")
+    monkeypatch.setattr(compiled, "_products", None)
+    monkeypatch.setattr(compiled, "_no_products", "NumPy's BLAS is 'mkl'")
+    assert compiled.describe() == (f"on (numba {numba.__version__}; spectral products off: NumPy's BLAS is "
+                                   "'mkl'; NumPy's passes run; XPNET_COMPILED=0 turns them off)")
     monkeypatch.setattr(compiled, "ENABLED", 0)
     assert compiled.describe() == f"off (XPNET_COMPILED=0; numba {numba.__version__} installed)"
     monkeypatch.setattr(compiled, "INSTALLED", False)

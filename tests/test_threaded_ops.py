@@ -183,13 +183,16 @@ def _spectral_products_of_z_whole(backend, seed, dtype):
                       np.concatenate([Q[:, :n, c:] - Q[:, n:, :c], Q[:, :n, :c] + Q[:, n:, c:]], axis=1)]
 
 
+@pytest.mark.parametrize("compiled", [0, 1])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("need_dx", [True, False])
-def test_spectral_chunks_of_z_give_the_bits_of_z_whole(small_splits, monkeypatch, dtype, need_dx):
+def test_spectral_chunks_of_z_give_the_bits_of_z_whole(small_splits, monkeypatch, dtype, need_dx, compiled):
     """On the CPU the spectral route builds the real form Z chunk by chunk of bins (forward: Y = Z K;
     backward: G = Z^T DY beside dX's Q = DY K^T) instead of once whole, as a GPU does: the same
-    bits as the products of Z whole, with chunks that do not divide the bins, on 1-3 threads."""
+    bits as the products of Z whole, with chunks that do not divide the bins, on 1-3 threads, with
+    NumPy's passes and with the compiled calls (where numba runs: tests/test_compiled_products.py)."""
     from xpnet.ops import spectral
+    monkeypatch.setattr(spectral, "COMPILED_PRODUCTS", compiled)
     backend = small_splits
     S, K, DY, want = _spectral_products_of_z_whole(backend, 3, dtype)
     n, c = S.shape[1] // 2, S.shape[2]
@@ -205,15 +208,18 @@ def test_spectral_chunks_of_z_give_the_bits_of_z_whole(small_splits, monkeypatch
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("compiled", [0, 1])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("need_dx", [True, False])
 def test_three_multiply_products_give_the_same_bits_on_any_thread_count_and_chunking(small_splits, monkeypatch,
-                                                                                     dtype, need_dx):
+                                                                                     dtype, need_dx, compiled):
     """From GAUSS_MIN_BATCH images the CPU's per-bin products take three real GEMMs (Gauss): the
     same bits on 1-3 threads and in chunks that do or do not divide the bins, the numbers of the
     real form Z whole (four GEMMs, what GPUs keep) to rounding, and not its bits (the three-GEMM
-    path really ran); one image under the threshold, the bits of Z whole again."""
+    path really ran); one image under the threshold, the bits of Z whole again. With NumPy's
+    passes and with the compiled calls (where numba runs)."""
     from xpnet.ops import spectral
+    monkeypatch.setattr(spectral, "COMPILED_PRODUCTS", compiled)
     backend = small_splits
     S, K, DY, whole = _spectral_products_of_z_whole(backend, 4, dtype)
     bins, n, c = S.shape[0], S.shape[1] // 2, S.shape[2]

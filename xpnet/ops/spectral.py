@@ -31,7 +31,11 @@ the same values as with Z whole, so the bits are the same (tests/test_threaded_o
 builds Z at once (one fused kernel) and keeps it. From GAUSS_MIN_BATCH images the CPU takes three
 real GEMMs a bin instead of Z's four (Gauss's complex product: P1 = Xr Kr, P2 = Xi Ki, P3 = (Xr +
 Xi)(Kr - Ki), Re Y = P1 + P2, Im Y = P3 - P1 + P2), which is faster at large batches and agrees
-with Z to rounding; chunks and threads still give the same bits among themselves.
+with Z to rounding; chunks and threads still give the same bits among themselves. Where the
+backend has them (the NumPy backend with numba: backends/compiled_products.py), a piece of bins is
+one compiled call that makes the same BLAS calls and element-wise steps bin by bin without taking
+the GIL, so two threads' pieces do not wait for each other between NumPy calls; the same bits
+(tests/test_compiled_products.py).
 """
 from ..backends import backend_of
 from ..backends.base import real_form
@@ -61,6 +65,11 @@ TIGHT_FRAME = 1
 # backend keep Z whole and its one GEMM (few launches; a bin's three products and their combine
 # would be more).
 GAUSS_MIN_BATCH = 96
+
+# 1: the CPU's per-bin products run as the backend's compiled calls where it has them
+# (Backend.bin_products); 0: NumPy's passes always. The same bits either way; read per call, for
+# benchmarks/ab_setting.py's in-process comparison.
+COMPILED_PRODUCTS = 1
 
 
 def _kernel_spectrum(xp, W, dt, hp, wp):
@@ -125,6 +134,15 @@ def _z_chunks_built(xp, S, chunk, s):
         yield b, e, Z
 
 
+def _bin_ranges(s, count, chunk, bins):
+    """(b0, b1) for the bins of the chunks ``s`` (a slice of the ``count`` chunks of ``chunk``
+    bins): one range for a run of chunks (the pool's pieces are), else one a chunk."""
+    chunks = range(count)[s]
+    if chunks.step == 1:
+        return [(chunks.start * chunk, min(chunks.stop * chunk, bins))] if chunks else []
+    return [(i * chunk, min((i + 1) * chunk, bins)) for i in chunks]
+
+
 def _gauss_combine(xp, A, B, T, sign):
     """The last step of a three-multiply complex product: with A = P1, B = P3 and T = P2 in place,
     A <- P1 + sign * P2 and B <- P3 - P1 + sign * P2 (in this order, so every path rounds alike)."""
@@ -172,7 +190,16 @@ def _cpu_forward_product(xp, S, K):
             xp.matmul(xp.add(xr, xi), xp.subtract(kr, ki), out=im)
             _gauss_combine(xp, re, im, t, 1)
 
-    backend_of(S).split(part_gauss if _three_multiply(S, K) else part, count, bins * (n2 * (3 * c + f) + 2 * c * f))
+    gauss = _three_multiply(S, K)
+    backend = backend_of(S)
+    compiled = backend.bin_products("forward", (S, K, Y), gauss) if COMPILED_PRODUCTS else None
+
+    def part_compiled(s):   # the same products, a piece of chunks in one call without the GIL
+        for b0, b1 in _bin_ranges(s, count, chunk, bins):
+            compiled(b0, b1)
+
+    backend.split(part_compiled if compiled else part_gauss if gauss else part, count,
+                  bins * (n2 * (3 * c + f) + 2 * c * f))
     return Y
 
 
@@ -214,8 +241,16 @@ def _cpu_backward_products(xp, S, DY, K, need_dx):
                 xp.matmul(xp.add(dr, di), xp.add(kr, ki).transpose(0, 2, 1), out=DX[b:e, n:])
                 _gauss_combine(xp, DX[b:e, :n], DX[b:e, n:], t, -1)
 
-    backend_of(S).split(part_gauss if _three_multiply(S, DY, K) else part, count,
-                        bins * (n2 * (3 * c + 2 * f) + 4 * c * f))
+    gauss = _three_multiply(S, DY, K)
+    backend = backend_of(S)
+    compiled = backend.bin_products("backward", (S, DY, K, G, DX), gauss, need_dx) if COMPILED_PRODUCTS else None
+
+    def part_compiled(s):   # the same products, a piece of chunks in one call without the GIL
+        for b0, b1 in _bin_ranges(s, count, chunk, bins):
+            compiled(b0, b1)
+
+    backend.split(part_compiled if compiled else part_gauss if gauss else part, count,
+                  bins * (n2 * (3 * c + 2 * f) + 4 * c * f))
     return G, DX
 
 
