@@ -63,11 +63,26 @@ def at(a, offset):
 
 @numba.njit(inline="always")
 def mm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, itemsize):
-    """c (m, n) <- op(a) @ op(b), the call numpy.matmul makes for it (alpha 1, beta 0)."""
+    """c (m, n) <- op(a) @ op(b), the call numpy.matmul makes for it (alpha 1, beta 0); the
+    addresses' arrays hold float32 (itemsize 4) or float64."""
     if itemsize == 4:
         sgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc)
     else:
         dgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc)
+
+
+@numba.njit(inline="always")
+def add_blocks(out, a, b):   # out <- a + b, as numpy.add
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] = a[i, j] + b[i, j]
+
+
+@numba.njit(inline="always")
+def subtract_blocks(out, a, b):   # out <- a - b, as numpy.subtract
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] = a[i, j] - b[i, j]
 
 
 @numba.njit(inline="always")
@@ -99,29 +114,27 @@ def real_form(s, z, n, c):   # z (2N, 2C) <- [[Xi, Xr], [-Xr, Xi]] of s (2N, C) 
 @_compiled
 def forward_real_form(S, K, Y, b0, b1):   # Y = Z @ K a bin
     _, n2, c = S.shape
+    w = S.itemsize
     n, f = n2 // 2, K.shape[2]
     z = numpy.empty((n2, 2 * c), S.dtype)
     for b in range(b0, b1):
         real_form(S[b], z, n, c)
-        mm(NO_TRANS, NO_TRANS, n2, f, 2 * c, at(z, 0), 2 * c, at(K, b * 2 * c * f), f, at(Y, b * n2 * f), f, S.itemsize)
+        mm(NO_TRANS, NO_TRANS, n2, f, 2 * c, at(z, 0), 2 * c, at(K, b * 2 * c * f), f, at(Y, b * n2 * f), f, w)
 
 
 @_compiled
 def forward_gauss(S, K, Y, b0, b1):   # P1 = Xr Kr, P2 = Xi Ki, P3 = (Xr + Xi)(Kr - Ki)
     _, n2, c = S.shape
+    w = S.itemsize
     n, f = n2 // 2, K.shape[2]
     t, xs, kd = numpy.empty((n, f), S.dtype), numpy.empty((n, c), S.dtype), numpy.empty((c, f), S.dtype)
     for b in range(b0, b1):
         s, k, y = S[b], K[b], Y[b]
-        mm(NO_TRANS, NO_TRANS, n, f, c, at(S, b * n2 * c), c, at(K, (b * 2 + 1) * c * f), f, at(Y, b * n2 * f), f, S.itemsize)
-        mm(NO_TRANS, NO_TRANS, n, f, c, at(S, (b * 2 + 1) * n * c), c, at(K, b * 2 * c * f), f, at(t, 0), f, S.itemsize)
-        for i in range(n):
-            for j in range(c):
-                xs[i, j] = s[i, j] + s[n + i, j]
-        for i in range(c):
-            for j in range(f):
-                kd[i, j] = k[c + i, j] - k[i, j]
-        mm(NO_TRANS, NO_TRANS, n, f, c, at(xs, 0), c, at(kd, 0), f, at(Y, (b * 2 + 1) * n * f), f, S.itemsize)
+        mm(NO_TRANS, NO_TRANS, n, f, c, at(S, b * n2 * c), c, at(K, (b * 2 + 1) * c * f), f, at(Y, b * n2 * f), f, w)
+        mm(NO_TRANS, NO_TRANS, n, f, c, at(S, (b * 2 + 1) * n * c), c, at(K, b * 2 * c * f), f, at(t, 0), f, w)
+        add_blocks(xs, s[:n], s[n:])
+        subtract_blocks(kd, k[c:], k[:c])
+        mm(NO_TRANS, NO_TRANS, n, f, c, at(xs, 0), c, at(kd, 0), f, at(Y, (b * 2 + 1) * n * f), f, w)
         combine_add(y[:n], y[n:], t)
 
 
@@ -129,13 +142,14 @@ def forward_gauss(S, K, Y, b0, b1):   # P1 = Xr Kr, P2 = Xi Ki, P3 = (Xr + Xi)(K
 def backward_real_form(S, DY, K, G, DX, b0, b1, need_dx):
     # G = Z^T @ DY; Q = DY @ K^T, dX = [Q(:N, C:) - Q(N:, :C); Q(:N, :C) + Q(N:, C:)]
     _, n2, c = S.shape
+    w = S.itemsize
     n, f = n2 // 2, DY.shape[2]
     z, q = numpy.empty((n2, 2 * c), S.dtype), numpy.empty((n2, 2 * c), S.dtype)
     for b in range(b0, b1):
         real_form(S[b], z, n, c)
-        mm(TRANS, NO_TRANS, 2 * c, f, n2, at(z, 0), 2 * c, at(DY, b * n2 * f), f, at(G, b * 2 * c * f), f, S.itemsize)
+        mm(TRANS, NO_TRANS, 2 * c, f, n2, at(z, 0), 2 * c, at(DY, b * n2 * f), f, at(G, b * 2 * c * f), f, w)
         if need_dx:
-            mm(NO_TRANS, TRANS, n2, 2 * c, f, at(DY, b * n2 * f), f, at(K, b * 2 * c * f), f, at(q, 0), 2 * c, S.itemsize)
+            mm(NO_TRANS, TRANS, n2, 2 * c, f, at(DY, b * n2 * f), f, at(K, b * 2 * c * f), f, at(q, 0), 2 * c, w)
             dx = DX[b]
             for i in range(n):
                 for j in range(c):
@@ -148,31 +162,25 @@ def backward_gauss(S, DY, K, G, DX, b0, b1, need_dx):
     # G: P1 = Xr^T Dr, P2 = Xi^T Di, P3 = (Xr + Xi)^T (Dr - Di);
     # dX: P1 = Dr Kr^T, P2 = Di Ki^T, P3 = (Dr + Di)(Kr + Ki)^T
     _, n2, c = S.shape
+    w = S.itemsize
     n, f = n2 // 2, DY.shape[2]
     dt = S.dtype
     t, xs, dd = numpy.empty((c, f), dt), numpy.empty((n, c), dt), numpy.empty((n, f), dt)
     u, ks = numpy.empty((n, c), dt), numpy.empty((c, f), dt)
     for b in range(b0, b1):
         s, k, d, g = S[b], K[b], DY[b], G[b]
-        mm(TRANS, NO_TRANS, c, f, n, at(S, b * n2 * c), c, at(DY, b * n2 * f), f, at(G, (b * 2 + 1) * c * f), f, S.itemsize)
-        mm(TRANS, NO_TRANS, c, f, n, at(S, (b * 2 + 1) * n * c), c, at(DY, (b * 2 + 1) * n * f), f, at(t, 0), f, S.itemsize)
-        for i in range(n):
-            for j in range(c):
-                xs[i, j] = s[i, j] + s[n + i, j]
-            for j in range(f):
-                dd[i, j] = d[i, j] - d[n + i, j]
-        mm(TRANS, NO_TRANS, c, f, n, at(xs, 0), c, at(dd, 0), f, at(G, b * 2 * c * f), f, S.itemsize)
+        mm(TRANS, NO_TRANS, c, f, n, at(S, b * n2 * c), c, at(DY, b * n2 * f), f, at(G, (b * 2 + 1) * c * f), f, w)
+        mm(TRANS, NO_TRANS, c, f, n, at(S, (b * 2 + 1) * n * c), c, at(DY, (b * 2 + 1) * n * f), f, at(t, 0), f, w)
+        add_blocks(xs, s[:n], s[n:])
+        subtract_blocks(dd, d[:n], d[n:])
+        mm(TRANS, NO_TRANS, c, f, n, at(xs, 0), c, at(dd, 0), f, at(G, b * 2 * c * f), f, w)
         combine_add(g[c:], g[:c], t)
         if need_dx:
-            mm(NO_TRANS, TRANS, n, c, f, at(DY, b * n2 * f), f, at(K, (b * 2 + 1) * c * f), f, at(DX, b * n2 * c), c, S.itemsize)
-            mm(NO_TRANS, TRANS, n, c, f, at(DY, (b * 2 + 1) * n * f), f, at(K, b * 2 * c * f), f, at(u, 0), c, S.itemsize)
-            for i in range(n):
-                for j in range(f):
-                    dd[i, j] = d[i, j] + d[n + i, j]
-            for i in range(c):
-                for j in range(f):
-                    ks[i, j] = k[c + i, j] + k[i, j]
-            mm(NO_TRANS, TRANS, n, c, f, at(dd, 0), f, at(ks, 0), f, at(DX, (b * 2 + 1) * n * c), c, S.itemsize)
+            mm(NO_TRANS, TRANS, n, c, f, at(DY, b * n2 * f), f, at(K, (b * 2 + 1) * c * f), f, at(DX, b * n2 * c), c, w)
+            mm(NO_TRANS, TRANS, n, c, f, at(DY, (b * 2 + 1) * n * f), f, at(K, b * 2 * c * f), f, at(u, 0), c, w)
+            add_blocks(dd, d[:n], d[n:])
+            add_blocks(ks, k[c:], k[:c])
+            mm(NO_TRANS, TRANS, n, c, f, at(dd, 0), f, at(ks, 0), f, at(DX, (b * 2 + 1) * n * c), c, w)
             combine_subtract(DX[b, :n], DX[b, n:], u)
 
 
