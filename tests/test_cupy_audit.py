@@ -5,8 +5,9 @@ No GPU is needed: ``import cupy`` works without a driver (only device calls fail
 the CuPy wheel without its CUDA libraries for this (`pip install --no-deps cupy-cuda13x
 cuda-pathfinder`, see .ci/run) and runs ``pytest -m cupy_audit``; without CuPy these tests skip.
 
-The scan is static (Python's ast) over xpnet/ and backends/, except the three files that are
-NumPy-only by design (the NumPy and strict backends and the NumPy kernels):
+The scan is static (Python's ast) over xpnet/ and backends/, except the four files that are
+NumPy-only by design (the NumPy and strict backends, the NumPy kernels, and the compiled spectral
+products, which call NumPy's own BLAS on the addresses of NumPy arrays):
   * namespace: each attribute chain that starts at ``xp`` (``xp.fft.rfft``, ``self.xp.zeros``,
     ``backend.xp.float32``, ``xp.add.at``) must resolve on the ``cupy`` module;
   * arrays: each attribute name used anywhere that is an attribute of ``numpy.ndarray`` must also
@@ -24,7 +25,8 @@ from .helpers import skip_unless_required
 pytestmark = pytest.mark.cupy_audit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUMPY_ONLY = {"backends/numpy_backend.py", "backends/numpy_kernels.py", "backends/strict_backend.py"}
+NUMPY_ONLY = {"backends/numpy_backend.py", "backends/numpy_kernels.py", "backends/strict_backend.py",
+              "backends/compiled_products.py"}
 
 
 def import_cupy():
