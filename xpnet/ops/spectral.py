@@ -143,6 +143,24 @@ def _bin_ranges(s, count, chunk, bins):
     return [(i * chunk, min((i + 1) * chunk, bins)) for i in chunks]
 
 
+def _split_products(backend, kind, arrays, gauss, need_dx, numpy_part, count, chunk, size):
+    """The per-bin products of ``kind`` over the ``count`` chunks of ``chunk`` bins on the
+    backend's threads: each piece of chunks one compiled call without the GIL where the backend
+    has one (Backend.bin_products: the same bits), else ``numpy_part``'s NumPy passes."""
+    compiled = backend.bin_products(kind, arrays, gauss, need_dx) if COMPILED_PRODUCTS else None
+    if compiled is None:
+        backend.split(numpy_part, count, size)
+        return
+    bins = arrays[0].shape[0]
+
+    def part_compiled(s):   # the same products, a piece of chunks in one call
+        for b0, b1 in _bin_ranges(s, count, chunk, bins):
+            compiled(b0, b1)
+
+    # shape: the forward and backward kernels share this piece function (SplitCheck's sites)
+    backend.split(part_compiled, count, size, shape=kind)
+
+
 def _gauss_combine(xp, A, B, T, sign):
     """The last step of a three-multiply complex product: with A = P1, B = P3 and T = P2 in place,
     A <- P1 + sign * P2 and B <- P3 - P1 + sign * P2 (in this order, so every path rounds alike)."""
@@ -191,15 +209,8 @@ def _cpu_forward_product(xp, S, K):
             _gauss_combine(xp, re, im, t, 1)
 
     gauss = _three_multiply(S, K)
-    backend = backend_of(S)
-    compiled = backend.bin_products("forward", (S, K, Y), gauss) if COMPILED_PRODUCTS else None
-
-    def part_compiled(s):   # the same products, a piece of chunks in one call without the GIL
-        for b0, b1 in _bin_ranges(s, count, chunk, bins):
-            compiled(b0, b1)
-
-    backend.split(part_compiled if compiled else part_gauss if gauss else part, count,
-                  bins * (n2 * (3 * c + f) + 2 * c * f))
+    _split_products(backend_of(S), "forward", (S, K, Y), gauss, True, part_gauss if gauss else part,
+                    count, chunk, bins * (n2 * (3 * c + f) + 2 * c * f))
     return Y
 
 
@@ -242,15 +253,8 @@ def _cpu_backward_products(xp, S, DY, K, need_dx):
                 _gauss_combine(xp, DX[b:e, :n], DX[b:e, n:], t, -1)
 
     gauss = _three_multiply(S, DY, K)
-    backend = backend_of(S)
-    compiled = backend.bin_products("backward", (S, DY, K, G, DX), gauss, need_dx) if COMPILED_PRODUCTS else None
-
-    def part_compiled(s):   # the same products, a piece of chunks in one call without the GIL
-        for b0, b1 in _bin_ranges(s, count, chunk, bins):
-            compiled(b0, b1)
-
-    backend.split(part_compiled if compiled else part_gauss if gauss else part, count,
-                  bins * (n2 * (3 * c + 2 * f) + 4 * c * f))
+    _split_products(backend_of(S), "backward", (S, DY, K, G, DX), gauss, need_dx, part_gauss if gauss else part,
+                    count, chunk, bins * (n2 * (3 * c + 2 * f) + 4 * c * f))
     return G, DX
 
 
