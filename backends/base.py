@@ -153,7 +153,7 @@ class Backend:
         the caller runs ``pooling._scatter``'s passes (as window_max_2x2)."""
         return False
 
-    def bin_products(self, kind, arrays, gauss, need_dx=True):
+    def bin_products(self, kind, arrays, gauss, need_dx=True, need_g=True):
         """A function (b0, b1) that makes the spectral route's per-bin products of the bins b0:b1
         in one compiled call (backends/compiled.py's ``bin_products`` says which), or None: the
         caller runs its own passes (here always; the NumPy backend's compiled calls give their
@@ -249,6 +249,27 @@ class Backend:
         backend on one thread): the caller then runs fn when it needs the value. Only for work
         whose result does not depend on where it runs."""
         return None
+
+    def deferring(self):
+        """A context for work whose results are needed only at its end (the model's backward:
+        the weight gradients): inside it ``can_defer`` may be true, and on leaving it every piece
+        given to ``later`` has run. Here nothing is deferred."""
+        return contextlib.nullcontext()
+
+    def can_defer(self):
+        """True where ``later`` would run its pieces beside the caller's work (the NumPy backend
+        on more than one thread, inside ``deferring``): else a caller does the work at once, in
+        the form it has for that."""
+        return False
+
+    def later(self, pieces, then=None):
+        """Run the callables ``pieces`` (independent of each other: any order, any thread), then
+        ``then()``, by the end of the current ``deferring`` context; here at once. For work
+        whose result does not depend on where it runs."""
+        for piece in pieces:
+            piece()
+        if then is not None:
+            then()
 
     # -- captured steps (CUDA graphs) -------------------------------------------------------------
     def capture_stream(self):

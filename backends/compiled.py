@@ -203,14 +203,15 @@ def _gemm_shapes(kind, n, c, f, gauss):
     return [(c, f), (n, c)] if gauss else [(2 * c, f), (2 * n, 2 * c)]
 
 
-def bin_products(kind, arrays, gauss, need_dx=True):
+def bin_products(kind, arrays, gauss, need_dx=True, need_g=True):
     """A function (b0, b1) that makes the spectral route's products of the frequency bins b0:b1
     in one compiled call without the GIL (compiled_products.py: the bits of ops/spectral.py's
     NumPy path), or None where that path must run (numba or its BLAS not here, another dtype,
     arrays not C-contiguous, a product with one row or column). ``kind`` "forward": arrays (S, K,
     Y), Y (bins, 2N, F) <- S (bins, 2N, C) times K (bins, 2C, F); "backward": (S, DY, K, G, DX),
-    G (bins, 2C, F) and, when ``need_dx``, DX (bins, 2N, C) (else None). ``gauss``: three real
-    GEMMs a complex product instead of the real form's one (spectral.three_multiply)."""
+    G (bins, 2C, F) when ``need_g`` (else None) and DX (bins, 2N, C) when ``need_dx`` (else None).
+    ``gauss``: three real GEMMs a complex product instead of the real form's one
+    (spectral.three_multiply)."""
     if not available():
         return None
     first = arrays[0]
@@ -227,7 +228,8 @@ def bin_products(kind, arrays, gauss, need_dx=True):
     else:
         S, DY, K, G, DX = arrays
         f = DY.shape[2]
-        fits = (DY.shape == (bins, n2, f) and K.shape == (bins, 2 * c, f) and G.shape == (bins, 2 * c, f)
+        fits = (DY.shape == (bins, n2, f) and K.shape == (bins, 2 * c, f) and (need_g or need_dx)
+                and (G is None if not need_g else G is not None and G.shape == (bins, 2 * c, f))
                 and (DX is None if not need_dx else DX is not None and DX.shape == (bins, n2, c)))
     if not (fits and n2 == 2 * n and min(n, c) >= 1
             and all(min(shape) > 1 for shape in _gemm_shapes(kind, n, c, f, gauss))):
@@ -238,5 +240,6 @@ def bin_products(kind, arrays, gauss, need_dx=True):
     kernel = table[kind][1 if gauss else 0]
     if kind == "forward":
         return lambda b0, b1: kernel(S, K, Y, max(b0, 0), min(b1, bins))
-    DX = DX if need_dx else numpy.empty((0, 0, 0), dtype=first.dtype)
-    return lambda b0, b1: kernel(S, DY, K, G, DX, max(b0, 0), min(b1, bins), need_dx)
+    none = numpy.empty((0, 0, 0), dtype=first.dtype)
+    G, DX = (G if need_g else none), (DX if need_dx else none)
+    return lambda b0, b1: kernel(S, DY, K, G, DX, max(b0, 0), min(b1, bins), need_dx, need_g)

@@ -139,15 +139,16 @@ def forward_gauss(S, K, Y, b0, b1):   # P1 = Xr Kr, P2 = Xi Ki, P3 = (Xr + Xi)(K
 
 
 @_compiled
-def backward_real_form(S, DY, K, G, DX, b0, b1, need_dx):
+def backward_real_form(S, DY, K, G, DX, b0, b1, need_dx, need_g):
     # G = Z^T @ DY; Q = DY @ K^T, dX = [Q(:N, C:) - Q(N:, :C); Q(:N, :C) + Q(N:, C:)]
     _, n2, c = S.shape
     w = S.itemsize
     n, f = n2 // 2, DY.shape[2]
     z, q = numpy.empty((n2, 2 * c), S.dtype), numpy.empty((n2, 2 * c), S.dtype)
     for b in range(b0, b1):
-        real_form(S[b], z, n, c)
-        mm(TRANS, NO_TRANS, 2 * c, f, n2, at(z, 0), 2 * c, at(DY, b * n2 * f), f, at(G, b * 2 * c * f), f, w)
+        if need_g:
+            real_form(S[b], z, n, c)
+            mm(TRANS, NO_TRANS, 2 * c, f, n2, at(z, 0), 2 * c, at(DY, b * n2 * f), f, at(G, b * 2 * c * f), f, w)
         if need_dx:
             mm(NO_TRANS, TRANS, n2, 2 * c, f, at(DY, b * n2 * f), f, at(K, b * 2 * c * f), f, at(q, 0), 2 * c, w)
             dx = DX[b]
@@ -158,7 +159,7 @@ def backward_real_form(S, DY, K, G, DX, b0, b1, need_dx):
 
 
 @_compiled
-def backward_gauss(S, DY, K, G, DX, b0, b1, need_dx):
+def backward_gauss(S, DY, K, G, DX, b0, b1, need_dx, need_g):
     # G: P1 = Xr^T Dr, P2 = Xi^T Di, P3 = (Xr + Xi)^T (Dr - Di);
     # dX: P1 = Dr Kr^T, P2 = Di Ki^T, P3 = (Dr + Di)(Kr + Ki)^T
     _, n2, c = S.shape
@@ -168,13 +169,15 @@ def backward_gauss(S, DY, K, G, DX, b0, b1, need_dx):
     t, xs, dd = numpy.empty((c, f), dt), numpy.empty((n, c), dt), numpy.empty((n, f), dt)
     u, ks = numpy.empty((n, c), dt), numpy.empty((c, f), dt)
     for b in range(b0, b1):
-        s, k, d, g = S[b], K[b], DY[b], G[b]
-        mm(TRANS, NO_TRANS, c, f, n, at(S, b * n2 * c), c, at(DY, b * n2 * f), f, at(G, (b * 2 + 1) * c * f), f, w)
-        mm(TRANS, NO_TRANS, c, f, n, at(S, (b * 2 + 1) * n * c), c, at(DY, (b * 2 + 1) * n * f), f, at(t, 0), f, w)
-        add_blocks(xs, s[:n], s[n:])
-        subtract_blocks(dd, d[:n], d[n:])
-        mm(TRANS, NO_TRANS, c, f, n, at(xs, 0), c, at(dd, 0), f, at(G, b * 2 * c * f), f, w)
-        combine_add(g[c:], g[:c], t)
+        s, k, d = S[b], K[b], DY[b]
+        if need_g:
+            g = G[b]
+            mm(TRANS, NO_TRANS, c, f, n, at(S, b * n2 * c), c, at(DY, b * n2 * f), f, at(G, (b * 2 + 1) * c * f), f, w)
+            mm(TRANS, NO_TRANS, c, f, n, at(S, (b * 2 + 1) * n * c), c, at(DY, (b * 2 + 1) * n * f), f, at(t, 0), f, w)
+            add_blocks(xs, s[:n], s[n:])
+            subtract_blocks(dd, d[:n], d[n:])
+            mm(TRANS, NO_TRANS, c, f, n, at(xs, 0), c, at(dd, 0), f, at(G, b * 2 * c * f), f, w)
+            combine_add(g[c:], g[:c], t)
         if need_dx:
             mm(NO_TRANS, TRANS, n, c, f, at(DY, b * n2 * f), f, at(K, (b * 2 + 1) * c * f), f, at(DX, b * n2 * c), c, w)
             mm(NO_TRANS, TRANS, n, c, f, at(DY, (b * 2 + 1) * n * f), f, at(K, b * 2 * c * f), f, at(u, 0), c, w)

@@ -145,8 +145,8 @@ class NumpyBackend(Backend):
     def unpool_2x2(self, k_of, d, x):
         return compiled.unpool_2x2(k_of, d, x)
 
-    def bin_products(self, kind, arrays, gauss, need_dx=True):
-        return compiled.bin_products(kind, arrays, gauss, need_dx)
+    def bin_products(self, kind, arrays, gauss, need_dx=True, need_g=True):
+        return compiled.bin_products(kind, arrays, gauss, need_dx, need_g)
 
     def ignore_float_errors(self):
         return numpy.errstate(over="ignore", invalid="ignore")
@@ -160,6 +160,16 @@ class NumpyBackend(Backend):
     def background(self, fn):
         """fn() on the kernels' background thread (None on one thread: see Backend.background)."""
         return self._kernels.background(fn)
+
+    def deferring(self):
+        return self._kernels.deferring()
+
+    def can_defer(self):
+        return self._kernels.can_defer()
+
+    def later(self, pieces, then=None):
+        """Pieces for the pool's idle workers (numpy_kernels.DaemonPool.later)."""
+        self._kernels.later(pieces, then)
 
     def matmul_t(self, a, b, trans_a=False, trans_b=False):
         """The base's matmul of the transposed views, split over the stack (same bits)."""

@@ -13,6 +13,7 @@ a Ctrl-C at any moment (even while the pool starts) never leaves the interpreter
 at exit, which a ThreadPoolExecutor's workers can (and a second Ctrl-C then prints a traceback).
 """
 import collections
+import contextlib
 import os
 import queue
 import threading
@@ -46,6 +47,10 @@ class DaemonPool:
 
     def __init__(self, threads):
         self._tasks = queue.SimpleQueue()
+        self._later = collections.deque()   # (group, piece) of ``later``: taken when idle
+        self._groups = []                   # groups of ``later`` not finished
+        self._idle = threading.Condition()  # notified when a group finishes
+        self._errors = []                   # the first error of each group that raised
         self.size = 0
         self.grow(threads)
 
@@ -57,7 +62,55 @@ class DaemonPool:
 
     def _work(self):
         while True:
-            self._tasks.get()()
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:   # no pass to help with: a piece of ``later``'s, else sleep
+                if self._run_later():
+                    continue
+                task = self._tasks.get()
+            task()
+
+    def later(self, pieces, then=None):
+        """Run the callables ``pieces`` (independent: any order, any thread) and then ``then()``,
+        on a worker that has no pass to help with (between passes, while the caller runs Python
+        or a pass it keeps alone), or in the caller's ``finish_later``. A pass asked for meanwhile
+        waits for at most the piece a worker is in."""
+        if not pieces:
+            if then is not None:
+                then()
+            return
+        group = _LaterGroup(len(pieces), then)
+        with self._idle:
+            self._groups.append(group)
+        self._later.extend((group, piece) for piece in pieces)
+        for _ in range(self.size):   # wake sleeping workers (a busy one takes this as a no-op)
+            self._tasks.put(_nothing)
+
+    def _run_later(self):
+        """Run one piece of ``later``'s (False when there is none)."""
+        try:
+            group, piece = self._later.popleft()
+        except IndexError:
+            return False
+        if group.run(piece):
+            with self._idle:
+                self._groups.remove(group)
+                if group.error is not None:
+                    self._errors.append(group.error)
+                self._idle.notify_all()
+        return True
+
+    def finish_later(self):
+        """Run the pieces of ``later`` that no worker took, wait for those in progress, and raise
+        the first error any of them (or their ``then``) raised."""
+        while self._run_later():
+            pass
+        with self._idle:
+            while self._groups:
+                self._idle.wait()
+            errors, self._errors = self._errors, []
+        if errors:
+            raise errors[0]
 
     def run(self, part, pieces, helpers=None):
         """``part(piece)`` for every piece, by the caller and at most ``helpers`` workers (default:
@@ -95,6 +148,35 @@ class DaemonPool:
             if exc is not None:
                 raise exc
         return sum(cpu), wall
+
+
+def _nothing():
+    """A task that only wakes a sleeping worker (DaemonPool.later)."""
+
+
+class _LaterGroup:
+    """The pieces of one ``DaemonPool.later`` call: counts those left; the thread that finishes the
+    last one runs ``then`` (unless a piece raised: the first error is kept)."""
+
+    def __init__(self, count, then):
+        self.left, self.then, self.error = count, then, None
+        self._lock = threading.Lock()
+
+    def run(self, piece):
+        """Run ``piece``; True when it was the group's last (``then`` has then run too)."""
+        try:
+            piece()
+        except BaseException as exc:  # kept for the caller of finish_later, who re-raises it
+            self.error = self.error or exc
+        with self._lock:
+            self.left -= 1
+            last = self.left == 0
+        if last and self.error is None and self.then is not None:
+            try:
+                self.then()
+            except BaseException as exc:
+                self.error = exc
+        return last
 
 
 class Pending:
@@ -163,6 +245,7 @@ class ElementwiseKernels:
         self.threads = max(1, int(threads or thread_count()))
         self._pool = None
         self._background = None
+        self._local = threading.local()   # depth of ``deferring`` on each thread
         self.check = SplitCheck()
 
     def background(self, fn):
@@ -173,6 +256,34 @@ class ElementwiseKernels:
         if self._background is None or self._background.pid != os.getpid():
             self._background = Background()
         return self._background.start(fn)
+
+    @contextlib.contextmanager
+    def deferring(self):
+        """Inside it (on this thread) ``can_defer`` is true on more than one thread; on leaving the
+        outermost one every piece given to ``later`` has run (its errors are raised)."""
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+            if depth == 0 and self._pool is not None:
+                self._pool.finish_later()
+
+    def can_defer(self):
+        """True where ``later`` runs its pieces beside the caller's work (else there is no gain)."""
+        return self.threads > 1 and getattr(self._local, "depth", 0) > 0
+
+    def later(self, pieces, then=None):
+        """DaemonPool.later: the pieces when a worker is idle, by the end of ``deferring``."""
+        self._ensure_pool().later(pieces, then)
+
+    def _ensure_pool(self):
+        if self._pool is None:
+            self._pool = DaemonPool(self.threads - 1)   # the caller is the other thread
+        elif self._pool.size < self.threads - 1:
+            self._pool.grow(self.threads - 1)
+        return self._pool
 
     def split(self, part, length, size, shape=None):
         """Run ``part(s)`` for slices ``s`` that cover range(length), on the pool when ``size``
@@ -192,10 +303,7 @@ class ElementwiseKernels:
             part(slice(None))
             self.check.record(key, time.perf_counter() - start, work)
             return
-        if self._pool is None:
-            self._pool = DaemonPool(self.threads - 1)   # the caller is the other thread
-        elif self._pool.size < self.threads - 1:
-            self._pool.grow(self.threads - 1)
+        self._ensure_pool()
         pieces = self.threads * PIECES_PER_THREAD
         # few rows (under two pieces' worth a thread: the stacked products of a DFT over 7-17
         # frequency rows, a few blocks of planes): one row a piece, so that the threads' shares

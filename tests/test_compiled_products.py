@@ -194,3 +194,34 @@ def test_the_kernels_never_take_the_gil():
     # the counter ran through the call: ticks in most of its tenths
     tenths = {int(10 * (t - started) / (ended - started)) for t in ticks if started <= t < ended}
     assert len(tenths) >= 7, (sorted(tenths), ended - started)
+
+
+@pytest.mark.parametrize("gauss", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES[:4])
+def test_g_alone_and_dx_alone_give_the_bits_of_both_at_once(shape, dtype, gauss):
+    """The backward kernels make G, dX or both (spectral._later_dw: dX now, G on an idle worker):
+    each alone gives the bits of the call that makes both."""
+    S, K, DY = draws(shape, dtype, seed=5)
+    bins, n, c, f = shape
+    if gauss and c == 1:
+        pytest.skip("Gauss's G would have one row: declined")
+    both = np.empty((bins, 2 * c, f), dtype), np.empty((bins, 2 * n, c), dtype)
+    alone = np.full_like(both[0], np.nan), np.full_like(both[1], np.nan)
+    compiled.bin_products("backward", (S, DY, K, *both), gauss, True, True)(0, bins)
+    g_only = compiled.bin_products("backward", (S, DY, K, alone[0], None), gauss, False, True)
+    dx_only = compiled.bin_products("backward", (S, DY, K, None, alone[1]), gauss, True, False)
+    g_only(0, bins // 2)
+    g_only(bins // 2, bins)
+    assert np.isnan(alone[1]).all()   # G's calls left DX alone
+    dx_only(0, bins)
+    assert alone[0].tobytes() == both[0].tobytes() and alone[1].tobytes() == both[1].tobytes()
+
+
+def test_bin_products_asks_for_the_arrays_of_what_is_made():
+    S, K, DY = draws((6, 3, 2, 4), np.float32)
+    G, DX = np.zeros((6, 4, 4), np.float32), np.zeros((6, 6, 2), np.float32)
+    assert compiled.bin_products("backward", (S, DY, K, None, DX), True, True, False) is not None
+    assert compiled.bin_products("backward", (S, DY, K, G, DX), True, True, False) is None      # G given, not made
+    assert compiled.bin_products("backward", (S, DY, K, None, DX), True, True, True) is None    # G made, none given
+    assert compiled.bin_products("backward", (S, DY, K, None, None), True, False, False) is None  # nothing to make

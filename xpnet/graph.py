@@ -247,14 +247,15 @@ class Model(LayerStack, TrainingMixin):
 
         for t, g in zip(self.outputs, grads):
             add(t, g)
-        for t in reversed(self.nodes):
-            g = acc.pop(id(t))
-            back = t.layer.backward(g)
-            if user_layer(t.layer):
-                check_backward(t.layer, back, batch, (self.dtype, self.compute_dtype))
-            multi = getattr(t.layer, "multi_input", False)
-            for parent, pg in zip(t.inputs, back if multi else [back]):
-                add(parent, pg)
+        with self.backend.deferring():   # as Sequential.backward
+            for t in reversed(self.nodes):
+                g = acc.pop(id(t))
+                back = t.layer.backward(g)
+                if user_layer(t.layer):
+                    check_backward(t.layer, back, batch, (self.dtype, self.compute_dtype))
+                multi = getattr(t.layer, "multi_input", False)
+                for parent, pg in zip(t.inputs, back if multi else [back]):
+                    add(parent, pg)
         result = [None if id(t) in missing else acc.get(id(t)) for t in self.inputs]
         return result if self._multi_in else result[0]
 

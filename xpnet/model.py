@@ -411,16 +411,19 @@ class Sequential(LayerStack, TrainingMixin):
         """Propagate d(loss)/d(output) back through every layer; returns d(loss)/d(input)."""
         taken = getattr(self, "_taken", ())
         batch = int(grad.shape[0])
-        for layer in reversed(self.layers):
-            if id(layer) in taken:   # run by the convolution before it, whose backward takes grad
-                continue
-            pool = getattr(layer, "pool_after", None)
-            if pool is not None and pool.relu_mask is not None:   # the pooling applied this ReLU
-                grad = grad if layer.need_input_grad else None
-                continue
-            grad = layer.backward(grad)
-            if user_layer(layer):
-                check_backward(layer, grad, batch, (self.dtype, self.compute_dtype))
+        # work whose results only the weight gradients need may run beside the rest (the CPU's
+        # idle workers: Backend.deferring); all of it is done when the with block ends
+        with self.backend.deferring():
+            for layer in reversed(self.layers):
+                if id(layer) in taken:   # run by the convolution before it, whose backward takes grad
+                    continue
+                pool = getattr(layer, "pool_after", None)
+                if pool is not None and pool.relu_mask is not None:   # the pooling applied this ReLU
+                    grad = grad if layer.need_input_grad else None
+                    continue
+                grad = layer.backward(grad)
+                if user_layer(layer):
+                    check_backward(layer, grad, batch, (self.dtype, self.compute_dtype))
         return grad
 
     def summary(self, print_fn=print):

@@ -19,8 +19,9 @@ def column_pieces(n):
     return max(1, min(MAX_PIECES, n // PIECE_COLUMNS))
 
 
-def wide_matmul(xp, a, b):
-    """a (m, k) @ b (k, n) as column pieces on the backend's threads; one call on GPUs."""
+def wide_matmul(xp, a, b, split=True):
+    """a (m, k) @ b (k, n) as column pieces on the backend's threads (without ``split``: the same
+    pieces one after another, on the calling thread); one call on GPUs."""
     backend = backend_of(b)
     n = b.shape[1]
     pieces = column_pieces(n)
@@ -35,5 +36,8 @@ def wide_matmul(xp, a, b):
             xp.matmul(a, b[:, cols], out=out[:, cols])
 
     # shape: (32, 28) @ (28, n) and (28, 32) @ (32, n) touch as many elements at different speeds
-    backend.split(part, pieces, a.shape[0] * n + b.size, shape=(a.shape, b.shape))
+    if split:
+        backend.split(part, pieces, a.shape[0] * n + b.size, shape=(a.shape, b.shape))
+    else:
+        part(slice(None))
     return out

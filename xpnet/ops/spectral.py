@@ -37,6 +37,8 @@ one compiled call that makes the same BLAS calls and element-wise steps bin by b
 the GIL, so two threads' pieces do not wait for each other between NumPy calls; the same bits
 (tests/test_compiled_products.py).
 """
+import functools
+
 from ..backends import backend_of
 from ..backends.base import real_form
 from . import dft
@@ -70,6 +72,12 @@ GAUSS_MIN_BATCH = 96
 # (Backend.bin_products); 0: NumPy's passes always. The same bits either way; read per call, for
 # benchmarks/ab_setting.py's in-process comparison.
 COMPILED_PRODUCTS = 1
+
+# 1: inside the model's backward on more than one CPU thread (Backend.deferring), a layer's dW
+# products and their inverse transform are left to the pool's idle workers (between passes, while
+# the caller runs Python or passes it keeps alone) and only dX's are made at once; 0: both at
+# once, as one pass. The same bits either way; read per call, for benchmarks/ab_setting.py.
+LATER_DW = 1
 
 
 def _kernel_spectrum(xp, W, dt, hp, wp):
@@ -258,6 +266,52 @@ def _cpu_backward_products(xp, S, DY, K, need_dx):
     return G, DX
 
 
+def _later_dw(xp, S, DY, K, need_dx, dw_of):
+    """Inside the backend's ``deferring`` on the CPU (Backend.can_defer): DX (or None without
+    ``need_dx``) made now, and G = Z^T @ DY with dW = dw_of(G) left to ``Backend.later``, a piece
+    of bins at a time, by the compiled products (the same calls as _cpu_backward_products, so the
+    same bits). (dW, filled by the end of ``deferring``; DX), or None where that does not apply."""
+    backend = backend_of(S)
+    if not (LATER_DW and COMPILED_PRODUCTS and backend.can_defer()):
+        return None
+    bins, n2, c = S.shape
+    n, f = n2 // 2, DY.shape[2]
+    G = xp.empty((bins, 2 * c, f), dtype=xp.result_type(S, DY))
+    DX = xp.empty((bins, n2, c), dtype=DY.dtype) if need_dx else None
+    gauss = _three_multiply(S, DY, K)
+    g_only = backend.bin_products("backward", (S, DY, K, G, None), gauss, False, True)
+    dx_only = backend.bin_products("backward", (S, DY, K, None, DX), gauss, True, False) if need_dx else None
+    if g_only is None or (need_dx and dx_only is None):
+        return None
+    chunk, count = _z_chunks(S)
+    if need_dx:
+        def part_dx(s):   # a piece of chunks in one call
+            for b0, b1 in _bin_ranges(s, count, chunk, bins):
+                dx_only(b0, b1)
+
+        backend.split(part_dx, count, bins * (n2 * (2 * c + f) + 2 * c * f), shape="backward dx")
+    dW = dw_of(G)
+    pieces = [functools.partial(g_only, b, min(b + chunk, bins)) for b in range(0, bins, chunk)]
+    backend.later(pieces, dW.fill)
+    return dW.out, DX
+
+
+class _KernelGradient:
+    """dW = the kernel window of the inverse transform of G, into ``out``: ``fill`` runs on
+    whichever thread finishes G's pieces, so its product runs as one thread (the same column
+    pieces as wide_matmul's on the pool: the same bits)."""
+
+    def __init__(self, xp, inverse, G, shape):
+        self.xp, self.inverse, self.G = xp, inverse, G
+        self.out = xp.empty(shape, dtype=G.dtype)
+
+    def fill(self):
+        xp, (f, c, kh, kw) = self.xp, self.out.shape
+        g = wide_matmul(xp, self.inverse, self.G.reshape(-1, c * f), split=False)
+        xp.copyto(self.out, g.reshape(kh, kw, c, f).transpose(3, 2, 0, 1))
+        self.G = None
+
+
 def forward(xp, x, W, b, stride, padding, planes_out=False):
     """(y, what backward needs: the real form Z of the input spectrum, or on the CPU the spectrum
     itself, and the kernel spectrum K).
@@ -305,15 +359,23 @@ def backward(xp, dy, cache, need_dx):
                       dft.forward_w(xp, dt, wo, 0, sw, wp), hp, wp).reshape(bins, 2 * n, f)
     # db: the zero-frequency bin of DY is the sum of dy over positions
     db = DY[0, :n].sum(axis=0) if cache["has_bias"] else None
+    dW = None
     # dW: G = sum_n conj(DY) * X per bin, then the inverse transform on the kernel window
     if "Z" in cache:
         backend = backend_of(dy)  # its matmul_t multiplies by a transposed stack without copying it
         G = backend.matmul_t(cache["Z"], DY, trans_a=True)                       # (bins, 2C, F)
         DX = _dx_spectrum(xp, DY, cache["K"]) if need_dx else None               # (bins, 2N, C)
     else:
-        G, DX = _cpu_backward_products(xp, cache["S"], DY, cache["K"], need_dx)
-    g = wide_matmul(xp, dft.kernel_inverse(xp, dt, kh, kw, hp, wp), G.reshape(2 * bins, c * f))
-    dW = xp.ascontiguousarray(g.reshape(kh, kw, c, f).transpose(3, 2, 0, 1))    # (F, C, kh, kw)
+        inverse = dft.kernel_inverse(xp, dt, kh, kw, hp, wp)
+        later = _later_dw(xp, cache["S"], DY, cache["K"], need_dx,
+                          lambda G: _KernelGradient(xp, inverse, G, (f, c, kh, kw)))
+        if later is not None:
+            dW, DX = later
+        else:
+            G, DX = _cpu_backward_products(xp, cache["S"], DY, cache["K"], need_dx)
+    if dW is None:
+        g = wide_matmul(xp, dft.kernel_inverse(xp, dt, kh, kw, hp, wp), G.reshape(2 * bins, c * f))
+        dW = xp.ascontiguousarray(g.reshape(kh, kw, c, f).transpose(3, 2, 0, 1))    # (F, C, kh, kw)
     if not need_dx:
         return None, dW, db
     out = dft.image(xp, DX.reshape(khalf, wp, 2, n, c), dft.inverse_w(xp, dt, w, left, 1, wp),
