@@ -43,7 +43,8 @@ class DaemonPool:
     process) the caller does that worker's share itself and the batch never takes much longer than
     on one thread. A worker waits on a queue (sleeping, not spinning). The first error is re-raised
     in the caller once every piece taken has finished. ``run`` returns the CPU seconds the threads
-    spent in the batch and its wall seconds (SplitCheck's measures)."""
+    spent in the batch and its wall seconds (SplitCheck's measures). ``later`` queues work for
+    workers with no batch to help with; ``finish_later`` runs what is left and waits for the rest."""
 
     def __init__(self, threads):
         self._tasks = queue.SimpleQueue()

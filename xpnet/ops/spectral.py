@@ -35,7 +35,10 @@ with Z to rounding; chunks and threads still give the same bits among themselves
 backend has them (the NumPy backend with numba: backends/compiled_products.py), a piece of bins is
 one compiled call that makes the same BLAS calls and element-wise steps bin by bin without taking
 the GIL, so two threads' pieces do not wait for each other between NumPy calls; the same bits
-(tests/test_compiled_products.py).
+(tests/test_compiled_products.py). Inside the model's backward on more than one thread
+(``Backend.deferring``), only dX's products are made at once and G's, with dW's inverse transform,
+are left to the pool's idle workers (``_later_dw``, ``LATER_DW``): dW is needed only by the
+optimizer, after the whole backward (tests/test_later.py).
 """
 import functools
 
@@ -151,11 +154,12 @@ def _bin_ranges(s, count, chunk, bins):
     return [(i * chunk, min((i + 1) * chunk, bins)) for i in chunks]
 
 
-def _split_products(backend, kind, arrays, gauss, need_dx, numpy_part, count, chunk, size):
+def _split_products(backend, kind, arrays, gauss, need_dx, numpy_part, count, chunk, size, need_g=True):
     """The per-bin products of ``kind`` over the ``count`` chunks of ``chunk`` bins on the
     backend's threads: each piece of chunks one compiled call without the GIL where the backend
-    has one (Backend.bin_products: the same bits), else ``numpy_part``'s NumPy passes."""
-    compiled = backend.bin_products(kind, arrays, gauss, need_dx) if COMPILED_PRODUCTS else None
+    has one (Backend.bin_products: the same bits), else ``numpy_part``'s NumPy passes (backward
+    without G: only with the compiled calls, which the caller checked)."""
+    compiled = backend.bin_products(kind, arrays, gauss, need_dx, need_g) if COMPILED_PRODUCTS else None
     if compiled is None:
         backend.split(numpy_part, count, size)
         return
@@ -166,7 +170,7 @@ def _split_products(backend, kind, arrays, gauss, need_dx, numpy_part, count, ch
             compiled(b0, b1)
 
     # shape: the forward and backward kernels share this piece function (SplitCheck's sites)
-    backend.split(part_compiled, count, size, shape=kind)
+    backend.split(part_compiled, count, size, shape=(kind, need_g))
 
 
 def _gauss_combine(xp, A, B, T, sign):
@@ -266,16 +270,17 @@ def _cpu_backward_products(xp, S, DY, K, need_dx):
     return G, DX
 
 
-def _later_dw(xp, S, DY, K, need_dx, dw_of):
+def _later_dw(xp, S, DY, K, need_dx, inverse, w_shape):
     """Inside the backend's ``deferring`` on the CPU (Backend.can_defer): DX (or None without
-    ``need_dx``) made now, and G = Z^T @ DY with dW = dw_of(G) left to ``Backend.later``, a piece
-    of bins at a time, by the compiled products (the same calls as _cpu_backward_products, so the
-    same bits). (dW, filled by the end of ``deferring``; DX), or None where that does not apply."""
+    ``need_dx``) made now, and G = Z^T @ DY with dW (``w_shape``, the kernel window of ``inverse``
+    times G) left to ``Backend.later``, a piece of bins at a time, by the compiled products (the
+    same calls as _cpu_backward_products, so the same bits). (dW, filled by the end of
+    ``deferring``; DX), or None where that does not apply."""
     backend = backend_of(S)
     if not (LATER_DW and COMPILED_PRODUCTS and backend.can_defer()):
         return None
     bins, n2, c = S.shape
-    n, f = n2 // 2, DY.shape[2]
+    f = DY.shape[2]
     G = xp.empty((bins, 2 * c, f), dtype=xp.result_type(S, DY))
     DX = xp.empty((bins, n2, c), dtype=DY.dtype) if need_dx else None
     gauss = _three_multiply(S, DY, K)
@@ -285,12 +290,9 @@ def _later_dw(xp, S, DY, K, need_dx, dw_of):
         return None
     chunk, count = _z_chunks(S)
     if need_dx:
-        def part_dx(s):   # a piece of chunks in one call
-            for b0, b1 in _bin_ranges(s, count, chunk, bins):
-                dx_only(b0, b1)
-
-        backend.split(part_dx, count, bins * (n2 * (2 * c + f) + 2 * c * f), shape="backward dx")
-    dW = dw_of(G)
+        _split_products(backend, "backward", (S, DY, K, None, DX), gauss, True, None, count, chunk,
+                        bins * (n2 * (2 * c + f) + 2 * c * f), need_g=False)
+    dW = _KernelGradient(xp, inverse, G, w_shape)
     pieces = [functools.partial(g_only, b, min(b + chunk, bins)) for b in range(0, bins, chunk)]
     backend.later(pieces, dW.fill)
     return dW.out, DX
@@ -359,22 +361,20 @@ def backward(xp, dy, cache, need_dx):
                       dft.forward_w(xp, dt, wo, 0, sw, wp), hp, wp).reshape(bins, 2 * n, f)
     # db: the zero-frequency bin of DY is the sum of dy over positions
     db = DY[0, :n].sum(axis=0) if cache["has_bias"] else None
-    dW = None
     # dW: G = sum_n conj(DY) * X per bin, then the inverse transform on the kernel window
+    inverse, dW = dft.kernel_inverse(xp, dt, kh, kw, hp, wp), None
     if "Z" in cache:
         backend = backend_of(dy)  # its matmul_t multiplies by a transposed stack without copying it
         G = backend.matmul_t(cache["Z"], DY, trans_a=True)                       # (bins, 2C, F)
         DX = _dx_spectrum(xp, DY, cache["K"]) if need_dx else None               # (bins, 2N, C)
-    else:
-        inverse = dft.kernel_inverse(xp, dt, kh, kw, hp, wp)
-        later = _later_dw(xp, cache["S"], DY, cache["K"], need_dx,
-                          lambda G: _KernelGradient(xp, inverse, G, (f, c, kh, kw)))
+    else:   # left for idle workers where it can be (the model's backward), else at once
+        later = _later_dw(xp, cache["S"], DY, cache["K"], need_dx, inverse, (f, c, kh, kw))
         if later is not None:
             dW, DX = later
         else:
             G, DX = _cpu_backward_products(xp, cache["S"], DY, cache["K"], need_dx)
     if dW is None:
-        g = wide_matmul(xp, dft.kernel_inverse(xp, dt, kh, kw, hp, wp), G.reshape(2 * bins, c * f))
+        g = wide_matmul(xp, inverse, G.reshape(2 * bins, c * f))
         dW = xp.ascontiguousarray(g.reshape(kh, kw, c, f).transpose(3, 2, 0, 1))    # (F, C, kh, kw)
     if not need_dx:
         return None, dW, db
