@@ -82,6 +82,15 @@ COMPILED_PRODUCTS = 1
 # once, as one pass. The same bits either way; read per call, for benchmarks/ab_setting.py.
 LATER_DW = 1
 
+# ...for layers whose input spectrum and output-gradient spectrum (what G reads again later) take
+# at most this many bytes together. Made beside dX's products, G finds its operands in cache; left
+# for later it reads them again, from L3 or memory. In-process A/B on two threads (AMD EPYC Zen 4,
+# 32 MB L3; benchmarks/results/2026-12-03-s25-later-dw-ab.log): with every layer deferred the step
+# took 0.89-0.96x as long for the medium model at 16 and 64 (layers of 1.4-11.2 MB) and 0.95-0.98x
+# for the big one at 16 (2.8-5.6 MB), but 0.98-1.01x at 64 (11-22 MB) and 0.97-1.04x at 128
+# (22-45 MB). Read per call, for benchmarks/ab_setting.py.
+LATER_MAX_BYTES = 12 << 20
+
 
 def _kernel_spectrum(xp, W, dt, hp, wp):
     """K (bins, 2C, F): the kernel spectrum per frequency bin, imaginary parts over real parts,
@@ -275,9 +284,10 @@ def _later_dw(xp, S, DY, K, need_dx, inverse, w_shape):
     ``need_dx``) made now, and G = Z^T @ DY with dW (``w_shape``, the kernel window of ``inverse``
     times G) left to ``Backend.later``, a piece of bins at a time, by the compiled products (the
     same calls as _cpu_backward_products, so the same bits). (dW, filled by the end of
-    ``deferring``; DX), or None where that does not apply."""
+    ``deferring``; DX), or None where that does not apply (also for layers whose S and DY take more
+    than LATER_MAX_BYTES: G is then made beside dX while they are in cache)."""
     backend = backend_of(S)
-    if not (LATER_DW and COMPILED_PRODUCTS and backend.can_defer()):
+    if not (LATER_DW and COMPILED_PRODUCTS and S.nbytes + DY.nbytes <= LATER_MAX_BYTES and backend.can_defer()):
         return None
     bins, n2, c = S.shape
     f = DY.shape[2]
