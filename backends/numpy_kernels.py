@@ -52,6 +52,7 @@ class DaemonPool:
         self._groups = []                   # groups of ``later`` not finished
         self._idle = threading.Condition()  # notified when a group finishes
         self._errors = []                   # the first error of each group that raised
+        self.pid = os.getpid()   # a forked child has none of these workers: it makes its own pool
         self.size = 0
         self.grow(threads)
 
@@ -268,7 +269,7 @@ class ElementwiseKernels:
             yield
         finally:
             self._local.depth = depth
-            if depth == 0 and self._pool is not None:
+            if depth == 0 and self._pool is not None and self._pool.pid == os.getpid():
                 self._pool.finish_later()
 
     def can_defer(self):
@@ -280,7 +281,10 @@ class ElementwiseKernels:
         self._ensure_pool().later(pieces, then)
 
     def _ensure_pool(self):
-        if self._pool is None:
+        """The pool, made on first use and again in a forked child (which has none of the
+        parent's threads: the caller would do every piece alone, and the pieces' hand-offs would
+        pile up in a queue no worker reads)."""
+        if self._pool is None or self._pool.pid != os.getpid():
             self._pool = DaemonPool(self.threads - 1)   # the caller is the other thread
         elif self._pool.size < self.threads - 1:
             self._pool.grow(self.threads - 1)

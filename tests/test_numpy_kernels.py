@@ -243,3 +243,69 @@ def test_background_work_finishes_in_a_really_forked_child():
         "raise SystemExit(os.waitstatus_to_exitcode(status))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, (proc.returncode, proc.stderr)
+
+
+def test_a_forked_child_gets_its_own_pool(monkeypatch):
+    """After os.fork the child has none of the pool's workers: every split pass would run on the
+    calling thread alone while its hand-offs piled up in a queue nobody reads. The child (here: a
+    process id that differs from the one the pool was made in) starts a pool of its own."""
+    import threading
+    monkeypatch.setattr(nk, "ADAPTIVE", False)
+    k = ElementwiseKernels(2)
+    names = set()
+
+    def part(s):
+        names.add(threading.current_thread().name)
+        time.sleep(0.01)   # long enough that the worker takes a piece
+
+    k.split(part, 8, MIN_ELEMENTS)
+    first = k._pool
+    k.split(part, 8, MIN_ELEMENTS)
+    assert k._pool is first and "xpnet-elementwise-0" in names           # same process: kept
+    first.pid = -1                                                        # as if forked
+    names.clear()
+    k.split(part, 8, MIN_ELEMENTS)
+    assert k._pool is not first and "xpnet-elementwise-0" in names and first._tasks.qsize() == 0
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork (POSIX)")
+def test_a_really_forked_child_splits_over_workers_of_its_own():
+    """The same with a real fork, through a model's training steps (split passes and the work
+    left for idle workers): the child's passes run on a worker too and nothing piles up in the
+    parent's queue. Exit codes: 3, no worker ran a piece in the child; 4, hand-offs piled up."""
+    import subprocess
+    import sys
+    code = (
+        "import os, signal, threading, numpy as np\n"
+        "import xpnet.backends.numpy_kernels as nk\n"
+        "from xpnet.backends import get_backend\n"
+        "from tests.test_later import _spectral_model, _train_step\n"
+        "nk.ADAPTIVE = False\n"
+        "nk.MIN_ELEMENTS = 1\n"
+        "get_backend('cpu').set_threads(2)\n"
+        "x = np.random.default_rng(0).standard_normal((8, 3, 12, 12)).astype(np.float32)\n"
+        "y = np.arange(8) % 10\n"
+        "model = _spectral_model(True)\n"
+        "_train_step(model, x, y)\n"
+        "parent = get_backend('cpu')._kernels._pool\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    signal.alarm(20)\n"
+        "    names = set()\n"
+        "    real = nk.DaemonPool.run\n"
+        "    def spy(self, part, pieces, helpers=None):\n"
+        "        def named(p):\n"
+        "            names.add(threading.current_thread().name)\n"
+        "            part(p)\n"
+        "        return real(self, named, pieces, helpers)\n"
+        "    nk.DaemonPool.run = spy\n"
+        "    for _ in range(3):\n"
+        "        _train_step(model, x, y)\n"
+        "    if 'xpnet-elementwise-0' not in names:\n"
+        "        os._exit(3)\n"
+        "    os._exit(4 if parent._tasks.qsize() else 0)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "raise SystemExit(os.waitstatus_to_exitcode(status))\n")
+    root = __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
