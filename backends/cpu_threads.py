@@ -23,6 +23,7 @@ import collections
 import os
 import statistics
 import threading
+import weakref
 
 from xpnet.errors import ConfigError
 
@@ -205,6 +206,7 @@ class SplitCheck:
         self.last_gain = {}   # key -> the gain its last verdict measured
         self.split_passes = self.alone_passes = self.holds = self.alarms = 0
         self._lock = threading.Lock()   # one backend used by several threads (needed without a GIL)
+        _CHECKS.add(self)
 
     def split(self, key):
         """True when the pass ``key`` should be split over the pool now."""
@@ -267,6 +269,21 @@ class SplitCheck:
                 "alarms": self.alarms, "sites": len(self.sites),
                 "sites_alone_now": sum(s.verdict is False for s in self.sites.values()),
                 "last_gains": [round(g, 2) for g in gains]}
+
+
+_CHECKS = weakref.WeakSet()
+
+
+def _unlock_in_child():
+    """After os.fork: every SplitCheck gets a new lock. A thread of the parent (the background
+    thread's random draws split too) may have held one at the fork; the child has no such thread
+    to release it, and its next split pass would wait forever."""
+    for check in list(_CHECKS):
+        check._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_unlock_in_child)
 
 
 class _Site:

@@ -310,3 +310,33 @@ def test_wide_and_stacked_products_give_their_shapes(monkeypatch):
     np.testing.assert_array_equal(backend.matmul(s, t), np.matmul(s, t))
     shapes = [key[2] for key in backend._kernels.check.sites]
     assert shapes == [((32, 28), (28, n)), ((28, 32), (32, n)), ((16, 60, 128), (16, 128, 60))], shapes
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork (POSIX)")
+def test_a_forked_child_is_not_stuck_on_a_lock_a_parent_thread_held():
+    """A SplitCheck lock held by another thread of the parent at the fork (the background thread's
+    random draws split too) would stay locked in the child for ever: the child gets new locks.
+    The script exits 242 (the child's -14: killed by its alarm) when the child waited."""
+    import subprocess
+    import sys
+    code = (
+        "import os, signal, threading\n"
+        "from xpnet.backends.cpu_threads import SplitCheck\n"
+        "check = SplitCheck()\n"
+        "held, release = threading.Event(), threading.Event()\n"
+        "def hold():\n"
+        "    with check._lock:\n"
+        "        held.set()\n"
+        "        release.wait(30)\n"
+        "threading.Thread(target=hold, daemon=True).start()\n"
+        "held.wait(10)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    signal.alarm(10)\n"
+        "    check.split(('site', 1, None))\n"
+        "    os._exit(0)\n"
+        "release.set()\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "raise SystemExit(os.waitstatus_to_exitcode(status))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
