@@ -137,3 +137,19 @@ class Snapshots(xpnet.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.weights.append({k: self.model.backend.to_numpy(v).copy()
                              for k, v in self.model.parameters.items()})
+
+
+def run_forked(before, child, after="", alarm=20, timeout=60):
+    """A fresh interpreter (from the repository root) runs ``before``, forks, and the child runs
+    ``child`` (code at the left margin; it exits 0 unless it calls os._exit itself) under an alarm
+    of ``alarm`` seconds, while the parent runs ``after`` and waits: the CompletedProcess, whose
+    returncode is the child's exit status (242 when its alarm killed it: os.waitstatus_to_exitcode's
+    -14 as an exit code)."""
+    import subprocess
+    import sys
+    import textwrap
+    code = ("import os, signal\n" + before + "pid = os.fork()\nif pid == 0:\n"
+            f"    signal.alarm({alarm})\n" + textwrap.indent(child, "    ") + "    os._exit(0)\n" + after
+            + "_, status = os.waitpid(pid, 0)\nraise SystemExit(os.waitstatus_to_exitcode(status))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=root)

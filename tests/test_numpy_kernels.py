@@ -9,7 +9,7 @@ from xpnet.backends import get_backend
 from xpnet.backends.numpy_kernels import MIN_ELEMENTS, ElementwiseKernels
 from xpnet.layers import Dropout, ReLU
 
-from .helpers import build
+from .helpers import build, run_forked
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -228,20 +228,11 @@ def test_a_forked_child_gets_its_own_background_thread():
 def test_background_work_finishes_in_a_really_forked_child():
     """The same with a real fork: the child's job finishes (an alarm ends the child after 20 s
     if it waits forever)."""
-    import subprocess
-    import sys
-    code = (
-        "import os, signal\n"
+    proc = run_forked(
         "from xpnet.backends.numpy_kernels import ElementwiseKernels\n"
         "k = ElementwiseKernels(2)\n"
-        "assert k.background(lambda: 1).result() == 1\n"
-        "pid = os.fork()\n"
-        "if pid == 0:\n"
-        "    signal.alarm(20)\n"
-        "    os._exit(0 if k.background(lambda: 7).result() == 7 else 3)\n"
-        "_, status = os.waitpid(pid, 0)\n"
-        "raise SystemExit(os.waitstatus_to_exitcode(status))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        "assert k.background(lambda: 1).result() == 1\n",
+        "os._exit(0 if k.background(lambda: 7).result() == 7 else 3)\n")
     assert proc.returncode == 0, (proc.returncode, proc.stderr)
 
 
@@ -273,10 +264,8 @@ def test_a_really_forked_child_splits_over_workers_of_its_own():
     """The same with a real fork, through a model's training steps (split passes and the work
     left for idle workers): the child's passes run on a worker too and nothing more piles up in
     the parent's queue. Exit codes: 3, no worker ran a piece in the child; 4, hand-offs piled up."""
-    import subprocess
-    import sys
-    code = (
-        "import os, signal, threading, numpy as np\n"
+    proc = run_forked(
+        "import threading, numpy as np\n"
         "import xpnet.backends.numpy_kernels as nk\n"
         "from xpnet.backends import get_backend\n"
         "from tests.test_later import _spectral_model, _train_step\n"
@@ -287,26 +276,19 @@ def test_a_really_forked_child_splits_over_workers_of_its_own():
         "y = np.arange(8) % 10\n"
         "model = _spectral_model(True)\n"
         "_train_step(model, x, y)\n"
-        "parent = get_backend('cpu')._kernels._pool\n"
-        "pid = os.fork()\n"
-        "if pid == 0:\n"
-        "    signal.alarm(20)\n"
-        "    queued = parent._tasks.qsize()   # the parent's worker may not have read them all\n"
-        "    names = set()\n"
-        "    real = nk.DaemonPool.run\n"
-        "    def spy(self, part, pieces, helpers=None):\n"
-        "        def named(p):\n"
-        "            names.add(threading.current_thread().name)\n"
-        "            part(p)\n"
-        "        return real(self, named, pieces, helpers)\n"
-        "    nk.DaemonPool.run = spy\n"
-        "    for _ in range(3):\n"
-        "        _train_step(model, x, y)\n"
-        "    if 'xpnet-elementwise-0' not in names:\n"
-        "        os._exit(3)\n"
-        "    os._exit(4 if parent._tasks.qsize() > queued else 0)\n"
-        "_, status = os.waitpid(pid, 0)\n"
-        "raise SystemExit(os.waitstatus_to_exitcode(status))\n")
-    root = __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+        "parent = get_backend('cpu')._kernels._pool\n",
+        "queued = parent._tasks.qsize()   # the parent's worker may not have read them all\n"
+        "names = set()\n"
+        "real = nk.DaemonPool.run\n"
+        "def spy(self, part, pieces, helpers=None):\n"
+        "    def named(p):\n"
+        "        names.add(threading.current_thread().name)\n"
+        "        part(p)\n"
+        "    return real(self, named, pieces, helpers)\n"
+        "nk.DaemonPool.run = spy\n"
+        "for _ in range(3):\n"
+        "    _train_step(model, x, y)\n"
+        "if 'xpnet-elementwise-0' not in names:\n"
+        "    os._exit(3)\n"
+        "os._exit(4 if parent._tasks.qsize() > queued else 0)\n", timeout=120)
     assert proc.returncode == 0, (proc.returncode, proc.stderr)

@@ -12,6 +12,8 @@ import pytest
 import xpnet.backends.numpy_kernels as nk
 from xpnet.backends.cpu_threads import SplitCheck, split_mode
 
+from .helpers import run_forked
+
 C = SplitCheck
 
 
@@ -317,10 +319,8 @@ def test_a_forked_child_is_not_stuck_on_a_lock_a_parent_thread_held():
     """A SplitCheck lock held by another thread of the parent at the fork (the background thread's
     random draws split too) would stay locked in the child for ever: the child gets new locks.
     The script exits 242 (the child's -14: killed by its alarm) when the child waited."""
-    import subprocess
-    import sys
-    code = (
-        "import os, signal, threading\n"
+    proc = run_forked(
+        "import threading\n"
         "from xpnet.backends.cpu_threads import SplitCheck\n"
         "check = SplitCheck()\n"
         "held, release = threading.Event(), threading.Event()\n"
@@ -329,14 +329,7 @@ def test_a_forked_child_is_not_stuck_on_a_lock_a_parent_thread_held():
         "        held.set()\n"
         "        release.wait(30)\n"
         "threading.Thread(target=hold, daemon=True).start()\n"
-        "held.wait(10)\n"
-        "pid = os.fork()\n"
-        "if pid == 0:\n"
-        "    signal.alarm(10)\n"
-        "    check.split(('site', 1, None))\n"
-        "    os._exit(0)\n"
-        "release.set()\n"
-        "_, status = os.waitpid(pid, 0)\n"
-        "raise SystemExit(os.waitstatus_to_exitcode(status))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        "held.wait(10)\n",
+        "check.split(('site', 1, None))\n",
+        after="release.set()\n", alarm=10)
     assert proc.returncode == 0, (proc.returncode, proc.stderr)
