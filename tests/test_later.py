@@ -124,12 +124,11 @@ def test_can_defer_only_inside_the_context_on_this_thread_with_threads():
 
 
 def test_a_backend_without_threads_runs_the_pieces_at_once():
-    for backend in (get_backend("strict"),):
-        ran = []
-        with backend.deferring():
-            assert not backend.can_defer()
-            backend.later([lambda: ran.append(1), lambda: ran.append(2)], lambda: ran.append("then"))
-            assert ran == [1, 2, "then"]
+    backend, ran = get_backend("strict"), []
+    with backend.deferring():
+        assert not backend.can_defer()
+        backend.later([lambda: ran.append(1), lambda: ran.append(2)], lambda: ran.append("then"))
+        assert ran == [1, 2, "then"]
 
 
 def test_empty_pieces_run_then_at_once():

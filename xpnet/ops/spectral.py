@@ -309,19 +309,20 @@ def _later_dw(xp, S, DY, K, need_dx, inverse, w_shape):
 
 
 class _KernelGradient:
-    """dW = the kernel window of the inverse transform of G, into ``out``: ``fill`` runs on
-    whichever thread finishes G's pieces, so its product runs as one thread (the same column
-    pieces as wide_matmul's on the pool: the same bits)."""
+    """dW (F, C, kh, kw) = the kernel window of the inverse transform of G, into ``out``. Left for
+    later, ``fill`` runs on whichever thread finishes G's pieces, so its product runs on that one
+    thread (``split`` False: the same column pieces as on the pool, so the same bits)."""
 
     def __init__(self, xp, inverse, G, shape):
         self.xp, self.inverse, self.G = xp, inverse, G
         self.out = xp.empty(shape, dtype=G.dtype)
 
-    def fill(self):
+    def fill(self, split=False):
         xp, (f, c, kh, kw) = self.xp, self.out.shape
-        g = wide_matmul(xp, self.inverse, self.G.reshape(-1, c * f), split=False)
+        g = wide_matmul(xp, self.inverse, self.G.reshape(-1, c * f), split=split)
         xp.copyto(self.out, g.reshape(kh, kw, c, f).transpose(3, 2, 0, 1))
         self.G = None
+        return self.out
 
 
 def forward(xp, x, W, b, stride, padding, planes_out=False):
@@ -384,8 +385,7 @@ def backward(xp, dy, cache, need_dx):
         else:
             G, DX = _cpu_backward_products(xp, cache["S"], DY, cache["K"], need_dx)
     if dW is None:
-        g = wide_matmul(xp, inverse, G.reshape(2 * bins, c * f))
-        dW = xp.ascontiguousarray(g.reshape(kh, kw, c, f).transpose(3, 2, 0, 1))    # (F, C, kh, kw)
+        dW = _KernelGradient(xp, inverse, G, (f, c, kh, kw)).fill(split=True)
     if not need_dx:
         return None, dW, db
     out = dft.image(xp, DX.reshape(khalf, wp, 2, n, c), dft.inverse_w(xp, dt, w, left, 1, wp),
