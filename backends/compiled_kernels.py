@@ -105,3 +105,41 @@ def band_unpool_2x2(k_of, d, bands, pick):
                     left[q], right[q] = g * one[2 * i], g * one[2 * i + 1]
             for c in range(2 * wo, w):
                 bands[r, i, c, :] = zero
+
+
+
+@_compiled
+def dropout_apply(x, keep, scale, y, mask):   # 1-D; keep: the bool mask's bytes (0 or 1)
+    for i in range(x.shape[0]):
+        m = scale * x.dtype.type(keep[i])   # scale * 1 or scale * 0: where(keep, scale, 0)
+        mask[i] = m
+        y[i] = x[i] * m
+
+
+@_compiled
+def splitmix64(start, first, out):   # out[i] <- the word at position first + i (random.py)
+    golden = numpy.uint64(0x9E3779B97F4A7C15)
+    for i in range(out.shape[0]):
+        z = numpy.uint64(first + i) * golden + start
+        z ^= z >> numpy.uint64(30)
+        z *= numpy.uint64(0xBF58476D1CE4E5B9)
+        z ^= z >> numpy.uint64(27)
+        z *= numpy.uint64(0x94D049BB133111EB)
+        out[i] = z ^ (z >> numpy.uint64(31))
+
+
+@_compiled
+def relu(x, y, mask):   # 1-D; mask: bool bytes
+    zero = x.dtype.type(0)
+    for i in range(x.shape[0]):
+        v = x[i]
+        if not (v > zero or v != v):   # numpy.maximum(v, 0): NaN kept, 0 (not -0.0) when equal
+            v = zero
+        y[i] = v
+        mask[i] = v > zero
+
+
+@_compiled
+def multiply_mask(a, keep, out):   # 1-D; keep: bool bytes
+    for i in range(a.shape[0]):
+        out[i] = a[i] * a.dtype.type(keep[i])   # as NumPy: the bool cast to 1 or 0, then multiplied

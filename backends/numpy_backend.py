@@ -84,19 +84,29 @@ class NumpyBackend(Backend):
 
     def _splitmix64(self, start, n):
         """random.py's words for i < n (i * GOLDEN + start, mixed by splitmix64), element-wise and
-        so split over the pool with the same bits; i * GOLDEN kept per size as random.py does."""
-        steps = self._golden_steps.get(n)
-        if steps is None:
-            if len(self._golden_steps) >= 8:
-                self._golden_steps.pop(next(iter(self._golden_steps)))
-            steps = self._golden_steps[n] = numpy.arange(n, dtype=numpy.uint64) * numpy.uint64(GOLDEN)
+        so split over the pool with the same bits: a large draw in one compiled pass a piece
+        (backends/compiled.py), else NumPy's passes with i * GOLDEN kept per size as random.py
+        does."""
         out = numpy.empty(n, dtype=numpy.uint64)
+        if n >= compiled.MIN_ELEMENTWISE and compiled.available():
+            def part(s):
+                first, stop, _ = s.indices(n)
+                if not compiled.splitmix64(start, first, out[s]):   # numba unusable after all
+                    numpy.add(numpy.arange(first, stop, dtype=numpy.uint64) * numpy.uint64(GOLDEN), start,
+                              out=out[s])
+                    mix_splitmix64(out[s])
+        else:
+            steps = self._golden_steps.get(n)
+            if steps is None:
+                if len(self._golden_steps) >= 8:
+                    self._golden_steps.pop(next(iter(self._golden_steps)))
+                steps = self._golden_steps[n] = numpy.arange(n, dtype=numpy.uint64) * numpy.uint64(GOLDEN)
 
-        def part(s):
-            numpy.add(steps[s], start, out=out[s])
-            mix_splitmix64(out[s])
+            def part(s):
+                numpy.add(steps[s], start, out=out[s])
+                mix_splitmix64(out[s])
 
-        self._kernels.split(part, n, 8 * n)   # eight passes over the words
+        self._kernels.split(part, n, 8 * n)   # eight passes over the words (NumPy's)
         return out
 
     def flat_update(self, fn, arrays):

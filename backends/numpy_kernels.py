@@ -21,6 +21,7 @@ import time
 
 import numpy
 
+from . import compiled
 from .cpu_threads import SplitCheck, split_mode, thread_count  # noqa: F401  (thread_count: the pool's size)
 
 # Smaller passes run in one piece: under load a split costs a hand-off to a worker that may wait
@@ -239,6 +240,12 @@ def in_memory_order(*arrays):
     return views if all(v.flags.c_contiguous for v in views) else arrays
 
 
+def _flat(*arrays):
+    """1-D views of the arrays where all are C-contiguous (a reshape of any other would be a copy,
+    and a kernel writing into it would be lost), else None."""
+    return [a.reshape(-1) for a in arrays] if all(a.flags.c_contiguous for a in arrays) else None
+
+
 class ElementwiseKernels:
     """relu_forward, multiply, dropout_forward, matmul: threaded versions of the hottest
     expressions, and ``split`` to run any ``part(slice)`` over pieces of a leading axis."""
@@ -348,8 +355,10 @@ class ElementwiseKernels:
         xs, ys, ms = in_memory_order(x, y, mask)
 
         def part(s):
-            numpy.maximum(xs[s], 0, out=ys[s])
-            numpy.greater(ys[s], 0, out=ms[s])
+            flat = _flat(xs[s], ys[s], ms[s])   # one compiled pass, where it can
+            if flat is None or not compiled.relu(*flat):
+                numpy.maximum(xs[s], 0, out=ys[s])
+                numpy.greater(ys[s], 0, out=ms[s])
 
         self._run(part, len(xs), x.size)
         return y, mask
@@ -363,7 +372,9 @@ class ElementwiseKernels:
         as_, bs, outs = in_memory_order(a, b, out)
 
         def part(s):
-            numpy.multiply(as_[s], bs[s], out=outs[s])
+            flat = _flat(as_[s], bs[s], outs[s]) if b.dtype == numpy.bool_ else None
+            if flat is None or not compiled.multiply_mask(*flat):   # one compiled pass, where it can
+                numpy.multiply(as_[s], bs[s], out=outs[s])
 
         self._run(part, len(as_), a.size)
         return out
@@ -377,8 +388,10 @@ class ElementwiseKernels:
         xs, ks, ms, ys = in_memory_order(x, keep, mask, y)
 
         def part(s):
-            numpy.multiply(ks[s], value, out=ms[s])
-            numpy.multiply(xs[s], ms[s], out=ys[s])
+            flat = _flat(xs[s], ks[s], ys[s], ms[s])   # one compiled pass, where it can
+            if flat is None or not compiled.dropout_apply(flat[0], flat[1], value, flat[2], flat[3]):
+                numpy.multiply(ks[s], value, out=ms[s])
+                numpy.multiply(xs[s], ms[s], out=ys[s])
 
         self._run(part, len(xs), x.size)
         return y, mask
