@@ -269,15 +269,29 @@ class ElementwiseKernels:
     @contextlib.contextmanager
     def deferring(self):
         """Inside it (on this thread) ``can_defer`` is true on more than one thread; on leaving the
-        outermost one every piece given to ``later`` has run (its errors are raised)."""
+        outermost one every piece given to ``later`` has run (its errors are raised). When the
+        body itself raised, its error is the one raised (the pieces still finish first, and an
+        error of theirs, about work nobody will use, is dropped)."""
         depth = getattr(self._local, "depth", 0)
         self._local.depth = depth + 1
         try:
             yield
-        finally:
-            self._local.depth = depth
-            if depth == 0 and self._pool is not None and self._pool.pid == os.getpid():
+        except BaseException:
+            self._finish_later(depth, quiet=True)
+            raise
+        else:
+            self._finish_later(depth)
+
+    def _finish_later(self, depth, quiet=False):
+        """Leave a ``deferring`` level; at the outermost, run and wait for what ``later`` was given
+        (its first error raised, or with ``quiet`` dropped)."""
+        self._local.depth = depth
+        if depth == 0 and self._pool is not None and self._pool.pid == os.getpid():
+            try:
                 self._pool.finish_later()
+            except BaseException:
+                if not quiet:
+                    raise
 
     def can_defer(self):
         """True where ``later`` runs its pieces beside the caller's work (else there is no gain)."""

@@ -94,6 +94,29 @@ def test_errors_reach_the_caller_and_the_next_context_starts_clean():
             k.later([lambda: None], lambda: {}["then's"])
 
 
+def test_the_bodys_error_wins_over_a_pieces():
+    """A backward that raises while a deferred piece also fails: the caller sees the backward's
+    error (what went wrong first), after every piece has finished; the next context starts clean."""
+    k = ElementwiseKernels(2)
+    done = []
+    slow, started, gate = held_piece(done, "slow")
+
+    def bad():
+        raise ZeroDivisionError("piece")
+
+    with pytest.raises(ValueError, match="body") as info:
+        with k.deferring():
+            k.later([slow, bad])
+            assert started.wait(10)   # the worker has the slow one
+            threading.Timer(0.3, gate.set).start()
+            raise ValueError("body")
+    assert done == ["slow"]   # finished before the error left the context
+    assert info.value.__context__ is None
+    with k.deferring():
+        k.later([lambda: done.append("next")])
+    assert done == ["slow", "next"]
+
+
 def test_nested_contexts_finish_at_the_outermost():
     """Leaving an inner ``deferring`` does not wait for the pieces (a piece held up until after the
     inner block would otherwise hold it up: checked by making every exit finish)."""
