@@ -171,7 +171,6 @@ def unpool_2x2(k_of, d, x):
     return True
 
 
-
 # Passes over fewer elements (or words) run NumPy's ufuncs: the kernels below save a few hundred
 # microseconds on a layer's activations, nothing on small arrays, where they would only import
 # numba into processes that need nothing else of it (a dense model's dropout, a weight draw).
@@ -228,8 +227,8 @@ def splitmix64(start, first, out):
     splitmix64 of (first + i) * GOLDEN + start), the bits of random._finish's NumPy passes in one
     compiled pass over 1-D C-contiguous uint64 ``out`` (of any size: the caller, which splits a
     draw into pieces, decides from the whole draw's). False when not done (no numba, another
-    array)."""
-    if not (available() and out.dtype == numpy.uint64
+    array, or ``start`` an array: a device counter's (1,) start)."""
+    if not (available() and numpy.ndim(start) == 0 and out.dtype == numpy.uint64
             and out.dtype.isnative and out.ndim == 1 and out.flags.c_contiguous):
         return False
     k = kernels()
@@ -237,6 +236,7 @@ def splitmix64(start, first, out):
         return False
     k.splitmix64(numpy.uint64(start), int(first), out)
     return True
+
 
 @functools.lru_cache(maxsize=None)
 def _picks(dtype):

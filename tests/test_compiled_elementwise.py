@@ -166,6 +166,25 @@ def test_small_or_strided_arrays_take_numpys_passes(spied):
     assert spied["relu"] == spied["multiply_mask"] == spied["dropout_apply"] == 0, spied
 
 
+def test_numpys_passes_where_numba_cannot_be_loaded_or_the_start_is_an_array(monkeypatch, spied):
+    """numba installed but its kernels not loadable (``kernels()`` None: a warning said why) after
+    the backend chose the compiled path for a draw, or a generator with a device counter (its start
+    a (1,) array): NumPy's passes, the same words and passes."""
+    backend = NumpyBackend()
+    backend.set_threads(2)
+    n = compiled.MIN_ELEMENTWISE + 5
+    want = backend.rng(3)._bits(n)
+    assert spied["splitmix64"] >= 1
+    same_bits(backend.rng(3).device_counter()._bits(n), want)
+    monkeypatch.setattr(compiled, "kernels", lambda: None)
+    spied.update({name: 0 for name in NAMES})
+    same_bits(backend.rng(3)._bits(n), want)
+    x = awkward(np.random.default_rng(1), 4 * n, np.float32).reshape(4, n)
+    y, mask = backend.relu_forward(x)
+    same_bits(y, np.maximum(x, 0))
+    assert spied == {name: 0 for name in NAMES}
+
+
 def test_small_models_do_not_import_numba():
     """A small model's draws, ReLU and Dropout stay NumPy's passes and never load numba (0.3 s,
     100 MB a process: a server's or a rank's); a large ReLU loads it."""
