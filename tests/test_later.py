@@ -183,12 +183,13 @@ def _train_step(model, x, y):
     return dx, {k: v.copy() for k, v in model.gradients.items()}
 
 
-@pytest.mark.parametrize("gauss_from, first_spectral, max_bytes", [
-    (1, True, None), (1, False, None), (10 ** 9, True, None), (10 ** 9, False, None),
-    (1, False, 0),   # layers larger than LATER_MAX_BYTES make G at once
+@pytest.mark.parametrize("gauss_from, first_spectral, max_bytes, min_macs", [
+    (1, True, None, 0), (1, False, None, 0), (10 ** 9, True, None, 0), (10 ** 9, False, None, 0),
+    (1, False, 0, 0),   # layers larger than LATER_MAX_BYTES make G at once
+    (1, False, None, None),   # so do those whose G is under LATER_MIN_MACS (this model's: 0.1 M)
 ])
 def test_the_models_backward_leaves_dw_to_the_workers_with_the_same_bits(monkeypatch, gauss_from, first_spectral,
-                                                                        max_bytes):
+                                                                        max_bytes, min_macs):
     pytest.importorskip("numba")
     from xpnet.backends import compiled
     from xpnet.backends import numpy_kernels as nk
@@ -199,6 +200,8 @@ def test_the_models_backward_leaves_dw_to_the_workers_with_the_same_bits(monkeyp
     monkeypatch.setattr(spectral, "GAUSS_MIN_BATCH", gauss_from)
     if max_bytes is not None:
         monkeypatch.setattr(spectral, "LATER_MAX_BYTES", max_bytes)
+    if min_macs is not None:
+        monkeypatch.setattr(spectral, "LATER_MIN_MACS", min_macs)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 3, 12, 12)).astype(np.float32)
     y = rng.integers(0, 10, 8)
@@ -215,7 +218,8 @@ def test_the_models_backward_leaves_dw_to_the_workers_with_the_same_bits(monkeyp
             runs.append(_train_step(model, x, y))
         finally:
             model.backend.set_threads(get_backend("cpu")._kernels.threads)
-        assert len(deferred) == (2 if later and threads > 1 and max_bytes is None else 0), (later, threads, deferred)
+        assert len(deferred) == (2 if later and threads > 1 and max_bytes is None and min_macs == 0 else 0), \
+            (later, threads, deferred)
         deferred.clear()
     for dx, grads in runs[1:]:
         assert (dx is None) == first_spectral and (dx is None or dx.tobytes() == runs[0][0].tobytes())

@@ -91,6 +91,14 @@ LATER_DW = 1
 # (22-45 MB). Read per call, for benchmarks/ab_setting.py.
 LATER_MAX_BYTES = 12 << 20
 
+# ...and whose G takes at least this many multiply-adds (bins x 2C x 2N x F; as gemm.MIN_MACS, under
+# which a product is not split either): a smaller G is over before a worker has woken for it, and
+# the hand-off costs more than it frees. In-process A/B on two threads (session 26,
+# benchmarks/results/2026-12-03-s26-later-min.log): LeNet-5 at 16 (G of 0.7 M multiply-adds) took
+# 1.097x as long deferred, at 64 (2.8 M) 1.005x, the 3x3 CNN at 16 (11.9 M) 0.940x, the medium
+# model at 16 (14-44 M) 0.898x. Read per call, for benchmarks/ab_setting.py.
+LATER_MIN_MACS = 1 << 22
+
 
 def _kernel_spectrum(xp, W, dt, hp, wp):
     """K (bins, 2C, F): the kernel spectrum per frequency bin, imaginary parts over real parts,
@@ -285,12 +293,14 @@ def _later_dw(xp, S, DY, K, need_dx, inverse, w_shape):
     times G) left to ``Backend.later``, a piece of bins at a time, by the compiled products (the
     same calls as _cpu_backward_products, so the same bits). (dW, filled by the end of
     ``deferring``; DX), or None where that does not apply (also for layers whose S and DY take more
-    than LATER_MAX_BYTES: G is then made beside dX while they are in cache)."""
+    than LATER_MAX_BYTES: G is then made beside dX while they are in cache; and for a G of fewer
+    than LATER_MIN_MACS multiply-adds, made at once as well)."""
     backend = backend_of(S)
-    if not (LATER_DW and COMPILED_PRODUCTS and S.nbytes + DY.nbytes <= LATER_MAX_BYTES and backend.can_defer()):
-        return None
     bins, n2, c = S.shape
     f = DY.shape[2]
+    if not (LATER_DW and COMPILED_PRODUCTS and S.nbytes + DY.nbytes <= LATER_MAX_BYTES
+            and bins * 2 * c * n2 * f >= LATER_MIN_MACS and backend.can_defer()):
+        return None
     G = xp.empty((bins, 2 * c, f), dtype=xp.result_type(S, DY))
     DX = xp.empty((bins, n2, c), dtype=DY.dtype) if need_dx else None
     gauss = _three_multiply(S, DY, K)
