@@ -96,7 +96,7 @@ LATER_MAX_BYTES = 12 << 20
 # the hand-off costs more than it frees. In-process A/B on two threads (session 26,
 # benchmarks/results/2026-12-03-s26-later-min.log): LeNet-5 at 16 (G of 0.7 M multiply-adds) took
 # 1.097x as long deferred, at 64 (2.8 M) 1.005x, the 3x3 CNN at 16 (11.9 M) 0.940x, the medium
-# model at 16 (14-44 M) 0.898x. Read per call, for benchmarks/ab_setting.py.
+# model at 16 (14-28 M) 0.898x. Read per call, for benchmarks/ab_setting.py.
 LATER_MIN_MACS = 1 << 22
 
 
