@@ -62,7 +62,8 @@ def test_info_lists_versions_and_backends(capsys):
     assert "GPU:" in out
     assert "CPU threads: " in out and "NumPy's BLAS: " in out   # the pool and what it did to BLAS
     from xpnet.backends import compiled
-    assert f"compiled CPU kernels (2x2 max pooling, spectral products): {compiled.describe()}\n" in out
+    assert ("compiled CPU kernels (2x2 max pooling, spectral products, ReLU, Dropout, random words): "
+            f"{compiled.describe()}\n") in out
     threadpoolctl = pytest.importorskip("threadpoolctl")  # each BLAS NumPy uses and the kernels it chose
     # not scipy's own OpenBLAS (scipy.libs), which numba's compiler loads with scipy.linalg once a
     # compiled kernel has run in this process (backends/compiled.py): NumPy never calls it

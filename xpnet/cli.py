@@ -371,7 +371,8 @@ def _cpu_threads_line(cpu):
     hint = pinned_kernels_hint(blas["libraries"])
     from .backends import compiled
     return (f"CPU threads: {cpu.threads} (XPNET_NUM_THREADS); NumPy's BLAS: {state} (XPNET_BLAS_THREADS)"
-            + f"\ncompiled CPU kernels (2x2 max pooling, spectral products): {compiled.describe()}"
+            + "\ncompiled CPU kernels (2x2 max pooling, spectral products, ReLU, Dropout, random words): "
+            + compiled.describe()
             + (f"\nnote: {hint}" if hint else ""))
 
 
