@@ -88,23 +88,21 @@ class NumpyBackend(Backend):
         (backends/compiled.py), else NumPy's passes with i * GOLDEN kept per size as random.py
         does."""
         out = numpy.empty(n, dtype=numpy.uint64)
-        if n >= compiled.MIN_ELEMENTWISE and compiled.available():
-            def part(s):
-                first, stop, _ = s.indices(n)
-                if not compiled.splitmix64(start, first, out[s]):   # numba unusable after all
-                    numpy.add(numpy.arange(first, stop, dtype=numpy.uint64) * numpy.uint64(GOLDEN), start,
-                              out=out[s])
-                    mix_splitmix64(out[s])
-        else:
-            steps = self._golden_steps.get(n)
-            if steps is None:
-                if len(self._golden_steps) >= 8:
-                    self._golden_steps.pop(next(iter(self._golden_steps)))
-                steps = self._golden_steps[n] = numpy.arange(n, dtype=numpy.uint64) * numpy.uint64(GOLDEN)
+        fast = n >= compiled.MIN_ELEMENTWISE and compiled.available()
+        steps = None if fast else self._golden_steps.get(n)
+        if steps is None and not fast:
+            if len(self._golden_steps) >= 8:
+                self._golden_steps.pop(next(iter(self._golden_steps)))
+            steps = self._golden_steps[n] = numpy.arange(n, dtype=numpy.uint64) * numpy.uint64(GOLDEN)
 
-            def part(s):
-                numpy.add(steps[s], start, out=out[s])
-                mix_splitmix64(out[s])
+        def part(s):
+            first, stop, _ = s.indices(n)
+            if fast and compiled.splitmix64(start, first, out[s]):
+                return
+            # NumPy's passes (also where numba turned out unusable after all: its i * GOLDEN here)
+            numpy.add(numpy.arange(first, stop, dtype=numpy.uint64) * numpy.uint64(GOLDEN) if steps is None
+                      else steps[s], start, out=out[s])
+            mix_splitmix64(out[s])
 
         self._kernels.split(part, n, 8 * n)   # eight passes over the words (NumPy's)
         return out
