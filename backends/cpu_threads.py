@@ -188,6 +188,17 @@ class SplitCheck:
     keeps these shares the same for fast and slow steps. Results do not depend on the choice (the
     pieces give the same bits as one pass).
 
+    Load as such is seen pool-wide: a split pass whose pieces ran at least ``PARALLEL`` CPU seconds a
+    wall second had a second core. After ``LOAD_PASSES`` split passes in a row without one, the
+    check is ``loaded`` (beside a busy process, on Linux with autogroup, a session's threads share
+    one core whatever their number: measured here, no split pass of any model went over 1.00 with
+    one busy process, while idle most passes of every model that splits did). While loaded, an
+    alone verdict holds ``LOAD_HOLD_PASSES`` (the 2-pass retries of every 64 cost 1-2 % of a step
+    under load), the backend gives no pieces to idle workers (``later``: each wake of a worker
+    then costs the caller its core), and one alone pass in ``LOAD_PROBE_PASSES`` (over all sites)
+    is split to see whether the load left. The first split pass with a second core ends the load,
+    and every site held alone by it is tried split at once.
+
     (Until 2026-12-01 CPU over wall seconds was the only measure. It only shows waiting: on this
     project's VM two pieces running at once each take 2-3x as long as alone, and that ratio counts
     it as gain: LeNet-5's pooling and GEMM passes read 1.4-1.6 while splitting them made them
@@ -200,11 +211,19 @@ class SplitCheck:
     MAX_HOLD_PASSES = 64
     MAX_SPLIT_HOLD_PASSES = 512
     MAX_SITES = 1024
+    PARALLEL = 1.05
+    LOAD_PASSES = 16
+    LOAD_HOLD_PASSES = 1024
+    LOAD_PROBE_PASSES = 256
 
     def __init__(self):
         self.sites = {}   # key -> _Site
         self.last_gain = {}   # key -> the gain its last verdict measured
         self.split_passes = self.alone_passes = self.holds = self.alarms = 0
+        self.loaded = False
+        self.loads = self.load_probes = 0
+        self._serial = 0     # split passes in a row without a second core
+        self._unprobed = 0   # alone passes since the last load probe
         self._lock = threading.Lock()   # one backend used by several threads (needed without a GIL)
         _CHECKS.add(self)
 
@@ -230,14 +249,40 @@ class SplitCheck:
         if site.next_split():
             self.split_passes += 1
             return True
+        if self.loaded:
+            self._unprobed += 1
+            if self._unprobed >= self.LOAD_PROBE_PASSES:   # has the load left?
+                self._unprobed = 0
+                self.load_probes += 1
+                self.split_passes += 1
+                return True
         self.alone_passes += 1
         return False
+
+    def _seen(self, wall_s, cpu_s):
+        """A split pass's CPU and wall seconds: the pool's load state."""
+        if cpu_s >= self.PARALLEL * wall_s:
+            self._serial = 0
+            if self.loaded:
+                self.loaded = False
+                for site in self.sites.values():   # the load left: try its alone sites split now
+                    if site.verdict is False and site.under_load:
+                        site.plan = collections.deque([True] * self.RETRY_PASSES)
+                        site.under_load = False
+        else:
+            self._serial += 1
+            if self._serial >= self.LOAD_PASSES and not self.loaded:
+                self.loaded = True
+                self.loads += 1
+                self._unprobed = 0
 
     def _record(self, key, wall_s, work, cpu_s):
         site = self.sites.get(key)
         if site is None:   # the site was never asked about (a caller outside the pool's plan)
             return
         split = cpu_s is not None
+        if split:
+            self._seen(wall_s, cpu_s)
         site.times[split].append(wall_s / max(work, 1))
         if split and site.verdict:   # a pass of a split hold: the alarm
             site.cpu += cpu_s
@@ -258,7 +303,10 @@ class SplitCheck:
         hold = min(growth * site.hold, longest) if verdict is site.verdict else self.HOLD_PASSES
         if not verdict:
             self.holds += 1
+            if self.loaded:
+                hold = self.LOAD_HOLD_PASSES
         site.decide(verdict, hold, self.RETRY_PASSES)
+        site.under_load = not verdict and self.loaded
 
     def report(self):
         """Counts for a benchmark's record: passes split, passes kept on one thread, verdicts that
@@ -266,7 +314,8 @@ class SplitCheck:
         the gain each site's last verdict measured (sorted)."""
         gains = sorted(self.last_gain.values())
         return {"split_passes": self.split_passes, "alone_passes": self.alone_passes, "holds": self.holds,
-                "alarms": self.alarms, "sites": len(self.sites),
+                "alarms": self.alarms, "loaded": self.loaded, "loads": self.loads,
+                "load_probes": self.load_probes, "sites": len(self.sites),
                 "sites_alone_now": sum(s.verdict is False for s in self.sites.values()),
                 "last_gains": [round(g, 2) for g in gains]}
 
@@ -301,6 +350,7 @@ class _Site:
         self.plan = collections.deque([True, False] * SplitCheck.PROBES)   # the probe: alternating
         self.cpu = self.wall = 0.0
         self.watched = 0
+        self.under_load = False   # held alone by a verdict made while the pool was loaded
 
     def next_split(self):
         return self.plan.popleft() if self.plan else bool(self.verdict)

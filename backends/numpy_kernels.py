@@ -294,8 +294,11 @@ class ElementwiseKernels:
                     raise
 
     def can_defer(self):
-        """True where ``later`` runs its pieces beside the caller's work (else there is no gain)."""
-        return self.threads > 1 and getattr(self._local, "depth", 0) > 0
+        """True where ``later`` runs its pieces beside the caller's work (else there is no gain):
+        on more than one thread, inside ``deferring``, and while the split passes show that the
+        workers get a core (``SplitCheck.loaded``: beside a busy process each wake of a worker
+        costs the caller its core)."""
+        return self.threads > 1 and getattr(self._local, "depth", 0) > 0 and not self.check.loaded
 
     def later(self, pieces, then=None):
         """DaemonPool.later: the pieces when a worker is idle, by the end of ``deferring``."""

@@ -13,7 +13,12 @@ so that every count sees the same machine load; ``--load N`` runs N busy process
 BLAS, to show the difference). ``--split always`` splits every large pass over the pool whatever it
 gains (what xpnet did before SplitCheck, backends/cpu_threads.py); the JSON records SplitCheck's
 counts per model (passes split, passes kept on one thread). Prints and writes (``--out``) the
-median and mean step per count and the ratio of each count's median to the first's.
+median and mean step per count and the ratio of each count's median to the first's, with a 90 %
+interval for that ratio (bootstrap over the rounds: a round is one step of each count, so the
+resampled steps stay paired in time). A count may come twice (``--threads 1,1,2``): the second is
+labelled ``1#2`` and its ratio to the first, an A/A comparison of the same code, is the run's own
+measure of noise (on this project's VM: 0.95-1.02 for the medium model at 16 beside a busy
+process).
 """
 import argparse
 import datetime
@@ -79,24 +84,50 @@ def time_model(name, args, xpnet, np, set_threads):
     y = backend.asarray(rng.integers(0, 10, args.batch_size))
     step = fit_step(model, x, y)
 
-    times = {t: [] for t in args.threads}
+    labels = count_labels(args.threads)
+    times = {label: [] for label in labels}
     before = backend._kernels.check.report()  # the backend (and its counts) outlive one model
     for i in range(args.warmup + args.repeats):
-        for t in args.threads:
+        for t, label in zip(args.threads, labels):
             set_threads(backend, t)
             t0 = time.perf_counter()
             step()
             if i >= args.warmup:
-                times[t].append(time.perf_counter() - t0)
-    first = statistics.median(times[args.threads[0]])
+                times[label].append(time.perf_counter() - t0)
+    first = statistics.median(times[labels[0]])
     after = backend._kernels.check.report()
-    counts = {k: after[k] - before[k] for k in ("split_passes", "alone_passes", "holds")}
-    counts["sites_alone_now"], counts["last_gains"] = after["sites_alone_now"], after["last_gains"]
+    counts = {k: after[k] - before[k] for k in ("split_passes", "alone_passes", "holds", "alarms", "loads", "load_probes")}
+    for k in ("loaded", "sites_alone_now", "last_gains"):
+        counts[k] = after[k]
     return {"model": name, "batch_size": args.batch_size, "split_check": counts,
             "input_gradient": model.layers[0].need_input_grad,
-            "threads": {str(t): {"median_s": statistics.median(v), "mean_s": statistics.mean(v),
-                                 "ratio_to_first": statistics.median(v) / first, "times_s": v}
-                        for t, v in times.items()}}
+            "threads": {label: {"median_s": statistics.median(v), "mean_s": statistics.mean(v),
+                                "ratio_to_first": statistics.median(v) / first,
+                                "ratio_interval_90": ratio_interval(times[labels[0]], v), "times_s": v}
+                        for label, v in times.items()}}
+
+
+def count_labels(counts):
+    """A label per thread count: the count, with ``#k`` on its k-th repeat (1, 1#2, 2)."""
+    seen, labels = {}, []
+    for t in counts:
+        seen[t] = seen.get(t, 0) + 1
+        labels.append(str(t) if seen[t] == 1 else f"{t}#{seen[t]}")
+    return labels
+
+
+def ratio_interval(first, other, resamples=2000, seed=0):
+    """90 % bootstrap interval of median(other) / median(first) over the rounds (pairs of steps
+    taken in the same round are resampled together)."""
+    import random
+    rng = random.Random(seed)
+    n = len(first)
+    ratios = []
+    for _ in range(resamples):
+        idx = [rng.randrange(n) for _ in range(n)]
+        ratios.append(statistics.median(other[i] for i in idx) / statistics.median(first[i] for i in idx))
+    ratios.sort()
+    return [ratios[int(0.05 * (resamples - 1))], ratios[int(0.95 * (resamples - 1))]]
 
 
 def main(argv=None):
@@ -124,7 +155,8 @@ def main(argv=None):
             r = time_model(name, args, xpnet, np, set_threads)
             results.append(r)
             print(f"{name} b{args.batch_size} load {args.load} blas {args.blas} split {args.split}: " + "  ".join(
-                f"{t} thr {v['median_s'] * 1e3:.1f} ms (mean {v['mean_s'] * 1e3:.1f}, x{v['ratio_to_first']:.2f})"
+                f"{t} thr {v['median_s'] * 1e3:.1f} ms (mean {v['mean_s'] * 1e3:.1f}, x{v['ratio_to_first']:.2f}"
+                + ("" if t == next(iter(r["threads"])) else " [{:.2f}-{:.2f}]".format(*v["ratio_interval_90"])) + ")"
                 for t, v in r["threads"].items()), flush=True)
     report = {"date": started.isoformat(timespec="seconds"), "command": " ".join(["benchmarks/threads.py"] + sys.argv[1:]),
               "settings": vars(args), "cpu_count": os.cpu_count(), "load": load.report(),

@@ -85,7 +85,32 @@ def test_threads_py_alternates_thread_counts(tmp_path):
     from xpnet.backends import compiled
     assert report["compiled_kernels"] == compiled.describe()
     assert r["input_gradient"] is False   # the step is fit()'s: no gradient for the input images
-    assert {"split_passes", "alone_passes", "holds", "sites_alone_now", "last_gains"} == set(r["split_check"])
+    assert {"split_passes", "alone_passes", "holds", "alarms", "loads", "load_probes", "loaded",
+            "sites_alone_now", "last_gains"} == set(r["split_check"])
+
+
+def test_threads_py_takes_a_count_twice_as_its_own_noise(tmp_path):
+    """--threads 1,1,2: the second 1 is labelled 1#2 (an A/A comparison in the same run); every
+    count but the first gets a 90 % interval for its ratio."""
+    import json
+    run_benchmark("threads.py", "--models", "lenet5", "--batch-size", "2", "--repeats", "3", "--warmup", "0",
+                  "--threads", "1,1,2", "--out", str(tmp_path))
+    (path,) = tmp_path.glob("*-load0-blas-one.json")
+    (r,) = json.loads(path.read_text())["results"]
+    assert list(r["threads"]) == ["1", "1#2", "2"]
+    assert all(len(v["times_s"]) == 3 for v in r["threads"].values())
+    for v in r["threads"].values():
+        lo, hi = v["ratio_interval_90"]
+        assert lo <= hi
+
+
+def test_the_ratio_interval_pairs_the_rounds():
+    import threads
+    assert threads.count_labels([1, 2, 1, 1]) == ["1", "2", "1#2", "1#3"]
+    first = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert threads.ratio_interval(first, [1.1 * t for t in first]) == pytest.approx([1.1, 1.1])
+    lo, hi = threads.ratio_interval(first, [1.0, 2.2, 2.7, 4.4, 5.0])
+    assert lo < 1.0 < hi
 
 
 def test_set_threads_is_checked():

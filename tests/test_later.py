@@ -146,6 +146,16 @@ def test_can_defer_only_inside_the_context_on_this_thread_with_threads():
     assert seen == [False] and not two.can_defer()
 
 
+def test_nothing_is_deferred_while_the_split_passes_show_load():
+    """Beside a busy process (SplitCheck.loaded) each wake of a worker costs the caller its core."""
+    two = ElementwiseKernels(2)
+    with two.deferring():
+        two.check.loaded = True
+        assert not two.can_defer()
+        two.check.loaded = False
+        assert two.can_defer()
+
+
 def test_a_backend_without_threads_runs_the_pieces_at_once():
     backend, ran = get_backend("strict"), []
     with backend.deferring():

@@ -117,6 +117,58 @@ def test_waiting_for_the_worker_ends_a_split_hold_at_once():
     assert check.report()["sites_alone_now"] == 1
 
 
+def split_passes(check, count, cpu_per_wall, first=0):
+    """``count`` first passes of new sites (a probe's first pass is split) whose pieces ran
+    ``cpu_per_wall`` CPU seconds a wall second."""
+    for i in range(first, first + count):
+        assert check.split(("new", i))
+        check.record(("new", i), 1e-3, 1000, cpu_s=cpu_per_wall * 1e-3)
+
+
+def test_split_passes_without_a_second_core_make_the_check_loaded_until_one_has_it():
+    check = C()
+    split_passes(check, C.LOAD_PASSES - 1, 0.98)
+    split_passes(check, 1, C.PARALLEL + 0.01, first=100)   # a second core: the count starts over
+    split_passes(check, C.LOAD_PASSES - 1, 0.98, first=200)
+    assert not check.loaded
+    split_passes(check, 1, 0.98, first=300)
+    assert check.loaded and check.report()["loads"] == 1 and check.report()["loaded"]
+    split_passes(check, 5, 0.5, first=400)
+    assert check.loaded and check.report()["loads"] == 1
+    split_passes(check, 1, C.PARALLEL + 0.01, first=500)
+    assert not check.loaded and check.report()["loads"] == 1
+
+
+def test_while_loaded_an_alone_verdict_holds_long_and_a_few_probes_watch_the_load():
+    """Retries of every 64 passes cost 1-2 % of a step under load; while loaded a site held alone
+    is split only by the pool's probe, one alone pass in LOAD_PROBE_PASSES over all sites."""
+    check = C()
+    split_passes(check, C.LOAD_PASSES, 0.98)
+    seq = kinds(check, "a", 2 * C.PROBES, split_s=2e-3, alone_s=1e-3, cpu_per_wall=0.98)
+    assert seq == [True, False] * C.PROBES and check.loaded
+    assert check.sites["a"].hold == C.LOAD_HOLD_PASSES and check.sites["a"].under_load
+    seq = kinds(check, "a", 3 * C.LOAD_PROBE_PASSES, split_s=2e-3, alone_s=1e-3, cpu_per_wall=0.98)
+    between = C.LOAD_PROBE_PASSES - 1   # alone passes between two probes
+    first = between - C.PROBES          # the site's probe's alone passes counted already
+    assert runs(seq) == [(False, first), (True, 1), (False, between), (True, 1), (False, between),
+                         (True, 1), (False, C.PROBES)]
+    assert check.report()["load_probes"] == 3 and check.loaded
+    assert C.LOAD_HOLD_PASSES > 3 * C.LOAD_PROBE_PASSES, "no retry of the site's own in this test"
+
+
+def test_when_the_load_leaves_the_sites_it_held_alone_are_tried_split_at_once():
+    check = C()
+    kinds(check, "idle", 2 * C.PROBES, split_s=3e-3, alone_s=1e-3)   # alone with a second core
+    split_passes(check, C.LOAD_PASSES, 0.98)
+    kinds(check, "a", 2 * C.PROBES, split_s=2e-3, alone_s=1e-3, cpu_per_wall=0.98)
+    assert check.loaded and check.sites["a"].under_load and not check.sites["idle"].under_load
+    split_passes(check, 1, 1.9, first=1000)                          # a split pass with a second core
+    assert not check.loaded
+    assert kinds(check, "a", C.RETRY_PASSES + 1, split_s=0.6e-3, alone_s=1e-3) == [True] * C.RETRY_PASSES + [True]
+    assert check.sites["a"].verdict is True, "split wins now: held split"
+    assert kinds(check, "idle", 1, split_s=3e-3, alone_s=1e-3) == [False], "a site alone without load keeps its hold"
+
+
 def test_a_pass_that_raised_does_not_wedge_the_site():
     check = C()
     assert check.split("a")                      # this split pass raises: nothing is recorded
