@@ -15,7 +15,10 @@ gains (what xpnet did before SplitCheck, backends/cpu_threads.py); the JSON reco
 counts per model (passes split, passes kept on one thread). Prints and writes (``--out``) the
 median and mean step per count and the ratio of each count's median to the first's, with a 90 %
 interval for that ratio (bootstrap over the rounds: a round is one step of each count, so the
-resampled steps stay paired in time). A count may come twice (``--threads 1,1,2``): the second is
+resampled steps stay paired in time). The counts' order turns by one place each round (1,2 then
+2,1; with three counts each takes each place in turn): a step that follows another runs faster
+or slower for it (with a fixed order 1,1,2 the second one-thread step read 0.93-0.98 of the
+first). A count may come twice (``--threads 1,1,2``): the second is
 labelled ``1#2`` and its ratio to the first, an A/A comparison of the same code, is the run's own
 measure of noise (on this project's VM: 0.95-1.02 for the medium model at 16 beside a busy
 process).
@@ -88,7 +91,7 @@ def time_model(name, args, xpnet, np, set_threads):
     times = {label: [] for label in labels}
     before = backend._kernels.check.report()  # the backend (and its counts) outlive one model
     for i in range(args.warmup + args.repeats):
-        for t, label in zip(args.threads, labels):
+        for t, label in round_order(list(zip(args.threads, labels)), i):
             set_threads(backend, t)
             t0 = time.perf_counter()
             step()
@@ -105,6 +108,12 @@ def time_model(name, args, xpnet, np, set_threads):
                                 "ratio_to_first": statistics.median(v) / first,
                                 "ratio_interval_90": ratio_interval(times[labels[0]], v), "times_s": v}
                         for label, v in times.items()}}
+
+
+def round_order(entries, i):
+    """The entries in round i's order: turned by i places, so each takes each place in turn."""
+    k = i % len(entries)
+    return entries[k:] + entries[:k]
 
 
 def count_labels(counts):

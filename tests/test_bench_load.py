@@ -107,6 +107,7 @@ def test_threads_py_takes_a_count_twice_as_its_own_noise(tmp_path):
 def test_the_ratio_interval_pairs_the_rounds():
     import threads
     assert threads.count_labels([1, 2, 1, 1]) == ["1", "2", "1#2", "1#3"]
+    assert [threads.round_order([1, 2, 3], i) for i in range(4)] == [[1, 2, 3], [2, 3, 1], [3, 1, 2], [1, 2, 3]]
     first = [1.0, 2.0, 3.0, 4.0, 5.0]
     assert threads.ratio_interval(first, [1.1 * t for t in first]) == pytest.approx([1.1, 1.1])
     lo, hi = threads.ratio_interval(first, [1.0, 2.2, 2.7, 4.4, 5.0])
