@@ -114,6 +114,16 @@ def test_the_ratio_interval_pairs_the_rounds():
     assert lo < 1.0 < hi
 
 
+def test_load_state_py_times_the_check_on_and_off_in_one_process():
+    """benchmarks/load_state.py: one thread, two with the load state, two with a check that never
+    turns loaded, in turn; the backend's own check is back at the end."""
+    proc = run_benchmark("load_state.py", "--model", "lenet5", "--batch-size", "2", "--repeats", "3",
+                         "--warmup", "0", "--load", "1")
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("lenet5 b2 load 1") and " 2on: " in line and " 2off: " in line
+    assert "loaded on/off: " in line and "/False;" in line   # the off check never turns loaded
+
+
 def test_set_threads_is_checked():
     from xpnet.backends import get_backend
     backend = get_backend("cpu")
