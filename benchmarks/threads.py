@@ -20,7 +20,7 @@ resampled steps stay paired in time). The counts' order turns by one place each 
 or slower for it (with a fixed order 1,1,2 the second one-thread step read 0.93-0.98 of the
 first). A count may come twice (``--threads 1,1,2``): the second is
 labelled ``1#2`` and its ratio to the first, an A/A comparison of the same code, is the run's own
-measure of noise (on this project's VM: 0.95-1.02 for the medium model at 16 beside a busy
+measure of noise (on this project's VM: 0.96-1.01 for the medium model at 16 beside a busy
 process).
 """
 import argparse
