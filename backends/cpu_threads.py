@@ -180,7 +180,10 @@ class SplitCheck:
     twice as long (four times as long when it splits with a gain of at least ``CLEAR_GAIN``: a
     retry alone of a pass that gains 1.5-2x costs as much as the gain of a few split passes), one
     that changes it starts over: alone from ``HOLD_PASSES`` up to ``MAX_HOLD_PASSES`` (the split
-    tries are then about 3 % of the site's passes), split from ``HOLD_PASSES`` up to
+    tries are then about 3 % of the site's passes), or further where the tries lose more: up to
+    the hold whose tries cost ``RETRY_SHARE`` of the site's time at the measured loss (a split
+    pass taking twice the alone time: 200 passes; at most ``LOAD_HOLD_PASSES``; small steps lost
+    3-5 % to tries of a pass that ran 2x slower split), split from ``HOLD_PASSES`` up to
     ``MAX_SPLIT_HOLD_PASSES`` (a pass that gains is rarely run alone to check).
     While split, a cheaper alarm watches every pass: when over ``PROBES`` split passes the pieces'
     CPU seconds were less than ``GAIN`` times the wall seconds (the worker waited for a core: load
@@ -209,6 +212,7 @@ class SplitCheck:
     CLEAR_GAIN = 1.3
     HOLD_PASSES = 8
     MAX_HOLD_PASSES = 64
+    RETRY_SHARE = 0.01
     MAX_SPLIT_HOLD_PASSES = 512
     MAX_SITES = 1024
     PARALLEL = 1.05
@@ -229,8 +233,20 @@ class SplitCheck:
 
     def split(self, key):
         """True when the pass ``key`` should be split over the pool now."""
+        return self.next_pass(key) is SPLIT
+
+    def next_pass(self, key):
+        """How to run the pass ``key`` now: SPLIT over the pool, ALONE on the calling thread and
+        timed (``record`` it), or UNTIMED alone: a pass of an alone hold whose time no verdict will
+        read (a verdict reads the latest ``PROBES`` of each kind; timing and recording the others
+        cost 1-2 us a pass, 1-4 % of a small model's step)."""
         with self._lock:
-            return self._split(key)
+            if self._split(key):
+                return SPLIT
+            site = self.sites[key]
+            if site.verdict is False and len(site.plan) > self.PROBES + self.RETRY_PASSES:
+                return UNTIMED
+            return ALONE
 
     def record(self, key, wall_s, work, cpu_s=None):
         """A pass of ``key`` over ``work`` units took ``wall_s`` seconds: split over the pool when
@@ -298,7 +314,7 @@ class SplitCheck:
         gain = statistics.median(site.times[False]) / max(statistics.median(site.times[True]), 1e-30)
         self.last_gain[key] = gain
         verdict = gain >= self.GAIN
-        longest = self.MAX_SPLIT_HOLD_PASSES if verdict else self.MAX_HOLD_PASSES
+        longest = self.MAX_SPLIT_HOLD_PASSES if verdict else self._alone_bound(gain)
         growth = 4 if verdict and gain >= self.CLEAR_GAIN else 2
         hold = min(growth * site.hold, longest) if verdict is site.verdict else self.HOLD_PASSES
         if not verdict:
@@ -307,6 +323,13 @@ class SplitCheck:
                 hold = self.LOAD_HOLD_PASSES
         site.decide(verdict, hold, self.RETRY_PASSES)
         site.under_load = not verdict and self.loaded
+
+    def _alone_bound(self, gain):
+        """The longest alone hold after a verdict that measured ``gain`` (< GAIN): MAX_HOLD_PASSES,
+        or the hold at which RETRY_PASSES split passes, each 1/gain - 1 alone passes longer, cost
+        RETRY_SHARE of the hold's time, up to LOAD_HOLD_PASSES."""
+        loss = 1.0 / max(gain, 1e-9) - 1.0
+        return int(min(self.LOAD_HOLD_PASSES, max(self.MAX_HOLD_PASSES, -(-self.RETRY_PASSES * loss // self.RETRY_SHARE))))
 
     def report(self):
         """Counts for a benchmark's record: passes split, passes kept on one thread, verdicts that
@@ -320,6 +343,7 @@ class SplitCheck:
                 "last_gains": [round(g, 2) for g in gains]}
 
 
+SPLIT, ALONE, UNTIMED = "split", "alone", "untimed"   # SplitCheck.next_pass
 _CHECKS = weakref.WeakSet()
 
 

@@ -22,7 +22,7 @@ import time
 import numpy
 
 from . import compiled
-from .cpu_threads import SplitCheck, split_mode, thread_count  # noqa: F401  (thread_count: the pool's size)
+from .cpu_threads import ALONE, SPLIT, UNTIMED, SplitCheck, split_mode, thread_count  # noqa: F401  (thread_count: the pool's size)
 
 # Smaller passes run in one piece: under load a split costs a hand-off to a worker that may wait
 # for a core, worth it only for passes of a millisecond or so (measured beside a busy process:
@@ -327,7 +327,11 @@ class ElementwiseKernels:
             return
         work = int(key_size or size)
         key = (part.__code__, work, shape)
-        if ADAPTIVE and not self.check.split(key):
+        how = self.check.next_pass(key) if ADAPTIVE else SPLIT
+        if how is UNTIMED:
+            part(slice(None))
+            return
+        if how is ALONE:
             start = time.perf_counter()
             part(slice(None))
             self.check.record(key, time.perf_counter() - start, work)
