@@ -329,7 +329,8 @@ class SplitCheck:
         or the hold at which RETRY_PASSES split passes, each 1/gain - 1 alone passes longer, cost
         RETRY_SHARE of the hold's time, up to LOAD_HOLD_PASSES."""
         loss = 1.0 / max(gain, 1e-9) - 1.0
-        return int(min(self.LOAD_HOLD_PASSES, max(self.MAX_HOLD_PASSES, -(-self.RETRY_PASSES * loss // self.RETRY_SHARE))))
+        share_bound = -(-self.RETRY_PASSES * loss // self.RETRY_SHARE)
+        return int(min(self.LOAD_HOLD_PASSES, max(self.MAX_HOLD_PASSES, share_bound)))
 
     def report(self):
         """Counts for a benchmark's record: passes split, passes kept on one thread, verdicts that

@@ -33,18 +33,13 @@ def main(argv=None):
         p.error("--batch-size and --repeats must be >= 1, --warmup and --load >= 0")
     sys.path.insert(0, ROOT)
     import numpy as np
-    import run
     import xpnet
     from load import BusyLoad
-    from threads import fit_step, ratio_interval, round_order
+    from threads import model_step, ratio_interval, round_order
     from xpnet.backends.cpu_threads import SplitCheck
 
-    model = run.build_xpnet(xpnet, args.model, "cpu", "float32", 0)
+    model, step = model_step(xpnet, np, args.model, args.batch_size)
     backend = model.backend
-    rng = np.random.default_rng(0)
-    x = backend.asarray(rng.random((args.batch_size,) + tuple(model.input_shape)).astype("float32"))
-    y = backend.asarray(rng.integers(0, 10, args.batch_size))
-    step = fit_step(model, x, y)
     kernels = backend._kernels
     on, off = kernels.check, SplitCheck()
     off.LOAD_PASSES = 10 ** 9

@@ -78,20 +78,25 @@ def fit_step(model, x, y):
     return step
 
 
-def time_model(name, args, xpnet, np, set_threads):
+def model_step(xpnet, np, name, batch_size):
+    """(model, fit_step on a random batch) for benchmarks/run.py's model ``name`` on the CPU."""
     import run
     model = run.build_xpnet(xpnet, name, "cpu", "float32", 0)
-    backend = model.backend
     rng = np.random.default_rng(0)
-    x = backend.asarray(rng.random((args.batch_size,) + tuple(model.input_shape)).astype("float32"))
-    y = backend.asarray(rng.integers(0, 10, args.batch_size))
-    step = fit_step(model, x, y)
+    x = model.backend.asarray(rng.random((batch_size,) + tuple(model.input_shape)).astype("float32"))
+    y = model.backend.asarray(rng.integers(0, 10, batch_size))
+    return model, fit_step(model, x, y)
 
+
+def time_model(name, args, xpnet, np, set_threads):
+    model, step = model_step(xpnet, np, name, args.batch_size)
+    backend = model.backend
     labels = count_labels(args.threads)
+    counts = list(zip(args.threads, labels))
     times = {label: [] for label in labels}
     before = backend._kernels.check.report()  # the backend (and its counts) outlive one model
     for i in range(args.warmup + args.repeats):
-        for t, label in round_order(list(zip(args.threads, labels)), i):
+        for t, label in round_order(counts, i):
             set_threads(backend, t)
             t0 = time.perf_counter()
             step()
