@@ -160,6 +160,12 @@ class Backend:
         bits)."""
         return None
 
+    def warp_compiled(self, x, k, uv, fill, nearest):
+        """augment._warp_centred's warp of x by the maps k (the image centre added) in one compiled
+        pass (backends/compiled.py's ``affine_warp``), or None: the caller runs its own passes (here
+        always; the NumPy backend's compiled pass gives their bits)."""
+        return None
+
     def affine_warp(self, x, matrices, fill=0.0, mode="constant"):
         """Bilinear warp of each image of x (N, C, H, W) by its inverse map (N, 2, 3), in centred
         coordinates (xpnet/augment.py holds the reference and the conventions)."""

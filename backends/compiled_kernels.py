@@ -143,3 +143,48 @@ def relu(x, y, mask):   # 1-D; mask: bool bytes
 def multiply_mask(a, keep, out):   # 1-D; keep: bool bytes
     for i in range(a.shape[0]):
         out[i] = a[i] * a.dtype.type(keep[i])   # as NumPy: the bool cast to 1 or 0, then multiplied
+
+
+@numba.njit(inline="always")
+def _clip(g, lo, hi):
+    """numpy.clip(g, lo, hi) of a value that is not NaN as NumPy clips a grid by bounds in an
+    array: lo where g compares equal to it (+0.0 for -0.0 with lo 0), hi above it."""
+    if g <= lo:
+        return lo
+    if g > hi:
+        return hi
+    return g
+
+
+@_compiled
+def affine_warp(x, k, u, v, fill, low_x, high_x, low_y, high_y, out):   # k: no grid value NaN or inf
+    n, c, h, w = x.shape
+    two = x.dtype.type(-2)
+    right, bottom = x.dtype.type(w), x.dtype.type(h)        # the top-left neighbour's limits
+    wf = w + 4
+    frame = numpy.empty((c, h + 4, wf), dtype=x.dtype)   # the planes in a frame of fill
+    frame[:] = fill
+    flat = frame.reshape(c, (h + 4) * wf)
+    fx, fy = numpy.empty(w, dtype=x.dtype), numpy.empty(w, dtype=x.dtype)   # a row's fractions
+    xi, yi = numpy.empty(w, dtype=numpy.int32), numpy.empty(w, dtype=numpy.int32)   # and top-left neighbours
+    for i in range(n):
+        frame[:, 2:h + 2, 2:w + 2] = x[i]
+        kx0, kx1, kx2 = k[i, 0, 0], k[i, 0, 1], k[i, 0, 2]
+        ky0, ky1, ky2 = k[i, 1, 0], k[i, 1, 1], k[i, 1, 2]
+        for r in range(h):
+            row_x, row_y = kx1 * v[r], ky1 * v[r]
+            for q in range(w):   # the row's grid (clipped: -inf, inf but for mode nearest), then its samples
+                gx = (row_x + kx0 * u[q]) + kx2
+                gy = (row_y + ky0 * u[q]) + ky2
+                gx, gy = _clip(gx, low_x, high_x), _clip(gy, low_y, high_y)
+                x0, y0 = numpy.floor(gx), numpy.floor(gy)
+                fx[q], fy[q] = gx - x0, gy - y0
+                xi[q], yi[q] = numpy.int32(min(max(x0, two), right)), numpy.int32(min(max(y0, two), bottom))
+            for p in range(c):
+                plane = flat[p]
+                for q in range(w):
+                    j = (yi[q] + 2) * wf + xi[q] + 2
+                    c00, c01, c10, c11 = plane[j], plane[j + 1], plane[j + wf], plane[j + wf + 1]
+                    top = (c01 - c00) * fx[q] + c00
+                    low = (c11 - c10) * fx[q] + c10
+                    out[i, p, r, q] = (low - top) * fy[q] + top

@@ -184,6 +184,9 @@ class NumpyBackend(Backend):
         return self._kernels.matmul(a.transpose(0, 2, 1) if trans_a else a,
                                     b.transpose(0, 2, 1) if trans_b else b)
 
+    def warp_compiled(self, x, k, uv, fill, nearest):
+        return compiled.affine_warp(x, k, uv, fill, nearest)
+
     def affine_warp(self, x, matrices, fill=0.0, mode="constant"):
         """The base's warp, keeping its per-shape constants (pixel grid, gather offsets): same bits."""
         from xpnet.augment import affine_warp_xp

@@ -178,9 +178,15 @@ def _warp(xp, x, k, fill, mode, keep):
 
 
 def _warp_centred(xp, x, k, fill, mode, constants, per_corner=False):
-    """``_warp`` with the centre already added to k[:, :, 2]; ``per_corner``: see _bilinear."""
+    """``_warp`` with the centre already added to k[:, :, 2]; ``per_corner`` (the CPU backends):
+    the backend's compiled warp where it has one, else see _bilinear."""
     n, c, h, w = x.shape
     uv, nearest, limits, offsets = constants
+    if per_corner:  # the CPU backends: one compiled pass where the backend has it (same bits)
+        from .backends import backend_of
+        out = backend_of(x).warp_compiled(x, k, uv, fill, mode == "nearest")
+        if out is not None:
+            return out
     # columns and rows of every output pixel together, (N, 2, H * W), in x's dtype:
     # m[0] u + m[1] v + (m[2] + centre) with (u, v) the pixel's centred column and row
     if per_corner:  # the same values without the (N, 2, 2, P) temporary: faster on the CPU
