@@ -47,7 +47,9 @@ def _bilinear(xp, x, grid, fill, limits, offsets, per_corner=False):
     share each element-wise pass. The interpolation is ``top = c00 + fx (c01 - c00)``,
     ``bottom = c10 + fx (c11 - c10)``, ``top + fy (bottom - top)`` in the grid's dtype.
     ``per_corner`` (NumPy only): four gathers of N x C x P, one per neighbour, by NumPy's
-    unbuffered ``take`` (mode "wrap": the offsets are in range), instead of one of 4 x N x C x P
+    unbuffered ``take`` (mode "clip": the offsets are in range, and a NaN coordinate's index, the
+    most negative int64, is clipped at once, where "wrap" adds the size until it is in range:
+    practically forever; the sample is NaN either way), instead of one of 4 x N x C x P
     offsets made by a broadcast sum, with the flat indices made in the float dtype where that
     is exact: the same values, cheaper on the CPU."""
     n, c, h, w = x.shape
@@ -77,7 +79,7 @@ def _bilinear(xp, x, grid, fill, limits, offsets, per_corner=False):
         framed = framed.reshape(-1)
         corners = xp.empty((4,) + flat.shape, dtype=x.dtype)
         for k, step in enumerate((0, wf, 1, wf + 1)):
-            framed[step:].take(flat, out=corners[k], mode="wrap")
+            framed[step:].take(flat, out=corners[k], mode="clip")
     else:
         corners = xp.take(framed, flat[:, None, :] + offsets)
     left, tb = corners[:2], corners[2:]
