@@ -183,3 +183,20 @@ def test_links_py_times_the_planes_link(tmp_path):
     # medium: conv-conv (the first, on the columns route, is flagged too), conv-pool, pool-conv,
     # conv-conv, conv-pool: five flags linked, the two conv-pool ones unlinked
     assert (r["linked_layers"], r["unlinked_layers"]) == (5, 2), r
+
+
+def test_load_state_py_takes_its_other_modes():
+    """--modes: one thread twice (A/A), every pass alone, a check of its own with another probe
+    rate; a list without one thread, an unknown mode or a repeated one is refused."""
+    proc = run_benchmark("load_state.py", "--model", "lenet5", "--batch-size", "2", "--repeats", "3",
+                         "--warmup", "0", "--load", "0", "--modes", "1,1#2,2alone,2probe64")
+    line = proc.stdout.strip().splitlines()[-1]
+    assert all(f" {m}: " in line for m in ("1#2", "2alone", "2probe64"))
+    assert " 2on: " not in line and "2probe64: loaded False" in line
+    for bad in ("2on,2off", "1,2probe0", "1,3", "1,1"):
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "load_state.py"), "--modes", bad],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "--modes" in done.stderr, bad
+    from load_state import alone_check
+    check = alone_check()
+    assert check.loaded and check.next_pass(("k", 1, None)) == "untimed" and check.alone_passes == 1
