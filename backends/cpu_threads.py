@@ -23,6 +23,7 @@ import collections
 import os
 import statistics
 import threading
+import time
 import weakref
 
 from xpnet.errors import ConfigError
@@ -147,6 +148,35 @@ def blas_report():
     return _REPORT
 
 
+_NO_STAT = []   # set when /proc/stat could not be read once: not read again
+
+
+def idle_cpu_seconds(path="/proc/stat"):
+    """Seconds the CPUs this process may run on (``os.sched_getaffinity``) spent idle or waiting for
+    I/O since boot, from Linux's /proc/stat, or None where that cannot be read (another system; a
+    missing or unreadable file is not tried again)."""
+    if _NO_STAT and path == "/proc/stat":
+        return None
+    try:
+        cpus = os.sched_getaffinity(0)
+        with open(path, "rb") as fh:
+            text = fh.read()
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, AttributeError, ValueError):
+        if path == "/proc/stat":
+            _NO_STAT.append(True)
+        return None
+    total, seen = 0, 0
+    for line in text.splitlines():
+        fields = line.split()
+        if not fields or not fields[0].startswith(b"cpu") or not fields[0][3:].isdigit():
+            continue
+        if int(fields[0][3:]) in cpus and len(fields) >= 6 and fields[4].isdigit() and fields[5].isdigit():
+            total += int(fields[4]) + int(fields[5])
+            seen += 1
+    return total / ticks if seen and ticks > 0 else None
+
+
 def split_mode():
     """``$XPNET_SPLIT``: ``auto`` (default: SplitCheck decides per pass), or ``always`` (split every
     pass that is large enough, whatever it gains: the behaviour before SplitCheck, to compare)."""
@@ -200,7 +230,14 @@ class SplitCheck:
     under load), the backend gives no pieces to idle workers (``later``: each wake of a worker
     then costs the caller its core), and one alone pass in ``LOAD_PROBE_PASSES`` (over all sites)
     is split to see whether the load left. The first split pass with a second core ends the load,
-    and every site held alone by it is tried split at once.
+    and every site held alone by it is tried split at once. Such a probe costs a wait for a core
+    (a few ms on this VM: 28 probes in 300 steps of the medium model at 16 made its two-thread step
+    about 1 % slower than one with no split at all), so where the machine says how long its CPUs
+    were idle (Linux's /proc/stat, the CPUs the process may use: ``idle_cpu_seconds``) a probe is
+    made only when they were idle at least ``SPARE_IDLE`` of a core since the last look (at least
+    ``IDLE_WINDOW`` seconds before): while none was, the pool rests (``resting``: every pass alone
+    and untimed, no site's probe or retry, the load's probe moments counted as ``load_rests``).
+    Where /proc/stat cannot be read, every probe moment probes.
 
     (Until 2026-12-01 CPU over wall seconds was the only measure. It only shows waiting: on this
     project's VM two pieces running at once each take 2-3x as long as alone, and that ratio counts
@@ -219,15 +256,19 @@ class SplitCheck:
     LOAD_PASSES = 16
     LOAD_HOLD_PASSES = 1024
     LOAD_PROBE_PASSES = 256
+    IDLE_WINDOW = 0.1
+    SPARE_IDLE = 0.5
 
     def __init__(self):
         self.sites = {}   # key -> _Site
         self.last_gain = {}   # key -> the gain its last verdict measured
         self.split_passes = self.alone_passes = self.holds = self.alarms = 0
         self.loaded = False
-        self.loads = self.load_probes = 0
+        self.loads = self.load_probes = self.load_rests = 0
+        self.resting = False   # loaded, and the CPUs were not idle at the last look
         self._serial = 0     # split passes in a row without a second core
         self._unprobed = 0   # alone passes since the last load probe
+        self._looked = None  # (monotonic time, idle_cpu_seconds()) at the last look
         self._lock = threading.Lock()   # one backend used by several threads (needed without a GIL)
         _CHECKS.add(self)
 
@@ -244,7 +285,7 @@ class SplitCheck:
             if self._split(key):
                 return SPLIT
             site = self.sites[key]
-            if site.verdict is False and len(site.plan) > self.PROBES + self.RETRY_PASSES:
+            if self.resting or (site.verdict is False and len(site.plan) > self.PROBES + self.RETRY_PASSES):
                 return UNTIMED
             return ALONE
 
@@ -262,25 +303,50 @@ class SplitCheck:
                 del self.sites[oldest]
                 self.last_gain.pop(oldest, None)
             site = self.sites[key] = _Site()
-        if site.next_split():
+        if not self.resting and site.next_split():
             self.split_passes += 1
             return True
         if self.loaded:
             self._unprobed += 1
             if self._unprobed >= self.LOAD_PROBE_PASSES:   # has the load left?
-                self._unprobed = 0
-                self.load_probes += 1
-                self.split_passes += 1
-                return True
+                probe = self._probe_now()
+                if probe is not None:
+                    self._unprobed = 0
+                if probe:
+                    self.load_probes += 1
+                    self.split_passes += 1
+                    return True
         self.alone_passes += 1
         return False
+
+    def idle_seconds(self):
+        """The machine's idle CPU seconds so far (``idle_cpu_seconds``), or None: unknown."""
+        return idle_cpu_seconds()
+
+    def _probe_now(self):
+        """At a probe moment of the loaded pool: True to split this pass (the CPUs were idle at
+        least SPARE_IDLE of a core since the last look, or the machine does not say), False to keep
+        it alone and rest (they were not), None when the last look was under IDLE_WINDOW ago (too
+        soon to tell: look again at the next alone pass)."""
+        now = time.monotonic()
+        last = self._looked
+        if last is not None and last[1] is not None and now - last[0] < self.IDLE_WINDOW:
+            return None
+        idle = self.idle_seconds()
+        self._looked = (now, idle)
+        if idle is None or last is None or last[1] is None:
+            self.resting = False
+            return True
+        self.resting = idle - last[1] < self.SPARE_IDLE * (now - last[0])
+        self.load_rests += self.resting
+        return not self.resting
 
     def _seen(self, wall_s, cpu_s):
         """A split pass's CPU and wall seconds: the pool's load state."""
         if cpu_s >= self.PARALLEL * wall_s:
             self._serial = 0
             if self.loaded:
-                self.loaded = False
+                self.loaded = self.resting = False
                 for site in self.sites.values():   # the load left: try its alone sites split now
                     if site.verdict is False and site.under_load:
                         site.plan = collections.deque([True] * self.RETRY_PASSES)
@@ -291,6 +357,7 @@ class SplitCheck:
                 self.loaded = True
                 self.loads += 1
                 self._unprobed = 0
+                self._looked = (time.monotonic(), self.idle_seconds())   # the first look's start
 
     def _record(self, key, wall_s, work, cpu_s):
         site = self.sites.get(key)
@@ -339,7 +406,7 @@ class SplitCheck:
         gains = sorted(self.last_gain.values())
         return {"split_passes": self.split_passes, "alone_passes": self.alone_passes, "holds": self.holds,
                 "alarms": self.alarms, "loaded": self.loaded, "loads": self.loads,
-                "load_probes": self.load_probes, "sites": len(self.sites),
+                "load_probes": self.load_probes, "load_rests": self.load_rests, "sites": len(self.sites),
                 "sites_alone_now": sum(s.verdict is False for s in self.sites.values()),
                 "last_gains": [round(g, 2) for g in gains]}
 

@@ -83,6 +83,7 @@ def main(argv=None):
                      f"{checks[m].load_probes}" for m in modes if m.startswith("2probe"))
     print(f"{args.model} b{args.batch_size} load {args.load}  " + "  ".join(cells)
           + f"  loaded on/off: {on.loaded}/{off.loaded}; split passes on/off: {on.split_passes}/{off.split_passes}"
+          + f"; on: load probes {on.load_probes}, rests {on.load_rests}"
           + probes)
 
 

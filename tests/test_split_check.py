@@ -17,6 +17,13 @@ from .helpers import run_forked
 C = SplitCheck
 
 
+@pytest.fixture(autouse=True)
+def idle_unknown(monkeypatch):
+    """The machine's idle CPU time unknown (as where /proc/stat cannot be read): every probe moment
+    of a loaded pool probes, whatever this machine is doing. The tests of the idle look set theirs."""
+    monkeypatch.setattr(SplitCheck, "idle_seconds", lambda self: None)
+
+
 def run_pass(check, key, split_s, alone_s, work=1000, cpu_per_wall=1.9):
     """One pass of ``key`` as the check plans it, taking ``split_s`` (per ``work`` units) when
     split, ``alone_s`` when alone; returns whether it was split."""
@@ -169,6 +176,70 @@ def test_while_loaded_an_alone_verdict_holds_long_and_a_few_probes_watch_the_loa
                          (True, 1), (False, C.PROBES)]
     assert check.report()["load_probes"] == 3 and check.loaded
     assert C.LOAD_HOLD_PASSES > 3 * C.LOAD_PROBE_PASSES, "no retry of the site's own in this test"
+
+
+class Clock:
+    """time.monotonic and the machine's idle CPU seconds, moved by the test."""
+
+    def __init__(self):
+        self.now, self.idle = 1000.0, 50.0
+
+    def advance(self, seconds, idle_cores):
+        self.now += seconds
+        self.idle += seconds * idle_cores
+
+
+def looked_at(monkeypatch, check, clock):
+    import xpnet.backends.cpu_threads as ct
+    monkeypatch.setattr(ct.time, "monotonic", lambda: clock.now)
+    monkeypatch.setattr(check, "idle_seconds", lambda: clock.idle)
+
+
+def test_a_loaded_pool_probes_only_when_a_core_was_idle(monkeypatch):
+    """Where /proc/stat says how long the CPUs were idle: at a probe moment with no idle core since
+    the last look the pool rests (no probe, and no site's retry or probe either, every pass alone and
+    untimed) until a look finds one; a look under IDLE_WINDOW after the last waits for a later pass.
+    (With the look removed, the probes came every LOAD_PROBE_PASSES passes and this failed: checked.)"""
+    clock = Clock()
+    check = C()
+    looked_at(monkeypatch, check, clock)
+    split_passes(check, C.LOAD_PASSES, 0.98)
+    assert check.loaded and not check.resting
+    kinds(check, "a", 2 * C.PROBES, split_s=2e-3, alone_s=1e-3, cpu_per_wall=0.98)   # held alone
+    clock.advance(1.0, idle_cores=0.1)                   # busy since the load came
+    seq = kinds(check, "a", 3 * C.LOAD_PROBE_PASSES, split_s=2e-3, alone_s=1e-3, cpu_per_wall=0.98)
+    assert not any(seq) and check.resting and check.report()["load_rests"] == 1
+    assert check.report()["load_probes"] == 0
+    assert check.next_pass("b") == "untimed", "a new site is not probed while the pool rests"
+    clock.advance(0.05, idle_cores=2.0)                  # idle, but too short a look to tell
+    assert not any(kinds(check, "a", C.LOAD_PROBE_PASSES, split_s=2e-3, alone_s=1e-3))
+    assert check.resting
+    clock.advance(0.5, idle_cores=0.6)                   # a core idle more than half the time
+    seq = kinds(check, "a", 1, split_s=2e-3, alone_s=1e-3, cpu_per_wall=0.98)
+    assert seq == [True] and check.report()["load_probes"] == 1 and not check.resting
+    assert check.loaded, "the probe's pieces had no second core: still loaded"
+    clock.advance(1.0, idle_cores=0.0)
+    seq = kinds(check, "a", C.LOAD_PROBE_PASSES, split_s=2e-3, alone_s=1e-3, cpu_per_wall=0.98)
+    assert not any(seq) and check.resting and check.report()["load_rests"] == 2
+    clock.advance(1.0, idle_cores=1.0)
+    seq = kinds(check, "a", C.LOAD_PROBE_PASSES, split_s=0.6e-3, alone_s=1e-3, cpu_per_wall=1.9)
+    assert seq == [False] * (C.LOAD_PROBE_PASSES - 1) + [True], "the next probe moment probes"
+    assert not check.loaded and not check.resting, "the load left"
+
+
+def test_idle_cpu_seconds_reads_the_usable_cpus_of_proc_stat(tmp_path):
+    from xpnet.backends import cpu_threads as ct
+    usable = sorted(ct.os.sched_getaffinity(0))[:2]
+    lines = [b"cpu  10 0 10 9999 99 0 0 0 0 0"] + [
+        f"cpu{i} 5 0 5 {100 * (i + 1)} {i} 0 0 0 0 0".encode() for i in range(max(usable) + 2)] + [b"intr 1 2 3"]
+    stat = tmp_path / "stat"
+    stat.write_bytes(b"\n".join(lines) + b"\n")
+    ticks = ct.os.sysconf("SC_CLK_TCK")
+    want = sum(100 * (i + 1) + i for i in ct.os.sched_getaffinity(0) if i <= max(usable) + 1)
+    assert ct.idle_cpu_seconds(str(stat)) == pytest.approx(want / ticks)
+    assert ct.idle_cpu_seconds(str(tmp_path / "missing")) is None
+    stat.write_bytes(b"intr 1 2 3\n")
+    assert ct.idle_cpu_seconds(str(stat)) is None
 
 
 def test_when_the_load_leaves_the_sites_it_held_alone_are_tried_split_at_once():
