@@ -104,7 +104,8 @@ def time_model(name, args, xpnet, np, set_threads):
                 times[label].append(time.perf_counter() - t0)
     first = statistics.median(times[labels[0]])
     after = backend._kernels.check.report()
-    counts = {k: after[k] - before[k] for k in ("split_passes", "alone_passes", "holds", "alarms", "loads", "load_probes")}
+    counts = {k: after[k] - before[k]
+              for k in ("split_passes", "alone_passes", "holds", "alarms", "loads", "load_probes", "load_rests")}
     for k in ("loaded", "sites_alone_now", "last_gains"):
         counts[k] = after[k]
     return {"model": name, "batch_size": args.batch_size, "split_check": counts,

@@ -85,7 +85,7 @@ def test_threads_py_alternates_thread_counts(tmp_path):
     from xpnet.backends import compiled
     assert report["compiled_kernels"] == compiled.describe()
     assert r["input_gradient"] is False   # the step is fit()'s: no gradient for the input images
-    assert {"split_passes", "alone_passes", "holds", "alarms", "loads", "load_probes", "loaded",
+    assert {"split_passes", "alone_passes", "holds", "alarms", "loads", "load_probes", "load_rests", "loaded",
             "sites_alone_now", "last_gains"} == set(r["split_check"])
 
 
