@@ -327,10 +327,12 @@ def affine_warp(x, k, uv, fill, nearest):
     operations in the same order on each value; tests/test_compiled_warp.py); some 25 NumPy passes
     over the pixels, each with its temporaries, become one that reads each image once: 64 MNIST
     images in about 0.2 ms against 0.5 ms (one thread, AMD EPYC Zen 4, 2026-12-03). The new array,
-    or None when not done (no numba, another dtype or layout, or maps so large or not finite that
-    a grid value could be NaN or inf: the caller's NumPy passes then give every value)."""
-    if not (available() and x.dtype.type in DTYPES and x.dtype.isnative and x.ndim == 4
-            and k.dtype == x.dtype and k.shape == (x.shape[0], 2, 3) and x.flags.c_contiguous):
+    or None when not done (no numba, another dtype or layout, no pixels, or maps so large or not
+    finite that a grid value could be NaN or inf: the caller's NumPy passes then give every
+    value)."""
+    if not (available() and x.dtype.type in DTYPES and x.dtype.isnative and x.ndim == 4 and x.size
+            and k.dtype == uv.dtype == x.dtype and k.shape == (x.shape[0], 2, 3)
+            and uv.shape == (2, x.shape[2] * x.shape[3]) and x.flags.c_contiguous):
         return None
     h, w = x.shape[2:]
     # |k1 v + k0 u + k2| <= max|k| ((H - 1) / 2 + (W - 1) / 2 + 1): no value overflows under this

@@ -195,6 +195,11 @@ def test_bad_arguments():
         ElasticDistortion()(np.zeros((4, 1, 28, 28), np.uint8), b.rng())
     with pytest.raises(ShapeError, match=r"matrices must have shape \(4, 2, 3\)"):
         affine_warp(np, np.zeros((4, 1, 5, 5)), np.zeros((4, 3, 3)))
+    for shape in ((4, 1, 5, 0), (4, 1, 0, 5)):   # NumPy's warp stopped at a slice step of 0
+        with pytest.raises(ShapeError, match=r"images of at least one pixel, got shape \(4, 1, \d, \d\)"):
+            affine_warp(np, np.zeros(shape, np.float32), np.zeros((4, 2, 3), np.float32))
+        with pytest.raises(ShapeError, match="RandomAffine: expected images of at least one pixel"):
+            RandomAffine()(np.zeros(shape, np.float32), b.rng())
 
 
 # -- the CPU backends' RandomAffine: only the picked images are warped (xpnet/augment.py) ----------

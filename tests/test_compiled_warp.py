@@ -86,8 +86,8 @@ def test_a_grid_of_negative_zero(monkeypatch, calls):
 
 
 def test_what_the_kernel_does_not_take(monkeypatch, calls):
-    """float16 images, maps with NaN or inf, maps so large that a grid value could overflow, maps of
-    another dtype or shape, non-contiguous images: None from the kernel's wrapper (NumPy's passes
+    """float16 images, maps with NaN or inf, maps so large that a grid value could overflow, maps or
+    pixel coordinates of another dtype or shape, non-contiguous images, images without pixels: None from the kernel's wrapper (NumPy's passes
     run, giving the warp all the same), the kernel never called."""
     r = np.random.default_rng(4)
     x = r.random((3, 1, 8, 8)).astype(np.float32)
@@ -106,6 +106,9 @@ def test_what_the_kernel_does_not_take(monkeypatch, calls):
     assert compiled.affine_warp(x, k.astype(np.float64), uv, 0.0, False) is None
     assert compiled.affine_warp(x, k[:2], uv, 0.0, False) is None
     assert compiled.affine_warp(np.ones((3, 1, 8, 16), np.float32)[:, :, :, ::2], k, uv, 0.0, False) is None
+    assert compiled.affine_warp(x, k, uv.astype(np.float64), 0.0, False) is None   # another dtype: other bits
+    assert compiled.affine_warp(x, k, uv[:, :-1], 0.0, False) is None
+    assert compiled.affine_warp(np.ones((3, 1, 8, 0), np.float32), k, uv[:, :0], 0.0, False) is None
     monkeypatch.setattr(compiled, "ENABLED", 0)
     assert compiled.affine_warp(x, k, uv, 0.0, False) is None
     assert calls[0] == 2

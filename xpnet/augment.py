@@ -22,6 +22,8 @@ def _check_images(x, who):
     if x.dtype.kind != "f":
         raise ShapeError(f"{who}: expected float images, got {x.dtype}; "
                          "convert uint8 data first (xpnet.datasets.to_float or x / 255)")
+    if 0 in x.shape[2:]:
+        raise ShapeError(f"{who}: expected images of at least one pixel, got shape {tuple(x.shape)}")
 
 
 def bilinear_sample(xp, x, xs, ys, fill=0.0):
