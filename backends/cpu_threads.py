@@ -401,8 +401,9 @@ class SplitCheck:
 
     def report(self):
         """Counts for a benchmark's record: passes split, passes kept on one thread, verdicts that
-        kept a site alone, alarms (split holds ended by waiting), the sites that run alone now, and
-        the gain each site's last verdict measured (sorted)."""
+        kept a site alone, alarms (split holds ended by waiting), the load state (whether loaded,
+        times it began, its probes, and its probe moments that rested: no idle core), the sites
+        that run alone now, and the gain each site's last verdict measured (sorted)."""
         gains = sorted(self.last_gain.values())
         return {"split_passes": self.split_passes, "alone_passes": self.alone_passes, "holds": self.holds,
                 "alarms": self.alarms, "loaded": self.loaded, "loads": self.loads,
