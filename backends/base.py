@@ -232,6 +232,12 @@ class Backend:
         a batch of one. Here the GEMM; the NumPy backend multiplies (the same bits)."""
         return self.xp.matmul(a.T, b)
 
+    def split_threads(self):
+        """How many threads a ``split`` pass may run on now, for callers that lay out their pieces
+        for them (conv_pool's bands): here 1; the NumPy backend its pool's threads, or 1 while the
+        pool is loaded (cpu_threads.SplitCheck: every pass then runs on the calling thread)."""
+        return 1
+
     def split(self, part, length, size, shape=None):
         """Run ``part(s)`` for slices ``s`` covering range(length) of a leading axis (here: one
         call with slice(None)); ``size`` is the number of elements touched, so a backend with

@@ -162,6 +162,9 @@ class NumpyBackend(Backend):
     def matmul(self, a, b):
         return self._kernels.matmul(a, b)
 
+    def split_threads(self):
+        return 1 if self._kernels.check.loaded else self._kernels.threads
+
     def split(self, part, length, size, shape=None):
         self._kernels.split(part, length, size, shape)
 

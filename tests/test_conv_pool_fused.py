@@ -215,3 +215,39 @@ def test_bad_gradients_are_refused_by_shape():
     assert m.layers[0].cache["method"] == "columns+pool"
     with pytest.raises(xpnet.errors.ShapeError, match=r"expected \(2, 9, 3, 3\)"):
         fast.conv2d_backward(np, np.zeros((2, 9, 6, 6), np.float32), m.layers[0].cache)
+
+
+def test_a_loaded_pool_lays_the_bands_out_for_one_thread(monkeypatch):
+    """While the NumPy backend's pool is loaded (cpu_threads.SplitCheck: every pass on the calling
+    thread) conv_pool lays its bands out as for one thread (Backend.split_threads); the bits do not
+    depend on it, also when the load comes or goes between the forward and the backward (which
+    takes the forward's columns). (With the thread count read as before, the layouts were equal and
+    this failed: checked.)"""
+    monkeypatch.setattr(pooling, "CHUNK_BYTES", 1 << 20)
+    backend = get_backend("numpy")
+    check = backend._kernels.check
+    kept = backend.threads
+    backend.set_threads(3)
+    try:
+        g = columns.Shape((30, 1, 28, 28), (8, 1, 3, 3), (1, 1), (0, 0, 0, 0))
+        monkeypatch.setattr(check, "loaded", False)
+        assert backend.split_threads() == 3 and conv_pool._layout(g, 30, 4, backend)[3] == 10
+        monkeypatch.setattr(check, "loaded", True)
+        assert backend.split_threads() == 1 and conv_pool._layout(g, 30, 4, backend)[3] == 30
+        r = np.random.default_rng(8)
+        x = r.standard_normal((30, 1, 28, 28)).astype(np.float32)
+        W = r.standard_normal((8, 1, 3, 3)).astype(np.float32)
+        b = r.standard_normal(8).astype(np.float32)
+        results = []
+        for forward_loaded, backward_loaded in ((False, False), (True, False), (False, True), (True, True)):
+            monkeypatch.setattr(check, "loaded", forward_loaded)
+            y, cache = conv_pool.forward(np, x, W, b, (1, 1), (0, 0, 0, 0), (2, 2), True)
+            cache.update(stride=(1, 1), padding=(0, 0, 0, 0), has_bias=True)
+            monkeypatch.setattr(check, "loaded", backward_loaded)
+            dy = np.random.default_rng(9).standard_normal(y.shape).astype(np.float32)
+            results.append((y,) + conv_pool.backward(np, dy, cache, True))
+        for other in results[1:]:
+            for a, c in zip(results[0], other):
+                assert a.tobytes() == c.tobytes()
+    finally:
+        backend.set_threads(kept)

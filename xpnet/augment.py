@@ -488,7 +488,7 @@ class RandomAffine(Augmenter):
 
             backend = _backend(rows)
             halves = ([slice(0, total // 2), slice(total // 2, total)]
-                      if split and total > 1 and getattr(backend, "threads", 1) > 1 else [slice(None)])
+                      if split and total > 1 and backend.split_threads() > 1 else [slice(None)])
 
             def part(s):  # each image is warped on its own: pieces of images give the same bits
                 for h in halves[s]:  # in two halves (more pieces of so few images cost more)

@@ -62,8 +62,10 @@ def _band_blocks(count, size, g, itemsize, threads):
     pooling.CHUNK_BYTES of output each, so that the pooling's passes are as long as when it runs on
     its own, and as many bands as a multiple of the thread count (each band is one piece of the
     pool's split, one NumPy call per pass: the more pieces, the shorter the calls and the more
-    often two threads wait for each other's GIL; on a VM such a wait costs 20-80 us). Results do
-    not depend on the bands: every pass is per image or per block."""
+    often two threads wait for each other's GIL; on a VM such a wait costs 20-80 us); one thread's
+    layout while the pool is loaded (``Backend.split_threads``; beside a busy process the
+    two-thread bands made the 3x3 CNN's step about 1 % slower with nothing split). Results do not
+    depend on the bands: every pass is per image or per block."""
     total = count * size * g.f * g.p * itemsize
     bands = max(1, -(-total // pooling.CHUNK_BYTES))
     if threads > 1 and count >= threads:
@@ -75,7 +77,7 @@ def _layout(g, m, itemsize, backend):
     """(blocks, images per block, blocks per group, blocks per band) for a batch chunk of m images:
     a group is the whole band where its columns fit in BAND_COLUMN_BYTES."""
     count, size = g.blocks(m)
-    per_band = _band_blocks(count, size, g, itemsize, getattr(backend, "threads", 1))
+    per_band = _band_blocks(count, size, g, itemsize, backend.split_threads())
     group = g.group(size, itemsize)
     if per_band * size * g.k * g.p * itemsize <= BAND_COLUMN_BYTES:
         group = max(group, per_band)
