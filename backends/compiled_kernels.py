@@ -148,7 +148,8 @@ def multiply_mask(a, keep, out):   # 1-D; keep: bool bytes
 @numba.njit(inline="always")
 def _clip(g, lo, hi):
     """numpy.clip(g, lo, hi) of a value that is not NaN as NumPy clips a grid by bounds in an
-    array: lo where g compares equal to it (+0.0 for -0.0 with lo 0), hi above it."""
+    array: lo where g compares equal to it (+0.0 for -0.0 with lo 0), hi above it (the grid, and
+    the top-left neighbours' clip to the frame)."""
     if g <= lo:
         return lo
     if g > hi:
@@ -179,7 +180,7 @@ def affine_warp(x, k, u, v, fill, low_x, high_x, low_y, high_y, out):   # k: no 
                 gx, gy = _clip(gx, low_x, high_x), _clip(gy, low_y, high_y)
                 x0, y0 = numpy.floor(gx), numpy.floor(gy)
                 fx[q], fy[q] = gx - x0, gy - y0
-                xi[q], yi[q] = numpy.int32(min(max(x0, two), right)), numpy.int32(min(max(y0, two), bottom))
+                xi[q], yi[q] = numpy.int32(_clip(x0, two, right)), numpy.int32(_clip(y0, two, bottom))
             for p in range(c):
                 plane = flat[p]
                 for q in range(w):

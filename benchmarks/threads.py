@@ -92,11 +92,11 @@ def time_model(name, args, xpnet, np, set_threads):
     model, step = model_step(xpnet, np, name, args.batch_size)
     backend = model.backend
     labels = count_labels(args.threads)
-    counts = list(zip(args.threads, labels))
+    entries = list(zip(args.threads, labels))
     times = {label: [] for label in labels}
     before = backend._kernels.check.report()  # the backend (and its counts) outlive one model
     for i in range(args.warmup + args.repeats):
-        for t, label in round_order(counts, i):
+        for t, label in round_order(entries, i):
             set_threads(backend, t)
             t0 = time.perf_counter()
             step()
