@@ -21,7 +21,9 @@ or slower for it (with a fixed order 1,1,2 the second one-thread step read 0.93-
 first). A count may come twice (``--threads 1,1,2``): the second is
 labelled ``1#2`` and its ratio to the first, an A/A comparison of the same code, is the run's own
 measure of noise (on this project's VM: 0.96-1.01 for the medium model at 16 beside a busy
-process).
+process). ``--torch`` times PyTorch's same step (the same network and weights, Adam) in the same
+rounds at the same thread counts (``torch.set_num_threads``): what a second core gives PyTorch on
+this machine at this moment, beside what it gives xpnet.
 """
 import argparse
 import datetime
@@ -45,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument("--blas", choices=("one", "follow"), default="one")
     p.add_argument("--split", choices=("auto", "always"), default="auto",
                    help="auto: xpnet keeps passes that do not gain on one thread (default); always: the old way")
+    p.add_argument("--torch", action="store_true",
+                   help="also time PyTorch's step at each thread count in the same rounds")
     p.add_argument("--out", default="", help="folder for a JSON result ('' to skip)")
     p.add_argument("--tag", default="", help="suffix for the result file name, e.g. r2 for a second run")
     args = p.parse_args(argv)
@@ -88,32 +92,79 @@ def model_step(xpnet, np, name, batch_size):
     return model, fit_step(model, x, y)
 
 
+def torch_step(model, batch_size):
+    """PyTorch's training step for ``model``'s network with its weights (benchmarks/run.py's
+    build_torch), on a random batch: forward, cross-entropy, backward, Adam (lr 1e-3)."""
+    import run
+    import torch
+    net = run.build_torch(torch, model)
+    net.train()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand((batch_size,) + tuple(model.input_shape), generator=gen, dtype=net[0].weight.dtype)
+    y = torch.randint(0, 10, (batch_size,), generator=gen)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return step
+
+
 def time_model(name, args, xpnet, np, set_threads):
     model, step = model_step(xpnet, np, name, args.batch_size)
     backend = model.backend
     labels = count_labels(args.threads)
-    entries = list(zip(args.threads, labels))
-    times = {label: [] for label in labels}
+    entries = [("xpnet", t, label) for t, label in zip(args.threads, labels)]
+    times = {("xpnet", label): [] for label in labels}
+    steps = {"xpnet": step}
+    if args.torch:
+        import torch
+        steps["torch"] = torch_step(model, args.batch_size)
+        entries += [("torch", t, label) for t, label in zip(args.threads, labels)]
+        times.update({("torch", label): [] for label in labels})
     before = backend._kernels.check.report()  # the backend (and its counts) outlive one model
     for i in range(args.warmup + args.repeats):
-        for t, label in round_order(entries, i):
-            set_threads(backend, t)
+        for kind, t, label in round_order(entries, i):
+            if kind == "xpnet":
+                set_threads(backend, t)
+            else:
+                torch.set_num_threads(t)
             t0 = time.perf_counter()
-            step()
+            steps[kind]()
             if i >= args.warmup:
-                times[label].append(time.perf_counter() - t0)
-    first = statistics.median(times[labels[0]])
+                times[(kind, label)].append(time.perf_counter() - t0)
     after = backend._kernels.check.report()
     counts = {k: after[k] - before[k]
               for k in ("split_passes", "alone_passes", "holds", "alarms", "loads", "load_probes", "load_rests")}
     for k in ("loaded", "sites_alone_now", "last_gains"):
         counts[k] = after[k]
-    return {"model": name, "batch_size": args.batch_size, "split_check": counts,
-            "input_gradient": model.layers[0].need_input_grad,
-            "threads": {label: {"median_s": statistics.median(v), "mean_s": statistics.mean(v),
-                                "ratio_to_first": statistics.median(v) / first,
-                                "ratio_interval_90": ratio_interval(times[labels[0]], v), "times_s": v}
-                        for label, v in times.items()}}
+    result = {"model": name, "batch_size": args.batch_size, "split_check": counts,
+              "input_gradient": model.layers[0].need_input_grad,
+              "threads": summary({label: times[("xpnet", label)] for label in labels})}
+    if args.torch:
+        result["torch"] = {"version": torch.__version__,
+                           "threads": summary({label: times[("torch", label)] for label in labels})}
+    return result
+
+
+def summary(times):
+    """Per label (in order): median, mean, the median's ratio to the first label's with its 90 %
+    interval, and the times."""
+    first = next(iter(times.values()))
+    return {label: {"median_s": statistics.median(v), "mean_s": statistics.mean(v),
+                    "ratio_to_first": statistics.median(v) / statistics.median(first),
+                    "ratio_interval_90": ratio_interval(first, v), "times_s": v}
+            for label, v in times.items()}
+
+
+def describe(threads):
+    """One console line's part for a summary: each label's median, mean and ratio."""
+    first = next(iter(threads))
+    return "  ".join(
+        f"{t} thr {v['median_s'] * 1e3:.1f} ms (mean {v['mean_s'] * 1e3:.1f}, x{v['ratio_to_first']:.2f}"
+        + ("" if t == first else " [{:.2f}-{:.2f}]".format(*v["ratio_interval_90"])) + ")"
+        for t, v in threads.items())
 
 
 def round_order(entries, i):
@@ -169,10 +220,11 @@ def main(argv=None):
         for name in args.models:
             r = time_model(name, args, xpnet, np, set_threads)
             results.append(r)
-            print(f"{name} b{args.batch_size} load {args.load} blas {args.blas} split {args.split}: " + "  ".join(
-                f"{t} thr {v['median_s'] * 1e3:.1f} ms (mean {v['mean_s'] * 1e3:.1f}, x{v['ratio_to_first']:.2f}"
-                + ("" if t == next(iter(r["threads"])) else " [{:.2f}-{:.2f}]".format(*v["ratio_interval_90"])) + ")"
-                for t, v in r["threads"].items()), flush=True)
+            print(f"{name} b{args.batch_size} load {args.load} blas {args.blas} split {args.split}: "
+                  + describe(r["threads"]), flush=True)
+            if args.torch:
+                print(f"{name} b{args.batch_size} PyTorch {r['torch']['version']}: " + describe(r["torch"]["threads"]),
+                      flush=True)
     report = {"date": started.isoformat(timespec="seconds"), "command": " ".join(["benchmarks/threads.py"] + sys.argv[1:]),
               "settings": vars(args), "cpu_count": os.cpu_count(), "load": load.report(),
               "load_average_before": load_before, "load_average_after": os.getloadavg(),

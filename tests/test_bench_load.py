@@ -200,3 +200,19 @@ def test_load_state_py_takes_its_other_modes():
     from load_state import alone_check
     check = alone_check()
     assert check.loaded and check.next_pass(("k", 1, None)) == "untimed" and check.alone_passes == 1
+
+
+def test_threads_py_times_pytorch_in_the_same_rounds(tmp_path):
+    """--torch: PyTorch's step of the same network at each thread count, in the same rounds as
+    xpnet's, with its own ratios (what a second core gives PyTorch beside what it gives xpnet)."""
+    torch = pytest.importorskip("torch")
+    import json
+    run_benchmark("threads.py", "--models", "lenet5", "--batch-size", "2", "--repeats", "3", "--warmup", "1",
+                  "--torch", "--out", str(tmp_path))
+    (path,) = tmp_path.glob("*-load0-blas-one.json")
+    report = json.loads(path.read_text())
+    (r,) = report["results"]
+    assert report["settings"]["torch"] is True and r["torch"]["version"] == torch.__version__
+    for side in (r["threads"], r["torch"]["threads"]):
+        assert list(side) == ["1", "2"] and side["1"]["ratio_to_first"] == 1.0
+        assert all(len(v["times_s"]) == 3 for v in side.values())
