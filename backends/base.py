@@ -87,11 +87,12 @@ class Backend:
         """a * b (b may be a boolean mask); the result has a's dtype when b is boolean."""
         return a * b
 
-    def dropout_forward(self, x, keep, scale):
-        """(x * mask, mask) with mask = where(keep, scale, 0) in x's dtype; ``keep`` is boolean."""
+    def dropout(self, x, keep, scale):
+        """x * where(keep, scale, 0), the second factor in x's dtype; ``keep`` is boolean, laid out
+        as x. Dropout's forward (x: its input) and backward (x: the gradient) both: the layer
+        keeps the boolean ``keep``, not a mask of x's dtype."""
         kind = self.xp.dtype(x.dtype).type
-        mask = self.xp.where(keep, kind(scale), kind(0))
-        return x * mask, mask
+        return x * self.xp.where(keep, kind(scale), kind(0))
 
     # -- mixed precision (xpnet/mixed.py) ---------------------------------------------------------
     def compute_dtype(self, name):

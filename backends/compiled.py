@@ -28,7 +28,7 @@ tests/test_compiled_products.py, against the spectral route's NumPy path):
 - ``unpool_2x2``: each window's gradient times 1 at its offset and times 0 elsewhere (0 * dy:
   -0.0 for a negative dy, NaN for a NaN), as NumPy's multiply by the bool mask; 0 on the rows and
   columns no window covers.
-- ``relu``, ``multiply_mask``, ``dropout_apply``, ``splitmix64`` (tests/test_compiled_elementwise.py):
+- ``relu``, ``multiply_mask``, ``dropout``, ``splitmix64`` (tests/test_compiled_elementwise.py):
   one pass where NumPy makes two to eight, and casts bools through buffers: ReLU's forward and its
   mask, a gradient times a bool mask, Dropout's forward (its float mask and output), the generator's
   words. ReLU's forward and Dropout's mask with its output took 0.86 and 1.08-1.15 ms for 3.2 M
@@ -189,21 +189,21 @@ def _elementwise(floats, bools):
     return kernels()
 
 
-def dropout_apply(x, keep, scale, y, mask):
-    """mask <- scale where keep else 0 (x's dtype), y <- x * mask, in one pass over 1-D C-contiguous
-    arrays (keep bool): the bits of NumPy's two multiplies (the bools cast to 1 or 0 times scale,
-    then x times that), without their casts and their second pass over the mask. False when not
-    done (no numba, small, another dtype, or not contiguous: the caller's NumPy passes run)."""
-    k = _elementwise((x, y, mask), (keep,))
+def dropout(x, keep, scale, y):
+    """y <- x * (scale where keep else 0, in x's dtype), in one pass over 1-D C-contiguous arrays
+    (keep bool): the bits of NumPy's two multiplies (the bools cast to 1 or 0 times scale, then x
+    times that), without their casts and their pass over a mask of x's dtype. False when not done
+    (no numba, small, another dtype, or not contiguous: the caller's NumPy passes run)."""
+    k = _elementwise((x, y), (keep,))
     if k is None:
         return False
-    k.dropout_apply(x, keep.view(numpy.uint8), x.dtype.type(scale), y, mask)
+    k.dropout(x, keep.view(numpy.uint8), x.dtype.type(scale), y)
     return True
 
 
 def relu(x, y, mask):
     """y <- numpy.maximum(x, 0) (NaN kept, +0.0 for -0.0), mask <- y > 0, in one pass over 1-D
-    C-contiguous arrays: the bits of NumPy's two passes. False when not done (as dropout_apply)."""
+    C-contiguous arrays: the bits of NumPy's two passes. False when not done (as dropout)."""
     k = _elementwise((x, y), (mask,))
     if k is None:
         return False
@@ -214,7 +214,7 @@ def relu(x, y, mask):
 def multiply_mask(a, keep, out):
     """out <- a * keep for a bool ``keep`` (NumPy casts it to 1 or 0 and multiplies: -0.0 for a
     negative value dropped, NaN for an infinite one), in one pass without the cast's buffers.
-    False when not done (as dropout_apply)."""
+    False when not done (as dropout)."""
     k = _elementwise((a, out), (keep,))
     if k is None:
         return False

@@ -109,11 +109,9 @@ def band_unpool_2x2(k_of, d, bands, pick):
 
 
 @_compiled
-def dropout_apply(x, keep, scale, y, mask):   # 1-D; keep: the bool mask's bytes (0 or 1)
+def dropout(x, keep, scale, y):   # 1-D; keep: the bool mask's bytes (0 or 1)
     for i in range(x.shape[0]):
-        m = scale * x.dtype.type(keep[i])   # scale * 1 or scale * 0: where(keep, scale, 0)
-        mask[i] = m
-        y[i] = x[i] * m
+        y[i] = x[i] * (scale * x.dtype.type(keep[i]))   # scale * 1 or scale * 0: where(keep, scale, 0)
 
 
 @_compiled

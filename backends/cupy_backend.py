@@ -116,8 +116,8 @@ class CupyBackend(Backend):
     def relu_forward(self, x):
         return self._kernels["relu_forward"](x)
 
-    def dropout_forward(self, x, keep, scale):
-        return self._kernels["dropout_forward"](x, keep, x.dtype.type(scale))
+    def dropout(self, x, keep, scale):
+        return self._kernels["dropout"](x, keep, x.dtype.type(scale))
 
     def spectral_matrices(self, spec):
         _, bins, f, c = (int(v) for v in spec.shape)

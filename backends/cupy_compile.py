@@ -53,7 +53,7 @@ def source(name, in_types, out_types):
 
 # the arguments that the CuPy backend passes as scalars (everything else is an array)
 SCALARS = {
-    "dropout_forward": {"scale"},
+    "dropout": {"scale"},
     "spectral_matrices": {"f", "c", "bins"},
     "bias_relu": {"inner", "nb"},
     "adam_update": {"b1d", "b1", "one_minus_b1", "b2d", "b2", "one_minus_b2", "eps", "wd", "wdt",

@@ -9,7 +9,7 @@ in CI without a GPU (``SIGNATURES`` names the argument types each is compiled fo
 operations do.
 
     relu_forward        maximum(x, 0) and its mask                        (2 launches -> 1)
-    dropout_forward     mask = where(keep, scale, 0), y = x * mask         (2 launches -> 1)
+    dropout             y = x * where(keep, scale, 0)                      (2 launches -> 1)
     spectral_matrices   M = [[A, B], [-B, A]] per frequency bin             (4-5 launches -> 1)
     bias_relu           relu(y + b) and its mask, b along one axis         (3-4 launches -> 1)
     adam_update         the flat Adam/AdamW update over all parameters     (11 launches -> 1)
@@ -29,7 +29,7 @@ strict backend counts a fused method as that many, see strict_backend.fused); al
 """
 OPTIONS = ("--fmad=false",)
 
-LAUNCHES = {"relu_forward": 1, "dropout_forward": 1, "bias_relu": 1, "adam_update": 1,
+LAUNCHES = {"relu_forward": 1, "dropout": 1, "bias_relu": 1, "adam_update": 1,
             "splitmix64": 1, "maxpool2d_forward": 1, "maxpool2d_backward": 1, "affine_warp": 1,
             "keras_affine_matrices": 1, "softmax_labels": 1, "softmax_labels_grad": 1,
             "batchnorm_train": 1, "batchnorm_grad": 1,
@@ -42,9 +42,9 @@ SOURCES = {
     "relu_forward": (
         "T x", "T y, bool mask",
         "y = (x > (T)0 || x != x) ? x : (T)0; mask = y > (T)0;"),
-    "dropout_forward": (
-        "T x, bool keep, T scale", "T y, T mask",
-        "mask = keep ? scale : (T)0; y = x * mask;"),
+    "dropout": (
+        "T x, bool keep, T scale", "T y",
+        "y = x * (keep ? scale : (T)0);"),
     # one thread per element of M (bins, 2F, 2C) from spec (2, bins, F, C) = (A, B), C-contiguous
     "spectral_matrices": (
         "raw T spec, int64 f, int64 c, int64 bins", "T M",
@@ -212,7 +212,7 @@ _F = ("float32", "float64")
 _H = _F + ("float16",)
 SIGNATURES = {
     "relu_forward": [((t,), (t, "bool")) for t in _H],
-    "dropout_forward": [((t, "bool", t), (t, t)) for t in _H],
+    "dropout": [((t, "bool", t), (t,)) for t in _H],
     "spectral_matrices": [((t, "int64", "int64", "int64"), (t,)) for t in _H],
     "bias_relu": [((t, t, "int64", "int64"), (t, "bool")) for t in _H],
     "adam_update": [((t, "float64", "float64", "float64", t, t, "float64", t, t, t, "float64", t,

@@ -73,8 +73,8 @@ class NumpyBackend(Backend):
     def multiply(self, a, b):
         return self._kernels.multiply(a, b)
 
-    def dropout_forward(self, x, keep, scale):
-        return self._kernels.dropout_forward(x, keep, scale)
+    def dropout(self, x, keep, scale):
+        return self._kernels.dropout(x, keep, scale)
 
     def rng(self, seed=0, stream=0):
         """The base's generator, its raw words made over pieces on the pool (same bits)."""

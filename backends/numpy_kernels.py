@@ -247,7 +247,7 @@ def _flat(*arrays):
 
 
 class ElementwiseKernels:
-    """relu_forward, multiply, dropout_forward, matmul: threaded versions of the hottest
+    """relu_forward, multiply, dropout, matmul: threaded versions of the hottest
     expressions, and ``split`` to run any ``part(slice)`` over pieces of a leading axis."""
 
     def __init__(self, threads=None):
@@ -400,19 +400,19 @@ class ElementwiseKernels:
         self._run(part, len(as_), a.size)
         return out
 
-    def dropout_forward(self, x, keep, scale):
-        """(x * mask, mask) with mask = where(keep, scale, 0) in x's dtype, in one threaded pass;
-        y and mask laid out as x (give ``keep`` laid out so too: Dropout does)."""
-        mask = numpy.empty_like(x)
+    def dropout(self, x, keep, scale):
+        """x * where(keep, scale, 0) (scale in x's dtype) in one threaded pass, laid out as x (give
+        ``keep`` laid out so too: Dropout does); the bits of base.Backend.dropout."""
         y = numpy.empty_like(x)
         value = x.dtype.type(scale)
-        xs, ks, ms, ys = in_memory_order(x, keep, mask, y)
+        xs, ks, ys = in_memory_order(x, keep, y)
 
         def part(s):
-            flat = _flat(xs[s], ks[s], ys[s], ms[s])   # one compiled pass, where it can
-            if flat is None or not compiled.dropout_apply(flat[0], flat[1], value, flat[2], flat[3]):
-                numpy.multiply(ks[s], value, out=ms[s])
-                numpy.multiply(xs[s], ms[s], out=ys[s])
+            flat = _flat(xs[s], ks[s], ys[s])   # one compiled pass, where it can
+            if flat is None or not compiled.dropout(flat[0], flat[1], value, flat[2]):
+                factor = numpy.empty(ks[s].shape, x.dtype)
+                numpy.multiply(ks[s], value, out=factor)
+                numpy.multiply(xs[s], factor, out=ys[s])
 
         self._run(part, len(xs), x.size)
-        return y, mask
+        return y

@@ -376,9 +376,9 @@ class StrictBackend(Backend):
         with fused("relu_forward"):
             return super().relu_forward(x)
 
-    def dropout_forward(self, x, keep, scale):
-        with fused("dropout_forward"):
-            return super().dropout_forward(x, keep, scale)
+    def dropout(self, x, keep, scale):
+        with fused("dropout"):
+            return super().dropout(x, keep, scale)
 
     def spectral_matrices(self, spec):
         with fused("spectral_matrices"):

@@ -23,7 +23,7 @@ from xpnet.backends.random import splitmix64_reference  # noqa: E402
 from xpnet.ops.layout import to_planes  # noqa: E402
 
 DTYPES = (np.float32, np.float64)
-NAMES = ("relu", "multiply_mask", "dropout_apply", "splitmix64")
+NAMES = ("relu", "multiply_mask", "dropout", "splitmix64")
 
 
 def awkward(rng, n, dtype):
@@ -58,11 +58,9 @@ def test_the_kernels_give_numpys_bits(dtype):
         out = np.empty_like(x)
         assert compiled.multiply_mask(x, keep, out)
         same_bits(out, x * keep)
-        y, m = np.empty_like(x), np.empty_like(x)
-        assert compiled.dropout_apply(x, keep, scale, y, m)
-        ref_mask = np.multiply(keep, scale)
-        same_bits(m, ref_mask)
-        same_bits(y, x * ref_mask)
+        y = np.empty_like(x)
+        assert compiled.dropout(x, keep, scale, y)
+        same_bits(y, x * np.multiply(keep, scale))
     words = np.empty(n, np.uint64)
     start = np.uint64(0xFEDCBA9876543210)   # i * GOLDEN + start wraps past 2**64
     assert compiled.splitmix64(start, 1000, words)
@@ -85,7 +83,7 @@ def test_what_the_kernels_do_not_take(monkeypatch):
                  (x, np.empty(n, np.float32), keep.astype(np.uint8))]:
         before = args[1].copy()
         assert not compiled.relu(*args) and not compiled.multiply_mask(args[0], args[2], args[1])
-        assert not compiled.dropout_apply(args[0], args[2], 2.0, args[1], np.empty_like(args[1]))
+        assert not compiled.dropout(args[0], args[2], 2.0, args[1])
         assert args[1].tobytes() == before.tobytes()
     assert not compiled.splitmix64(1, 0, np.empty(2 * n, np.uint64)[::2])
     assert not compiled.splitmix64(1, 0, np.empty(n, np.int64))
@@ -111,14 +109,14 @@ def spied(monkeypatch):
 
 
 def backend_passes(backend, x, keep, grad):
-    """The backend's four passes on x: relu_forward, multiply by its mask, dropout_forward and a
-    draw's words (a generator of its own each time, so both runs draw the same)."""
+    """The backend's passes on x: relu_forward, multiply by its mask, dropout of x and of grad,
+    and a draw's words (a generator of its own each time, so both runs draw the same)."""
     with np.errstate(all="ignore"):
         y, mask = backend.relu_forward(x)
         dx = backend.multiply(grad, mask)
-        yd, md = backend.dropout_forward(x, keep, 1 / 0.6)
+        yd, gd = backend.dropout(x, keep, 1 / 0.6), backend.dropout(grad, keep, 1 / 0.6)
     words = backend.rng(7)._bits(x.size // 4 + 3)
-    return y, mask, dx, yd, md, words
+    return y, mask, dx, yd, gd, words
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -158,12 +156,12 @@ def test_small_or_strided_arrays_take_numpys_passes(spied):
     big = rng.standard_normal((6, 5, 150, 300)).astype(np.float32)[..., :150]   # rows apart: no 1-D view
     for x in (small, big):
         keep = rng.random(x.shape) < 0.6
-        y, mask, dx, yd, md, _ = backend_passes(backend, x, keep, x)
+        y, mask, dx, yd, gd, _ = backend_passes(backend, x, keep, x)
         same_bits(y, np.maximum(x, 0))
         same_bits(dx, x * (np.maximum(x, 0) > 0))
-        same_bits(md, np.multiply(keep, np.float32(1 / 0.6)))
-        same_bits(yd, x * md)
-    assert spied["relu"] == spied["multiply_mask"] == spied["dropout_apply"] == 0, spied
+        same_bits(yd, x * np.multiply(keep, np.float32(1 / 0.6)))
+        same_bits(gd, yd)
+    assert spied["relu"] == spied["multiply_mask"] == spied["dropout"] == 0, spied
 
 
 def test_numpys_passes_where_numba_cannot_be_loaded_or_the_start_is_an_array(monkeypatch, spied):

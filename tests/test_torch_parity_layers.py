@@ -111,7 +111,8 @@ def compare(model, x, training, loss=None, labels=None, seed=0):
     tmodel.train(training)
     out = model.forward(backend.asarray(x), training=training)
     for layer, m in dropouts:
-        m.mask = tensor(to_np(backend, layer.mask)) if training and layer.mask is not None else None
+        m.mask = (tensor(to_np(backend, layer.keep) * layer.scale) if training and layer.keep is not None
+                  else None)
     tx = tensor(x).requires_grad_(True)
     tout = tmodel(tx)
     errors = {"output": rel(to_np(backend, out), tout.detach().numpy())}
@@ -215,8 +216,8 @@ def test_dropout_matches_torch_semantics(backend, rng):
     model = build([Dense(6), Dropout(0.25), Dense(3)], (4,), backend)   # 0.5: rate and 1 - rate alike
     x = rng.standard_normal((8, 4))
     assert_close(compare(model, x, training=True))
-    mask = to_np(backend, model.layers[1].mask)
-    assert set(np.unique(mask)) <= {0.0, 1 / 0.75} and 0 < (mask == 0).sum() < mask.size / 2
+    keep = backend.to_numpy(model.layers[1].keep)
+    assert keep.dtype == bool and 0 < (~keep).sum() < keep.size / 2 and model.layers[1].scale == 1 / 0.75
     tdrop = nn.Dropout(0.25).eval()
     y = model.layers[1].forward(backend.asarray(x), training=False)
     np.testing.assert_array_equal(to_np(backend, y), tdrop(tensor(x)).numpy())

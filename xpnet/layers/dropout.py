@@ -18,21 +18,26 @@ class Dropout(Layer):
         self.rng = ctx.rng(self.name, purpose=1)
 
     def forward(self, x, training=False):
-        self.mask = None
+        self.keep = None
         if not training or self.rate == 0.0:
             return x
-        keep = 1.0 - self.rate
         # data-parallel: this rank's rows of the global batch's mask (the same masks as one process)
         rng = self.rng if self.distributed is None else self.distributed.rows(self.rng)
-        # x may be the NCHW view of planes (model._link_planes): the mask laid out as x
-        mask = laid_out_as(self.xp, rng.bernoulli_mask(keep, x.shape), x)
-        y, self.mask = self.backend.dropout_forward(x, mask, 1.0 / keep)
-        return y
+        # x may be the NCHW view of planes (model._link_planes): the mask laid out as x. Kept as
+        # booleans (a byte an element, not x's dtype): forward and backward multiply by
+        # where(keep, 1 / (1 - rate), 0) in one pass each (backend.dropout)
+        self.keep = laid_out_as(self.xp, rng.bernoulli_mask(1.0 - self.rate, x.shape), x)
+        return self.backend.dropout(x, self.keep, self.scale)
+
+    @property
+    def scale(self):
+        """What a kept value is multiplied by: 1 / (1 - rate)."""
+        return 1.0 / (1.0 - self.rate)
 
     def backward(self, grad):
         if not self.need_input_grad:
             return None
-        return grad if self.mask is None else self.backend.multiply(grad, self.mask)
+        return grad if self.keep is None else self.backend.dropout(grad, self.keep, self.scale)
 
     def get_config(self):
         return {"name": self.name, "rate": self.rate}
