@@ -472,28 +472,30 @@ def test_the_cpu_warp_path_gives_the_generic_paths_bits(shape, dtype):
     np.testing.assert_array_equal(got, want)
 
 
-def test_numpy_warp_of_maps_with_nan_or_inf_ends_with_nan_images():
+@pytest.mark.parametrize("backend_name", ["numpy", "strict"])
+def test_warp_of_maps_with_nan_or_inf_ends_with_nan_images(backend_name):
     """A map with NaN or inf on the NumPy backend (NumPy's passes: the compiled warp does not take
-    such maps): those images come back NaN (with inf and mode "nearest": the edges' pixels), the
-    others as warped without them. Run in a child
-    with a time limit: with take's mode "wrap" a NaN coordinate's index (the most negative int64)
-    was brought into range by adding the array's size, which did not end."""
+    such maps) and on the strict one (the reference's single gather, as CuPy's reference): those
+    images come back NaN (with inf and mode "nearest": the edges' pixels), the others as warped
+    without them. Run in a child with a time limit: with take's mode "wrap" a NaN coordinate's
+    index (the most negative int64) was brought into range by adding the array's size, which did
+    not end; the reference's gather raised an IndexError for it."""
     import subprocess
     import sys
     code = """if True:
         import numpy as np
         from xpnet.augment import affine_matrices
         from xpnet.backends import get_backend
-        b = get_backend("numpy")
-        x = np.random.default_rng(0).random((4, 1, 10, 10)).astype(np.float32)
+        b = get_backend("%s")
+        x = b.asarray(np.random.default_rng(0).random((4, 1, 10, 10)).astype(np.float32))
         m = affine_matrices(np, angle=np.array([5.0, 10.0, -7.0, 0.0]), shift_x=np.array([1.0, 2.0, 0.0, -1.0]))
-        good = b.affine_warp(x, m)
+        good = b.to_numpy(b.affine_warp(x, b.asarray(m)))
         for bad in (np.nan, np.inf):
             for mode in ("constant", "nearest"):
                 k = m.copy()
                 k[1, 0, 0] = bad
                 k[2, 1, 2] = bad
-                got = b.affine_warp(x, k, 0.0, mode)
+                got = b.to_numpy(b.affine_warp(x, b.asarray(k), 0.0, mode))
                 if bad == np.inf and mode == "nearest":   # the grid clipped to the edges: their pixels
                     assert np.isfinite(got).all()
                 else:
@@ -501,6 +503,6 @@ def test_numpy_warp_of_maps_with_nan_or_inf_ends_with_nan_images():
                 if mode == "constant":
                     np.testing.assert_array_equal(got[[0, 3]], good[[0, 3]])
         print("ok")
-    """
+    """ % backend_name
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

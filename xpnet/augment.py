@@ -83,7 +83,11 @@ def _bilinear(xp, x, grid, fill, limits, offsets, per_corner=False):
         for k, step in enumerate((0, wf, 1, wf + 1)):
             framed[step:].take(flat, out=corners[k], mode="clip")
     else:
-        corners = xp.take(framed, flat[:, None, :] + offsets)
+        # the indices clipped into the frame: they are there already, except a NaN coordinate's
+        # (the most negative int64), which ``take`` (mode "raise" on NumPy, no mode on CuPy) would
+        # refuse or wrap; that sample's fraction is NaN, so it comes back NaN as per_corner's
+        index = flat[:, None, :] + offsets
+        corners = xp.take(framed, xp.clip(index, 0, framed.size - 1, out=index))
     left, tb = corners[:2], corners[2:]
     tb -= left
     tb *= frac[:, 0:1]
