@@ -216,3 +216,21 @@ def test_threads_py_times_pytorch_in_the_same_rounds(tmp_path):
     for side in (r["threads"], r["torch"]["threads"]):
         assert list(side) == ["1", "2"] and side["1"]["ratio_to_first"] == 1.0
         assert all(len(v["times_s"]) == 3 for v in side.values())
+
+
+def test_layer_scaling_times_each_layer_at_each_thread_count(tmp_path):
+    """benchmarks/layer_scaling.py: every layer's forward and backward, the rest and the whole
+    step at 1 and 2 threads in one process; the layers and the rest add up to the step."""
+    import json
+    proc = run_benchmark("layer_scaling.py", "--models", "lenet5", "--batch-size", "2", "--rounds", "3",
+                         "--warmup", "1", "--out", str(tmp_path), "--tag", "t")
+    (path,) = tmp_path.glob("*-layer-scaling-*-t.json")
+    (r,) = json.loads(path.read_text())["results"]
+    rows = {(row["layer"], row["pass"]): row for row in r["rows"]}
+    names = ["conv2d", "relu", "max_pool2d", "dense"]
+    assert {(n, k) for n in names for k in ("forward", "backward")} <= set(rows)
+    assert ("rest", "") in rows and ("step", "") in rows
+    step = rows[("step", "")]
+    assert set(step["median_s"]) == {"1", "2"} and step["ratio_to_first"]["1"] == 1.0
+    assert all(v > 0 for v in step["median_s"].values())
+    assert "| **step** |" in proc.stdout and "2 / 1" in proc.stdout
