@@ -28,24 +28,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def parse_args(argv=None):
+    sys.path.insert(0, HERE)
+    import threads
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="big", help="comma list of benchmarks/run.py's models")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--threads", default="1,2", help="comma list of pool thread counts, alternated")
+    threads.step_arguments(p)
     p.add_argument("--rounds", type=int, default=20, help="timed steps per thread count")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps per thread count first")
     p.add_argument("--out", default="", help="folder for a JSON result ('' to skip)")
     p.add_argument("--tag", default="", help="suffix for the result file name")
-    args = p.parse_args(argv)
-    try:
-        args.threads = [int(t) for t in args.threads.split(",")]
-    except ValueError:
-        p.error(f"--threads must be a comma list of integers, got {args.threads!r}")
-    if min(args.threads) < 1 or len(set(args.threads)) != len(args.threads):
-        p.error("--threads: distinct counts >= 1")
-    if args.batch_size < 1 or args.rounds < 1 or args.warmup < 0:
-        p.error("--batch-size and --rounds must be >= 1, --warmup >= 0")
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args = threads.step_values(p, p.parse_args(argv))
+    if len(set(args.threads)) != len(args.threads):
+        p.error("--threads: each count once")
+    if args.rounds < 1 or args.warmup < 0:
+        p.error("--rounds must be >= 1, --warmup >= 0")
     return args
 
 
@@ -130,7 +125,6 @@ def table(result, counts):
 def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, ROOT)
-    sys.path.insert(0, HERE)
     import numpy as np
     import xpnet
     from xpnet.backends import compiled, cpu_threads

@@ -36,11 +36,30 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def step_arguments(p):
+    """--models, --batch-size and --threads: the steps and thread counts timed (also
+    layer_scaling.py's); ``step_values`` reads them."""
     p.add_argument("--models", default="big", help="comma list of benchmarks/run.py's models")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", default="1,2", help="comma list of pool thread counts, alternated")
+
+
+def step_values(p, args):
+    """args.threads as a list of ints and args.models as a list of names (``p.error`` for thread
+    counts that are not whole numbers >= 1, or a batch size under 1)."""
+    try:
+        args.threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        p.error(f"--threads must be a comma list of integers, got {args.threads!r}")
+    if min(args.threads) < 1 or args.batch_size < 1:
+        p.error("--threads and --batch-size must be >= 1")
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    return args
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    step_arguments(p)
     p.add_argument("--repeats", type=int, default=10, help="timed steps per thread count")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps per thread count first (SplitCheck's probes)")
     p.add_argument("--load", type=int, default=0, metavar="N", help="N busy processes beside it")
@@ -51,14 +70,9 @@ def parse_args(argv=None):
                    help="also time PyTorch's step at each thread count in the same rounds")
     p.add_argument("--out", default="", help="folder for a JSON result ('' to skip)")
     p.add_argument("--tag", default="", help="suffix for the result file name, e.g. r2 for a second run")
-    args = p.parse_args(argv)
-    try:
-        args.threads = [int(t) for t in args.threads.split(",")]
-    except ValueError:
-        p.error(f"--threads must be a comma list of integers, got {args.threads!r}")
-    if min(args.threads) < 1 or args.batch_size < 1 or args.repeats < 1 or args.warmup < 0 or args.load < 0:
-        p.error("--threads, --batch-size and --repeats must be >= 1, --warmup and --load >= 0")
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args = step_values(p, p.parse_args(argv))
+    if args.repeats < 1 or args.warmup < 0 or args.load < 0:
+        p.error("--repeats must be >= 1, --warmup and --load >= 0")
     return args
 
 
