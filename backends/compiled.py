@@ -30,10 +30,11 @@ tests/test_compiled_products.py, against the spectral route's NumPy path):
   columns no window covers.
 - ``relu``, ``multiply_mask``, ``dropout``, ``splitmix64`` (tests/test_compiled_elementwise.py):
   one pass where NumPy makes two to eight, and casts bools through buffers: ReLU's forward and its
-  mask, a gradient times a bool mask, Dropout's forward (its float mask and output), the generator's
-  words. ReLU's forward and Dropout's mask with its output took 0.86 and 1.08-1.15 ms for 3.2 M
-  float32 values on one thread against NumPy's 2.11 and 2.05-2.18 ms, a gradient times a mask 0.71
-  against 1.50 ms, 0.8 M words 0.75 against 1.85 ms (AMD EPYC Zen 4, console, 2026-12-03).
+  mask, a gradient times a bool mask, Dropout's forward and backward (x times where(keep, scale,
+  0)), the generator's words. ReLU's forward and Dropout's forward (then with its float mask
+  written too) took 0.86 and 1.08-1.15 ms for 3.2 M float32 values on one thread against NumPy's
+  2.11 and 2.05-2.18 ms, a gradient times a mask 0.71 against 1.50 ms, 0.8 M words 0.75 against
+  1.85 ms (AMD EPYC Zen 4, console, 2026-12-03).
 """
 import functools
 import importlib.metadata
