@@ -23,7 +23,10 @@ labelled ``1#2`` and its ratio to the first, an A/A comparison of the same code,
 measure of noise (on this project's VM: 0.96-1.01 for the medium model at 16 beside a busy
 process). ``--torch`` times PyTorch's same step (the same network and weights, Adam) in the same
 rounds at the same thread counts (``torch.set_num_threads``): what a second core gives PyTorch on
-this machine at this moment, beside what it gives xpnet.
+this machine at this moment, beside what it gives xpnet. PyTorch's OpenMP workers wait as the
+environment says (``OMP_WAIT_POLICY``, recorded: unset, they spin a while after each parallel
+region, which is PyTorch's own best case and may cost the xpnet step that follows; benchmarks/run.py
+sets PASSIVE).
 """
 import argparse
 import datetime
@@ -243,7 +246,7 @@ def main(argv=None):
               "settings": vars(args), "cpu_count": os.cpu_count(), "load": load.report(),
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
               "blas": cpu_threads.blas_report(), "compiled_kernels": compiled.describe(),
-              "numpy": np.__version__, "results": results}
+              "numpy": np.__version__, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "results": results}
     if args.load:
         print(f"load: {args.load} busy processes, CPU s each: {report['load']['cpu_s']}")
     if args.out:

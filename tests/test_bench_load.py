@@ -213,6 +213,7 @@ def test_threads_py_times_pytorch_in_the_same_rounds(tmp_path):
     report = json.loads(path.read_text())
     (r,) = report["results"]
     assert report["settings"]["torch"] is True and r["torch"]["version"] == torch.__version__
+    assert "omp_wait_policy" in report
     for side in (r["threads"], r["torch"]["threads"]):
         assert list(side) == ["1", "2"] and side["1"]["ratio_to_first"] == 1.0
         assert all(len(v["times_s"]) == 3 for v in side.values())
