@@ -414,9 +414,7 @@ class ElementwiseKernels:
         def part(s):
             flat = _flat(xs[s], ks[s], ys[s])   # one compiled pass, where it can
             if flat is None or not compiled.dropout(flat[0], flat[1], value, flat[2]):
-                factor = numpy.empty(ks[s].shape, x.dtype)
-                numpy.multiply(ks[s], value, out=factor)
-                numpy.multiply(xs[s], factor, out=ys[s])
+                numpy.multiply(xs[s], numpy.multiply(ks[s], value, dtype=x.dtype), out=ys[s])
 
         self._run(part, len(xs), x.size)
         return y
