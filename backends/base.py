@@ -94,6 +94,17 @@ class Backend:
         kind = self.xp.dtype(x.dtype).type
         return x * self.xp.where(keep, kind(scale), kind(0))
 
+    def relu_dropout(self, x, keep, scale):
+        """(dropout(relu(x)), relu's mask): a ReLU and the Dropout after it in training, as
+        relu_forward then dropout give them (model._link_relu_dropout); ``keep`` laid out as x."""
+        y, mask = self.relu_forward(x)
+        return self.dropout(y, keep, scale), mask
+
+    def relu_dropout_grad(self, g, keep, scale, mask):
+        """multiply(dropout(g, keep, scale), mask): the gradient through the Dropout and then the
+        ReLU before it (relu_dropout's backward)."""
+        return self.multiply(self.dropout(g, keep, scale), mask)
+
     # -- mixed precision (xpnet/mixed.py) ---------------------------------------------------------
     def compute_dtype(self, name):
         """The array dtype of a mixed-precision compute type, "float16" or "bfloat16", or a

@@ -138,6 +138,23 @@ def relu(x, y, mask):   # 1-D; mask: bool bytes
 
 
 @_compiled
+def relu_dropout(x, keep, scale, y, mask):   # 1-D; keep, mask: bool bytes
+    zero = x.dtype.type(0)
+    for i in range(x.shape[0]):
+        v = x[i]
+        if not (v > zero or v != v):   # as relu
+            v = zero
+        mask[i] = v > zero
+        y[i] = v * (scale * x.dtype.type(keep[i]))   # as dropout
+
+
+@_compiled
+def relu_dropout_grad(g, keep, scale, mask, out):   # 1-D; keep, mask: bool bytes
+    for i in range(g.shape[0]):
+        out[i] = (g[i] * (scale * g.dtype.type(keep[i]))) * g.dtype.type(mask[i])   # dropout, then multiply_mask
+
+
+@_compiled
 def multiply_mask(a, keep, out):   # 1-D; keep: bool bytes
     for i in range(a.shape[0]):
         out[i] = a[i] * a.dtype.type(keep[i])   # as NumPy: the bool cast to 1 or 0, then multiplied

@@ -76,6 +76,12 @@ class NumpyBackend(Backend):
     def dropout(self, x, keep, scale):
         return self._kernels.dropout(x, keep, scale)
 
+    def relu_dropout(self, x, keep, scale):
+        return self._kernels.relu_dropout(x, keep, scale)
+
+    def relu_dropout_grad(self, g, keep, scale, mask):
+        return self._kernels.relu_dropout_grad(g, keep, scale, mask)
+
     def rng(self, seed=0, stream=0):
         """The base's generator, its raw words made over pieces on the pool (same bits)."""
         r = super().rng(seed, stream)

@@ -247,7 +247,7 @@ def _flat(*arrays):
 
 
 class ElementwiseKernels:
-    """relu_forward, multiply, dropout, matmul: threaded versions of the hottest
+    """relu_forward, multiply, dropout, relu_dropout(_grad), matmul: threaded versions of the hottest
     expressions, and ``split`` to run any ``part(slice)`` over pieces of a leading axis."""
 
     def __init__(self, threads=None):
@@ -418,3 +418,42 @@ class ElementwiseKernels:
 
         self._run(part, len(xs), x.size)
         return y
+
+    def relu_dropout(self, x, keep, scale):
+        """(dropout(relu(x), keep, scale), relu's mask) in one threaded pass, both laid out as x:
+        the bits of relu_forward then dropout, without writing and reading relu(x) between them."""
+        if x.size < min(MIN_ELEMENTS, compiled.MIN_ELEMENTWISE) or x.shape != keep.shape:
+            y, mask = self.relu_forward(x)
+            return self.dropout(y, keep, scale), mask
+        value = x.dtype.type(scale)
+        y = numpy.empty_like(x)
+        mask = numpy.empty_like(x, dtype=bool)
+        xs, ks, ys, ms = in_memory_order(x, keep, y, mask)
+
+        def part(s):
+            flat = _flat(xs[s], ks[s], ys[s], ms[s])   # one compiled pass, where it can
+            if flat is None or not compiled.relu_dropout(flat[0], flat[1], value, flat[2], flat[3]):
+                numpy.maximum(xs[s], 0, out=ys[s])
+                numpy.greater(ys[s], 0, out=ms[s])
+                numpy.multiply(ys[s], numpy.multiply(ks[s], value, dtype=x.dtype), out=ys[s])
+
+        self._run(part, len(xs), x.size)
+        return y, mask
+
+    def relu_dropout_grad(self, g, keep, scale, mask):
+        """dropout(g, keep, scale) * mask in one threaded pass, laid out as g: the gradient through
+        a Dropout and the ReLU before it, the bits of the two passes."""
+        if g.size < min(MIN_ELEMENTS, compiled.MIN_ELEMENTWISE) or not g.shape == keep.shape == mask.shape:
+            return self.multiply(self.dropout(g, keep, scale), mask)
+        value = g.dtype.type(scale)
+        out = numpy.empty_like(g)
+        gs, ks, ms, outs = in_memory_order(g, keep, mask, out)
+
+        def part(s):
+            flat = _flat(gs[s], ks[s], ms[s], outs[s])   # one compiled pass, where it can
+            if flat is None or not compiled.relu_dropout_grad(flat[0], flat[1], value, flat[2], flat[3]):
+                numpy.multiply(gs[s], numpy.multiply(ks[s], value, dtype=g.dtype), out=outs[s])
+                numpy.multiply(outs[s], ms[s], out=outs[s])
+
+        self._run(part, len(gs), g.size)
+        return out

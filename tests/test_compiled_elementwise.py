@@ -1,5 +1,6 @@
 """The compiled element-wise kernels (backends/compiled.py, numba, optional): ReLU's forward, a
-gradient times a bool mask, Dropout's forward and the random generator's splitmix64 words give the
+gradient times a bool mask, Dropout's forward, a ReLU and its Dropout in one pass each way and the
+random generator's splitmix64 words give the
 bits of NumPy's passes they replace (compared as bytes: NaN's sign, -0.0), on float32 and float64,
 with NaN, infinities, -0.0 and subnormals; the NumPy backend really runs them for large arrays (spied,
 on one and two threads, NCHW and the NCHW view of planes), runs NumPy's passes for small or
@@ -23,7 +24,7 @@ from xpnet.backends.random import splitmix64_reference  # noqa: E402
 from xpnet.ops.layout import to_planes  # noqa: E402
 
 DTYPES = (np.float32, np.float64)
-NAMES = ("relu", "multiply_mask", "dropout", "splitmix64")
+NAMES = ("relu", "multiply_mask", "dropout", "relu_dropout", "relu_dropout_grad", "splitmix64")
 
 
 def awkward(rng, n, dtype):
@@ -61,6 +62,14 @@ def test_the_kernels_give_numpys_bits(dtype):
         y = np.empty_like(x)
         assert compiled.dropout(x, keep, scale, y)
         same_bits(y, x * np.multiply(keep, scale))
+        y, mask = np.empty_like(x), np.empty(n, bool)
+        assert compiled.relu_dropout(x, keep, scale, y, mask)
+        same_bits(y, np.maximum(x, 0) * np.multiply(keep, scale))
+        same_bits(mask, np.maximum(x, 0) > 0)
+        g = awkward(rng, n, dtype)
+        out = np.empty_like(x)
+        assert compiled.relu_dropout_grad(g, keep, scale, mask, out)
+        same_bits(out, (g * np.multiply(keep, scale)) * mask)
     words = np.empty(n, np.uint64)
     start = np.uint64(0xFEDCBA9876543210)   # i * GOLDEN + start wraps past 2**64
     assert compiled.splitmix64(start, 1000, words)
@@ -84,6 +93,8 @@ def test_what_the_kernels_do_not_take(monkeypatch):
         before = args[1].copy()
         assert not compiled.relu(*args) and not compiled.multiply_mask(args[0], args[2], args[1])
         assert not compiled.dropout(args[0], args[2], 2.0, args[1])
+        assert not compiled.relu_dropout(args[0], args[2], 2.0, args[1], np.empty(args[2].shape, bool))
+        assert not compiled.relu_dropout_grad(args[0], args[2], 2.0, np.ones(args[2].shape, bool), args[1])
         assert args[1].tobytes() == before.tobytes()
     assert not compiled.splitmix64(1, 0, np.empty(2 * n, np.uint64)[::2])
     assert not compiled.splitmix64(1, 0, np.empty(n, np.int64))
@@ -94,7 +105,7 @@ def test_what_the_kernels_do_not_take(monkeypatch):
 
 @pytest.fixture
 def spied(monkeypatch):
-    """Calls of the four kernels by name (the real kernels run)."""
+    """Calls of the kernels by name (the real kernels run)."""
     calls = {name: 0 for name in NAMES}
     module = compiled.kernels()
     for name in NAMES:
@@ -110,13 +121,21 @@ def spied(monkeypatch):
 
 def backend_passes(backend, x, keep, grad):
     """The backend's passes on x: relu_forward, multiply by its mask, dropout of x and of grad,
-    and a draw's words (a generator of its own each time, so both runs draw the same)."""
+    ReLU and Dropout in one pass each way, and a draw's words (a generator of its own each time, so
+    both runs draw the same)."""
     with np.errstate(all="ignore"):
         y, mask = backend.relu_forward(x)
         dx = backend.multiply(grad, mask)
         yd, gd = backend.dropout(x, keep, 1 / 0.6), backend.dropout(grad, keep, 1 / 0.6)
+        yrd, mrd = backend.relu_dropout(x, keep, 1 / 0.6)
+        grd = backend.relu_dropout_grad(grad, keep, 1 / 0.6, mask)
+        # the one-pass pair gives the bits of the two passes apart (NumPy's expressions here)
+        factor = np.multiply(keep, x.dtype.type(1 / 0.6), dtype=x.dtype)
+        same_bits(yrd, np.multiply(y, factor))
+        same_bits(mrd, mask)
+        same_bits(grd, np.multiply(np.multiply(grad, factor), mask))
     words = backend.rng(7)._bits(x.size // 4 + 3)
-    return y, mask, dx, yd, gd, words
+    return y, mask, dx, yd, gd, yrd, grd, words
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -144,7 +163,7 @@ def test_the_backend_runs_them_with_numpys_bits(monkeypatch, spied, threads, lay
     assert spied == {name: 0 for name in NAMES}
     for a, b in zip(on, off):
         same_bits(a, b)
-    assert on[0].strides == x.strides and on[3].strides == x.strides   # laid out as x
+    assert all(on[i].strides == x.strides for i in (0, 3, 5, 6))   # laid out as x
 
 
 def test_small_or_strided_arrays_take_numpys_passes(spied):
@@ -156,12 +175,14 @@ def test_small_or_strided_arrays_take_numpys_passes(spied):
     big = rng.standard_normal((6, 5, 150, 300)).astype(np.float32)[..., :150]   # rows apart: no 1-D view
     for x in (small, big):
         keep = rng.random(x.shape) < 0.6
-        y, mask, dx, yd, gd, _ = backend_passes(backend, x, keep, x)
+        y, mask, dx, yd, gd, yrd, grd, _ = backend_passes(backend, x, keep, x)
         same_bits(y, np.maximum(x, 0))
         same_bits(dx, x * (np.maximum(x, 0) > 0))
         same_bits(yd, x * np.multiply(keep, np.float32(1 / 0.6)))
         same_bits(gd, yd)
-    assert spied["relu"] == spied["multiply_mask"] == spied["dropout"] == 0, spied
+        same_bits(yrd, y * np.multiply(keep, np.float32(1 / 0.6)))
+        same_bits(grd, yd * mask)
+    assert all(spied[name] == 0 for name in NAMES[:-1]), spied
 
 
 def test_numpys_passes_where_numba_cannot_be_loaded_or_the_start_is_an_array(monkeypatch, spied):
