@@ -167,3 +167,31 @@ def test_a_functional_model_runs_the_layers_in_their_order(backend):
     g = np.random.default_rng(7).standard_normal((3, 3)).astype(np.float32)
     a, b = forward_backward(seq, x, g, training=False), forward_backward(fun, x, g, training=False)
     assert a[0] == b[0] and a[1] is not None and a[1] == b[1] and a[2] == b[2]
+
+
+def test_a_convolution_that_pools_and_the_reference_ops_leave_the_dropout_alone(backend):
+    """A convolution on the columns route that runs its ReLU and pooling in one pass
+    (ops/conv_pool.py) leaves nothing for the Dropout after the pooling to apply; with
+    ops.use("reference") the layers run in their own order. The bits of the layers apart, either
+    way."""
+    from xpnet import ops
+
+    def model():
+        return xpnet.Sequential([Conv2D(4, 3), ReLU(), MaxPool2D(2), Dropout(0.3), Flatten(), Dense(3)],
+                                input_shape=(1, 12, 12), device=backend, seed=4)
+
+    x = np.random.default_rng(2).standard_normal((6, 1, 12, 12)).astype(np.float32)
+    g = np.random.default_rng(3).standard_normal((6, 3)).astype(np.float32)
+    m = model()
+    assert m.layers[2].dropout_after is (m.layers[3] if backend.name == "numpy" else None)
+    linked = forward_backward(m, x, g)
+    assert m.layers[3].relu_mask is None   # the convolution's pass applied the ReLU
+    assert linked == forward_backward(unlink(model()), x, g)
+    try:
+        ops.use("reference")
+        m = model()
+        linked = forward_backward(m, x, g)
+        assert m.layers[3].relu_mask is None and m.layers[2].relu_mask is None   # the ReLU ran itself
+        assert linked == forward_backward(unlink(model()), x, g)
+    finally:
+        ops.use("fast")
