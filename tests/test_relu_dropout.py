@@ -9,7 +9,9 @@ import xpnet
 from xpnet.graph import Input, Model
 from xpnet.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 
+from .helpers import assert_fits_alike
 from .test_pool_winners import special_values
+from .test_relu_pool import forward_backward
 
 # NumPy's errstate is per thread: a worker's inf * 0 warns even inside the test's errstate
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -21,14 +23,6 @@ def unlink(model):
         if isinstance(layer, (ReLU, MaxPool2D)):
             layer.dropout_after = None
     return model
-
-
-def forward_backward(model, x, g, training=True):
-    b = model.backend
-    out = model.forward(b.asarray(x), training=training)
-    dx = model.backward(b.asarray(g))
-    grads = {k: b.to_numpy(v).tobytes() for k, v in model.gradients.items()}
-    return b.to_numpy(out).tobytes(), None if dx is None else b.to_numpy(dx).tobytes(), grads
 
 
 def cnn(backend, dtype="float32", seed=3, filters=4):
@@ -104,15 +98,7 @@ def test_the_link_runs_in_training_only(backend, monkeypatch):
 
 
 def test_fit_is_bit_identical(backend):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((24, 2, 16, 16)).astype(np.float32)
-    y = rng.integers(0, 3, 24)
-    linked, plain = cnn(backend), unlink(cnn(backend))
-    for m in (linked, plain):
-        m.compile(loss="cross_entropy", optimizer="adam")
-        m.fit(x, y, epochs=2, batch_size=8, verbose=0)
-    for a, b in zip(linked.get_weights(), plain.get_weights()):
-        assert a.tobytes() == b.tobytes()
+    assert_fits_alike(cnn(backend), unlink(cnn(backend)), (2, 16, 16), samples=24)
 
 
 def test_float64_gradients_match_finite_differences():

@@ -27,9 +27,9 @@ def unlink(model):
     return model
 
 
-def forward_backward(model, x, g):
+def forward_backward(model, x, g, training=True):
     b = model.backend
-    out = model.forward(b.asarray(x), training=True)
+    out = model.forward(b.asarray(x), training=training)
     dx = model.backward(b.asarray(g))
     grads = {k: b.to_numpy(v).tobytes() for k, v in model.gradients.items()}
     return b.to_numpy(out).tobytes(), None if dx is None else b.to_numpy(dx).tobytes(), grads
