@@ -34,7 +34,8 @@ def parse_args(argv=None):
     threads.step_arguments(p)
     p.add_argument("--rounds", type=int, default=20, help="timed steps per thread count")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps per thread count first")
-    p.add_argument("--out", default="", help="folder for a JSON result ('' to skip)")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"),
+                   help="folder for the JSON result ('' to skip writing)")
     p.add_argument("--tag", default="", help="suffix for the result file name")
     args = threads.step_values(p, p.parse_args(argv))
     if len(set(args.threads)) != len(args.threads):

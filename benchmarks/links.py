@@ -7,11 +7,13 @@ with the link switched off (``--link conv_pool``: Conv2D.planes_out, the spectra
 handed to the pooling, with model._link_planes off in both copies; ``--link conv_pool_fused``:
 Conv2D.pool_link, the columns route and the pooling in one pass, ops/conv_pool.py; both
 model._link_conv_pool; ``--link planes``: model._link_planes, planes handed through ReLU and
-Dropout to the next convolution, off in the second copy when it is built), train
+Dropout to the next convolution, off in the second copy when it is built; ``--link relu_dropout``:
+model._link_relu_dropout, a ReLU and the Dropout after it, or a pooling that applies a ReLU and the
+Dropout after it, in one pass each way), train
 step by step in turn (forward in training mode, cross-entropy, backward without the input's gradient
 as in fit(), Adam), so that both see the
 same machine load; each pool thread count in ``--threads`` is a separate pair. The link changes no
-bits (tests/test_conv_pool_planes.py, tests/test_conv_pool_fused.py), so only the time is compared: the JSON (``--out``) keeps each
+bits (tests/test_conv_pool_planes.py, tests/test_conv_pool_fused.py, tests/test_relu_dropout.py), so only the time is compared: the JSON (``--out``) keeps each
 cell's medians and the ratio linked / unlinked.
 """
 import argparse
@@ -23,10 +25,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# link: (the class whose attribute is switched off after the build, or None: model._link_planes is
+# link: (the classes whose attribute is switched off after the build, or None: model._link_planes is
 # left out of the second copy's build instead; the attribute; its value when off)
-LINKS = {"conv_pool": ("Conv2D", "planes_out", False), "conv_pool_fused": ("Conv2D", "pool_link", None),
-         "planes": (None, "planes_out", False)}
+LINKS = {"conv_pool": (("Conv2D",), "planes_out", False), "conv_pool_fused": (("Conv2D",), "pool_link", None),
+         "planes": (None, "planes_out", False), "relu_dropout": (("ReLU", "MaxPool2D"), "dropout_after", None)}
 
 
 def parse_args(argv=None):
@@ -37,7 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--link", choices=sorted(LINKS), default="conv_pool")
     p.add_argument("--repeats", type=int, default=20, help="timed steps per model and cell")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps per model first (SplitCheck's probes)")
-    p.add_argument("--out", default="", help="folder for a JSON result ('' to skip)")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"),
+                   help="folder for the JSON result ('' to skip writing)")
     args = p.parse_args(argv)
     try:
         args.threads = [int(t) for t in args.threads.split(",")]
@@ -66,11 +69,11 @@ def time_cell(name, batch, threads, args, xpnet, np):
             xpnet.model._link_planes = kept
         if not linked and kind is not None:
             for layer in model.layers:
-                if type(layer).__name__ == kind:
+                if type(layer).__name__ in kind:
                     setattr(layer, attribute, off)
         models[linked] = model
     linked_layers, unlinked_layers = (sum(bool(getattr(layer, attribute, False)) for layer in models[k].layers
-                                          if kind is None or type(layer).__name__ == kind)
+                                          if kind is None or type(layer).__name__ in kind)
                                       for k in (True, False))
     backend = models[True].backend
     backend.set_threads(threads)

@@ -71,7 +71,8 @@ def parse_args(argv=None):
                    help="auto: xpnet keeps passes that do not gain on one thread (default); always: the old way")
     p.add_argument("--torch", action="store_true",
                    help="also time PyTorch's step at each thread count in the same rounds")
-    p.add_argument("--out", default="", help="folder for a JSON result ('' to skip)")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"),
+                   help="folder for the JSON result ('' to skip writing)")
     p.add_argument("--tag", default="", help="suffix for the result file name, e.g. r2 for a second run")
     args = step_values(p, p.parse_args(argv))
     if args.repeats < 1 or args.warmup < 0 or args.load < 0:

@@ -185,6 +185,17 @@ def test_links_py_times_the_planes_link(tmp_path):
     assert (r["linked_layers"], r["unlinked_layers"]) == (5, 2), r
 
 
+def test_links_py_times_the_relu_dropout_link(tmp_path):
+    """--link relu_dropout: the medium model's ReLUs before a Dropout (blocks 1 and 3) and its
+    poolings that apply a ReLU before one (blocks 2 and 4) are linked in the first copy only."""
+    import json
+    run_benchmark("links.py", "--models", "medium", "--batch-sizes", "2", "--threads", "1", "--repeats",
+                  "1", "--warmup", "0", "--link", "relu_dropout", "--out", str(tmp_path))
+    (path,) = tmp_path.glob("*-links-relu_dropout-*.json")
+    (r,) = json.loads(path.read_text())["results"]
+    assert (r["linked_layers"], r["unlinked_layers"]) == (4, 0), r
+
+
 def test_load_state_py_takes_its_other_modes():
     """--modes: one thread twice (A/A), every pass alone, a check of its own with another probe
     rate; a list without one thread, an unknown mode or a repeated one is refused."""
