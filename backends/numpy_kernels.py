@@ -240,6 +240,13 @@ def in_memory_order(*arrays):
     return views if all(v.flags.c_contiguous for v in views) else arrays
 
 
+def _small(x, *like):
+    """Whether a mask pass over x (and the masks ``like``, of x's shape) runs as NumPy's own
+    products in one piece: under the pool's and the kernels' sizes, whose checks cost more than
+    the products there (a 16 x 128 gradient: 4 against 11 us), or with a mask of another shape."""
+    return x.size < min(MIN_ELEMENTS, compiled.MIN_ELEMENTWISE) or any(m.shape != x.shape for m in like)
+
+
 def _flat(*arrays):
     """1-D views of the arrays where all are C-contiguous (a reshape of any other would be a copy,
     and a kernel writing into it would be lost), else None."""
@@ -404,9 +411,7 @@ class ElementwiseKernels:
         """x * where(keep, scale, 0) (scale in x's dtype) in one threaded pass, laid out as x (give
         ``keep`` laid out so too: Dropout does); the bits of base.Backend.dropout."""
         value = x.dtype.type(scale)
-        if x.size < min(MIN_ELEMENTS, compiled.MIN_ELEMENTWISE) or x.shape != keep.shape:
-            # one piece, NumPy's two products: without the pool's and the kernel's checks, which
-            # cost more than the products here (a 16 x 128 gradient: 4 against 11 us)
+        if _small(x, keep):   # one piece, NumPy's two products
             return numpy.multiply(x, numpy.multiply(keep, value, dtype=x.dtype))
         y = numpy.empty_like(x)
         xs, ks, ys = in_memory_order(x, keep, y)
@@ -422,7 +427,7 @@ class ElementwiseKernels:
     def relu_dropout(self, x, keep, scale):
         """(dropout(relu(x), keep, scale), relu's mask) in one threaded pass, both laid out as x:
         the bits of relu_forward then dropout, without writing and reading relu(x) between them."""
-        if x.size < min(MIN_ELEMENTS, compiled.MIN_ELEMENTWISE) or x.shape != keep.shape:
+        if _small(x, keep):
             y, mask = self.relu_forward(x)
             return self.dropout(y, keep, scale), mask
         value = x.dtype.type(scale)
@@ -443,7 +448,7 @@ class ElementwiseKernels:
     def relu_dropout_grad(self, g, keep, scale, mask):
         """dropout(g, keep, scale) * mask in one threaded pass, laid out as g: the gradient through
         a Dropout and the ReLU before it, the bits of the two passes."""
-        if g.size < min(MIN_ELEMENTS, compiled.MIN_ELEMENTWISE) or not g.shape == keep.shape == mask.shape:
+        if _small(g, keep, mask):
             return self.multiply(self.dropout(g, keep, scale), mask)
         value = g.dtype.type(scale)
         out = numpy.empty_like(g)

@@ -245,13 +245,12 @@ def _link_relu_dropout(layers, backend):
     backward leaves the ReLU out when the Dropout applied its mask."""
     from .layers.dropout import Dropout
     from .layers.pooling import MaxPool2D
-    pooled_relu = {id(layer.pool_after) for layer in layers if getattr(layer, "pool_after", None) is not None}
     for before, layer, after in zip([None] + layers[:-1], layers, layers[1:] + [None]):
         if type(layer) is ReLU:
             link = (getattr(before, "relu_after", None) is not layer
                     and getattr(layer, "pool_after", None) is None)
         elif type(layer) is MaxPool2D:
-            link = id(layer) in pooled_relu
+            link = getattr(before, "pool_after", None) is layer   # it applies the ReLU before it
         else:
             continue
         link = link and not backend.few_launches and type(after) is Dropout and after.rate > 0
