@@ -244,7 +244,12 @@ def _small(x, *like):
     """Whether a mask pass over x (and the masks ``like``, of x's shape) runs as NumPy's own
     products in one piece: under the pool's and the kernels' sizes, whose checks cost more than
     the products there (a 16 x 128 gradient: 4 against 11 us), or with a mask of another shape."""
-    return x.size < min(MIN_ELEMENTS, compiled.MIN_ELEMENTWISE) or any(m.shape != x.shape for m in like)
+    if x.size < min(MIN_ELEMENTS, compiled.MIN_ELEMENTWISE):
+        return True
+    for m in like:   # a loop, not any() over a generator: this runs a few times a step on tiny arrays
+        if m.shape != x.shape:
+            return True
+    return False
 
 
 def _flat(*arrays):
